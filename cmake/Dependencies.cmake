@@ -1,0 +1,85 @@
+# Every third-party dependency is found here, once. Components link what they
+# need PRIVATE (DESIGN.md §2); scripts/setup.sh installs all of it.
+
+find_package(absl REQUIRED)
+find_package(nlohmann_json 3.10 REQUIRED)
+find_package(spdlog REQUIRED)
+find_package(CLI11 REQUIRED)
+find_package(Threads REQUIRED)
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
+pkg_check_modules(UTF8PROC REQUIRED IMPORTED_TARGET libutf8proc)
+pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)
+
+# libtorch comes from the PyTorch wheel in the project's .venv (DESIGN.md §5).
+set(PREMOE_PYTHON "${PROJECT_SOURCE_DIR}/.venv/bin/python" CACHE FILEPATH
+    "Python of the virtual environment that holds torch (scripts/setup.sh).")
+if(NOT Torch_DIR AND EXISTS "${PREMOE_PYTHON}")
+  execute_process(
+    COMMAND "${PREMOE_PYTHON}" -c "import torch.utils; print(torch.utils.cmake_prefix_path)"
+    OUTPUT_VARIABLE _torch_prefix OUTPUT_STRIP_TRAILING_WHITESPACE
+    RESULT_VARIABLE _torch_rc ERROR_QUIET)
+  if(_torch_rc EQUAL 0)
+    list(APPEND CMAKE_PREFIX_PATH "${_torch_prefix}")
+  endif()
+endif()
+if(NOT PREMOE_WITH_CUDA STREQUAL "OFF" AND EXISTS /usr/local/cuda/bin/nvcc
+   AND NOT CMAKE_CUDA_COMPILER)
+  set(CMAKE_CUDA_COMPILER /usr/local/cuda/bin/nvcc)
+endif()
+# Torch's CUDA config otherwise compiles and runs a probe for local GPUs, which
+# fails without one; premoe targets Ampere/Hopper/Blackwell data-centre GPUs.
+if(NOT TORCH_CUDA_ARCH_LIST)
+  set(TORCH_CUDA_ARCH_LIST "8.0;9.0;10.0" CACHE STRING "CUDA architectures for device code")
+endif()
+set(CMAKE_CUDA_STANDARD 17)
+find_package(Torch REQUIRED)
+message(STATUS "premoe: libtorch ${Torch_VERSION} from ${Torch_DIR}")
+
+# The torch wheel brings its own CUDA runtime, cuDNN and NCCL under
+# site-packages/nvidia/. Link and run against those, not the toolkit's copies in
+# /usr/local/cuda/lib: that NCCL is older than the one torch was built with, and
+# two libcudart.so.13 of different minor versions must not meet in one process.
+get_filename_component(_torch_site "${Torch_DIR}/../../../.." ABSOLUTE)
+file(GLOB PREMOE_TORCH_RUNTIME_DIRS LIST_DIRECTORIES true "${_torch_site}/nvidia/*/lib")
+if(PREMOE_TORCH_RUNTIME_DIRS)
+  foreach(_lib cudart nvrtc)
+    file(GLOB _pip_lib "${_torch_site}/nvidia/cu*/lib/lib${_lib}.so.*[0-9]")
+    list(FILTER _pip_lib EXCLUDE REGEX "builtins")
+    if(TARGET CUDA::${_lib} AND _pip_lib)
+      list(GET _pip_lib 0 _pip_lib)
+      set_target_properties(CUDA::${_lib} PROPERTIES IMPORTED_LOCATION "${_pip_lib}")
+    endif()
+  endforeach()
+  foreach(_dir ${PREMOE_TORCH_RUNTIME_DIRS})
+    add_link_options("LINKER:-rpath-link,${_dir}")
+  endforeach()
+  list(APPEND CMAKE_BUILD_RPATH ${PREMOE_TORCH_RUNTIME_DIRS})
+endif()
+string(REPLACE "/usr/local/cuda/lib/libcudart.so" "CUDA::cudart" TORCH_LIBRARIES "${TORCH_LIBRARIES}")
+string(REPLACE "/usr/local/cuda/lib/libnvrtc.so" "CUDA::nvrtc" TORCH_LIBRARIES "${TORCH_LIBRARIES}")
+
+# CUDA-enabled libtorch defines the torch_cuda target (and c10d's
+# ProcessGroupNCCL); the CPU-only build does not.
+set(_torch_has_cuda OFF)
+if(TARGET torch_cuda OR CUDA_FOUND OR CUDAToolkit_FOUND)
+  set(_torch_has_cuda ON)
+endif()
+if(PREMOE_WITH_CUDA STREQUAL "AUTO")
+  set(PREMOE_CUDA_ENABLED ${_torch_has_cuda})
+elseif(PREMOE_WITH_CUDA)
+  if(NOT _torch_has_cuda)
+    message(FATAL_ERROR "PREMOE_WITH_CUDA=ON but libtorch at ${Torch_DIR} has no CUDA")
+  endif()
+  set(PREMOE_CUDA_ENABLED ON)
+else()
+  set(PREMOE_CUDA_ENABLED OFF)
+endif()
+message(STATUS "premoe: CUDA/NCCL paths ${PREMOE_CUDA_ENABLED}")
+
+if(PREMOE_BUILD_TESTS)
+  find_package(GTest REQUIRED)
+endif()
+if(PREMOE_BUILD_BENCH)
+  find_package(benchmark REQUIRED)
+endif()

@@ -1,0 +1,14 @@
+# Compile flags shared by every premoe target: premoe_add_flags(target).
+function(premoe_add_flags target)
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Wno-unused-parameter
+                                           -Wno-missing-field-initializers)
+  if(PREMOE_WERROR)
+    target_compile_options(${target} PRIVATE -Werror)
+  endif()
+endfunction()
+
+if(PREMOE_SANITIZE)
+  add_compile_options(-fsanitize=${PREMOE_SANITIZE} -fno-omit-frame-pointer
+                      -fno-sanitize-recover=all)
+  add_link_options(-fsanitize=${PREMOE_SANITIZE})
+endif()
