@@ -1,9 +1,24 @@
+// premoe: the operator CLI. `premoe --help` lists the subcommands.
 #include <cstdio>
 
-#include "premoe/model/build_info.h"
+#include "cli/commands.h"
+#include "premoe/common/logging.h"
 
-int main() {
-  auto info = premoe::model::GetBuildInfo();
-  std::printf("premoe %s torch %s cuda %d devices %d\n", info.premoe_version.c_str(),
-              info.torch_version.c_str(), info.cuda_compiled, info.cuda_devices);
+int main(int argc, char** argv) {
+  CLI::App app{"premoe: serve Mixture-of-Experts models with only the experts a task needs"};
+  app.require_subcommand(1);
+  std::string log_level;
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
+      ->envname("PREMOE_LOG_LEVEL");
+  int exit_code = 0;
+  premoe::cli::RegisterTokenize(app, &exit_code);
+  premoe::cli::RegisterInspect(app, &exit_code);
+  premoe::cli::RegisterVersion(app, &exit_code);
+  app.parse_complete_callback([&] {
+    if (auto status = premoe::common::InitLogging(log_level); !status.ok()) {
+      throw CLI::ValidationError("--log-level", std::string(status.message()));
+    }
+  });
+  CLI11_PARSE(app, argc, argv);
+  return exit_code;
 }

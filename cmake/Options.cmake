@@ -2,6 +2,10 @@
 function(premoe_add_flags target)
   target_compile_options(${target} PRIVATE -Wall -Wextra -Wno-unused-parameter
                                            -Wno-missing-field-initializers)
+  if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+    # GCC 12 reports false positives inside std::string (GCC bug 105329).
+    target_compile_options(${target} PRIVATE -Wno-restrict)
+  endif()
   if(PREMOE_WERROR)
     target_compile_options(${target} PRIVATE -Werror)
   endif()

@@ -1,0 +1,15 @@
+// The `premoe` subcommands. Each Register* adds its subcommand and options to
+// the app; the callback runs the command and sets the process exit code.
+// Commands parse flags and call libraries; they hold no logic of their own.
+#pragma once
+
+#include "CLI/CLI.hpp"
+
+namespace premoe::cli {
+
+// Exit codes: 0 success, 1 a command failed (message on stderr), 2 bad usage.
+void RegisterTokenize(CLI::App& app, int* exit_code);
+void RegisterInspect(CLI::App& app, int* exit_code);
+void RegisterVersion(CLI::App& app, int* exit_code);
+
+}  // namespace premoe::cli
