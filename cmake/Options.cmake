@@ -16,3 +16,11 @@ if(PREMOE_SANITIZE)
                       -fno-sanitize-recover=all)
   add_link_options(-fsanitize=${PREMOE_SANITIZE})
 endif()
+
+if(PREMOE_FUZZ)
+  if(NOT CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
+    message(FATAL_ERROR "PREMOE_FUZZ needs clang (libFuzzer): configure with CC=clang CXX=clang++")
+  endif()
+  # Coverage instrumentation everywhere; only fuzz targets link libFuzzer's main.
+  add_compile_options(-fsanitize=fuzzer-no-link)
+endif()
