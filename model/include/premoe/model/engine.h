@@ -1,0 +1,277 @@
+// The MoE inference engine: runs a Hugging Face-format checkpoint of one of
+// the architectures in config.h with libtorch (plain ATen ops on the weight
+// tensors), with a KV cache, batched prefill/decode, router taps, per-request
+// expert masks and reduced models.
+//
+// Numerics follow transformers 5.24's modeling code for each model_type:
+//   - RMSNorm computes in fp32 and casts back before the weight multiply;
+//   - attention scores are computed in the compute dtype and softmaxed in fp32;
+//   - router (gate) logits are always computed in fp32 from fp32 gate weights
+//     (HF does so for deepseek; for the others HF uses the compute dtype, so in
+//     bf16 premoe's routing is slightly *more* precise than HF's);
+//   - routing: softmax -> top-k -> optional renormalisation (qwen, olmoe,
+//     mixtral, deepseek_v2), sigmoid + e_score_correction_bias for selection,
+//     group-limited top-k, unbiased weights, norm, routed_scaling_factor
+//     (deepseek_v3); see Routing below.
+//
+// Batching: the sequences of a batch are *packed*: every token-wise operation
+// (projections, norms, router, experts, lm_head) runs on the concatenation of
+// the sequences' new tokens, without padding, so taps and expert work see only
+// real tokens. Only attention uses a padded [batch, heads, query, key] layout,
+// with a per-sequence causal (and sliding-window) mask over that sequence's
+// own cache. Each sequence of a KvCache has its own length; sequences of
+// different lengths may be extended by different numbers of tokens in one
+// Forward call.
+//
+// Expert masks: each sequence may carry a KeptExperts (per layer, the routed
+// experts it may use). Pruned experts get a selection score of -inf *before*
+// softmax / sigmoid-bias / group ranking / top-k, so masked routing equals the
+// routing of a model whose gate holds only the kept rows. A reduced model
+// (EngineOptions::keep) is built holding only its kept experts (the weights of
+// the others are never read from the checkpoint) and routes exactly like the
+// full model with the equivalent mask.
+//
+// Group-limited routing on a reduced set (deepseek_v2 group_limited_greedy,
+// deepseek_v3 noaux_tc), the rule premoe implements:
+//   1. groups are scored over their *kept* experts only: v2 by the best kept
+//      score; v3 by the sum of its best two kept biased scores, or by its one
+//      kept score when only one is kept; a group with no kept expert scores
+//      -inf and is chosen only if fewer than topk_group groups have any;
+//   2. the topk_group best groups are chosen (ties: lowest group index first);
+//   3. top-k is taken over the kept experts of the chosen groups; if those
+//      hold fewer than top-k kept experts, the remaining slots go to the best
+//      kept experts of the other groups (so a token always gets top-k kept
+//      experts, never a pruned one).
+// Without a mask (every expert kept) this is exactly HF's routing.
+//
+// Errors: every method returns a Status; libtorch exceptions never escape
+// (they become INTERNAL, or INVALID_ARGUMENT where the input was at fault).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "premoe/model/config.h"
+
+namespace premoe::model {
+
+// Per MoE layer, the routed experts kept (allowed). A layer absent from
+// `layers` keeps all its experts. A plain value; thread-compatible.
+struct KeptExperts {
+  // decoder layer index -> expert ids, sorted ascending, unique, each in
+  // [0, num_routed_experts). Keys must be MoE layers (ModelConfig::IsMoeLayer).
+  std::map<int64_t, std::vector<int64_t>> layers;
+
+  // Keeps `experts` (any order; sorted and deduplicated here) in `layer`.
+  void Set(int64_t layer, std::vector<int64_t> experts);
+  // The kept experts of `layer`, or nullptr when every expert is kept.
+  const std::vector<int64_t>* Find(int64_t layer) const;
+  bool empty() const { return layers.empty(); }
+
+  // INVALID_ARGUMENT when a key is not a MoE layer of `config`, an id is out
+  // of range, ids are unsorted or repeated, or a layer keeps fewer than
+  // `top_k` experts (lower top-k explicitly with EngineOptions::top_k).
+  absl::Status Validate(const ModelConfig& config, int64_t top_k) const;
+};
+
+// What a router tap sees for one MoE layer of one forward pass. The tensors
+// are valid during the callback only (copy what you keep); they live on the
+// engine's device. T is the number of tokens of the forward pass (packed:
+// every sequence's new tokens, in sequence order), N = num_routed_experts,
+// K = the engine's top-k.
+struct RouterTapEvent {
+  // Decoder layer index.
+  int64_t layer = 0;
+  // [T] int64: for each token, its sequence's index in the batch.
+  at::Tensor sequence;
+  // [T] int64: for each token, its position in its sequence (0-based).
+  at::Tensor position;
+  // [T, N] fp32: raw gate logits (before any mask). In a reduced model the
+  // columns of experts that are not loaded read -inf.
+  at::Tensor gate_logits;
+  // [T, K] int64: the selected experts (global ids), best score first.
+  at::Tensor selected_experts;
+  // [T, K] fp32: the routing weights the experts' outputs were scaled by
+  // (after normalisation and routed_scaling_factor).
+  at::Tensor routing_weights;
+  // [T, K] fp32: L2 norm of each selected expert's output (before the routing
+  // weight); undefined unless RouterTap::WantsExpertNorms().
+  at::Tensor expert_norms;
+};
+
+// Receives router activity. Called on the thread running Forward/Generate,
+// once per MoE layer per forward pass, in layer order. When no tap is set the
+// engine computes nothing for taps.
+class RouterTap {
+ public:
+  virtual ~RouterTap() = default;
+  // Whether to compute RouterTapEvent::expert_norms (costs one norm per
+  // selected expert output). Default: false.
+  virtual bool WantsExpertNorms() const { return false; }
+  virtual void OnRouter(const RouterTapEvent& event) = 0;
+};
+
+struct EngineOptions {
+  // Compute dtype of weights and activations: "bf16" or "fp32". Checkpoint
+  // tensors (F32, F16, BF16, or F8_E4M3 with block scales) are converted at
+  // load. Router weights and e_score_correction_bias stay fp32. Default: "bf16".
+  std::string dtype = "bf16";
+  // "cpu" or "cuda[:N]" (CUDA needs a CUDA build and a GPU). Default: "cpu".
+  std::string device = "cpu";
+  // Reduced model: only these experts are loaded (per layer; layers absent
+  // keep all). Default: empty (the full model).
+  KeptExperts keep;
+  // Experts per token; 0 means the config's num_experts_per_tok. A value
+  // below the config's is how a caller lowers top-k explicitly (e.g. 4 of 64
+  // kept). Must be in [0, num_routed_experts]. Default: 0.
+  int64_t top_k = 0;
+  // Largest total sequence length (prompt + generated) the engine accepts;
+  // 0 means the config's max_position_embeddings. Default: 0.
+  int64_t max_context = 0;
+
+  // INVALID_ARGUMENT for an unknown dtype or device string, top_k < 0 or
+  // max_context < 0. (keep and top_k are checked against the model in Open.)
+  absl::Status Validate() const;
+};
+
+class Engine;
+
+// Keys and values of a batch of sequences. Made by Engine::NewCache, used by
+// that engine only. Memory: allocated up front for `capacity` tokens per
+// sequence (for deepseek, the compressed latent: kv_lora_rank +
+// qk_rope_head_dim per token per layer). Not thread-safe; one forward at a
+// time.
+class KvCache {
+ public:
+  virtual ~KvCache() = default;
+  virtual int64_t batch_size() const = 0;
+  virtual int64_t capacity() const = 0;
+  // Tokens held for sequence `seq`.
+  virtual int64_t length(int64_t seq) const = 0;
+  // Forgets sequence `seq`'s tokens (its slot can take a new sequence).
+  virtual void Clear(int64_t seq) = 0;
+};
+
+struct ForwardOptions {
+  // Called per MoE layer; not owned; may be null. Default: null.
+  RouterTap* tap = nullptr;
+  // Per sequence of the batch, its expert mask (not owned; null = no mask).
+  // Empty, or one entry per sequence. Each must pass KeptExperts::Validate.
+  std::vector<const KeptExperts*> masks;
+  // true: logits for every new token, packed [T, V]; false: only the last
+  // new token of each sequence, [B, V]. Default: false.
+  bool all_logits = false;
+};
+
+// Sampling and stopping. Greedy when temperature == 0.
+struct GenerationOptions {
+  // Most tokens generated per request, >= 1; prompt + max_new_tokens must fit
+  // in the engine's context. Default: 64.
+  int64_t max_new_tokens = 64;
+  // 0: greedy (argmax); > 0: sample from softmax(logits / temperature).
+  // Default: 0.
+  double temperature = 0.0;
+  // Nucleus sampling: keep the smallest set of most likely tokens whose
+  // probability reaches top_p, in (0, 1]. Default: 1 (off).
+  double top_p = 1.0;
+  // Keep only the top_k most likely tokens; 0 = off. Default: 0.
+  int64_t top_k = 0;
+  // Seed of the sampler; request i of a batch uses seed + i, so a request
+  // samples the same tokens alone or in a batch. Default: 0.
+  uint64_t seed = 0;
+  // Stop after generating any of these token-id sequences (each non-empty);
+  // the stop sequence is not included in the result. Default: none.
+  std::vector<std::vector<int64_t>> stop_sequences;
+  // Stop at the config's eos_token_ids (the eos token is not included).
+  // Default: true.
+  bool stop_at_eos = true;
+
+  // INVALID_ARGUMENT for temperature < 0 (or not finite), top_p outside
+  // (0, 1], top_k < 0, max_new_tokens < 1, an empty stop sequence.
+  absl::Status Validate() const;
+};
+
+struct GenerationRequest {
+  // Token ids, non-empty, each in [0, vocab_size).
+  std::vector<int64_t> prompt;
+  // Expert mask for this request (not owned); null = none.
+  const KeptExperts* mask = nullptr;
+};
+
+struct GenerationResult {
+  enum class FinishReason { kLength, kEos, kStopSequence };
+  // Generated tokens (without the prompt, eos or stop sequence).
+  std::vector<int64_t> tokens;
+  FinishReason finish_reason = FinishReason::kLength;
+};
+
+// A loaded model. Ownership: owns its weights (copied/converted out of the
+// checkpoint, which is closed after Open). Thread safety: const methods may
+// run concurrently from several threads, each with its own KvCache.
+class Engine {
+ public:
+  // Reads model_dir/config.json and the checkpoint in model_dir, converting
+  // weights to options.dtype on options.device. Routed experts outside
+  // options.keep are never read. Errors: NOT_FOUND for missing files or
+  // tensors, INVALID_ARGUMENT for bad options, a mask that does not fit the
+  // model, or tensors whose shapes disagree with the config.
+  static absl::StatusOr<std::unique_ptr<Engine>> Open(const std::string& model_dir,
+                                                      const EngineOptions& options);
+  virtual ~Engine() = default;
+
+  virtual const ModelConfig& config() const = 0;
+  virtual const EngineOptions& options() const = 0;
+  // The effective top-k (options().top_k, or the config's).
+  virtual int64_t top_k() const = 0;
+  // The effective context limit.
+  virtual int64_t max_context() const = 0;
+  // Bytes of all weight tensors held.
+  virtual int64_t weight_bytes() const = 0;
+
+  // The loaded weight called `name` (HF tensor name, e.g.
+  // "model.layers.1.mlp.experts.3.gate_proj.weight"), in the compute dtype
+  // (router weights fp32), as loaded and dequantised; NOT_FOUND when the
+  // engine does not hold it (e.g. a pruned expert). For tests and tools.
+  virtual absl::StatusOr<at::Tensor> Weight(const std::string& name) const = 0;
+
+  // A cache for `batch_size` sequences of up to `capacity` tokens each
+  // (capacity <= max_context). INVALID_ARGUMENT for sizes < 1 or too large.
+  virtual absl::StatusOr<std::unique_ptr<KvCache>> NewCache(int64_t batch_size,
+                                                            int64_t capacity) const = 0;
+
+  // Runs tokens[b] (appended after what `cache` holds for sequence b; may be
+  // empty for a sequence that sits this step out) through the model.
+  // tokens.size() must equal cache->batch_size(). With cache == nullptr, a
+  // fresh cache is used (every sequence starts at position 0).
+  // Returns fp32 logits on the engine's device: [B, V] (the last new token of
+  // each sequence; a sequence with no new tokens gets a zero row) or, with
+  // options.all_logits, [T, V] for every new token in packed order.
+  // INVALID_ARGUMENT for out-of-range tokens, sequences overflowing the cache,
+  // masks of the wrong count or that do not fit the model.
+  virtual absl::StatusOr<at::Tensor> Forward(const std::vector<std::vector<int64_t>>& tokens,
+                                             KvCache* cache,
+                                             const ForwardOptions& options = {}) const = 0;
+
+  // Generates for a batch of requests (prefill together, then decode the
+  // unfinished ones together). `on_token(request, token)`, when set, is
+  // called for each generated token as soon as it is known to be final
+  // (tokens that could start a stop sequence are held back). The tap, when
+  // set, sees every forward pass. INVALID_ARGUMENT for an empty prompt, a
+  // prompt + max_new_tokens over max_context(), bad options.
+  virtual absl::StatusOr<std::vector<GenerationResult>> Generate(
+      const std::vector<GenerationRequest>& requests, const GenerationOptions& options,
+      RouterTap* tap = nullptr,
+      const std::function<void(int64_t, int64_t)>& on_token = nullptr) const = 0;
+};
+
+}  // namespace premoe::model

@@ -1,0 +1,926 @@
+// The engine's forward pass, KV cache and generation loop. See engine.h for
+// the contract; comments here say why the code is shaped as it is.
+#include "premoe/model/engine.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <exception>
+#include <limits>
+#include <random>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "engine_weights.h"
+#include "premoe/common/status.h"
+
+namespace premoe::model {
+
+// ---- KeptExperts, options ----------------------------------------------------
+
+void KeptExperts::Set(int64_t layer, std::vector<int64_t> experts) {
+  std::sort(experts.begin(), experts.end());
+  experts.erase(std::unique(experts.begin(), experts.end()), experts.end());
+  layers[layer] = std::move(experts);
+}
+
+const std::vector<int64_t>* KeptExperts::Find(int64_t layer) const {
+  auto it = layers.find(layer);
+  return it == layers.end() ? nullptr : &it->second;
+}
+
+absl::Status KeptExperts::Validate(const ModelConfig& config, int64_t top_k) const {
+  for (const auto& [layer, experts] : layers) {
+    if (layer < 0 || layer >= config.num_hidden_layers ||
+        !config.IsMoeLayer(static_cast<int>(layer))) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("expert mask names layer ", layer, ", which is not a MoE layer of this ",
+                       ModelTypeName(config.architecture), " model"));
+    }
+    for (size_t i = 0; i < experts.size(); ++i) {
+      if (experts[i] < 0 || experts[i] >= config.num_routed_experts) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("expert mask: layer ", layer, " keeps expert ", experts[i],
+                         ", outside [0, ", config.num_routed_experts, ")"));
+      }
+      if (i > 0 && experts[i] <= experts[i - 1]) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "expert mask: layer ", layer, "'s expert ids must be sorted and unique, got ",
+            experts[i - 1], " then ", experts[i]));
+      }
+    }
+    if (static_cast<int64_t>(experts.size()) < top_k) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "expert mask: layer ", layer, " keeps ", experts.size(), " experts, fewer than top-k ",
+          top_k, "; keep more or lower top-k explicitly (EngineOptions::top_k)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status EngineOptions::Validate() const {
+  if (dtype != "bf16" && dtype != "fp32") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("EngineOptions.dtype must be \"bf16\" or \"fp32\", got \"", dtype, "\""));
+  }
+  if (device != "cpu" && device != "cuda" && device.rfind("cuda:", 0) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "EngineOptions.device must be \"cpu\", \"cuda\" or \"cuda:N\", got \"", device, "\""));
+  }
+  if (device.rfind("cuda:", 0) == 0) {
+    int index = 0;
+    if (!absl::SimpleAtoi(device.substr(5), &index) || index < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("EngineOptions.device: bad CUDA device index in \"", device, "\""));
+    }
+  }
+  if (top_k < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("EngineOptions.top_k must be >= 0, got ", top_k));
+  }
+  if (max_context < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("EngineOptions.max_context must be >= 0, got ", max_context));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GenerationOptions::Validate() const {
+  if (!std::isfinite(temperature) || temperature < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("temperature must be a finite number >= 0, got ", temperature));
+  }
+  if (!(top_p > 0 && top_p <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("top_p must be in (0, 1], got ", top_p));
+  }
+  if (top_k < 0) return absl::InvalidArgumentError(absl::StrCat("top_k must be >= 0, got ", top_k));
+  if (max_new_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_new_tokens must be >= 1, got ", max_new_tokens));
+  }
+  for (const auto& s : stop_sequences) {
+    if (s.empty()) return absl::InvalidArgumentError("a stop sequence is empty");
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
+using internal::Linear;
+using internal::MlpWeights;
+using internal::ModelWeights;
+using internal::MoeWeights;
+
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+bool IsDeepseek(const ModelConfig& c) {
+  return c.architecture == Architecture::kDeepseekV2 ||
+         c.architecture == Architecture::kDeepseekV3;
+}
+
+at::Tensor Lin(const at::Tensor& x, const Linear& l) {
+  return l.b.defined() ? at::linear(x, l.w, l.b) : at::linear(x, l.w);
+}
+
+// HF RMSNorm: normalise in fp32, cast back, then multiply by the weight.
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
+  xf = xf * at::rsqrt(var + eps);
+  return w * xf.to(x.scalar_type());
+}
+
+at::Tensor Mlp(const at::Tensor& x, const MlpWeights& m) {
+  at::Tensor gu = Lin(x, m.gate_up);
+  at::Tensor act = at::silu(gu.narrow(-1, 0, m.intermediate)) * gu.narrow(-1, m.intermediate, m.intermediate);
+  return Lin(act, m.down);
+}
+
+// Inverse RoPE frequencies [dim/2] fp32 and the cos/sin scale, as
+// transformers' ROPE_INIT_FUNCTIONS compute them (in fp32 tensors, so the
+// rounding matches). `seq_len` only matters for dynamic NTK.
+struct Rope {
+  at::Tensor inv_freq;
+  double scaling = 1.0;
+};
+
+Rope ComputeRope(const ModelConfig& c, int64_t seq_len) {
+  const int64_t dim = IsDeepseek(c) ? c.qk_rope_head_dim : c.head_dim;
+  const RopeParameters& r = c.rope;
+  double base = r.theta;
+  at::Tensor exponents = at::arange(0, dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(dim);
+  Rope rope;
+  switch (r.type) {
+    case RopeType::kDefault:
+      rope.inv_freq = 1.0 / at::pow(at::Scalar(base), exponents);
+      break;
+    case RopeType::kLinear:
+      rope.inv_freq = 1.0 / at::pow(at::Scalar(base), exponents) / r.factor;
+      break;
+    case RopeType::kDynamic: {
+      const double sl = static_cast<double>(std::max(seq_len, c.max_position_embeddings));
+      base = base * std::pow(r.factor * sl / static_cast<double>(c.max_position_embeddings) -
+                                 (r.factor - 1),
+                             static_cast<double>(dim) / static_cast<double>(dim - 2));
+      rope.inv_freq = 1.0 / at::pow(at::Scalar(base), exponents);
+      break;
+    }
+    case RopeType::kYarn: {
+      const double factor = r.factor;
+      at::Tensor pos_freqs = at::pow(at::Scalar(base), exponents);
+      at::Tensor extrapolation = 1.0 / pos_freqs;
+      at::Tensor interpolation = 1.0 / (factor * pos_freqs);
+      auto correction_dim = [&](double rotations) {
+        return (static_cast<double>(dim) *
+                std::log(static_cast<double>(r.original_max_position_embeddings) /
+                         (rotations * 2 * M_PI))) /
+               (2 * std::log(base));
+      };
+      double low = correction_dim(r.beta_fast), high = correction_dim(r.beta_slow);
+      if (r.truncate) {
+        low = std::floor(low);
+        high = std::ceil(high);
+      }
+      low = std::max(low, 0.0);
+      high = std::min(high, static_cast<double>(dim - 1));
+      if (low == high) high += 0.001;
+      at::Tensor ramp =
+          at::clamp((at::arange(dim / 2, at::kFloat) - low) / (high - low), 0, 1);
+      at::Tensor extrapolation_factor = 1 - ramp;
+      rope.inv_freq = interpolation * (1 - extrapolation_factor) +
+                      extrapolation * extrapolation_factor;
+      rope.scaling = r.attention_factor;
+      break;
+    }
+  }
+  return rope;
+}
+
+// q [T, heads, D] with cos/sin [T, D] (cat(freqs, freqs) layout).
+at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                     bool interleave) {
+  const int64_t d = x.size(-1);
+  if (!interleave) {
+    at::Tensor c = cos.unsqueeze(1), s = sin.unsqueeze(1);
+    at::Tensor x1 = x.narrow(-1, 0, d / 2), x2 = x.narrow(-1, d / 2, d / 2);
+    return x * c + at::cat({-x2, x1}, -1) * s;
+  }
+  // Interleaved pairs (x0, x1), (x2, x3), ... rotated by one frequency each.
+  // The output is de-interleaved (evens, then odds), as HF's deepseek_v3;
+  // deepseek_v2's complex form interleaves its output instead, which is the
+  // same permutation applied to both queries and keys, so scores are equal.
+  at::Tensor c = cos.narrow(-1, 0, d / 2).unsqueeze(1), s = sin.narrow(-1, 0, d / 2).unsqueeze(1);
+  using at::indexing::Slice;
+  at::Tensor x1 = x.index({"...", Slice(0, at::indexing::None, 2)});
+  at::Tensor x2 = x.index({"...", Slice(1, at::indexing::None, 2)});
+  return at::cat({x1 * c - x2 * s, x2 * c + x1 * s}, -1);
+}
+
+// ---- KV cache ------------------------------------------------------------------
+
+class KvCacheImpl final : public KvCache {
+ public:
+  KvCacheImpl(const void* owner, int64_t batch, int64_t capacity)
+      : owner_(owner), batch_(batch), capacity_(capacity), lengths_(batch, 0) {}
+  int64_t batch_size() const override { return batch_; }
+  int64_t capacity() const override { return capacity_; }
+  int64_t length(int64_t seq) const override {
+    return seq >= 0 && seq < batch_ ? lengths_[seq] : 0;
+  }
+  void Clear(int64_t seq) override {
+    if (seq >= 0 && seq < batch_) lengths_[seq] = 0;
+  }
+
+  const void* owner_;
+  int64_t batch_, capacity_;
+  std::vector<int64_t> lengths_;
+  // Per layer. GQA: a = keys, b = values, [B, Hkv, cap, D] (post-RoPE keys).
+  // MLA: a = normalised latent [B, cap, kv_lora_rank], b = rotated shared key
+  // [B, cap, qk_rope_head_dim] (the compressed cache, as HF keeps it).
+  std::vector<at::Tensor> a, b;
+};
+
+// ---- The engine ----------------------------------------------------------------
+
+// Per-forward bookkeeping shared by the layers.
+struct Batch {
+  int64_t tokens = 0;                 // T
+  at::Tensor seq, pos;                // [T] long
+  std::vector<int64_t> active;        // sequences with new tokens
+  at::Tensor slot_a, slot_i;          // [T]: (active index, offset) of each token
+  int64_t s_max = 0, l_max = 0;
+  at::Tensor active_t;                // [Ba] long
+  at::Tensor qpos;                    // [Ba, s_max] long: position of each query slot
+  at::Tensor full_mask;               // [Ba, s_max, l_max] bool, true = may attend
+  std::map<int64_t, at::Tensor> window_masks;
+  at::Tensor cos, sin;                // [T, rope dim] compute dtype
+  bool all_active = false;
+};
+
+class EngineImpl final : public Engine {
+ public:
+  EngineImpl(ModelConfig config, EngineOptions options, ModelWeights weights, at::ScalarType dtype,
+             at::Device device)
+      : config_(std::move(config)),
+        options_(std::move(options)),
+        w_(std::move(weights)),
+        dtype_(dtype),
+        device_(device) {
+    top_k_ = options_.top_k > 0 ? options_.top_k : config_.num_experts_per_tok;
+    max_context_ =
+        options_.max_context > 0 ? options_.max_context : config_.max_position_embeddings;
+    static_rope_ = ComputeRope(config_, 0);
+    for (int64_t e : config_.eos_token_ids) eos_.push_back(e);
+  }
+
+  const ModelConfig& config() const override { return config_; }
+  const EngineOptions& options() const override { return options_; }
+  int64_t top_k() const override { return top_k_; }
+  int64_t max_context() const override { return max_context_; }
+  int64_t weight_bytes() const override { return w_.bytes; }
+
+  absl::StatusOr<at::Tensor> Weight(const std::string& name) const override {
+    auto it = w_.by_name.find(name);
+    if (it == w_.by_name.end()) {
+      return absl::NotFoundError(absl::StrCat("the engine holds no weight named \"", name, "\""));
+    }
+    return it->second;
+  }
+
+  absl::StatusOr<std::unique_ptr<KvCache>> NewCache(int64_t batch_size,
+                                                    int64_t capacity) const override {
+    if (batch_size < 1 || capacity < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "NewCache: batch_size and capacity must be >= 1, got ", batch_size, " and ", capacity));
+    }
+    if (capacity > max_context_) {
+      return absl::InvalidArgumentError(absl::StrCat("NewCache: capacity ", capacity,
+                                                     " exceeds the context limit ", max_context_));
+    }
+    try {
+      auto cache = std::make_unique<KvCacheImpl>(this, batch_size, capacity);
+      auto opts = at::TensorOptions().dtype(dtype_).device(device_);
+      const ModelConfig& c = config_;
+      for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+        if (IsDeepseek(c)) {
+          cache->a.push_back(at::zeros({batch_size, capacity, c.kv_lora_rank}, opts));
+          cache->b.push_back(at::zeros({batch_size, capacity, c.qk_rope_head_dim}, opts));
+        } else {
+          cache->a.push_back(
+              at::zeros({batch_size, c.num_key_value_heads, capacity, c.head_dim}, opts));
+          cache->b.push_back(
+              at::zeros({batch_size, c.num_key_value_heads, capacity, c.head_dim}, opts));
+        }
+      }
+      return std::unique_ptr<KvCache>(std::move(cache));
+    } catch (const std::exception& e) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("NewCache(", batch_size, ", ", capacity, "): ", e.what()));
+    }
+  }
+
+  absl::StatusOr<at::Tensor> Forward(const std::vector<std::vector<int64_t>>& tokens,
+                                     KvCache* cache, const ForwardOptions& options) const override {
+    std::unique_ptr<KvCache> owned;
+    if (cache == nullptr) {
+      int64_t longest = 1;
+      for (const auto& t : tokens) longest = std::max<int64_t>(longest, t.size());
+      if (tokens.empty()) return absl::InvalidArgumentError("Forward: no sequences");
+      ASSIGN_OR_RETURN(owned, NewCache(static_cast<int64_t>(tokens.size()), longest));
+      cache = owned.get();
+    }
+    auto* kv = dynamic_cast<KvCacheImpl*>(cache);
+    if (kv == nullptr || kv->owner_ != this) {
+      return absl::InvalidArgumentError("Forward: the KvCache was made by another engine");
+    }
+    RETURN_IF_ERROR(CheckForward(tokens, *kv, options));
+    try {
+      return ForwardImpl(tokens, *kv, options);
+    } catch (const c10::Error& e) {
+      return absl::InternalError(absl::StrCat("Forward: libtorch: ", e.what_without_backtrace()));
+    } catch (const std::exception& e) {
+      return absl::InternalError(absl::StrCat("Forward: ", e.what()));
+    }
+  }
+
+  absl::StatusOr<std::vector<GenerationResult>> Generate(
+      const std::vector<GenerationRequest>& requests, const GenerationOptions& options,
+      RouterTap* tap, const std::function<void(int64_t, int64_t)>& on_token) const override;
+
+ private:
+  absl::Status CheckForward(const std::vector<std::vector<int64_t>>& tokens,
+                            const KvCacheImpl& kv, const ForwardOptions& options) const {
+    if (static_cast<int64_t>(tokens.size()) != kv.batch_) {
+      return absl::InvalidArgumentError(absl::StrCat("Forward: ", tokens.size(),
+                                                     " sequences for a cache of batch size ",
+                                                     kv.batch_));
+    }
+    int64_t total = 0;
+    for (size_t b = 0; b < tokens.size(); ++b) {
+      for (int64_t t : tokens[b]) {
+        if (t < 0 || t >= config_.vocab_size) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "Forward: sequence ", b, " has token id ", t, ", outside [0, ", config_.vocab_size,
+              ")"));
+        }
+      }
+      if (kv.lengths_[b] + static_cast<int64_t>(tokens[b].size()) > kv.capacity_) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "Forward: sequence ", b, " would hold ", kv.lengths_[b] + tokens[b].size(),
+            " tokens, over the cache capacity ", kv.capacity_));
+      }
+      total += static_cast<int64_t>(tokens[b].size());
+    }
+    if (total == 0) return absl::InvalidArgumentError("Forward: no tokens to run");
+    if (!options.masks.empty() && options.masks.size() != tokens.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("Forward: ", options.masks.size(),
+                                                     " masks for ", tokens.size(), " sequences"));
+    }
+    for (const KeptExperts* m : options.masks) {
+      if (m == nullptr) continue;
+      RETURN_IF_ERROR(m->Validate(config_, top_k_));
+      for (const auto& [layer, experts] : m->layers) {
+        const MoeWeights& moe = w_.layers[layer].moe;
+        if (moe.all_loaded) continue;
+        for (int64_t e : experts) {
+          if (!std::binary_search(moe.loaded.begin(), moe.loaded.end(), e)) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                "expert mask keeps expert ", e, " of layer ", layer,
+                ", which this reduced model did not load"));
+          }
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  Batch MakeBatch(const std::vector<std::vector<int64_t>>& tokens, const KvCacheImpl& kv) const {
+    Batch bt;
+    std::vector<int64_t> seq, pos, slot_a, slot_i, ids;
+    std::vector<int64_t> len_of_active;
+    for (size_t b = 0; b < tokens.size(); ++b) {
+      if (tokens[b].empty()) continue;
+      const int64_t a = static_cast<int64_t>(bt.active.size());
+      bt.active.push_back(static_cast<int64_t>(b));
+      len_of_active.push_back(kv.lengths_[b]);
+      bt.s_max = std::max<int64_t>(bt.s_max, tokens[b].size());
+      bt.l_max = std::max<int64_t>(bt.l_max, kv.lengths_[b] + tokens[b].size());
+      for (size_t i = 0; i < tokens[b].size(); ++i) {
+        seq.push_back(static_cast<int64_t>(b));
+        pos.push_back(kv.lengths_[b] + static_cast<int64_t>(i));
+        slot_a.push_back(a);
+        slot_i.push_back(static_cast<int64_t>(i));
+      }
+    }
+    bt.tokens = static_cast<int64_t>(seq.size());
+    bt.all_active = static_cast<int64_t>(bt.active.size()) == kv.batch_;
+    auto lopt = at::TensorOptions().dtype(at::kLong);
+    bt.seq = at::tensor(seq, lopt).to(device_);
+    bt.pos = at::tensor(pos, lopt).to(device_);
+    bt.slot_a = at::tensor(slot_a, lopt).to(device_);
+    bt.slot_i = at::tensor(slot_i, lopt).to(device_);
+    bt.active_t = at::tensor(bt.active, lopt).to(device_);
+    // Query slot positions; padded slots get position 0 so they attend to
+    // key 0 only (their output is discarded; this just avoids NaN rows).
+    const int64_t ba = static_cast<int64_t>(bt.active.size());
+    std::vector<int64_t> qpos(ba * bt.s_max, 0);
+    for (int64_t a = 0; a < ba; ++a) {
+      const int64_t n = static_cast<int64_t>(tokens[bt.active[a]].size());
+      for (int64_t i = 0; i < n; ++i) qpos[a * bt.s_max + i] = len_of_active[a] + i;
+    }
+    bt.qpos = at::tensor(qpos, lopt).view({ba, bt.s_max}).to(device_);
+    at::Tensor j = at::arange(bt.l_max, lopt.device(device_));
+    bt.full_mask = j.view({1, 1, -1}) <= bt.qpos.unsqueeze(-1);
+
+    // RoPE tables for these positions.
+    Rope rope = static_rope_;
+    if (config_.rope.type == RopeType::kDynamic) {
+      rope = ComputeRope(config_, *std::max_element(pos.begin(), pos.end()) + 1);
+    }
+    at::Tensor freqs = bt.pos.to(at::kFloat).unsqueeze(-1) * rope.inv_freq.to(device_).unsqueeze(0);
+    at::Tensor emb = at::cat({freqs, freqs}, -1);
+    bt.cos = (emb.cos() * rope.scaling).to(dtype_);
+    bt.sin = (emb.sin() * rope.scaling).to(dtype_);
+    return bt;
+  }
+
+  const at::Tensor& MaskFor(Batch& bt, int64_t layer) const {
+    std::optional<int64_t> window = config_.SlidingWindow(static_cast<int>(layer));
+    if (!window.has_value()) return bt.full_mask;
+    auto it = bt.window_masks.find(*window);
+    if (it != bt.window_masks.end()) return it->second;
+    at::Tensor j = at::arange(bt.l_max, at::TensorOptions().dtype(at::kLong).device(device_));
+    // HF sliding_window_overlay: kv_idx > q_idx - window. (Padded query
+    // slots sit at position 0 and keep key 0.)
+    at::Tensor m = bt.full_mask & (j.view({1, 1, -1}) > (bt.qpos.unsqueeze(-1) - *window));
+    return bt.window_masks.emplace(*window, m).first->second;
+  }
+
+  // q [Ba, s, H, Dq]; k [Ba, Hkv, L, Dq]; v [Ba, Hkv, L, Dv]; mask [Ba, s, L].
+  // Returns [Ba, s, H * Dv]. Query heads are grouped by their KV head (HF's
+  // repeat_kv order: q head h uses kv head h / G) so keys are never copied.
+  at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                    const at::Tensor& mask, double scale) const {
+    const int64_t ba = q.size(0), s = q.size(1), h = q.size(2), dq = q.size(3);
+    const int64_t hkv = k.size(1), g = h / hkv, l = k.size(2), dv = v.size(3);
+    at::Tensor qg = q.view({ba, s, hkv, g, dq}).permute({0, 2, 3, 1, 4}).reshape({ba, hkv, g * s, dq});
+    at::Tensor scores = at::matmul(qg, k.transpose(-1, -2)) * scale;  // [Ba, Hkv, G*s, L]
+    scores = scores.view({ba, hkv, g, s, l})
+                 .masked_fill(mask.logical_not().view({ba, 1, 1, s, l}), kNegInf);
+    at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+    at::Tensor out = at::matmul(probs.view({ba, hkv, g * s, l}), v);  // [Ba, Hkv, G*s, Dv]
+    return out.view({ba, hkv, g, s, dv}).permute({0, 3, 1, 2, 4}).reshape({ba, s, h * dv});
+  }
+
+  // Scatters packed rows [T, ...] into padded [Ba, s_max, ...].
+  at::Tensor Pad(const Batch& bt, const at::Tensor& x) const {
+    std::vector<int64_t> shape = {static_cast<int64_t>(bt.active.size()), bt.s_max};
+    for (int64_t d = 1; d < x.dim(); ++d) shape.push_back(x.size(d));
+    at::Tensor out = at::zeros(shape, x.options());
+    out.index_put_({bt.slot_a, bt.slot_i}, x);
+    return out;
+  }
+
+  at::Tensor ActiveRows(const Batch& bt, const at::Tensor& cache_tensor) const {
+    return bt.all_active ? cache_tensor : cache_tensor.index_select(0, bt.active_t);
+  }
+
+  at::Tensor AttentionGqa(const at::Tensor& x, int64_t layer, Batch& bt, KvCacheImpl& kv) const {
+    const ModelConfig& c = config_;
+    const auto& a = w_.layers[layer].attn;
+    const int64_t t = bt.tokens, nh = c.num_attention_heads, nkv = c.num_key_value_heads,
+                  d = c.head_dim;
+    at::Tensor q = Lin(x, a.q), k = Lin(x, a.k), v = Lin(x, a.v);
+    if (c.qk_norm == QkNorm::kFull) {
+      q = RmsNorm(q, a.q_norm, c.rms_norm_eps);
+      k = RmsNorm(k, a.k_norm, c.rms_norm_eps);
+    }
+    if (c.clip_qkv.has_value()) {
+      q = q.clamp(-*c.clip_qkv, *c.clip_qkv);
+      k = k.clamp(-*c.clip_qkv, *c.clip_qkv);
+      v = v.clamp(-*c.clip_qkv, *c.clip_qkv);
+    }
+    q = q.view({t, nh, d});
+    k = k.view({t, nkv, d});
+    v = v.view({t, nkv, d});
+    if (c.qk_norm == QkNorm::kPerHead) {
+      q = RmsNorm(q, a.q_norm, c.rms_norm_eps);
+      k = RmsNorm(k, a.k_norm, c.rms_norm_eps);
+    }
+    q = ApplyRope(q, bt.cos, bt.sin, false);
+    k = ApplyRope(k, bt.cos, bt.sin, false);
+    // Cache layout [B, Hkv, cap, D]; write through a [B, cap, Hkv, D] view.
+    kv.a[layer].permute({0, 2, 1, 3}).index_put_({bt.seq, bt.pos}, k);
+    kv.b[layer].permute({0, 2, 1, 3}).index_put_({bt.seq, bt.pos}, v);
+    at::Tensor keys = ActiveRows(bt, kv.a[layer]).narrow(2, 0, bt.l_max);
+    at::Tensor values = ActiveRows(bt, kv.b[layer]).narrow(2, 0, bt.l_max);
+    at::Tensor out = Attend(Pad(bt, q), keys, values, MaskFor(bt, layer), 1.0 / std::sqrt(d));
+    out = out.index({bt.slot_a, bt.slot_i});  // [T, nh*d]
+    return Lin(out, a.o);
+  }
+
+  at::Tensor AttentionMla(const at::Tensor& x, int64_t layer, Batch& bt, KvCacheImpl& kv) const {
+    const ModelConfig& c = config_;
+    const auto& a = w_.layers[layer].attn;
+    const int64_t t = bt.tokens, nh = c.num_attention_heads, nope = c.qk_nope_head_dim,
+                  rope = c.qk_rope_head_dim, vd = c.v_head_dim, r = c.kv_lora_rank;
+    at::Tensor q = c.q_lora_rank.has_value()
+                       ? Lin(RmsNorm(Lin(x, a.q_a), a.q_a_norm, c.rms_norm_eps), a.q_b)
+                       : Lin(x, a.q);
+    q = q.view({t, nh, nope + rope});
+    at::Tensor q_nope = q.narrow(-1, 0, nope), q_rot = q.narrow(-1, nope, rope);
+    at::Tensor ckv = Lin(x, a.kv_a);
+    at::Tensor latent = RmsNorm(ckv.narrow(-1, 0, r), a.kv_a_norm, c.rms_norm_eps);
+    at::Tensor k_rot = ckv.narrow(-1, r, rope).view({t, 1, rope});
+    q_rot = ApplyRope(q_rot, bt.cos, bt.sin, c.rope_interleave);
+    k_rot = ApplyRope(k_rot, bt.cos, bt.sin, c.rope_interleave).view({t, rope});
+    kv.a[layer].index_put_({bt.seq, bt.pos}, latent);
+    kv.b[layer].index_put_({bt.seq, bt.pos}, k_rot);
+    at::Tensor lat = ActiveRows(bt, kv.a[layer]).narrow(1, 0, bt.l_max);   // [Ba, L, r]
+    at::Tensor kr = ActiveRows(bt, kv.b[layer]).narrow(1, 0, bt.l_max);    // [Ba, L, rope]
+    const int64_t ba = lat.size(0), l = bt.l_max;
+    at::Tensor kvx = Lin(lat, a.kv_b).view({ba, l, nh, nope + vd});
+    at::Tensor keys = at::cat({kvx.narrow(-1, 0, nope),
+                               kr.unsqueeze(2).expand({ba, l, nh, rope})}, -1)
+                          .permute({0, 2, 1, 3});                            // [Ba, nh, L, qk]
+    at::Tensor values = kvx.narrow(-1, nope, vd).permute({0, 2, 1, 3});      // [Ba, nh, L, vd]
+    at::Tensor qf = at::cat({q_nope, q_rot}, -1);
+    at::Tensor out = Attend(Pad(bt, qf), keys, values, MaskFor(bt, layer), c.AttentionScale());
+    out = out.index({bt.slot_a, bt.slot_i});
+    return Lin(out, a.o);
+  }
+
+  // Which experts each token may select: [T, N] bool, or undefined when all.
+  at::Tensor AllowedExperts(const Batch& bt, int64_t layer, const ForwardOptions& options) const {
+    const MoeWeights& moe = w_.layers[layer].moe;
+    bool any = false;
+    for (const KeptExperts* m : options.masks) any = any || (m != nullptr && m->Find(layer));
+    if (!any) {
+      if (moe.all_loaded) return at::Tensor();
+      return moe.loaded_mask.unsqueeze(0).expand({bt.tokens, config_.num_routed_experts});
+    }
+    const int64_t batch = static_cast<int64_t>(options.masks.size());
+    at::Tensor table = moe.loaded_mask.unsqueeze(0).repeat({batch, 1}).cpu();
+    for (int64_t b = 0; b < batch; ++b) {
+      const KeptExperts* m = options.masks[b];
+      const std::vector<int64_t>* kept = m == nullptr ? nullptr : m->Find(layer);
+      if (kept == nullptr) continue;
+      at::Tensor row = at::zeros({config_.num_routed_experts}, at::kBool);
+      row.index_fill_(0, at::tensor(*kept, at::TensorOptions().dtype(at::kLong)), true);
+      table[b].copy_(row);
+    }
+    return table.to(device_).index_select(0, bt.seq);
+  }
+
+  // Routing for one MoE layer: returns (selected [T, K] global ids, weights
+  // [T, K] fp32). `logits` [T, N] fp32 (-inf for experts not loaded).
+  std::pair<at::Tensor, at::Tensor> Route(const at::Tensor& logits, const at::Tensor& allowed,
+                                          const MoeWeights& moe) const {
+    const ModelConfig& c = config_;
+    const int64_t k = top_k_;
+    at::Tensor weights_source, choice;
+    if (c.scoring_func == RouterScoring::kSigmoid) {
+      weights_source = logits.sigmoid();
+      choice = weights_source + moe.e_score_bias;
+      if (allowed.defined()) choice = choice.masked_fill(allowed.logical_not(), kNegInf);
+    } else {
+      at::Tensor s = allowed.defined() ? logits.masked_fill(allowed.logical_not(), kNegInf) : logits;
+      weights_source = at::softmax(s, -1, at::kFloat);
+      // Pruned experts have probability 0; give them -inf so they rank below
+      // every kept expert even when a kept probability underflows to 0.
+      choice = allowed.defined() ? weights_source.masked_fill(allowed.logical_not(), kNegInf)
+                                 : weights_source;
+    }
+    at::Tensor idx;
+    if (c.topk_method == TopkMethod::kGreedy) {
+      idx = std::get<1>(at::topk(choice, k, -1));
+    } else {
+      const int64_t groups = *c.n_group, per = c.num_routed_experts / groups;
+      at::Tensor g = choice.view({-1, groups, per});
+      at::Tensor group_score;
+      if (c.topk_method == TopkMethod::kNoauxTc) {
+        at::Tensor top2 = std::get<0>(g.topk(std::min<int64_t>(2, per), -1));
+        at::Tensor finite = at::isfinite(top2);
+        group_score = at::where(finite, top2, at::zeros_like(top2)).sum(-1);
+        group_score = group_score.masked_fill(finite.select(-1, 0).logical_not(), kNegInf);
+      } else {
+        group_score = std::get<0>(g.max(-1));
+      }
+      at::Tensor group_idx = std::get<1>(at::topk(group_score, *c.topk_group, -1));
+      at::Tensor chosen = at::zeros_like(group_score, at::kBool).scatter_(1, group_idx, true);
+      chosen = chosen.unsqueeze(-1).expand({-1, groups, per}).reshape({-1, c.num_routed_experts});
+      // Experts of the chosen groups first; the others only fill slots the
+      // chosen groups cannot (possible only under a mask). fp64 keeps the
+      // order within each tier exact.
+      at::Tensor key = choice.to(at::kDouble) -
+                       at::where(chosen, at::zeros({}, at::kDouble),
+                                 at::full({}, 1e6, at::kDouble));
+      idx = std::get<1>(at::topk(key, k, -1));
+    }
+    at::Tensor w = weights_source.gather(1, idx);
+    if (c.norm_topk_prob) {
+      w = c.topk_method == TopkMethod::kNoauxTc ? w / (w.sum(-1, true) + 1e-20)
+                                                : w / w.sum(-1, true);
+    }
+    if (c.routed_scaling_factor != 1.0) w = w * c.routed_scaling_factor;
+    return {idx, w};
+  }
+
+  at::Tensor MoeBlock(const at::Tensor& x, int64_t layer, const Batch& bt,
+                      const ForwardOptions& options) const {
+    const MoeWeights& moe = w_.layers[layer].moe;
+    const int64_t t = bt.tokens, n = config_.num_routed_experts, k = top_k_,
+                  inter = config_.moe_intermediate_size;
+    at::Tensor logits = at::linear(x.to(at::kFloat), moe.gate);  // [T, N_loaded]
+    if (!moe.all_loaded) {
+      at::Tensor full = at::full({t, n}, kNegInf, logits.options());
+      full.index_copy_(1, moe.loaded_ids, logits);
+      logits = full;
+    }
+    at::Tensor allowed = AllowedExperts(bt, layer, options);
+    auto [idx, w] = Route(logits, allowed, moe);
+
+    // Group the T*K (token, expert) pairs by expert: one matmul per active
+    // expert over its tokens, then index_add back.
+    at::Tensor flat = idx.reshape({-1});
+    at::Tensor local = flat;
+    if (!moe.all_loaded) {
+      at::Tensor g2l = at::full({n}, -1, at::TensorOptions().dtype(at::kLong).device(device_));
+      g2l.index_copy_(0, moe.loaded_ids,
+                      at::arange(static_cast<int64_t>(moe.loaded.size()), g2l.options()));
+      local = g2l.index_select(0, flat);
+    }
+    at::Tensor order = at::argsort(local, /*stable=*/true);
+    at::Tensor sorted = local.index_select(0, order);
+    at::Tensor token_of = at::floor_divide(order, k);
+    const int64_t e_loaded = static_cast<int64_t>(moe.loaded.size());
+    at::Tensor counts = at::bincount(sorted, {}, e_loaded).cpu();
+    const int64_t* cnt = counts.data_ptr<int64_t>();
+    at::Tensor xs = x.index_select(0, token_of);
+    at::Tensor ys = at::empty_like(xs);
+    int64_t offset = 0;
+    for (int64_t e = 0; e < e_loaded; ++e) {
+      if (cnt[e] == 0) continue;
+      at::Tensor chunk = xs.narrow(0, offset, cnt[e]);
+      at::Tensor gu = at::linear(chunk, moe.gate_up[e]);
+      at::Tensor act = at::silu(gu.narrow(-1, 0, inter)) * gu.narrow(-1, inter, inter);
+      ys.narrow(0, offset, cnt[e]).copy_(at::linear(act, moe.down[e]));
+      offset += cnt[e];
+    }
+    at::Tensor w_sorted = w.reshape({-1}).index_select(0, order).unsqueeze(-1);
+    at::Tensor out = at::zeros_like(x);
+    out.index_add_(0, token_of, (ys.to(at::kFloat) * w_sorted).to(x.scalar_type()));
+
+    if (options.tap != nullptr) {
+      RouterTapEvent ev;
+      ev.layer = layer;
+      ev.sequence = bt.seq;
+      ev.position = bt.pos;
+      ev.gate_logits = logits;
+      ev.selected_experts = idx;
+      ev.routing_weights = w;
+      if (options.tap->WantsExpertNorms()) {
+        at::Tensor norms_sorted = ys.to(at::kFloat).norm(2, {-1});
+        at::Tensor norms = at::empty_like(norms_sorted);
+        norms.index_copy_(0, order, norms_sorted);
+        ev.expert_norms = norms.view({t, k});
+      }
+      options.tap->OnRouter(ev);
+    }
+
+    if (moe.has_shared) {
+      at::Tensor shared = Mlp(x, moe.shared);
+      if (moe.shared_gate.defined()) shared = at::sigmoid(at::linear(x, moe.shared_gate)) * shared;
+      out = out + shared;
+    }
+    return out;
+  }
+
+  at::Tensor ForwardImpl(const std::vector<std::vector<int64_t>>& tokens, KvCacheImpl& kv,
+                         const ForwardOptions& options) const {
+    Batch bt = MakeBatch(tokens, kv);
+    std::vector<int64_t> flat_ids;
+    flat_ids.reserve(bt.tokens);
+    for (const auto& seq : tokens) flat_ids.insert(flat_ids.end(), seq.begin(), seq.end());
+    at::Tensor ids = at::tensor(flat_ids, at::TensorOptions().dtype(at::kLong)).to(device_);
+    at::Tensor h = w_.embed.index_select(0, ids);
+    const double eps = config_.rms_norm_eps;
+    for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
+      const auto& L = w_.layers[l];
+      at::Tensor normed = RmsNorm(h, L.input_norm, eps);
+      h = h + (IsDeepseek(config_) ? AttentionMla(normed, l, bt, kv)
+                                   : AttentionGqa(normed, l, bt, kv));
+      normed = RmsNorm(h, L.post_norm, eps);
+      h = h + (L.is_moe ? MoeBlock(normed, l, bt, options) : Mlp(normed, L.mlp));
+    }
+    for (size_t b = 0; b < tokens.size(); ++b) {
+      kv.lengths_[b] += static_cast<int64_t>(tokens[b].size());
+    }
+    if (options.all_logits) {
+      h = RmsNorm(h, w_.final_norm, eps);
+      return at::linear(h, w_.lm_head).to(at::kFloat);
+    }
+    // Only each sequence's last new token reaches the lm_head.
+    std::vector<int64_t> last;
+    int64_t offset = 0;
+    for (const auto& seq : tokens) {
+      offset += static_cast<int64_t>(seq.size());
+      if (!seq.empty()) last.push_back(offset - 1);
+    }
+    at::Tensor rows = h.index_select(0, at::tensor(last, at::TensorOptions().dtype(at::kLong)).to(device_));
+    at::Tensor logits = at::linear(RmsNorm(rows, w_.final_norm, eps), w_.lm_head).to(at::kFloat);
+    if (bt.all_active) return logits;
+    at::Tensor out = at::zeros({static_cast<int64_t>(tokens.size()), config_.vocab_size},
+                               logits.options());
+    out.index_copy_(0, bt.active_t, logits);
+    return out;
+  }
+
+  ModelConfig config_;
+  EngineOptions options_;
+  ModelWeights w_;
+  at::ScalarType dtype_;
+  at::Device device_;
+  int64_t top_k_ = 0;
+  int64_t max_context_ = 0;
+  Rope static_rope_;
+  std::vector<int64_t> eos_;
+};
+
+// ---- Generation ----------------------------------------------------------------
+
+// Picks the next token from fp32 logits [V] (CPU).
+int64_t SampleToken(const at::Tensor& logits, const GenerationOptions& o, std::mt19937_64& rng) {
+  if (o.temperature == 0) return logits.argmax().item<int64_t>();
+  at::Tensor scaled = logits / o.temperature;
+  if (o.top_k > 0 && o.top_k < scaled.size(0)) {
+    const float kth = std::get<0>(at::topk(scaled, o.top_k)).select(0, o.top_k - 1).item<float>();
+    scaled = scaled.masked_fill(scaled < kth, kNegInf);
+  }
+  auto [sorted, order] = at::sort(scaled, /*dim=*/0, /*descending=*/true);
+  at::Tensor probs = at::softmax(sorted, 0, at::kDouble).contiguous();
+  const double* p = probs.data_ptr<double>();
+  const int64_t* ord = order.contiguous().data_ptr<int64_t>();
+  const int64_t v = probs.size(0);
+  // Nucleus: the smallest prefix whose mass reaches top_p (at least one token).
+  int64_t keep = v;
+  double total = 0;
+  for (int64_t i = 0; i < v; ++i) {
+    total += p[i];
+    if (o.top_p < 1.0 && total >= o.top_p) {
+      keep = i + 1;
+      break;
+    }
+  }
+  const double u = std::uniform_real_distribution<double>(0.0, total)(rng);
+  double acc = 0;
+  for (int64_t i = 0; i < keep; ++i) {
+    acc += p[i];
+    if (u < acc) return ord[i];
+  }
+  return ord[keep - 1];
+}
+
+bool EndsWith(const std::vector<int64_t>& tokens, const std::vector<int64_t>& suffix) {
+  return tokens.size() >= suffix.size() &&
+         std::equal(suffix.begin(), suffix.end(), tokens.end() - suffix.size());
+}
+
+absl::StatusOr<std::vector<GenerationResult>> EngineImpl::Generate(
+    const std::vector<GenerationRequest>& requests, const GenerationOptions& options,
+    RouterTap* tap, const std::function<void(int64_t, int64_t)>& on_token) const {
+  RETURN_IF_ERROR(options.Validate());
+  if (requests.empty()) return absl::InvalidArgumentError("Generate: no requests");
+  int64_t capacity = 0;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const auto& prompt = requests[i].prompt;
+    if (prompt.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("Generate: request ", i, " has an empty prompt"));
+    }
+    const int64_t need = static_cast<int64_t>(prompt.size()) + options.max_new_tokens;
+    if (static_cast<int64_t>(prompt.size()) >= max_context_) {
+      return absl::InvalidArgumentError(absl::StrCat("Generate: request ", i, "'s prompt has ",
+                                                     prompt.size(),
+                                                     " tokens; the context holds ", max_context_));
+    }
+    if (need > max_context_) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Generate: request ", i, ": prompt (", prompt.size(), " tokens) + max_new_tokens (",
+          options.max_new_tokens, ") = ", need, " exceeds the context limit ", max_context_));
+    }
+    capacity = std::max(capacity, need);
+  }
+  const int64_t batch = static_cast<int64_t>(requests.size());
+  ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, NewCache(batch, capacity));
+  ForwardOptions fo;
+  fo.tap = tap;
+  bool any_mask = false;
+  for (const auto& r : requests) any_mask = any_mask || r.mask != nullptr;
+  if (any_mask) {
+    for (const auto& r : requests) fo.masks.push_back(r.mask);
+  }
+  size_t max_stop = 0;
+  for (const auto& s : options.stop_sequences) max_stop = std::max(max_stop, s.size());
+
+  std::vector<GenerationResult> results(batch);
+  std::vector<bool> done(batch, false);
+  std::vector<size_t> emitted(batch, 0);
+  std::vector<std::mt19937_64> rngs;
+  for (int64_t i = 0; i < batch; ++i) rngs.emplace_back(options.seed + static_cast<uint64_t>(i));
+  std::vector<std::vector<int64_t>> step(batch);
+  for (int64_t i = 0; i < batch; ++i) step[i] = requests[i].prompt;
+
+  auto emit = [&](int64_t i, bool final) {
+    auto& toks = results[i].tokens;
+    const size_t hold = final || max_stop == 0 ? 0 : max_stop - 1;
+    while (emitted[i] + hold < toks.size()) {
+      if (on_token) on_token(i, toks[emitted[i]]);
+      ++emitted[i];
+    }
+  };
+
+  try {
+    int64_t remaining = batch;
+    while (remaining > 0) {
+      ASSIGN_OR_RETURN(at::Tensor logits, Forward(step, cache.get(), fo));
+      logits = logits.cpu();
+      for (int64_t i = 0; i < batch; ++i) {
+        if (done[i]) {
+          step[i].clear();
+          continue;
+        }
+        const int64_t token = SampleToken(logits[i], options, rngs[i]);
+        auto& res = results[i];
+        bool finish = false;
+        if (options.stop_at_eos &&
+            std::find(eos_.begin(), eos_.end(), token) != eos_.end()) {
+          res.finish_reason = GenerationResult::FinishReason::kEos;
+          finish = true;
+        } else {
+          res.tokens.push_back(token);
+          for (const auto& s : options.stop_sequences) {
+            if (EndsWith(res.tokens, s)) {
+              res.tokens.resize(res.tokens.size() - s.size());
+              emitted[i] = std::min(emitted[i], res.tokens.size());
+              res.finish_reason = GenerationResult::FinishReason::kStopSequence;
+              finish = true;
+              break;
+            }
+          }
+          if (!finish && static_cast<int64_t>(res.tokens.size()) >= options.max_new_tokens) {
+            res.finish_reason = GenerationResult::FinishReason::kLength;
+            finish = true;
+          }
+        }
+        emit(i, finish);
+        if (finish) {
+          done[i] = true;
+          --remaining;
+          step[i].clear();
+        } else {
+          step[i] = {token};
+        }
+      }
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("Generate: libtorch: ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("Generate: ", e.what()));
+  }
+  return results;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const std::string& model_dir,
+                                                     const EngineOptions& options) {
+  RETURN_IF_ERROR(options.Validate());
+  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
+  const int64_t top_k = options.top_k > 0 ? options.top_k : config.num_experts_per_tok;
+  if (top_k > config.num_routed_experts) {
+    return absl::InvalidArgumentError(absl::StrCat("EngineOptions.top_k ", options.top_k,
+                                                   " exceeds the model's ",
+                                                   config.num_routed_experts, " routed experts"));
+  }
+  RETURN_IF_ERROR(options.keep.Validate(config, top_k));
+  ASSIGN_OR_RETURN(std::unique_ptr<const Checkpoint> checkpoint, Checkpoint::Open(model_dir));
+  try {
+    const at::ScalarType dtype = options.dtype == "fp32" ? at::kFloat : at::kBFloat16;
+    const at::Device device(options.device);
+    if (device.is_cuda() && !at::hasCUDA()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("EngineOptions.device is \"", options.device, "\" but no CUDA device is available"));
+    }
+    ASSIGN_OR_RETURN(internal::ModelWeights weights,
+                     internal::LoadWeights(*checkpoint, config, options.keep, dtype, device));
+    return std::unique_ptr<Engine>(
+        new EngineImpl(std::move(config), options, std::move(weights), dtype, device));
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat(model_dir, ": loading failed in libtorch: ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(model_dir, ": loading failed: ", e.what()));
+  }
+}
+
+}  // namespace premoe::model

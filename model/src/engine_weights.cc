@@ -1,0 +1,356 @@
+// Loading checkpoint tensors into the engine's layout. Every tensor is copied
+// once out of the mapping (so the checkpoint can close), converted to the
+// compute dtype, and, for routed experts, stacked per layer as
+// gate_up [E, 2I, H] / down [E, H, I] so the MoE block indexes experts
+// without per-expert lookups. Pruned experts of a reduced model are never
+// touched, so their pages are never read.
+#include "engine_weights.h"
+
+#include <ATen/ATen.h>
+
+#include <cstring>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/match.h"
+#include "premoe/common/status.h"
+
+namespace premoe::model::internal {
+namespace {
+
+std::string ShapeString(at::IntArrayRef shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+at::ScalarType ToScalarType(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return at::kFloat;
+    case DType::kF16: return at::kHalf;
+    case DType::kBF16: return at::kBFloat16;
+    case DType::kF8E4M3: return at::kFloat8_e4m3fn;
+    case DType::kI8: return at::kChar;
+    case DType::kU8: return at::kByte;
+    case DType::kI32: return at::kInt;
+    case DType::kI64: return at::kLong;
+  }
+  return at::kFloat;
+}
+
+class Loader {
+ public:
+  Loader(const Checkpoint& checkpoint, const ModelConfig& config, at::ScalarType dtype,
+         at::Device device, ModelWeights* out)
+      : checkpoint_(checkpoint), config_(config), dtype_(dtype), device_(device), out_(out) {}
+
+  bool Has(const std::string& name) const { return checkpoint_.Contains(name); }
+
+  // The tensor `name` as fp32 or its stored float dtype (FP8 dequantised to
+  // fp32), on the CPU, checked against `shape`.
+  absl::StatusOr<at::Tensor> Read(const std::string& name, std::vector<int64_t> shape) {
+    ASSIGN_OR_RETURN(TensorView view, checkpoint_.Get(name));
+    if (view.shape != shape) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(checkpoint_.path(), ": tensor \"", name, "\" has shape ",
+                       ShapeString(view.shape), " but the config implies ", ShapeString(shape)));
+    }
+    if (view.dtype != DType::kF32 && view.dtype != DType::kF16 && view.dtype != DType::kBF16 &&
+        view.dtype != DType::kF8E4M3) {
+      return absl::InvalidArgumentError(absl::StrCat(checkpoint_.path(), ": tensor \"", name,
+                                                     "\" has dtype ", DTypeName(view.dtype),
+                                                     "; weights must be F32, F16, BF16 or F8_E4M3"));
+    }
+    at::Tensor t = ViewToTensor(view);
+    if (view.dtype == DType::kF8E4M3) {
+      // "<x>.weight" -> "<x>.weight_scale_inv"; fused "<x>" -> "<x>_scale_inv".
+      const std::string scale_name = name + "_scale_inv";
+      const TensorView* scale_view = checkpoint_.Find(scale_name);
+      if (scale_view == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat(checkpoint_.path(), ": FP8 tensor \"", name,
+                                                       "\" has no scale tensor \"", scale_name,
+                                                       "\""));
+      }
+      at::Tensor scale = ViewToTensor(*scale_view).to(at::kFloat);
+      int64_t br = 0, bc = 0;
+      const auto& q = config_.quantization_config;
+      if (q.has_value() && q->weight_block_size.has_value()) {
+        br = (*q->weight_block_size)[0];
+        bc = (*q->weight_block_size)[1];
+      } else {
+        br = shape.size() >= 2 ? shape[shape.size() - 2] : 1;
+        bc = shape.empty() ? 1 : shape.back();
+      }
+      if (shape.size() < 2) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            checkpoint_.path(), ": FP8 tensor \"", name, "\" must have at least 2 dimensions"));
+      }
+      std::vector<int64_t> want(shape.begin(), shape.end() - 2);
+      want.push_back((shape[shape.size() - 2] + br - 1) / br);
+      want.push_back((shape.back() + bc - 1) / bc);
+      if (scale.sizes().vec() != want && !(scale.numel() == 1 && want == std::vector<int64_t>(want.size(), 1))) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            checkpoint_.path(), ": \"", scale_name, "\" has shape ", ShapeString(scale.sizes()),
+            " but blocks of [", br, ", ", bc, "] over ", ShapeString(shape), " need ",
+            ShapeString(want)));
+      }
+      t = DequantizeBlockFp8(t, scale.reshape(want), br, bc);
+    }
+    return t;
+  }
+
+  // Read + convert to `dtype` on the device + register under `name`.
+  absl::StatusOr<at::Tensor> Load(const std::string& name, std::vector<int64_t> shape,
+                                  std::optional<at::ScalarType> dtype = std::nullopt) {
+    ASSIGN_OR_RETURN(at::Tensor t, Read(name, std::move(shape)));
+    t = t.to(device_, dtype.value_or(dtype_)).contiguous();
+    Register(name, t);
+    return t;
+  }
+
+  absl::StatusOr<Linear> LoadLinear(const std::string& prefix, int64_t out, int64_t in,
+                                    bool bias) {
+    Linear l;
+    ASSIGN_OR_RETURN(l.w, Load(prefix + ".weight", {out, in}));
+    if (bias) {
+      ASSIGN_OR_RETURN(l.b, Load(prefix + ".bias", {out}));
+    }
+    return l;
+  }
+
+  absl::StatusOr<MlpWeights> LoadMlp(const std::string& prefix, int64_t inter, bool bias,
+                                     const char* gate = "gate_proj", const char* up = "up_proj",
+                                     const char* down = "down_proj") {
+    const int64_t h = config_.hidden_size;
+    MlpWeights m;
+    m.intermediate = inter;
+    ASSIGN_OR_RETURN(at::Tensor g, Read(absl::StrCat(prefix, ".", gate, ".weight"), {inter, h}));
+    ASSIGN_OR_RETURN(at::Tensor u, Read(absl::StrCat(prefix, ".", up, ".weight"), {inter, h}));
+    m.gate_up.w = at::cat({g, u}, 0).to(device_, dtype_).contiguous();
+    Register(absl::StrCat(prefix, ".", gate, ".weight"), m.gate_up.w.narrow(0, 0, inter));
+    Register(absl::StrCat(prefix, ".", up, ".weight"), m.gate_up.w.narrow(0, inter, inter));
+    if (bias) {
+      ASSIGN_OR_RETURN(at::Tensor gb, Read(absl::StrCat(prefix, ".", gate, ".bias"), {inter}));
+      ASSIGN_OR_RETURN(at::Tensor ub, Read(absl::StrCat(prefix, ".", up, ".bias"), {inter}));
+      m.gate_up.b = at::cat({gb, ub}, 0).to(device_, dtype_).contiguous();
+    }
+    ASSIGN_OR_RETURN(m.down, LoadLinear(absl::StrCat(prefix, ".", down), h, inter, bias));
+    return m;
+  }
+
+  void Register(const std::string& name, const at::Tensor& t) { out_->by_name[name] = t; }
+
+  const Checkpoint& checkpoint() const { return checkpoint_; }
+  at::ScalarType dtype() const { return dtype_; }
+  at::Device device() const { return device_; }
+
+ private:
+  const Checkpoint& checkpoint_;
+  const ModelConfig& config_;
+  at::ScalarType dtype_;
+  at::Device device_;
+  ModelWeights* out_;
+};
+
+bool IsDeepseek(const ModelConfig& c) {
+  return c.architecture == Architecture::kDeepseekV2 ||
+         c.architecture == Architecture::kDeepseekV3;
+}
+
+absl::Status LoadAttention(Loader& ld, const ModelConfig& c, const std::string& p,
+                           AttentionWeights& a) {
+  const int64_t h = c.hidden_size, nh = c.num_attention_heads;
+  if (IsDeepseek(c)) {
+    const int64_t qk = c.qk_nope_head_dim + c.qk_rope_head_dim;
+    const bool bias = c.attention_bias;
+    if (c.q_lora_rank.has_value()) {
+      const int64_t r = *c.q_lora_rank;
+      ASSIGN_OR_RETURN(a.q_a, ld.LoadLinear(p + "q_a_proj", r, h, bias));
+      ASSIGN_OR_RETURN(a.q_a_norm, ld.Load(p + "q_a_layernorm.weight", {r}));
+      ASSIGN_OR_RETURN(a.q_b, ld.LoadLinear(p + "q_b_proj", nh * qk, r, false));
+    } else {
+      ASSIGN_OR_RETURN(a.q, ld.LoadLinear(p + "q_proj", nh * qk, h, false));
+    }
+    ASSIGN_OR_RETURN(a.kv_a, ld.LoadLinear(p + "kv_a_proj_with_mqa",
+                                           c.kv_lora_rank + c.qk_rope_head_dim, h, bias));
+    ASSIGN_OR_RETURN(a.kv_a_norm, ld.Load(p + "kv_a_layernorm.weight", {c.kv_lora_rank}));
+    ASSIGN_OR_RETURN(a.kv_b, ld.LoadLinear(p + "kv_b_proj",
+                                           nh * (c.qk_nope_head_dim + c.v_head_dim),
+                                           c.kv_lora_rank, false));
+    ASSIGN_OR_RETURN(a.o, ld.LoadLinear(p + "o_proj", h, nh * c.v_head_dim, bias));
+    return absl::OkStatus();
+  }
+  const int64_t d = c.head_dim, nkv = c.num_key_value_heads;
+  const bool qkv_bias = c.attention_bias || c.qkv_bias;
+  ASSIGN_OR_RETURN(a.q, ld.LoadLinear(p + "q_proj", nh * d, h, qkv_bias));
+  ASSIGN_OR_RETURN(a.k, ld.LoadLinear(p + "k_proj", nkv * d, h, qkv_bias));
+  ASSIGN_OR_RETURN(a.v, ld.LoadLinear(p + "v_proj", nkv * d, h, qkv_bias));
+  ASSIGN_OR_RETURN(a.o, ld.LoadLinear(p + "o_proj", h, nh * d, c.attention_bias));
+  if (c.qk_norm == QkNorm::kPerHead) {
+    ASSIGN_OR_RETURN(a.q_norm, ld.Load(p + "q_norm.weight", {d}));
+    ASSIGN_OR_RETURN(a.k_norm, ld.Load(p + "k_norm.weight", {d}));
+  } else if (c.qk_norm == QkNorm::kFull) {
+    ASSIGN_OR_RETURN(a.q_norm, ld.Load(p + "q_norm.weight", {nh * d}));
+    ASSIGN_OR_RETURN(a.k_norm, ld.Load(p + "k_norm.weight", {nkv * d}));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LoadMoe(Loader& ld, const ModelConfig& c, int64_t layer, const std::string& lp,
+                     const std::vector<int64_t>* kept, MoeWeights& m) {
+  const int64_t n = c.num_routed_experts, h = c.hidden_size, inter = c.moe_intermediate_size;
+  const bool mixtral = c.architecture == Architecture::kMixtral;
+  // Mixtral's per-expert hub layout lives under block_sparse_moe; the fused
+  // layout (and every other architecture) under mlp.
+  const std::string block =
+      lp + ((mixtral && ld.Has(lp + "block_sparse_moe.gate.weight")) ? "block_sparse_moe."
+                                                                      : "mlp.");
+  if (kept != nullptr) {
+    m.loaded = *kept;
+  } else {
+    m.loaded.resize(n);
+    for (int64_t e = 0; e < n; ++e) m.loaded[e] = e;
+  }
+  m.all_loaded = static_cast<int64_t>(m.loaded.size()) == n;
+  const int64_t e_loaded = static_cast<int64_t>(m.loaded.size());
+  auto cpu_long = at::TensorOptions().dtype(at::kLong);
+  at::Tensor ids = at::tensor(m.loaded, cpu_long);
+  m.loaded_ids = ids.to(ld.device());
+  m.loaded_mask = at::zeros({n}, at::TensorOptions().dtype(at::kBool));
+  m.loaded_mask.index_fill_(0, ids, true);
+  m.loaded_mask = m.loaded_mask.to(ld.device());
+
+  // Gate (router): fp32 always; only the kept rows.
+  const std::string gate_name = block + "gate.weight";
+  ASSIGN_OR_RETURN(at::Tensor gate, ld.Read(gate_name, {n, h}));
+  gate = gate.to(at::kFloat);
+  if (!m.all_loaded) gate = gate.index_select(0, ids);
+  m.gate = gate.to(ld.device()).contiguous();
+  if (m.all_loaded) ld.Register(gate_name, m.gate);
+  if (c.topk_method == TopkMethod::kNoauxTc) {
+    ASSIGN_OR_RETURN(m.e_score_bias,
+                     ld.Load(block + "gate.e_score_correction_bias", {n}, at::kFloat));
+  }
+
+  const std::string fused_gu = block + "experts.gate_up_proj";
+  if (ld.Has(fused_gu)) {
+    // transformers' fused layout: [E, 2I, H] and [E, H, I]; keep the rows of
+    // the loaded experts. (The whole tensor is read here: fused checkpoints
+    // are a test/dev format; hub checkpoints are per expert.)
+    ASSIGN_OR_RETURN(at::Tensor gu, ld.Read(fused_gu, {n, 2 * inter, h}));
+    ASSIGN_OR_RETURN(at::Tensor dn, ld.Read(block + "experts.down_proj", {n, h, inter}));
+    m.gate_up = gu.index_select(0, ids).to(ld.device(), ld.dtype()).contiguous();
+    m.down = dn.index_select(0, ids).to(ld.device(), ld.dtype()).contiguous();
+  } else {
+    m.gate_up = at::empty({e_loaded, 2 * inter, h}, at::TensorOptions().dtype(ld.dtype()));
+    m.down = at::empty({e_loaded, h, inter}, at::TensorOptions().dtype(ld.dtype()));
+    for (int64_t i = 0; i < e_loaded; ++i) {
+      const int64_t e = m.loaded[i];
+      auto name = [&](ExpertProjection p) {
+        return ExpertTensorName(c.architecture, layer, e, p);
+      };
+      // ExpertTensorName uses the "model." prefix; honour a bare checkpoint.
+      auto fix = [&](std::string s) {
+        if (!ld.Has(s) && absl::StartsWith(s, "model.")) s = s.substr(6);
+        return s;
+      };
+      ASSIGN_OR_RETURN(at::Tensor g, ld.Read(fix(name(ExpertProjection::kGate)), {inter, h}));
+      ASSIGN_OR_RETURN(at::Tensor u, ld.Read(fix(name(ExpertProjection::kUp)), {inter, h}));
+      ASSIGN_OR_RETURN(at::Tensor d, ld.Read(fix(name(ExpertProjection::kDown)), {h, inter}));
+      m.gate_up[i].narrow(0, 0, inter).copy_(g);
+      m.gate_up[i].narrow(0, inter, inter).copy_(u);
+      m.down[i].copy_(d);
+    }
+    m.gate_up = m.gate_up.to(ld.device());
+    m.down = m.down.to(ld.device());
+  }
+  for (int64_t i = 0; i < e_loaded; ++i) {
+    const int64_t e = m.loaded[i];
+    ld.Register(ExpertTensorName(c.architecture, layer, e, ExpertProjection::kGate),
+                m.gate_up[i].narrow(0, 0, inter));
+    ld.Register(ExpertTensorName(c.architecture, layer, e, ExpertProjection::kUp),
+                m.gate_up[i].narrow(0, inter, inter));
+    ld.Register(ExpertTensorName(c.architecture, layer, e, ExpertProjection::kDown), m.down[i]);
+  }
+
+  if (c.architecture == Architecture::kQwen2Moe && c.shared_expert_intermediate_size > 0) {
+    m.has_shared = true;
+    ASSIGN_OR_RETURN(m.shared,
+                     ld.LoadMlp(block + "shared_expert", c.shared_expert_intermediate_size, false));
+    ASSIGN_OR_RETURN(m.shared_gate, ld.Load(block + "shared_expert_gate.weight", {1, h}));
+  } else if (IsDeepseek(c) && c.n_shared_experts > 0) {
+    m.has_shared = true;
+    ASSIGN_OR_RETURN(m.shared, ld.LoadMlp(block + "shared_experts",
+                                          c.SharedExpertIntermediateSize(), c.mlp_bias));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+at::Tensor ViewToTensor(const TensorView& view) {
+  at::Tensor t = at::empty(view.shape, at::TensorOptions().dtype(ToScalarType(view.dtype)));
+  if (!view.bytes.empty()) std::memcpy(t.data_ptr(), view.bytes.data(), view.bytes.size());
+  return t;
+}
+
+at::Tensor DequantizeBlockFp8(const at::Tensor& weight, const at::Tensor& scale_inv, int64_t br,
+                              int64_t bc) {
+  const int64_t nd = weight.dim();
+  const int64_t rows = weight.size(nd - 2), cols = weight.size(nd - 1);
+  at::Tensor s = scale_inv.to(at::kFloat)
+                     .repeat_interleave(br, nd - 2)
+                     .narrow(nd - 2, 0, rows)
+                     .repeat_interleave(bc, nd - 1)
+                     .narrow(nd - 1, 0, cols);
+  return weight.to(at::kFloat) * s;
+}
+
+absl::StatusOr<ModelWeights> LoadWeights(const Checkpoint& checkpoint, const ModelConfig& c,
+                                         const KeptExperts& keep, at::ScalarType dtype,
+                                         at::Device device) {
+  ModelWeights w;
+  Loader ld(checkpoint, c, dtype, device, &w);
+  const std::string mp = checkpoint.Contains("model.embed_tokens.weight") ? "model." : "";
+  const int64_t h = c.hidden_size, v = c.vocab_size;
+  ASSIGN_OR_RETURN(w.embed, ld.Load(mp + "embed_tokens.weight", {v, h}));
+  ASSIGN_OR_RETURN(w.final_norm, ld.Load(mp + "norm.weight", {h}));
+  if (c.tie_word_embeddings || !checkpoint.Contains("lm_head.weight")) {
+    if (!c.tie_word_embeddings) {
+      return absl::NotFoundError(absl::StrCat(
+          checkpoint.path(), ": no tensor named \"lm_head.weight\" and tie_word_embeddings is false"));
+    }
+    w.lm_head = w.embed;
+  } else {
+    ASSIGN_OR_RETURN(w.lm_head, ld.Load("lm_head.weight", {v, h}));
+  }
+  w.layers.resize(c.num_hidden_layers);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    LayerWeights& L = w.layers[l];
+    const std::string lp = absl::StrCat(mp, "layers.", l, ".");
+    ASSIGN_OR_RETURN(L.input_norm, ld.Load(lp + "input_layernorm.weight", {h}));
+    ASSIGN_OR_RETURN(L.post_norm, ld.Load(lp + "post_attention_layernorm.weight", {h}));
+    RETURN_IF_ERROR(LoadAttention(ld, c, lp + "self_attn.", L.attn));
+    L.is_moe = c.IsMoeLayer(static_cast<int>(l));
+    if (L.is_moe) {
+      RETURN_IF_ERROR(LoadMoe(ld, c, l, lp, keep.Find(l), L.moe));
+    } else {
+      const bool bias = IsDeepseek(c) && c.mlp_bias;
+      ASSIGN_OR_RETURN(L.mlp, ld.LoadMlp(lp + "mlp", c.intermediate_size, bias));
+    }
+  }
+  // Count bytes once per storage (views and the tied lm_head share storage).
+  absl::flat_hash_set<const void*> seen;
+  for (const auto& [name, t] : w.by_name) {
+    if (seen.insert(t.storage().data()).second) {
+      w.bytes += static_cast<int64_t>(t.storage().nbytes());
+    }
+  }
+  for (const auto& L : w.layers) {
+    if (L.is_moe && !L.moe.all_loaded) {
+      w.bytes += static_cast<int64_t>(L.moe.gate.nbytes());  // not registered when reduced
+    }
+  }
+  return w;
+}
+
+}  // namespace premoe::model::internal

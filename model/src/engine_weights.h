@@ -1,0 +1,87 @@
+// Internal: the engine's weights, loaded from a Checkpoint into at::Tensors.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "premoe/model/config.h"
+#include "premoe/model/engine.h"
+#include "premoe/model/safetensors.h"
+
+namespace premoe::model::internal {
+
+// y = x @ w^T + b. w [out, in]; b [out] or undefined.
+struct Linear {
+  at::Tensor w;
+  at::Tensor b;
+};
+
+struct AttentionWeights {
+  // GQA (qwen, mixtral, olmoe).
+  Linear q, k, v, o;
+  at::Tensor q_norm, k_norm;  // per-head [D] or full [heads*D]; undefined when none
+  // MLA (deepseek). q (above) is used when q_lora_rank is null.
+  Linear q_a, q_b, kv_a, kv_b;
+  at::Tensor q_a_norm, kv_a_norm;
+};
+
+// A SwiGLU MLP with gate and up fused: gate_up [2I, H] (gate rows first).
+struct MlpWeights {
+  Linear gate_up;
+  Linear down;
+  int64_t intermediate = 0;
+};
+
+struct MoeWeights {
+  at::Tensor gate;             // [N_loaded, H] fp32, rows of the loaded experts
+  at::Tensor e_score_bias;     // [N] fp32 (deepseek_v3), else undefined
+  at::Tensor gate_up;          // [E_loaded, 2I, H]
+  at::Tensor down;             // [E_loaded, H, I]
+  std::vector<int64_t> loaded;        // local index -> global expert id (sorted)
+  at::Tensor loaded_ids;              // the same, int64 on the device
+  at::Tensor loaded_mask;             // [N] bool: is the expert loaded
+  bool all_loaded = true;
+  bool has_shared = false;
+  MlpWeights shared;           // qwen2_moe shared_expert / deepseek shared_experts
+  at::Tensor shared_gate;      // [1, H] (qwen2_moe), else undefined
+};
+
+struct LayerWeights {
+  at::Tensor input_norm, post_norm;
+  AttentionWeights attn;
+  bool is_moe = false;
+  MlpWeights mlp;  // dense layers
+  MoeWeights moe;
+};
+
+struct ModelWeights {
+  at::Tensor embed;       // [V, H]
+  at::Tensor final_norm;  // [H]
+  at::Tensor lm_head;     // [V, H] (may share embed's storage)
+  std::vector<LayerWeights> layers;
+  // HF name -> tensor (views into the fused/stacked tensors where fused).
+  std::map<std::string, at::Tensor> by_name;
+  int64_t bytes = 0;
+};
+
+// Loads every weight the engine needs. `keep` selects the routed experts
+// loaded (absent layers: all). dtype is the compute dtype.
+absl::StatusOr<ModelWeights> LoadWeights(const Checkpoint& checkpoint, const ModelConfig& config,
+                                         const KeptExperts& keep, at::ScalarType dtype,
+                                         at::Device device);
+
+// The tensor `view` as an fp32/bf16/... CPU tensor of its own dtype (F8_E4M3
+// is returned as float8_e4m3fn). Copies the bytes.
+at::Tensor ViewToTensor(const TensorView& view);
+
+// Dequantises a float8_e4m3fn tensor [..., R, C] with block scales
+// [..., ceil(R/br), ceil(C/bc)] (weight * scale_inv), in fp32.
+at::Tensor DequantizeBlockFp8(const at::Tensor& weight, const at::Tensor& scale_inv, int64_t br,
+                              int64_t bc);
+
+}  // namespace premoe::model::internal
