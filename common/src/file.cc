@@ -4,11 +4,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "premoe/common/status.h"
 
 namespace premoe::common {
 namespace {
@@ -70,26 +72,53 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, std::uint64_t max_
   return contents;
 }
 
-absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents) {
-  const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Open(
+    const std::string& path) {
+  // Unique per process and writer, so concurrent writers of one path never
+  // share a temporary file.
+  static std::atomic<std::uint64_t> counter{0};
+  std::string tmp = absl::StrCat(path, ".tmp.", ::getpid(), ".", counter++);
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) return PosixError(tmp, "open");
-  absl::Status status = WriteAll(fd, contents, tmp);
-  if (status.ok() && ::fsync(fd) != 0) status = PosixError(tmp, "fsync");
-  if (::close(fd) != 0 && status.ok()) status = PosixError(tmp, "close");
-  if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) status = PosixError(path, "rename");
-  if (!status.ok()) {
-    ::unlink(tmp.c_str());
-    return status;
-  }
-  std::string dir = std::filesystem::path(path).parent_path().string();
+  return std::unique_ptr<AtomicFileWriter>(new AtomicFileWriter(path, std::move(tmp), fd));
+}
+
+AtomicFileWriter::~AtomicFileWriter() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_) ::unlink(tmp_.c_str());
+}
+
+absl::Status AtomicFileWriter::Append(std::span<const std::uint8_t> bytes) {
+  return Append(absl::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
+}
+
+absl::Status AtomicFileWriter::Append(absl::string_view bytes) {
+  if (fd_ < 0) return absl::FailedPreconditionError(absl::StrCat(path_, ": writer is closed"));
+  return WriteAll(fd_, bytes, tmp_);
+}
+
+absl::Status AtomicFileWriter::Commit() {
+  if (fd_ < 0) return absl::FailedPreconditionError(absl::StrCat(path_, ": writer is closed"));
+  absl::Status status;
+  if (::fsync(fd_) != 0) status = PosixError(tmp_, "fsync");
+  if (::close(fd_) != 0 && status.ok()) status = PosixError(tmp_, "close");
+  fd_ = -1;
+  if (!status.ok()) return status;
+  if (::rename(tmp_.c_str(), path_.c_str()) != 0) return PosixError(path_, "rename");
+  committed_ = true;
+  std::string dir = std::filesystem::path(path_).parent_path().string();
   if (dir.empty()) dir = ".";
   const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    if (::fsync(dfd) != 0) status = PosixError(dir, "fsync");
-    ::close(dfd);
-  }
+  if (dfd < 0) return PosixError(dir, "open");
+  if (::fsync(dfd) != 0) status = PosixError(dir, "fsync");
+  ::close(dfd);
   return status;
+}
+
+absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents) {
+  ASSIGN_OR_RETURN(auto writer, AtomicFileWriter::Open(path));
+  RETURN_IF_ERROR(writer->Append(contents));
+  return writer->Commit();
 }
 
 }  // namespace premoe::common

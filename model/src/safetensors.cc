@@ -835,52 +835,15 @@ absl::StatusOr<std::string> SafetensorsWriter::PlanFile(const std::vector<size_t
   return prefix + header;
 }
 
-namespace {
-
-absl::Status WriteAll(int fd, std::span<const uint8_t> data, const std::string& path) {
-  while (!data.empty()) {
-    const ssize_t n = ::write(fd, data.data(), data.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return PosixError(path, "write");
-    }
-    data = data.subspan(static_cast<size_t>(n));
-  }
-  return absl::OkStatus();
-}
-
-}  // namespace
-
 absl::Status SafetensorsWriter::WriteFile(const std::string& path,
                                           const std::vector<size_t>& indices) const {
   ASSIGN_OR_RETURN(const std::string prefix, common::WithContext(PlanFile(indices), path));
   // Streamed rather than through common::WriteFileAtomically, which needs the
   // whole file in one buffer: a reassembled checkpoint can be hundreds of GB.
-  static std::atomic<uint64_t> counter{0};
-  const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid(), ".", counter++);
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return PosixError(tmp, "open");
-  absl::Status status =
-      WriteAll(fd, {reinterpret_cast<const uint8_t*>(prefix.data()), prefix.size()}, tmp);
-  for (const size_t i : SortedForFile(indices)) {
-    if (!status.ok()) break;
-    status = WriteAll(fd, tensors_[i].data(), tmp);
-  }
-  if (status.ok() && ::fsync(fd) != 0) status = PosixError(tmp, "fsync");
-  if (::close(fd) != 0 && status.ok()) status = PosixError(tmp, "close");
-  if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) status = PosixError(path, "rename");
-  if (!status.ok()) {
-    ::unlink(tmp.c_str());
-    return status;
-  }
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  if (dir.empty()) dir = ".";
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    if (::fsync(dfd) != 0) status = PosixError(dir, "fsync");
-    ::close(dfd);
-  }
-  return status;
+  ASSIGN_OR_RETURN(auto out, common::AtomicFileWriter::Open(path));
+  RETURN_IF_ERROR(out->Append(prefix));
+  for (const size_t i : SortedForFile(indices)) RETURN_IF_ERROR(out->Append(tensors_[i].data()));
+  return out->Commit();
 }
 
 absl::Status SafetensorsWriter::Write(const std::string& path) const {

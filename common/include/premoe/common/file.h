@@ -2,6 +2,8 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <span>
 #include <string>
 #include "absl/strings/string_view.h"
 
@@ -18,5 +20,30 @@ absl::StatusOr<std::string> ReadFile(const std::string& path,
 // over `path` and fsyncs the directory: a crash leaves the old file or the
 // new one, never a torn mix.
 absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents);
+
+// The streaming form of WriteFileAtomically, for files too large to hold in
+// one buffer (a repacked checkpoint). Append() writes to a temporary file
+// beside `path`; Commit() fsyncs it, renames it over `path` and fsyncs the
+// directory. Destroyed without a successful Commit(), it removes the
+// temporary file and leaves `path` as it was. Not thread-safe.
+class AtomicFileWriter {
+ public:
+  static absl::StatusOr<std::unique_ptr<AtomicFileWriter>> Open(const std::string& path);
+  ~AtomicFileWriter();
+  AtomicFileWriter(const AtomicFileWriter&) = delete;
+  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
+
+  absl::Status Append(std::span<const std::uint8_t> bytes);
+  absl::Status Append(absl::string_view bytes);
+  absl::Status Commit();
+
+ private:
+  AtomicFileWriter(std::string path, std::string tmp, int fd)
+      : path_(std::move(path)), tmp_(std::move(tmp)), fd_(fd) {}
+  std::string path_;
+  std::string tmp_;
+  int fd_;
+  bool committed_ = false;
+};
 
 }  // namespace premoe::common
