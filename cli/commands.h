@@ -10,6 +10,7 @@ namespace premoe::cli {
 // Exit codes: 0 success, 1 a command failed (message on stderr), 2 bad usage.
 void RegisterTokenize(CLI::App& app, int* exit_code);
 void RegisterInspect(CLI::App& app, int* exit_code);
+void RegisterGenerate(CLI::App& app, int* exit_code);
 void RegisterVersion(CLI::App& app, int* exit_code);
 
 }  // namespace premoe::cli

@@ -13,12 +13,19 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   premoe::cli::RegisterTokenize(app, &exit_code);
   premoe::cli::RegisterInspect(app, &exit_code);
+  premoe::cli::RegisterGenerate(app, &exit_code);
   premoe::cli::RegisterVersion(app, &exit_code);
   app.parse_complete_callback([&] {
     if (auto status = premoe::common::InitLogging(log_level); !status.ok()) {
       throw CLI::ValidationError("--log-level", std::string(status.message()));
     }
   });
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help and --version end here too, with code 0; anything else is bad usage.
+    const int code = app.exit(e);
+    return code == 0 ? 0 : 2;
+  }
   return exit_code;
 }

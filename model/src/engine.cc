@@ -873,6 +873,11 @@ absl::StatusOr<std::vector<GenerationResult>> EngineImpl::Generate(
           }
         }
         emit(i, finish);
+        if (!finish && options.stop_requested && options.stop_requested(i)) {
+          res.finish_reason = GenerationResult::FinishReason::kStopSequence;
+          finish = true;
+          emit(i, true);
+        }
         if (finish) {
           done[i] = true;
           --remaining;

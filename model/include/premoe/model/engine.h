@@ -195,6 +195,13 @@ struct GenerationOptions {
   // Stop at the config's eos_token_ids (the eos token is not included).
   // Default: true.
   bool stop_at_eos = true;
+  // Asked after each step for each unfinished request, once on_token has seen
+  // that step's final tokens: true ends the request there (FinishReason
+  // kStopSequence; tokens held back for stop_sequences go to on_token first).
+  // For stop conditions the engine cannot see, e.g. stop strings matched in
+  // decoded text, which token-id sequences cannot express across token
+  // boundaries. Called on the Generate thread. Default: none.
+  std::function<bool(int64_t request)> stop_requested;
 
   // INVALID_ARGUMENT for temperature < 0 (or not finite), top_p outside
   // (0, 1], top_k < 0, max_new_tokens < 1, an empty stop sequence.

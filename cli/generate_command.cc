@@ -1,0 +1,393 @@
+// premoe generate: runs one prompt through the MoE engine and streams the
+// completion to stdout as its tokens arrive. The flag parsing, the --keep
+// spec, text stop strings and the router dump live here; the model work is
+// the engine's (premoe/model/engine.h).
+#include <ATen/ATen.h>
+
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
+#include "cli/commands.h"
+#include "premoe/common/file.h"
+#include "premoe/common/json.h"
+#include "premoe/common/status.h"
+#include "premoe/model/config.h"
+#include "premoe/model/engine.h"
+#include "premoe/model/tokenizer.h"
+
+namespace premoe::cli {
+namespace {
+
+struct GenerateArgs {
+  std::string model;
+  std::string prompt;
+  int64_t max_new_tokens = 64;
+  double temperature = 0.0;
+  double top_p = 1.0;
+  int64_t top_k = 0;
+  uint64_t seed = 0;
+  std::string dtype = "bf16";
+  std::string device = "cpu";
+  std::string keep;
+  std::vector<std::string> stop;
+  std::string dump_router_logits;
+};
+
+// What --keep asks for: the experts to load and, when the spec says so, the
+// top-k to route with (0 = the model's).
+struct KeepSpec {
+  model::KeptExperts keep;
+  int64_t top_k = 0;
+};
+
+// "K/M" -> (K, M); nullopt when `spec` does not have that form.
+std::optional<std::pair<int64_t, int64_t>> ParseUniform(absl::string_view spec) {
+  std::vector<absl::string_view> parts = absl::StrSplit(spec, '/');
+  int64_t k = 0, m = 0;
+  if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &k) || !absl::SimpleAtoi(parts[1], &m)) {
+    return std::nullopt;
+  }
+  return std::make_pair(k, m);
+}
+
+// Mask file: {"layers": {"<layer>": [expert ids...]}, "top_k": K}. Layers
+// absent keep every expert; "top_k" is optional (default: the model's).
+// Range, order and top-k checks are KeptExperts::Validate's, in Engine::Open.
+absl::StatusOr<KeepSpec> ReadMaskFile(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string text, common::ReadFile(path, 64ull << 20));
+  ASSIGN_OR_RETURN(nlohmann::json doc, common::ParseJsonStrict(text, path));
+  auto bad = [&](const std::string& what) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": ", what, " (want {\"layers\": {\"<layer>\": [expert ids...]}, \"top_k\": K})"));
+  };
+  if (!doc.is_object() || !doc.contains("layers") || !doc["layers"].is_object()) {
+    return bad("no \"layers\" object");
+  }
+  KeepSpec spec;
+  for (const auto& [key, value] : doc.items()) {
+    if (key == "top_k") {
+      if (!value.is_number_integer() || value.get<int64_t>() < 1) {
+        return bad("\"top_k\" must be an integer >= 1");
+      }
+      spec.top_k = value.get<int64_t>();
+    } else if (key != "layers") {
+      return bad(absl::StrCat("unknown key \"", key, "\""));
+    }
+  }
+  for (const auto& [key, ids] : doc["layers"].items()) {
+    int64_t layer = 0;
+    if (!absl::SimpleAtoi(key, &layer)) return bad(absl::StrCat("layer key \"", key, "\""));
+    if (!ids.is_array()) return bad(absl::StrCat("layer ", key, " is not an array"));
+    std::vector<int64_t> experts;
+    for (const auto& id : ids) {
+      if (!id.is_number_integer()) return bad(absl::StrCat("layer ", key, ": non-integer id"));
+      experts.push_back(id.get<int64_t>());
+    }
+    // Set() sorts and deduplicates: a file may list ids in any order.
+    spec.keep.Set(layer, std::move(experts));
+  }
+  return spec;
+}
+
+absl::StatusOr<KeepSpec> ParseKeep(const std::string& spec, const std::string& model_dir) {
+  if (auto uniform = ParseUniform(spec)) {
+    const auto [k, m] = *uniform;
+    ASSIGN_OR_RETURN(model::ModelConfig config, model::LoadModelConfig(model_dir));
+    if (k < 1 || m < k || m > config.num_routed_experts) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--keep ", spec, ": want K/M with 1 <= K <= M <= ", config.num_routed_experts,
+          " (the model's routed experts)"));
+    }
+    KeepSpec out;
+    out.top_k = k;
+    std::vector<int64_t> first(m);
+    for (int64_t e = 0; e < m; ++e) first[e] = e;
+    for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
+      if (config.IsMoeLayer(static_cast<int>(l))) out.keep.Set(l, first);
+    }
+    return out;
+  }
+  return ReadMaskFile(spec);
+}
+
+// Shortest text that reads back as the same float (JSON has no infinities:
+// -inf, the logit of an expert a reduced model did not load, becomes null).
+void AppendFloat(std::string* out, float v) {
+  if (!std::isfinite(v)) {
+    out->append("null");
+    return;
+  }
+  char buf[32];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), v);
+  out->append(buf, end);
+}
+
+template <typename T>
+void AppendMatrix(std::string* out, const at::Tensor& m) {
+  at::Tensor c = m.cpu().contiguous();
+  const T* p = c.data_ptr<T>();
+  const int64_t rows = c.size(0), cols = c.dim() > 1 ? c.size(1) : 1;
+  out->push_back('[');
+  for (int64_t r = 0; r < rows; ++r) {
+    if (r > 0) out->push_back(',');
+    if (c.dim() > 1) out->push_back('[');
+    for (int64_t j = 0; j < cols; ++j) {
+      if (j > 0) out->push_back(',');
+      if constexpr (std::is_same_v<T, float>) {
+        AppendFloat(out, p[r * cols + j]);
+      } else {
+        absl::StrAppend(out, p[r * cols + j]);
+      }
+    }
+    if (c.dim() > 1) out->push_back(']');
+  }
+  out->push_back(']');
+}
+
+// --dump-router-logits: one JSON object per line per MoE layer per forward
+// pass (the prefill is forward 0, each decode step one more):
+//   {"forward": F, "layer": L, "sequence": [T], "position": [T],
+//    "gate_logits": [[N] x T], "selected_experts": [[K] x T],
+//    "routing_weights": [[K] x T]}
+class JsonlRouterDump final : public model::RouterTap {
+ public:
+  explicit JsonlRouterDump(std::FILE* file) : file_(file) {}
+
+  void OnRouter(const model::RouterTapEvent& ev) override {
+    if (ev.layer <= last_layer_) ++forward_;
+    last_layer_ = ev.layer;
+    line_.clear();
+    absl::StrAppend(&line_, "{\"forward\":", forward_, ",\"layer\":", ev.layer, ",\"sequence\":");
+    AppendMatrix<int64_t>(&line_, ev.sequence);
+    line_.append(",\"position\":");
+    AppendMatrix<int64_t>(&line_, ev.position);
+    line_.append(",\"gate_logits\":");
+    AppendMatrix<float>(&line_, ev.gate_logits);
+    line_.append(",\"selected_experts\":");
+    AppendMatrix<int64_t>(&line_, ev.selected_experts);
+    line_.append(",\"routing_weights\":");
+    AppendMatrix<float>(&line_, ev.routing_weights.to(at::kFloat));
+    line_.append("}\n");
+    if (std::fwrite(line_.data(), 1, line_.size(), file_) != line_.size()) failed_ = true;
+  }
+  bool failed() const { return failed_; }
+
+ private:
+  std::FILE* file_;
+  int64_t forward_ = -1;
+  int64_t last_layer_ = std::numeric_limits<int64_t>::max();
+  bool failed_ = false;
+  std::string line_;
+};
+
+// Streams the decoded completion. Each token re-decodes all generated ids and
+// prints the new suffix: decoders are not token-local (byte-level pieces of a
+// UTF-8 character, Metaspace's leading-space strip), so decoding tokens one
+// by one would print different text than decoding them together. Held back:
+// trailing U+FFFD (an incomplete UTF-8 character whose remaining bytes may
+// still come) and a tail that could be the start of a stop string.
+class TextStream {
+ public:
+  TextStream(const model::Tokenizer& tokenizer, std::vector<std::string> stops)
+      : tokenizer_(tokenizer), stops_(std::move(stops)) {}
+
+  void Add(int64_t token) {
+    ids_.push_back(static_cast<int32_t>(token));
+    Emit(/*final=*/false);
+  }
+  // Prints what was held back (unless a stop string ended the text).
+  void Finish() { Emit(/*final=*/true); }
+  // A stop string was found (the text before it is all that is printed).
+  bool stopped() const { return stopped_; }
+  const absl::Status& status() const { return status_; }
+
+ private:
+  void Emit(bool final) {
+    if (stopped_ || !status_.ok()) return;
+    absl::StatusOr<std::string> text = tokenizer_.Decode(ids_);
+    if (!text.ok()) {
+      status_ = text.status();
+      return;
+    }
+    size_t limit = text->size();
+    size_t stop_at = std::string::npos;
+    for (const std::string& s : stops_) stop_at = std::min(stop_at, text->find(s));
+    if (stop_at != std::string::npos) {
+      limit = stop_at;
+      stopped_ = true;
+    } else if (!final) {
+      static constexpr absl::string_view kReplacement = "\xEF\xBF\xBD";
+      absl::string_view view(*text);
+      while (absl::EndsWith(view, kReplacement)) view.remove_suffix(kReplacement.size());
+      size_t hold = 0;  // longest tail of `view` that is a proper prefix of a stop string
+      for (const std::string& s : stops_) {
+        for (size_t n = std::min(s.size() - 1, view.size()); n > hold; --n) {
+          if (absl::EndsWith(view, absl::string_view(s).substr(0, n))) {
+            hold = n;
+            break;
+          }
+        }
+      }
+      limit = view.size() - hold;
+    }
+    // If a longer decode ever rewrote text already printed (no supported
+    // decoder does, past a trailing U+FFFD), the printed text stands.
+    if (limit > printed_) {
+      std::fwrite(text->data() + printed_, 1, limit - printed_, stdout);
+      std::fflush(stdout);
+      printed_ = limit;
+    }
+  }
+
+  const model::Tokenizer& tokenizer_;
+  std::vector<std::string> stops_;
+  std::vector<int32_t> ids_;
+  size_t printed_ = 0;
+  bool stopped_ = false;
+  absl::Status status_;
+};
+
+absl::Status RunGenerateImpl(const GenerateArgs& args) {
+  if (args.prompt.empty()) return absl::InvalidArgumentError("--prompt is empty");
+  for (const std::string& s : args.stop) {
+    if (s.empty()) return absl::InvalidArgumentError("--stop: a stop string is empty");
+  }
+  if (std::error_code ec; !std::filesystem::is_directory(args.model, ec)) {
+    return absl::NotFoundError(absl::StrCat("--model ", args.model, ": no such directory"));
+  }
+  const std::string tokenizer_path = args.model + "/tokenizer.json";
+  ASSIGN_OR_RETURN(std::unique_ptr<model::Tokenizer> tokenizer,
+                   model::Tokenizer::FromFile(tokenizer_path));
+  ASSIGN_OR_RETURN(std::vector<int32_t> ids,
+                   tokenizer->Encode(args.prompt, /*add_special_tokens=*/true));
+  if (ids.empty()) return absl::InvalidArgumentError("--prompt encodes to no tokens");
+
+  model::EngineOptions options;
+  options.dtype = args.dtype;
+  options.device = args.device;
+  if (!args.keep.empty()) {
+    ASSIGN_OR_RETURN(KeepSpec spec, ParseKeep(args.keep, args.model));
+    options.keep = std::move(spec.keep);
+    options.top_k = spec.top_k;
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<model::Engine> engine, model::Engine::Open(args.model, options));
+
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> dump_file(nullptr, &std::fclose);
+  std::unique_ptr<JsonlRouterDump> dump;
+  if (!args.dump_router_logits.empty()) {
+    dump_file.reset(std::fopen(args.dump_router_logits.c_str(), "wb"));
+    if (dump_file == nullptr) {
+      return absl::NotFoundError(absl::StrCat("--dump-router-logits: cannot open \"",
+                                              args.dump_router_logits, "\" for writing"));
+    }
+    dump = std::make_unique<JsonlRouterDump>(dump_file.get());
+  }
+
+  TextStream stream(*tokenizer, args.stop);
+  model::GenerationOptions gen;
+  gen.max_new_tokens = args.max_new_tokens;
+  gen.temperature = args.temperature;
+  gen.top_p = args.top_p;
+  gen.top_k = args.top_k;
+  gen.seed = args.seed;
+  gen.stop_requested = [&stream](int64_t) { return stream.stopped() || !stream.status().ok(); };
+  model::GenerationRequest request;
+  request.prompt.assign(ids.begin(), ids.end());
+  ASSIGN_OR_RETURN(std::vector<model::GenerationResult> results,
+                   engine->Generate({request}, gen, dump.get(),
+                                    [&stream](int64_t, int64_t token) { stream.Add(token); }));
+  stream.Finish();
+  RETURN_IF_ERROR(stream.status());
+  if (std::ferror(stdout) != 0) return absl::DataLossError("failed to write to stdout");
+  if (dump != nullptr) {
+    if (dump->failed() || std::fclose(dump_file.release()) != 0) {
+      return absl::DataLossError(
+          absl::StrCat("--dump-router-logits: failed to write \"", args.dump_router_logits, "\""));
+    }
+  }
+  return absl::OkStatus();
+}
+
+int RunGenerate(const GenerateArgs& args) {
+  absl::Status status;
+  // The engine turns libtorch errors into Status; this catches what the
+  // tap's tensor copies might throw.
+  try {
+    status = RunGenerateImpl(args);
+  } catch (const std::exception& e) {
+    status = absl::InternalError(e.what());
+  }
+  if (!status.ok()) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "premoe generate: %s\n", status.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+void RegisterGenerate(CLI::App& app, int* exit_code) {
+  auto args = std::make_shared<GenerateArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "generate",
+      "Generate a completion of --prompt with a MoE checkpoint and stream it to stdout "
+      "(the completion only, exactly as the tokenizer decodes it; no newline is added)");
+  // No CLI::ExistingDirectory check: a missing model is reported like every
+  // other model problem, as "premoe generate: NOT_FOUND: ..." with exit 1.
+  cmd->add_option("--model", args->model,
+                  "Model directory: config.json, safetensors checkpoint, tokenizer.json")
+      ->required();
+  cmd->add_option("--prompt", args->prompt,
+                  "Prompt text, encoded with the tokenizer's special tokens (e.g. <s>)")
+      ->required();
+  cmd->add_option("--max-new-tokens", args->max_new_tokens, "Most tokens to generate")
+      ->capture_default_str();
+  cmd->add_option("--temperature", args->temperature, "0 = greedy; > 0 samples")
+      ->capture_default_str();
+  cmd->add_option("--top-p", args->top_p, "Nucleus sampling mass in (0, 1]; 1 = off")
+      ->capture_default_str();
+  cmd->add_option("--top-k", args->top_k,
+                  "Sample from the K most likely tokens; 0 = off (not the router's top-k)")
+      ->capture_default_str();
+  cmd->add_option("--seed", args->seed, "Sampler seed")->capture_default_str();
+  cmd->add_option("--dtype", args->dtype, "Compute dtype: bf16 or fp32")->capture_default_str();
+  cmd->add_option("--device", args->device, "cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option(
+      "--keep", args->keep,
+      "Load only some routed experts (a reduced model). Either a mask file, JSON "
+      "{\"layers\": {\"<layer>\": [expert ids...]}, \"top_k\": K} (layers not listed keep "
+      "every expert; \"top_k\" is optional, default the model's; each listed layer must keep "
+      "at least top-k experts), or K/M: top-K routing over the FIRST M experts (ids 0..M-1) "
+      "of every MoE layer. K/M chooses no experts for a task: it is for sizing and speed "
+      "tests until expert patterns exist");
+  cmd->add_option("--stop", args->stop,
+                  "Stop when the completion text contains this string (matched in the decoded "
+                  "text, so across token boundaries; the string and what follows are not "
+                  "printed); repeatable")
+      ->take_all();
+  cmd->add_option("--dump-router-logits", args->dump_router_logits,
+                  "Write every MoE layer's routing to FILE as JSON lines, one per layer per "
+                  "forward pass: {\"forward\", \"layer\", \"sequence\": [T], \"position\": [T], "
+                  "\"gate_logits\": [T][N] (raw fp32; null for experts a reduced model did not "
+                  "load), \"selected_experts\": [T][K], \"routing_weights\": [T][K]}");
+  cmd->callback([args, exit_code] { *exit_code = RunGenerate(*args); });
+}
+
+}  // namespace premoe::cli
