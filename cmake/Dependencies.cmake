@@ -83,3 +83,26 @@ endif()
 if(PREMOE_BUILD_BENCH)
   find_package(benchmark REQUIRED)
 endif()
+
+# The pattern store (proto/, store/): protobuf + gRPC for the wire, RocksDB for
+# the records, FAISS for the match-embedding index. Debian ships CMake configs
+# for gRPC (with the gRPC::grpc_cpp_plugin executable target), RocksDB and
+# FAISS. FAISS's config needs OpenMP found first.
+find_package(Protobuf REQUIRED)
+# Torch's Caffe2 config (found above) defines protobuf::libprotobuf as an
+# alias of an empty dummy target, which then hides the real one (and gRPC's
+# targets link it). Link the real library through this variable instead.
+set(PREMOE_PROTOBUF_LIBRARIES ${Protobuf_LIBRARIES})
+set(PREMOE_PROTOC ${Protobuf_PROTOC_EXECUTABLE})
+find_package(gRPC CONFIG REQUIRED)
+if(TARGET gRPC::grpc_cpp_plugin)
+  get_target_property(PREMOE_GRPC_CPP_PLUGIN gRPC::grpc_cpp_plugin IMPORTED_LOCATION_NONE)
+endif()
+if(NOT PREMOE_GRPC_CPP_PLUGIN OR NOT EXISTS "${PREMOE_GRPC_CPP_PLUGIN}")
+  find_program(PREMOE_GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)
+endif()
+find_package(RocksDB CONFIG REQUIRED)
+find_package(OpenMP REQUIRED)
+find_package(faiss CONFIG REQUIRED)
+message(STATUS "premoe: protobuf ${Protobuf_VERSION}, gRPC ${gRPC_VERSION}, "
+               "RocksDB ${RocksDB_VERSION}, FAISS ${faiss_VERSION}")

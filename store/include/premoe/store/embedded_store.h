@@ -1,0 +1,88 @@
+// EmbeddedPatternStore: the pattern store in this process. RocksDB is the
+// source of truth; FAISS indexes the L2-normalised match embeddings and is
+// rebuilt from RocksDB on every Open, so no crash can leave the two apart.
+//
+// On disk (one RocksDB directory), column families:
+//   patterns    id (8 bytes, big-endian) -> premoe.v1.Pattern without embeddings
+//   tasks       task name                -> id
+//   embeddings  (id << 20 | index) BE    -> premoe.v1.MatchEmbedding
+//   changes     version BE               -> premoe.v1.ChangeEvent (for Watch)
+//   meta        "schema_version", "model_fingerprint", "embedding_dim",
+//               "version", "next_id"
+// Every Put/Delete is one WriteBatch over all of them, so a change is whole or
+// absent. The embedding key layout makes a pattern's embeddings one contiguous
+// range and doubles as the FAISS id (at most 2^20 embeddings per pattern).
+//
+// Thread-safe (see PatternStore). Writes are serialised; reads (Get, List,
+// Search) run concurrently with each other and with writes.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "premoe/store/pattern_store.h"
+
+namespace premoe::store {
+
+class EmbeddedPatternStore final : public PatternStore {
+ public:
+  struct Options {
+    // RocksDB directory; created if missing. Required.
+    std::string path;
+    // Default true: every change is fsynced before Put/Delete return, so an
+    // acknowledged change survives power loss. false survives a process
+    // crash (the OS has the write) but not a machine crash; ~100x faster Puts.
+    bool sync = true;
+    // The model this store serves. Default "": fixed by the first Put. When
+    // set and the store already has another, Open fails FAILED_PRECONDITION.
+    std::string model_fingerprint;
+    // Match-embedding dimension. Default 0: fixed by the first embedding put.
+    std::int32_t embedding_dim = 0;
+    // Index kind. Default "flat" (exact inner product: IndexIDMap2 over
+    // IndexFlatIP). "hnsw" (IndexHNSWFlat, inner product) for large stores:
+    // approximate, faster at 100k+ embeddings; deletes leave tombstones that
+    // are filtered out and compacted by a rebuild when they pass half the index.
+    std::string index = "flat";
+    // HNSW graph degree (M) and search breadth (efSearch). Defaults 32, 64.
+    std::int32_t hnsw_m = 32;
+    std::int32_t hnsw_ef_search = 64;
+    // Largest encoded pattern (record plus embeddings). Default 64 MiB.
+    std::int64_t max_record_bytes = std::int64_t{64} << 20;
+
+    absl::Status Validate() const;
+  };
+
+  // Opens (or creates) the store and rebuilds the index from RocksDB.
+  // FAILED_PRECONDITION for a store of a newer schema or another model.
+  static absl::StatusOr<std::unique_ptr<EmbeddedPatternStore>> Open(const Options& options);
+  ~EmbeddedPatternStore() override;
+
+  absl::StatusOr<PutResult> Put(const Pattern& pattern) override;
+  absl::StatusOr<Pattern> Get(std::uint64_t id) override;
+  absl::StatusOr<Pattern> GetByTask(absl::string_view task_name) override;
+  absl::StatusOr<ListPage> List(const ListRequest& request) override;
+  absl::StatusOr<std::uint64_t> Delete(std::uint64_t id) override;
+  absl::StatusOr<std::vector<SearchMatch>> Search(std::span<const float> embedding,
+                                                  const SearchOptions& options) override;
+  absl::StatusOr<std::unique_ptr<WatchHandle>> Watch(std::uint64_t since_version,
+                                                     WatchCallback callback) override;
+  absl::StatusOr<StoreInfo> Info() override;
+
+  // Checks the store's invariants, for tests and `premoe patterns check`:
+  // every pattern has its task entry and only its own embeddings, no
+  // embedding or task entry is orphaned, and the FAISS index holds exactly
+  // the stored embeddings (same ids, same normalised vectors). DATA_LOSS
+  // naming the first violation.
+  absl::Status Verify();
+
+  struct Impl;
+
+ private:
+  explicit EmbeddedPatternStore(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace premoe::store

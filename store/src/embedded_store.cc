@@ -1,0 +1,970 @@
+// EmbeddedPatternStore: RocksDB (truth) + FAISS (derived index).
+//
+// Why the shape:
+// - One WriteBatch per change over all column families, so a crash leaves a
+//   change whole or absent; the FAISS index is never persisted here but
+//   rebuilt on Open, so it cannot disagree with RocksDB after a crash.
+// - Writers are serialised by write_mu_ (versions must be gap-free and in
+//   commit order for Watch); readers share state_mu_ with the in-memory index
+//   and catalog, so Search never waits on an fsync.
+// - Watch reads the `changes` column family, not an in-memory queue: a
+//   watcher that falls behind or resumes after a restart sees exactly the
+//   committed sequence, once each.
+#include "premoe/store/embedded_store.h"
+
+#include <faiss/IndexFlat.h>
+#include <faiss/IndexHNSW.h>
+#include <faiss/IndexIDMap.h>
+#include <rocksdb/db.h>
+#include <rocksdb/options.h>
+#include <rocksdb/utilities/options_util.h>
+#include <rocksdb/write_batch.h>
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "premoe/common/logging.h"
+#include "premoe/common/status.h"
+#include "store/src/proto_convert.h"
+
+namespace premoe::store {
+namespace {
+
+using idx_t = faiss::Index::idx_t;  // FAISS 1.7 spells it inside Index
+
+constexpr int kEmbeddingIndexBits = 20;
+constexpr std::uint64_t kMaxEmbeddingsPerPattern = std::uint64_t{1} << kEmbeddingIndexBits;
+constexpr std::size_t kMaxTaskNameBytes = 256;
+constexpr std::int32_t kDefaultPageSize = 100;
+constexpr std::int32_t kMaxPageSize = 1000;
+constexpr std::int32_t kDefaultCandidates = 64;
+
+constexpr const char* kCfPatterns = "patterns";
+constexpr const char* kCfTasks = "tasks";
+constexpr const char* kCfEmbeddings = "embeddings";
+constexpr const char* kCfChanges = "changes";
+constexpr const char* kCfMeta = "meta";
+
+constexpr const char* kMetaSchema = "schema_version";
+constexpr const char* kMetaFingerprint = "model_fingerprint";
+constexpr const char* kMetaDim = "embedding_dim";
+constexpr const char* kMetaVersion = "version";
+constexpr const char* kMetaNextId = "next_id";
+
+// Big-endian so that RocksDB's bytewise order is numeric order.
+std::string EncodeU64(std::uint64_t v) {
+  std::string out(8, '\0');
+  for (int i = 7; i >= 0; --i) {
+    out[i] = static_cast<char>(v & 0xff);
+    v >>= 8;
+  }
+  return out;
+}
+
+std::uint64_t DecodeU64(const rocksdb::Slice& s) {
+  std::uint64_t v = 0;
+  for (std::size_t i = 0; i < 8 && i < s.size(); ++i) {
+    v = (v << 8) | static_cast<std::uint8_t>(s[i]);
+  }
+  return v;
+}
+
+std::uint64_t EmbeddingKey(std::uint64_t id, std::uint64_t index) {
+  return (id << kEmbeddingIndexBits) | index;
+}
+
+absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
+  if (s.ok()) return absl::OkStatus();
+  const std::string msg = absl::StrCat(what, ": rocksdb: ", s.ToString());
+  if (s.IsNotFound()) return absl::NotFoundError(msg);
+  if (s.IsCorruption()) return absl::DataLossError(msg);
+  if (s.IsInvalidArgument()) return absl::InvalidArgumentError(msg);
+  if (s.IsBusy() || s.IsTimedOut() || s.IsTryAgain()) return absl::UnavailableError(msg);
+  return absl::InternalError(msg);
+}
+
+// FAISS reports errors by throwing; nothing may escape the library.
+template <typename F>
+absl::Status FaissCall(absl::string_view what, F&& f) {
+  try {
+    f();
+    return absl::OkStatus();
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("faiss ", what, ": ", e.what()));
+  }
+}
+
+// The unit vector of `v`; INVALID_ARGUMENT naming `what` for NaN/Inf or zero.
+absl::StatusOr<std::vector<float>> Normalized(std::span<const float> v, absl::string_view what) {
+  double norm2 = 0;
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    if (!std::isfinite(v[i])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, " has a non-finite value (", v[i], ") at position ", i));
+    }
+    norm2 += static_cast<double>(v[i]) * v[i];
+  }
+  if (norm2 == 0) return absl::InvalidArgumentError(absl::StrCat(what, " is all zeros"));
+  const double inv = 1.0 / std::sqrt(norm2);
+  std::vector<float> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = static_cast<float>(v[i] * inv);
+  return out;
+}
+
+std::int64_t NowMicros() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Shared by the store and its watches, so that a WatchHandle outliving the
+// store (a contract violation, but cheap to survive) touches no freed memory.
+struct WatchHub {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::uint64_t published_version = 0;  // guarded by mu
+  bool closing = false;                 // guarded by mu
+  int running = 0;                      // watch threads inside Run(); guarded by mu
+};
+
+}  // namespace
+
+absl::Status EmbeddedPatternStore::Options::Validate() const {
+  if (path.empty()) return absl::InvalidArgumentError("pattern store: Options::path is empty");
+  if (index != "flat" && index != "hnsw") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("pattern store: index \"", index, "\" is not \"flat\" or \"hnsw\""));
+  }
+  if (embedding_dim < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("pattern store: embedding_dim ", embedding_dim, " is negative"));
+  }
+  if (hnsw_m < 2 || hnsw_ef_search < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "pattern store: hnsw_m must be >= 2 and hnsw_ef_search >= 1 (got ", hnsw_m, ", ",
+        hnsw_ef_search, ")"));
+  }
+  if (max_record_bytes <= 0) {
+    return absl::InvalidArgumentError("pattern store: max_record_bytes must be positive");
+  }
+  return absl::OkStatus();
+}
+
+struct EmbeddedPatternStore::Impl {
+  Options options;
+  std::unique_ptr<rocksdb::DB> db;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::ColumnFamilyHandle* patterns = nullptr;
+  rocksdb::ColumnFamilyHandle* tasks = nullptr;
+  rocksdb::ColumnFamilyHandle* embeddings = nullptr;
+  rocksdb::ColumnFamilyHandle* changes = nullptr;
+  rocksdb::ColumnFamilyHandle* meta = nullptr;
+  rocksdb::WriteOptions write_options;
+  std::shared_ptr<WatchHub> hub = std::make_shared<WatchHub>();
+
+  // Serialises Put and Delete. Fields below marked "writer" change only under
+  // write_mu *and* state_mu (exclusive), so a writer may read them holding
+  // write_mu alone.
+  std::mutex write_mu;
+  // absl::Mutex, not std::shared_mutex: glibc's rwlock prefers readers, so a
+  // steady stream of Searches (the router's normal load) starved writers
+  // (measured: 3 spinning readers slowed 108 changes from 1 s to 33 s).
+  mutable absl::Mutex state_mu;
+  std::string fingerprint;    // writer
+  std::int32_t dim = 0;       // writer
+  std::uint64_t version = 0;  // writer
+  std::uint64_t next_id = 1;  // writer
+  struct Entry {
+    std::string task_name;
+    std::uint32_t num_embeddings = 0;
+  };
+  absl::flat_hash_map<std::uint64_t, Entry> catalog;         // writer
+  absl::flat_hash_map<std::string, std::uint64_t> by_task;   // writer
+
+  // The index. Flat: IndexIDMap2 whose ids are embedding keys. HNSW: its
+  // internal ids are positions; label_to_key maps them to embedding keys, -1
+  // for deleted ones (HNSW cannot remove), key_to_label the live ones.
+  std::unique_ptr<faiss::Index> index;                       // writer
+  std::vector<std::int64_t> label_to_key;                    // writer (hnsw)
+  absl::flat_hash_map<std::uint64_t, std::int64_t> key_to_label;  // writer (hnsw)
+  std::int64_t tombstones = 0;                               // writer (hnsw)
+
+  ~Impl() {
+    {
+      std::unique_lock lock(hub->mu);
+      hub->closing = true;
+      hub->cv.notify_all();
+      // Watches still running read the database: let them leave first.
+      hub->cv.wait(lock, [&] { return hub->running == 0; });
+    }
+    for (auto* h : handles) db->DestroyColumnFamilyHandle(h);
+    handles.clear();
+    if (db) {
+      rocksdb::Status s = db->Close();
+      if (!s.ok()) PREMOE_LOG_WARN("pattern store %s: close: %s", options.path, s.ToString());
+    }
+  }
+
+  bool hnsw() const { return options.index == "hnsw"; }
+
+  absl::StatusOr<std::unique_ptr<faiss::Index>> NewIndex(std::int32_t d) const {
+    std::unique_ptr<faiss::Index> out;
+    RETURN_IF_ERROR(FaissCall("create index", [&] {
+      if (hnsw()) {
+        auto h = std::make_unique<faiss::IndexHNSWFlat>(d, options.hnsw_m,
+                                                        faiss::METRIC_INNER_PRODUCT);
+        h->hnsw.efSearch = options.hnsw_ef_search;
+        out = std::move(h);
+      } else {
+        auto idmap = std::make_unique<faiss::IndexIDMap2>(new faiss::IndexFlatIP(d));
+        idmap->own_fields = true;
+        out = std::move(idmap);
+      }
+    }));
+    return out;
+  }
+
+  // Adds unit vectors (n x dim, row-major) under embedding keys. Caller holds
+  // state_mu exclusively.
+  absl::Status IndexAdd(const std::vector<float>& vectors, const std::vector<std::uint64_t>& keys) {
+    if (keys.empty()) return absl::OkStatus();
+    if (!index) {
+      ASSIGN_OR_RETURN(index, NewIndex(dim));
+    }
+    const auto n = static_cast<idx_t>(keys.size());
+    if (hnsw()) {
+      const std::int64_t first = index->ntotal;
+      RETURN_IF_ERROR(FaissCall("add", [&] { index->add(n, vectors.data()); }));
+      for (idx_t i = 0; i < n; ++i) {
+        label_to_key.push_back(static_cast<std::int64_t>(keys[i]));
+        key_to_label[keys[i]] = first + i;
+      }
+      return absl::OkStatus();
+    }
+    std::vector<idx_t> ids(keys.begin(), keys.end());
+    return FaissCall("add", [&] { index->add_with_ids(n, vectors.data(), ids.data()); });
+  }
+
+  // Removes the embeddings [EmbeddingKey(id, 0), EmbeddingKey(id, count)).
+  // Caller holds state_mu exclusively.
+  absl::Status IndexRemove(std::uint64_t id, std::uint32_t count) {
+    if (count == 0 || !index) return absl::OkStatus();
+    if (hnsw()) {
+      for (std::uint32_t i = 0; i < count; ++i) {
+        auto it = key_to_label.find(EmbeddingKey(id, i));
+        if (it == key_to_label.end()) continue;
+        label_to_key[it->second] = -1;
+        key_to_label.erase(it);
+        ++tombstones;
+      }
+      return absl::OkStatus();
+    }
+    faiss::IDSelectorRange range(static_cast<idx_t>(EmbeddingKey(id, 0)),
+                                 static_cast<idx_t>(EmbeddingKey(id, count)));
+    return FaissCall("remove", [&] { index->remove_ids(range); });
+  }
+
+  // Rebuilds catalog and index from RocksDB (Open, and HNSW compaction).
+  // Caller holds state_mu exclusively (or is Open).
+  absl::Status Rebuild() {
+    catalog.clear();
+    by_task.clear();
+    index.reset();
+    label_to_key.clear();
+    key_to_label.clear();
+    tombstones = 0;
+    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), patterns));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      v1::Pattern record;
+      if (!record.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+        return absl::DataLossError(
+            absl::StrCat(options.path, ": pattern ", DecodeU64(it->key()), " does not parse"));
+      }
+      catalog[record.id()] = {record.task_name(), 0};
+      by_task[record.task_name()] = record.id();
+    }
+    RETURN_IF_ERROR(FromRocks(it->status(), options.path));
+    std::vector<float> vectors;
+    std::vector<std::uint64_t> keys;
+    it.reset(db->NewIterator(rocksdb::ReadOptions(), embeddings));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      const std::uint64_t key = DecodeU64(it->key());
+      v1::MatchEmbedding e;
+      if (!e.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+        return absl::DataLossError(absl::StrCat(options.path, ": embedding ", key, " does not parse"));
+      }
+      auto entry = catalog.find(key >> kEmbeddingIndexBits);
+      if (entry == catalog.end()) {
+        return absl::DataLossError(absl::StrCat(options.path, ": embedding ", key,
+                                                " belongs to no pattern"));
+      }
+      ++entry->second.num_embeddings;
+      if (e.values_size() != dim) {
+        return absl::DataLossError(absl::StrCat(options.path, ": embedding ", key, " has dimension ",
+                                                e.values_size(), ", the store's is ", dim));
+      }
+      ASSIGN_OR_RETURN(std::vector<float> unit,
+                       Normalized({e.values().data(), static_cast<std::size_t>(e.values_size())},
+                                  absl::StrCat("stored embedding ", key)));
+      vectors.insert(vectors.end(), unit.begin(), unit.end());
+      keys.push_back(key);
+    }
+    RETURN_IF_ERROR(FromRocks(it->status(), options.path));
+    return IndexAdd(vectors, keys);
+  }
+
+  absl::StatusOr<std::string> GetMeta(const char* key) {
+    std::string value;
+    rocksdb::Status s = db->Get(rocksdb::ReadOptions(), meta, key, &value);
+    if (s.IsNotFound()) return std::string();
+    RETURN_IF_ERROR(FromRocks(s, absl::StrCat(options.path, ": meta ", key)));
+    return value;
+  }
+
+  absl::Status Publish(std::uint64_t v) {
+    std::lock_guard lock(hub->mu);
+    hub->published_version = v;
+    hub->cv.notify_all();
+    return absl::OkStatus();
+  }
+
+  // Reads pattern `id` and its embeddings from one snapshot.
+  absl::StatusOr<Pattern> Read(std::uint64_t id) {
+    const rocksdb::Snapshot* snap = db->GetSnapshot();
+    struct Release {
+      rocksdb::DB* db;
+      const rocksdb::Snapshot* s;
+      ~Release() { db->ReleaseSnapshot(s); }
+    } release{db.get(), snap};
+    rocksdb::ReadOptions ro;
+    ro.snapshot = snap;
+    std::string value;
+    rocksdb::Status s = db->Get(ro, patterns, EncodeU64(id), &value);
+    if (s.IsNotFound()) return absl::NotFoundError(absl::StrCat("no pattern with id ", id));
+    RETURN_IF_ERROR(FromRocks(s, absl::StrCat("pattern ", id)));
+    v1::Pattern record;
+    if (!record.ParseFromString(value)) {
+      return absl::DataLossError(absl::StrCat(options.path, ": pattern ", id, " does not parse"));
+    }
+    const std::string lower = EncodeU64(EmbeddingKey(id, 0));
+    const std::string upper = EncodeU64(EmbeddingKey(id + 1, 0));
+    rocksdb::Slice upper_slice(upper);
+    ro.iterate_upper_bound = &upper_slice;
+    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(ro, embeddings));
+    for (it->Seek(lower); it->Valid(); it->Next()) {
+      if (!record.add_embeddings()->ParseFromArray(it->value().data(),
+                                                   static_cast<int>(it->value().size()))) {
+        return absl::DataLossError(absl::StrCat(options.path, ": embedding ",
+                                                DecodeU64(it->key()), " does not parse"));
+      }
+    }
+    RETURN_IF_ERROR(FromRocks(it->status(), absl::StrCat("pattern ", id)));
+    return internal::FromProto(record);
+  }
+
+  // Adds the change record and version to `batch`.
+  void AddChange(rocksdb::WriteBatch* batch, const ChangeEvent& event) {
+    v1::ChangeEvent proto;
+    internal::ToProto(event, &proto);
+    batch->Put(changes, EncodeU64(event.version), proto.SerializeAsString());
+    batch->Put(meta, kMetaVersion, absl::StrCat(event.version));
+  }
+
+  absl::Status Commit(rocksdb::WriteBatch* batch, absl::string_view what) {
+    return FromRocks(db->Write(write_options, batch), absl::StrCat(options.path, ": ", what));
+  }
+};
+
+namespace {
+
+class EmbeddedWatch final : public WatchHandle {
+ public:
+  EmbeddedWatch(EmbeddedPatternStore::Impl* impl, std::uint64_t since, WatchCallback callback)
+      : impl_(impl), hub_(impl->hub), next_(since + 1), callback_(std::move(callback)) {
+    {
+      std::lock_guard lock(hub_->mu);
+      ++hub_->running;
+    }
+    thread_ = std::thread([this] { Run(); });
+  }
+  ~EmbeddedWatch() override { Cancel(); }
+
+  void Cancel() override {
+    {
+      std::lock_guard lock(hub_->mu);
+      cancelled_ = true;
+      hub_->cv.notify_all();
+    }
+    if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+  }
+
+ private:
+  void Run() {
+    Loop();
+    std::lock_guard lock(hub_->mu);
+    --hub_->running;
+    hub_->cv.notify_all();
+  }
+
+  void Loop() {
+    for (;;) {
+      std::uint64_t target;
+      {
+        std::unique_lock lock(hub_->mu);
+        hub_->cv.wait(lock, [&] {
+          return cancelled_ || hub_->closing || hub_->published_version >= next_;
+        });
+        if (cancelled_) return;
+        if (hub_->closing) {
+          lock.unlock();
+          callback_(absl::CancelledError("pattern store closed"));
+          return;
+        }
+        target = hub_->published_version;
+      }
+      // Every version <= target is committed to `changes`; read them in order.
+      rocksdb::ReadOptions ro;
+      const std::string upper = EncodeU64(target + 1);
+      rocksdb::Slice upper_slice(upper);
+      ro.iterate_upper_bound = &upper_slice;
+      std::unique_ptr<rocksdb::Iterator> it(impl_->db->NewIterator(ro, impl_->changes));
+      absl::Status status;
+      for (it->Seek(EncodeU64(next_)); it->Valid(); it->Next()) {
+        v1::ChangeEvent proto;
+        if (!proto.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+          status = absl::DataLossError(absl::StrCat("change ", DecodeU64(it->key()),
+                                                    " does not parse"));
+          break;
+        }
+        absl::StatusOr<ChangeEvent> event = internal::FromProto(proto);
+        if (event.ok() && event->version != next_) {
+          event = absl::DataLossError(
+              absl::StrCat("change log has version ", event->version, " where ", next_,
+                           " was expected"));
+        }
+        if (!event.ok()) {
+          status = event.status();
+          break;
+        }
+        {
+          std::lock_guard lock(hub_->mu);
+          if (cancelled_) return;
+        }
+        if (!callback_(event)) return;
+        next_ = event->version + 1;
+      }
+      if (status.ok()) status = FromRocks(it->status(), "watch");
+      if (status.ok() && next_ <= target) {
+        status = absl::DataLossError(absl::StrCat("change log ends before version ", target));
+      }
+      if (!status.ok()) {
+        callback_(status);
+        return;
+      }
+    }
+  }
+
+  EmbeddedPatternStore::Impl* impl_;
+  std::shared_ptr<WatchHub> hub_;
+  std::uint64_t next_;
+  WatchCallback callback_;
+  bool cancelled_ = false;  // guarded by hub_->mu
+  std::thread thread_;
+};
+
+}  // namespace
+
+EmbeddedPatternStore::EmbeddedPatternStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+EmbeddedPatternStore::~EmbeddedPatternStore() = default;
+
+absl::StatusOr<std::unique_ptr<EmbeddedPatternStore>> EmbeddedPatternStore::Open(
+    const Options& options) {
+  RETURN_IF_ERROR(options.Validate());
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->write_options.sync = options.sync;
+
+  rocksdb::DBOptions db_options;
+  db_options.create_if_missing = true;
+  db_options.create_missing_column_families = true;
+  std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
+  for (const char* name :
+       {rocksdb::kDefaultColumnFamilyName.c_str(), kCfPatterns, kCfTasks, kCfEmbeddings, kCfChanges,
+        kCfMeta}) {
+    cfs.emplace_back(name, rocksdb::ColumnFamilyOptions());
+  }
+  rocksdb::DB* raw = nullptr;
+  RETURN_IF_ERROR(FromRocks(rocksdb::DB::Open(db_options, options.path, cfs, &impl->handles, &raw),
+                            absl::StrCat("opening pattern store ", options.path)));
+  impl->db.reset(raw);
+  impl->patterns = impl->handles[1];
+  impl->tasks = impl->handles[2];
+  impl->embeddings = impl->handles[3];
+  impl->changes = impl->handles[4];
+  impl->meta = impl->handles[5];
+
+  const std::string& path = options.path;
+  rocksdb::WriteBatch init;
+  ASSIGN_OR_RETURN(std::string schema, impl->GetMeta(kMetaSchema));
+  std::uint32_t schema_version = kPatternSchemaVersion;
+  if (schema.empty()) {
+    init.Put(impl->meta, kMetaSchema, absl::StrCat(kPatternSchemaVersion));
+  } else if (!absl::SimpleAtoi(schema, &schema_version)) {
+    return absl::DataLossError(absl::StrCat(path, ": schema version \"", schema, "\" is not a number"));
+  } else if (schema_version > kPatternSchemaVersion) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, ": store has schema version ", schema_version,
+                     ", written by a newer premoe (this build reads up to ", kPatternSchemaVersion,
+                     ")"));
+  }
+  ASSIGN_OR_RETURN(impl->fingerprint, impl->GetMeta(kMetaFingerprint));
+  if (!options.model_fingerprint.empty()) {
+    if (impl->fingerprint.empty()) {
+      impl->fingerprint = options.model_fingerprint;
+      init.Put(impl->meta, kMetaFingerprint, impl->fingerprint);
+    } else if (impl->fingerprint != options.model_fingerprint) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(path, ": store holds patterns of model ", impl->fingerprint,
+                       ", not of model ", options.model_fingerprint));
+    }
+  }
+  ASSIGN_OR_RETURN(std::string dim, impl->GetMeta(kMetaDim));
+  if (!dim.empty() && !absl::SimpleAtoi(dim, &impl->dim)) {
+    return absl::DataLossError(absl::StrCat(path, ": embedding dim \"", dim, "\" is not a number"));
+  }
+  if (options.embedding_dim > 0) {
+    if (impl->dim == 0) {
+      impl->dim = options.embedding_dim;
+      init.Put(impl->meta, kMetaDim, absl::StrCat(impl->dim));
+    } else if (impl->dim != options.embedding_dim) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(path, ": store's embeddings have dimension ", impl->dim, ", not ",
+                       options.embedding_dim));
+    }
+  }
+  ASSIGN_OR_RETURN(std::string version, impl->GetMeta(kMetaVersion));
+  if (!version.empty() && !absl::SimpleAtoi(version, &impl->version)) {
+    return absl::DataLossError(absl::StrCat(path, ": version \"", version, "\" is not a number"));
+  }
+  ASSIGN_OR_RETURN(std::string next_id, impl->GetMeta(kMetaNextId));
+  if (!next_id.empty() && !absl::SimpleAtoi(next_id, &impl->next_id)) {
+    return absl::DataLossError(absl::StrCat(path, ": next id \"", next_id, "\" is not a number"));
+  }
+  if (init.Count() > 0) RETURN_IF_ERROR(impl->Commit(&init, "initialising meta"));
+
+  const auto start = std::chrono::steady_clock::now();
+  RETURN_IF_ERROR(impl->Rebuild());
+  PREMOE_LOG_DEBUG("pattern store %s: %d patterns, index rebuilt in %.1f ms", path,
+                   impl->catalog.size(),
+                   std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
+                                                             start)
+                       .count());
+  impl->hub->published_version = impl->version;
+  return std::unique_ptr<EmbeddedPatternStore>(new EmbeddedPatternStore(std::move(impl)));
+}
+
+absl::StatusOr<PutResult> EmbeddedPatternStore::Put(const Pattern& pattern) {
+  Impl& s = *impl_;
+  const std::string where = absl::StrCat("pattern \"", pattern.task_name, "\"");
+  if (pattern.task_name.empty()) {
+    return absl::InvalidArgumentError("pattern has an empty task name");
+  }
+  if (pattern.task_name.size() > kMaxTaskNameBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("task name of ", pattern.task_name.size(),
+                                                   " bytes is over the limit of ",
+                                                   kMaxTaskNameBytes));
+  }
+  if (pattern.schema_version > kPatternSchemaVersion) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(where, ": schema version ", pattern.schema_version,
+                     " is newer than this build's ", kPatternSchemaVersion));
+  }
+  if (pattern.model_fingerprint.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": no model fingerprint"));
+  }
+  if (pattern.embeddings.size() >= kMaxEmbeddingsPerPattern) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": ", pattern.embeddings.size(),
+                                                   " embeddings, over the limit of ",
+                                                   kMaxEmbeddingsPerPattern - 1));
+  }
+  for (const LayerScores& layer : pattern.layers) {
+    for (std::size_t i = 0; i < layer.scores.size(); ++i) {
+      if (!std::isfinite(layer.scores[i])) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": layer ", layer.layer,
+                                                       " score of expert ", i, " is ",
+                                                       layer.scores[i]));
+      }
+    }
+  }
+
+  v1::Pattern record;
+  internal::ToProto(pattern, &record);
+  record.set_schema_version(kPatternSchemaVersion);
+  if (record.created_unix_micros() == 0) record.set_created_unix_micros(NowMicros());
+  const std::size_t bytes = record.ByteSizeLong();
+  if (bytes > static_cast<std::size_t>(s.options.max_record_bytes)) {
+    return absl::InvalidArgumentError(absl::StrCat(where, " encodes to ", bytes,
+                                                   " bytes, over the store's limit of ",
+                                                   s.options.max_record_bytes,
+                                                   " (Options::max_record_bytes)"));
+  }
+
+  std::lock_guard write_lock(s.write_mu);
+  if (!s.fingerprint.empty() && s.fingerprint != pattern.model_fingerprint) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(where, " is for model ", pattern.model_fingerprint,
+                     " but this store serves model ", s.fingerprint));
+  }
+  std::int32_t dim = s.dim;
+  std::vector<float> unit_vectors;
+  unit_vectors.reserve(pattern.embeddings.size() * std::max<std::size_t>(dim, 1));
+  for (std::size_t i = 0; i < pattern.embeddings.size(); ++i) {
+    const std::vector<float>& v = pattern.embeddings[i].values;
+    if (dim == 0) dim = static_cast<std::int32_t>(v.size());
+    if (static_cast<std::int32_t>(v.size()) != dim) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": embedding ", i, " has dimension ",
+                                                     v.size(), ", the store's is ", dim));
+    }
+    ASSIGN_OR_RETURN(std::vector<float> unit,
+                     Normalized(v, absl::StrCat(where, ": embedding ", i)));
+    unit_vectors.insert(unit_vectors.end(), unit.begin(), unit.end());
+  }
+
+  auto existing = s.by_task.find(pattern.task_name);
+  const bool replace = existing != s.by_task.end();
+  const std::uint64_t id = replace ? existing->second : s.next_id;
+  const std::uint32_t old_count = replace ? s.catalog[id].num_embeddings : 0;
+  record.set_id(id);
+
+  rocksdb::WriteBatch batch;
+  if (s.fingerprint.empty()) batch.Put(s.meta, kMetaFingerprint, pattern.model_fingerprint);
+  if (s.dim == 0 && dim != 0) batch.Put(s.meta, kMetaDim, absl::StrCat(dim));
+  if (!replace) batch.Put(s.meta, kMetaNextId, absl::StrCat(id + 1));
+  batch.Put(s.tasks, pattern.task_name, EncodeU64(id));
+  if (replace) {
+    batch.DeleteRange(s.embeddings, EncodeU64(EmbeddingKey(id, 0)),
+                      EncodeU64(EmbeddingKey(id + 1, 0)));
+  }
+  std::vector<std::uint64_t> keys;
+  keys.reserve(record.embeddings_size());
+  for (int i = 0; i < record.embeddings_size(); ++i) {
+    keys.push_back(EmbeddingKey(id, i));
+    batch.Put(s.embeddings, EncodeU64(keys.back()), record.embeddings(i).SerializeAsString());
+  }
+  record.clear_embeddings();
+  batch.Put(s.patterns, EncodeU64(id), record.SerializeAsString());
+  const ChangeEvent event{s.version + 1, ChangeEvent::Kind::kPut, id, pattern.task_name};
+  s.AddChange(&batch, event);
+  RETURN_IF_ERROR(s.Commit(&batch, absl::StrCat("storing ", where)));
+
+  {
+    absl::WriterMutexLock state_lock(&s.state_mu);
+    if (s.fingerprint.empty()) s.fingerprint = pattern.model_fingerprint;
+    s.dim = dim;
+    s.version = event.version;
+    if (!replace) s.next_id = id + 1;
+    s.catalog[id] = {pattern.task_name, static_cast<std::uint32_t>(keys.size())};
+    s.by_task[pattern.task_name] = id;
+    absl::Status index_status = s.IndexRemove(id, old_count);
+    if (index_status.ok()) index_status = s.IndexAdd(unit_vectors, keys);
+    if (!index_status.ok()) {
+      // The change is committed; bring the index back in line with RocksDB.
+      PREMOE_LOG_ERROR("pattern store %s: %s; rebuilding the index", s.options.path,
+                       index_status.ToString());
+      RETURN_IF_ERROR(s.Rebuild());
+    }
+  }
+  RETURN_IF_ERROR(s.Publish(event.version));
+  return PutResult{id, event.version};
+}
+
+absl::StatusOr<Pattern> EmbeddedPatternStore::Get(std::uint64_t id) { return impl_->Read(id); }
+
+absl::StatusOr<Pattern> EmbeddedPatternStore::GetByTask(absl::string_view task_name) {
+  std::string value;
+  rocksdb::Status s =
+      impl_->db->Get(rocksdb::ReadOptions(), impl_->tasks, rocksdb::Slice(task_name.data(), task_name.size()), &value);
+  if (s.IsNotFound()) {
+    return absl::NotFoundError(absl::StrCat("no pattern for task \"", task_name, "\""));
+  }
+  RETURN_IF_ERROR(FromRocks(s, absl::StrCat("task \"", task_name, "\"")));
+  absl::StatusOr<Pattern> pattern = impl_->Read(DecodeU64(value));
+  if (absl::IsNotFound(pattern.status())) {  // deleted between the two reads
+    return absl::NotFoundError(absl::StrCat("no pattern for task \"", task_name, "\""));
+  }
+  return pattern;
+}
+
+absl::StatusOr<ListPage> EmbeddedPatternStore::List(const ListRequest& request) {
+  if (request.page_size < 0 || request.page_size > kMaxPageSize) {
+    return absl::InvalidArgumentError(absl::StrCat("page size ", request.page_size,
+                                                   " is not in [0, ", kMaxPageSize, "]"));
+  }
+  const std::int32_t page_size = request.page_size == 0 ? kDefaultPageSize : request.page_size;
+  std::uint64_t start = 0;
+  if (!request.page_token.empty() &&
+      (request.page_token.rfind("id:", 0) != 0 ||
+       !absl::SimpleAtoi(absl::string_view(request.page_token).substr(3), &start))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("page token \"", request.page_token, "\" is not one List returned"));
+  }
+  const rocksdb::Snapshot* snap = impl_->db->GetSnapshot();
+  rocksdb::ReadOptions ro;
+  ro.snapshot = snap;
+  ListPage page;
+  absl::Status status;
+  {
+    std::unique_ptr<rocksdb::Iterator> it(impl_->db->NewIterator(ro, impl_->patterns));
+    for (it->Seek(EncodeU64(start)); it->Valid(); it->Next()) {
+      const std::uint64_t id = DecodeU64(it->key());
+      if (static_cast<std::int32_t>(page.patterns.size()) == page_size) {
+        page.next_page_token = absl::StrCat("id:", id);
+        break;
+      }
+      v1::Pattern record;
+      if (!record.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+        status = absl::DataLossError(absl::StrCat("pattern ", id, " does not parse"));
+        break;
+      }
+      // Embeddings of this pattern in the same snapshot: count the key range.
+      const std::string upper = EncodeU64(EmbeddingKey(id + 1, 0));
+      rocksdb::Slice upper_slice(upper);
+      rocksdb::ReadOptions ero = ro;
+      ero.iterate_upper_bound = &upper_slice;
+      std::unique_ptr<rocksdb::Iterator> eit(impl_->db->NewIterator(ero, impl_->embeddings));
+      std::int32_t count = 0;
+      for (eit->Seek(EncodeU64(EmbeddingKey(id, 0))); eit->Valid(); eit->Next()) ++count;
+      page.patterns.push_back({id, record.task_name(), record.metric().name(),
+                               record.layers_size(), count, record.created_unix_micros()});
+    }
+    if (status.ok()) status = FromRocks(it->status(), "list");
+  }
+  impl_->db->ReleaseSnapshot(snap);
+  RETURN_IF_ERROR(status);
+  return page;
+}
+
+absl::StatusOr<std::uint64_t> EmbeddedPatternStore::Delete(std::uint64_t id) {
+  Impl& s = *impl_;
+  std::lock_guard write_lock(s.write_mu);
+  auto entry = s.catalog.find(id);
+  if (entry == s.catalog.end()) return absl::NotFoundError(absl::StrCat("no pattern with id ", id));
+  const std::string task_name = entry->second.task_name;
+  const std::uint32_t count = entry->second.num_embeddings;
+  rocksdb::WriteBatch batch;
+  batch.Delete(s.patterns, EncodeU64(id));
+  batch.Delete(s.tasks, task_name);
+  batch.DeleteRange(s.embeddings, EncodeU64(EmbeddingKey(id, 0)),
+                    EncodeU64(EmbeddingKey(id + 1, 0)));
+  const ChangeEvent event{s.version + 1, ChangeEvent::Kind::kDelete, id, task_name};
+  s.AddChange(&batch, event);
+  RETURN_IF_ERROR(s.Commit(&batch, absl::StrCat("deleting pattern ", id)));
+  {
+    absl::WriterMutexLock state_lock(&s.state_mu);
+    s.version = event.version;
+    s.catalog.erase(id);
+    s.by_task.erase(task_name);
+    absl::Status index_status = s.IndexRemove(id, count);
+    // HNSW cannot remove: compact once deleted vectors are half the index.
+    if (index_status.ok() && s.hnsw() && s.index && s.tombstones > 1024 &&
+        s.tombstones * 2 > s.index->ntotal) {
+      index_status = absl::AbortedError("compacting tombstones");
+    }
+    if (!index_status.ok()) {
+      if (!absl::IsAborted(index_status)) {
+        PREMOE_LOG_ERROR("pattern store %s: %s; rebuilding the index", s.options.path,
+                         index_status.ToString());
+      }
+      RETURN_IF_ERROR(s.Rebuild());
+    }
+  }
+  RETURN_IF_ERROR(s.Publish(event.version));
+  return event.version;
+}
+
+absl::StatusOr<std::vector<SearchMatch>> EmbeddedPatternStore::Search(
+    std::span<const float> embedding, const SearchOptions& options) {
+  if (options.k <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("search k must be positive (got ", options.k, ")"));
+  }
+  if (options.candidates < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("search candidates must be >= 0 (got ", options.candidates, ")"));
+  }
+  const Impl& s = *impl_;
+  absl::ReaderMutexLock lock(&s.state_mu);
+  if (s.dim == 0 || !s.index || s.index->ntotal == 0) return std::vector<SearchMatch>();
+  if (static_cast<std::int32_t>(embedding.size()) != s.dim) {
+    return absl::InvalidArgumentError(absl::StrCat("query embedding has dimension ",
+                                                   embedding.size(), ", the store's is ", s.dim));
+  }
+  ASSIGN_OR_RETURN(std::vector<float> query, Normalized(embedding, "query embedding"));
+  // One query gains nothing from an OpenMP team, and on a loaded machine the
+  // team's spin-waits cost milliseconds (measured: flat 10k p50 8 ms with the
+  // default team). Concurrency comes from concurrent Searches instead. This
+  // sets only the calling thread's OpenMP default.
+  omp_set_num_threads(1);
+
+  const std::int64_t ntotal = s.index->ntotal;
+  const std::int64_t live = ntotal - s.tombstones;
+  const bool vote = options.voting != Voting::kMax;
+  const std::int64_t candidates = options.candidates == 0 ? kDefaultCandidates : options.candidates;
+  std::int64_t want = vote ? candidates : std::max<std::int64_t>(4 * options.k, 16);
+
+  struct Tally {
+    float best = -2;
+    double sum = 0;
+    std::int32_t votes = 0;
+  };
+  absl::flat_hash_map<std::uint64_t, Tally> tally;
+  for (;;) {
+    const std::int64_t fetch = std::min(ntotal, want + s.tombstones);
+    std::vector<float> sims(fetch);
+    std::vector<idx_t> labels(fetch);
+    RETURN_IF_ERROR(FaissCall("search", [&] {
+      s.index->search(1, query.data(), fetch, sims.data(), labels.data());
+    }));
+    tally.clear();
+    std::int64_t taken = 0;
+    for (std::int64_t i = 0; i < fetch && taken < want; ++i) {
+      if (labels[i] < 0) continue;
+      std::int64_t key = labels[i];
+      if (s.hnsw()) key = s.label_to_key[labels[i]];
+      if (key < 0) continue;  // deleted (HNSW tombstone)
+      ++taken;
+      Tally& t = tally[static_cast<std::uint64_t>(key) >> kEmbeddingIndexBits];
+      t.best = std::max(t.best, sims[i]);
+      t.sum += sims[i];
+      ++t.votes;
+    }
+    // kMax is exact only once k distinct patterns are in (or nothing is left).
+    if (vote || static_cast<std::int64_t>(tally.size()) >= options.k || want >= live) break;
+    want *= 4;
+  }
+
+  std::vector<SearchMatch> matches;
+  matches.reserve(tally.size());
+  for (const auto& [id, t] : tally) {
+    auto entry = s.catalog.find(id);
+    if (entry == s.catalog.end()) continue;
+    SearchMatch m{id, entry->second.task_name, t.best, t.votes};
+    if (options.voting == Voting::kMean) m.similarity = static_cast<float>(t.sum / t.votes);
+    matches.push_back(std::move(m));
+  }
+  const bool by_count = options.voting == Voting::kCount;
+  std::sort(matches.begin(), matches.end(), [&](const SearchMatch& a, const SearchMatch& b) {
+    if (by_count && a.votes != b.votes) return a.votes > b.votes;
+    if (a.similarity != b.similarity) return a.similarity > b.similarity;
+    return a.id < b.id;
+  });
+  if (static_cast<std::int64_t>(matches.size()) > options.k) matches.resize(options.k);
+  return matches;
+}
+
+absl::StatusOr<std::unique_ptr<WatchHandle>> EmbeddedPatternStore::Watch(std::uint64_t since_version,
+                                                                         WatchCallback callback) {
+  if (!callback) return absl::InvalidArgumentError("watch needs a callback");
+  return std::unique_ptr<WatchHandle>(
+      std::make_unique<EmbeddedWatch>(impl_.get(), since_version, std::move(callback)));
+}
+
+absl::StatusOr<StoreInfo> EmbeddedPatternStore::Info() {
+  absl::ReaderMutexLock lock(&impl_->state_mu);
+  StoreInfo info;
+  info.model_fingerprint = impl_->fingerprint;
+  info.embedding_dim = impl_->dim;
+  info.version = impl_->version;
+  info.num_patterns = static_cast<std::int64_t>(impl_->catalog.size());
+  for (const auto& [id, entry] : impl_->catalog) info.num_embeddings += entry.num_embeddings;
+  info.index_kind = impl_->options.index;
+  return info;
+}
+
+absl::Status EmbeddedPatternStore::Verify() {
+  Impl& s = *impl_;
+  // Writers hold write_mu across commit and index update: take it so that
+  // RocksDB and the index are compared at one point in time.
+  std::lock_guard write_lock(s.write_mu);
+  absl::ReaderMutexLock lock(&s.state_mu);
+  auto fail = [&](auto&&... parts) {
+    return absl::DataLossError(absl::StrCat(s.options.path, ": ", parts...));
+  };
+  absl::flat_hash_map<std::uint64_t, std::string> patterns;
+  std::unique_ptr<rocksdb::Iterator> it(s.db->NewIterator(rocksdb::ReadOptions(), s.patterns));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    v1::Pattern record;
+    const std::uint64_t id = DecodeU64(it->key());
+    if (!record.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      return fail("pattern ", id, " does not parse");
+    }
+    if (record.id() != id) return fail("pattern under key ", id, " says id ", record.id());
+    if (id >= s.next_id) return fail("pattern ", id, " is not below next id ", s.next_id);
+    patterns[id] = record.task_name();
+  }
+  RETURN_IF_ERROR(FromRocks(it->status(), "verify"));
+  std::size_t tasks = 0;
+  it.reset(s.db->NewIterator(rocksdb::ReadOptions(), s.tasks));
+  for (it->SeekToFirst(); it->Valid(); it->Next(), ++tasks) {
+    const std::uint64_t id = DecodeU64(it->value());
+    auto p = patterns.find(id);
+    if (p == patterns.end() || p->second != it->key().ToString()) {
+      return fail("task \"", it->key().ToString(), "\" points at pattern ", id,
+                  " which is missing or another task's");
+    }
+  }
+  RETURN_IF_ERROR(FromRocks(it->status(), "verify"));
+  if (tasks != patterns.size()) return fail(patterns.size(), " patterns but ", tasks, " tasks");
+  if (s.catalog.size() != patterns.size()) {
+    return fail("catalog has ", s.catalog.size(), " patterns, RocksDB ", patterns.size());
+  }
+  std::int64_t count = 0;
+  it.reset(s.db->NewIterator(rocksdb::ReadOptions(), s.embeddings));
+  std::vector<float> stored(s.dim);
+  for (it->SeekToFirst(); it->Valid(); it->Next(), ++count) {
+    const std::uint64_t key = DecodeU64(it->key());
+    if (!patterns.contains(key >> kEmbeddingIndexBits)) {
+      return fail("embedding ", key, " belongs to no pattern");
+    }
+    v1::MatchEmbedding e;
+    if (!e.ParseFromArray(it->value().data(), static_cast<int>(it->value().size())) ||
+        e.values_size() != s.dim) {
+      return fail("embedding ", key, " does not parse or has the wrong dimension");
+    }
+    ASSIGN_OR_RETURN(std::vector<float> unit,
+                     Normalized({e.values().data(), static_cast<std::size_t>(e.values_size())},
+                                "stored embedding"));
+    std::int64_t label = static_cast<std::int64_t>(key);
+    if (s.hnsw()) {
+      auto l = s.key_to_label.find(key);
+      if (l == s.key_to_label.end()) return fail("embedding ", key, " is not in the index");
+      label = l->second;
+    }
+    absl::Status st = FaissCall("reconstruct", [&] {
+      if (!s.index) throw std::runtime_error("no index");
+      s.index->reconstruct(label, stored.data());
+    });
+    if (!st.ok()) return fail("embedding ", key, " is not in the index (", st.message(), ")");
+    for (std::int32_t d = 0; d < s.dim; ++d) {
+      if (std::abs(stored[d] - unit[d]) > 1e-6f) {
+        return fail("embedding ", key, " differs in the index at position ", d);
+      }
+    }
+  }
+  RETURN_IF_ERROR(FromRocks(it->status(), "verify"));
+  const std::int64_t indexed = s.index ? s.index->ntotal - s.tombstones : 0;
+  if (indexed != count) return fail("index holds ", indexed, " embeddings, RocksDB ", count);
+  return absl::OkStatus();
+}
+
+}  // namespace premoe::store

@@ -1,0 +1,348 @@
+// The premoe.v1.PatternStore gRPC service over a PatternStore.
+//
+// Callback API throughout. Unary handlers return a reactor at once and run
+// the store call on the server's executor: a Put fsyncs and a Search scans
+// the index, and gRPC's callback threads must stay free to drive I/O. Watch
+// is a ServerWriteReactor fed by a store watch: the store's watch thread
+// pushes events into a small queue and waits (backpressure) when the client
+// reads slowly; the reactor drains it with one write in flight at a time.
+#include "premoe/store/server.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "premoe/common/logging.h"
+#include "premoe/common/status.h"
+#include "premoe/v1/store.grpc.pb.h"
+#include "store/src/grpc_status.h"
+#include "store/src/proto_convert.h"
+
+namespace premoe::store {
+namespace {
+
+using internal::FromProto;
+using internal::ToGrpcStatus;
+using internal::ToProto;
+
+// A fixed pool of threads running submitted tasks in FIFO order. The
+// destructor runs what is queued, then joins.
+class Executor {
+ public:
+  explicit Executor(int threads) {
+    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
+  }
+  ~Executor() {
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  void Submit(std::function<void()> task) {
+    {
+      std::lock_guard lock(mu_);
+      tasks_.push_back(std::move(task));
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  void Run() {
+    for (;;) {
+      std::function<void()> task;
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, [&] { return stopping_ || !tasks_.empty(); });
+        if (tasks_.empty()) return;
+        task = std::move(tasks_.front());
+        tasks_.pop_front();
+      }
+      task();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> tasks_;
+  bool stopping_ = false;
+  std::vector<std::thread> threads_;
+};
+
+// One Watch stream. Lifetime: gRPC calls OnDone exactly once, after Finish;
+// the object deletes itself there (on the executor, since stopping the store
+// watch joins its thread).
+class WatchReactor final : public grpc::ServerWriteReactor<v1::ChangeEvent> {
+ public:
+  WatchReactor(PatternStore* store, Executor* executor, std::uint64_t since)
+      : executor_(executor) {
+    absl::StatusOr<std::unique_ptr<WatchHandle>> handle =
+        store->Watch(since, [this](const absl::StatusOr<ChangeEvent>& e) { return OnChange(e); });
+    std::lock_guard lock(mu_);
+    if (!handle.ok()) {
+      FinishLocked(ToGrpcStatus(handle.status()));
+      return;
+    }
+    handle_ = std::move(handle).value();
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard lock(mu_);
+    queue_.pop_front();
+    writing_ = false;
+    cv_.notify_all();
+    if (!ok) {  // the client went away
+      done_ = true;
+      FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "watch stream broken"));
+      return;
+    }
+    PumpLocked();
+  }
+
+  void OnCancel() override {
+    std::lock_guard lock(mu_);
+    done_ = true;
+    cv_.notify_all();
+    FinishLocked(grpc::Status::CANCELLED);
+  }
+
+  void OnDone() override {
+    executor_->Submit([this] {
+      std::unique_ptr<WatchHandle> handle;
+      {
+        std::lock_guard lock(mu_);
+        done_ = true;
+        cv_.notify_all();
+        handle = std::move(handle_);
+      }
+      handle.reset();  // joins the store's watch thread
+      delete this;
+    });
+  }
+
+ private:
+  static constexpr std::size_t kMaxQueued = 256;
+
+  // On the store's watch thread.
+  bool OnChange(const absl::StatusOr<ChangeEvent>& event) {
+    std::unique_lock lock(mu_);
+    if (!event.ok()) {
+      final_status_ = ToGrpcStatus(event.status());
+      finish_pending_ = true;
+      PumpLocked();
+      return false;
+    }
+    cv_.wait(lock, [&] { return done_ || queue_.size() < kMaxQueued; });
+    if (done_) return false;
+    ToProto(*event, &queue_.emplace_back());
+    PumpLocked();
+    return true;
+  }
+
+  void PumpLocked() {
+    if (writing_ || finished_) return;
+    if (!queue_.empty()) {
+      writing_ = true;
+      StartWrite(&queue_.front());
+    } else if (finish_pending_) {
+      FinishLocked(final_status_);
+    }
+  }
+
+  void FinishLocked(const grpc::Status& status) {
+    if (finished_) return;
+    finished_ = true;
+    Finish(status);
+  }
+
+  Executor* executor_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<v1::ChangeEvent> queue_;  // front() is being written while writing_
+  bool writing_ = false;
+  bool done_ = false;
+  bool finished_ = false;
+  bool finish_pending_ = false;
+  grpc::Status final_status_;
+  std::unique_ptr<WatchHandle> handle_;
+};
+
+class Service final : public v1::PatternStore::CallbackService {
+ public:
+  Service(PatternStore* store, Executor* executor) : store_(store), executor_(executor) {}
+
+  grpc::ServerUnaryReactor* Put(grpc::CallbackServerContext* ctx, const v1::PutRequest* request,
+                                v1::PutResponse* response) override {
+    return Run(ctx, [=, this]() -> absl::Status {
+      ASSIGN_OR_RETURN(Pattern pattern, FromProto(request->pattern()));
+      ASSIGN_OR_RETURN(PutResult result, store_->Put(pattern));
+      response->set_id(result.id);
+      response->set_version(result.version);
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* ctx, const v1::GetRequest* request,
+                                v1::GetResponse* response) override {
+    return Run(ctx, [=, this]() -> absl::Status {
+      absl::StatusOr<Pattern> pattern;
+      switch (request->key_case()) {
+        case v1::GetRequest::kId:
+          pattern = store_->Get(request->id());
+          break;
+        case v1::GetRequest::kTaskName:
+          pattern = store_->GetByTask(request->task_name());
+          break;
+        default:
+          return absl::InvalidArgumentError("Get needs an id or a task name");
+      }
+      RETURN_IF_ERROR(pattern.status());
+      ToProto(*pattern, response->mutable_pattern());
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* List(grpc::CallbackServerContext* ctx, const v1::ListRequest* request,
+                                 v1::ListResponse* response) override {
+    return Run(ctx, [=, this]() -> absl::Status {
+      ASSIGN_OR_RETURN(ListPage page,
+                       store_->List({request->page_size(), request->page_token()}));
+      for (const PatternSummary& s : page.patterns) ToProto(s, response->add_patterns());
+      response->set_next_page_token(page.next_page_token);
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* ctx,
+                                   const v1::DeleteRequest* request,
+                                   v1::DeleteResponse* response) override {
+    return Run(ctx, [=, this]() -> absl::Status {
+      ASSIGN_OR_RETURN(std::uint64_t version, store_->Delete(request->id()));
+      response->set_version(version);
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* Search(grpc::CallbackServerContext* ctx,
+                                   const v1::SearchRequest* request,
+                                   v1::SearchResponse* response) override {
+    return Run(ctx, [=, this]() -> absl::Status {
+      ASSIGN_OR_RETURN(Voting voting, FromProto(request->voting()));
+      SearchOptions options{request->k(), voting, request->candidates()};
+      ASSIGN_OR_RETURN(std::vector<SearchMatch> matches,
+                       store_->Search({request->embedding().data(),
+                                       static_cast<std::size_t>(request->embedding_size())},
+                                      options));
+      for (const SearchMatch& m : matches) ToProto(m, response->add_matches());
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerWriteReactor<v1::ChangeEvent>* Watch(grpc::CallbackServerContext* ctx,
+                                                   const v1::WatchRequest* request) override {
+    return new WatchReactor(store_, executor_, request->since_version());
+  }
+
+  grpc::ServerUnaryReactor* GetInfo(grpc::CallbackServerContext* ctx,
+                                    const v1::GetInfoRequest* request,
+                                    v1::StoreInfo* response) override {
+    return Run(ctx, [=, this]() -> absl::Status {
+      ASSIGN_OR_RETURN(StoreInfo info, store_->Info());
+      ToProto(info, response);
+      return absl::OkStatus();
+    });
+  }
+
+ private:
+  // Runs `body` on the executor and finishes the call with its status: the
+  // one place absl::Status becomes grpc::Status for unary calls.
+  template <typename Body>
+  grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx, Body body) {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    executor_->Submit([reactor, body = std::move(body)]() mutable {
+      reactor->Finish(ToGrpcStatus(body()));
+    });
+    return reactor;
+  }
+
+  PatternStore* store_;
+  Executor* executor_;
+};
+
+}  // namespace
+
+absl::Status PatternStoreServer::Options::Validate() const {
+  if (address.empty()) return absl::InvalidArgumentError("pattern store server: empty address");
+  if (executor_threads < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "pattern store server: executor_threads must be >= 1 (got ", executor_threads, ")"));
+  }
+  if (max_message_bytes < 1024) {
+    return absl::InvalidArgumentError("pattern store server: max_message_bytes below 1 KiB");
+  }
+  return absl::OkStatus();
+}
+
+struct PatternStoreServer::Impl {
+  std::string host;
+  int port = 0;
+  std::mutex mu;
+  // Destroyed in reverse: server first (no new calls), then the executor
+  // (runs what is queued, including reactors' self-deletion), then service.
+  std::unique_ptr<Executor> executor;
+  std::unique_ptr<Service> service;
+  std::unique_ptr<grpc::Server> server;
+  bool shut_down = false;
+};
+
+PatternStoreServer::PatternStoreServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+PatternStoreServer::~PatternStoreServer() { Shutdown(); }
+
+absl::StatusOr<std::unique_ptr<PatternStoreServer>> PatternStoreServer::Start(
+    const Options& options, PatternStore* store) {
+  RETURN_IF_ERROR(options.Validate());
+  if (store == nullptr) return absl::InvalidArgumentError("pattern store server: no store");
+  auto impl = std::make_unique<Impl>();
+  impl->executor = std::make_unique<Executor>(options.executor_threads);
+  impl->service = std::make_unique<Service>(store, impl->executor.get());
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.address, grpc::InsecureServerCredentials(), &impl->port);
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  builder.SetMaxSendMessageSize(options.max_message_bytes);
+  builder.RegisterService(impl->service.get());
+  impl->server = builder.BuildAndStart();
+  if (!impl->server || impl->port == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("pattern store server: cannot listen on ", options.address));
+  }
+  impl->host = options.address.substr(0, options.address.rfind(':'));
+  if (impl->host == "0.0.0.0" || impl->host == "[::]") impl->host = "127.0.0.1";
+  PREMOE_LOG_INFO("pattern store serving on %s:%d", impl->host, impl->port);
+  return std::unique_ptr<PatternStoreServer>(new PatternStoreServer(std::move(impl)));
+}
+
+int PatternStoreServer::port() const { return impl_->port; }
+
+std::string PatternStoreServer::address() const {
+  return absl::StrCat(impl_->host, ":", impl_->port);
+}
+
+void PatternStoreServer::Shutdown() {
+  std::lock_guard lock(impl_->mu);
+  if (impl_->shut_down) return;
+  impl_->shut_down = true;
+  // Watch streams never end by themselves: cancel them (after a moment for
+  // unary calls in flight) so that Shutdown returns.
+  impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
+  impl_->server->Wait();
+  impl_->executor.reset();
+  impl_->server.reset();
+}
+
+}  // namespace premoe::store
