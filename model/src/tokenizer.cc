@@ -149,10 +149,8 @@ absl::StatusOr<std::unique_ptr<Pipeline>> Pipeline::FromJson(const json& root) {
   p->normalized_matcher_ = std::make_unique<AddedTokenMatcher>(std::move(normalized_patterns),
                                                                std::move(normalized_tokens));
   ASSIGN_OR_RETURN(p->post_processor_,
-                   MakePostProcessor(field("post_processor"), [&](absl::string_view token) {
-                     auto it = p->added_by_content_.find(token);
-                     return it != p->added_by_content_.end() ? &it->second
-                                                             : p->model_->TokenToId(token);
+                   MakePostProcessor(field("post_processor"), [&](std::int32_t id) {
+                     return p->IdToToken(id) != nullptr;
                    }));
   return p;
 }

@@ -1065,7 +1065,7 @@ class SequencePostProcessor : public PostProcessor {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<PostProcessor>> MakePostProcessor(
-    const json& j, const std::function<const std::int32_t*(absl::string_view)>& token_to_id) {
+    const json& j, const std::function<bool(std::int32_t)>& id_known) {
   if (j.is_null()) return nullptr;
   ASSIGN_OR_RETURN(const std::string type, ComponentType(j, "post_processor"));
   const std::string where = absl::StrCat("post_processor ", type);
@@ -1074,7 +1074,7 @@ absl::StatusOr<std::unique_ptr<PostProcessor>> MakePostProcessor(
     ASSIGN_OR_RETURN(const json* list, GetArray(j, "processors", where));
     std::vector<std::unique_ptr<PostProcessor>> parts;
     for (const json& item : *list) {
-      ASSIGN_OR_RETURN(auto part, MakePostProcessor(item, token_to_id));
+      ASSIGN_OR_RETURN(auto part, MakePostProcessor(item, id_known));
       if (part != nullptr) parts.push_back(std::move(part));
     }
     return std::make_unique<SequencePostProcessor>(std::move(parts));
@@ -1106,7 +1106,12 @@ absl::StatusOr<std::unique_ptr<PostProcessor>> MakePostProcessor(
             id.get<std::int64_t>() > (1 << 30)) {
           return Invalid(where, absl::StrCat("special_tokens \"", name, "\" has a bad id"));
         }
-        items.push_back(static_cast<std::int32_t>(id.get<std::int64_t>()));
+        const auto value = static_cast<std::int32_t>(id.get<std::int64_t>());
+        if (!id_known(value)) {
+          return Invalid(where, absl::StrCat("special token \"", name, "\" has id ", value,
+                                             ", which is not in the vocabulary"));
+        }
+        items.push_back(value);
       }
     }
     return std::make_unique<TemplatePostProcessor>(std::move(items));
@@ -1118,7 +1123,11 @@ absl::StatusOr<std::unique_ptr<PostProcessor>> MakePostProcessor(
       if (it == j.end() || !it->is_array() || it->size() != 2 || !(*it)[1].is_number_integer()) {
         return Invalid(where, absl::StrCat("field \"", key, "\" must be [token, id]"));
       }
-      ids.push_back(static_cast<std::int32_t>((*it)[1].get<std::int64_t>()));
+      const std::int64_t id = (*it)[1].get<std::int64_t>();
+      if (id < 0 || id > (1 << 30) || !id_known(static_cast<std::int32_t>(id))) {
+        return Invalid(where, absl::StrCat("\"", key, "\" id ", id, " is not in the vocabulary"));
+      }
+      ids.push_back(static_cast<std::int32_t>(id));
     }
     return std::make_unique<TemplatePostProcessor>(std::vector<std::int32_t>{ids[0], -1, ids[1]});
   }

@@ -144,9 +144,10 @@ class PostProcessor {
   // Adds special tokens around the ids of one sequence.
   virtual void Process(std::vector<std::int32_t>* ids) const = 0;
 };
-// `token_to_id` resolves token strings named by the processor.
+// `id_known` says whether an id is in the vocabulary: a processor that would
+// add an id outside it is refused, so every id Encode returns can be decoded.
 absl::StatusOr<std::unique_ptr<PostProcessor>> MakePostProcessor(
-    const json& j, const std::function<const std::int32_t*(absl::string_view)>& token_to_id);
+    const json& j, const std::function<bool(std::int32_t)>& id_known);
 
 // ---- Decoders -------------------------------------------------------------
 

@@ -216,6 +216,11 @@ INSTANTIATE_TEST_SUITE_P(
                       Replace(TinyBpe("[]"), "\"special_tokens\": {\"<s>\"",
                               "\"special_tokens\": {\"<t>\""),
                       "special token \"<s>\" is not in special_tokens"},
+        // Found by tokenizer_json_fuzz: a template adding an id that Decode
+        // would then refuse.
+        MalformedCase{"TemplateIdOutsideVocab",
+                      Replace(TinyBpe("[]"), "\"ids\": [6]", "\"ids\": [60]"),
+                      "special token \"<s>\" has id 60, which is not in the vocabulary"},
         MalformedCase{"ComponentNotAnObject",
                       Replace(TinyBpe("[]"), "\"normalizer\": null", "\"normalizer\": 3"),
                       "normalizer: must be an object"},
