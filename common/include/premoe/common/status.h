@@ -5,8 +5,7 @@
 //
 //   RETURN_IF_ERROR(file->Sync());
 //   ASSIGN_OR_RETURN(auto header, ParseHeader(bytes));
-//   ASSIGN_OR_RETURN(header, ParseHeader(bytes), _.Prepend(path));  // not supported:
-//                                 use WithContext(ParseHeader(bytes), path) instead.
+//   ASSIGN_OR_RETURN(auto header, common::WithContext(ParseHeader(bytes), path));
 //
 // WithContext() prefixes a message with where it happened ("model.safetensors: ..."),
 // so errors name the file, tensor or line a person has to look at.
@@ -44,6 +43,8 @@ absl::StatusOr<T> WithContext(absl::StatusOr<T> value, absl::string_view context
 
 // Evaluates `rexpr` (an absl::StatusOr<T>); on error returns its status from
 // the caller, otherwise moves the value into `lhs` (which may declare it).
+// It expands to several statements: never use it as the unbraced body of an
+// `if`, `for` or `while`.
 #define ASSIGN_OR_RETURN(lhs, rexpr)                                          \
   ASSIGN_OR_RETURN_IMPL_(PREMOE_STATUS_CONCAT_(premoe_statusor_, __LINE__), \
                          lhs, rexpr)
