@@ -11,12 +11,12 @@
 // so errors name the file, tensor or line a person has to look at.
 #pragma once
 
-#include "absl/strings/string_view.h"
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 
 namespace premoe::common {
 
