@@ -82,6 +82,13 @@ absl::Status EngineOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("EngineOptions.max_context must be >= 0, got ", max_context));
   }
+  if (trainable && dtype != "fp32") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("EngineOptions.trainable needs dtype \"fp32\", got \"", dtype, "\""));
+  }
+  if (trainable && !keep.empty()) {
+    return absl::InvalidArgumentError("EngineOptions.trainable needs the full model (empty keep)");
+  }
   return absl::OkStatus();
 }
 
@@ -270,6 +277,12 @@ class EngineImpl final : public Engine {
     max_context_ =
         options_.max_context > 0 ? options_.max_context : config_.max_position_embeddings;
     static_rope_ = ComputeRope(config_, 0);
+    parameters_ = internal::NamedParameters(w_);
+    // e_score_correction_bias is a statistic DeepSeek updates outside the
+    // gradient; it stays out of Parameters() and never requires grad.
+    if (options_.trainable) {
+      for (auto& [name, t] : parameters_) t.requires_grad_(true);
+    }
     for (int64_t e : config_.eos_token_ids) eos_.push_back(e);
   }
 
@@ -285,6 +298,38 @@ class EngineImpl final : public Engine {
       return absl::NotFoundError(absl::StrCat("the engine holds no weight named \"", name, "\""));
     }
     return it->second;
+  }
+
+  std::vector<std::pair<std::string, at::Tensor>> Parameters() const override {
+    return parameters_;
+  }
+
+  absl::Status SaveWeights(const std::string& path) const override {
+    for (const auto& L : w_.layers) {
+      if (L.is_moe && !L.moe.all_loaded) {
+        return absl::InvalidArgumentError(
+            "SaveWeights: this is a reduced model; its weights are not a checkpoint of the model");
+      }
+    }
+    try {
+      SafetensorsWriter writer;
+      std::vector<at::Tensor> keep_alive;
+      for (const auto& [name, t] : w_.by_name) {
+        at::Tensor c = t.detach().to(at::kCPU).contiguous();
+        const DType dtype = c.scalar_type() == at::kFloat ? DType::kF32 : DType::kBF16;
+        if (c.scalar_type() != at::kFloat && c.scalar_type() != at::kBFloat16) {
+          return absl::InternalError(absl::StrCat("SaveWeights: weight \"", name,
+                                                  "\" has an unexpected dtype"));
+        }
+        keep_alive.push_back(c);
+        RETURN_IF_ERROR(writer.AddUnowned(
+            name, dtype, c.sizes().vec(),
+            std::span<const uint8_t>(static_cast<const uint8_t*>(c.data_ptr()), c.nbytes())));
+      }
+      return writer.Write(path);
+    } catch (const c10::Error& e) {
+      return absl::InternalError(absl::StrCat("SaveWeights: libtorch: ", e.what_without_backtrace()));
+    }
   }
 
   absl::StatusOr<std::unique_ptr<KvCache>> NewCache(int64_t batch_size,
@@ -657,16 +702,19 @@ class EngineImpl final : public Engine {
     at::Tensor counts = at::bincount(sorted, {}, e_loaded).cpu();
     const int64_t* cnt = counts.data_ptr<int64_t>();
     at::Tensor xs = x.index_select(0, token_of);
-    at::Tensor ys = at::empty_like(xs);
+    // Concatenated, not copied into slices of one buffer: the same cost, and
+    // under autograd one node instead of one per expert.
+    std::vector<at::Tensor> parts;
     int64_t offset = 0;
     for (int64_t e = 0; e < e_loaded; ++e) {
       if (cnt[e] == 0) continue;
       at::Tensor chunk = xs.narrow(0, offset, cnt[e]);
       at::Tensor gu = at::linear(chunk, moe.gate_up[e]);
       at::Tensor act = at::silu(gu.narrow(-1, 0, inter)) * gu.narrow(-1, inter, inter);
-      ys.narrow(0, offset, cnt[e]).copy_(at::linear(act, moe.down[e]));
+      parts.push_back(at::linear(act, moe.down[e]));
       offset += cnt[e];
     }
+    at::Tensor ys = at::cat(parts, 0);
     at::Tensor w_sorted = w.reshape({-1}).index_select(0, order).unsqueeze(-1);
     at::Tensor out = at::zeros_like(x);
     out.index_add_(0, token_of, (ys.to(at::kFloat) * w_sorted).to(x.scalar_type()));
@@ -745,6 +793,7 @@ class EngineImpl final : public Engine {
   int64_t max_context_ = 0;
   Rope static_rope_;
   std::vector<int64_t> eos_;
+  std::vector<std::pair<std::string, at::Tensor>> parameters_;
 };
 
 // ---- Generation ----------------------------------------------------------------

@@ -287,6 +287,53 @@ absl::Status LoadMoe(Loader& ld, const ModelConfig& c, int64_t layer, const std:
 
 }  // namespace
 
+std::vector<std::pair<std::string, at::Tensor>> NamedParameters(const ModelWeights& w) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  absl::flat_hash_set<const void*> seen;
+  auto add = [&](std::string name, const at::Tensor& t) {
+    if (t.defined() && seen.insert(t.storage().data()).second) {
+      out.emplace_back(std::move(name), t);
+    }
+  };
+  auto add_linear = [&](const std::string& p, const Linear& l) {
+    add(p + ".w", l.w);
+    add(p + ".b", l.b);
+  };
+  auto add_mlp = [&](const std::string& p, const MlpWeights& m) {
+    add_linear(p + ".gate_up", m.gate_up);
+    add_linear(p + ".down", m.down);
+  };
+  add("embed", w.embed);
+  add("final_norm", w.final_norm);
+  add("lm_head", w.lm_head);
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    const LayerWeights& L = w.layers[l];
+    const std::string p = absl::StrCat("layers.", l, ".");
+    add(p + "input_norm", L.input_norm);
+    add(p + "post_norm", L.post_norm);
+    const AttentionWeights& a = L.attn;
+    for (const auto& [name, lin] : {std::pair{"q", &a.q}, {"k", &a.k}, {"v", &a.v}, {"o", &a.o},
+                                    {"q_a", &a.q_a}, {"q_b", &a.q_b}, {"kv_a", &a.kv_a},
+                                    {"kv_b", &a.kv_b}}) {
+      add_linear(p + "attn." + name, *lin);
+    }
+    add(p + "attn.q_norm", a.q_norm);
+    add(p + "attn.k_norm", a.k_norm);
+    add(p + "attn.q_a_norm", a.q_a_norm);
+    add(p + "attn.kv_a_norm", a.kv_a_norm);
+    if (!L.is_moe) {
+      add_mlp(p + "mlp", L.mlp);
+      continue;
+    }
+    add(p + "moe.gate", L.moe.gate);
+    add(p + "moe.gate_up", L.moe.gate_up);
+    add(p + "moe.down", L.moe.down);
+    if (L.moe.has_shared) add_mlp(p + "moe.shared", L.moe.shared);
+    add(p + "moe.shared_gate", L.moe.shared_gate);
+  }
+  return out;
+}
+
 at::Tensor ViewToTensor(const TensorView& view) {
   at::Tensor t = at::empty(view.shape, at::TensorOptions().dtype(ToScalarType(view.dtype)));
   if (!view.bytes.empty()) std::memcpy(t.data_ptr(), view.bytes.data(), view.bytes.size());

@@ -75,6 +75,11 @@ absl::StatusOr<ModelWeights> LoadWeights(const Checkpoint& checkpoint, const Mod
                                          const KeptExperts& keep, at::ScalarType dtype,
                                          at::Device device);
 
+// The weight tensors of `w`, each storage once (the tied lm_head is not
+// repeated), named by their place: "embed", "layers.3.attn.q.w",
+// "layers.3.moe.gate_up", ... Fixed order.
+std::vector<std::pair<std::string, at::Tensor>> NamedParameters(const ModelWeights& w);
+
 // The tensor `view` as an fp32/bf16/... CPU tensor of its own dtype (F8_E4M3
 // is returned as float8_e4m3fn). Copies the bytes.
 at::Tensor ViewToTensor(const TensorView& view);

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <set>
@@ -273,6 +274,108 @@ TEST(EngineTest, ShardedCheckpointLoads) {
   ASSERT_OK(ck.status());
   EXPECT_TRUE((*ck)->sharded());
   EXPECT_GT((*ck)->shard_files().size(), 2u);
+}
+
+// Training runs through the engine itself: its gradients must be
+// transformers' gradients of the same loss.
+TEST(EngineTrainableTest, GradientsMatchTransformers) {
+  EngineOptions options = Fp32();
+  options.trainable = true;
+  auto engine = OpenEngine("qwen3_moe", options);
+  ASSERT_NE(engine, nullptr);
+  Reference ref("qwen3_moe");
+  const std::vector<int64_t> ids = ref.Ids("prompt_2");
+  at::Tensor logits = AllLogits(*engine, ids);
+  ASSERT_TRUE(logits.requires_grad());
+  const int64_t n = static_cast<int64_t>(ids.size());
+  at::Tensor targets = at::tensor(std::vector<int64_t>(ids.begin() + 1, ids.end()));
+  at::Tensor loss = -at::log_softmax(logits.narrow(0, 0, n - 1), -1)
+                         .gather(1, targets.unsqueeze(1))
+                         .mean();
+  EXPECT_NEAR(loss.item<double>(), ref.Get("loss").item<double>(), 1e-5);
+  loss.backward();
+
+  // Engine parameter -> transformers parameter.
+  auto hf_name = [](const std::string& name) -> std::string {
+    if (name == "embed") return "model.embed_tokens.weight";
+    if (name == "lm_head") return "lm_head.weight";
+    if (name == "final_norm") return "model.norm.weight";
+    const std::vector<std::pair<std::string, std::string>> suffixes = {
+        {"input_norm", "input_layernorm.weight"},
+        {"post_norm", "post_attention_layernorm.weight"},
+        {"attn.q.w", "self_attn.q_proj.weight"},
+        {"attn.k.w", "self_attn.k_proj.weight"},
+        {"attn.v.w", "self_attn.v_proj.weight"},
+        {"attn.o.w", "self_attn.o_proj.weight"},
+        {"attn.q_norm", "self_attn.q_norm.weight"},
+        {"attn.k_norm", "self_attn.k_norm.weight"},
+        {"moe.gate", "mlp.gate.weight"},
+        {"moe.gate_up", "mlp.experts.gate_up_proj"},
+        {"moe.down", "mlp.experts.down_proj"},
+        {"mlp.gate_up.w", "mlp.gate_proj.weight+mlp.up_proj.weight"},
+        {"mlp.down.w", "mlp.down_proj.weight"}};
+    const size_t dot = name.find('.', 7);  // after "layers.<l>"
+    const std::string layer = name.substr(0, dot), rest = name.substr(dot + 1);
+    for (const auto& [ours, theirs] : suffixes) {
+      if (rest != ours) continue;
+      // "a+b": one engine tensor fuses two of transformers' (rows of a, then b).
+      if (const size_t plus = theirs.find('+'); plus != std::string::npos) {
+        return "model." + layer + "." + theirs.substr(0, plus) + "+model." + layer + "." +
+               theirs.substr(plus + 1);
+      }
+      return "model." + layer + "." + theirs;
+    }
+    return "";
+  };
+  int compared = 0;
+  for (const auto& [name, param] : engine->Parameters()) {
+    const std::string theirs = hf_name(name);
+    ASSERT_FALSE(theirs.empty()) << "no transformers parameter for " << name;
+    ASSERT_TRUE(param.grad().defined()) << name;
+    at::Tensor expected;
+    if (const size_t plus = theirs.find('+'); plus != std::string::npos) {
+      expected = at::cat({ref.Get("grad:" + theirs.substr(0, plus)),
+                          ref.Get("grad:" + theirs.substr(plus + 1))});
+    } else {
+      expected = ref.Get("grad:" + theirs);
+    }
+    const double scale = expected.abs().max().item<double>();
+    EXPECT_LE(MaxAbsDiff(param.grad(), expected), 1e-4 * std::max(scale, 1e-3))
+        << name << " vs " << theirs;
+    ++compared;
+  }
+  // embed, lm_head, final norm; per layer 2 norms, 4 projections, 2 qk norms,
+  // then 3 MoE tensors (gate, gate_up, down) or 2 dense MLP ones.
+  const ModelConfig& c = engine->config();
+  EXPECT_EQ(compared, 3 + c.num_hidden_layers * 8 + c.NumMoeLayers() * 3 +
+                          (c.num_hidden_layers - c.NumMoeLayers()) * 2);
+}
+
+TEST(EngineTrainableTest, SaveWeightsRoundTripsAndRefusesAReducedModel) {
+  auto engine = OpenEngine("qwen3_moe");
+  ASSERT_NE(engine, nullptr);
+  premoe::testing::TempDir dir;
+  std::filesystem::copy_file(ReferenceEnv::Dir("qwen3_moe") + "/config.json",
+                             dir.Join("config.json"));
+  ASSERT_OK(engine->SaveWeights(dir.Join("model.safetensors")));
+  auto again = Engine::Open(dir.path(), Fp32());
+  ASSERT_OK(again.status());
+  Reference ref("qwen3_moe");
+  const std::vector<int64_t> ids = ref.Ids("prompt_1");
+  EXPECT_EQ(MaxAbsDiff(AllLogits(*engine, ids), AllLogits(**again, ids)), 0.0);
+
+  EngineOptions reduced = Fp32();
+  reduced.keep.Set(1, {0, 1, 2});
+  auto small = OpenEngine("qwen3_moe", reduced);
+  ASSERT_NE(small, nullptr);
+  EXPECT_THAT(small->SaveWeights(dir.Join("small.safetensors")),
+              StatusIs(absl::StatusCode::kInvalidArgument, "reduced model"));
+
+  EngineOptions bad = Fp32();
+  bad.trainable = true;
+  bad.dtype = "bf16";
+  EXPECT_THAT(Engine::Open(ReferenceEnv::Dir("qwen3_moe"), bad).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, "trainable needs dtype \"fp32\""));
 }
 
 KeptExperts ReducedKeep(const Reference& ref) {

@@ -13,6 +13,9 @@ writes OUT_DIR/<case>/reference.safetensors holding, for each prompt p:
   selected_<p>_<l>    I64 [len, K]     the experts transformers routed to
   rweights_<p>_<l>    F32 [len, K]     their routing weights
   greedy_<p>          I64 [8]          generate(do_sample=False, 8 new tokens, no eos)
+  grad:<param>        F32              (qwen3_moe only) the gradient of every parameter
+                                       (transformers' named_parameters) of the mean
+                                       next-token cross-entropy of prompt 2
 Special cases:
   qwen3_moe_reduced   a model whose MoE layers hold only the experts listed in
                       "kept_<l>" (I64), built by slicing the weights of case
@@ -273,7 +276,21 @@ def write_case(out_dir, case):
     else:
         model.save_pretrained(d)
     run_reference(model, ref, make_prompts(0))
+    if case == "qwen3_moe":
+        add_gradients(model, ref, make_prompts(0)[2])
     save_file(ref, os.path.join(d, "reference.safetensors"))
+
+
+def add_gradients(model, out, ids):
+    """Gradients of the next-token loss: the reference for training through the engine."""
+    model.zero_grad()
+    logits = model(ids.unsqueeze(0)).logits[0]
+    loss = torch.nn.functional.cross_entropy(logits[:-1].float(), ids[1:])
+    loss.backward()
+    out["loss"] = loss.detach().reshape(1)
+    for name, p in model.named_parameters():
+        out["grad:" + name] = p.grad.float().contiguous()
+    model.zero_grad()
 
 
 CASES = ["qwen3_moe", "qwen3_moe_reduced", "qwen2_moe", "mixtral", "olmoe", "deepseek_v3",

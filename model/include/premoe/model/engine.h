@@ -56,6 +56,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -138,9 +139,15 @@ struct EngineOptions {
   // Largest total sequence length (prompt + generated) the engine accepts;
   // 0 means the config's max_position_embeddings. Default: 0.
   int64_t max_context = 0;
+  // Training: the weights become autograd leaves (requires_grad), so a loss
+  // computed from Forward's logits (and from a tap's gate_logits, which then
+  // carry gradients too) back-propagates into Parameters(). Needs dtype
+  // "fp32" and a full model (empty keep). Default: false.
+  bool trainable = false;
 
-  // INVALID_ARGUMENT for an unknown dtype or device string, top_k < 0 or
-  // max_context < 0. (keep and top_k are checked against the model in Open.)
+  // INVALID_ARGUMENT for an unknown dtype or device string, top_k < 0,
+  // max_context < 0, or trainable without fp32. (keep and top_k are checked
+  // against the model in Open.)
   absl::Status Validate() const;
 };
 
@@ -250,6 +257,20 @@ class Engine {
   // (router weights fp32), as loaded and dequantised; NOT_FOUND when the
   // engine does not hold it (e.g. a pruned expert). For tests and tools.
   virtual absl::StatusOr<at::Tensor> Weight(const std::string& name) const = 0;
+
+  // The engine's own weight tensors, each once, named by where they sit
+  // ("layers.3.moe.gate_up" is the [E, 2I, H] stack of a layer's routed
+  // experts' fused gate and up projections). They are autograd leaves when
+  // options().trainable; an optimizer updates them in place. Not thread-safe
+  // against a concurrent Forward.
+  virtual std::vector<std::pair<std::string, at::Tensor>> Parameters() const = 0;
+
+  // Writes every weight the engine holds to `path` as one safetensors file
+  // under its Hugging Face name, in the compute dtype (router weights fp32),
+  // atomically. A reduced model writes only its loaded experts (and no gate,
+  // whose pruned rows it does not hold): INVALID_ARGUMENT, since the file
+  // would not be a checkpoint of the model.
+  virtual absl::Status SaveWeights(const std::string& path) const = 0;
 
   // A cache for `batch_size` sequences of up to `capacity` tokens each
   // (capacity <= max_context). INVALID_ARGUMENT for sizes < 1 or too large.
