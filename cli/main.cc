@@ -14,6 +14,9 @@ int main(int argc, char** argv) {
   premoe::cli::RegisterTokenize(app, &exit_code);
   premoe::cli::RegisterInspect(app, &exit_code);
   premoe::cli::RegisterGenerate(app, &exit_code);
+  premoe::cli::RegisterTasks(app, &exit_code);
+  premoe::cli::RegisterEval(app, &exit_code);
+  premoe::cli::RegisterTestbed(app, &exit_code);
   premoe::cli::RegisterVersion(app, &exit_code);
   app.parse_complete_callback([&] {
     if (auto status = premoe::common::InitLogging(log_level); !status.ok()) {

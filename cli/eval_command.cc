@@ -1,0 +1,99 @@
+// premoe eval: scores a model, full or pruned, on the testbed tasks.
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "cli/commands.h"
+#include "cli/keep_spec.h"
+#include "premoe/common/status.h"
+#include "premoe/model/engine.h"
+#include "premoe/model/tokenizer.h"
+#include "premoe/testbed/eval.h"
+
+namespace premoe::cli {
+namespace {
+
+struct EvalArgs {
+  std::string model;
+  std::string tasks = "all";
+  std::string split = "eval";
+  int64_t samples = 200;
+  std::string keep;
+  std::string mask;
+  std::string dtype = "fp32";
+  bool json = false;
+};
+
+absl::Status RunEvalImpl(const EvalArgs& args) {
+  if (std::error_code ec; !std::filesystem::is_directory(args.model, ec)) {
+    return absl::NotFoundError(absl::StrCat("--model ", args.model, ": no such directory"));
+  }
+  ASSIGN_OR_RETURN(std::vector<const testbed::Task*> tasks, testbed::ParseTaskList(args.tasks));
+  ASSIGN_OR_RETURN(testbed::Split split, testbed::ParseSplit(args.split));
+  ASSIGN_OR_RETURN(std::unique_ptr<model::Tokenizer> tokenizer,
+                   model::Tokenizer::FromFile(args.model + "/tokenizer.json"));
+  model::EngineOptions options;
+  options.dtype = args.dtype;
+  KeepSpec mask;
+  if (!args.keep.empty()) {
+    ASSIGN_OR_RETURN(KeepSpec spec, ParseKeep(args.keep, args.model));
+    options.keep = std::move(spec.keep);
+    options.top_k = spec.top_k;
+  } else if (!args.mask.empty()) {
+    ASSIGN_OR_RETURN(mask, ParseKeep(args.mask, args.model));
+    options.top_k = mask.top_k;
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<model::Engine> engine, model::Engine::Open(args.model, options));
+
+  testbed::EvalOptions eo;
+  eo.split = split;
+  eo.samples = args.samples;
+  if (!args.mask.empty()) eo.mask = &mask.keep;
+  eo.on_progress = [](int64_t done, int64_t total) {
+    std::fprintf(stderr, "\reval: %lld/%lld samples", static_cast<long long>(done),
+                 static_cast<long long>(total));
+    if (done == total) std::fprintf(stderr, "\n");
+  };
+  ASSIGN_OR_RETURN(testbed::EvalReport report, testbed::Evaluate(*engine, *tokenizer, tasks, eo));
+  const std::string out =
+      args.json ? testbed::EvalReportToJson(report, split) : testbed::FormatEvalReport(report);
+  if (std::fwrite(out.data(), 1, out.size(), stdout) != out.size() || std::fflush(stdout) != 0) {
+    return absl::DataLossError("failed to write to stdout");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void RegisterEval(CLI::App& app, int* exit_code) {
+  auto args = std::make_shared<EvalArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "eval",
+      "Score a model on the testbed tasks: exact match by greedy decoding for the generation "
+      "tasks, next-token accuracy and perplexity for the text ones; per task and on average");
+  cmd->add_option("--model", args->model, "Model directory (e.g. testbed/model)")->required();
+  cmd->add_option("--tasks", args->tasks, "all, or a comma-separated list of task names")
+      ->capture_default_str();
+  cmd->add_option("--split", args->split, "train, calibration or eval")->capture_default_str();
+  cmd->add_option("--samples", args->samples,
+                  "Samples per task, the first of the split; 0 = the whole split")
+      ->capture_default_str();
+  auto* keep = cmd->add_option(
+      "--keep", args->keep,
+      absl::StrCat("Load only these routed experts (a reduced model). ", kKeepHelp));
+  cmd->add_option("--mask", args->mask,
+                  "Load every expert but route each request only to these (the same forms as "
+                  "--keep); gives the same scores as --keep with the same spec")
+      ->excludes(keep);
+  cmd->add_option("--dtype", args->dtype, "Compute dtype: fp32 or bf16")->capture_default_str();
+  cmd->add_flag("--json", args->json, "Machine-readable output (stable keys)");
+  cmd->callback([args, exit_code] {
+    absl::Status status = RunEvalImpl(*args);
+    if (!status.ok()) std::fprintf(stderr, "premoe eval: %s\n", status.ToString().c_str());
+    *exit_code = status.ok() ? 0 : 1;
+  });
+}
+
+}  // namespace premoe::cli

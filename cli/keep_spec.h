@@ -1,0 +1,31 @@
+// The --keep / --mask expert specs that several commands take.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "premoe/model/engine.h"
+
+namespace premoe::cli {
+
+// What a spec asks for: the experts kept per MoE layer and, when the spec
+// says so, the top-k to route with (0 = the model's).
+struct KeepSpec {
+  model::KeptExperts keep;
+  int64_t top_k = 0;
+};
+
+// Mask file: {"layers": {"<layer>": [expert ids...]}, "top_k": K}. Layers
+// absent keep every expert; "top_k" is optional (default: the model's).
+// Range, order and top-k checks are KeptExperts::Validate's, where it is used.
+absl::StatusOr<KeepSpec> ReadMaskFile(const std::string& path);
+
+// "K/M" (top-K routing over the first M experts of every MoE layer of the
+// model in model_dir) or a mask file path.
+absl::StatusOr<KeepSpec> ParseKeep(const std::string& spec, const std::string& model_dir);
+
+// The help text of a --keep option.
+extern const char kKeepHelp[];
+
+}  // namespace premoe::cli

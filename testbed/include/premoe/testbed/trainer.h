@@ -1,0 +1,86 @@
+// Trains the testbed: a small qwen3_moe model on the testbed tasks, with the
+// engine's own forward pass under libtorch autograd, written in the Hugging
+// Face layout the engine (and transformers) serve.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace premoe::testbed {
+
+// The model's shape (a qwen3_moe config). Defaults: the committed testbed.
+struct ModelShape {
+  int64_t hidden = 128;
+  int64_t layers = 4;             // all MoE
+  int64_t experts = 16;           // routed experts per layer
+  int64_t top_k = 2;
+  int64_t expert_intermediate = 128;
+  int64_t heads = 4;
+  int64_t kv_heads = 2;
+  int64_t max_positions = 256;
+};
+
+struct TrainProgress {
+  int64_t step = 0;        // 1-based, just finished
+  int64_t steps = 0;
+  double loss = 0;         // task loss of this step (mean over sequences)
+  double aux_loss = 0;     // load-balancing loss of this step (before its coefficient)
+  double lr = 0;
+  double elapsed_s = 0;
+};
+
+struct TrainOptions {
+  // Where the model goes: config.json, model.safetensors, tokenizer.json and
+  // train_manifest.json are written there (created if missing; existing
+  // files are replaced atomically). Required.
+  std::string out_dir;
+  // Everything random (initial weights, which samples, in which order) follows
+  // from it. Default: 1.
+  uint64_t seed = 1;
+  // Optimizer steps. Default: 3000.
+  int64_t steps = 3000;
+  // Sequences per step; each picks a task uniformly at random. Default: 64.
+  int64_t batch_size = 64;
+  // AdamW, with linear warmup then cosine decay to min_lr_ratio * lr.
+  // Defaults: 3e-3, 100 steps, 0.1, weight decay 0.01, betas 0.9/0.98.
+  double lr = 3e-3;
+  int64_t warmup_steps = 100;
+  double min_lr_ratio = 0.1;
+  double weight_decay = 0.01;
+  // Global gradient-norm clip. Default: 1.0.
+  double grad_clip = 1.0;
+  // Coefficient of the Switch-style load-balancing loss
+  // N * sum_i f_i * P_i (f_i: fraction of routed slots going to expert i,
+  // P_i: mean router probability), averaged over layers. Default: 0.01.
+  double aux_loss_coef = 0.01;
+  ModelShape shape;
+  // Intra-op threads; 0 leaves libtorch's default. Default: 0.
+  int threads = 0;
+  // The command line recorded in the manifest. Default: empty.
+  std::string command;
+  // Called every progress_every steps and after the last. Default: none.
+  std::function<void(const TrainProgress&)> on_progress;
+  int64_t progress_every = 10;
+
+  // INVALID_ARGUMENT naming the field that is out of range.
+  absl::Status Validate() const;
+};
+
+struct TrainReport {
+  double wall_s = 0;
+  // (step, loss) every progress_every steps: the loss curve of the manifest.
+  std::vector<std::pair<int64_t, double>> loss_curve;
+  double final_loss = 0;
+};
+
+// Trains from scratch and writes the model. Deterministic for a given
+// seed, thread count and machine: two runs write identical bytes. Errors:
+// INVALID_ARGUMENT for bad options, the file system's error when writing.
+absl::StatusOr<TrainReport> Train(const TrainOptions& options);
+
+}  // namespace premoe::testbed

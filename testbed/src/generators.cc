@@ -1,0 +1,317 @@
+// The seven exact-match generator tasks.
+//
+// Get(split, i) seeds an mt19937_64 from Hash64("<task>:<split>:<i>"), draws
+// problem instances until one hashes into `split` (tasks.h explains the
+// buckets), then picks the wording with the same generator. The expected
+// number of draws is 10 for eval and calibration, 1.25 for train.
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+#include "internal.h"
+#include "premoe/common/hash.h"
+
+namespace premoe::testbed::internal {
+namespace {
+
+using Rng = std::mt19937_64;
+
+// Uniform in [0, n), n >= 1. std::uniform_int_distribution is not used: its
+// mapping differs between standard libraries, and samples must not. Rejecting
+// the lowest 2^64 mod n outputs leaves a multiple of n values, so every
+// residue is equally likely.
+std::uint64_t UniformBelow(Rng& rng, std::uint64_t n) {
+  const std::uint64_t reject_below = (0 - n) % n;  // 2^64 mod n
+  std::uint64_t x;
+  do {
+    x = rng();
+  } while (x < reject_below);
+  return x % n;
+}
+
+// Uniform in [lo, hi].
+int UniformInt(Rng& rng, int lo, int hi) {
+  return lo + static_cast<int>(UniformBelow(rng, static_cast<std::uint64_t>(hi - lo) + 1));
+}
+
+std::string RandomWord(Rng& rng, int min_letters, int max_letters) {
+  const int n = UniformInt(rng, min_letters, max_letters);
+  std::string word(static_cast<size_t>(n), 'a');
+  for (char& c : word) c = static_cast<char>('a' + UniformInt(rng, 0, 25));
+  return word;
+}
+
+// One drawn problem, before it is worded.
+struct Problem {
+  // The instance, independent of wording: what decides its split.
+  std::string canonical;
+  // The exact expected answer.
+  std::string completion;
+  // What templates substitute for {0}, {1}, ...
+  std::vector<std::string> slots;
+};
+
+// Guards the redraw loop; the smallest instance space (binary, 1024
+// instances) puts ~100 in each held-out split, so this is never reached.
+constexpr int kMaxDraws = 100000;
+
+class GeneratorTask : public Task {
+ public:
+  GeneratorTask(std::string name, std::string description, std::vector<std::string> templates)
+      : name_(std::move(name)),
+        description_(std::move(description)),
+        templates_(std::move(templates)) {}
+
+  const std::string& name() const final { return name_; }
+  TaskKind kind() const final { return TaskKind::kExactMatch; }
+  const std::string& description() const final { return description_; }
+
+  int64_t size(Split split) const final {
+    return split == Split::kTrain ? std::numeric_limits<int64_t>::max() : kGeneratedSplitSize;
+  }
+
+  absl::StatusOr<Sample> Get(Split split, int64_t index) const final {
+    if (index < 0 || index >= size(split)) {
+      return absl::OutOfRangeError(absl::StrCat("task ", name_, ": index ", index,
+                                                " is outside split ", SplitName(split), " [0, ",
+                                                size(split), ")"));
+    }
+    Rng rng(common::Hash64(absl::StrCat(name_, ":", SplitName(split), ":", index)));
+    for (int draw = 0; draw < kMaxDraws; ++draw) {
+      Problem problem = Draw(rng);
+      if (SplitOfHash(common::Hash64(absl::StrCat(name_, ":", problem.canonical))) != split) {
+        continue;
+      }
+      const int t = static_cast<int>(UniformBelow(rng, templates_.size()));
+      return Sample{Render(problem, t), std::move(problem.completion)};
+    }
+    return absl::InternalError(absl::StrCat("task ", name_, ": no instance of split ",
+                                            SplitName(split), " in ", kMaxDraws, " draws"));
+  }
+
+ protected:
+  virtual Problem Draw(Rng& rng) const = 0;
+
+  // Template `t` with {k} replaced by problem.slots[k].
+  virtual std::string Render(const Problem& problem, int t) const {
+    std::vector<std::pair<std::string, std::string>> replacements;
+    for (size_t k = 0; k < problem.slots.size(); ++k) {
+      replacements.emplace_back(absl::StrCat("{", k, "}"), problem.slots[k]);
+    }
+    return absl::StrReplaceAll(templates_[static_cast<size_t>(t)], replacements);
+  }
+
+ private:
+  const std::string name_;
+  const std::string description_;
+  const std::vector<std::string> templates_;
+};
+
+class AddTask final : public GeneratorTask {
+ public:
+  AddTask()
+      : GeneratorTask("add", "Sum of two integers in [0, 999]",
+                      {"What is {0} + {1}?", "{0}+{1}=", "Add {0} and {1}.",
+                       "Compute the sum of {0} and {1}:", "{0} plus {1}\n", "Calculate {0} + {1}\n",
+                       "What's {0} plus {1}?"}) {}
+
+ protected:
+  Problem Draw(Rng& rng) const override {
+    const int a = UniformInt(rng, 0, 999);
+    const int b = UniformInt(rng, 0, 999);
+    return {absl::StrCat(a, "+", b), absl::StrCat(a + b), {absl::StrCat(a), absl::StrCat(b)}};
+  }
+};
+
+class ReverseTask final : public GeneratorTask {
+ public:
+  ReverseTask()
+      : GeneratorTask("reverse", "Reverse a random lowercase word of 3-8 letters",
+                      {"Reverse: {0}", "Spell '{0}' backwards.", "Reverse the letters of {0}\n",
+                       "What is {0} written backwards?",
+                       "Write \"{0}\" back to front:", "{0} reversed is"}) {}
+
+ protected:
+  Problem Draw(Rng& rng) const override {
+    std::string word = RandomWord(rng, 3, 8);
+    std::string reversed(word.rbegin(), word.rend());
+    return {word, std::move(reversed), {word}};
+  }
+};
+
+class SortTask final : public GeneratorTask {
+ public:
+  SortTask()
+      : GeneratorTask("sort", "Sort 3-7 digits ascending, space separated",
+                      {"Sort: {0}", "Put in order: {0}", "Sort these digits ascending: {0}\n",
+                       "Arrange from smallest to largest: {0}",
+                       "{0} -> sorted:", "Order low to high: {0}?"}) {}
+
+ protected:
+  Problem Draw(Rng& rng) const override {
+    const int n = UniformInt(rng, 3, 7);
+    std::string digits;
+    for (int k = 0; k < n; ++k) digits.push_back(static_cast<char>('0' + UniformInt(rng, 0, 9)));
+    std::string sorted = digits;
+    std::sort(sorted.begin(), sorted.end());
+    return {digits, SpaceSeparated(sorted), {SpaceSeparated(digits)}};
+  }
+
+ private:
+  static std::string SpaceSeparated(const std::string& digits) {
+    std::string out;
+    for (char c : digits) {
+      if (!out.empty()) out.push_back(' ');
+      out.push_back(c);
+    }
+    return out;
+  }
+};
+
+// Templates of the recall task: how a pair is written, how pairs are joined,
+// and the sentence around them ({P} the pairs, {Q} the key asked for). No
+// template has a one-letter word of its own, so the key asked for is the one
+// lone letter of a prompt outside its pairs.
+struct RecallWording {
+  const char* between;    // key, this, value
+  const char* separator;  // between pairs
+  const char* sentence;
+};
+constexpr std::array<RecallWording, 6> kRecallWordings = {{
+    {"=", " ", "{P}. What is {Q}?"},
+    {":", ", ", "Given {P}, find {Q}."},
+    {"=", ", ", "Memory: {P}; recall {Q}\n"},
+    {" is ", ", ", "If {P}, what is {Q}?"},
+    {"->", " ", "Look up {Q} in {P}"},
+    {": ", "; ", "Values {P}. Value of {Q}?\n"},
+}};
+
+class RecallTask final : public GeneratorTask {
+ public:
+  RecallTask()
+      : GeneratorTask("recall", "Recall the value of one key among 3-5 key=value pairs",
+                      SentenceTemplates()) {}
+
+ protected:
+  // slots: key0, value0, key1, value1, ..., then the key asked for.
+  Problem Draw(Rng& rng) const override {
+    const int n = UniformInt(rng, 3, 5);
+    std::string keys;
+    Problem problem;
+    while (static_cast<int>(keys.size()) < n) {
+      const char key = static_cast<char>('a' + UniformInt(rng, 0, 25));
+      if (keys.find(key) != std::string::npos) continue;
+      keys.push_back(key);
+      problem.slots.emplace_back(1, key);
+      problem.slots.emplace_back(1, static_cast<char>('0' + UniformInt(rng, 0, 9)));
+    }
+    const int asked = UniformInt(rng, 0, n - 1);
+    problem.slots.push_back(problem.slots[2 * static_cast<size_t>(asked)]);
+    problem.completion = problem.slots[2 * static_cast<size_t>(asked) + 1];
+    for (int k = 0; k < n; ++k) {
+      absl::StrAppend(&problem.canonical, problem.slots[2 * k], problem.slots[2 * k + 1]);
+    }
+    absl::StrAppend(&problem.canonical, "?", problem.slots.back());
+    return problem;
+  }
+
+  std::string Render(const Problem& problem, int t) const override {
+    const RecallWording& wording = kRecallWordings[static_cast<size_t>(t)];
+    std::vector<std::string> pairs;
+    for (size_t k = 0; k + 1 < problem.slots.size(); k += 2) {
+      pairs.push_back(absl::StrCat(problem.slots[k], wording.between, problem.slots[k + 1]));
+    }
+    return absl::StrReplaceAll(wording.sentence, {{"{P}", absl::StrJoin(pairs, wording.separator)},
+                                                  {"{Q}", problem.slots.back()}});
+  }
+
+ private:
+  static std::vector<std::string> SentenceTemplates() {
+    std::vector<std::string> out;
+    for (const RecallWording& w : kRecallWordings) out.emplace_back(w.sentence);
+    return out;
+  }
+};
+
+class BracketsTask final : public GeneratorTask {
+ public:
+  BracketsTask()
+      : GeneratorTask(
+            "brackets", "Close an unclosed run of 1-6 brackets from ([{<",
+            {"Close the brackets: {0}", "Balance this: {0}", "Complete the sequence {0}\n",
+             "{0} needs closing:", "What closes {0}?", "Finish the brackets {0}"}) {}
+
+ protected:
+  Problem Draw(Rng& rng) const override {
+    static constexpr char kOpen[] = "([{<";
+    static constexpr char kClose[] = ")]}>";
+    const int n = UniformInt(rng, 1, 6);
+    std::string open, close;
+    for (int k = 0; k < n; ++k) {
+      const int b = UniformInt(rng, 0, 3);
+      open.push_back(kOpen[b]);
+      close.insert(close.begin(), kClose[b]);
+    }
+    return {open, std::move(close), {open}};
+  }
+};
+
+class BinaryTask final : public GeneratorTask {
+ public:
+  BinaryTask()
+      : GeneratorTask("binary", "Write an integer in [0, 1023] in binary",
+                      {"Convert {0} to binary.", "{0} in base 2?", "What is {0} in binary?\n",
+                       "bin({0}) =", "Write {0} as a binary number:", "Decimal {0} to binary"}) {}
+
+ protected:
+  Problem Draw(Rng& rng) const override {
+    const int n = UniformInt(rng, 0, 1023);
+    std::string bits;
+    for (int v = n; v > 0; v /= 2) bits.insert(bits.begin(), static_cast<char>('0' + v % 2));
+    if (bits.empty()) bits = "0";
+    return {absl::StrCat(n), std::move(bits), {absl::StrCat(n)}};
+  }
+};
+
+class CaesarTask final : public GeneratorTask {
+ public:
+  CaesarTask()
+      : GeneratorTask("caesar", "Caesar-shift a 3-7 letter lowercase word by +3",
+                      {"Encrypt with Caesar +3: {0}", "ROT3 this: {0}", "Caesar shift by 3: {0}\n",
+                       "Shift each letter of {0} by three.", "Apply Caesar cipher (shift 3) to {0}",
+                       "{0} in Caesar +3 is"}) {}
+
+ protected:
+  Problem Draw(Rng& rng) const override {
+    std::string word = RandomWord(rng, 3, 7);
+    std::string shifted = word;
+    for (char& c : shifted) c = static_cast<char>('a' + (c - 'a' + 3) % 26);
+    return {word, std::move(shifted), {word}};
+  }
+};
+
+}  // namespace
+
+std::vector<std::unique_ptr<Task>> MakeGeneratorTasks() {
+  std::vector<std::unique_ptr<Task>> tasks;
+  tasks.push_back(std::make_unique<AddTask>());
+  tasks.push_back(std::make_unique<ReverseTask>());
+  tasks.push_back(std::make_unique<SortTask>());
+  tasks.push_back(std::make_unique<RecallTask>());
+  tasks.push_back(std::make_unique<BracketsTask>());
+  tasks.push_back(std::make_unique<BinaryTask>());
+  tasks.push_back(std::make_unique<CaesarTask>());
+  return tasks;
+}
+
+}  // namespace premoe::testbed::internal

@@ -1,0 +1,352 @@
+// The testbed trainer. The model is the engine itself, opened with
+// EngineOptions::trainable over a freshly initialised checkpoint, so the
+// trained weights are exactly what the engine serves: there is no second
+// implementation of the architecture to drift from the first.
+#include "premoe/testbed/trainer.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/nn/utils/clip_grad.h>
+#include <torch/optim/adamw.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+#include "premoe/common/file.h"
+#include "premoe/common/hash.h"
+#include "premoe/common/status.h"
+#include "premoe/model/config.h"
+#include "premoe/model/engine.h"
+#include "premoe/model/safetensors.h"
+#include "premoe/testbed/tasks.h"
+
+namespace premoe::testbed {
+namespace {
+
+namespace fs = std::filesystem;
+using model::Engine;
+using model::EngineOptions;
+
+std::string ConfigJson(const ModelShape& s) {
+  nlohmann::ordered_json j;
+  j["architectures"] = {"Qwen3MoeForCausalLM"};
+  j["model_type"] = "qwen3_moe";
+  j["vocab_size"] = kVocabSize;
+  j["hidden_size"] = s.hidden;
+  j["intermediate_size"] = 2 * s.hidden;  // dense MLP size; no layer is dense
+  j["num_hidden_layers"] = s.layers;
+  j["num_attention_heads"] = s.heads;
+  j["num_key_value_heads"] = s.kv_heads;
+  j["head_dim"] = s.hidden / s.heads;
+  j["hidden_act"] = "silu";
+  j["max_position_embeddings"] = s.max_positions;
+  j["rms_norm_eps"] = 1e-6;
+  j["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 10000.0}};
+  j["attention_bias"] = false;
+  j["tie_word_embeddings"] = false;
+  j["num_experts"] = s.experts;
+  j["num_experts_per_tok"] = s.top_k;
+  j["moe_intermediate_size"] = s.expert_intermediate;
+  j["norm_topk_prob"] = true;
+  j["decoder_sparse_step"] = 1;
+  j["mlp_only_layers"] = nlohmann::json::array();
+  j["router_aux_loss_coef"] = 0.01;
+  j["use_sliding_window"] = false;
+  j["sliding_window"] = nullptr;
+  j["bos_token_id"] = kBosId;
+  j["eos_token_id"] = kEosId;
+  j["dtype"] = "float32";
+  return j.dump(2) + "\n";
+}
+
+// GPT-2 style initialisation: N(0, 0.02) matrices, residual-output
+// projections scaled down by sqrt(2 * layers), unit norms.
+absl::Status WriteInitialCheckpoint(const std::string& dir, const ModelShape& s, uint64_t seed) {
+  at::manual_seed(seed);
+  const int64_t h = s.hidden, d = s.hidden / s.heads, v = kVocabSize;
+  const double out_std = 0.02 / std::sqrt(2.0 * static_cast<double>(s.layers));
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  auto normal = [&](const std::string& name, std::vector<int64_t> shape, double std) {
+    tensors.emplace_back(name, at::randn(shape, at::kFloat) * std);
+  };
+  auto ones = [&](const std::string& name, int64_t n) {
+    tensors.emplace_back(name, at::ones({n}, at::kFloat));
+  };
+  normal("model.embed_tokens.weight", {v, h}, 0.02);
+  normal("lm_head.weight", {v, h}, 0.02);
+  ones("model.norm.weight", h);
+  for (int64_t l = 0; l < s.layers; ++l) {
+    const std::string p = absl::StrCat("model.layers.", l, ".");
+    ones(p + "input_layernorm.weight", h);
+    ones(p + "post_attention_layernorm.weight", h);
+    normal(p + "self_attn.q_proj.weight", {s.heads * d, h}, 0.02);
+    normal(p + "self_attn.k_proj.weight", {s.kv_heads * d, h}, 0.02);
+    normal(p + "self_attn.v_proj.weight", {s.kv_heads * d, h}, 0.02);
+    normal(p + "self_attn.o_proj.weight", {h, s.heads * d}, out_std);
+    ones(p + "self_attn.q_norm.weight", d);
+    ones(p + "self_attn.k_norm.weight", d);
+    normal(p + "mlp.gate.weight", {s.experts, h}, 0.02);
+    for (int64_t e = 0; e < s.experts; ++e) {
+      using model::ExpertProjection;
+      auto name = [&](ExpertProjection proj) {
+        return model::ExpertTensorName(model::Architecture::kQwen3Moe, l, e, proj);
+      };
+      normal(name(ExpertProjection::kGate), {s.expert_intermediate, h}, 0.02);
+      normal(name(ExpertProjection::kUp), {s.expert_intermediate, h}, 0.02);
+      normal(name(ExpertProjection::kDown), {h, s.expert_intermediate}, out_std);
+    }
+  }
+  model::SafetensorsWriter writer;
+  for (const auto& [name, t] : tensors) {
+    RETURN_IF_ERROR(writer.AddUnowned(
+        name, model::DType::kF32, t.sizes().vec(),
+        std::span<const uint8_t>(static_cast<const uint8_t*>(t.data_ptr()), t.nbytes())));
+  }
+  RETURN_IF_ERROR(writer.Write(dir + "/model.safetensors"));
+  return common::WriteFileAtomically(dir + "/config.json", ConfigJson(s));
+}
+
+// One training sequence: tokens and which of them are predicted (a target
+// at position p is predicted from the logits of position p - 1).
+struct Sequence {
+  std::vector<int64_t> tokens;
+  int64_t first_target = 1;  // targets are tokens[first_target..]
+};
+
+absl::StatusOr<Sequence> MakeSequence(const Task& task, const Sample& sample, int64_t max_len) {
+  Sequence s;
+  s.tokens.push_back(kBosId);
+  for (unsigned char c : sample.prompt) s.tokens.push_back(c);
+  if (task.kind() == TaskKind::kExactMatch) {
+    s.first_target = static_cast<int64_t>(s.tokens.size());
+    for (unsigned char c : sample.completion) s.tokens.push_back(c);
+    s.tokens.push_back(kEosId);
+  }
+  if (static_cast<int64_t>(s.tokens.size()) > max_len) {
+    return absl::InvalidArgumentError(absl::StrCat("task ", task.name(), ": a training sample of ",
+                                                   s.tokens.size(), " tokens exceeds the model's ",
+                                                   max_len, " positions"));
+  }
+  return s;
+}
+
+// Collects each MoE layer's load-balancing term during a forward pass.
+class AuxLossTap final : public model::RouterTap {
+ public:
+  explicit AuxLossTap(int64_t experts) : experts_(experts) {}
+  void OnRouter(const model::RouterTapEvent& ev) override {
+    const at::Tensor probs = at::softmax(ev.gate_logits, -1).mean(0);  // [N], differentiable
+    const at::Tensor counts =
+        at::bincount(ev.selected_experts.reshape({-1}), {}, experts_).to(at::kFloat);
+    const at::Tensor f = counts / counts.sum();
+    terms_.push_back((f * probs).sum() * static_cast<double>(experts_));
+  }
+  at::Tensor Loss() const { return at::stack(terms_).mean(); }
+
+ private:
+  int64_t experts_;
+  std::vector<at::Tensor> terms_;
+};
+
+std::string DataFingerprint(const Task& task) {
+  common::Hasher h;
+  const int64_t n = std::min<int64_t>(task.size(Split::kTrain), 1000);
+  for (int64_t i = 0; i < n; ++i) {
+    auto s = task.Get(Split::kTrain, i);
+    if (!s.ok()) return "error";
+    h.UpdateField(s->prompt).UpdateField(s->completion);
+  }
+  return h.HexDigest();
+}
+
+absl::StatusOr<TrainReport> TrainImpl(const TrainOptions& o) {
+  const auto start = std::chrono::steady_clock::now();
+  auto elapsed = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  if (o.threads > 0) at::set_num_threads(o.threads);
+  std::error_code ec;
+  fs::create_directories(o.out_dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create ", o.out_dir, ": ", ec.message()));
+  const std::string init_dir = o.out_dir + "/.init";
+  fs::create_directories(init_dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create ", init_dir, ": ", ec.message()));
+  RETURN_IF_ERROR(WriteInitialCheckpoint(init_dir, o.shape, o.seed));
+  EngineOptions eo;
+  eo.dtype = "fp32";
+  eo.trainable = true;
+  auto engine_or = Engine::Open(init_dir, eo);
+  fs::remove_all(init_dir, ec);
+  if (!engine_or.ok()) return engine_or.status();
+  std::unique_ptr<Engine> engine = std::move(*engine_or);
+
+  std::vector<at::Tensor> decay, no_decay;
+  for (const auto& [name, t] : engine->Parameters()) (t.dim() >= 2 ? decay : no_decay).push_back(t);
+  torch::optim::AdamWOptions adam(o.lr);
+  adam.betas({0.9, 0.98}).weight_decay(o.weight_decay).eps(1e-8);
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(adam));
+  auto nd = std::make_unique<torch::optim::AdamWOptions>(adam);
+  nd->weight_decay(0);
+  groups.emplace_back(no_decay, std::move(nd));
+  torch::optim::AdamW optimizer(std::move(groups), adam);
+  std::vector<at::Tensor> all_params = decay;
+  all_params.insert(all_params.end(), no_decay.begin(), no_decay.end());
+
+  const std::vector<const Task*>& tasks = AllTasks();
+  std::mt19937_64 rng(o.seed * 0x9E3779B97F4A7C15ull + 1);
+  TrainReport report;
+  for (int64_t step = 1; step <= o.steps; ++step) {
+    // Learning rate: linear warmup, then cosine to min_lr_ratio * lr.
+    double lr = o.lr;
+    if (step <= o.warmup_steps) {
+      lr = o.lr * static_cast<double>(step) / static_cast<double>(o.warmup_steps);
+    } else {
+      const double t = static_cast<double>(step - o.warmup_steps) /
+                       static_cast<double>(std::max<int64_t>(1, o.steps - o.warmup_steps));
+      lr = o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + std::cos(M_PI * t)));
+    }
+    for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
+
+    std::vector<std::vector<int64_t>> batch;
+    std::vector<int64_t> rows, targets;
+    std::vector<float> weights;
+    int64_t offset = 0;
+    for (int64_t b = 0; b < o.batch_size; ++b) {
+      const Task& task = *tasks[rng() % tasks.size()];
+      const uint64_t size = static_cast<uint64_t>(task.size(Split::kTrain));
+      ASSIGN_OR_RETURN(Sample sample,
+                       task.Get(Split::kTrain, static_cast<int64_t>(rng() % size)));
+      ASSIGN_OR_RETURN(Sequence seq, MakeSequence(task, sample, o.shape.max_positions));
+      const int64_t n = static_cast<int64_t>(seq.tokens.size());
+      // Each sequence weighs the same whatever its length, so long text
+      // windows do not drown the short answers.
+      const float w = 1.0f / static_cast<float>((n - seq.first_target) * o.batch_size);
+      for (int64_t p = seq.first_target; p < n; ++p) {
+        rows.push_back(offset + p - 1);
+        targets.push_back(seq.tokens[p]);
+        weights.push_back(w);
+      }
+      offset += n;
+      batch.push_back(std::move(seq.tokens));
+    }
+
+    AuxLossTap tap(o.shape.experts);
+    model::ForwardOptions fo;
+    fo.all_logits = true;
+    fo.tap = &tap;
+    ASSIGN_OR_RETURN(at::Tensor logits, engine->Forward(batch, nullptr, fo));
+    const auto lopt = at::TensorOptions().dtype(at::kLong);
+    at::Tensor picked = logits.index_select(0, at::tensor(rows, lopt));
+    at::Tensor nll = -at::log_softmax(picked, -1).gather(1, at::tensor(targets, lopt).unsqueeze(1));
+    at::Tensor task_loss = (nll.squeeze(1) * at::tensor(weights)).sum();
+    at::Tensor aux = tap.Loss();
+    at::Tensor loss = task_loss + o.aux_loss_coef * aux;
+    optimizer.zero_grad();
+    loss.backward();
+    torch::nn::utils::clip_grad_norm_(all_params, o.grad_clip);
+    optimizer.step();
+
+    const double l = task_loss.item<double>();
+    if (!std::isfinite(l)) {
+      return absl::InternalError(absl::StrCat("training diverged at step ", step, " (loss ", l,
+                                              "); lower the learning rate"));
+    }
+    if (step % o.progress_every == 0 || step == o.steps) {
+      report.loss_curve.emplace_back(step, l);
+      if (o.on_progress) {
+        o.on_progress(TrainProgress{step, o.steps, l, aux.item<double>(), lr, elapsed()});
+      }
+    }
+    report.final_loss = l;
+  }
+
+  // Model files: weights, config, tokenizer, then the manifest, each atomic.
+  RETURN_IF_ERROR(engine->SaveWeights(o.out_dir + "/model.safetensors"));
+  RETURN_IF_ERROR(common::WriteFileAtomically(o.out_dir + "/config.json", ConfigJson(o.shape)));
+  RETURN_IF_ERROR(
+      common::WriteFileAtomically(o.out_dir + "/tokenizer.json", ByteTokenizerJson()));
+  report.wall_s = elapsed();
+
+  nlohmann::ordered_json m;
+  m["command"] = o.command;
+  m["seed"] = o.seed;
+  m["steps"] = o.steps;
+  m["batch_size"] = o.batch_size;
+  m["optimizer"] = {{"name", "AdamW"},        {"lr", o.lr},
+                    {"warmup_steps", o.warmup_steps}, {"min_lr_ratio", o.min_lr_ratio},
+                    {"weight_decay", o.weight_decay}, {"betas", {0.9, 0.98}},
+                    {"grad_clip", o.grad_clip},       {"aux_loss_coef", o.aux_loss_coef}};
+  m["shape"] = {{"hidden", o.shape.hidden},
+                {"layers", o.shape.layers},
+                {"experts", o.shape.experts},
+                {"top_k", o.shape.top_k},
+                {"expert_intermediate", o.shape.expert_intermediate},
+                {"heads", o.shape.heads},
+                {"kv_heads", o.shape.kv_heads},
+                {"max_positions", o.shape.max_positions}};
+  m["threads"] = at::get_num_threads();
+  nlohmann::ordered_json data = nlohmann::json::array();
+  for (const Task* t : tasks) {
+    data.push_back({{"task", t->name()},
+                    {"train_samples", t->size(Split::kTrain)},
+                    {"first_1000_train_xxh3", DataFingerprint(*t)}});
+  }
+  m["data"] = data;
+  ASSIGN_OR_RETURN(std::string weights, common::ReadFile(o.out_dir + "/model.safetensors"));
+  m["model_safetensors_xxh3"] = common::Hasher().Update(weights).HexDigest();
+  m["final_loss"] = report.final_loss;
+  m["wall_s"] = report.wall_s;
+  nlohmann::ordered_json curve = nlohmann::json::array();
+  for (const auto& [s, l] : report.loss_curve) curve.push_back({s, l});
+  m["loss_curve"] = curve;
+  RETURN_IF_ERROR(
+      common::WriteFileAtomically(o.out_dir + "/train_manifest.json", m.dump(1) + "\n"));
+  return report;
+}
+
+}  // namespace
+
+absl::Status TrainOptions::Validate() const {
+  auto bad = [](const std::string& what) { return absl::InvalidArgumentError(what); };
+  if (out_dir.empty()) return bad("TrainOptions.out_dir is required");
+  if (steps < 1) return bad(absl::StrCat("TrainOptions.steps must be >= 1, got ", steps));
+  if (batch_size < 1) {
+    return bad(absl::StrCat("TrainOptions.batch_size must be >= 1, got ", batch_size));
+  }
+  if (!(lr > 0) || !std::isfinite(lr)) return bad(absl::StrCat("TrainOptions.lr must be > 0"));
+  if (warmup_steps < 0) return bad("TrainOptions.warmup_steps must be >= 0");
+  if (!(min_lr_ratio >= 0 && min_lr_ratio <= 1)) {
+    return bad("TrainOptions.min_lr_ratio must be in [0, 1]");
+  }
+  if (!(weight_decay >= 0) || !(grad_clip > 0) || !(aux_loss_coef >= 0)) {
+    return bad("TrainOptions: weight_decay and aux_loss_coef must be >= 0, grad_clip > 0");
+  }
+  if (progress_every < 1) return bad("TrainOptions.progress_every must be >= 1");
+  const ModelShape& s = shape;
+  if (s.hidden < 8 || s.layers < 1 || s.experts < 2 || s.top_k < 1 || s.top_k > s.experts ||
+      s.expert_intermediate < 1 || s.heads < 1 || s.kv_heads < 1 || s.heads % s.kv_heads != 0 ||
+      s.hidden % s.heads != 0 || (s.hidden / s.heads) % 2 != 0 || s.max_positions < 16) {
+    return bad(
+        "TrainOptions.shape: need hidden >= 8 divisible by heads into an even head size, heads "
+        "divisible by kv_heads, 1 <= top_k <= experts, and max_positions >= 16");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TrainReport> Train(const TrainOptions& options) {
+  RETURN_IF_ERROR(options.Validate());
+  try {
+    return TrainImpl(options);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("training: libtorch: ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("training: ", e.what()));
+  }
+}
+
+}  // namespace premoe::testbed
