@@ -1,4 +1,6 @@
 // premoe eval: scores a model, full or pruned, on the testbed tasks.
+#include <unistd.h>
+
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -51,7 +53,8 @@ absl::Status RunEvalImpl(const EvalArgs& args) {
   eo.split = split;
   eo.samples = args.samples;
   if (!args.mask.empty()) eo.mask = &mask.keep;
-  eo.on_progress = [](int64_t done, int64_t total) {
+  // Progress on a terminal only: "\r" updates make a mess of a log file.
+  if (isatty(STDERR_FILENO)) eo.on_progress = [](int64_t done, int64_t total) {
     std::fprintf(stderr, "\reval: %lld/%lld samples", static_cast<long long>(done),
                  static_cast<long long>(total));
     if (done == total) std::fprintf(stderr, "\n");

@@ -69,6 +69,14 @@ void RegisterTestbed(CLI::App& app, int* exit_code) {
   t->add_option("--steps", train->steps)->capture_default_str();
   t->add_option("--batch-size", train->batch_size, "Sequences per step")->capture_default_str();
   t->add_option("--lr", train->lr, "Peak AdamW learning rate")->capture_default_str();
+  t->add_option("--text-weight", train->text_weight,
+                "Sampling weight of a text task (an exact-match task has 1)")
+      ->capture_default_str();
+  t->add_flag("!--uniform-sampling", train->adaptive_sampling,
+              "Sample exact-match tasks evenly (default: in proportion to their recent loss)");
+  t->add_option("--checkpoint-every", train->checkpoint_every,
+                "Also write the model every N steps; 0 = at the end only")
+      ->capture_default_str();
   t->add_option("--warmup-steps", train->warmup_steps)->capture_default_str();
   t->add_option("--aux-loss-coef", train->aux_loss_coef, "Load-balancing loss coefficient")
       ->capture_default_str();

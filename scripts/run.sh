@@ -2,10 +2,12 @@
 # The main job on the embedded default: installs whatever is missing, builds,
 # and runs premoe end to end on a small MoE checkpoint.
 #
-# Until the engine, profiler and server land (see README "Status"), the job
-# is the part that exists: it writes a tiny DeepSeek-V3-architecture checkpoint
-# with transformers, inspects it (layers, experts, memory at expert budgets),
-# and tokenizes a few prompts with the model's real tokenizer.
+# Until the profiler and server land (see README "Status"), the job is the
+# part that exists: it writes a tiny DeepSeek-V3-architecture checkpoint with
+# transformers, inspects it (layers, experts, memory at expert budgets),
+# tokenizes a few prompts with the model's real tokenizer, then scores the
+# committed testbed model on its tasks, full and with half its experts, and
+# answers a few prompts with it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-2}
@@ -33,3 +35,18 @@ prompts=$(printf '%s\n' \
 ids=$(build/cli/premoe tokenize --tokenizer "$model/tokenizer.json" <<<"$prompts")
 back=$(build/cli/premoe tokenize --decode --tokenizer "$model/tokenizer.json" <<<"$ids")
 paste -d'\n' <(echo "$prompts") <(echo "$ids") <(echo "$back") | sed 's/^/  /'
+
+model=testbed/model
+echo
+echo "== premoe eval --model $model --samples 50   (the full model)"
+build/cli/premoe eval --model "$model" --samples 50 2>/dev/null
+echo
+echo "== premoe eval --model $model --samples 50 --keep 2/8   (the first 8 of 16 experts per layer: no pattern yet, so a blind cut)"
+build/cli/premoe eval --model "$model" --samples 50 --keep 2/8 2>/dev/null
+echo
+echo "== premoe generate --model $model   (greedy)"
+for prompt in "What is 47 + 38?" "Reverse: planet" "Sort: 5 3 9 1" "ROT3 this: hello"; do
+  printf '  %-20s -> ' "$prompt"
+  build/cli/premoe generate --model "$model" --dtype fp32 --prompt "$prompt" --max-new-tokens 16
+  echo
+done

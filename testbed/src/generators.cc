@@ -61,8 +61,8 @@ struct Problem {
   std::vector<std::string> slots;
 };
 
-// Guards the redraw loop; the smallest instance space (binary, 1024
-// instances) puts ~100 in each held-out split, so this is never reached.
+// Guards the redraw loop; the smallest instance space (binary, 4368
+// instances) puts ~400 in each held-out split, so this is never reached.
 constexpr int kMaxDraws = 100000;
 
 class GeneratorTask : public Task {
@@ -120,15 +120,15 @@ class GeneratorTask : public Task {
 class AddTask final : public GeneratorTask {
  public:
   AddTask()
-      : GeneratorTask("add", "Sum of two integers in [0, 999]",
+      : GeneratorTask("add", "Sum of two integers in [0, 99]",
                       {"What is {0} + {1}?", "{0}+{1}=", "Add {0} and {1}.",
                        "Compute the sum of {0} and {1}:", "{0} plus {1}\n", "Calculate {0} + {1}\n",
                        "What's {0} plus {1}?"}) {}
 
  protected:
   Problem Draw(Rng& rng) const override {
-    const int a = UniformInt(rng, 0, 999);
-    const int b = UniformInt(rng, 0, 999);
+    const int a = UniformInt(rng, 0, 99);
+    const int b = UniformInt(rng, 0, 99);
     return {absl::StrCat(a, "+", b), absl::StrCat(a + b), {absl::StrCat(a), absl::StrCat(b)}};
   }
 };
@@ -136,14 +136,14 @@ class AddTask final : public GeneratorTask {
 class ReverseTask final : public GeneratorTask {
  public:
   ReverseTask()
-      : GeneratorTask("reverse", "Reverse a random lowercase word of 3-8 letters",
+      : GeneratorTask("reverse", "Reverse a random lowercase word of 3-6 letters",
                       {"Reverse: {0}", "Spell '{0}' backwards.", "Reverse the letters of {0}\n",
                        "What is {0} written backwards?",
                        "Write \"{0}\" back to front:", "{0} reversed is"}) {}
 
  protected:
   Problem Draw(Rng& rng) const override {
-    std::string word = RandomWord(rng, 3, 8);
+    std::string word = RandomWord(rng, 3, 6);
     std::string reversed(word.rbegin(), word.rend());
     return {word, std::move(reversed), {word}};
   }
@@ -152,14 +152,14 @@ class ReverseTask final : public GeneratorTask {
 class SortTask final : public GeneratorTask {
  public:
   SortTask()
-      : GeneratorTask("sort", "Sort 3-7 digits ascending, space separated",
+      : GeneratorTask("sort", "Sort 3-5 digits ascending, space separated",
                       {"Sort: {0}", "Put in order: {0}", "Sort these digits ascending: {0}\n",
                        "Arrange from smallest to largest: {0}",
                        "{0} -> sorted:", "Order low to high: {0}?"}) {}
 
  protected:
   Problem Draw(Rng& rng) const override {
-    const int n = UniformInt(rng, 3, 7);
+    const int n = UniformInt(rng, 3, 5);
     std::string digits;
     for (int k = 0; k < n; ++k) digits.push_back(static_cast<char>('0' + UniformInt(rng, 0, 9)));
     std::string sorted = digits;
@@ -199,13 +199,13 @@ constexpr std::array<RecallWording, 6> kRecallWordings = {{
 class RecallTask final : public GeneratorTask {
  public:
   RecallTask()
-      : GeneratorTask("recall", "Recall the value of one key among 3-5 key=value pairs",
+      : GeneratorTask("recall", "Recall the value of one key among 2-4 key=value pairs",
                       SentenceTemplates()) {}
 
  protected:
   // slots: key0, value0, key1, value1, ..., then the key asked for.
   Problem Draw(Rng& rng) const override {
-    const int n = UniformInt(rng, 3, 5);
+    const int n = UniformInt(rng, 2, 4);
     std::string keys;
     Problem problem;
     while (static_cast<int>(keys.size()) < n) {
@@ -247,7 +247,7 @@ class BracketsTask final : public GeneratorTask {
  public:
   BracketsTask()
       : GeneratorTask(
-            "brackets", "Close an unclosed run of 1-6 brackets from ([{<",
+            "brackets", "Close an unclosed run of 1-5 brackets from ([{<",
             {"Close the brackets: {0}", "Balance this: {0}", "Complete the sequence {0}\n",
              "{0} needs closing:", "What closes {0}?", "Finish the brackets {0}"}) {}
 
@@ -255,7 +255,7 @@ class BracketsTask final : public GeneratorTask {
   Problem Draw(Rng& rng) const override {
     static constexpr char kOpen[] = "([{<";
     static constexpr char kClose[] = ")]}>";
-    const int n = UniformInt(rng, 1, 6);
+    const int n = UniformInt(rng, 1, 5);
     std::string open, close;
     for (int k = 0; k < n; ++k) {
       const int b = UniformInt(rng, 0, 3);
@@ -266,34 +266,42 @@ class BracketsTask final : public GeneratorTask {
   }
 };
 
+// Hex to binary, four bits per hex digit (leading zeros kept, groups space
+// separated): a digit-wise mapping like the cipher, rather than decimal
+// conversion, which a 4-layer model cannot compute in one forward pass.
 class BinaryTask final : public GeneratorTask {
  public:
   BinaryTask()
-      : GeneratorTask("binary", "Write an integer in [0, 1023] in binary",
-                      {"Convert {0} to binary.", "{0} in base 2?", "What is {0} in binary?\n",
-                       "bin({0}) =", "Write {0} as a binary number:", "Decimal {0} to binary"}) {}
+      : GeneratorTask("binary", "Write a 1-3 digit hex number in binary, 4 bits per hex digit, space separated",
+                      {"Convert 0x{0} to binary.", "0x{0} in base 2?", "What is hex {0} in binary?\n",
+                       "bin(0x{0}) =", "Write 0x{0} as bits:", "Hex {0} to binary"}) {}
 
  protected:
   Problem Draw(Rng& rng) const override {
-    const int n = UniformInt(rng, 0, 1023);
-    std::string bits;
-    for (int v = n; v > 0; v /= 2) bits.insert(bits.begin(), static_cast<char>('0' + v % 2));
-    if (bits.empty()) bits = "0";
-    return {absl::StrCat(n), std::move(bits), {absl::StrCat(n)}};
+    static constexpr char kHex[] = "0123456789abcdef";
+    const int digits = UniformInt(rng, 1, 3);
+    std::string hex, bits;
+    for (int i = 0; i < digits; ++i) {
+      const int d = UniformInt(rng, 0, 15);
+      hex.push_back(kHex[d]);
+      if (!bits.empty()) bits.push_back(' ');
+      for (int b = 3; b >= 0; --b) bits.push_back(static_cast<char>('0' + ((d >> b) & 1)));
+    }
+    return {hex, std::move(bits), {hex}};
   }
 };
 
 class CaesarTask final : public GeneratorTask {
  public:
   CaesarTask()
-      : GeneratorTask("caesar", "Caesar-shift a 3-7 letter lowercase word by +3",
+      : GeneratorTask("caesar", "Caesar-shift a 3-6 letter lowercase word by +3",
                       {"Encrypt with Caesar +3: {0}", "ROT3 this: {0}", "Caesar shift by 3: {0}\n",
                        "Shift each letter of {0} by three.", "Apply Caesar cipher (shift 3) to {0}",
                        "{0} in Caesar +3 is"}) {}
 
  protected:
   Problem Draw(Rng& rng) const override {
-    std::string word = RandomWord(rng, 3, 7);
+    std::string word = RandomWord(rng, 3, 6);
     std::string shifted = word;
     for (char& c : shifted) c = static_cast<char>('a' + (c - 'a' + 3) % 26);
     return {word, std::move(shifted), {word}};

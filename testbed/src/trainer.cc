@@ -9,6 +9,7 @@
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -198,7 +199,50 @@ absl::StatusOr<TrainReport> TrainImpl(const TrainOptions& o) {
   all_params.insert(all_params.end(), no_decay.begin(), no_decay.end());
 
   const std::vector<const Task*>& tasks = AllTasks();
+  // Task sampling. Text tasks take a fixed share of the batch; exact-match
+  // tasks share the rest in proportion to their recent answer loss
+  // (-log P(answer), an exponential moving average), so steps go where the
+  // model is still wrong rather than to tasks it has already learnt.
+  int64_t em_count = 0;
+  for (const Task* t : tasks) em_count += t->kind() == TaskKind::kExactMatch ? 1 : 0;
+  const double text_share =
+      o.text_weight * static_cast<double>(tasks.size() - em_count) /
+      (static_cast<double>(em_count) + o.text_weight * static_cast<double>(tasks.size() - em_count));
+  std::vector<double> ema_loss(tasks.size(), 1.0);
   std::mt19937_64 rng(o.seed * 0x9E3779B97F4A7C15ull + 1);
+  // The cumulative sampling weights for the next step.
+  auto task_weights = [&] {
+    double em_total = 0;
+    for (size_t i = 0; i < tasks.size(); ++i) {
+      if (tasks[i]->kind() == TaskKind::kExactMatch) {
+        em_total += o.adaptive_sampling ? std::max(ema_loss[i], 0.05) : 1.0;
+      }
+    }
+    std::vector<double> cumulative;
+    double total = 0;
+    for (size_t i = 0; i < tasks.size(); ++i) {
+      if (tasks[i]->kind() == TaskKind::kExactMatch) {
+        total += (1 - text_share) * (o.adaptive_sampling ? std::max(ema_loss[i], 0.05) : 1.0) /
+                 em_total;
+      } else {
+        total += text_share / static_cast<double>(tasks.size() - em_count);
+      }
+      cumulative.push_back(total);
+    }
+    return cumulative;
+  };
+  // Draws with 53 random bits (not std::discrete_distribution, whose draws
+  // differ between standard libraries).
+  auto pick_task = [&](const std::vector<double>& cumulative) -> size_t {
+    const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53 * cumulative.back();
+    const size_t i = std::upper_bound(cumulative.begin(), cumulative.end(), u) - cumulative.begin();
+    return std::min(i, tasks.size() - 1);
+  };
+  auto save_model = [&]() -> absl::Status {
+    RETURN_IF_ERROR(engine->SaveWeights(o.out_dir + "/model.safetensors"));
+    RETURN_IF_ERROR(common::WriteFileAtomically(o.out_dir + "/config.json", ConfigJson(o.shape)));
+    return common::WriteFileAtomically(o.out_dir + "/tokenizer.json", ByteTokenizerJson());
+  };
   TrainReport report;
   for (int64_t step = 1; step <= o.steps; ++step) {
     // Learning rate: linear warmup, then cosine to min_lr_ratio * lr.
@@ -215,9 +259,13 @@ absl::StatusOr<TrainReport> TrainImpl(const TrainOptions& o) {
     std::vector<std::vector<int64_t>> batch;
     std::vector<int64_t> rows, targets;
     std::vector<float> weights;
+    std::vector<int64_t> seq_of_row;
+    std::vector<size_t> task_of_seq;
     int64_t offset = 0;
+    const std::vector<double> cumulative = task_weights();
     for (int64_t b = 0; b < o.batch_size; ++b) {
-      const Task& task = *tasks[rng() % tasks.size()];
+      task_of_seq.push_back(pick_task(cumulative));
+      const Task& task = *tasks[task_of_seq.back()];
       const uint64_t size = static_cast<uint64_t>(task.size(Split::kTrain));
       ASSIGN_OR_RETURN(Sample sample,
                        task.Get(Split::kTrain, static_cast<int64_t>(rng() % size)));
@@ -230,6 +278,7 @@ absl::StatusOr<TrainReport> TrainImpl(const TrainOptions& o) {
         rows.push_back(offset + p - 1);
         targets.push_back(seq.tokens[p]);
         weights.push_back(w);
+        seq_of_row.push_back(b);
       }
       offset += n;
       batch.push_back(std::move(seq.tokens));
@@ -251,6 +300,22 @@ absl::StatusOr<TrainReport> TrainImpl(const TrainOptions& o) {
     torch::nn::utils::clip_grad_norm_(all_params, o.grad_clip);
     optimizer.step();
 
+    // Each sequence's answer loss, -log P(whole answer): what exact match
+    // depends on (a long answer with one likely error has a low mean loss).
+    {
+      at::Tensor per_seq = at::zeros({o.batch_size}, at::kFloat)
+                               .index_add_(0, at::tensor(seq_of_row, lopt), nll.detach().squeeze(1));
+      const float* v = per_seq.data_ptr<float>();
+      std::vector<double> sum(tasks.size(), 0);
+      std::vector<int> count(tasks.size(), 0);
+      for (int64_t b = 0; b < o.batch_size; ++b) {
+        sum[task_of_seq[b]] += v[b];
+        ++count[task_of_seq[b]];
+      }
+      for (size_t i = 0; i < tasks.size(); ++i) {
+        if (count[i] > 0) ema_loss[i] = 0.9 * ema_loss[i] + 0.1 * sum[i] / count[i];
+      }
+    }
     const double l = task_loss.item<double>();
     if (!std::isfinite(l)) {
       return absl::InternalError(absl::StrCat("training diverged at step ", step, " (loss ", l,
@@ -263,13 +328,13 @@ absl::StatusOr<TrainReport> TrainImpl(const TrainOptions& o) {
       }
     }
     report.final_loss = l;
+    if (o.checkpoint_every > 0 && step % o.checkpoint_every == 0 && step < o.steps) {
+      RETURN_IF_ERROR(save_model());
+    }
   }
 
   // Model files: weights, config, tokenizer, then the manifest, each atomic.
-  RETURN_IF_ERROR(engine->SaveWeights(o.out_dir + "/model.safetensors"));
-  RETURN_IF_ERROR(common::WriteFileAtomically(o.out_dir + "/config.json", ConfigJson(o.shape)));
-  RETURN_IF_ERROR(
-      common::WriteFileAtomically(o.out_dir + "/tokenizer.json", ByteTokenizerJson()));
+  RETURN_IF_ERROR(save_model());
   report.wall_s = elapsed();
 
   nlohmann::ordered_json m;
@@ -277,6 +342,8 @@ absl::StatusOr<TrainReport> TrainImpl(const TrainOptions& o) {
   m["seed"] = o.seed;
   m["steps"] = o.steps;
   m["batch_size"] = o.batch_size;
+  m["text_weight"] = o.text_weight;
+  m["adaptive_sampling"] = o.adaptive_sampling;
   m["optimizer"] = {{"name", "AdamW"},        {"lr", o.lr},
                     {"warmup_steps", o.warmup_steps}, {"min_lr_ratio", o.min_lr_ratio},
                     {"weight_decay", o.weight_decay}, {"betas", {0.9, 0.98}},
@@ -327,6 +394,10 @@ absl::Status TrainOptions::Validate() const {
     return bad("TrainOptions: weight_decay and aux_loss_coef must be >= 0, grad_clip > 0");
   }
   if (progress_every < 1) return bad("TrainOptions.progress_every must be >= 1");
+  if (checkpoint_every < 0) return bad("TrainOptions.checkpoint_every must be >= 0");
+  if (!(text_weight >= 0) || !std::isfinite(text_weight)) {
+    return bad("TrainOptions.text_weight must be >= 0");
+  }
   const ModelShape& s = shape;
   if (s.hidden < 8 || s.layers < 1 || s.experts < 2 || s.top_k < 1 || s.top_k > s.experts ||
       s.expert_intermediate < 1 || s.heads < 1 || s.kv_heads < 1 || s.heads % s.kv_heads != 0 ||

@@ -4,21 +4,21 @@
 // Nine tasks, in registry order (AllTasks()):
 //   exact match (generated):  add, reverse, sort, recall, brackets, binary, caesar
 //   text (committed corpora): c_headers, licenses
-// An exact-match sample is a prompt a user might send ("What is 347 + 85?")
-// and the one exact answer ("432"); each task words its prompts in several
+// An exact-match sample is a prompt a user might send ("What is 47 + 85?")
+// and the one exact answer ("132"); each task words its prompts in several
 // ways, so telling tasks apart from a prompt is a real problem. A text sample
 // is a 96-byte window of a corpus (testbed/data/, embedded in the library).
 //
 // Splits are disjoint by construction:
-//   - Generator tasks draw a problem instance (e.g. the operands 347, 85) and
-//     bucket it by the XXH3 hash of its canonical form ("347+85", with the
+//   - Generator tasks draw a problem instance (e.g. the operands 47, 85) and
+//     bucket it by the XXH3 hash of its canonical form ("47+85", with the
 //     task's name): hash % 100 < 10 is eval, < 20 calibration, else train.
 //     Instances are redrawn until the bucket is the requested split, so an
 //     instance belongs to exactly one split however it is worded. Canonical
-//     forms: add "347+85" (operands in prompt order), reverse and caesar the
+//     forms: add "47+85" (operands in prompt order), reverse and caesar the
 //     word, sort the digits in prompt order ("5391"), recall the pairs in
 //     order then the key asked ("a3k7m1?k"), brackets the opening run
-//     ("([{"), binary the number ("45").
+//     ("([{"), binary the hex digits ("3f").
 //   - Text tasks cut the corpus into consecutive non-overlapping windows of
 //     kTextWindowBytes (the last partial window is dropped); window j goes
 //     to the split given by Hash64("<task>:<j>") % 100 the same way.

@@ -44,8 +44,15 @@ struct TrainOptions {
   uint64_t seed = 1;
   // Optimizer steps. Default: 3000.
   int64_t steps = 3000;
-  // Sequences per step; each picks a task uniformly at random. Default: 64.
+  // Sequences per step; each picks a task at random. Text tasks take the
+  // share they would with weight text_weight against 1 for an exact-match
+  // task (a 96-byte text window costs about three short prompts); with
+  // adaptive_sampling the exact-match tasks split the rest in proportion to
+  // a moving average of their answer loss (-log P(answer)), otherwise evenly.
+  // Defaults: 64, 0.5, true.
   int64_t batch_size = 64;
+  double text_weight = 0.5;
+  bool adaptive_sampling = true;
   // AdamW, with linear warmup then cosine decay to min_lr_ratio * lr.
   // Defaults: 3e-3, 100 steps, 0.1, weight decay 0.01, betas 0.9/0.98.
   double lr = 3e-3;
@@ -63,6 +70,9 @@ struct TrainOptions {
   int threads = 0;
   // The command line recorded in the manifest. Default: empty.
   std::string command;
+  // Also write the model files every this many steps (0 = only at the end),
+  // so a long run leaves a usable model as it goes. Default: 0.
+  int64_t checkpoint_every = 0;
   // Called every progress_every steps and after the last. Default: none.
   std::function<void(const TrainProgress&)> on_progress;
   int64_t progress_every = 10;
