@@ -15,5 +15,6 @@ void RegisterTasks(CLI::App& app, int* exit_code);
 void RegisterVersion(CLI::App& app, int* exit_code);
 void RegisterEval(CLI::App& app, int* exit_code);
 void RegisterTestbed(CLI::App& app, int* exit_code);
+void RegisterProfile(CLI::App& app, int* exit_code);  // profile and select
 
 }  // namespace premoe::cli

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   premoe::cli::RegisterTasks(app, &exit_code);
   premoe::cli::RegisterEval(app, &exit_code);
   premoe::cli::RegisterTestbed(app, &exit_code);
+  premoe::cli::RegisterProfile(app, &exit_code);
   premoe::cli::RegisterVersion(app, &exit_code);
   app.parse_complete_callback([&] {
     if (auto status = premoe::common::InitLogging(log_level); !status.ok()) {

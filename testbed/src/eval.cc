@@ -205,9 +205,15 @@ std::string FormatEvalReport(const EvalReport& report) {
                             s.samples, "-", 100 * s.token_accuracy, s.perplexity);
     }
   }
-  absl::StrAppendFormat(&out, "%-12s %-12s %8s %11.1f%% %9.1f%% %10.3f\n", "average", "", "",
-                        100 * report.average_exact_match, 100 * report.average_token_accuracy,
-                        report.average_perplexity);
+  bool any_em = false, any_text = false;
+  for (const TaskScore& s : report.tasks) {
+    (s.kind == TaskKind::kExactMatch ? any_em : any_text) = true;
+  }
+  absl::StrAppendFormat(
+      &out, "%-12s %-12s %8s %12s %10s %10s\n", "average", "", "",
+      any_em ? absl::StrFormat("%.1f%%", 100 * report.average_exact_match) : "-",
+      any_text ? absl::StrFormat("%.1f%%", 100 * report.average_token_accuracy) : "-",
+      any_text ? absl::StrFormat("%.3f", report.average_perplexity) : "-");
   return out;
 }
 

@@ -1,0 +1,245 @@
+// quality_bench: the counterpart of the PreMoe paper's Table 1 on the
+// testbed. For every task: the full model's score, then, for every metric,
+// the task's own pattern (profiled on its calibration split) at 50% and 75%
+// expert reduction (uniform per layer) and at a byte budget (non-uniform),
+// scored on the eval split with the pattern's mask. Also a calibration-size
+// sweep for peu, and profiling throughput against plain prefill throughput
+// on the same tokens, measured in the same run.
+//
+// A task's score is exact match for the generation tasks and next-token
+// accuracy for the text tasks; retention = pruned average / full average.
+//
+// usage: quality_bench [--model testbed/model] [--cal-samples 100]
+//          [--eval-samples 200] [--json FILE] [--metrics peu,tcess,...]
+// The markdown table goes to stdout, progress to stderr.
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "nlohmann/json.hpp"
+#include "premoe/common/file.h"
+#include "premoe/model/engine.h"
+#include "premoe/model/inspect.h"
+#include "premoe/model/tokenizer.h"
+#include "premoe/profiler/calibration.h"
+#include "premoe/profiler/selection.h"
+#include "premoe/testbed/eval.h"
+
+namespace {
+
+using namespace premoe;  // NOLINT: a benchmark's main file
+using Clock = std::chrono::steady_clock;
+
+[[noreturn]] void Die(const absl::Status& s) {
+  std::fprintf(stderr, "quality_bench: %s\n", s.ToString().c_str());
+  std::exit(1);
+}
+template <typename T>
+T OrDie(absl::StatusOr<T> v) {
+  if (!v.ok()) Die(v.status());
+  return std::move(*v);
+}
+
+double Primary(const testbed::TaskScore& s) {
+  return s.kind == testbed::TaskKind::kExactMatch ? s.exact_match : s.token_accuracy;
+}
+
+struct Setup {
+  const model::Engine* engine;
+  const model::Tokenizer* tokenizer;
+  int64_t cal_samples, eval_samples, per_expert_bytes, full_expert_bytes;
+};
+
+std::vector<profiler::CalibrationSample> Calibration(const testbed::Task& t, int64_t n) {
+  std::vector<profiler::CalibrationSample> out;
+  for (int64_t i = 0; i < std::min(n, t.size(testbed::Split::kCalibration)); ++i) {
+    testbed::Sample s = OrDie(t.Get(testbed::Split::kCalibration, i));
+    out.push_back({s.prompt, s.completion});
+  }
+  return out;
+}
+
+double Score(const Setup& s, const testbed::Task& t, const model::KeptExperts* mask) {
+  testbed::EvalOptions eo;
+  eo.samples = s.eval_samples;
+  eo.mask = mask;
+  testbed::EvalReport r = OrDie(testbed::Evaluate(*s.engine, *s.tokenizer, {&t}, eo));
+  return Primary(r.tasks.front());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string model_dir = "testbed/model", json_out;
+  int64_t cal = 100, eval = 200;
+  std::vector<std::string> metrics = {"peu",       "tcess", "act_logits", "all_logits",
+                                      "frequency", "reap",  "man",        "random"};
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i], value = argv[i + 1];
+    if (flag == "--model") model_dir = value;
+    else if (flag == "--json") json_out = value;
+    else if (flag == "--cal-samples") (void)absl::SimpleAtoi(value, &cal);
+    else if (flag == "--eval-samples") (void)absl::SimpleAtoi(value, &eval);
+    else if (flag == "--metrics") metrics = absl::StrSplit(value, ',');
+    else Die(absl::InvalidArgumentError(absl::StrCat("unknown flag ", flag)));
+  }
+  auto engine = OrDie(model::Engine::Open(model_dir, {.dtype = "fp32"}));
+  auto tokenizer = OrDie(model::Tokenizer::FromFile(model_dir + "/tokenizer.json"));
+  const model::ModelSummary summary = OrDie(model::SummarizeModel(model_dir));
+  const int64_t n = engine->config().num_routed_experts, k = engine->top_k();
+  Setup setup{engine.get(), tokenizer.get(), cal, eval,
+              summary.expert_layers.front().bytes_per_expert, summary.bytes.routed_experts};
+  const std::vector<const testbed::Task*>& tasks = testbed::AllTasks();
+
+  // Budgets: 50% and 75% reduction, uniform; and a byte budget holding 3/8 of
+  // the routed experts' bytes, spent where each layer's score mass is.
+  const std::vector<std::pair<std::string, std::string>> budgets = {
+      {"50%", absl::StrCat(k, "/", n / 2)},
+      {"75%", absl::StrCat(k, "/", n / 4)},
+      {"bytes 3/8", absl::StrCat("bytes:", setup.full_expert_bytes * 3 / 8, "B")}};
+
+  nlohmann::ordered_json out;
+  out["model"] = model_dir;
+  out["cal_samples"] = cal;
+  out["eval_samples"] = eval;
+  std::vector<std::string> names;
+  for (const auto* t : tasks) names.push_back(t->name());
+  out["tasks"] = names;
+
+  std::vector<double> full;
+  for (const auto* t : tasks) full.push_back(Score(setup, *t, nullptr));
+  double full_avg = 0;
+  for (double v : full) full_avg += v / static_cast<double>(full.size());
+  out["full"] = full;
+  std::fprintf(stderr, "full model: average %.3f\n", full_avg);
+
+  // Profiles: per metric, per task.
+  auto profile = [&](const std::string& metric, const testbed::Task& t, int64_t samples) {
+    profiler::ProfileOptions po;
+    po.metric = OrDie(profiler::MetricOptions::Parse(metric));
+    return OrDie(profiler::ProfileTask(*engine, *tokenizer, Calibration(t, samples), po));
+  };
+  nlohmann::ordered_json rows = nlohmann::json::array();
+  std::string table = absl::StrCat("| metric | budget | ", absl::StrJoin(names, " | "),
+                                   " | average | retention |\n|---|---|");
+  for (size_t i = 0; i < names.size() + 2; ++i) absl::StrAppend(&table, "---:|");
+  absl::StrAppendFormat(&table, "\n| full model | all %d |", n);
+  for (double v : full) absl::StrAppendFormat(&table, " %.1f |", 100 * v);
+  absl::StrAppendFormat(&table, " **%.1f** | 100%% |\n", 100 * full_avg);
+  for (const std::string& metric : metrics) {
+    std::vector<profiler::TaskProfile> profiles;
+    for (const auto* t : tasks) profiles.push_back(profile(metric, *t, cal));
+    for (const auto& [label, spec] : budgets) {
+      const profiler::Budget budget = OrDie(profiler::Budget::Parse(spec));
+      std::vector<double> scores;
+      for (size_t ti = 0; ti < tasks.size(); ++ti) {
+        const profiler::Selection sel = OrDie(
+            profiler::Select(profiles[ti].scores, budget, setup.per_expert_bytes, k));
+        scores.push_back(Score(setup, *tasks[ti], &sel.keep));
+      }
+      double avg = 0;
+      for (double v : scores) avg += v / static_cast<double>(scores.size());
+      const double retention = full_avg > 0 ? avg / full_avg : 0;
+      std::fprintf(stderr, "%-10s %-9s average %.3f retention %.3f\n", metric.c_str(),
+                   label.c_str(), avg, retention);
+      absl::StrAppendFormat(&table, "| %s | %s |", metric, label);
+      for (double v : scores) absl::StrAppendFormat(&table, " %.1f |", 100 * v);
+      absl::StrAppendFormat(&table, " **%.1f** | %.1f%% |\n", 100 * avg, 100 * retention);
+      rows.push_back({{"metric", metric}, {"budget", label}, {"spec", spec}, {"scores", scores},
+                      {"average", avg}, {"retention", retention}});
+    }
+  }
+  out["rows"] = rows;
+
+  // Calibration-size sweep for peu at 75% reduction.
+  std::string sweep = "| peu calibration samples | average at 75% reduction | retention |\n|---:|---:|---:|\n";
+  nlohmann::ordered_json sweep_rows = nlohmann::json::array();
+  for (int64_t samples : {5, 10, 50, 200}) {
+    const profiler::Budget budget = OrDie(profiler::Budget::Parse(budgets[1].second));
+    double avg = 0;
+    for (const auto* t : tasks) {
+      const profiler::TaskProfile p = profile("peu", *t, samples);
+      const profiler::Selection sel =
+          OrDie(profiler::Select(p.scores, budget, setup.per_expert_bytes, k));
+      avg += Score(setup, *t, &sel.keep) / static_cast<double>(tasks.size());
+    }
+    absl::StrAppendFormat(&sweep, "| %d | %.1f | %.1f%% |\n", samples, 100 * avg,
+                          100 * avg / full_avg);
+    sweep_rows.push_back({{"samples", samples}, {"average", avg}, {"retention", avg / full_avg}});
+    std::fprintf(stderr, "peu with %lld calibration samples: %.3f\n",
+                 static_cast<long long>(samples), avg);
+  }
+  out["calibration_sweep"] = sweep_rows;
+
+  // Tap cost: prefill of the same calibration tokens with and without the
+  // scoring tap (best of 3), and the whole profiling run (which also runs
+  // the prompts alone for the match embeddings).
+  class ScoringTap : public model::RouterTap {
+   public:
+    explicit ScoringTap(profiler::ScoreAccumulator* acc) : acc_(acc) {}
+    void OnRouter(const model::RouterTapEvent& e) override {
+      if (!acc_->Add(e.layer, {e.gate_logits}).ok()) std::abort();
+    }
+    profiler::ScoreAccumulator* acc_;
+  };
+  std::vector<profiler::CalibrationSample> all;
+  std::vector<std::vector<int64_t>> prefill;
+  for (const auto* t : tasks) {
+    for (const auto& s : Calibration(*t, 16)) {
+      all.push_back(s);
+      auto ids = OrDie(tokenizer->Encode(s.prompt + s.completion, true));
+      prefill.emplace_back(ids.begin(), ids.end());
+    }
+  }
+  int64_t tokens = 0;
+  for (const auto& p : prefill) tokens += static_cast<int64_t>(p.size());
+  std::vector<int64_t> layers;
+  for (const auto& l : summary.expert_layers) layers.push_back(l.layer);
+  auto run_prefill = [&](model::RouterTap* tap) {
+    const auto a = Clock::now();
+    for (size_t b = 0; b < prefill.size(); b += 16) {
+      std::vector<std::vector<int64_t>> batch(prefill.begin() + b,
+                                              prefill.begin() + std::min(prefill.size(), b + 16));
+      model::ForwardOptions fo;
+      fo.tap = tap;
+      if (!engine->Forward(batch, nullptr, fo).ok()) Die(absl::InternalError("prefill failed"));
+    }
+    return std::chrono::duration<double>(Clock::now() - a).count();
+  };
+  double t_plain = 1e30, t_tap = 1e30, t_profile = 1e30;
+  for (int rep = 0; rep < 3; ++rep) {
+    t_plain = std::min(t_plain, run_prefill(nullptr));
+    auto acc = OrDie(profiler::ScoreAccumulator::Create(profiler::MetricOptions(), layers, n, k));
+    ScoringTap tap(&acc);
+    t_tap = std::min(t_tap, run_prefill(&tap));
+    (void)OrDie(acc.Scores());
+    const auto a = Clock::now();
+    (void)OrDie(profiler::ProfileTask(*engine, *tokenizer, all, profiler::ProfileOptions()));
+    t_profile = std::min(t_profile, std::chrono::duration<double>(Clock::now() - a).count());
+  }
+  out["prefill_tokens_per_s"] = tokens / t_plain;
+  out["tapped_prefill_tokens_per_s"] = tokens / t_tap;
+  out["profile_tokens_per_s"] = tokens / t_profile;
+  std::printf("## Quality at expert budgets (%lld calibration samples per task, %lld eval samples)\n\n%s\n",
+              static_cast<long long>(cal), static_cast<long long>(eval), table.c_str());
+  std::printf("## Calibration size (peu)\n\n%s\n", sweep.c_str());
+  std::printf(
+      "## Profiling throughput\n\n| | calibration tokens/s | against prefill |\n|---|---:|---:|\n"
+      "| prefill (no tap) | %.0f | 1.00 |\n| prefill with the peu scoring tap | %.0f | %.2f |\n"
+      "| whole profile run (scores + prompt embeddings) | %.0f | %.2f |\n",
+      tokens / t_plain, tokens / t_tap, t_plain / t_tap, tokens / t_profile, t_plain / t_profile);
+  if (!json_out.empty()) {
+    if (auto s = common::WriteFileAtomically(json_out, out.dump(1) + "\n"); !s.ok()) Die(s);
+  }
+  return 0;
+}

@@ -1,0 +1,234 @@
+// premoe profile: turns a task's calibration samples into an expert pattern.
+// premoe select: a pattern plus a budget -> the kept experts and their memory.
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "cli/commands.h"
+#include "nlohmann/json.hpp"
+#include "premoe/common/file.h"
+#include "premoe/common/hash.h"
+#include "premoe/common/status.h"
+#include "premoe/model/engine.h"
+#include "premoe/model/inspect.h"
+#include "premoe/model/tokenizer.h"
+#include "premoe/profiler/calibration.h"
+#include "premoe/profiler/selection.h"
+#include "premoe/store/embedded_store.h"
+#include "premoe/store/grpc_client.h"
+#include "premoe/store/pattern.h"
+#include "premoe/testbed/tasks.h"
+
+namespace premoe::cli {
+namespace {
+
+struct ProfileArgs {
+  std::string model;
+  std::string task;
+  std::string data;
+  std::string testbed_task;
+  std::string split = "calibration";
+  std::string metric = "peu";
+  int64_t samples = 100;
+  std::string out;
+  std::string store;
+};
+
+// A store argument: an existing directory (or a path with '/') is an
+// embedded store; host:port is a remote one.
+absl::StatusOr<std::unique_ptr<store::PatternStore>> OpenStore(const std::string& where) {
+  const bool remote = !absl::StrContains(where, '/') && absl::StrContains(where, ':');
+  if (remote) {
+    store::GrpcPatternStoreClient::Options o;
+    o.address = where;
+    ASSIGN_OR_RETURN(auto client, store::GrpcPatternStoreClient::Open(o));
+    return std::unique_ptr<store::PatternStore>(std::move(client));
+  }
+  store::EmbeddedPatternStore::Options o;
+  o.path = where;
+  ASSIGN_OR_RETURN(auto embedded, store::EmbeddedPatternStore::Open(o));
+  return std::unique_ptr<store::PatternStore>(std::move(embedded));
+}
+
+absl::Status RunProfile(const ProfileArgs& args) {
+  if (args.data.empty() == args.testbed_task.empty()) {
+    return absl::InvalidArgumentError("give exactly one of --data FILE and --testbed-task NAME");
+  }
+  if (args.out.empty() == args.store.empty()) {
+    return absl::InvalidArgumentError("give exactly one of --out FILE and --store DIR_OR_ADDR");
+  }
+  if (args.samples < 1) return absl::InvalidArgumentError("--samples must be >= 1");
+  ASSIGN_OR_RETURN(profiler::MetricOptions metric, profiler::MetricOptions::Parse(args.metric));
+  std::vector<profiler::CalibrationSample> samples;
+  if (!args.data.empty()) {
+    ASSIGN_OR_RETURN(samples, profiler::ReadCalibrationJsonl(args.data, args.samples));
+  } else {
+    ASSIGN_OR_RETURN(const testbed::Task* task, testbed::FindTask(args.testbed_task));
+    ASSIGN_OR_RETURN(testbed::Split split, testbed::ParseSplit(args.split));
+    const int64_t n = std::min(args.samples, task->size(split));
+    for (int64_t i = 0; i < n; ++i) {
+      ASSIGN_OR_RETURN(testbed::Sample s, task->Get(split, i));
+      samples.push_back({s.prompt, s.completion});
+    }
+  }
+  if (std::error_code ec; !std::filesystem::is_directory(args.model, ec)) {
+    return absl::NotFoundError(absl::StrCat("--model ", args.model, ": no such directory"));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<model::Tokenizer> tokenizer,
+                   model::Tokenizer::FromFile(args.model + "/tokenizer.json"));
+  model::EngineOptions eo;
+  eo.dtype = "fp32";  // router logits as the checkpoint defines them
+  ASSIGN_OR_RETURN(std::unique_ptr<model::Engine> engine, model::Engine::Open(args.model, eo));
+
+  profiler::ProfileOptions po;
+  po.metric = metric;
+  const auto start = std::chrono::steady_clock::now();
+  if (isatty(STDERR_FILENO)) po.on_progress = [&](int64_t done, int64_t total) {
+    const double s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::fprintf(stderr, "\rprofile %s: %lld/%lld samples, %.1f s", args.task.c_str(),
+                 static_cast<long long>(done), static_cast<long long>(total), s);
+    if (done == total) std::fprintf(stderr, "\n");
+  };
+  ASSIGN_OR_RETURN(profiler::TaskProfile profile,
+                   profiler::ProfileTask(*engine, *tokenizer, samples, po));
+
+  store::Pattern p;
+  p.task_name = args.task;
+  ASSIGN_OR_RETURN(p.model_fingerprint, profiler::ModelFingerprint(*engine));
+  p.metric = std::string(profiler::MetricName(metric.metric));
+  p.metric_params = metric.Params(engine->config().num_routed_experts, engine->top_k());
+  for (const auto& [layer, scores] : profile.scores) {
+    p.layers.push_back({static_cast<int32_t>(layer), std::vector<float>(scores.begin(), scores.end())});
+  }
+  p.calibration_samples = profile.samples;
+  p.calibration_tokens = profile.tokens;
+  for (size_t i = 0; i < profile.embeddings.size(); ++i) {
+    p.embeddings.push_back(
+        {profile.embeddings[i], common::Hasher().Update(samples[i].prompt).HexDigest()});
+  }
+  p.created_unix_micros = std::chrono::duration_cast<std::chrono::microseconds>(
+                              std::chrono::system_clock::now().time_since_epoch())
+                              .count();
+  if (!args.out.empty()) {
+    RETURN_IF_ERROR(common::WriteFileAtomically(args.out, store::EncodePattern(p)));
+    std::printf("pattern of task %s (%s, %lld samples, %lld tokens) -> %s\n", p.task_name.c_str(),
+                args.metric.c_str(), static_cast<long long>(p.calibration_samples),
+                static_cast<long long>(p.calibration_tokens), args.out.c_str());
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<store::PatternStore> s, OpenStore(args.store));
+  ASSIGN_OR_RETURN(store::PutResult put, s->Put(p));
+  std::printf("pattern of task %s (%s, %lld samples) -> store %s as id %llu (version %llu)\n",
+              p.task_name.c_str(), args.metric.c_str(),
+              static_cast<long long>(p.calibration_samples), args.store.c_str(),
+              static_cast<unsigned long long>(put.id), static_cast<unsigned long long>(put.version));
+  return absl::OkStatus();
+}
+
+struct SelectArgs {
+  std::string pattern;
+  std::string budget;
+  std::string model;
+  std::string mask_out;
+  bool json = false;
+};
+
+absl::Status RunSelect(const SelectArgs& args) {
+  ASSIGN_OR_RETURN(std::string bytes, common::ReadFile(args.pattern, int64_t{1} << 30));
+  ASSIGN_OR_RETURN(store::Pattern p, store::DecodePattern(bytes));
+  ASSIGN_OR_RETURN(profiler::Budget budget, profiler::Budget::Parse(args.budget));
+  ASSIGN_OR_RETURN(model::ModelSummary summary, model::SummarizeModel(args.model, {}));
+  if (summary.expert_layers.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(args.model, " has no MoE layer"));
+  }
+  std::map<int64_t, std::vector<double>> scores;
+  for (const auto& l : p.layers) scores[l.layer] = std::vector<double>(l.scores.begin(), l.scores.end());
+  const int64_t per_expert = summary.expert_layers.front().bytes_per_expert;
+  ASSIGN_OR_RETURN(profiler::Selection sel,
+                   profiler::Select(scores, budget, per_expert, summary.top_k));
+  nlohmann::ordered_json mask;
+  nlohmann::ordered_json layers = nlohmann::json::object();
+  for (const auto& [layer, experts] : sel.keep.layers) layers[std::to_string(layer)] = experts;
+  mask["layers"] = layers;
+  mask["top_k"] = sel.top_k;
+  if (!args.mask_out.empty()) {
+    RETURN_IF_ERROR(common::WriteFileAtomically(args.mask_out, mask.dump() + "\n"));
+  }
+  const int64_t full = summary.bytes.total;
+  const int64_t weights = full - summary.bytes.routed_experts + sel.expert_bytes;
+  if (args.json) {
+    nlohmann::ordered_json j;
+    j["task"] = p.task_name;
+    j["budget"] = budget.ToString();
+    j["mask"] = mask;
+    j["kept_experts"] = sel.kept_experts;
+    j["expert_bytes"] = sel.expert_bytes;
+    j["weight_bytes"] = weights;
+    j["full_weight_bytes"] = full;
+    std::printf("%s\n", j.dump(2).c_str());
+    return absl::OkStatus();
+  }
+  std::printf("task %s, budget %s: top-%lld routing\n", p.task_name.c_str(),
+              budget.ToString().c_str(), static_cast<long long>(sel.top_k));
+  for (const auto& [layer, experts] : sel.keep.layers) {
+    std::printf("  layer %3lld keeps %3zu: %s\n", static_cast<long long>(layer), experts.size(),
+                nlohmann::json(experts).dump().c_str());
+  }
+  auto mib = [](int64_t b) { return static_cast<double>(b) / (1 << 20); };
+  std::printf("routed experts kept: %lld (%.1f MiB); weights %.1f MiB of %.1f MiB (%.1f%%)\n",
+              static_cast<long long>(sel.kept_experts), mib(sel.expert_bytes), mib(weights),
+              mib(full), 100.0 * static_cast<double>(weights) / static_cast<double>(full));
+  return absl::OkStatus();
+}
+
+int Report(const char* what, const absl::Status& status) {
+  if (status.ok()) return 0;
+  std::fprintf(stderr, "premoe %s: %s\n", what, status.ToString().c_str());
+  return 1;
+}
+
+}  // namespace
+
+void RegisterProfile(CLI::App& app, int* exit_code) {
+  auto args = std::make_shared<ProfileArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "profile", "Profile a task: score every routed expert from the router logits on its "
+                 "calibration samples, and write the expert pattern to a file or a store");
+  cmd->add_option("--model", args->model, "Model directory")->required();
+  cmd->add_option("--task", args->task, "Task name the pattern is stored under")->required();
+  cmd->add_option("--data", args->data,
+                  "Calibration JSONL: {\"prompt\", \"completion\"} or {\"text\"} per line");
+  cmd->add_option("--testbed-task", args->testbed_task, "Use a testbed task's samples instead");
+  cmd->add_option("--split", args->split, "Testbed split for --testbed-task")
+      ->capture_default_str();
+  cmd->add_option("--metric", args->metric,
+                  "peu, tcess, act_logits, all_logits, frequency, reap, man, random; parameters "
+                  "as peu:r=0.3 or tcess:k=2")
+      ->capture_default_str();
+  cmd->add_option("--samples", args->samples, "Most calibration samples used")
+      ->capture_default_str();
+  cmd->add_option("--out", args->out, "Write the pattern (premoe.v1.Pattern) to this file");
+  cmd->add_option("--store", args->store, "Or Put it into a store: a directory or host:port");
+  cmd->callback([args, exit_code] { *exit_code = Report("profile", RunProfile(*args)); });
+
+  auto sel = std::make_shared<SelectArgs>();
+  CLI::App* s = app.add_subcommand(
+      "select", "Apply a budget to a pattern: the experts each layer keeps and the memory they take");
+  s->add_option("--pattern", sel->pattern, "Pattern file (premoe profile --out)")->required();
+  s->add_option("--budget", sel->budget, "K/M, N%, bytes:SIZE or coverage:F")->required();
+  s->add_option("--model", sel->model, "Model directory (for expert sizes)")->required();
+  s->add_option("--mask-out", sel->mask_out,
+                "Write the kept experts as a mask file for --keep / --mask");
+  s->add_flag("--json", sel->json, "Machine-readable output");
+  s->callback([sel, exit_code] { *exit_code = Report("select", RunSelect(*sel)); });
+}
+
+}  // namespace premoe::cli

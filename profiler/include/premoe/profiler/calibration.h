@@ -1,0 +1,75 @@
+// The calibration runner: runs a task's calibration samples through the
+// engine, feeds the router taps to a ScoreAccumulator, and computes the match
+// embeddings of the samples' prompts (DESIGN.md §3).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "premoe/model/engine.h"
+#include "premoe/model/tokenizer.h"
+#include "premoe/profiler/scores.h"
+
+namespace premoe::profiler {
+
+// One calibration sample. Prompt/completion samples score over the whole
+// text and embed the prompt; a text sample ({"text": ...}) is all prompt.
+struct CalibrationSample {
+  std::string prompt;
+  std::string completion;
+};
+
+// Reads JSON lines, each {"prompt": str, "completion": str} or {"text": str}
+// (no other keys; blank lines skipped), at most `max_samples` (0 = all).
+// INVALID_ARGUMENT naming path:line for bad JSON, a wrong shape or an empty
+// prompt/text; INVALID_ARGUMENT for a file with no samples; NOT_FOUND for a
+// missing file.
+absl::StatusOr<std::vector<CalibrationSample>> ReadCalibrationJsonl(const std::string& path,
+                                                                    int64_t max_samples = 0);
+
+struct ProfileOptions {
+  MetricOptions metric;
+  // Sequences per forward pass. Default: 16.
+  int64_t batch_size = 16;
+  // Called after each batch with (samples done, samples in all). Default: none.
+  std::function<void(int64_t, int64_t)> on_progress;
+};
+
+struct TaskProfile {
+  // Per MoE layer, one score per routed expert.
+  std::map<int64_t, std::vector<double>> scores;
+  int64_t samples = 0;
+  // Calibration tokens scored (per MoE layer; the same for every layer).
+  int64_t tokens = 0;
+  // One per sample: the match embedding of its prompt, L2-normalised, of
+  // dimension num_routed_experts.
+  std::vector<std::vector<float>> embeddings;
+};
+
+// Profiles one task: `samples` must be non-empty; the engine must be the full
+// model (a reduced one has -inf logits for pruned experts). The tokenizer's
+// special tokens are added as for serving (add_special_tokens = true).
+absl::StatusOr<TaskProfile> ProfileTask(const model::Engine& engine,
+                                        const model::Tokenizer& tokenizer,
+                                        const std::vector<CalibrationSample>& samples,
+                                        const ProfileOptions& options);
+
+// The match embedding of a text from its first MoE layer's gate logits
+// [T, N] fp32: the mean over its tokens of m(x) under `metric` (peu's r taken
+// over these tokens), L2-normalised. All zeros stays zeros.
+absl::StatusOr<std::vector<float>> MatchEmbedding(const at::Tensor& gate_logits,
+                                                  const MetricOptions& metric,
+                                                  int64_t model_top_k);
+
+// The model fingerprint patterns carry: XXH3-128 (hex) of the canonical
+// config (architecture and sizes) and every router gate weight, in layer order.
+// A pattern made for another model is refused where its fingerprint differs.
+absl::StatusOr<std::string> ModelFingerprint(const model::Engine& engine);
+
+}  // namespace premoe::profiler

@@ -1,0 +1,216 @@
+#include "premoe/profiler/calibration.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "premoe/common/file.h"
+#include "premoe/common/hash.h"
+#include "premoe/common/json.h"
+#include "premoe/common/status.h"
+
+namespace premoe::profiler {
+namespace {
+
+// Feeds every MoE layer's routing to the accumulator; the first MoE layer's
+// logits are also kept per sequence, for the match embeddings.
+class AccumulatingTap final : public model::RouterTap {
+ public:
+  AccumulatingTap(ScoreAccumulator* acc, int64_t first_layer, bool keep_first)
+      : acc_(acc), first_layer_(first_layer), keep_first_(keep_first) {}
+  bool WantsExpertNorms() const override { return acc_ != nullptr && acc_->NeedsExpertNorms(); }
+  void OnRouter(const model::RouterTapEvent& ev) override {
+    if (!status_.ok()) return;
+    if (acc_ != nullptr) {
+      RouterBatch b{ev.gate_logits, ev.selected_experts, ev.routing_weights, ev.expert_norms};
+      status_ = acc_->Add(ev.layer, b);
+    }
+    if (keep_first_ && ev.layer == first_layer_) {
+      first_logits_ = ev.gate_logits.cpu();
+      first_sequence_ = ev.sequence.cpu();
+    }
+  }
+  const absl::Status& status() const { return status_; }
+  // The first MoE layer's [T_b, N] logits of batch sequence b.
+  at::Tensor FirstLogits(int64_t b) const {
+    return first_logits_.index({first_sequence_ == b});
+  }
+
+ private:
+  ScoreAccumulator* acc_;
+  int64_t first_layer_;
+  bool keep_first_;
+  absl::Status status_;
+  at::Tensor first_logits_, first_sequence_;
+};
+
+absl::StatusOr<std::vector<int64_t>> Encode(const model::Tokenizer& tokenizer,
+                                            const std::string& text, int64_t max_context) {
+  ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer.Encode(text, /*add_special_tokens=*/true));
+  if (ids.empty()) return absl::InvalidArgumentError("a calibration sample encodes to no tokens");
+  if (static_cast<int64_t>(ids.size()) > max_context) {
+    return absl::InvalidArgumentError(absl::StrCat("a calibration sample of ", ids.size(),
+                                                   " tokens exceeds the context of ", max_context));
+  }
+  return std::vector<int64_t>(ids.begin(), ids.end());
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<CalibrationSample>> ReadCalibrationJsonl(const std::string& path,
+                                                                    int64_t max_samples) {
+  ASSIGN_OR_RETURN(std::string text, common::ReadFile(path, int64_t{1} << 30));
+  std::vector<CalibrationSample> out;
+  int64_t line_no = 0;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    ++line_no;
+    if (absl::StripAsciiWhitespace(line).empty()) continue;
+    if (max_samples > 0 && static_cast<int64_t>(out.size()) >= max_samples) break;
+    const std::string where = absl::StrCat(path, ":", line_no);
+    auto bad = [&](absl::string_view why) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": ", why,
+          " (want {\"prompt\": \"...\", \"completion\": \"...\"} or {\"text\": \"...\"})"));
+    };
+    auto doc = common::ParseJsonStrict(line, where);
+    if (!doc.ok()) return absl::InvalidArgumentError(doc.status().message());
+    if (!doc->is_object()) return bad("not a JSON object");
+    CalibrationSample s;
+    bool has_text = false, has_prompt = false, has_completion = false;
+    for (const auto& [key, value] : doc->items()) {
+      if (!value.is_string()) return bad(absl::StrCat("\"", key, "\" is not a string"));
+      if (key == "text") {
+        has_text = true;
+        s.prompt = value.get<std::string>();
+      } else if (key == "prompt") {
+        has_prompt = true;
+        s.prompt = value.get<std::string>();
+      } else if (key == "completion") {
+        has_completion = true;
+        s.completion = value.get<std::string>();
+      } else {
+        return bad(absl::StrCat("unknown key \"", key, "\""));
+      }
+    }
+    if (has_text == (has_prompt || has_completion) || (has_prompt && !has_completion)) {
+      return bad("wrong keys");
+    }
+    if (s.prompt.empty()) return bad(has_text ? "empty text" : "empty prompt");
+    out.push_back(std::move(s));
+  }
+  if (out.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": no samples"));
+  return out;
+}
+
+absl::StatusOr<std::vector<float>> MatchEmbedding(const at::Tensor& gate_logits,
+                                                  const MetricOptions& metric,
+                                                  int64_t model_top_k) {
+  if (!gate_logits.defined() || gate_logits.dim() != 2 || gate_logits.size(0) == 0) {
+    return absl::InvalidArgumentError("MatchEmbedding: want gate logits [T > 0, N]");
+  }
+  MetricOptions logit_metric = metric;
+  if (metric.metric == Metric::kReap || metric.metric == Metric::kMan ||
+      metric.metric == Metric::kRandom) {
+    // These score experts by their outputs (or not at all); a query is
+    // matched by its router logits, so they embed as peu does.
+    logit_metric = MetricOptions();
+  }
+  ASSIGN_OR_RETURN(ScoreAccumulator acc,
+                   ScoreAccumulator::Create(logit_metric, {0}, gate_logits.size(1), model_top_k));
+  RETURN_IF_ERROR(acc.Add(0, RouterBatch{gate_logits}));
+  ASSIGN_OR_RETURN(auto scores, acc.Scores());
+  const std::vector<double>& m = scores.at(0);
+  double norm = 0;
+  for (double v : m) norm += v * v;
+  norm = std::sqrt(norm);
+  std::vector<float> out;
+  for (double v : m) out.push_back(norm > 0 ? static_cast<float>(v / norm) : 0.0f);
+  return out;
+}
+
+absl::StatusOr<TaskProfile> ProfileTask(const model::Engine& engine,
+                                        const model::Tokenizer& tokenizer,
+                                        const std::vector<CalibrationSample>& samples,
+                                        const ProfileOptions& options) {
+  if (samples.empty()) return absl::InvalidArgumentError("no calibration samples");
+  if (options.batch_size < 1) {
+    return absl::InvalidArgumentError("ProfileOptions.batch_size must be >= 1");
+  }
+  const model::ModelConfig& c = engine.config();
+  std::vector<int64_t> layers;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    if (c.IsMoeLayer(static_cast<int>(l))) layers.push_back(l);
+  }
+  if (layers.empty()) return absl::InvalidArgumentError("the model has no MoE layer");
+  ASSIGN_OR_RETURN(ScoreAccumulator acc, ScoreAccumulator::Create(options.metric, layers,
+                                                                  c.num_routed_experts,
+                                                                  engine.top_k()));
+  TaskProfile profile;
+  profile.samples = static_cast<int64_t>(samples.size());
+  const int64_t n = profile.samples;
+  try {
+    for (int64_t begin = 0; begin < n; begin += options.batch_size) {
+      const int64_t end = std::min(n, begin + options.batch_size);
+      // Scores: the whole text of each sample.
+      std::vector<std::vector<int64_t>> full, prompts;
+      for (int64_t i = begin; i < end; ++i) {
+        ASSIGN_OR_RETURN(std::vector<int64_t> ids,
+                         Encode(tokenizer, samples[i].prompt + samples[i].completion,
+                                engine.max_context()));
+        profile.tokens += static_cast<int64_t>(ids.size());
+        full.push_back(std::move(ids));
+        ASSIGN_OR_RETURN(ids, Encode(tokenizer, samples[i].prompt, engine.max_context()));
+        prompts.push_back(std::move(ids));
+      }
+      AccumulatingTap score_tap(&acc, layers.front(), /*keep_first=*/false);
+      model::ForwardOptions fo;
+      fo.tap = &score_tap;
+      RETURN_IF_ERROR(engine.Forward(full, nullptr, fo).status());
+      RETURN_IF_ERROR(score_tap.status());
+      // Embeddings: the prompts alone, as a query will be seen.
+      AccumulatingTap embed_tap(nullptr, layers.front(), /*keep_first=*/true);
+      fo.tap = &embed_tap;
+      RETURN_IF_ERROR(engine.Forward(prompts, nullptr, fo).status());
+      for (int64_t b = 0; b < end - begin; ++b) {
+        ASSIGN_OR_RETURN(std::vector<float> e,
+                         MatchEmbedding(embed_tap.FirstLogits(b), options.metric, engine.top_k()));
+        profile.embeddings.push_back(std::move(e));
+      }
+      if (options.on_progress) options.on_progress(end, n);
+    }
+    ASSIGN_OR_RETURN(profile.scores, acc.Scores());
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("profiling: libtorch: ", e.what_without_backtrace()));
+  }
+  return profile;
+}
+
+absl::StatusOr<std::string> ModelFingerprint(const model::Engine& engine) {
+  const model::ModelConfig& c = engine.config();
+  common::Hasher h;
+  h.UpdateField(absl::StrCat("arch=", model::ModelTypeName(c.architecture), ";layers=",
+                             c.num_hidden_layers, ";hidden=", c.hidden_size, ";vocab=",
+                             c.vocab_size, ";experts=", c.num_routed_experts, ";top_k=",
+                             c.num_experts_per_tok, ";moe_intermediate=",
+                             c.moe_intermediate_size));
+  bool any = false;
+  for (const auto& [name, t] : engine.Parameters()) {
+    if (!absl::EndsWith(name, ".moe.gate")) continue;
+    if (t.size(0) != c.num_routed_experts) {
+      return absl::FailedPreconditionError(
+          "a reduced model cannot be fingerprinted: it does not hold the pruned experts' gate rows");
+    }
+    at::Tensor g = t.detach().to(at::kCPU, at::kFloat).contiguous();
+    h.UpdateField(name);
+    h.Update(std::span<const uint8_t>(static_cast<const uint8_t*>(g.data_ptr()), g.nbytes()));
+    any = true;
+  }
+  if (!any) return absl::InvalidArgumentError("the model has no router gates to fingerprint");
+  return h.HexDigest();
+}
+
+}  // namespace premoe::profiler
