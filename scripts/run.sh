@@ -6,8 +6,9 @@
 # part that exists: it writes a tiny DeepSeek-V3-architecture checkpoint with
 # transformers, inspects it (layers, experts, memory at expert budgets),
 # tokenizes a few prompts with the model's real tokenizer, then scores the
-# committed testbed model on its tasks, full and with half its experts, and
-# answers a few prompts with it.
+# committed testbed model on its tasks, profiles a few tasks into expert
+# patterns and scores each with only its pattern's half of the experts, and
+# answers a few prompts with the full model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-2}
@@ -39,10 +40,19 @@ paste -d'\n' <(echo "$prompts") <(echo "$ids") <(echo "$back") | sed 's/^/  /'
 model=testbed/model
 echo
 echo "== premoe eval --model $model --samples 50   (the full model)"
-build/cli/premoe eval --model "$model" --samples 50 2>/dev/null
+build/cli/premoe eval --model "$model" --samples 50
 echo
-echo "== premoe eval --model $model --samples 50 --keep 2/8   (the first 8 of 16 experts per layer: no pattern yet, so a blind cut)"
-build/cli/premoe eval --model "$model" --samples 50 --keep 2/8 2>/dev/null
+echo "== premoe profile + select + eval: each task's own pattern (peu) at half the experts"
+patterns=out/patterns
+mkdir -p "$patterns"
+for task in add reverse caesar licenses; do
+  build/cli/premoe profile --model "$model" --task "$task" --testbed-task "$task" --samples 50 \
+    --out "$patterns/$task.pattern" >/dev/null
+  build/cli/premoe select --pattern "$patterns/$task.pattern" --budget 2/8 --model "$model" \
+    --mask-out "$patterns/$task.mask.json" | tail -1 | sed "s/^/  $task: /"
+  build/cli/premoe eval --model "$model" --tasks "$task" --samples 50 \
+    --mask "$patterns/$task.mask.json" | sed -n 2p | sed 's/^/    pruned: /'
+done
 echo
 echo "== premoe generate --model $model   (greedy)"
 for prompt in "What is 47 + 38?" "Reverse: planet" "Sort: 5 3 9 1" "ROT3 this: hello"; do
