@@ -4,6 +4,8 @@
 #pragma once
 
 #include "CLI/CLI.hpp"
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 
 namespace premoe::cli {
 
@@ -16,5 +18,9 @@ void RegisterVersion(CLI::App& app, int* exit_code);
 void RegisterEval(CLI::App& app, int* exit_code);
 void RegisterTestbed(CLI::App& app, int* exit_code);
 void RegisterProfile(CLI::App& app, int* exit_code);  // profile and select
+
+// The exit code of a finished command: 0, or 1 after printing
+// "premoe <command>: <status>" to stderr.
+int ReportStatus(absl::string_view command, const absl::Status& status);
 
 }  // namespace premoe::cli

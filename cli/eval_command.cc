@@ -93,9 +93,7 @@ void RegisterEval(CLI::App& app, int* exit_code) {
   cmd->add_option("--dtype", args->dtype, "Compute dtype: fp32 or bf16")->capture_default_str();
   cmd->add_flag("--json", args->json, "Machine-readable output (stable keys)");
   cmd->callback([args, exit_code] {
-    absl::Status status = RunEvalImpl(*args);
-    if (!status.ok()) std::fprintf(stderr, "premoe eval: %s\n", status.ToString().c_str());
-    *exit_code = status.ok() ? 0 : 1;
+    *exit_code = ReportStatus("eval", RunEvalImpl(*args));
   });
 }
 

@@ -189,12 +189,6 @@ absl::Status RunSelect(const SelectArgs& args) {
   return absl::OkStatus();
 }
 
-int Report(const char* what, const absl::Status& status) {
-  if (status.ok()) return 0;
-  std::fprintf(stderr, "premoe %s: %s\n", what, status.ToString().c_str());
-  return 1;
-}
-
 }  // namespace
 
 void RegisterProfile(CLI::App& app, int* exit_code) {
@@ -217,7 +211,7 @@ void RegisterProfile(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_option("--out", args->out, "Write the pattern (premoe.v1.Pattern) to this file");
   cmd->add_option("--store", args->store, "Or Put it into a store: a directory or host:port");
-  cmd->callback([args, exit_code] { *exit_code = Report("profile", RunProfile(*args)); });
+  cmd->callback([args, exit_code] { *exit_code = ReportStatus("profile", RunProfile(*args)); });
 
   auto sel = std::make_shared<SelectArgs>();
   CLI::App* s = app.add_subcommand(
@@ -228,7 +222,7 @@ void RegisterProfile(CLI::App& app, int* exit_code) {
   s->add_option("--mask-out", sel->mask_out,
                 "Write the kept experts as a mask file for --keep / --mask");
   s->add_flag("--json", sel->json, "Machine-readable output");
-  s->callback([sel, exit_code] { *exit_code = Report("select", RunSelect(*sel)); });
+  s->callback([sel, exit_code] { *exit_code = ReportStatus("select", RunSelect(*sel)); });
 }
 
 }  // namespace premoe::cli

@@ -48,12 +48,6 @@ absl::Status RunSpecialisation(const SpecialisationArgs& args) {
   return absl::OkStatus();
 }
 
-int Report(const char* what, const absl::Status& status) {
-  if (status.ok()) return 0;
-  std::fprintf(stderr, "premoe testbed %s: %s\n", what, status.ToString().c_str());
-  return 1;
-}
-
 }  // namespace
 
 void RegisterTestbed(CLI::App& app, int* exit_code) {
@@ -104,7 +98,7 @@ void RegisterTestbed(CLI::App& app, int* exit_code) {
                   static_cast<long long>(train->steps), report->wall_s, report->final_loss,
                   train->out_dir.c_str());
     }
-    *exit_code = Report("train", report.status());
+    *exit_code = ReportStatus("testbed train", report.status());
   });
 
   auto spec = std::make_shared<SpecialisationArgs>();
@@ -117,7 +111,7 @@ void RegisterTestbed(CLI::App& app, int* exit_code) {
   s->add_option("--split", spec->split)->capture_default_str();
   s->add_option("--samples", spec->samples, "Samples per task")->capture_default_str();
   s->add_option("--json-out", spec->json_out, "Write the full report (frequencies too) here");
-  s->callback([spec, exit_code] { *exit_code = Report("specialisation", RunSpecialisation(*spec)); });
+  s->callback([spec, exit_code] { *exit_code = ReportStatus("testbed specialisation", RunSpecialisation(*spec)); });
 }
 
 }  // namespace premoe::cli
