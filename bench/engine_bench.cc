@@ -39,6 +39,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "premoe/common/process.h"
 #include "premoe/model/engine.h"
 #include "premoe/model/safetensors.h"
 
@@ -96,18 +97,7 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
   return true;
 }
 
-int64_t ReadRssBytes() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) {
-      int64_t kb = 0;
-      std::sscanf(line.c_str() + 6, "%ld", &kb);
-      return kb * 1024;
-    }
-  }
-  return 0;
-}
+int64_t ReadRssBytes() { return premoe::common::CurrentRssBytes().value_or(0); }
 
 std::string LoadAverage() {
   std::ifstream in("/proc/loadavg");

@@ -1,6 +1,5 @@
 // premoe eval: scores a model, full or pruned, on the testbed tasks.
-#include <unistd.h>
-
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -9,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
 #include "cli/keep_spec.h"
+#include "cli/progress.h"
 #include "premoe/common/status.h"
 #include "premoe/model/engine.h"
 #include "premoe/model/tokenizer.h"
@@ -53,13 +53,13 @@ absl::Status RunEvalImpl(const EvalArgs& args) {
   eo.split = split;
   eo.samples = args.samples;
   if (!args.mask.empty()) eo.mask = &mask.keep;
-  // Progress on a terminal only: "\r" updates make a mess of a log file.
-  if (isatty(STDERR_FILENO)) eo.on_progress = [](int64_t done, int64_t total) {
-    std::fprintf(stderr, "\reval: %lld/%lld samples", static_cast<long long>(done),
-                 static_cast<long long>(total));
-    if (done == total) std::fprintf(stderr, "\n");
+  ProgressBar bar("eval");
+  eo.on_progress = [&bar](int64_t done, int64_t total) {
+    bar.Update(static_cast<double>(done) / static_cast<double>(std::max<int64_t>(total, 1)),
+               absl::StrCat(done, "/", total, " samples"));
   };
   ASSIGN_OR_RETURN(testbed::EvalReport report, testbed::Evaluate(*engine, *tokenizer, tasks, eo));
+  bar.Done();
   const std::string out =
       args.json ? testbed::EvalReportToJson(report, split) : testbed::FormatEvalReport(report);
   if (std::fwrite(out.data(), 1, out.size(), stdout) != out.size() || std::fflush(stdout) != 0) {

@@ -25,6 +25,7 @@
 #include "premoe/common/status.h"
 #include "premoe/model/config.h"
 #include "premoe/model/engine.h"
+#include "premoe/model/text_stream.h"
 #include "premoe/model/tokenizer.h"
 
 namespace premoe::cli {
@@ -115,72 +116,12 @@ class JsonlRouterDump final : public model::RouterTap {
   std::string line_;
 };
 
-// Streams the decoded completion. Each token re-decodes all generated ids and
-// prints the new suffix: decoders are not token-local (byte-level pieces of a
-// UTF-8 character, Metaspace's leading-space strip), so decoding tokens one
-// by one would print different text than decoding them together. Held back:
-// trailing U+FFFD (an incomplete UTF-8 character whose remaining bytes may
-// still come) and a tail that could be the start of a stop string.
-class TextStream {
- public:
-  TextStream(const model::Tokenizer& tokenizer, std::vector<std::string> stops)
-      : tokenizer_(tokenizer), stops_(std::move(stops)) {}
-
-  void Add(int64_t token) {
-    ids_.push_back(static_cast<int32_t>(token));
-    Emit(/*final=*/false);
-  }
-  // Prints what was held back (unless a stop string ended the text).
-  void Finish() { Emit(/*final=*/true); }
-  // A stop string was found (the text before it is all that is printed).
-  bool stopped() const { return stopped_; }
-  const absl::Status& status() const { return status_; }
-
- private:
-  void Emit(bool final) {
-    if (stopped_ || !status_.ok()) return;
-    absl::StatusOr<std::string> text = tokenizer_.Decode(ids_);
-    if (!text.ok()) {
-      status_ = text.status();
-      return;
-    }
-    size_t limit = text->size();
-    size_t stop_at = std::string::npos;
-    for (const std::string& s : stops_) stop_at = std::min(stop_at, text->find(s));
-    if (stop_at != std::string::npos) {
-      limit = stop_at;
-      stopped_ = true;
-    } else if (!final) {
-      static constexpr absl::string_view kReplacement = "\xEF\xBF\xBD";
-      absl::string_view view(*text);
-      while (absl::EndsWith(view, kReplacement)) view.remove_suffix(kReplacement.size());
-      size_t hold = 0;  // longest tail of `view` that is a proper prefix of a stop string
-      for (const std::string& s : stops_) {
-        for (size_t n = std::min(s.size() - 1, view.size()); n > hold; --n) {
-          if (absl::EndsWith(view, absl::string_view(s).substr(0, n))) {
-            hold = n;
-            break;
-          }
-        }
-      }
-      limit = view.size() - hold;
-    }
-    // If a longer decode ever rewrote text already printed (no supported
-    // decoder does, past a trailing U+FFFD), the printed text stands.
-    if (limit > printed_) {
-      std::fwrite(text->data() + printed_, 1, limit - printed_, stdout);
-      std::fflush(stdout);
-      printed_ = limit;
-    }
-  }
-
-  const model::Tokenizer& tokenizer_;
-  std::vector<std::string> stops_;
-  std::vector<int32_t> ids_;
-  size_t printed_ = 0;
-  bool stopped_ = false;
-  absl::Status status_;
-};
+// Writes each delta of the completion to stdout as soon as it is final.
+void Print(const std::string& delta) {
+  if (delta.empty()) return;
+  std::fwrite(delta.data(), 1, delta.size(), stdout);
+  std::fflush(stdout);
+}
 
 absl::Status RunGenerateImpl(const GenerateArgs& args) {
   if (args.prompt.empty()) return absl::InvalidArgumentError("--prompt is empty");
@@ -218,7 +159,7 @@ absl::Status RunGenerateImpl(const GenerateArgs& args) {
     dump = std::make_unique<JsonlRouterDump>(dump_file.get());
   }
 
-  TextStream stream(*tokenizer, args.stop);
+  model::TextStream stream(*tokenizer, args.stop);
   model::GenerationOptions gen;
   gen.max_new_tokens = args.max_new_tokens;
   gen.temperature = args.temperature;
@@ -230,8 +171,10 @@ absl::Status RunGenerateImpl(const GenerateArgs& args) {
   request.prompt.assign(ids.begin(), ids.end());
   ASSIGN_OR_RETURN(std::vector<model::GenerationResult> results,
                    engine->Generate({request}, gen, dump.get(),
-                                    [&stream](int64_t, int64_t token) { stream.Add(token); }));
-  stream.Finish();
+                                    [&stream](int64_t, int64_t token) {
+                                      Print(stream.Add(token));
+                                    }));
+  Print(stream.Finish());
   RETURN_IF_ERROR(stream.status());
   if (std::ferror(stdout) != 0) return absl::DataLossError("failed to write to stdout");
   if (dump != nullptr) {

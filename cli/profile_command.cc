@@ -1,28 +1,28 @@
 // premoe profile: turns a task's calibration samples into an expert pattern.
 // premoe select: a pattern plus a budget -> the kept experts and their memory.
-#include <unistd.h>
-
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <string>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cli/commands.h"
+#include "cli/progress.h"
+#include "cli/store_arg.h"
 #include "nlohmann/json.hpp"
 #include "premoe/common/file.h"
 #include "premoe/common/hash.h"
+#include "premoe/common/process.h"
 #include "premoe/common/status.h"
 #include "premoe/model/engine.h"
 #include "premoe/model/inspect.h"
+#include "premoe/model/safetensors.h"
 #include "premoe/model/tokenizer.h"
 #include "premoe/profiler/calibration.h"
 #include "premoe/profiler/selection.h"
-#include "premoe/store/embedded_store.h"
-#include "premoe/store/grpc_client.h"
 #include "premoe/store/pattern.h"
 #include "premoe/testbed/tasks.h"
 
@@ -39,23 +39,9 @@ struct ProfileArgs {
   int64_t samples = 100;
   std::string out;
   std::string store;
+  bool streamed = false;
+  int64_t batch = -1;  // -1: 16 resident, all samples streamed
 };
-
-// A store argument: an existing directory (or a path with '/') is an
-// embedded store; host:port is a remote one.
-absl::StatusOr<std::unique_ptr<store::PatternStore>> OpenStore(const std::string& where) {
-  const bool remote = !absl::StrContains(where, '/') && absl::StrContains(where, ':');
-  if (remote) {
-    store::GrpcPatternStoreClient::Options o;
-    o.address = where;
-    ASSIGN_OR_RETURN(auto client, store::GrpcPatternStoreClient::Open(o));
-    return std::unique_ptr<store::PatternStore>(std::move(client));
-  }
-  store::EmbeddedPatternStore::Options o;
-  o.path = where;
-  ASSIGN_OR_RETURN(auto embedded, store::EmbeddedPatternStore::Open(o));
-  return std::unique_ptr<store::PatternStore>(std::move(embedded));
-}
 
 absl::Status RunProfile(const ProfileArgs& args) {
   if (args.data.empty() == args.testbed_task.empty()) {
@@ -83,22 +69,26 @@ absl::Status RunProfile(const ProfileArgs& args) {
   }
   ASSIGN_OR_RETURN(std::unique_ptr<model::Tokenizer> tokenizer,
                    model::Tokenizer::FromFile(args.model + "/tokenizer.json"));
+  if (args.batch < -1) return absl::InvalidArgumentError("--batch must be >= 0");
   model::EngineOptions eo;
   eo.dtype = "fp32";  // router logits as the checkpoint defines them
+  eo.streamed = args.streamed;
   ASSIGN_OR_RETURN(std::unique_ptr<model::Engine> engine, model::Engine::Open(args.model, eo));
 
   profiler::ProfileOptions po;
   po.metric = metric;
+  // A streamed pass reads the whole checkpoint: one pass for all samples.
+  po.batch_size = args.batch >= 0 ? args.batch : (args.streamed ? 0 : 16);
   const auto start = std::chrono::steady_clock::now();
-  if (isatty(STDERR_FILENO)) po.on_progress = [&](int64_t done, int64_t total) {
-    const double s =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    std::fprintf(stderr, "\rprofile %s: %lld/%lld samples, %.1f s", args.task.c_str(),
-                 static_cast<long long>(done), static_cast<long long>(total), s);
-    if (done == total) std::fprintf(stderr, "\n");
+  ProgressBar bar("profile " + args.task);
+  po.on_progress = [&bar](const profiler::ProfileProgress& p) {
+    bar.Update(p.fraction, absl::StrCat(p.samples_done, "/", p.samples_total, " samples"));
   };
   ASSIGN_OR_RETURN(profiler::TaskProfile profile,
                    profiler::ProfileTask(*engine, *tokenizer, samples, po));
+  bar.Done();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
   store::Pattern p;
   p.task_name = args.task;
@@ -122,14 +112,26 @@ absl::Status RunProfile(const ProfileArgs& args) {
     std::printf("pattern of task %s (%s, %lld samples, %lld tokens) -> %s\n", p.task_name.c_str(),
                 args.metric.c_str(), static_cast<long long>(p.calibration_samples),
                 static_cast<long long>(p.calibration_tokens), args.out.c_str());
-    return absl::OkStatus();
+  } else {
+    ASSIGN_OR_RETURN(std::unique_ptr<store::PatternStore> s, OpenStore(args.store, /*create=*/true));
+    ASSIGN_OR_RETURN(store::PutResult put, s->Put(p));
+    std::printf("pattern of task %s (%s, %lld samples) -> store %s as id %llu (version %llu)\n",
+                p.task_name.c_str(), args.metric.c_str(),
+                static_cast<long long>(p.calibration_samples), args.store.c_str(),
+                static_cast<unsigned long long>(put.id),
+                static_cast<unsigned long long>(put.version));
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<store::PatternStore> s, OpenStore(args.store));
-  ASSIGN_OR_RETURN(store::PutResult put, s->Put(p));
-  std::printf("pattern of task %s (%s, %lld samples) -> store %s as id %llu (version %llu)\n",
-              p.task_name.c_str(), args.metric.c_str(),
-              static_cast<long long>(p.calibration_samples), args.store.c_str(),
-              static_cast<unsigned long long>(put.id), static_cast<unsigned long long>(put.version));
+  // What profiling cost, for sizing a run on a bigger model.
+  ASSIGN_OR_RETURN(std::unique_ptr<const model::Checkpoint> checkpoint,
+                   model::Checkpoint::Open(args.model));
+  ASSIGN_OR_RETURN(const int64_t peak, common::PeakRssBytes());
+  constexpr double kMiB = 1 << 20;
+  std::printf("%s: %lld tokens in %.1f s (%.0f tokens/s); peak RSS %.1f MiB for a %.1f MiB "
+              "checkpoint\n",
+              args.streamed ? "streamed" : "resident", static_cast<long long>(profile.tokens),
+              seconds, static_cast<double>(profile.tokens) / std::max(seconds, 1e-9),
+              static_cast<double>(peak) / kMiB,
+              static_cast<double>(checkpoint->total_bytes()) / kMiB);
   return absl::OkStatus();
 }
 
@@ -211,6 +213,12 @@ void RegisterProfile(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_option("--out", args->out, "Write the pattern (premoe.v1.Pattern) to this file");
   cmd->add_option("--store", args->store, "Or Put it into a store: a directory or host:port");
+  cmd->add_flag("--streamed", args->streamed,
+                "Load one layer at a time from the mmap'd checkpoint (a model larger than "
+                "memory); the same scores");
+  cmd->add_option("--batch", args->batch,
+                  "Samples per forward pass; 0 = all (default: 16, or all with --streamed, "
+                  "where each pass reads the whole checkpoint)");
   cmd->callback([args, exit_code] { *exit_code = ReportStatus("profile", RunProfile(*args)); });
 
   auto sel = std::make_shared<SelectArgs>();

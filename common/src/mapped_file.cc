@@ -70,4 +70,12 @@ void MappedFile::Prefetch(std::size_t offset, std::size_t length) const {
   ::madvise(const_cast<std::uint8_t*>(data_) + begin, offset + length - begin, MADV_WILLNEED);
 }
 
+void MappedFile::Release(std::size_t offset, std::size_t length) const {
+  if (data_ == nullptr || offset >= size_) return;
+  length = std::min(length, size_ - offset);
+  const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  const std::size_t begin = offset / page * page;
+  ::madvise(const_cast<std::uint8_t*>(data_) + begin, offset + length - begin, MADV_DONTNEED);
+}
+
 }  // namespace premoe::common

@@ -9,10 +9,12 @@
 #include <exception>
 #include <limits>
 #include <random>
+#include <stdexcept>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "engine_weights.h"
+#include "premoe/model/decoding.h"
 #include "premoe/common/status.h"
 
 namespace premoe::model {
@@ -86,6 +88,15 @@ absl::Status EngineOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("EngineOptions.trainable needs dtype \"fp32\", got \"", dtype, "\""));
   }
+  if (static_cast<int>(trainable) + static_cast<int>(streamed) +
+          static_cast<int>(experts_on_demand) > 1) {
+    return absl::InvalidArgumentError(
+        "EngineOptions: trainable, streamed and experts_on_demand exclude each other");
+  }
+  if (experts_on_demand && !keep.empty()) {
+    return absl::InvalidArgumentError(
+        "EngineOptions.experts_on_demand takes its experts per forward, not from keep");
+  }
   if (trainable && !keep.empty()) {
     return absl::InvalidArgumentError("EngineOptions.trainable needs the full model (empty keep)");
   }
@@ -113,6 +124,8 @@ absl::Status GenerationOptions::Validate() const {
 
 namespace {
 
+using internal::AttentionWeights;
+using internal::LayerWeights;
 using internal::Linear;
 using internal::MlpWeights;
 using internal::ModelWeights;
@@ -266,13 +279,15 @@ struct Batch {
 
 class EngineImpl final : public Engine {
  public:
+  // `checkpoint` is kept for streamed and on-demand engines (null otherwise).
   EngineImpl(ModelConfig config, EngineOptions options, ModelWeights weights, at::ScalarType dtype,
-             at::Device device)
+             at::Device device, std::shared_ptr<const Checkpoint> checkpoint)
       : config_(std::move(config)),
         options_(std::move(options)),
         w_(std::move(weights)),
         dtype_(dtype),
-        device_(device) {
+        device_(device),
+        checkpoint_(std::move(checkpoint)) {
     top_k_ = options_.top_k > 0 ? options_.top_k : config_.num_experts_per_tok;
     max_context_ =
         options_.max_context > 0 ? options_.max_context : config_.max_position_embeddings;
@@ -291,6 +306,40 @@ class EngineImpl final : public Engine {
   int64_t top_k() const override { return top_k_; }
   int64_t max_context() const override { return max_context_; }
   int64_t weight_bytes() const override { return w_.bytes; }
+  int64_t expert_bytes() const override {
+    return 3 * config_.moe_intermediate_size * config_.hidden_size *
+           static_cast<int64_t>(c10::elementSize(dtype_));
+  }
+
+  absl::StatusOr<std::shared_ptr<const ExpertWeights>> LoadExpert(int64_t layer,
+                                                                  int64_t expert) const override {
+    if (!options_.experts_on_demand) {
+      return absl::FailedPreconditionError(
+          "LoadExpert: only an engine opened with experts_on_demand loads experts one by one");
+    }
+    if (layer < 0 || layer >= config_.num_hidden_layers || !w_.layers[layer].is_moe) {
+      return absl::InvalidArgumentError(absl::StrCat("LoadExpert: layer ", layer,
+                                                     " is not a MoE layer of the model"));
+    }
+    if (expert < 0 || expert >= config_.num_routed_experts) {
+      return absl::InvalidArgumentError(absl::StrCat("LoadExpert: expert ", expert,
+                                                     " is outside [0, ",
+                                                     config_.num_routed_experts, ")"));
+    }
+    try {
+      ASSIGN_OR_RETURN(auto weights, internal::LoadExpert(*checkpoint_, config_, layer, expert,
+                                                          dtype_, device_));
+      auto out = std::make_shared<ExpertWeights>();
+      out->gate_up = std::move(weights.first);
+      out->down = std::move(weights.second);
+      return std::shared_ptr<const ExpertWeights>(std::move(out));
+    } catch (const c10::Error& e) {
+      return absl::InternalError(
+          absl::StrCat("LoadExpert: libtorch: ", e.what_without_backtrace()));
+    } catch (const std::exception& e) {
+      return absl::ResourceExhaustedError(absl::StrCat("LoadExpert: ", e.what()));
+    }
+  }
 
   absl::StatusOr<at::Tensor> Weight(const std::string& name) const override {
     auto it = w_.by_name.find(name);
@@ -305,6 +354,8 @@ class EngineImpl final : public Engine {
   }
 
   absl::Status SaveWeights(const std::string& path) const override {
+    RETURN_IF_ERROR(CheckResident("SaveWeights"));
+    RETURN_IF_ERROR(CheckOwnsExperts("SaveWeights"));
     for (const auto& L : w_.layers) {
       if (L.is_moe && !L.moe.all_loaded) {
         return absl::InvalidArgumentError(
@@ -334,6 +385,11 @@ class EngineImpl final : public Engine {
 
   absl::StatusOr<std::unique_ptr<KvCache>> NewCache(int64_t batch_size,
                                                     int64_t capacity) const override {
+    RETURN_IF_ERROR(CheckResident("NewCache"));
+    return MakeCache(batch_size, capacity);
+  }
+
+  absl::StatusOr<std::unique_ptr<KvCache>> MakeCache(int64_t batch_size, int64_t capacity) const {
     if (batch_size < 1 || capacity < 1) {
       return absl::InvalidArgumentError(absl::StrCat(
           "NewCache: batch_size and capacity must be >= 1, got ", batch_size, " and ", capacity));
@@ -344,18 +400,11 @@ class EngineImpl final : public Engine {
     }
     try {
       auto cache = std::make_unique<KvCacheImpl>(this, batch_size, capacity);
-      auto opts = at::TensorOptions().dtype(dtype_).device(device_);
-      const ModelConfig& c = config_;
-      for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-        if (IsDeepseek(c)) {
-          cache->a.push_back(at::zeros({batch_size, capacity, c.kv_lora_rank}, opts));
-          cache->b.push_back(at::zeros({batch_size, capacity, c.qk_rope_head_dim}, opts));
-        } else {
-          cache->a.push_back(
-              at::zeros({batch_size, c.num_key_value_heads, capacity, c.head_dim}, opts));
-          cache->b.push_back(
-              at::zeros({batch_size, c.num_key_value_heads, capacity, c.head_dim}, opts));
-        }
+      cache->a.resize(config_.num_hidden_layers);
+      cache->b.resize(config_.num_hidden_layers);
+      // A streamed engine allocates each layer's part only while it runs.
+      if (!options_.streamed) {
+        for (int64_t l = 0; l < config_.num_hidden_layers; ++l) AllocateLayerCache(*cache, l);
       }
       return std::unique_ptr<KvCache>(std::move(cache));
     } catch (const std::exception& e) {
@@ -367,11 +416,21 @@ class EngineImpl final : public Engine {
   absl::StatusOr<at::Tensor> Forward(const std::vector<std::vector<int64_t>>& tokens,
                                      KvCache* cache, const ForwardOptions& options) const override {
     std::unique_ptr<KvCache> owned;
+    if (cache != nullptr) RETURN_IF_ERROR(CheckResident("Forward with a KvCache"));
+    if (options.last_layer < -1 || options.last_layer >= config_.num_hidden_layers) {
+      return absl::InvalidArgumentError(absl::StrCat("Forward: last_layer ", options.last_layer,
+                                                     " is not -1 or a layer of the model's ",
+                                                     config_.num_hidden_layers));
+    }
+    if (options.last_layer >= 0 && cache != nullptr) {
+      // The cache would hold keys of the early layers only.
+      return absl::InvalidArgumentError("Forward: last_layer needs cache == nullptr");
+    }
     if (cache == nullptr) {
       int64_t longest = 1;
       for (const auto& t : tokens) longest = std::max<int64_t>(longest, t.size());
       if (tokens.empty()) return absl::InvalidArgumentError("Forward: no sequences");
-      ASSIGN_OR_RETURN(owned, NewCache(static_cast<int64_t>(tokens.size()), longest));
+      ASSIGN_OR_RETURN(owned, MakeCache(static_cast<int64_t>(tokens.size()), longest));
       cache = owned.get();
     }
     auto* kv = dynamic_cast<KvCacheImpl*>(cache);
@@ -393,6 +452,32 @@ class EngineImpl final : public Engine {
       RouterTap* tap, const std::function<void(int64_t, int64_t)>& on_token) const override;
 
  private:
+  absl::Status CheckResident(absl::string_view what) const {
+    if (!options_.streamed) return absl::OkStatus();
+    return absl::FailedPreconditionError(absl::StrCat(
+        what, ": a streamed engine holds no layers between forward passes; it runs "
+              "Forward without a cache only (open the model without streamed for this)"));
+  }
+
+  absl::Status CheckOwnsExperts(absl::string_view what) const {
+    if (!options_.experts_on_demand) return absl::OkStatus();
+    return absl::FailedPreconditionError(absl::StrCat(
+        what, ": an engine with experts on demand holds no routed experts of its own; "
+              "run Forward with ForwardOptions::experts"));
+  }
+
+  void AllocateLayerCache(KvCacheImpl& kv, int64_t l) const {
+    const ModelConfig& c = config_;
+    auto opts = at::TensorOptions().dtype(dtype_).device(device_);
+    if (IsDeepseek(c)) {
+      kv.a[l] = at::zeros({kv.batch_, kv.capacity_, c.kv_lora_rank}, opts);
+      kv.b[l] = at::zeros({kv.batch_, kv.capacity_, c.qk_rope_head_dim}, opts);
+    } else {
+      kv.a[l] = at::zeros({kv.batch_, c.num_key_value_heads, kv.capacity_, c.head_dim}, opts);
+      kv.b[l] = at::zeros({kv.batch_, c.num_key_value_heads, kv.capacity_, c.head_dim}, opts);
+    }
+  }
+
   absl::Status CheckForward(const std::vector<std::vector<int64_t>>& tokens,
                             const KvCacheImpl& kv, const ForwardOptions& options) const {
     if (static_cast<int64_t>(tokens.size()) != kv.batch_) {
@@ -432,6 +517,50 @@ class EngineImpl final : public Engine {
             return absl::InvalidArgumentError(absl::StrCat(
                 "expert mask keeps expert ", e, " of layer ", layer,
                 ", which this reduced model did not load"));
+          }
+        }
+      }
+    }
+    if (options_.experts_on_demand) RETURN_IF_ERROR(CheckExpertSet(tokens, options));
+    return absl::OkStatus();
+  }
+
+  // Every expert a sequence's mask keeps must be in the forward's ExpertSet.
+  absl::Status CheckExpertSet(const std::vector<std::vector<int64_t>>& tokens,
+                              const ForwardOptions& options) const {
+    if (options.experts == nullptr) {
+      return absl::InvalidArgumentError(
+          "Forward: an engine with experts on demand needs ForwardOptions::experts");
+    }
+    if (options.masks.size() != tokens.size()) {
+      return absl::InvalidArgumentError(
+          "Forward: an engine with experts on demand needs a mask for every sequence");
+    }
+    std::vector<const KeptExperts*> checked;
+    for (size_t b = 0; b < tokens.size(); ++b) {
+      const KeptExperts* m = options.masks[b];
+      if (tokens[b].empty()) continue;
+      if (m == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "Forward: sequence ", b, " has no expert mask (experts are loaded on demand)"));
+      }
+      // Requests of one pattern share a mask: check each once.
+      if (std::find(checked.begin(), checked.end(), m) != checked.end()) continue;
+      checked.push_back(m);
+      for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
+        if (!w_.layers[l].is_moe) continue;
+        auto missing = [&](int64_t e) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "Forward: sequence ", b, "'s mask keeps expert ", e, " of layer ", l,
+              ", which is not in ForwardOptions::experts"));
+        };
+        if (const std::vector<int64_t>* kept = m->Find(l)) {
+          for (int64_t e : *kept) {
+            if (options.experts->Find(l, e) == nullptr) return missing(e);
+          }
+        } else {
+          for (int64_t e = 0; e < config_.num_routed_experts; ++e) {
+            if (options.experts->Find(l, e) == nullptr) return missing(e);
           }
         }
       }
@@ -530,9 +659,9 @@ class EngineImpl final : public Engine {
     return bt.all_active ? cache_tensor : cache_tensor.index_select(0, bt.active_t);
   }
 
-  at::Tensor AttentionGqa(const at::Tensor& x, int64_t layer, Batch& bt, KvCacheImpl& kv) const {
+  at::Tensor AttentionGqa(const at::Tensor& x, int64_t layer, const AttentionWeights& a, Batch& bt,
+                          KvCacheImpl& kv) const {
     const ModelConfig& c = config_;
-    const auto& a = w_.layers[layer].attn;
     const int64_t t = bt.tokens, nh = c.num_attention_heads, nkv = c.num_key_value_heads,
                   d = c.head_dim;
     at::Tensor q = Lin(x, a.q), k = Lin(x, a.k), v = Lin(x, a.v);
@@ -564,9 +693,9 @@ class EngineImpl final : public Engine {
     return Lin(out, a.o);
   }
 
-  at::Tensor AttentionMla(const at::Tensor& x, int64_t layer, Batch& bt, KvCacheImpl& kv) const {
+  at::Tensor AttentionMla(const at::Tensor& x, int64_t layer, const AttentionWeights& a, Batch& bt,
+                          KvCacheImpl& kv) const {
     const ModelConfig& c = config_;
-    const auto& a = w_.layers[layer].attn;
     const int64_t t = bt.tokens, nh = c.num_attention_heads, nope = c.qk_nope_head_dim,
                   rope = c.qk_rope_head_dim, vd = c.v_head_dim, r = c.kv_lora_rank;
     at::Tensor q = c.q_lora_rank.has_value()
@@ -671,9 +800,8 @@ class EngineImpl final : public Engine {
     return {idx, w};
   }
 
-  at::Tensor MoeBlock(const at::Tensor& x, int64_t layer, const Batch& bt,
+  at::Tensor MoeBlock(const at::Tensor& x, int64_t layer, const MoeWeights& moe, const Batch& bt,
                       const ForwardOptions& options) const {
-    const MoeWeights& moe = w_.layers[layer].moe;
     const int64_t t = bt.tokens, n = config_.num_routed_experts, k = top_k_,
                   inter = config_.moe_intermediate_size;
     at::Tensor logits = at::linear(x.to(at::kFloat), moe.gate);  // [T, N_loaded]
@@ -708,10 +836,20 @@ class EngineImpl final : public Engine {
     int64_t offset = 0;
     for (int64_t e = 0; e < e_loaded; ++e) {
       if (cnt[e] == 0) continue;
+      at::Tensor gate_up, down;
+      if (options_.experts_on_demand) {
+        const ExpertWeights* x = options.experts->Find(layer, e);  // checked in CheckExpertSet
+        if (x == nullptr) throw std::logic_error("a routed expert is missing from the ExpertSet");
+        gate_up = x->gate_up;
+        down = x->down;
+      } else {
+        gate_up = moe.gate_up[e];
+        down = moe.down[e];
+      }
       at::Tensor chunk = xs.narrow(0, offset, cnt[e]);
-      at::Tensor gu = at::linear(chunk, moe.gate_up[e]);
+      at::Tensor gu = at::linear(chunk, gate_up);
       at::Tensor act = at::silu(gu.narrow(-1, 0, inter)) * gu.narrow(-1, inter, inter);
-      parts.push_back(at::linear(act, moe.down[e]));
+      parts.push_back(at::linear(act, down));
       offset += cnt[e];
     }
     at::Tensor ys = at::cat(parts, 0);
@@ -744,29 +882,55 @@ class EngineImpl final : public Engine {
     return out;
   }
 
-  at::Tensor ForwardImpl(const std::vector<std::vector<int64_t>>& tokens, KvCacheImpl& kv,
-                         const ForwardOptions& options) const {
+  absl::StatusOr<at::Tensor> ForwardImpl(const std::vector<std::vector<int64_t>>& tokens,
+                                         KvCacheImpl& kv, const ForwardOptions& options) const {
     Batch bt = MakeBatch(tokens, kv);
     std::vector<int64_t> flat_ids;
     flat_ids.reserve(bt.tokens);
     for (const auto& seq : tokens) flat_ids.insert(flat_ids.end(), seq.begin(), seq.end());
     at::Tensor ids = at::tensor(flat_ids, at::TensorOptions().dtype(at::kLong)).to(device_);
-    at::Tensor h = w_.embed.index_select(0, ids);
+    const bool streamed = options_.streamed;
+    at::Tensor h;
+    if (streamed) {
+      ASSIGN_OR_RETURN(h, internal::LoadEmbeddingRows(*checkpoint_, config_, ids, dtype_, device_));
+    } else {
+      h = w_.embed.index_select(0, ids);
+    }
     const double eps = config_.rms_norm_eps;
-    for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
-      const auto& L = w_.layers[l];
+    const int64_t layers =
+        options.last_layer >= 0 ? options.last_layer + 1 : config_.num_hidden_layers;
+    for (int64_t l = 0; l < layers; ++l) {
+      // Streamed: this layer's weights and cache exist only for this iteration.
+      LayerWeights streamed_layer;
+      if (streamed) {
+        ASSIGN_OR_RETURN(streamed_layer, internal::LoadStreamedLayer(*checkpoint_, config_,
+                                                                     w_.layers[l], l, dtype_,
+                                                                     device_));
+        AllocateLayerCache(kv, l);
+      }
+      const LayerWeights& L = streamed ? streamed_layer : w_.layers[l];
       at::Tensor normed = RmsNorm(h, L.input_norm, eps);
-      h = h + (IsDeepseek(config_) ? AttentionMla(normed, l, bt, kv)
-                                   : AttentionGqa(normed, l, bt, kv));
+      h = h + (IsDeepseek(config_) ? AttentionMla(normed, l, L.attn, bt, kv)
+                                   : AttentionGqa(normed, l, L.attn, bt, kv));
       normed = RmsNorm(h, L.post_norm, eps);
-      h = h + (L.is_moe ? MoeBlock(normed, l, bt, options) : Mlp(normed, L.mlp));
+      h = h + (L.is_moe ? MoeBlock(normed, l, L.moe, bt, options) : Mlp(normed, L.mlp));
+      if (streamed) {
+        kv.a[l].reset();
+        kv.b[l].reset();
+      }
     }
     for (size_t b = 0; b < tokens.size(); ++b) {
       kv.lengths_[b] += static_cast<int64_t>(tokens[b].size());
     }
+    if (options.skip_logits || options.last_layer >= 0) return at::Tensor();
+    at::Tensor final_norm = w_.final_norm, lm_head = w_.lm_head;
+    if (streamed) {
+      RETURN_IF_ERROR(internal::LoadHead(*checkpoint_, config_, dtype_, device_, nullptr,
+                                         &final_norm, &lm_head, nullptr, /*release=*/true));
+    }
     if (options.all_logits) {
-      h = RmsNorm(h, w_.final_norm, eps);
-      return at::linear(h, w_.lm_head).to(at::kFloat);
+      h = RmsNorm(h, final_norm, eps);
+      return at::linear(h, lm_head).to(at::kFloat);
     }
     // Only each sequence's last new token reaches the lm_head.
     std::vector<int64_t> last;
@@ -776,7 +940,7 @@ class EngineImpl final : public Engine {
       if (!seq.empty()) last.push_back(offset - 1);
     }
     at::Tensor rows = h.index_select(0, at::tensor(last, at::TensorOptions().dtype(at::kLong)).to(device_));
-    at::Tensor logits = at::linear(RmsNorm(rows, w_.final_norm, eps), w_.lm_head).to(at::kFloat);
+    at::Tensor logits = at::linear(RmsNorm(rows, final_norm, eps), lm_head).to(at::kFloat);
     if (bt.all_active) return logits;
     at::Tensor out = at::zeros({static_cast<int64_t>(tokens.size()), config_.vocab_size},
                                logits.options());
@@ -789,6 +953,7 @@ class EngineImpl final : public Engine {
   ModelWeights w_;
   at::ScalarType dtype_;
   at::Device device_;
+  std::shared_ptr<const Checkpoint> checkpoint_;
   int64_t top_k_ = 0;
   int64_t max_context_ = 0;
   Rope static_rope_;
@@ -798,46 +963,11 @@ class EngineImpl final : public Engine {
 
 // ---- Generation ----------------------------------------------------------------
 
-// Picks the next token from fp32 logits [V] (CPU).
-int64_t SampleToken(const at::Tensor& logits, const GenerationOptions& o, std::mt19937_64& rng) {
-  if (o.temperature == 0) return logits.argmax().item<int64_t>();
-  at::Tensor scaled = logits / o.temperature;
-  if (o.top_k > 0 && o.top_k < scaled.size(0)) {
-    const float kth = std::get<0>(at::topk(scaled, o.top_k)).select(0, o.top_k - 1).item<float>();
-    scaled = scaled.masked_fill(scaled < kth, kNegInf);
-  }
-  auto [sorted, order] = at::sort(scaled, /*dim=*/0, /*descending=*/true);
-  at::Tensor probs = at::softmax(sorted, 0, at::kDouble).contiguous();
-  const double* p = probs.data_ptr<double>();
-  const int64_t* ord = order.contiguous().data_ptr<int64_t>();
-  const int64_t v = probs.size(0);
-  // Nucleus: the smallest prefix whose mass reaches top_p (at least one token).
-  int64_t keep = v;
-  double total = 0;
-  for (int64_t i = 0; i < v; ++i) {
-    total += p[i];
-    if (o.top_p < 1.0 && total >= o.top_p) {
-      keep = i + 1;
-      break;
-    }
-  }
-  const double u = std::uniform_real_distribution<double>(0.0, total)(rng);
-  double acc = 0;
-  for (int64_t i = 0; i < keep; ++i) {
-    acc += p[i];
-    if (u < acc) return ord[i];
-  }
-  return ord[keep - 1];
-}
-
-bool EndsWith(const std::vector<int64_t>& tokens, const std::vector<int64_t>& suffix) {
-  return tokens.size() >= suffix.size() &&
-         std::equal(suffix.begin(), suffix.end(), tokens.end() - suffix.size());
-}
-
 absl::StatusOr<std::vector<GenerationResult>> EngineImpl::Generate(
     const std::vector<GenerationRequest>& requests, const GenerationOptions& options,
     RouterTap* tap, const std::function<void(int64_t, int64_t)>& on_token) const {
+  RETURN_IF_ERROR(CheckResident("Generate"));
+  RETURN_IF_ERROR(CheckOwnsExperts("Generate"));
   RETURN_IF_ERROR(options.Validate());
   if (requests.empty()) return absl::InvalidArgumentError("Generate: no requests");
   int64_t capacity = 0;
@@ -868,23 +998,15 @@ absl::StatusOr<std::vector<GenerationResult>> EngineImpl::Generate(
   if (any_mask) {
     for (const auto& r : requests) fo.masks.push_back(r.mask);
   }
-  size_t max_stop = 0;
-  for (const auto& s : options.stop_sequences) max_stop = std::max(max_stop, s.size());
-
-  std::vector<GenerationResult> results(batch);
-  std::vector<bool> done(batch, false);
-  std::vector<size_t> emitted(batch, 0);
-  std::vector<std::mt19937_64> rngs;
-  for (int64_t i = 0; i < batch; ++i) rngs.emplace_back(options.seed + static_cast<uint64_t>(i));
+  std::vector<SequenceDecoder> decoders;
   std::vector<std::vector<int64_t>> step(batch);
-  for (int64_t i = 0; i < batch; ++i) step[i] = requests[i].prompt;
-
-  auto emit = [&](int64_t i, bool final) {
-    auto& toks = results[i].tokens;
-    const size_t hold = final || max_stop == 0 ? 0 : max_stop - 1;
-    while (emitted[i] + hold < toks.size()) {
-      if (on_token) on_token(i, toks[emitted[i]]);
-      ++emitted[i];
+  for (int64_t i = 0; i < batch; ++i) {
+    decoders.emplace_back(options, options.seed + static_cast<uint64_t>(i), eos_);
+    step[i] = requests[i].prompt;
+  }
+  auto stream = [&](int64_t i, const std::vector<int64_t>& tokens) {
+    if (on_token) {
+      for (int64_t t : tokens) on_token(i, t);
     }
   };
 
@@ -894,45 +1016,17 @@ absl::StatusOr<std::vector<GenerationResult>> EngineImpl::Generate(
       ASSIGN_OR_RETURN(at::Tensor logits, Forward(step, cache.get(), fo));
       logits = logits.cpu();
       for (int64_t i = 0; i < batch; ++i) {
-        if (done[i]) {
-          step[i].clear();
-          continue;
+        SequenceDecoder& d = decoders[i];
+        step[i].clear();
+        if (d.finished()) continue;
+        stream(i, d.Step(logits[i]));
+        if (!d.finished() && options.stop_requested && options.stop_requested(i)) {
+          stream(i, d.Stop(GenerationResult::FinishReason::kStopSequence));
         }
-        const int64_t token = SampleToken(logits[i], options, rngs[i]);
-        auto& res = results[i];
-        bool finish = false;
-        if (options.stop_at_eos &&
-            std::find(eos_.begin(), eos_.end(), token) != eos_.end()) {
-          res.finish_reason = GenerationResult::FinishReason::kEos;
-          finish = true;
-        } else {
-          res.tokens.push_back(token);
-          for (const auto& s : options.stop_sequences) {
-            if (EndsWith(res.tokens, s)) {
-              res.tokens.resize(res.tokens.size() - s.size());
-              emitted[i] = std::min(emitted[i], res.tokens.size());
-              res.finish_reason = GenerationResult::FinishReason::kStopSequence;
-              finish = true;
-              break;
-            }
-          }
-          if (!finish && static_cast<int64_t>(res.tokens.size()) >= options.max_new_tokens) {
-            res.finish_reason = GenerationResult::FinishReason::kLength;
-            finish = true;
-          }
-        }
-        emit(i, finish);
-        if (!finish && options.stop_requested && options.stop_requested(i)) {
-          res.finish_reason = GenerationResult::FinishReason::kStopSequence;
-          finish = true;
-          emit(i, true);
-        }
-        if (finish) {
-          done[i] = true;
+        if (d.finished()) {
           --remaining;
-          step[i].clear();
         } else {
-          step[i] = {token};
+          step[i] = {d.next_input()};
         }
       }
     }
@@ -941,6 +1035,8 @@ absl::StatusOr<std::vector<GenerationResult>> EngineImpl::Generate(
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("Generate: ", e.what()));
   }
+  std::vector<GenerationResult> results;
+  for (const SequenceDecoder& d : decoders) results.push_back(d.result());
   return results;
 }
 
@@ -965,10 +1061,21 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const std::string& model_di
       return absl::FailedPreconditionError(
           absl::StrCat("EngineOptions.device is \"", options.device, "\" but no CUDA device is available"));
     }
+    if (options.streamed) {
+      ASSIGN_OR_RETURN(
+          internal::ModelWeights routers,
+          internal::LoadRouterWeights(*checkpoint, config, options.keep, dtype, device));
+      return std::unique_ptr<Engine>(new EngineImpl(std::move(config), options, std::move(routers),
+                                                    dtype, device, std::move(checkpoint)));
+    }
+    const bool on_demand = options.experts_on_demand;
     ASSIGN_OR_RETURN(internal::ModelWeights weights,
-                     internal::LoadWeights(*checkpoint, config, options.keep, dtype, device));
-    return std::unique_ptr<Engine>(
-        new EngineImpl(std::move(config), options, std::move(weights), dtype, device));
+                     internal::LoadWeights(*checkpoint, config, options.keep, dtype, device,
+                                           /*routed_experts=*/!on_demand));
+    std::shared_ptr<const Checkpoint> kept_checkpoint;
+    if (on_demand) kept_checkpoint = std::move(checkpoint);
+    return std::unique_ptr<Engine>(new EngineImpl(std::move(config), options, std::move(weights),
+                                                  dtype, device, std::move(kept_checkpoint)));
   } catch (const c10::Error& e) {
     return absl::InternalError(
         absl::StrCat(model_dir, ": loading failed in libtorch: ", e.what_without_backtrace()));

@@ -39,15 +39,24 @@ at::ScalarType ToScalarType(DType dtype) {
 
 class Loader {
  public:
+  // `names` (may be null) receives every loaded tensor under its HF name.
+  // `release`: drop each tensor's mapped pages once copied (streamed loads).
   Loader(const Checkpoint& checkpoint, const ModelConfig& config, at::ScalarType dtype,
-         at::Device device, ModelWeights* out)
-      : checkpoint_(checkpoint), config_(config), dtype_(dtype), device_(device), out_(out) {}
+         at::Device device, std::map<std::string, at::Tensor>* names, bool release)
+      : checkpoint_(checkpoint),
+        config_(config),
+        dtype_(dtype),
+        device_(device),
+        names_(names),
+        release_(release) {}
 
   bool Has(const std::string& name) const { return checkpoint_.Contains(name); }
 
   // The tensor `name` as fp32 or its stored float dtype (FP8 dequantised to
   // fp32), on the CPU, checked against `shape`.
-  absl::StatusOr<at::Tensor> Read(const std::string& name, std::vector<int64_t> shape) {
+  // With check_only, validates shape and dtype and returns an undefined tensor.
+  absl::StatusOr<at::Tensor> Read(const std::string& name, std::vector<int64_t> shape,
+                                  bool check_only = false) {
     ASSIGN_OR_RETURN(TensorView view, checkpoint_.Get(name));
     if (view.shape != shape) {
       return absl::InvalidArgumentError(
@@ -60,7 +69,9 @@ class Loader {
                                                      "\" has dtype ", DTypeName(view.dtype),
                                                      "; weights must be F32, F16, BF16 or F8_E4M3"));
     }
+    if (check_only) return at::Tensor();
     at::Tensor t = ViewToTensor(view);
+    if (release_) checkpoint_.Release(name);
     if (view.dtype == DType::kF8E4M3) {
       // "<x>.weight" -> "<x>.weight_scale_inv"; fused "<x>" -> "<x>_scale_inv".
       const std::string scale_name = name + "_scale_inv";
@@ -71,6 +82,7 @@ class Loader {
                                                        "\""));
       }
       at::Tensor scale = ViewToTensor(*scale_view).to(at::kFloat);
+      if (release_) checkpoint_.Release(scale_name);
       int64_t br = 0, bc = 0;
       const auto& q = config_.quantization_config;
       if (q.has_value() && q->weight_block_size.has_value()) {
@@ -94,6 +106,28 @@ class Loader {
             ShapeString(want)));
       }
       t = DequantizeBlockFp8(t, scale.reshape(want), br, bc);
+    }
+    return t;
+  }
+
+  // Row `index` of the tensor `name` of shape `shape` ([N, ...]), as Read
+  // gives the whole tensor: only that row's bytes are copied (and released).
+  absl::StatusOr<at::Tensor> ReadRow(const std::string& name, std::vector<int64_t> shape,
+                                     int64_t index) {
+    ASSIGN_OR_RETURN(TensorView view, checkpoint_.Get(name));
+    if (view.dtype == DType::kF8E4M3 || view.shape != shape) {
+      // Block scales span rows: take the checked whole-tensor path.
+      ASSIGN_OR_RETURN(at::Tensor all, Read(name, std::move(shape)));
+      return all[index].clone();
+    }
+    RETURN_IF_ERROR(Read(name, shape, /*check_only=*/true).status());
+    const size_t row_bytes = view.bytes.size() / static_cast<size_t>(shape[0]);
+    TensorView row = view;
+    row.shape.erase(row.shape.begin());
+    row.bytes = view.bytes.subspan(static_cast<size_t>(index) * row_bytes, row_bytes);
+    at::Tensor t = ViewToTensor(row);
+    if (release_) {
+      if (const SafetensorsFile* shard = checkpoint_.ShardOf(name)) shard->Release(row);
     }
     return t;
   }
@@ -137,7 +171,9 @@ class Loader {
     return m;
   }
 
-  void Register(const std::string& name, const at::Tensor& t) { out_->by_name[name] = t; }
+  void Register(const std::string& name, const at::Tensor& t) {
+    if (names_ != nullptr) (*names_)[name] = t;
+  }
 
   const Checkpoint& checkpoint() const { return checkpoint_; }
   at::ScalarType dtype() const { return dtype_; }
@@ -148,7 +184,8 @@ class Loader {
   const ModelConfig& config_;
   at::ScalarType dtype_;
   at::Device device_;
-  ModelWeights* out_;
+  std::map<std::string, at::Tensor>* names_;
+  bool release_;
 };
 
 bool IsDeepseek(const ModelConfig& c) {
@@ -195,15 +232,19 @@ absl::Status LoadAttention(Loader& ld, const ModelConfig& c, const std::string& 
   return absl::OkStatus();
 }
 
-absl::Status LoadMoe(Loader& ld, const ModelConfig& c, int64_t layer, const std::string& lp,
-                     const std::vector<int64_t>* kept, MoeWeights& m) {
-  const int64_t n = c.num_routed_experts, h = c.hidden_size, inter = c.moe_intermediate_size;
+// Mixtral's per-expert hub layout lives under block_sparse_moe; the fused
+// layout (and every other architecture) under mlp.
+std::string MoeBlockPrefix(const Loader& ld, const ModelConfig& c, const std::string& lp) {
   const bool mixtral = c.architecture == Architecture::kMixtral;
-  // Mixtral's per-expert hub layout lives under block_sparse_moe; the fused
-  // layout (and every other architecture) under mlp.
-  const std::string block =
-      lp + ((mixtral && ld.Has(lp + "block_sparse_moe.gate.weight")) ? "block_sparse_moe."
-                                                                      : "mlp.");
+  return lp + ((mixtral && ld.Has(lp + "block_sparse_moe.gate.weight")) ? "block_sparse_moe."
+                                                                        : "mlp.");
+}
+
+// The router half of a MoE layer: the loaded set, the gate and its bias.
+absl::Status LoadMoeRouter(Loader& ld, const ModelConfig& c, const std::string& lp,
+                           const std::vector<int64_t>* kept, MoeWeights& m) {
+  const int64_t n = c.num_routed_experts, h = c.hidden_size;
+  const std::string block = MoeBlockPrefix(ld, c, lp);
   if (kept != nullptr) {
     m.loaded = *kept;
   } else {
@@ -211,9 +252,7 @@ absl::Status LoadMoe(Loader& ld, const ModelConfig& c, int64_t layer, const std:
     for (int64_t e = 0; e < n; ++e) m.loaded[e] = e;
   }
   m.all_loaded = static_cast<int64_t>(m.loaded.size()) == n;
-  const int64_t e_loaded = static_cast<int64_t>(m.loaded.size());
-  auto cpu_long = at::TensorOptions().dtype(at::kLong);
-  at::Tensor ids = at::tensor(m.loaded, cpu_long);
+  at::Tensor ids = at::tensor(m.loaded, at::TensorOptions().dtype(at::kLong));
   m.loaded_ids = ids.to(ld.device());
   m.loaded_mask = at::zeros({n}, at::TensorOptions().dtype(at::kBool));
   m.loaded_mask.index_fill_(0, ids, true);
@@ -230,46 +269,61 @@ absl::Status LoadMoe(Loader& ld, const ModelConfig& c, int64_t layer, const std:
     ASSIGN_OR_RETURN(m.e_score_bias,
                      ld.Load(block + "gate.e_score_correction_bias", {n}, at::kFloat));
   }
+  return absl::OkStatus();
+}
 
+// Routed expert `e` of `layer`: gate_up [2I, H] (gate rows first) and down
+// [H, I], in the checkpoint's float dtype on the CPU. Reads the hub's
+// per-expert tensors, or the expert's rows of transformers' fused layout.
+absl::StatusOr<std::pair<at::Tensor, at::Tensor>> ReadExpert(Loader& ld, const ModelConfig& c,
+                                                             int64_t layer,
+                                                             const std::string& block,
+                                                             int64_t e) {
+  const int64_t n = c.num_routed_experts, h = c.hidden_size, inter = c.moe_intermediate_size;
   const std::string fused_gu = block + "experts.gate_up_proj";
   if (ld.Has(fused_gu)) {
-    // transformers' fused layout: [E, 2I, H] and [E, H, I]; keep the rows of
-    // the loaded experts. (The whole tensor is read here: fused checkpoints
-    // are a test/dev format; hub checkpoints are per expert.)
-    ASSIGN_OR_RETURN(at::Tensor gu, ld.Read(fused_gu, {n, 2 * inter, h}));
-    ASSIGN_OR_RETURN(at::Tensor dn, ld.Read(block + "experts.down_proj", {n, h, inter}));
-    m.gate_up = gu.index_select(0, ids).to(ld.device(), ld.dtype()).contiguous();
-    m.down = dn.index_select(0, ids).to(ld.device(), ld.dtype()).contiguous();
-  } else {
+    ASSIGN_OR_RETURN(at::Tensor gu, ld.ReadRow(fused_gu, {n, 2 * inter, h}, e));
+    ASSIGN_OR_RETURN(at::Tensor dn, ld.ReadRow(block + "experts.down_proj", {n, h, inter}, e));
+    return std::pair{gu, dn};
+  }
+  auto name = [&](ExpertProjection p) {
+    // ExpertTensorName uses the "model." prefix; honour a bare checkpoint.
+    std::string s = ExpertTensorName(c.architecture, layer, e, p);
+    if (!ld.Has(s) && absl::StartsWith(s, "model.")) s = s.substr(6);
+    return s;
+  };
+  ASSIGN_OR_RETURN(at::Tensor g, ld.Read(name(ExpertProjection::kGate), {inter, h}));
+  ASSIGN_OR_RETURN(at::Tensor u, ld.Read(name(ExpertProjection::kUp), {inter, h}));
+  ASSIGN_OR_RETURN(at::Tensor d, ld.Read(name(ExpertProjection::kDown), {h, inter}));
+  return std::pair{at::cat({g, u}, 0), d};
+}
+
+// The experts half of a MoE layer, for the loaded set LoadMoeRouter chose:
+// the routed experts (unless `routed` is false: on-demand engines) and the
+// shared ones.
+absl::Status LoadMoeExperts(Loader& ld, const ModelConfig& c, int64_t layer,
+                            const std::string& lp, bool routed, MoeWeights& m) {
+  const int64_t h = c.hidden_size, inter = c.moe_intermediate_size;
+  const std::string block = MoeBlockPrefix(ld, c, lp);
+  const int64_t e_loaded = static_cast<int64_t>(m.loaded.size());
+  if (routed) {
     m.gate_up = at::empty({e_loaded, 2 * inter, h}, at::TensorOptions().dtype(ld.dtype()));
     m.down = at::empty({e_loaded, h, inter}, at::TensorOptions().dtype(ld.dtype()));
     for (int64_t i = 0; i < e_loaded; ++i) {
-      const int64_t e = m.loaded[i];
-      auto name = [&](ExpertProjection p) {
-        return ExpertTensorName(c.architecture, layer, e, p);
-      };
-      // ExpertTensorName uses the "model." prefix; honour a bare checkpoint.
-      auto fix = [&](std::string s) {
-        if (!ld.Has(s) && absl::StartsWith(s, "model.")) s = s.substr(6);
-        return s;
-      };
-      ASSIGN_OR_RETURN(at::Tensor g, ld.Read(fix(name(ExpertProjection::kGate)), {inter, h}));
-      ASSIGN_OR_RETURN(at::Tensor u, ld.Read(fix(name(ExpertProjection::kUp)), {inter, h}));
-      ASSIGN_OR_RETURN(at::Tensor d, ld.Read(fix(name(ExpertProjection::kDown)), {h, inter}));
-      m.gate_up[i].narrow(0, 0, inter).copy_(g);
-      m.gate_up[i].narrow(0, inter, inter).copy_(u);
-      m.down[i].copy_(d);
+      ASSIGN_OR_RETURN(auto expert, ReadExpert(ld, c, layer, block, m.loaded[i]));
+      m.gate_up[i].copy_(expert.first);
+      m.down[i].copy_(expert.second);
     }
     m.gate_up = m.gate_up.to(ld.device());
     m.down = m.down.to(ld.device());
-  }
-  for (int64_t i = 0; i < e_loaded; ++i) {
-    const int64_t e = m.loaded[i];
-    ld.Register(ExpertTensorName(c.architecture, layer, e, ExpertProjection::kGate),
-                m.gate_up[i].narrow(0, 0, inter));
-    ld.Register(ExpertTensorName(c.architecture, layer, e, ExpertProjection::kUp),
-                m.gate_up[i].narrow(0, inter, inter));
-    ld.Register(ExpertTensorName(c.architecture, layer, e, ExpertProjection::kDown), m.down[i]);
+    for (int64_t i = 0; i < e_loaded; ++i) {
+      const int64_t e = m.loaded[i];
+      ld.Register(ExpertTensorName(c.architecture, layer, e, ExpertProjection::kGate),
+                  m.gate_up[i].narrow(0, 0, inter));
+      ld.Register(ExpertTensorName(c.architecture, layer, e, ExpertProjection::kUp),
+                  m.gate_up[i].narrow(0, inter, inter));
+      ld.Register(ExpertTensorName(c.architecture, layer, e, ExpertProjection::kDown), m.down[i]);
+    }
   }
 
   if (c.architecture == Architecture::kQwen2Moe && c.shared_expert_intermediate_size > 0) {
@@ -352,52 +406,155 @@ at::Tensor DequantizeBlockFp8(const at::Tensor& weight, const at::Tensor& scale_
   return weight.to(at::kFloat) * s;
 }
 
-absl::StatusOr<ModelWeights> LoadWeights(const Checkpoint& checkpoint, const ModelConfig& c,
-                                         const KeptExperts& keep, at::ScalarType dtype,
-                                         at::Device device) {
-  ModelWeights w;
-  Loader ld(checkpoint, c, dtype, device, &w);
-  const std::string mp = checkpoint.Contains("model.embed_tokens.weight") ? "model." : "";
-  const int64_t h = c.hidden_size, v = c.vocab_size;
-  ASSIGN_OR_RETURN(w.embed, ld.Load(mp + "embed_tokens.weight", {v, h}));
-  ASSIGN_OR_RETURN(w.final_norm, ld.Load(mp + "norm.weight", {h}));
-  if (c.tie_word_embeddings || !checkpoint.Contains("lm_head.weight")) {
-    if (!c.tie_word_embeddings) {
-      return absl::NotFoundError(absl::StrCat(
-          checkpoint.path(), ": no tensor named \"lm_head.weight\" and tie_word_embeddings is false"));
-    }
-    w.lm_head = w.embed;
-  } else {
-    ASSIGN_OR_RETURN(w.lm_head, ld.Load("lm_head.weight", {v, h}));
-  }
+namespace {
+
+std::string ModelPrefix(const Checkpoint& checkpoint) {
+  return checkpoint.Contains("model.embed_tokens.weight") ? "model." : "";
+}
+
+std::string LayerPrefix(const Checkpoint& checkpoint, int64_t layer) {
+  return absl::StrCat(ModelPrefix(checkpoint), "layers.", layer, ".");
+}
+
+// Everything of layer `l` but a MoE layer's router (which `L.moe` must hold).
+absl::Status LoadLayerBody(Loader& ld, const ModelConfig& c, int64_t l, bool routed,
+                           LayerWeights& L) {
+  const int64_t h = c.hidden_size;
+  const std::string lp = LayerPrefix(ld.checkpoint(), l);
+  ASSIGN_OR_RETURN(L.input_norm, ld.Load(lp + "input_layernorm.weight", {h}));
+  ASSIGN_OR_RETURN(L.post_norm, ld.Load(lp + "post_attention_layernorm.weight", {h}));
+  RETURN_IF_ERROR(LoadAttention(ld, c, lp + "self_attn.", L.attn));
+  if (L.is_moe) return LoadMoeExperts(ld, c, l, lp, routed, L.moe);
+  const bool bias = IsDeepseek(c) && c.mlp_bias;
+  ASSIGN_OR_RETURN(L.mlp, ld.LoadMlp(lp + "mlp", c.intermediate_size, bias));
+  return absl::OkStatus();
+}
+
+// The routers of every MoE layer (and is_moe of every layer).
+absl::Status LoadRouters(Loader& ld, const ModelConfig& c, const KeptExperts& keep,
+                         ModelWeights& w) {
   w.layers.resize(c.num_hidden_layers);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     LayerWeights& L = w.layers[l];
-    const std::string lp = absl::StrCat(mp, "layers.", l, ".");
-    ASSIGN_OR_RETURN(L.input_norm, ld.Load(lp + "input_layernorm.weight", {h}));
-    ASSIGN_OR_RETURN(L.post_norm, ld.Load(lp + "post_attention_layernorm.weight", {h}));
-    RETURN_IF_ERROR(LoadAttention(ld, c, lp + "self_attn.", L.attn));
     L.is_moe = c.IsMoeLayer(static_cast<int>(l));
     if (L.is_moe) {
-      RETURN_IF_ERROR(LoadMoe(ld, c, l, lp, keep.Find(l), L.moe));
-    } else {
-      const bool bias = IsDeepseek(c) && c.mlp_bias;
-      ASSIGN_OR_RETURN(L.mlp, ld.LoadMlp(lp + "mlp", c.intermediate_size, bias));
+      RETURN_IF_ERROR(LoadMoeRouter(ld, c, LayerPrefix(ld.checkpoint(), l), keep.Find(l), L.moe));
     }
   }
-  // Count bytes once per storage (views and the tied lm_head share storage).
+  return absl::OkStatus();
+}
+
+// Bytes of w's tensors, each storage once (views and the tied lm_head share
+// storage); a reduced model's gates are held but not registered by name.
+int64_t CountBytes(const ModelWeights& w) {
+  int64_t bytes = 0;
   absl::flat_hash_set<const void*> seen;
   for (const auto& [name, t] : w.by_name) {
-    if (seen.insert(t.storage().data()).second) {
-      w.bytes += static_cast<int64_t>(t.storage().nbytes());
-    }
+    if (seen.insert(t.storage().data()).second) bytes += static_cast<int64_t>(t.storage().nbytes());
   }
   for (const auto& L : w.layers) {
-    if (L.is_moe && !L.moe.all_loaded) {
-      w.bytes += static_cast<int64_t>(L.moe.gate.nbytes());  // not registered when reduced
-    }
+    if (L.is_moe && !L.moe.all_loaded) bytes += static_cast<int64_t>(L.moe.gate.nbytes());
   }
+  return bytes;
+}
+
+}  // namespace
+
+absl::StatusOr<ModelWeights> LoadWeights(const Checkpoint& checkpoint, const ModelConfig& c,
+                                         const KeptExperts& keep, at::ScalarType dtype,
+                                         at::Device device, bool routed_experts) {
+  ModelWeights w;
+  // Without its routed experts the engine keeps the checkpoint open to load
+  // them later: drop the pages of what it copied now, or they stay in its RSS.
+  Loader ld(checkpoint, c, dtype, device, &w.by_name, /*release=*/!routed_experts);
+  RETURN_IF_ERROR(LoadHead(checkpoint, c, dtype, device, &w.embed, &w.final_norm, &w.lm_head,
+                           &w.by_name, /*release=*/!routed_experts));
+  RETURN_IF_ERROR(LoadRouters(ld, c, keep, w));
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    RETURN_IF_ERROR(LoadLayerBody(ld, c, l, routed_experts, w.layers[l]));
+  }
+  w.bytes = CountBytes(w);
   return w;
+}
+
+absl::StatusOr<ModelWeights> LoadRouterWeights(const Checkpoint& checkpoint, const ModelConfig& c,
+                                               const KeptExperts& keep, at::ScalarType dtype,
+                                               at::Device device) {
+  ModelWeights w;
+  Loader ld(checkpoint, c, dtype, device, &w.by_name, /*release=*/true);
+  RETURN_IF_ERROR(LoadRouters(ld, c, keep, w));
+  w.bytes = CountBytes(w);
+  return w;
+}
+
+absl::StatusOr<LayerWeights> LoadStreamedLayer(const Checkpoint& checkpoint, const ModelConfig& c,
+                                               const LayerWeights& router, int64_t layer,
+                                               at::ScalarType dtype, at::Device device) {
+  Loader ld(checkpoint, c, dtype, device, nullptr, /*release=*/true);
+  LayerWeights L;
+  L.is_moe = router.is_moe;
+  L.moe = router.moe;
+  RETURN_IF_ERROR(LoadLayerBody(ld, c, layer, /*routed=*/true, L));
+  return L;
+}
+
+absl::StatusOr<std::pair<at::Tensor, at::Tensor>> LoadExpert(const Checkpoint& checkpoint,
+                                                             const ModelConfig& c, int64_t layer,
+                                                             int64_t expert, at::ScalarType dtype,
+                                                             at::Device device) {
+  Loader ld(checkpoint, c, dtype, device, nullptr, /*release=*/true);
+  const std::string block = MoeBlockPrefix(ld, c, LayerPrefix(checkpoint, layer));
+  ASSIGN_OR_RETURN(auto expert_weights, ReadExpert(ld, c, layer, block, expert));
+  return std::pair{expert_weights.first.to(device, dtype).contiguous(),
+                   expert_weights.second.to(device, dtype).contiguous()};
+}
+
+absl::Status LoadHead(const Checkpoint& checkpoint, const ModelConfig& c, at::ScalarType dtype,
+                      at::Device device, at::Tensor* embed, at::Tensor* final_norm,
+                      at::Tensor* lm_head, std::map<std::string, at::Tensor>* names,
+                      bool release) {
+  Loader ld(checkpoint, c, dtype, device, names, release);
+  const std::string mp = ModelPrefix(checkpoint);
+  const int64_t h = c.hidden_size, v = c.vocab_size;
+  const bool tied = c.tie_word_embeddings || !checkpoint.Contains("lm_head.weight");
+  if (tied && !c.tie_word_embeddings) {
+    return absl::NotFoundError(absl::StrCat(
+        checkpoint.path(), ": no tensor named \"lm_head.weight\" and tie_word_embeddings is false"));
+  }
+  if (embed != nullptr || (lm_head != nullptr && tied)) {
+    ASSIGN_OR_RETURN(at::Tensor e, ld.Load(mp + "embed_tokens.weight", {v, h}));
+    if (embed != nullptr) *embed = e;
+    if (lm_head != nullptr && tied) *lm_head = e;
+  }
+  if (final_norm != nullptr) {
+    ASSIGN_OR_RETURN(*final_norm, ld.Load(mp + "norm.weight", {h}));
+  }
+  if (lm_head != nullptr && !tied) {
+    ASSIGN_OR_RETURN(*lm_head, ld.Load("lm_head.weight", {v, h}));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<at::Tensor> LoadEmbeddingRows(const Checkpoint& checkpoint, const ModelConfig& c,
+                                             const at::Tensor& ids, at::ScalarType dtype,
+                                             at::Device device) {
+  const std::string name = ModelPrefix(checkpoint) + "embed_tokens.weight";
+  ASSIGN_OR_RETURN(TensorView view, checkpoint.Get(name));
+  const std::vector<int64_t> shape = {c.vocab_size, c.hidden_size};
+  if (view.shape != shape || (view.dtype != DType::kF32 && view.dtype != DType::kF16 &&
+                              view.dtype != DType::kBF16)) {
+    // Unusual layouts (FP8, wrong shape) take the checked whole-tensor path.
+    at::Tensor embed;
+    RETURN_IF_ERROR(
+        LoadHead(checkpoint, c, dtype, device, &embed, nullptr, nullptr, nullptr, /*release=*/true));
+    return embed.index_select(0, ids.to(device));
+  }
+  // Only the rows asked for are read out of the mapping.
+  at::Tensor all = at::from_blob(const_cast<uint8_t*>(view.bytes.data()), shape,
+                                 at::TensorOptions().dtype(ToScalarType(view.dtype)));
+  at::Tensor rows = all.index_select(0, ids.cpu()).to(device, dtype);
+  checkpoint.Release(name);
+  return rows;
 }
 
 }  // namespace premoe::model::internal

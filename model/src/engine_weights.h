@@ -70,10 +70,45 @@ struct ModelWeights {
 };
 
 // Loads every weight the engine needs. `keep` selects the routed experts
-// loaded (absent layers: all). dtype is the compute dtype.
+// loaded (absent layers: all); with routed_experts false none are (the
+// on-demand engine), though the routers stay whole. dtype is the compute dtype.
 absl::StatusOr<ModelWeights> LoadWeights(const Checkpoint& checkpoint, const ModelConfig& config,
                                          const KeptExperts& keep, at::ScalarType dtype,
-                                         at::Device device);
+                                         at::Device device, bool routed_experts = true);
+
+// Routed expert `expert` of MoE layer `layer`: (gate_up [2I, H], down [H, I])
+// in dtype on device, its mapped pages released once copied.
+absl::StatusOr<std::pair<at::Tensor, at::Tensor>> LoadExpert(const Checkpoint& checkpoint,
+                                                             const ModelConfig& config,
+                                                             int64_t layer, int64_t expert,
+                                                             at::ScalarType dtype,
+                                                             at::Device device);
+
+// Layer streaming (EngineOptions::streamed). These drop the mapped pages of
+// what they copy, so a streamed pass over the model does not grow the RSS.
+
+// Only the routers: `layers[l].is_moe` for every layer and, for MoE layers,
+// the loaded set, gate and score bias (registered in by_name when full).
+absl::StatusOr<ModelWeights> LoadRouterWeights(const Checkpoint& checkpoint,
+                                               const ModelConfig& config, const KeptExperts& keep,
+                                               at::ScalarType dtype, at::Device device);
+// Layer `layer` whole: `router` (from LoadRouterWeights) plus the rest.
+absl::StatusOr<LayerWeights> LoadStreamedLayer(const Checkpoint& checkpoint,
+                                               const ModelConfig& config,
+                                               const LayerWeights& router, int64_t layer,
+                                               at::ScalarType dtype, at::Device device);
+// The embedding, final norm and lm_head (each output may be null: not
+// loaded), registered in `names` when set; `release` drops the mapped pages
+// they were copied from.
+absl::Status LoadHead(const Checkpoint& checkpoint, const ModelConfig& config,
+                      at::ScalarType dtype, at::Device device, at::Tensor* embed,
+                      at::Tensor* final_norm, at::Tensor* lm_head,
+                      std::map<std::string, at::Tensor>* names, bool release);
+// Rows `ids` [T] int64 of the embedding, [T, H] in dtype on device, reading
+// only those rows out of the mapping.
+absl::StatusOr<at::Tensor> LoadEmbeddingRows(const Checkpoint& checkpoint,
+                                             const ModelConfig& config, const at::Tensor& ids,
+                                             at::ScalarType dtype, at::Device device);
 
 // The weight tensors of `w`, each storage once (the tied lm_head is not
 // repeated), named by their place: "embed", "layers.3.attn.q.w",

@@ -501,6 +501,14 @@ void SafetensorsFile::Prefetch(const TensorView& tensor) const {
   mapping_->Prefetch(static_cast<size_t>(p - begin), tensor.bytes.size());
 }
 
+void SafetensorsFile::Release(const TensorView& tensor) const {
+  if (mapping_ == nullptr || tensor.bytes.empty()) return;
+  const uint8_t* begin = mapping_->data().data();
+  const uint8_t* p = tensor.bytes.data();
+  if (p < begin || p > begin + mapping_->size()) return;  // not ours
+  mapping_->Release(static_cast<size_t>(p - begin), tensor.bytes.size());
+}
+
 // ---------------------------------------------------------------------------
 // Checkpoint
 
@@ -685,6 +693,11 @@ const SafetensorsFile* Checkpoint::ShardOf(absl::string_view name) const {
 void Checkpoint::Prefetch(absl::string_view name) const {
   const auto it = entries_.find(name);
   if (it != entries_.end()) it->second.shard->Prefetch(*it->second.view);
+}
+
+void Checkpoint::Release(absl::string_view name) const {
+  const auto it = entries_.find(name);
+  if (it != entries_.end()) it->second.shard->Release(*it->second.view);
 }
 
 // ---------------------------------------------------------------------------

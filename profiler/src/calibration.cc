@@ -20,8 +20,10 @@ namespace {
 // logits are also kept per sequence, for the match embeddings.
 class AccumulatingTap final : public model::RouterTap {
  public:
-  AccumulatingTap(ScoreAccumulator* acc, int64_t first_layer, bool keep_first)
-      : acc_(acc), first_layer_(first_layer), keep_first_(keep_first) {}
+  // `on_layer` (may be empty) runs after each MoE layer.
+  AccumulatingTap(ScoreAccumulator* acc, int64_t first_layer, bool keep_first,
+                  std::function<void()> on_layer = nullptr)
+      : acc_(acc), first_layer_(first_layer), keep_first_(keep_first), on_layer_(std::move(on_layer)) {}
   bool WantsExpertNorms() const override { return acc_ != nullptr && acc_->NeedsExpertNorms(); }
   void OnRouter(const model::RouterTapEvent& ev) override {
     if (!status_.ok()) return;
@@ -29,6 +31,7 @@ class AccumulatingTap final : public model::RouterTap {
       RouterBatch b{ev.gate_logits, ev.selected_experts, ev.routing_weights, ev.expert_norms};
       status_ = acc_->Add(ev.layer, b);
     }
+    if (on_layer_) on_layer_();
     if (keep_first_ && ev.layer == first_layer_) {
       first_logits_ = ev.gate_logits.cpu();
       first_sequence_ = ev.sequence.cpu();
@@ -44,6 +47,7 @@ class AccumulatingTap final : public model::RouterTap {
   ScoreAccumulator* acc_;
   int64_t first_layer_;
   bool keep_first_;
+  std::function<void()> on_layer_;
   absl::Status status_;
   at::Tensor first_logits_, first_sequence_;
 };
@@ -137,8 +141,8 @@ absl::StatusOr<TaskProfile> ProfileTask(const model::Engine& engine,
                                         const std::vector<CalibrationSample>& samples,
                                         const ProfileOptions& options) {
   if (samples.empty()) return absl::InvalidArgumentError("no calibration samples");
-  if (options.batch_size < 1) {
-    return absl::InvalidArgumentError("ProfileOptions.batch_size must be >= 1");
+  if (options.batch_size < 0) {
+    return absl::InvalidArgumentError("ProfileOptions.batch_size must be >= 0");
   }
   const model::ModelConfig& c = engine.config();
   std::vector<int64_t> layers;
@@ -152,9 +156,11 @@ absl::StatusOr<TaskProfile> ProfileTask(const model::Engine& engine,
   TaskProfile profile;
   profile.samples = static_cast<int64_t>(samples.size());
   const int64_t n = profile.samples;
+  const int64_t batch = options.batch_size > 0 ? options.batch_size : n;
+  const int64_t batches = (n + batch - 1) / batch;
   try {
-    for (int64_t begin = 0; begin < n; begin += options.batch_size) {
-      const int64_t end = std::min(n, begin + options.batch_size);
+    for (int64_t begin = 0; begin < n; begin += batch) {
+      const int64_t end = std::min(n, begin + batch);
       // Scores: the whole text of each sample.
       std::vector<std::vector<int64_t>> full, prompts;
       for (int64_t i = begin; i < end; ++i) {
@@ -166,21 +172,33 @@ absl::StatusOr<TaskProfile> ProfileTask(const model::Engine& engine,
         ASSIGN_OR_RETURN(ids, Encode(tokenizer, samples[i].prompt, engine.max_context()));
         prompts.push_back(std::move(ids));
       }
-      AccumulatingTap score_tap(&acc, layers.front(), /*keep_first=*/false);
+      int64_t layers_done = 0;
+      auto progress = [&] {
+        ++layers_done;
+        if (!options.on_progress) return;
+        const double batch_fraction =
+            static_cast<double>(layers_done) / static_cast<double>(layers.size());
+        options.on_progress(
+            {begin + (end - begin) * layers_done / static_cast<int64_t>(layers.size()), n,
+             (static_cast<double>(begin / batch) + batch_fraction) / static_cast<double>(batches)});
+      };
+      AccumulatingTap score_tap(&acc, layers.front(), /*keep_first=*/false, progress);
       model::ForwardOptions fo;
       fo.tap = &score_tap;
+      fo.skip_logits = true;
       RETURN_IF_ERROR(engine.Forward(full, nullptr, fo).status());
       RETURN_IF_ERROR(score_tap.status());
-      // Embeddings: the prompts alone, as a query will be seen.
+      // Embeddings: the prompts alone, as a query will be seen, and only as
+      // far as the first MoE gate (what a router's probe runs).
       AccumulatingTap embed_tap(nullptr, layers.front(), /*keep_first=*/true);
       fo.tap = &embed_tap;
+      fo.last_layer = layers.front();
       RETURN_IF_ERROR(engine.Forward(prompts, nullptr, fo).status());
       for (int64_t b = 0; b < end - begin; ++b) {
         ASSIGN_OR_RETURN(std::vector<float> e,
                          MatchEmbedding(embed_tap.FirstLogits(b), options.metric, engine.top_k()));
         profile.embeddings.push_back(std::move(e));
       }
-      if (options.on_progress) options.on_progress(end, n);
     }
     ASSIGN_OR_RETURN(profile.scores, acc.Scores());
   } catch (const c10::Error& e) {

@@ -129,6 +129,21 @@ std::map<std::string, std::string> MetricOptions::Params(int64_t num_experts,
   return p;
 }
 
+absl::StatusOr<MetricOptions> MetricOptions::FromParams(
+    absl::string_view name, const std::map<std::string, std::string>& params) {
+  absl::StatusOr<MetricOptions> bare = Parse(name);
+  if (!bare.ok()) return bare;
+  // Params spells an unset r by what it means; Parse knows it as "no r".
+  const absl::string_view unset_r = bare->metric == Metric::kPeu ? "per_task" : "off";
+  std::vector<std::string> parts;
+  for (const auto& [key, value] : params) {
+    if (key == "r" && value == unset_r) continue;
+    parts.push_back(absl::StrCat(key, "=", value));
+  }
+  if (parts.empty()) return bare;
+  return Parse(absl::StrCat(name, ":", absl::StrJoin(parts, ",")));
+}
+
 absl::Status MetricOptions::Validate() const {
   if (k < 0) return absl::InvalidArgumentError(absl::StrCat("k must be >= 0, got ", k));
   if (r.has_value() && !(*r >= 0 && *r <= 1)) {

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "premoe/common/bytes.h"
 
 namespace premoe::profiler {
 namespace {
@@ -49,19 +50,9 @@ absl::StatusOr<Budget> Budget::Parse(absl::string_view spec) {
   absl::string_view rest = spec;
   if (absl::ConsumePrefix(&rest, "bytes:")) {
     b.kind = Kind::kBytes;
-    double scale = 1;
-    for (const auto& [suffix, mult] : {std::pair{"GiB", double{1 << 30}}, {"MiB", double{1 << 20}},
-                                       {"KiB", double{1 << 10}}, {"B", 1.0}}) {
-      if (absl::ConsumeSuffix(&rest, suffix)) {
-        scale = mult;
-        break;
-      }
-    }
-    double v = 0;
-    if (!absl::SimpleAtod(rest, &v) || !(v > 0) || !std::isfinite(v)) {
-      return Bad(spec, "the size must be a positive number");
-    }
-    b.bytes = static_cast<int64_t>(v * scale);
+    auto bytes = common::ParseByteSize(rest);
+    if (!bytes.ok()) return Bad(spec, "the size must be a positive number");
+    b.bytes = *bytes;
     return b;
   }
   if (absl::ConsumePrefix(&rest, "coverage:")) {

@@ -2,8 +2,12 @@
 //
 // Why the shape:
 // - One WriteBatch per change over all column families, so a crash leaves a
-//   change whole or absent; the FAISS index is never persisted here but
-//   rebuilt on Open, so it cannot disagree with RocksDB after a crash.
+//   change whole or absent. The FAISS index is derived state: Open rebuilds
+//   it from RocksDB unless a snapshot provably reflects RocksDB's current
+//   version, so it cannot disagree with RocksDB after a crash. A snapshot
+//   claims a version only once RocksDB cannot lose it (synced), because
+//   RocksDB recovers a prefix of its writes: if it still holds that version,
+//   it holds exactly the state the snapshot was taken of.
 // - Writers are serialised by write_mu_ (versions must be gap-free and in
 //   commit order for Watch); readers share state_mu_ with the in-memory index
 //   and catalog, so Search never waits on an fsync.
@@ -15,6 +19,8 @@
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexHNSW.h>
 #include <faiss/IndexIDMap.h>
+#include <faiss/impl/io.h>
+#include <faiss/index_io.h>
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
 #include <rocksdb/utilities/options_util.h>
@@ -27,21 +33,30 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <cstring>
+#include <filesystem>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "premoe/common/file.h"
+#include "premoe/common/hash.h"
 #include "premoe/common/logging.h"
+#include "premoe/common/mapped_file.h"
 #include "premoe/common/status.h"
+#include "store/src/little_endian.h"
 #include "store/src/proto_convert.h"
 
 namespace premoe::store {
 namespace {
 
 using idx_t = faiss::Index::idx_t;  // FAISS 1.7 spells it inside Index
+using internal::AppendLittleEndian;
+using internal::LoadLittleEndian;
 
 constexpr int kEmbeddingIndexBits = 20;
 constexpr std::uint64_t kMaxEmbeddingsPerPattern = std::uint64_t{1} << kEmbeddingIndexBits;
@@ -61,6 +76,17 @@ constexpr const char* kMetaFingerprint = "model_fingerprint";
 constexpr const char* kMetaDim = "embedding_dim";
 constexpr const char* kMetaVersion = "version";
 constexpr const char* kMetaNextId = "next_id";
+
+// The index snapshot, a file beside RocksDB's (little-endian):
+//   magic "\x89pmindex" | u32 format | u32 kind (0 flat, 1 hnsw) | u32 hnsw_m
+//   (0 for flat) | u32 dim | u64 store version | u64 FAISS ntotal
+//   | hnsw only: ntotal x i64 label_to_key (-1 = deleted)
+//   | faiss::write_index bytes | 32 hex digits: XXH3-128 of all that precedes.
+constexpr char kSnapshotFile[] = "index.snapshot";
+constexpr char kSnapshotMagic[8] = {'\x89', 'p', 'm', 'i', 'n', 'd', 'e', 'x'};
+constexpr std::uint32_t kSnapshotFormat = 1;
+constexpr std::size_t kSnapshotHeaderBytes = sizeof kSnapshotMagic + 4 * 4 + 2 * 8;
+constexpr std::size_t kSnapshotDigestBytes = 32;
 
 // Big-endian so that RocksDB's bytewise order is numeric order.
 std::string EncodeU64(std::uint64_t v) {
@@ -94,7 +120,8 @@ absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
   return absl::InternalError(msg);
 }
 
-// FAISS reports errors by throwing; nothing may escape the library.
+// FAISS reports errors by throwing (faiss::FaissException, std::bad_alloc);
+// nothing may escape the library.
 template <typename F>
 absl::Status FaissCall(absl::string_view what, F&& f) {
   try {
@@ -104,6 +131,55 @@ absl::Status FaissCall(absl::string_view what, F&& f) {
     return absl::InternalError(absl::StrCat("faiss ", what, ": ", e.what()));
   }
 }
+
+// Streams a snapshot into its file and checksum; faiss::write_index writes
+// through it too (a short count makes FAISS throw, and status() says why).
+class SnapshotSink final : public faiss::IOWriter {
+ public:
+  explicit SnapshotSink(common::AtomicFileWriter* file) : file_(file) {}
+  size_t operator()(const void* ptr, size_t size, size_t nitems) override {
+    const absl::string_view bytes(static_cast<const char*>(ptr), size * nitems);
+    if (status_.ok()) status_ = file_->Append(bytes);
+    if (!status_.ok()) return 0;
+    hasher_.Update(bytes);
+    return nitems;
+  }
+  absl::Status Append(absl::string_view bytes) {
+    (*this)(bytes.data(), 1, bytes.size());
+    return status_;
+  }
+  const absl::Status& status() const { return status_; }
+  // Appends the checksum and moves the file into place.
+  absl::Status Commit() {
+    RETURN_IF_ERROR(status_);
+    RETURN_IF_ERROR(file_->Append(hasher_.HexDigest()));
+    return file_->Commit();
+  }
+
+ private:
+  common::AtomicFileWriter* file_;
+  common::Hasher hasher_;
+  absl::Status status_;
+};
+
+// faiss::read_index's view of the index part of a snapshot.
+class SpanSource final : public faiss::IOReader {
+ public:
+  SpanSource(const std::uint8_t* data, std::size_t size) : data_(data), size_(size) {}
+  size_t operator()(void* ptr, size_t size, size_t nitems) override {
+    if (size == 0) return nitems;
+    const std::size_t n = std::min(nitems, (size_ - pos_) / size);
+    std::memcpy(ptr, data_ + pos_, n * size);
+    pos_ += n * size;
+    return n;
+  }
+  std::size_t left() const { return size_ - pos_; }
+
+ private:
+  const std::uint8_t* data_;
+  std::size_t size_;
+  std::size_t pos_ = 0;
+};
 
 // The unit vector of `v`; INVALID_ARGUMENT naming `what` for NaN/Inf or zero.
 absl::StatusOr<std::vector<float>> Normalized(std::span<const float> v, absl::string_view what) {
@@ -158,6 +234,11 @@ absl::Status EmbeddedPatternStore::Options::Validate() const {
   if (max_record_bytes <= 0) {
     return absl::InvalidArgumentError("pattern store: max_record_bytes must be positive");
   }
+  if (snapshot_every_changes < 0 || max_changes_retained < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "pattern store: snapshot_every_changes and max_changes_retained must be >= 0 (got ",
+        snapshot_every_changes, ", ", max_changes_retained, ")"));
+  }
   return absl::OkStatus();
 }
 
@@ -199,6 +280,17 @@ struct EmbeddedPatternStore::Impl {
   std::vector<std::int64_t> label_to_key;                    // writer (hnsw)
   absl::flat_hash_map<std::uint64_t, std::int64_t> key_to_label;  // writer (hnsw)
   std::int64_t tombstones = 0;                               // writer (hnsw)
+
+  // Oldest change still in the change log (version + 1 when it is empty).
+  // Only writers use it: write_mu suffices.
+  std::uint64_t first_change = 1;
+  // The version of the index snapshot on disk, when this process wrote or
+  // loaded it; changes since this process last wrote one. write_mu.
+  std::optional<std::uint64_t> snapshot_version;
+  std::int64_t changes_since_snapshot = 0;
+  // How Open made the index ("snapshot" or "rebuilt") and how long it took.
+  std::string index_source;
+  std::int64_t index_open_micros = 0;
 
   ~Impl() {
     {
@@ -275,15 +367,15 @@ struct EmbeddedPatternStore::Impl {
     return FaissCall("remove", [&] { index->remove_ids(range); });
   }
 
-  // Rebuilds catalog and index from RocksDB (Open, and HNSW compaction).
-  // Caller holds state_mu exclusively (or is Open).
-  absl::Status Rebuild() {
-    catalog.clear();
-    by_task.clear();
+  // Empties the index and reloads the catalog (with no embeddings counted)
+  // from RocksDB. Caller holds state_mu exclusively (or is Open).
+  absl::Status ResetFromCatalog() {
     index.reset();
     label_to_key.clear();
     key_to_label.clear();
     tombstones = 0;
+    catalog.clear();
+    by_task.clear();
     std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), patterns));
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
       v1::Pattern record;
@@ -294,10 +386,17 @@ struct EmbeddedPatternStore::Impl {
       catalog[record.id()] = {record.task_name(), 0};
       by_task[record.task_name()] = record.id();
     }
-    RETURN_IF_ERROR(FromRocks(it->status(), options.path));
+    return FromRocks(it->status(), options.path);
+  }
+
+  // Rebuilds catalog and index from RocksDB (Open, HNSW compaction, and
+  // recovery from a failed index update). Caller holds state_mu exclusively
+  // (or is Open).
+  absl::Status Rebuild() {
+    RETURN_IF_ERROR(ResetFromCatalog());
     std::vector<float> vectors;
     std::vector<std::uint64_t> keys;
-    it.reset(db->NewIterator(rocksdb::ReadOptions(), embeddings));
+    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), embeddings));
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
       const std::uint64_t key = DecodeU64(it->key());
       v1::MatchEmbedding e;
@@ -322,6 +421,140 @@ struct EmbeddedPatternStore::Impl {
     }
     RETURN_IF_ERROR(FromRocks(it->status(), options.path));
     return IndexAdd(vectors, keys);
+  }
+
+  std::string SnapshotPath() const {
+    return (std::filesystem::path(options.path) / kSnapshotFile).string();
+  }
+
+  // Writes the snapshot of the index at the current version. Caller holds
+  // write_mu, so nothing changes underneath (searches may go on).
+  absl::Status WriteSnapshot() {
+    // See the top of this file: the version must be durable first.
+    if (!options.sync) RETURN_IF_ERROR(FromRocks(db->SyncWAL(), options.path));
+    ASSIGN_OR_RETURN(std::unique_ptr<common::AtomicFileWriter> file,
+                     common::AtomicFileWriter::Open(SnapshotPath()));
+    SnapshotSink sink(file.get());
+    std::string header(kSnapshotMagic, sizeof kSnapshotMagic);
+    AppendLittleEndian(&header, kSnapshotFormat);
+    AppendLittleEndian<std::uint32_t>(&header, hnsw() ? 1 : 0);
+    AppendLittleEndian<std::uint32_t>(&header, hnsw() ? options.hnsw_m : 0);
+    AppendLittleEndian<std::uint32_t>(&header, dim);
+    AppendLittleEndian<std::uint64_t>(&header, version);
+    AppendLittleEndian<std::uint64_t>(&header, index->ntotal);
+    RETURN_IF_ERROR(sink.Append(header));
+    if (hnsw()) {
+      RETURN_IF_ERROR(sink.Append({reinterpret_cast<const char*>(label_to_key.data()),
+                                   label_to_key.size() * sizeof(std::int64_t)}));
+    }
+    const absl::Status written =
+        FaissCall("write_index", [&] { faiss::write_index(index.get(), &sink); });
+    RETURN_IF_ERROR(sink.status());
+    RETURN_IF_ERROR(written);
+    RETURN_IF_ERROR(sink.Commit());
+    snapshot_version = version;
+    changes_since_snapshot = 0;
+    return absl::OkStatus();
+  }
+
+  // WriteSnapshot where a failure must not fail the caller: the snapshot
+  // only spares the next Open a rebuild. Caller holds write_mu.
+  void SaveSnapshot() {
+    if (!options.index_snapshot || !index || snapshot_version == version) return;
+    if (absl::Status s = WriteSnapshot(); !s.ok()) {
+      PREMOE_LOG_WARN("pattern store %s: index snapshot not written: %s", options.path,
+                      s.ToString());
+    }
+  }
+
+  // After a committed change. Caller holds write_mu.
+  void AfterChange() {
+    if (options.snapshot_every_changes > 0 &&
+        ++changes_since_snapshot >= options.snapshot_every_changes) {
+      SaveSnapshot();
+    }
+  }
+
+  // Loads the index from the snapshot, refusing one that does not reflect
+  // RocksDB's current version under these options: any error means "rebuild
+  // instead". Open only.
+  absl::Status LoadSnapshot() {
+    RETURN_IF_ERROR(ResetFromCatalog());
+    ASSIGN_OR_RETURN(std::shared_ptr<const common::MappedFile> file,
+                     common::MappedFile::Open(SnapshotPath()));
+    const std::uint8_t* data = file->data().data();
+    const std::size_t size = file->size();
+    if (size < kSnapshotHeaderBytes + kSnapshotDigestBytes ||
+        std::memcmp(data, kSnapshotMagic, sizeof kSnapshotMagic) != 0) {
+      return absl::DataLossError("not an index snapshot");
+    }
+    const std::size_t body = size - kSnapshotDigestBytes;
+    if (common::Hasher().Update({data, body}).HexDigest() !=
+        absl::string_view(reinterpret_cast<const char*>(data) + body, kSnapshotDigestBytes)) {
+      return absl::DataLossError("checksum mismatch");
+    }
+    const std::uint8_t* field = data + sizeof kSnapshotMagic;
+    auto next = [&]<typename T>(T) {
+      const T v = LoadLittleEndian<T>(field);
+      field += sizeof v;
+      return v;
+    };
+    const auto format = next(std::uint32_t{});
+    const auto kind = next(std::uint32_t{});
+    const auto hnsw_m = next(std::uint32_t{});
+    const auto snapshot_dim = next(std::uint32_t{});
+    const auto snapshot_store_version = next(std::uint64_t{});
+    const auto ntotal = next(std::uint64_t{});
+    if (format != kSnapshotFormat) {
+      return absl::FailedPreconditionError(absl::StrCat("snapshot format ", format));
+    }
+    if (snapshot_store_version != version) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "it reflects store version ", snapshot_store_version, ", RocksDB is at ", version));
+    }
+    if (kind != (hnsw() ? 1u : 0u) ||
+        hnsw_m != static_cast<std::uint32_t>(hnsw() ? options.hnsw_m : 0) ||
+        snapshot_dim != static_cast<std::uint32_t>(dim)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "it holds another index (kind ", kind, ", hnsw_m ", hnsw_m, ", dim ", snapshot_dim, ")"));
+    }
+    std::size_t pos = kSnapshotHeaderBytes;
+    if (hnsw()) {
+      if ((body - pos) / sizeof(std::int64_t) < ntotal) return absl::DataLossError("truncated");
+      label_to_key.resize(ntotal);
+      std::memcpy(label_to_key.data(), data + pos, ntotal * sizeof(std::int64_t));
+      pos += ntotal * sizeof(std::int64_t);
+    }
+    SpanSource source(data + pos, body - pos);
+    RETURN_IF_ERROR(FaissCall("read_index", [&] { index.reset(faiss::read_index(&source)); }));
+    if (source.left() != 0 || static_cast<std::uint64_t>(index->ntotal) != ntotal ||
+        index->d != dim || index->metric_type != faiss::METRIC_INNER_PRODUCT) {
+      return absl::DataLossError("the FAISS index disagrees with the snapshot's header");
+    }
+    std::span<const std::int64_t> keys = label_to_key;
+    if (auto* h = dynamic_cast<faiss::IndexHNSWFlat*>(index.get()); hnsw() && h != nullptr) {
+      h->hnsw.efSearch = options.hnsw_ef_search;
+    } else if (auto* m = dynamic_cast<faiss::IndexIDMap2*>(index.get());
+               !hnsw() && m != nullptr && dynamic_cast<faiss::IndexFlatIP*>(m->index) != nullptr) {
+      keys = m->id_map;
+    } else {
+      return absl::DataLossError("the FAISS index is not of the snapshot's kind");
+    }
+    for (std::size_t label = 0; label < keys.size(); ++label) {
+      if (keys[label] < 0) {
+        ++tombstones;
+        continue;
+      }
+      const auto key = static_cast<std::uint64_t>(keys[label]);
+      auto entry = catalog.find(key >> kEmbeddingIndexBits);
+      if (entry == catalog.end()) {
+        return absl::DataLossError(absl::StrCat("embedding ", key, " belongs to no pattern"));
+      }
+      ++entry->second.num_embeddings;
+      if (hnsw()) key_to_label[key] = static_cast<std::int64_t>(label);
+    }
+    snapshot_version = version;
+    return absl::OkStatus();
   }
 
   absl::StatusOr<std::string> GetMeta(const char* key) {
@@ -373,12 +606,25 @@ struct EmbeddedPatternStore::Impl {
     return internal::FromProto(record);
   }
 
-  // Adds the change record and version to `batch`.
-  void AddChange(rocksdb::WriteBatch* batch, const ChangeEvent& event) {
+  // Adds the change record and version to `batch`, and removes the change
+  // log entries that fall out of Options::max_changes_retained. Returns the
+  // oldest change retained once `batch` commits. Caller holds write_mu.
+  std::uint64_t AddChange(rocksdb::WriteBatch* batch, const ChangeEvent& event) {
     v1::ChangeEvent proto;
     internal::ToProto(event, &proto);
     batch->Put(changes, EncodeU64(event.version), proto.SerializeAsString());
     batch->Put(meta, kMetaVersion, absl::StrCat(event.version));
+    const auto keep = static_cast<std::uint64_t>(options.max_changes_retained);
+    if (keep == 0 || event.version < first_change + keep) return first_change;
+    const std::uint64_t first = event.version - keep + 1;
+    // Normally one entry leaves; a range only when the option was lowered
+    // (one range tombstone, rather than one per change, keeps reads fast).
+    if (first == first_change + 1) {
+      batch->Delete(changes, EncodeU64(first_change));
+    } else {
+      batch->DeleteRange(changes, EncodeU64(first_change), EncodeU64(first));
+    }
+    return first;
   }
 
   absl::Status Commit(rocksdb::WriteBatch* batch, absl::string_view what) {
@@ -448,11 +694,7 @@ class EmbeddedWatch final : public WatchHandle {
           break;
         }
         absl::StatusOr<ChangeEvent> event = internal::FromProto(proto);
-        if (event.ok() && event->version != next_) {
-          event = absl::DataLossError(
-              absl::StrCat("change log has version ", event->version, " where ", next_,
-                           " was expected"));
-        }
+        if (event.ok() && event->version != next_) event = Gap(event->version);
         if (!event.ok()) {
           status = event.status();
           break;
@@ -475,6 +717,24 @@ class EmbeddedWatch final : public WatchHandle {
     }
   }
 
+  // Versions [next_, found) are missing from the change log. When nothing
+  // older is there either, they were trimmed (max_changes_retained): the
+  // watcher must start over. Otherwise the log has a hole.
+  absl::Status Gap(std::uint64_t found) const {
+    std::unique_ptr<rocksdb::Iterator> it(
+        impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->changes));
+    it->SeekToFirst();
+    if (it->Valid() && DecodeU64(it->key()) < next_) {
+      return absl::DataLossError(
+          absl::StrCat("change log has version ", found, " where ", next_, " was expected"));
+    }
+    return absl::OutOfRangeError(
+        absl::StrCat("pattern store ", impl_->options.path, ": changes before version ", found,
+                     " are no longer retained (Options::max_changes_retained), so the watch "
+                     "cannot deliver version ",
+                     next_, "; re-list and watch from the current version"));
+  }
+
   EmbeddedPatternStore::Impl* impl_;
   std::shared_ptr<WatchHub> hub_;
   std::uint64_t next_;
@@ -486,7 +746,11 @@ class EmbeddedWatch final : public WatchHandle {
 }  // namespace
 
 EmbeddedPatternStore::EmbeddedPatternStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-EmbeddedPatternStore::~EmbeddedPatternStore() = default;
+
+EmbeddedPatternStore::~EmbeddedPatternStore() {
+  std::lock_guard write_lock(impl_->write_mu);
+  impl_->SaveSnapshot();
+}
 
 absl::StatusOr<std::unique_ptr<EmbeddedPatternStore>> EmbeddedPatternStore::Open(
     const Options& options) {
@@ -495,8 +759,12 @@ absl::StatusOr<std::unique_ptr<EmbeddedPatternStore>> EmbeddedPatternStore::Open
   impl->options = options;
   impl->write_options.sync = options.sync;
 
+  if (!options.create_if_missing &&
+      !std::filesystem::exists(std::filesystem::path(options.path) / "CURRENT")) {
+    return absl::NotFoundError(absl::StrCat(options.path, ": no pattern store there"));
+  }
   rocksdb::DBOptions db_options;
-  db_options.create_if_missing = true;
+  db_options.create_if_missing = options.create_if_missing;
   db_options.create_missing_column_families = true;
   std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
   for (const char* name :
@@ -562,14 +830,39 @@ absl::StatusOr<std::unique_ptr<EmbeddedPatternStore>> EmbeddedPatternStore::Open
     return absl::DataLossError(absl::StrCat(path, ": next id \"", next_id, "\" is not a number"));
   }
   if (init.Count() > 0) RETURN_IF_ERROR(impl->Commit(&init, "initialising meta"));
+  {
+    std::unique_ptr<rocksdb::Iterator> it(
+        impl->db->NewIterator(rocksdb::ReadOptions(), impl->changes));
+    it->SeekToFirst();
+    RETURN_IF_ERROR(FromRocks(it->status(), absl::StrCat(path, ": change log")));
+    impl->first_change = it->Valid() ? DecodeU64(it->key()) : impl->version + 1;
+  }
 
+  // Temporary snapshot files of a process that died while writing one (the
+  // RocksDB lock makes this process the only writer).
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(path, ec)) {
+    if (entry.path().filename().string().starts_with(absl::StrCat(kSnapshotFile, ".tmp."))) {
+      std::filesystem::remove(entry.path(), ec);
+    }
+  }
   const auto start = std::chrono::steady_clock::now();
-  RETURN_IF_ERROR(impl->Rebuild());
-  PREMOE_LOG_DEBUG("pattern store %s: %d patterns, index rebuilt in %.1f ms", path,
-                   impl->catalog.size(),
-                   std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
-                                                             start)
-                       .count());
+  absl::Status loaded = options.index_snapshot
+                            ? impl->LoadSnapshot()
+                            : absl::NotFoundError("Options::index_snapshot is off");
+  impl->index_source = loaded.ok() ? "snapshot" : "rebuilt";
+  if (!loaded.ok()) {
+    if (!absl::IsNotFound(loaded)) {  // there was a snapshot: say why it was not used
+      PREMOE_LOG_INFO("pattern store %s: index snapshot not used (%s); rebuilding", path,
+                      loaded.ToString());
+    }
+    RETURN_IF_ERROR(impl->Rebuild());
+  }
+  impl->index_open_micros = std::chrono::duration_cast<std::chrono::microseconds>(
+                                std::chrono::steady_clock::now() - start)
+                                .count();
+  PREMOE_LOG_DEBUG("pattern store %s: %d patterns, index %s in %.1f ms", path, impl->catalog.size(),
+                   impl->index_source, impl->index_open_micros / 1000.0);
   impl->hub->published_version = impl->version;
   return std::unique_ptr<EmbeddedPatternStore>(new EmbeddedPatternStore(std::move(impl)));
 }
@@ -665,8 +958,9 @@ absl::StatusOr<PutResult> EmbeddedPatternStore::Put(const Pattern& pattern) {
   record.clear_embeddings();
   batch.Put(s.patterns, EncodeU64(id), record.SerializeAsString());
   const ChangeEvent event{s.version + 1, ChangeEvent::Kind::kPut, id, pattern.task_name};
-  s.AddChange(&batch, event);
+  const std::uint64_t first_change = s.AddChange(&batch, event);
   RETURN_IF_ERROR(s.Commit(&batch, absl::StrCat("storing ", where)));
+  s.first_change = first_change;
 
   {
     absl::WriterMutexLock state_lock(&s.state_mu);
@@ -685,6 +979,7 @@ absl::StatusOr<PutResult> EmbeddedPatternStore::Put(const Pattern& pattern) {
       RETURN_IF_ERROR(s.Rebuild());
     }
   }
+  s.AfterChange();
   RETURN_IF_ERROR(s.Publish(event.version));
   return PutResult{id, event.version};
 }
@@ -768,8 +1063,9 @@ absl::StatusOr<std::uint64_t> EmbeddedPatternStore::Delete(std::uint64_t id) {
   batch.DeleteRange(s.embeddings, EncodeU64(EmbeddingKey(id, 0)),
                     EncodeU64(EmbeddingKey(id + 1, 0)));
   const ChangeEvent event{s.version + 1, ChangeEvent::Kind::kDelete, id, task_name};
-  s.AddChange(&batch, event);
+  const std::uint64_t first_change = s.AddChange(&batch, event);
   RETURN_IF_ERROR(s.Commit(&batch, absl::StrCat("deleting pattern ", id)));
+  s.first_change = first_change;
   {
     absl::WriterMutexLock state_lock(&s.state_mu);
     s.version = event.version;
@@ -789,6 +1085,7 @@ absl::StatusOr<std::uint64_t> EmbeddedPatternStore::Delete(std::uint64_t id) {
       RETURN_IF_ERROR(s.Rebuild());
     }
   }
+  s.AfterChange();
   RETURN_IF_ERROR(s.Publish(event.version));
   return event.version;
 }
@@ -888,6 +1185,8 @@ absl::StatusOr<StoreInfo> EmbeddedPatternStore::Info() {
   info.num_patterns = static_cast<std::int64_t>(impl_->catalog.size());
   for (const auto& [id, entry] : impl_->catalog) info.num_embeddings += entry.num_embeddings;
   info.index_kind = impl_->options.index;
+  info.index_source = impl_->index_source;
+  info.index_open_micros = impl_->index_open_micros;
   return info;
 }
 

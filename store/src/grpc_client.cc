@@ -10,7 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "premoe/common/status.h"
 #include "premoe/v1/store.grpc.pb.h"
-#include "store/src/grpc_status.h"
+#include "premoe/proto/grpc_status.h"
 #include "store/src/proto_convert.h"
 
 namespace premoe::store {
@@ -40,7 +40,7 @@ struct GrpcPatternStoreClient::Impl {
 
   // Server errors pass through as they are; transport errors name the address.
   absl::Status Convert(const grpc::Status& status, absl::string_view method) const {
-    absl::Status out = internal::FromGrpcStatus(status);
+    absl::Status out = rpc::FromGrpcStatus(status);
     if (absl::IsUnavailable(out) || absl::IsDeadlineExceeded(out)) {
       return common::WithContext(out, absl::StrCat("pattern store ", options.address, " ", method));
     }

@@ -122,11 +122,14 @@ void ToProto(const StoreInfo& in, v1::StoreInfo* out) {
   out->set_num_patterns(in.num_patterns);
   out->set_num_embeddings(in.num_embeddings);
   out->set_index_kind(in.index_kind);
+  out->set_index_source(in.index_source);
+  out->set_index_open_micros(in.index_open_micros);
 }
 
 StoreInfo FromProto(const v1::StoreInfo& in) {
-  return {in.schema_version(), in.model_fingerprint(), in.embedding_dim(), in.version(),
-          in.num_patterns(),   in.num_embeddings(),    in.index_kind()};
+  return {in.schema_version(), in.model_fingerprint(), in.embedding_dim(),
+          in.version(),        in.num_patterns(),      in.num_embeddings(),
+          in.index_kind(),     in.index_source(),      in.index_open_micros()};
 }
 
 v1::Voting ToProto(Voting in) {

@@ -20,14 +20,14 @@
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
 #include "premoe/v1/store.grpc.pb.h"
-#include "store/src/grpc_status.h"
+#include "premoe/proto/grpc_status.h"
 #include "store/src/proto_convert.h"
 
 namespace premoe::store {
 namespace {
 
 using internal::FromProto;
-using internal::ToGrpcStatus;
+using rpc::ToGrpcStatus;
 using internal::ToProto;
 
 // A fixed pool of threads running submitted tasks in FIFO order. The

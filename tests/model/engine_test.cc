@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "premoe/model/safetensors.h"
 #include "tests/testutil/testutil.h"
@@ -263,6 +264,151 @@ TEST_P(EngineParityTest, GreedyGenerationEqualsTransformersGenerate) {
   }
 }
 
+// A streamed engine runs the same ops on weights loaded the same way, so its
+// results must be identical, not merely close.
+TEST_P(EngineParityTest, StreamedEqualsResidentBitForBit) {
+  for (const std::string dtype : {"fp32", "bf16"}) {
+    SCOPED_TRACE(dtype);
+    EngineOptions options;
+    options.dtype = dtype;
+    auto resident = OpenEngine(GetParam(), options);
+    options.streamed = true;
+    auto streamed = OpenEngine(GetParam(), options);
+    ASSERT_NE(resident, nullptr);
+    ASSERT_NE(streamed, nullptr);
+    EXPECT_LT(streamed->weight_bytes(), resident->weight_bytes() / 2);
+    Reference ref(GetParam());
+    const std::vector<std::vector<int64_t>> prompts = {ref.Ids("prompt_1"), ref.Ids("prompt_2"),
+                                                       ref.Ids("prompt_0")};
+    for (bool all : {true, false}) {
+      RecordingTap want_tap(true), got_tap(true);
+      ForwardOptions fo;
+      fo.all_logits = all;
+      fo.tap = &want_tap;
+      ASSERT_OK_AND_ASSIGN(at::Tensor want, resident->Forward(prompts, nullptr, fo));
+      fo.tap = &got_tap;
+      ASSERT_OK_AND_ASSIGN(at::Tensor got, streamed->Forward(prompts, nullptr, fo));
+      EXPECT_TRUE(at::equal(want, got));
+      ASSERT_EQ(want_tap.events.size(), got_tap.events.size());
+      for (size_t i = 0; i < want_tap.events.size(); ++i) {
+        const RouterTapEvent &w = want_tap.events[i], &g = got_tap.events[i];
+        EXPECT_EQ(w.layer, g.layer);
+        EXPECT_TRUE(at::equal(w.gate_logits, g.gate_logits)) << "layer " << w.layer;
+        EXPECT_TRUE(at::equal(w.selected_experts, g.selected_experts)) << "layer " << w.layer;
+        EXPECT_TRUE(at::equal(w.routing_weights, g.routing_weights)) << "layer " << w.layer;
+        EXPECT_TRUE(at::equal(w.expert_norms, g.expert_norms)) << "layer " << w.layer;
+      }
+    }
+    // The streamed engine's parameters are the gates, equal to the resident ones.
+    const auto params = streamed->Parameters();
+    ASSERT_FALSE(params.empty());
+    std::map<std::string, at::Tensor> resident_params;
+    for (const auto& [name, t] : resident->Parameters()) resident_params[name] = t;
+    for (const auto& [name, t] : params) {
+      EXPECT_TRUE(absl::EndsWith(name, ".moe.gate")) << name;
+      EXPECT_TRUE(at::equal(t, resident_params.at(name))) << name;
+    }
+    ForwardOptions skip;
+    skip.skip_logits = true;
+    ASSERT_OK_AND_ASSIGN(at::Tensor none, streamed->Forward(prompts, nullptr, skip));
+    EXPECT_FALSE(none.defined());
+
+    // A probe up to the first MoE layer sees that layer's router exactly as
+    // a whole forward does, and nothing after it.
+    int64_t first_moe = 0;
+    while (!streamed->config().IsMoeLayer(static_cast<int>(first_moe))) ++first_moe;
+    RecordingTap whole, probe;
+    ForwardOptions fo;
+    fo.tap = &whole;
+    ASSERT_OK(resident->Forward(prompts, nullptr, fo).status());
+    fo.tap = &probe;
+    fo.last_layer = first_moe;
+    ASSERT_OK_AND_ASSIGN(at::Tensor probed, streamed->Forward(prompts, nullptr, fo));
+    EXPECT_FALSE(probed.defined());
+    ASSERT_EQ(probe.events.size(), 1u);
+    EXPECT_EQ(probe.events[0].layer, first_moe);
+    EXPECT_TRUE(at::equal(probe.events[0].gate_logits, whole.events[0].gate_logits));
+    ASSERT_OK_AND_ASSIGN(auto cache, resident->NewCache(3, 32));
+    EXPECT_THAT(resident->Forward(prompts, cache.get(), fo),
+                StatusIs(absl::StatusCode::kInvalidArgument, "last_layer"));
+  }
+}
+
+// Experts on demand: the same arithmetic on the same weights, taken from the
+// forward's ExpertSet instead of the engine's stacks, so the results of
+// mixed-mask batches must be identical to the resident engine's.
+TEST_P(EngineParityTest, ExpertsOnDemandEqualResidentUnderMasks) {
+  auto resident = OpenEngine(GetParam());
+  EngineOptions options = Fp32();
+  options.experts_on_demand = true;
+  auto on_demand = OpenEngine(GetParam(), options);
+  ASSERT_NE(resident, nullptr);
+  ASSERT_NE(on_demand, nullptr);
+  const ModelConfig& c = on_demand->config();
+  EXPECT_LT(on_demand->weight_bytes(), resident->weight_bytes());
+  // Two patterns: even and odd experts of every MoE layer.
+  KeptExperts even, odd;
+  ExpertSet set;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    if (!c.IsMoeLayer(static_cast<int>(l))) continue;
+    std::vector<int64_t> evens, odds;
+    for (int64_t e = 0; e < c.num_routed_experts; ++e) (e % 2 == 0 ? evens : odds).push_back(e);
+    even.Set(l, evens);
+    odd.Set(l, odds);
+    for (int64_t e = 0; e < c.num_routed_experts; ++e) {
+      ASSERT_OK_AND_ASSIGN(std::shared_ptr<const ExpertWeights> x, on_demand->LoadExpert(l, e));
+      EXPECT_EQ(x->gate_up.nbytes() + x->down.nbytes(),
+                static_cast<size_t>(on_demand->expert_bytes()));
+      set.experts[std::pair{l, e}] = x;
+    }
+  }
+  Reference ref(GetParam());
+  const std::vector<std::vector<int64_t>> prompts = {ref.Ids("prompt_1"), ref.Ids("prompt_2")};
+  ForwardOptions fo;
+  fo.masks = {&even, &odd};
+  fo.all_logits = true;
+  ASSERT_OK_AND_ASSIGN(at::Tensor want, resident->Forward(prompts, nullptr, fo));
+  fo.experts = &set;
+  ASSERT_OK_AND_ASSIGN(at::Tensor got, on_demand->Forward(prompts, nullptr, fo));
+  EXPECT_TRUE(at::equal(want, got));
+  // Decoding through a cache, as a worker does.
+  ASSERT_OK_AND_ASSIGN(auto want_cache, resident->NewCache(2, 32));
+  ASSERT_OK_AND_ASSIGN(auto got_cache, on_demand->NewCache(2, 32));
+  fo.all_logits = false;
+  const std::vector<std::vector<std::vector<int64_t>>> steps = {prompts, {{5}, {6}}, {{7}, {}}};
+  for (const auto& step : steps) {
+    fo.experts = nullptr;
+    ASSERT_OK_AND_ASSIGN(at::Tensor w, resident->Forward(step, want_cache.get(), fo));
+    fo.experts = &set;
+    ASSERT_OK_AND_ASSIGN(at::Tensor g, on_demand->Forward(step, got_cache.get(), fo));
+    EXPECT_TRUE(at::equal(w, g));
+  }
+  // A set that lacks a kept expert, or a sequence without a mask, is refused.
+  int64_t first_moe = 0;
+  while (!c.IsMoeLayer(static_cast<int>(first_moe))) ++first_moe;
+  ExpertSet partial = set;
+  partial.experts.erase(std::pair<int64_t, int64_t>{first_moe, 1});
+  fo.experts = &partial;
+  EXPECT_THAT(on_demand->Forward(prompts, nullptr, fo),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       absl::StrCat("keeps expert 1 of layer ", first_moe)));
+  fo.masks = {&even, nullptr};
+  EXPECT_THAT(on_demand->Forward(prompts, nullptr, fo),
+              StatusIs(absl::StatusCode::kInvalidArgument, "sequence 1 has no expert mask"));
+  fo.masks = {&even, &even};
+  EXPECT_OK(on_demand->Forward(prompts, nullptr, fo).status());  // only odd experts were removed
+  EXPECT_THAT(on_demand->Generate({{prompts[0], &even}}, {}),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "on demand"));
+  EXPECT_THAT(resident->LoadExpert(first_moe, 0),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "experts_on_demand"));
+  EXPECT_THAT(on_demand->LoadExpert(first_moe, c.num_routed_experts),
+              StatusIs(absl::StatusCode::kInvalidArgument, "outside"));
+  if (first_moe > 0) {
+    EXPECT_THAT(on_demand->LoadExpert(0, 0),
+                StatusIs(absl::StatusCode::kInvalidArgument, "not a MoE layer"));
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Architectures, EngineParityTest, ::testing::ValuesIn(kArchitectures),
                          [](const auto& info) { return info.param; });
 
@@ -423,6 +569,40 @@ TEST(EngineMaskTest, MaskedAndReducedModelsMatchTransformersReducedModel) {
   fo.masks = {&other};
   EXPECT_THAT(reduced->Forward({{1, 2}}, nullptr, fo),
               StatusIs(absl::StatusCode::kInvalidArgument, "did not load"));
+}
+
+TEST(EngineStreamedTest, ReducedAndMaskedStreamingEqualResidentAndRefuseCaches) {
+  Reference reduced_ref("qwen3_moe_reduced");
+  const KeptExperts keep = ReducedKeep(reduced_ref);
+  EngineOptions options = Fp32();
+  options.keep = keep;
+  auto reduced = OpenEngine("qwen3_moe", options);
+  options.streamed = true;
+  auto reduced_streamed = OpenEngine("qwen3_moe", options);
+  EngineOptions full_options = Fp32();
+  full_options.streamed = true;
+  auto full_streamed = OpenEngine("qwen3_moe", full_options);
+  ASSERT_NE(reduced, nullptr);
+  ASSERT_NE(reduced_streamed, nullptr);
+  ASSERT_NE(full_streamed, nullptr);
+  const auto prompt = reduced_ref.Ids("prompt_1");
+  const at::Tensor want = AllLogits(*reduced, prompt);
+  EXPECT_TRUE(at::equal(AllLogits(*reduced_streamed, prompt), want));
+  EXPECT_LT(MaxAbsDiff(AllLogits(*full_streamed, prompt, nullptr, &keep), want), 1e-5);
+
+  EXPECT_THAT(full_streamed->NewCache(1, 8),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "streamed"));
+  EXPECT_THAT(full_streamed->Generate({{prompt, nullptr}}, {}),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "streamed"));
+  EXPECT_THAT(full_streamed->SaveWeights("/nonexistent/x.safetensors"),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "streamed"));
+  ASSERT_OK_AND_ASSIGN(auto cache, reduced->NewCache(1, 8));
+  EXPECT_THAT(full_streamed->Forward({{1}}, cache.get(), {}),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "without a cache"));
+  EngineOptions bad = Fp32();
+  bad.streamed = true;
+  bad.trainable = true;
+  EXPECT_THAT(bad.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, "streamed"));
 }
 
 TEST(EngineMaskTest, MaskedRoutingEqualsSlicingTheGate) {

@@ -3,11 +3,13 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "tests/testutil/testutil.h"
 
 namespace premoe::profiler {
@@ -107,6 +109,34 @@ TEST_F(CalibrationTest, EmbeddingsAreNormalisedPromptOnlyAndDeterministic) {
   // Same run, same scores.
   ASSERT_OK_AND_ASSIGN(TaskProfile again, ProfileTask(*engine_, *tokenizer_, kSamples, o));
   EXPECT_EQ(again.scores, p.scores);
+}
+
+// Layer streaming changes where the weights come from, not the arithmetic:
+// for every metric and batching, the pattern must be identical.
+TEST_F(CalibrationTest, StreamedProfileEqualsResidentExactly) {
+  ASSERT_OK_AND_ASSIGN(auto streamed,
+                       model::Engine::Open(dir_->path(), {.dtype = "fp32", .streamed = true}));
+  for (const std::string metric : {"peu", "tcess", "reap", "frequency"}) {
+    for (int64_t batch : {0, 2}) {
+      SCOPED_TRACE(absl::StrCat(metric, " batch ", batch));
+      ProfileOptions o;
+      ASSERT_OK_AND_ASSIGN(o.metric, MetricOptions::Parse(metric));
+      o.batch_size = batch;
+      std::vector<double> fractions;
+      o.on_progress = [&](const ProfileProgress& p) { fractions.push_back(p.fraction); };
+      ASSERT_OK_AND_ASSIGN(TaskProfile want, ProfileTask(*engine_, *tokenizer_, kSamples, o));
+      ASSERT_FALSE(fractions.empty());
+      EXPECT_DOUBLE_EQ(fractions.back(), 1.0);
+      EXPECT_TRUE(std::is_sorted(fractions.begin(), fractions.end()));
+      ASSERT_OK_AND_ASSIGN(TaskProfile got, ProfileTask(*streamed, *tokenizer_, kSamples, o));
+      EXPECT_EQ(got.scores, want.scores);
+      EXPECT_EQ(got.embeddings, want.embeddings);
+      EXPECT_EQ(got.tokens, want.tokens);
+    }
+  }
+  ASSERT_OK_AND_ASSIGN(std::string resident_fp, ModelFingerprint(*engine_));
+  ASSERT_OK_AND_ASSIGN(std::string streamed_fp, ModelFingerprint(*streamed));
+  EXPECT_EQ(resident_fp, streamed_fp);
 }
 
 TEST_F(CalibrationTest, FingerprintNamesTheModelAndRefusesAReducedOne) {

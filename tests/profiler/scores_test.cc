@@ -140,6 +140,35 @@ TEST(MetricOptionsTest, ParsesAndRoundTrips) {
   EXPECT_EQ(MetricOptions::Parse("tcess")->Params(64, 8).at("k"), "1");
 }
 
+TEST(MetricOptionsTest, FromParamsInvertsParams) {
+  ASSERT_OK_AND_ASSIGN(MetricOptions peu,
+                       MetricOptions::FromParams(
+                           "peu", {{"k", "8"}, {"r", "per_task"}, {"transform", "max_sigmoid"}}));
+  EXPECT_EQ(peu.metric, Metric::kPeu);
+  EXPECT_EQ(peu.k, 8);
+  EXPECT_FALSE(peu.r.has_value());  // per task, as the default
+  EXPECT_EQ(peu.transform, Transform::kMaxSigmoid);
+  ASSERT_OK_AND_ASSIGN(
+      MetricOptions tcess,
+      MetricOptions::FromParams("tcess", {{"k", "2"}, {"r", "off"}, {"transform", "identity"}}));
+  EXPECT_EQ(tcess.k, 2);
+  EXPECT_FALSE(tcess.r.has_value());
+  for (const char* spec : {"peu", "peu:r=0.3", "tcess:k=2", "act_logits:k=4,r=0.25", "all_logits",
+                           "frequency:transform=max_sigmoid", "reap", "man", "random:seed=3"}) {
+    SCOPED_TRACE(spec);
+    ASSERT_OK_AND_ASSIGN(MetricOptions o, MetricOptions::Parse(spec));
+    ASSERT_OK_AND_ASSIGN(MetricOptions back,
+                         MetricOptions::FromParams(MetricName(o.metric), o.Params(64, 8)));
+    EXPECT_EQ(back.Params(64, 8), o.Params(64, 8));
+    EXPECT_EQ(back.r, o.r);
+    EXPECT_EQ(back.seed, o.seed);
+  }
+  EXPECT_THAT(MetricOptions::FromParams("tcess", {{"r", "per_task"}}).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, "r must be a number"));
+  EXPECT_THAT(MetricOptions::FromParams("peu", {{"q", "1"}}).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, "unknown parameter"));
+}
+
 TEST(MetricOptionsTest, BadSpecsNameTheProblem) {
   EXPECT_THAT(MetricOptions::Parse("pue").status(),
               StatusIs(absl::StatusCode::kInvalidArgument, "unknown metric \"pue\""));

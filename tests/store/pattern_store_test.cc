@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <filesystem>
 #include <limits>
 #include <mutex>
 #include <set>
@@ -105,6 +106,12 @@ class Collector {
     std::lock_guard lock(mu_);
     return events_;
   }
+  // The first error delivered (waiting up to 10 s for one).
+  absl::Status WaitError() {
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, std::chrono::seconds(10), [&] { return !errors_.empty(); });
+    return errors_.empty() ? absl::DeadlineExceededError("no error delivered") : errors_.front();
+  }
 
  private:
   std::mutex mu_;
@@ -168,6 +175,7 @@ TYPED_TEST(PatternStoreTest, PutThenGetReturnsTheRecord) {
   EXPECT_EQ(info.num_patterns, 1);
   EXPECT_EQ(info.num_embeddings, 2);
   EXPECT_EQ(info.index_kind, TypeParam::kIndex);
+  EXPECT_EQ(info.index_source, "rebuilt");  // a new store has no snapshot
 }
 
 TYPED_TEST(PatternStoreTest, PutFillsInCreationTime) {
@@ -457,9 +465,52 @@ TYPED_TEST(PatternStoreTest, WatchResumesFromAVersionAfterARestart) {
   EXPECT_EQ(events[1], (ChangeEvent{4, ChangeEvent::Kind::kPut, 4, "d"}));
 }
 
-TYPED_TEST(PatternStoreTest, ReopenRebuildsTheIndex) {
+TYPED_TEST(PatternStoreTest, WatchFromBeforeTheRetainedChangesIsOutOfRange) {
+  EmbeddedPatternStore::Options options = this->Options();
+  options.max_changes_retained = 3;
+  ASSERT_OK(this->backend_.Open(options));
+  for (int i = 0; i < 4; ++i) this->MustPut(MakePattern("t" + std::to_string(i), i));
+  ASSERT_OK(this->store().Delete(1).status());
+  // Versions 3, 4 and 5 are retained: a watch from 2 misses nothing.
+  Collector from2;
+  ASSERT_OK_AND_ASSIGN(auto w2, this->store().Watch(2, from2.callback()));
+  using K = ChangeEvent::Kind;
+  EXPECT_THAT(from2.Wait(3),
+              ElementsAre(ChangeEvent{3, K::kPut, 3, "t2"}, ChangeEvent{4, K::kPut, 4, "t3"},
+                          ChangeEvent{5, K::kDelete, 1, "t0"}));
+  Collector from1;
+  ASSERT_OK_AND_ASSIGN(auto w1, this->store().Watch(1, from1.callback()));
+  EXPECT_THAT(from1.WaitError(), StatusIs(absl::StatusCode::kOutOfRange,
+                                          "changes before version 3 are no longer retained"));
+  EXPECT_THAT(from1.WaitError(), StatusIs(absl::StatusCode::kOutOfRange,
+                                          "re-list and watch from the current version"));
+  EXPECT_TRUE(from1.events().empty());
+  w1.reset();
+  w2.reset();
+
+  // A lower limit after a restart drops the backlog with the next change.
+  options.max_changes_retained = 2;
+  ASSERT_OK(this->backend_.Open(options));
+  this->MustPut(MakePattern("t4", 4));  // version 6: 5 and 6 are retained
+  Collector from3;
+  ASSERT_OK_AND_ASSIGN(auto w3, this->store().Watch(3, from3.callback()));
+  EXPECT_THAT(from3.WaitError(), StatusIs(absl::StatusCode::kOutOfRange, "before version 5"));
+  Collector from4;
+  ASSERT_OK_AND_ASSIGN(auto w4, this->store().Watch(4, from4.callback()));
+  EXPECT_THAT(from4.Wait(2),
+              ElementsAre(ChangeEvent{5, K::kDelete, 1, "t0"}, ChangeEvent{6, K::kPut, 5, "t4"}));
+  this->MustPut(MakePattern("t5", 5));  // version 7: live changes slide the window too
+  EXPECT_EQ(from4.Wait(3).size(), 3u);
+  Collector again;
+  ASSERT_OK_AND_ASSIGN(auto w5, this->store().Watch(4, again.callback()));
+  EXPECT_THAT(again.WaitError(), StatusIs(absl::StatusCode::kOutOfRange, "before version 6"));
+}
+
+TYPED_TEST(PatternStoreTest, ReopenRestoresTheIndex) {
   PutSearchFixture(this);
   ASSERT_OK(this->backend_.Reopen());
+  ASSERT_OK_AND_ASSIGN(StoreInfo info, this->store().Info());
+  EXPECT_EQ(info.index_source, "snapshot");  // the store was closed cleanly
   ASSERT_OK_AND_ASSIGN(auto m, this->store().Search(kQuery, {.k = 2}));
   ASSERT_EQ(m.size(), 2u);
   EXPECT_EQ(m[0].task_name, "A");
@@ -526,6 +577,24 @@ TEST(EmbeddedOptionsTest, ValidateNamesTheBadField) {
   options.path = "/tmp/x";
   options.index = "ivf";
   EXPECT_THAT(options.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, "\"ivf\""));
+  options.index = "flat";
+  options.max_changes_retained = -1;
+  EXPECT_THAT(options.Validate(),
+              StatusIs(absl::StatusCode::kInvalidArgument, "max_changes_retained must be >= 0"));
+}
+
+TEST(EmbeddedOptionsTest, OpeningWithoutCreatingNeedsAStore) {
+  TempDir dir;
+  EmbeddedPatternStore::Options options;
+  options.path = dir.Join("store");
+  options.create_if_missing = false;
+  EXPECT_THAT(EmbeddedPatternStore::Open(options),
+              StatusIs(absl::StatusCode::kNotFound, "store: no pattern store there"));
+  EXPECT_FALSE(std::filesystem::exists(options.path));
+  options.create_if_missing = true;
+  ASSERT_OK(EmbeddedPatternStore::Open(options).status());
+  options.create_if_missing = false;
+  EXPECT_OK(EmbeddedPatternStore::Open(options).status());
 }
 
 }  // namespace

@@ -2,7 +2,10 @@
 // "t<seq>" (seq from argv[2] up) and deletes every fifth one it put. Before
 // each change it writes "p <seq>" / "d <id>" (intent) and after it is
 // acknowledged "P <seq> <id>" / "D <id>" to stdout, unbuffered, so the parent
-// knows exactly what was acknowledged when it SIGKILLs this process.
+// knows exactly what was acknowledged when it SIGKILLs this process. It
+// snapshots the index every 3 changes, and says how it opened the index
+// ("ready snapshot" / "ready rebuilt"), so kills also land around snapshot
+// writes and reopens load snapshots.
 #include <unistd.h>
 
 #include <cstdio>
@@ -31,12 +34,13 @@ int main(int argc, char** argv) {
   premoe::store::EmbeddedPatternStore::Options options;
   options.path = argv[1];
   options.index = argv[3];
+  options.snapshot_every_changes = 3;
   auto store = premoe::store::EmbeddedPatternStore::Open(options);
   if (!store.ok()) {
     std::fprintf(stderr, "open: %s\n", store.status().ToString().c_str());
     return 1;
   }
-  Say("ready");
+  Say("ready " + (*store)->Info()->index_source);
   std::uint64_t last_id = 0;
   for (std::uint64_t seq = std::strtoull(argv[2], nullptr, 10);; ++seq) {
     Say("p " + std::to_string(seq));

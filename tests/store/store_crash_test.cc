@@ -3,7 +3,9 @@
 // store reopens and: every acknowledged Put is there, whole and equal to what
 // was put; every acknowledged Delete is gone; nothing else is there except
 // possibly the one change in flight, and then whole; the FAISS index equals
-// RocksDB (Verify); the change log is gap-free.
+// RocksDB (Verify), whether the reopen loaded the index snapshot (the
+// helper writes one every few changes, the test's clean closes another) or
+// rebuilt it; the change log is gap-free.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -69,17 +71,19 @@ void RunCrashRounds(const std::string& index) {
   std::map<std::uint64_t, std::uint64_t> live;  // acknowledged: id -> seq
   std::set<std::uint64_t> deleted;              // acknowledged deletes
   const auto start = std::chrono::steady_clock::now();
-  int rounds = 0, acked_puts = 0;
+  int rounds = 0, acked_puts = 0, helper_snapshot_opens = 0, snapshot_reopens = 0;
   for (; rounds < 20; ++rounds) {
     if (std::chrono::steady_clock::now() - start > std::chrono::seconds(25)) break;
     const std::uint64_t first_seq = static_cast<std::uint64_t>(rounds) * 1'000'000;
     Child child = Spawn(path, first_seq, index);
     ASSERT_GT(child.pid, 0);
-    // Wait until it has opened the store (reads "ready"), then let it run.
+    // Wait until it has opened the store (reads "ready <index source>"),
+    // then let it run.
     char c;
     std::string ready;
-    while (ready != "ready\n" && ::read(child.out, &c, 1) == 1) ready += c;
-    ASSERT_EQ(ready, "ready\n") << "helper failed to start";
+    while (!ready.ends_with("\n") && ::read(child.out, &c, 1) == 1) ready += c;
+    ASSERT_TRUE(ready.starts_with("ready ")) << "helper failed to start";
+    if (ready == "ready snapshot\n") ++helper_snapshot_opens;
     std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms(rng)));
     ::kill(child.pid, SIGKILL);
     int wstatus = 0;
@@ -118,6 +122,7 @@ void RunCrashRounds(const std::string& index) {
     options.path = path;
     options.index = index;
     ASSERT_OK_AND_ASSIGN(auto store, EmbeddedPatternStore::Open(options));
+    snapshot_reopens += store->Info()->index_source == "snapshot";
     const absl::Status verified = store->Verify();
     ASSERT_TRUE(verified.ok()) << "round " << rounds << ": " << verified;
     for (const auto& [id, seq] : live) {
@@ -180,10 +185,13 @@ void RunCrashRounds(const std::string& index) {
     EXPECT_EQ(expected, info.version + 1);
   }
   watch.reset();
-  std::printf("[ crash ] %s: %d kills, %d acknowledged puts, %zu live, version %llu\n",
-              index.c_str(), rounds, acked_puts, live.size(),
-              static_cast<unsigned long long>(info.version));
+  std::printf(
+      "[ crash ] %s: %d kills, %d acknowledged puts, %zu live, version %llu; index "
+      "from a snapshot in %d of the helper's opens and %d reopens after a kill\n",
+      index.c_str(), rounds, acked_puts, live.size(), static_cast<unsigned long long>(info.version),
+      helper_snapshot_opens, snapshot_reopens);
   EXPECT_GE(rounds, 10);
+  EXPECT_GT(helper_snapshot_opens, 0);  // the snapshot path ran
   EXPECT_GT(acked_puts, 0);
 }
 

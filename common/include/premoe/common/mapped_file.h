@@ -38,6 +38,12 @@ class MappedFile {
   // out-of-range parts are clipped. Best effort: never fails.
   void Prefetch(std::size_t offset, std::size_t length) const;
 
+  // Drops this process's mapping of the pages of [offset, offset+length)
+  // (madvise DONTNEED), so bytes already copied out stop counting in its RSS.
+  // The page cache keeps them and a later read faults them back in, so
+  // concurrent readers stay correct. Best effort: never fails.
+  void Release(std::size_t offset, std::size_t length) const;
+
  private:
   MappedFile(std::string path, const std::uint8_t* data, std::size_t size)
       : path_(std::move(path)), data_(data), size_(size) {}

@@ -85,6 +85,28 @@ struct KeptExperts {
   absl::Status Validate(const ModelConfig& config, int64_t top_k) const;
 };
 
+// One routed expert's weights, in the engine's compute dtype on its device,
+// as Engine::LoadExpert makes them for an on-demand engine
+// (EngineOptions::experts_on_demand). Immutable once made; shared between
+// whoever holds it (a cache, the ExpertSets of forwards in flight).
+struct ExpertWeights {
+  at::Tensor gate_up;  // [2I, H]: the gate projection's rows, then the up projection's
+  at::Tensor down;     // [H, I]
+};
+
+// The routed experts one Forward of an on-demand engine may use, by (decoder
+// layer, expert id). A plain value: the caller assembles it (e.g. from
+// premoe::worker's expert cache) and must not change it during the Forward.
+// The shared_ptrs keep each expert alive for as long as the set holds it,
+// so a cache may evict an expert while a forward still uses it.
+struct ExpertSet {
+  std::map<std::pair<int64_t, int64_t>, std::shared_ptr<const ExpertWeights>> experts;
+  const ExpertWeights* Find(int64_t layer, int64_t expert) const {
+    auto it = experts.find({layer, expert});
+    return it == experts.end() ? nullptr : it->second.get();
+  }
+};
+
 // What a router tap sees for one MoE layer of one forward pass. The tensors
 // are valid during the callback only (copy what you keep); they live on the
 // engine's device. T is the number of tokens of the forward pass (packed:
@@ -144,10 +166,34 @@ struct EngineOptions {
   // carry gradients too) back-propagates into Parameters(). Needs dtype
   // "fp32" and a full model (empty keep). Default: false.
   bool trainable = false;
+  // Layer-streamed: for running a model larger than memory (profiling). Open
+  // keeps the checkpoint mapped and holds only the routers (gates, as
+  // Parameters(), so a fingerprint equals the resident engine's); each
+  // Forward loads every decoder layer in turn, runs all of the batch's tokens
+  // through it, and frees it before the next, releasing the pages it read.
+  // Peak memory: one layer's weights, the routers, the batch's activations
+  // and one layer's keys and values. Each Forward reads the checkpoint once,
+  // so give it few, large batches. Only Forward without a cache (fresh
+  // sequences) works; NewCache, Generate and SaveWeights answer
+  // FAILED_PRECONDITION. Results equal the resident engine's bit for bit for
+  // the same batch. Not with trainable. Default: false.
+  bool streamed = false;
+  // On-demand experts, for a worker that keeps only some experts resident
+  // and changes which at run time: Open loads every weight but the routed
+  // experts (routers whole; weight_bytes() counts what it holds), keeps the
+  // checkpoint mapped, and LoadExpert reads one expert when asked. Every
+  // Forward must carry ForwardOptions::experts and a mask for every sequence
+  // with new tokens, each keeping only experts in that set (a layer a mask
+  // leaves out keeps all its experts, so all must be in the set). Results
+  // equal the resident engine's under the same masks. NewCache and Forward
+  // with a cache work; Generate and SaveWeights answer FAILED_PRECONDITION.
+  // Not with keep, trainable or streamed. Default: false.
+  bool experts_on_demand = false;
 
   // INVALID_ARGUMENT for an unknown dtype or device string, top_k < 0,
-  // max_context < 0, or trainable without fp32. (keep and top_k are checked
-  // against the model in Open.)
+  // max_context < 0, trainable without fp32, or two of trainable, streamed,
+  // experts_on_demand (or keep with experts_on_demand). (keep and top_k are
+  // checked against the model in Open.)
   absl::Status Validate() const;
 };
 
@@ -178,6 +224,18 @@ struct ForwardOptions {
   // true: logits for every new token, packed [T, V]; false: only the last
   // new token of each sequence, [B, V]. Default: false.
   bool all_logits = false;
+  // true: run the layers for the taps only and return an undefined tensor,
+  // skipping the final norm and lm_head (a streamed engine then never loads
+  // them). The cache still advances. Default: false.
+  bool skip_logits = false;
+  // >= 0: run decoder layers 0..last_layer only, then stop, returning an
+  // undefined tensor (a probe that needs one early router, e.g. the match
+  // embedding's first MoE gate; a streamed engine loads no later layer).
+  // Only without a KvCache. -1: every layer. Default: -1.
+  int64_t last_layer = -1;
+  // The routed experts of an on-demand engine (required there, ignored
+  // otherwise); not owned. Default: null.
+  const ExpertSet* experts = nullptr;
 };
 
 // Sampling and stopping. Greedy when temperature == 0.
@@ -251,6 +309,16 @@ class Engine {
   virtual int64_t max_context() const = 0;
   // Bytes of all weight tensors held.
   virtual int64_t weight_bytes() const = 0;
+  // Bytes of one routed expert in the compute dtype (gate, up and down).
+  virtual int64_t expert_bytes() const = 0;
+
+  // Reads routed expert `expert` of MoE layer `layer` from the checkpoint
+  // into the compute dtype on the engine's device, releasing the mapped pages
+  // it read. On-demand engines only (FAILED_PRECONDITION otherwise);
+  // INVALID_ARGUMENT for a layer that is not MoE or an expert out of range.
+  // Thread-safe, also against Forward.
+  virtual absl::StatusOr<std::shared_ptr<const ExpertWeights>> LoadExpert(int64_t layer,
+                                                                          int64_t expert) const = 0;
 
   // The loaded weight called `name` (HF tensor name, e.g.
   // "model.layers.1.mlp.experts.3.gate_proj.weight"), in the compute dtype
@@ -283,7 +351,9 @@ class Engine {
   // fresh cache is used (every sequence starts at position 0).
   // Returns fp32 logits on the engine's device: [B, V] (the last new token of
   // each sequence; a sequence with no new tokens gets a zero row) or, with
-  // options.all_logits, [T, V] for every new token in packed order.
+  // options.all_logits, [T, V] for every new token in packed order (or,
+  // with options.skip_logits or last_layer, an undefined tensor). A streamed engine takes
+  // cache == nullptr only (FAILED_PRECONDITION otherwise).
   // INVALID_ARGUMENT for out-of-range tokens, sequences overflowing the cache,
   // masks of the wrong count or that do not fit the model.
   virtual absl::StatusOr<at::Tensor> Forward(const std::vector<std::vector<int64_t>>& tokens,

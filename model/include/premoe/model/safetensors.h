@@ -145,6 +145,8 @@ class SafetensorsFile {
   // Hints the kernel to read `tensor`'s pages (madvise WILLNEED) ahead of use;
   // `tensor` must come from this file. Best effort; does nothing for Parse().
   void Prefetch(const TensorView& tensor) const;
+  // MappedFile::Release on `tensor`'s bytes (a view of this file).
+  void Release(const TensorView& tensor) const;
 
  private:
   SafetensorsFile() = default;
@@ -220,6 +222,8 @@ class Checkpoint {
 
   // SafetensorsFile::Prefetch on the tensor called `name`; unknown names are ignored.
   void Prefetch(absl::string_view name) const;
+  // SafetensorsFile::Release on the tensor called `name`; unknown names are ignored.
+  void Release(absl::string_view name) const;
 
  private:
   struct Entry {

@@ -33,12 +33,23 @@ struct CalibrationSample {
 absl::StatusOr<std::vector<CalibrationSample>> ReadCalibrationJsonl(const std::string& path,
                                                                     int64_t max_samples = 0);
 
+struct ProfileProgress {
+  int64_t samples_done = 0;
+  int64_t samples_total = 0;
+  // Of the whole run, in [0, 1]: batches done plus the current batch's MoE
+  // layers done (so a single streamed batch still moves layer by layer).
+  double fraction = 0;
+};
+
 struct ProfileOptions {
   MetricOptions metric;
-  // Sequences per forward pass. Default: 16.
+  // Sequences per forward pass; 0 = all in one. A streamed engine reads the
+  // whole checkpoint once per pass, so it wants few large batches; a resident
+  // one is fastest with moderate ones. Default: 16.
   int64_t batch_size = 16;
-  // Called after each batch with (samples done, samples in all). Default: none.
-  std::function<void(int64_t, int64_t)> on_progress;
+  // Called on the profiling thread after each MoE layer of each batch.
+  // Default: none.
+  std::function<void(const ProfileProgress&)> on_progress;
 };
 
 struct TaskProfile {
@@ -53,8 +64,12 @@ struct TaskProfile {
 };
 
 // Profiles one task: `samples` must be non-empty; the engine must be the full
-// model (a reduced one has -inf logits for pruned experts). The tokenizer's
-// special tokens are added as for serving (add_special_tokens = true).
+// model (a reduced one has -inf logits for pruned experts), resident or
+// streamed (EngineOptions::streamed: the same results for the same
+// batch_size, in the memory of one layer). The tokenizer's special tokens are
+// added as for serving (add_special_tokens = true). Each batch runs twice:
+// the whole texts through every layer for the scores, then the prompts up to
+// the first MoE layer only for the match embeddings.
 absl::StatusOr<TaskProfile> ProfileTask(const model::Engine& engine,
                                         const model::Tokenizer& tokenizer,
                                         const std::vector<CalibrationSample>& samples,

@@ -61,6 +61,12 @@ struct MetricOptions {
   // The parameters as they apply (defaults resolved), for a pattern record:
   // {"k": "2", "r": "per_task", "transform": "max_sigmoid"}.
   std::map<std::string, std::string> Params(int64_t num_experts, int64_t model_top_k) const;
+  // The inverse of Params: the options a pattern record's metric name and
+  // parameters stand for (defaults Params resolved, such as k, stay explicit;
+  // the results are the same). INVALID_ARGUMENT for an unknown metric or
+  // parameter, or a value Params would not write.
+  static absl::StatusOr<MetricOptions> FromParams(absl::string_view name,
+                                                  const std::map<std::string, std::string>& params);
   // INVALID_ARGUMENT when k < 0, r outside [0, 1], or parameters that do not
   // apply to the metric (k, r, transform for reap, man, random).
   absl::Status Validate() const;

@@ -1,6 +1,8 @@
 // EmbeddedPatternStore: the pattern store in this process. RocksDB is the
-// source of truth; FAISS indexes the L2-normalised match embeddings and is
-// rebuilt from RocksDB on every Open, so no crash can leave the two apart.
+// source of truth; FAISS indexes the L2-normalised match embeddings. Open
+// loads the index from a snapshot only when the snapshot provably reflects
+// RocksDB's current state (see Options::index_snapshot), and otherwise
+// rebuilds it from RocksDB, so no crash can leave the two apart.
 //
 // On disk (one RocksDB directory), column families:
 //   patterns    id (8 bytes, big-endian) -> premoe.v1.Pattern without embeddings
@@ -9,6 +11,7 @@
 //   changes     version BE               -> premoe.v1.ChangeEvent (for Watch)
 //   meta        "schema_version", "model_fingerprint", "embedding_dim",
 //               "version", "next_id"
+// and beside them the file `index.snapshot` (Options::index_snapshot).
 // Every Put/Delete is one WriteBatch over all of them, so a change is whole or
 // absent. The embedding key layout makes a pattern's embeddings one contiguous
 // range and doubles as the FAISS id (at most 2^20 embeddings per pattern).
@@ -30,8 +33,11 @@ namespace premoe::store {
 class EmbeddedPatternStore final : public PatternStore {
  public:
   struct Options {
-    // RocksDB directory; created if missing. Required.
+    // RocksDB directory. Required.
     std::string path;
+    // Default true: a missing store is created. false: Open fails NOT_FOUND
+    // when `path` holds no store (for tools that only look at one).
+    bool create_if_missing = true;
     // Default true: every change is fsynced before Put/Delete return, so an
     // acknowledged change survives power loss. false survives a process
     // crash (the OS has the write) but not a machine crash; ~100x faster Puts.
@@ -51,13 +57,37 @@ class EmbeddedPatternStore final : public PatternStore {
     std::int32_t hnsw_ef_search = 64;
     // Largest encoded pattern (record plus embeddings). Default 64 MiB.
     std::int64_t max_record_bytes = std::int64_t{64} << 20;
+    // Default true: persist the index in <path>/index.snapshot when the store
+    // is closed (and see snapshot_every_changes), so that Open can load it
+    // instead of rebuilding from RocksDB, which re-inserts every embedding
+    // (minutes for HNSW at 100k+). The file records the store version it
+    // reflects, the index kind, hnsw_m and the dimension, with a checksum over
+    // all of it; it is written only once that version is durable in RocksDB.
+    // Open loads it only when the version equals RocksDB's and the rest
+    // matches these options; anything else (missing, stale, corrupted, other
+    // options) means a rebuild, reported in StoreInfo::index_source. false:
+    // always rebuild, write nothing.
+    bool index_snapshot = true;
+    // Also write the snapshot after every N changes, so that an unclean exit
+    // still finds a recent one (it is used only if nothing changed after it).
+    // Each write serialises the whole index while Puts and Deletes wait
+    // (reads go on). Default 0: only on close.
+    std::int64_t snapshot_every_changes = 0;
+    // Change-log entries kept for Watch. Each Put/Delete removes, in its own
+    // WriteBatch, the entries that fall out of the newest N; a Watch from
+    // before them gets OUT_OF_RANGE (see PatternStore::Watch). 0 keeps every
+    // change forever. Default 100000 (a few MB).
+    std::int64_t max_changes_retained = 100'000;
 
     absl::Status Validate() const;
   };
 
-  // Opens (or creates) the store and rebuilds the index from RocksDB.
-  // FAILED_PRECONDITION for a store of a newer schema or another model.
+  // Opens (or creates) the store and loads the index snapshot or rebuilds the
+  // index from RocksDB. FAILED_PRECONDITION for a store of a newer schema or
+  // another model.
   static absl::StatusOr<std::unique_ptr<EmbeddedPatternStore>> Open(const Options& options);
+  // Writes the index snapshot (Options::index_snapshot) unless the one on
+  // disk is already current; a failure is logged, never fatal.
   ~EmbeddedPatternStore() override;
 
   absl::StatusOr<PutResult> Put(const Pattern& pattern) override;
@@ -74,8 +104,9 @@ class EmbeddedPatternStore final : public PatternStore {
   // Checks the store's invariants, for tests and `premoe patterns check`:
   // every pattern has its task entry and only its own embeddings, no
   // embedding or task entry is orphaned, and the FAISS index holds exactly
-  // the stored embeddings (same ids, same normalised vectors). DATA_LOSS
-  // naming the first violation.
+  // the stored embeddings (same ids, same normalised vectors; HNSW deletions
+  // accounted for), whether loaded or rebuilt. DATA_LOSS naming the first
+  // violation.
   absl::Status Verify();
 
   struct Impl;

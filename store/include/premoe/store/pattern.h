@@ -148,6 +148,10 @@ struct StoreInfo {
   std::int64_t num_embeddings = 0;
   // "flat" or "hnsw".
   std::string index_kind;
+  // How the store's Open made the index: "snapshot" (loaded from its index
+  // snapshot) or "rebuilt" (from RocksDB), and the microseconds that took.
+  std::string index_source;
+  std::int64_t index_open_micros = 0;
 };
 
 // The pattern as premoe.v1.Pattern bytes: the portable form (export files,

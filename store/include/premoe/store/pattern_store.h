@@ -9,6 +9,7 @@
 //                        wrong embedding dimension, record over the size limit)
 //   FAILED_PRECONDITION  pattern of another model (fingerprint mismatch)
 //   NOT_FOUND            unknown pattern id or task name
+//   OUT_OF_RANGE         a Watch from before the changes the store retains
 // A refused call changes nothing.
 #pragma once
 
@@ -70,7 +71,11 @@ class PatternStore {
 
   // Delivers every change with version > since_version (the committed ones
   // first, then live ones) to `callback`; see WatchCallback. To resume after
-  // a restart, pass the last version seen.
+  // a restart, pass the last version seen. The store keeps only its newest
+  // changes (EmbeddedPatternStore::Options::max_changes_retained): when
+  // changes after since_version are gone (or go while the watch lags behind),
+  // the callback's last call is OUT_OF_RANGE naming the oldest retained
+  // version; re-list and watch from the current version (Info().version).
   virtual absl::StatusOr<std::unique_ptr<WatchHandle>> Watch(std::uint64_t since_version,
                                                              WatchCallback callback) = 0;
 

@@ -1,5 +1,6 @@
-// absl::Status <-> grpc::Status. Their codes are the same numbers (both are
-// google.rpc.Code), so the conversion keeps code and message. Internal.
+// absl::Status <-> grpc::Status at the gRPC edges (servers and clients). Their
+// codes are the same numbers (both are google.rpc.Code), so the conversion
+// keeps code and message.
 #pragma once
 
 #include <string>
@@ -7,7 +8,7 @@
 #include "absl/status/status.h"
 #include "grpcpp/support/status.h"
 
-namespace premoe::store::internal {
+namespace premoe::rpc {
 
 inline grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
@@ -21,4 +22,4 @@ inline absl::Status FromGrpcStatus(const grpc::Status& status) {
                       status.error_message());
 }
 
-}  // namespace premoe::store::internal
+}  // namespace premoe::rpc

@@ -1,0 +1,29 @@
+// The query side of retrieval (DESIGN.md §3, TAER): the match embedding of one
+// prompt, computed exactly as ProfileTask computes a calibration prompt's, so
+// that a query and the patterns it is searched against are comparable.
+#pragma once
+
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "premoe/model/engine.h"
+#include "premoe/model/tokenizer.h"
+#include "premoe/profiler/scores.h"
+
+namespace premoe::profiler {
+
+// Tokenizes `prompt` as ProfileTask does (add_special_tokens = true), runs it
+// through `engine` (a full model, as for profiling) and returns
+// MatchEmbedding of the first MoE layer's gate logits under `metric`: N =
+// num_routed_experts floats, L2-normalised. Use the metric (and parameters)
+// the searched patterns were profiled with. INVALID_ARGUMENT for a prompt
+// that encodes to no tokens or exceeds the engine's context, a model without
+// an MoE layer, or a bad metric; INTERNAL for a libtorch failure.
+// Thread-safe as Engine::Forward is.
+absl::StatusOr<std::vector<float>> EmbedPrompt(const model::Engine& engine,
+                                               const model::Tokenizer& tokenizer,
+                                               absl::string_view prompt,
+                                               const MetricOptions& metric);
+
+}  // namespace premoe::profiler
