@@ -19,6 +19,7 @@ void RegisterEval(CLI::App& app, int* exit_code);
 void RegisterTestbed(CLI::App& app, int* exit_code);
 void RegisterProfile(CLI::App& app, int* exit_code);  // profile and select
 void RegisterPatterns(CLI::App& app, int* exit_code);
+void RegisterWorker(CLI::App& app, int* exit_code);
 
 // The exit code of a finished command: 0, or 1 after printing
 // "premoe <command>: <status>" to stderr.

@@ -60,3 +60,27 @@ for prompt in "What is 47 + 38?" "Reverse: planet" "Sort: 5 3 9 1" "ROT3 this: h
   build/cli/premoe generate --model "$model" --dtype fp32 --prompt "$prompt" --max-new-tokens 16
   echo
 done
+echo
+echo "== premoe worker: one process, an expert cache of 7.5 MiB of the model's 12 MiB of experts"
+port_file=$(mktemp -u)
+build/cli/premoe --log-level warn worker serve --model "$model" --dtype fp32 --cache 7.5MiB \
+  --port-file "$port_file" >/dev/null &
+worker_pid=$!
+trap 'kill $worker_pid 2>/dev/null || true' EXIT
+for _ in $(seq 300); do [ -s "$port_file" ] && break; sleep 0.1; done
+address=127.0.0.1:$(cat "$port_file")
+for task in add reverse caesar; do
+  build/cli/premoe worker prepare --address "$address" --pattern "$patterns/$task.pattern" \
+    --budget 2/8 | sed 's/^/  /'
+done
+for pair in "add|What is 47 + 38?" "reverse|Reverse: planet" "caesar|ROT3 this: hello"; do
+  task=${pair%%|*} prompt=${pair#*|}
+  printf '  %-8s %-20s -> ' "$task" "$prompt"
+  build/cli/premoe worker generate --address "$address" --task "$task" --prompt "$prompt" \
+    --max-new-tokens 16 2>/dev/null
+  echo
+done
+build/cli/premoe worker status --address "$address" | sed 's/^/  /'
+kill "$worker_pid"
+wait "$worker_pid" 2>/dev/null || true
+rm -f "$port_file"

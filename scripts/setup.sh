@@ -19,7 +19,7 @@ APT_PACKAGES=(
 # Pinned so that the reference outputs tests compare against do not drift.
 PIP_PACKAGES=(
   torch==2.15.0 transformers==5.24.0 tokenizers==0.23.3 safetensors
-  numpy matplotlib
+  numpy matplotlib grpcio==1.85.3 grpcio-health-checking==1.85.1
 )
 
 missing=()

@@ -1,0 +1,362 @@
+// The worker on the committed testbed model: its expert cache, mixed-pattern
+// continuous batching, and its refusals.
+#include "premoe/worker/worker.h"
+
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "premoe/model/tokenizer.h"
+#include "premoe/profiler/calibration.h"
+#include "premoe/profiler/selection.h"
+#include "premoe/testbed/tasks.h"
+#include "premoe/worker/expert_cache.h"
+#include "tests/testutil/testutil.h"
+
+namespace premoe::worker {
+namespace {
+
+using ::premoe::testing::StatusIs;
+
+std::string ModelDir() { return premoe::testing::SourceDir() + "/testbed/model"; }
+
+std::vector<int64_t> Encode(const model::Tokenizer& tok, const std::string& text) {
+  auto ids = tok.Encode(text, /*add_special_tokens=*/true);
+  EXPECT_TRUE(ids.ok()) << ids.status();
+  return ids.ok() ? std::vector<int64_t>(ids->begin(), ids->end()) : std::vector<int64_t>{};
+}
+
+// Patterns of a few testbed tasks, profiled once on the resident fp32 model,
+// which is also the reference the worker's tokens are checked against.
+class WorkerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto engine = model::Engine::Open(ModelDir(), {.dtype = "fp32"});
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    reference_ = engine->release();
+    auto tok = model::Tokenizer::FromFile(ModelDir() + "/tokenizer.json");
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    tokenizer_ = tok->release();
+    auto fingerprint = profiler::ModelFingerprint(*reference_);
+    ASSERT_TRUE(fingerprint.ok());
+    patterns_ = new std::map<std::string, store::Pattern>();
+    for (const std::string task : {"add", "reverse", "caesar", "sort", "brackets"}) {
+      auto t = testbed::FindTask(task);
+      ASSERT_TRUE(t.ok());
+      std::vector<profiler::CalibrationSample> samples;
+      for (int64_t i = 0; i < 16; ++i) {
+        auto s = (*t)->Get(testbed::Split::kCalibration, i);
+        ASSERT_TRUE(s.ok());
+        samples.push_back({s->prompt, s->completion});
+      }
+      auto profile = profiler::ProfileTask(*reference_, *tokenizer_, samples, {});
+      ASSERT_TRUE(profile.ok()) << profile.status();
+      store::Pattern p;
+      p.task_name = task;
+      p.model_fingerprint = *fingerprint;
+      p.metric = "peu";
+      for (const auto& [layer, scores] : profile->scores) {
+        p.layers.push_back({static_cast<int32_t>(layer), {scores.begin(), scores.end()}});
+      }
+      (*patterns_)[task] = p;
+    }
+  }
+  static void TearDownTestSuite() {
+    delete patterns_;
+    delete tokenizer_;
+    delete reference_;
+  }
+
+  // The experts `task`'s pattern keeps under `budget`, as the worker selects them.
+  static model::KeptExperts Keep(const std::string& task, const std::string& budget) {
+    std::map<int64_t, std::vector<double>> scores;
+    for (const auto& l : patterns_->at(task).layers) {
+      scores[l.layer] = std::vector<double>(l.scores.begin(), l.scores.end());
+    }
+    auto b = profiler::Budget::Parse(budget);
+    EXPECT_TRUE(b.ok());
+    auto sel = profiler::Select(scores, *b, reference_->expert_bytes(), reference_->top_k());
+    EXPECT_TRUE(sel.ok());
+    return sel->keep;
+  }
+
+  static std::vector<std::string> EvalPrompts(const std::string& task, int n) {
+    auto t = testbed::FindTask(task);
+    EXPECT_TRUE(t.ok());
+    std::vector<std::string> out;
+    for (int64_t i = 0; i < n; ++i) out.push_back((*t)->Get(testbed::Split::kEval, i)->prompt);
+    return out;
+  }
+
+  static WorkerOptions Options() {
+    WorkerOptions o;
+    o.model_dir = ModelDir();
+    o.dtype = "fp32";
+    o.max_batch = 4;
+    return o;
+  }
+
+  static model::Engine* reference_;
+  static model::Tokenizer* tokenizer_;
+  static std::map<std::string, store::Pattern>* patterns_;
+};
+model::Engine* WorkerTest::reference_ = nullptr;
+model::Tokenizer* WorkerTest::tokenizer_ = nullptr;
+std::map<std::string, store::Pattern>* WorkerTest::patterns_ = nullptr;
+
+TEST_F(WorkerTest, MixedPatternsInOneBatchGiveEachRequestItsTokensAlone) {
+  ASSERT_OK_AND_ASSIGN(auto worker, Worker::Open(Options()));
+  const std::vector<std::string> tasks = {"add", "reverse", "caesar"};
+  for (const auto& task : tasks) {
+    ASSERT_OK_AND_ASSIGN(PreparedPattern p, worker->Prepare(patterns_->at(task), "50%"));
+    EXPECT_EQ(p.kept_experts, 32);  // 8 of 16 in each of 4 layers
+    EXPECT_DOUBLE_EQ(p.kept_fraction, 0.5);
+  }
+  model::GenerationOptions go;
+  go.max_new_tokens = 12;
+  // Requests of three patterns, plus the full model, all at once: with 4
+  // slots they queue, join running batches mid-flight and mix patterns.
+  struct Case {
+    std::string task;
+    std::vector<int64_t> prompt;
+    std::vector<int64_t> want;
+  };
+  std::vector<Case> cases;
+  for (const auto& task : tasks) {
+    const model::KeptExperts keep = Keep(task, "50%");
+    for (const auto& prompt : EvalPrompts(task, 3)) {
+      Case c{task, Encode(*tokenizer_, prompt), {}};
+      ASSERT_OK_AND_ASSIGN(auto alone, reference_->Generate({{c.prompt, &keep}}, go));
+      c.want = alone[0].tokens;
+      cases.push_back(c);
+    }
+  }
+  {
+    Case c{"", Encode(*tokenizer_, EvalPrompts("sort", 1)[0]), {}};
+    ASSERT_OK_AND_ASSIGN(auto alone, reference_->Generate({{c.prompt, nullptr}}, go));
+    c.want = alone[0].tokens;
+    cases.push_back(c);
+  }
+  std::vector<std::thread> threads;
+  std::vector<absl::StatusOr<WorkResult>> results(cases.size(), absl::UnknownError("not run"));
+  std::vector<std::vector<int64_t>> streamed(cases.size());
+  for (size_t i = 0; i < cases.size(); ++i) {
+    threads.emplace_back([&, i] {
+      WorkRequest r;
+      r.prompt = cases[i].prompt;
+      r.task = cases[i].task;
+      r.options = go;
+      r.on_token = [&, i](int64_t t) {
+        streamed[i].push_back(t);
+        return true;
+      };
+      results[i] = worker->Generate(std::move(r));
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE(absl::StrCat("request ", i, " task \"", cases[i].task, "\""));
+    ASSERT_OK(results[i].status());
+    EXPECT_EQ(results[i]->generation.tokens, cases[i].want);
+    EXPECT_EQ(streamed[i], cases[i].want);
+    EXPECT_GT(results[i]->time_to_first_token, 0);
+  }
+  const WorkerStatus s = worker->Status();
+  EXPECT_EQ(s.patterns.size(), 3u);
+  EXPECT_EQ(s.queued, 0);
+  EXPECT_EQ(s.running, 0);
+  EXPECT_EQ(s.cache.pinned_experts, 0);
+  EXPECT_EQ(s.cache.resident_experts, 64);  // the full-model request loaded the rest
+  EXPECT_EQ(s.all_experts_bytes, 64 * worker->engine().expert_bytes());
+}
+
+// A lease pins its experts: whatever other patterns are prepared meanwhile,
+// none of them is evicted until the lease ends.
+TEST_F(WorkerTest, EvictionNeverTouchesPinnedExperts) {
+  ASSERT_OK_AND_ASSIGN(auto engine,
+                       model::Engine::Open(ModelDir(), {.dtype = "fp32", .experts_on_demand = true}));
+  std::mutex mu;
+  std::set<std::pair<int64_t, int64_t>> pinned;
+  std::vector<std::pair<int64_t, int64_t>> violations;
+  std::atomic<int64_t> evictions{0};
+  ExpertCacheOptions o;
+  o.budget_bytes = 32 * engine->expert_bytes();  // two 25% patterns
+  o.on_evict = [&](int64_t l, int64_t e) {
+    ++evictions;
+    std::lock_guard lock(mu);
+    if (pinned.contains({l, e})) violations.emplace_back(l, e);
+  };
+  ASSERT_OK_AND_ASSIGN(auto cache, ExpertCache::Create(engine.get(), o));
+  const std::vector<std::string> others = {"reverse", "caesar", "sort", "brackets"};
+  std::atomic<bool> stop{false};
+  std::atomic<int> prepared{0};
+  std::thread preparer([&] {
+    for (int i = 0; !stop; ++i, ++prepared) {
+      auto r = cache->Prepare(Keep(others[i % others.size()], "25%"));
+      EXPECT_TRUE(r.ok()) << r.status();  // 16 pinned + 16 new always fit in 32
+    }
+  });
+  const model::KeptExperts keep = Keep("add", "25%");
+  // However the threads are scheduled, the preparer gets to run while pinned.
+  for (int round = 0; round < 20 || prepared < 8; ++round) {
+    ASSERT_OK_AND_ASSIGN(auto lease, cache->Acquire(keep));
+    {
+      std::lock_guard lock(mu);
+      for (const auto& [key, w] : lease->experts().experts) pinned.insert(key);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    {
+      std::lock_guard lock(mu);
+      pinned.clear();
+    }
+  }
+  stop = true;
+  preparer.join();
+  EXPECT_TRUE(violations.empty()) << violations.size() << " pinned experts were evicted";
+  EXPECT_GT(evictions.load(), 0);
+  const CacheStats s = cache->Stats();
+  EXPECT_LE(s.resident_bytes, o.budget_bytes);
+  EXPECT_EQ(s.pinned_experts, 0);
+  // A pattern that cannot fit beside pinned experts: Prepare is refused, an
+  // Acquire waits for the pins to go (here, past its deadline); neither
+  // evicts anything. One that exceeds the budget alone is refused at once.
+  auto lease = std::make_unique<std::unique_ptr<Lease>>();
+  ASSERT_OK_AND_ASSIGN(*lease, cache->Acquire(Keep("add", "50%")));
+  const int64_t before = cache->Stats().evictions;
+  EXPECT_THAT(cache->Prepare(Keep("reverse", "50%")).status(),
+              StatusIs(absl::StatusCode::kResourceExhausted, "cannot hold this pattern now"));
+  EXPECT_THAT(cache->Acquire(Keep("reverse", "50%"),
+                             std::chrono::steady_clock::now() + std::chrono::milliseconds(20))
+                  .status(),
+              StatusIs(absl::StatusCode::kDeadlineExceeded, "waiting for room"));
+  model::KeptExperts all;  // every expert of every layer: 64 > 32
+  EXPECT_THAT(cache->Acquire(all).status(),
+              StatusIs(absl::StatusCode::kResourceExhausted, "holds 32"));
+  EXPECT_EQ(cache->Stats().evictions, before);
+  // Once the lease ends, the waiting Acquire goes through.
+  std::thread releaser([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    lease->reset();
+  });
+  ASSERT_OK_AND_ASSIGN(auto waited, cache->Acquire(Keep("reverse", "50%")));
+  releaser.join();
+  EXPECT_GT(cache->Stats().evictions, before);
+}
+
+// Prepare races Generate under a tight budget: every request still gets its
+// own tokens, reloading evicted experts as it needs them.
+TEST_F(WorkerTest, PrepareRacingGenerateKeepsEveryAnswerExact) {
+  WorkerOptions o = Options();
+  o.cache_bytes = 32 * reference_->expert_bytes();
+  ASSERT_OK_AND_ASSIGN(auto worker, Worker::Open(o));
+  ASSERT_OK(worker->Prepare(patterns_->at("add"), "25%").status());
+  model::GenerationOptions go;
+  go.max_new_tokens = 8;
+  const model::KeptExperts keep = Keep("add", "25%");
+  std::vector<std::pair<std::vector<int64_t>, std::vector<int64_t>>> want;
+  for (const auto& prompt : EvalPrompts("add", 4)) {
+    const std::vector<int64_t> ids = Encode(*tokenizer_, prompt);
+    ASSERT_OK_AND_ASSIGN(auto alone, reference_->Generate({{ids, &keep}}, go));
+    want.emplace_back(ids, alone[0].tokens);
+  }
+  std::atomic<bool> stop{false};
+  std::atomic<int> prepared{0};
+  std::thread preparer([&] {
+    const std::vector<std::string> others = {"reverse", "caesar", "sort", "brackets"};
+    for (int i = 0; !stop; ++i, ++prepared) {
+      auto r = worker->Prepare(patterns_->at(others[i % others.size()]), "25%");
+      EXPECT_TRUE(r.ok()) << r.status();
+    }
+  });
+  for (int round = 0; round < 6 || prepared < 4; ++round) {
+    const auto& [ids, tokens] = want[round % want.size()];
+    WorkRequest r;
+    r.prompt = ids;
+    r.task = "add";
+    r.options = go;
+    ASSERT_OK_AND_ASSIGN(WorkResult res, worker->Generate(std::move(r)));
+    EXPECT_EQ(res.generation.tokens, tokens) << "round " << round;
+  }
+  stop = true;
+  preparer.join();
+  EXPECT_GT(worker->Status().cache.evictions, 0);
+}
+
+TEST_F(WorkerTest, RefusalsNameTheProblem) {
+  WorkerOptions o = Options();
+  o.max_batch = 1;
+  o.max_queue = 1;
+  o.cache_bytes = 20 * reference_->expert_bytes();
+  ASSERT_OK_AND_ASSIGN(auto worker, Worker::Open(o));
+  const std::vector<int64_t> prompt = Encode(*tokenizer_, EvalPrompts("add", 1)[0]);
+  WorkRequest r;
+  r.prompt = prompt;
+  r.task = "nope";
+  EXPECT_THAT(worker->Generate(r).status(), StatusIs(absl::StatusCode::kNotFound, "\"nope\""));
+  r.task = "";  // the full model: 64 experts in a 20-expert budget
+  EXPECT_THAT(worker->Generate(r).status(),
+              StatusIs(absl::StatusCode::kResourceExhausted, "cannot hold"));
+  store::Pattern other = patterns_->at("add");
+  other.model_fingerprint = "0123";
+  EXPECT_THAT(worker->Prepare(other, "25%").status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "made for model 0123"));
+  EXPECT_THAT(worker->Prepare(patterns_->at("add"), "1/4").status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "top-1"));
+  EXPECT_THAT(worker->Prepare(patterns_->at("add"), "50%").status(),
+              StatusIs(absl::StatusCode::kResourceExhausted, "cannot hold"));
+  ASSERT_OK(worker->Prepare(patterns_->at("add"), "25%").status());
+  r.task = "add";
+  r.prompt = {1, 999};
+  EXPECT_THAT(worker->Generate(r).status(), StatusIs(absl::StatusCode::kInvalidArgument, "999"));
+  r.prompt = prompt;
+  r.options.max_new_tokens = 100000;
+  EXPECT_THAT(worker->Generate(r).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, "exceeds the context"));
+  r.options.max_new_tokens = 8;
+  r.deadline = std::chrono::steady_clock::now();
+  EXPECT_THAT(worker->Generate(r).status(), StatusIs(absl::StatusCode::kDeadlineExceeded, "deadline"));
+  r.deadline.reset();
+  r.on_token = [](int64_t) { return false; };
+  EXPECT_THAT(worker->Generate(r).status(), StatusIs(absl::StatusCode::kCancelled, "cancelled"));
+
+  // A full queue: one request holds the only slot (its callback waits), one
+  // waits in the queue, the third is refused.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool release = false, started = false;
+  WorkRequest slow = r;
+  slow.options.max_new_tokens = 2;
+  slow.options.stop_at_eos = false;
+  slow.on_token = [&](int64_t) {
+    std::unique_lock lock(mu);
+    started = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return release; });
+    return true;
+  };
+  std::thread first([&] { EXPECT_OK(worker->Generate(slow).status()); });
+  {
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return started; });
+  }
+  WorkRequest queued = r;
+  queued.on_token = nullptr;
+  std::thread second([&] { EXPECT_OK(worker->Generate(queued).status()); });
+  while (worker->Status().queued < 1) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  EXPECT_THAT(worker->Generate(queued).status(),
+              StatusIs(absl::StatusCode::kResourceExhausted, "queue is full"));
+  {
+    std::lock_guard lock(mu);
+    release = true;
+  }
+  cv.notify_all();
+  first.join();
+  second.join();
+}
+
+}  // namespace
+}  // namespace premoe::worker

@@ -1,0 +1,77 @@
+// WorkerClient: a client of a remote premoe.v1.Worker (WorkerServer), for
+// the router and the CLI. Speaks premoe's plain structs; gRPC errors come
+// back as absl::Status with the same code and message.
+//
+// Thread-safe: calls may run concurrently on one client.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "premoe/model/engine.h"
+#include "premoe/store/pattern.h"
+#include "premoe/worker/worker.h"
+
+namespace premoe::worker {
+
+// A text completion request, as a WorkerServer takes it.
+struct TextRequest {
+  std::string prompt;
+  // A prepared pattern's task; empty = the full model.
+  std::string task;
+  model::GenerationOptions options;  // stop_requested is not sent
+  // Stop strings, matched in the decoded text.
+  std::vector<std::string> stop;
+  // Deadline of the call. Default: none.
+  std::optional<std::chrono::system_clock::time_point> deadline;
+};
+
+struct TextResult {
+  std::string text;
+  std::vector<int64_t> tokens;
+  std::string finish_reason;  // "length", "eos" or "stop"
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
+  double time_to_first_token = 0;
+};
+
+// What WorkerServer's Status reports, plus the model fingerprint it serves.
+struct RemoteStatus {
+  std::string model_fingerprint;
+  WorkerStatus status;
+};
+
+class WorkerClient {
+ public:
+  struct Options {
+    // "host:port". Required.
+    std::string address;
+    // Largest message sent or received. Default 64 MiB.
+    int32_t max_message_bytes = 64 << 20;
+  };
+  static absl::StatusOr<std::unique_ptr<WorkerClient>> Open(const Options& options);
+  ~WorkerClient();
+
+  absl::StatusOr<PreparedPattern> Prepare(const store::Pattern& pattern, const std::string& budget);
+  // Streams the completion: `on_delta(text, tokens)` (may be empty) for each
+  // message as it arrives; returns the whole result at the end.
+  absl::StatusOr<TextResult> Generate(
+      const TextRequest& request,
+      const std::function<void(const std::string&, const std::vector<int64_t>&)>& on_delta =
+          nullptr);
+  absl::StatusOr<RemoteStatus> Status();
+
+  struct Impl;
+
+ private:
+  explicit WorkerClient(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace premoe::worker

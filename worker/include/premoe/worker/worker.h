@@ -1,0 +1,152 @@
+// Worker: serves generation for many expert patterns from one model, holding
+// only the routed experts those patterns keep (issue 7).
+//
+// The engine holds every weight but the routed experts
+// (EngineOptions::experts_on_demand); an ExpertCache holds the experts of the
+// prepared patterns under a byte budget. Requests name a prepared pattern
+// (or none: the full model) and are decoded by one scheduler thread with
+// continuous batching: a request joins the running batch at the next step
+// (its prefill rides along with the others' decode steps) and leaves it when
+// done, and each sequence is routed with its own pattern's mask, so requests
+// of different patterns share every forward pass.
+//
+// Thread safety: every method may be called from any number of threads.
+// Generate blocks its caller until the request ends; tokens are delivered
+// on the scheduler thread as they become final.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "premoe/model/engine.h"
+#include "premoe/store/pattern.h"
+#include "premoe/worker/expert_cache.h"
+
+namespace premoe::worker {
+
+struct WorkerOptions {
+  // Model directory (config.json, safetensors). Required.
+  std::string model_dir;
+  // EngineOptions::dtype and device. Defaults: "bf16", "cpu".
+  std::string dtype = "bf16";
+  std::string device = "cpu";
+  // Byte budget of resident routed experts. 0 = every routed expert of the
+  // model fits. Default: 0.
+  int64_t cache_bytes = 0;
+  // Sequences decoded together per step. Default: 8.
+  int64_t max_batch = 8;
+  // Requests waiting for a batch slot (>= 1); one more is refused with
+  // RESOURCE_EXHAUSTED. Default: 64.
+  int64_t max_queue = 64;
+  // Longest sequence (prompt + generated); 0 = the model's context.
+  // Default: 0.
+  int64_t max_context = 0;
+
+  absl::Status Validate() const;
+};
+
+// A pattern made servable: its kept experts under a budget.
+struct PreparedPattern {
+  std::string task;
+  // Experts kept over all MoE layers, and their bytes.
+  int64_t kept_experts = 0;
+  int64_t kept_bytes = 0;
+  // kept_experts over all routed experts of the model.
+  double kept_fraction = 0;
+  // What making it resident took.
+  LoadReport load;
+};
+
+struct WorkRequest {
+  // Token ids, non-empty, each < vocab size.
+  std::vector<int64_t> prompt;
+  // A prepared pattern's task; empty = the full model (every expert).
+  std::string task;
+  // Sampling and stopping; `seed` seeds this request alone; stop_requested
+  // (its argument is 0) is asked on the scheduler thread after each step.
+  // Default: greedy, 64 tokens.
+  model::GenerationOptions options;
+  // The request fails with DEADLINE_EXCEEDED once this passes (queued or
+  // running). Default: none.
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  // Receives each generated token once final, on the scheduler thread;
+  // return false to cancel (the request then ends CANCELLED). Must not block
+  // long: the whole batch waits. Default: none.
+  std::function<bool(int64_t)> on_token;
+};
+
+struct WorkResult {
+  model::GenerationResult generation;
+  std::string task;
+  // Seconds from Generate's call to its first generated token (or to the
+  // end, if none).
+  double time_to_first_token = 0;
+};
+
+struct PatternStatus {
+  std::string task;
+  int64_t kept_experts = 0;
+  int64_t kept_bytes = 0;
+  // Whether every expert it keeps is resident now.
+  bool resident = false;
+};
+
+struct WorkerStatus {
+  CacheStats cache;
+  std::vector<PatternStatus> patterns;
+  int64_t queued = 0;
+  int64_t running = 0;
+  // Weights the engine holds besides the routed experts.
+  int64_t base_bytes = 0;
+  // What every routed expert of the model would take.
+  int64_t all_experts_bytes = 0;
+};
+
+class Worker {
+ public:
+  // Opens the model (experts on demand) and starts the scheduler thread.
+  static absl::StatusOr<std::unique_ptr<Worker>> Open(const WorkerOptions& options);
+  // Fails requests still queued or running with UNAVAILABLE and joins the
+  // scheduler.
+  ~Worker();
+
+  // Selects `pattern`'s experts under `budget` (profiler::Budget syntax:
+  // "50%", "8/16", "bytes:SIZE", "coverage:F") and makes them resident,
+  // replacing an earlier pattern of the same task. FAILED_PRECONDITION for a
+  // pattern of another model or a budget that lowers top-k below the
+  // engine's; RESOURCE_EXHAUSTED when it cannot fit beside the experts of
+  // requests in flight.
+  absl::StatusOr<PreparedPattern> Prepare(const store::Pattern& pattern, const std::string& budget);
+
+  // Runs one request to its end. NOT_FOUND for a task not prepared;
+  // INVALID_ARGUMENT for a bad prompt or options; RESOURCE_EXHAUSTED when the
+  // queue is full or its experts cannot be made resident; CANCELLED,
+  // DEADLINE_EXCEEDED as above; UNAVAILABLE when the worker shuts down.
+  absl::StatusOr<WorkResult> Generate(WorkRequest request);
+  // The same, without waiting: a request refused up front returns its error
+  // (and `on_done` is never called); an accepted one returns OK and ends with
+  // exactly one call of `on_done`, on the scheduler thread (so it must not
+  // block or call back into the worker). Makes its experts resident on the
+  // calling thread first.
+  using DoneCallback = std::function<void(absl::StatusOr<WorkResult>)>;
+  absl::Status Submit(WorkRequest request, DoneCallback on_done);
+
+  WorkerStatus Status() const;
+  const model::Engine& engine() const;
+  // The model fingerprint patterns must carry (profiler::ModelFingerprint).
+  const std::string& fingerprint() const;
+
+  struct Impl;
+
+ private:
+  explicit Worker(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace premoe::worker

@@ -1,0 +1,195 @@
+#include "premoe/worker/expert_cache.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "premoe/common/status.h"
+
+namespace premoe::worker {
+
+Lease::~Lease() { cache_->Unpin(set_); }
+
+absl::StatusOr<std::unique_ptr<ExpertCache>> ExpertCache::Create(const model::Engine* engine,
+                                                                 ExpertCacheOptions options) {
+  if (engine == nullptr || !engine->options().experts_on_demand) {
+    return absl::InvalidArgumentError(
+        "ExpertCache needs an engine opened with EngineOptions::experts_on_demand");
+  }
+  if (options.budget_bytes <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ExpertCacheOptions.budget_bytes must be > 0, got ", options.budget_bytes));
+  }
+  return std::unique_ptr<ExpertCache>(new ExpertCache(engine, std::move(options)));
+}
+
+ExpertCache::ExpertCache(const model::Engine* engine, ExpertCacheOptions options)
+    : engine_(engine), options_(std::move(options)), expert_bytes_(engine->expert_bytes()) {
+  totals_.budget_bytes = options_.budget_bytes;
+}
+
+std::vector<ExpertCache::Key> ExpertCache::Keys(const model::KeptExperts& keep) const {
+  const model::ModelConfig& c = engine_->config();
+  std::vector<Key> keys;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    if (!c.IsMoeLayer(static_cast<int>(l))) continue;
+    if (const std::vector<int64_t>* kept = keep.Find(l)) {
+      for (int64_t e : *kept) keys.emplace_back(l, e);
+    } else {
+      for (int64_t e = 0; e < c.num_routed_experts; ++e) keys.emplace_back(l, e);
+    }
+  }
+  return keys;
+}
+
+absl::StatusOr<LoadReport> ExpertCache::Prepare(const model::KeptExperts& keep) {
+  RETURN_IF_ERROR(keep.Validate(engine_->config(), engine_->top_k()));
+  LoadReport report;
+  RETURN_IF_ERROR(Ensure(Keys(keep), /*pin=*/false, /*wait=*/false, std::nullopt, nullptr, &report));
+  return report;
+}
+
+absl::StatusOr<std::unique_ptr<Lease>> ExpertCache::Acquire(
+    const model::KeptExperts& keep, std::optional<std::chrono::steady_clock::time_point> deadline) {
+  RETURN_IF_ERROR(keep.Validate(engine_->config(), engine_->top_k()));
+  LoadReport report;
+  model::ExpertSet set;
+  RETURN_IF_ERROR(Ensure(Keys(keep), /*pin=*/true, /*wait=*/true, deadline, &set, &report));
+  return std::unique_ptr<Lease>(new Lease(this, std::move(set), report));
+}
+
+bool ExpertCache::TryPinResident(const std::vector<Key>& keys, bool pin, model::ExpertSet* set) {
+  for (const Key& k : keys) {
+    if (!entries_.contains(k)) return false;
+  }
+  for (const Key& k : keys) {
+    Entry& e = entries_.at(k);
+    if (pin) ++e.pins;
+    e.last_use = ++clock_;
+    if (set != nullptr) set->experts[k] = e.weights;
+  }
+  return true;
+}
+
+absl::Status ExpertCache::Ensure(const std::vector<Key>& keys, bool pin, bool wait,
+                                 std::optional<std::chrono::steady_clock::time_point> deadline,
+                                 model::ExpertSet* set, LoadReport* report) {
+  report->needed_experts = static_cast<int64_t>(keys.size());
+  {
+    std::lock_guard lock(mu_);
+    if (TryPinResident(keys, pin, set)) return absl::OkStatus();
+  }
+  const int64_t capacity = options_.budget_bytes / expert_bytes_;
+  if (static_cast<int64_t>(keys.size()) > capacity) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the expert cache cannot hold this pattern: it keeps ", keys.size(), " experts of ",
+        expert_bytes_, " bytes; the budget of ", options_.budget_bytes, " bytes holds ",
+        capacity));
+  }
+  std::lock_guard loading(load_mu_);
+  std::vector<Key> missing, held;
+  std::unique_lock lock(mu_);
+  while (true) {
+    // Another loader may have brought them in while this one waited.
+    if (TryPinResident(keys, pin, set)) return absl::OkStatus();
+    // Hold what is resident (so the evictions below skip it) and count
+    // what is not.
+    missing.clear();
+    held.clear();
+    for (const Key& k : keys) {
+      auto it = entries_.find(k);
+      if (it == entries_.end()) {
+        missing.push_back(k);
+      } else {
+        ++it->second.pins;
+        held.push_back(k);
+      }
+    }
+    const int64_t excess = static_cast<int64_t>(entries_.size() + missing.size()) - capacity;
+    std::vector<std::pair<uint64_t, Key>> evictable;
+    for (const auto& [k, e] : entries_) {
+      if (e.pins == 0) evictable.emplace_back(e.last_use, k);
+    }
+    if (excess <= static_cast<int64_t>(evictable.size())) {
+      if (excess > 0) {
+        std::sort(evictable.begin(), evictable.end());
+        for (int64_t i = 0; i < excess; ++i) {
+          const Key& k = evictable[i].second;
+          if (options_.on_evict) options_.on_evict(k.first, k.second);
+          entries_.erase(k);
+        }
+        report->evicted_experts = excess;
+        totals_.evictions += excess;
+      }
+      break;
+    }
+    for (const Key& k : held) --entries_.at(k).pins;
+    if (!wait) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the expert cache cannot hold this pattern now: it needs ", missing.size(),
+          " more experts beside ", entries_.size() - evictable.size(),
+          " pinned by requests in flight, within a budget of ", capacity, " experts"));
+    }
+    // It fits once some requests in flight end.
+    if (!deadline.has_value()) {
+      unpinned_.wait(lock);
+    } else if (unpinned_.wait_until(lock, *deadline) == std::cv_status::timeout) {
+      return absl::DeadlineExceededError(
+          "the deadline passed while waiting for room in the expert cache");
+    }
+  }
+  lock.unlock();
+  // Read outside mu_: requests whose experts are resident keep going.
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<std::shared_ptr<const model::ExpertWeights>> loaded;
+  absl::Status status;
+  for (const Key& k : missing) {
+    auto w = engine_->LoadExpert(k.first, k.second);
+    if (!w.ok()) {
+      status = w.status();
+      break;
+    }
+    loaded.push_back(*std::move(w));
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  lock.lock();
+  for (size_t i = 0; i < loaded.size(); ++i) {
+    entries_[missing[i]] = Entry{loaded[i], 0, ++clock_};
+  }
+  for (const Key& k : held) --entries_.at(k).pins;
+  report->loaded_experts = static_cast<int64_t>(loaded.size());
+  report->loaded_bytes = report->loaded_experts * expert_bytes_;
+  report->load_seconds = seconds;
+  totals_.loads += report->loaded_experts;
+  totals_.loaded_bytes += report->loaded_bytes;
+  totals_.load_seconds += seconds;
+  RETURN_IF_ERROR(status);
+  TryPinResident(keys, pin, set);  // all resident now: evictions happen under load_mu_ only
+  return absl::OkStatus();
+}
+
+void ExpertCache::Unpin(const model::ExpertSet& set) {
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [k, w] : set.experts) --entries_.at(k).pins;
+  }
+  unpinned_.notify_all();
+}
+
+bool ExpertCache::Resident(const model::KeptExperts& keep) const {
+  const std::vector<Key> keys = Keys(keep);
+  std::lock_guard lock(mu_);
+  return std::all_of(keys.begin(), keys.end(), [&](const Key& k) { return entries_.contains(k); });
+}
+
+CacheStats ExpertCache::Stats() const {
+  std::lock_guard lock(mu_);
+  CacheStats s = totals_;
+  s.resident_experts = static_cast<int64_t>(entries_.size());
+  s.resident_bytes = s.resident_experts * expert_bytes_;
+  for (const auto& [k, e] : entries_) s.pinned_experts += e.pins > 0 ? 1 : 0;
+  return s;
+}
+
+}  // namespace premoe::worker

@@ -1,0 +1,125 @@
+#include "wire.h"
+
+#include "premoe/common/status.h"
+
+namespace premoe::worker {
+
+absl::StatusOr<store::Pattern> PatternFromProto(const v1::Pattern& in) {
+  return store::DecodePattern(in.SerializeAsString());
+}
+
+void PatternToProto(const store::Pattern& in, v1::Pattern* out) {
+  // EncodePattern's bytes are a v1::Pattern: this cannot fail.
+  out->ParseFromString(store::EncodePattern(in));
+}
+
+void ToProto(const PreparedPattern& in, v1::PrepareResponse* out) {
+  out->set_task_name(in.task);
+  out->set_kept_experts(in.kept_experts);
+  out->set_kept_bytes(in.kept_bytes);
+  out->set_kept_fraction(in.kept_fraction);
+  out->set_loaded_experts(in.load.loaded_experts);
+  out->set_loaded_bytes(in.load.loaded_bytes);
+  out->set_evicted_experts(in.load.evicted_experts);
+  out->set_load_seconds(in.load.load_seconds);
+}
+
+PreparedPattern FromProto(const v1::PrepareResponse& in) {
+  PreparedPattern out;
+  out.task = in.task_name();
+  out.kept_experts = in.kept_experts();
+  out.kept_bytes = in.kept_bytes();
+  out.kept_fraction = in.kept_fraction();
+  out.load.needed_experts = in.kept_experts();
+  out.load.loaded_experts = in.loaded_experts();
+  out.load.loaded_bytes = in.loaded_bytes();
+  out.load.evicted_experts = in.evicted_experts();
+  out.load.load_seconds = in.load_seconds();
+  return out;
+}
+
+void ToProto(const std::string& fingerprint, const WorkerStatus& in,
+             v1::WorkerStatusResponse* out) {
+  out->set_model_fingerprint(fingerprint);
+  for (const PatternStatus& p : in.patterns) {
+    v1::PatternResidency* r = out->add_patterns();
+    r->set_task_name(p.task);
+    r->set_kept_experts(p.kept_experts);
+    r->set_kept_bytes(p.kept_bytes);
+    r->set_resident(p.resident);
+  }
+  out->set_budget_bytes(in.cache.budget_bytes);
+  out->set_resident_experts(in.cache.resident_experts);
+  out->set_resident_bytes(in.cache.resident_bytes);
+  out->set_pinned_experts(in.cache.pinned_experts);
+  out->set_base_bytes(in.base_bytes);
+  out->set_all_experts_bytes(in.all_experts_bytes);
+  out->set_queued(in.queued);
+  out->set_running(in.running);
+  out->set_loads(in.cache.loads);
+  out->set_loaded_bytes(in.cache.loaded_bytes);
+  out->set_evictions(in.cache.evictions);
+  out->set_load_seconds(in.cache.load_seconds);
+}
+
+RemoteStatus FromProto(const v1::WorkerStatusResponse& in) {
+  RemoteStatus out;
+  out.model_fingerprint = in.model_fingerprint();
+  WorkerStatus& s = out.status;
+  for (const v1::PatternResidency& r : in.patterns()) {
+    s.patterns.push_back({r.task_name(), r.kept_experts(), r.kept_bytes(), r.resident()});
+  }
+  s.cache.budget_bytes = in.budget_bytes();
+  s.cache.resident_experts = in.resident_experts();
+  s.cache.resident_bytes = in.resident_bytes();
+  s.cache.pinned_experts = in.pinned_experts();
+  s.base_bytes = in.base_bytes();
+  s.all_experts_bytes = in.all_experts_bytes();
+  s.queued = in.queued();
+  s.running = in.running();
+  s.cache.loads = in.loads();
+  s.cache.loaded_bytes = in.loaded_bytes();
+  s.cache.evictions = in.evictions();
+  s.cache.load_seconds = in.load_seconds();
+  return out;
+}
+
+void ToProto(const TextRequest& in, v1::GenerateRequest* out) {
+  out->set_prompt(in.prompt);
+  out->set_task_name(in.task);
+  v1::SamplingParams* s = out->mutable_sampling();
+  s->set_temperature(in.options.temperature);
+  s->set_top_p(in.options.top_p);
+  s->set_top_k(in.options.top_k);
+  s->set_seed(in.options.seed);
+  s->set_max_new_tokens(in.options.max_new_tokens);
+  for (const std::string& stop : in.stop) s->add_stop(stop);
+  s->set_ignore_eos(!in.options.stop_at_eos);
+}
+
+absl::StatusOr<TextRequest> FromProto(const v1::GenerateRequest& in) {
+  TextRequest out;
+  out.prompt = in.prompt();
+  out.task = in.task_name();
+  const v1::SamplingParams& s = in.sampling();
+  out.options.temperature = s.temperature();
+  out.options.top_p = s.top_p() == 0 ? 1.0 : s.top_p();
+  out.options.top_k = s.top_k();
+  out.options.seed = s.seed();
+  if (s.max_new_tokens() != 0) out.options.max_new_tokens = s.max_new_tokens();
+  out.options.stop_at_eos = !s.ignore_eos();
+  out.stop.assign(s.stop().begin(), s.stop().end());
+  RETURN_IF_ERROR(out.options.Validate());
+  return out;
+}
+
+std::string FinishReasonName(model::GenerationResult::FinishReason reason) {
+  switch (reason) {
+    case model::GenerationResult::FinishReason::kLength: return "length";
+    case model::GenerationResult::FinishReason::kEos: return "eos";
+    case model::GenerationResult::FinishReason::kStopSequence: return "stop";
+  }
+  return "length";
+}
+
+}  // namespace premoe::worker
