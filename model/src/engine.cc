@@ -554,13 +554,17 @@ class EngineImpl final : public Engine {
               "Forward: sequence ", b, "'s mask keeps expert ", e, " of layer ", l,
               ", which is not in ForwardOptions::experts"));
         };
+        auto needs = [&](int64_t e) {
+          return (options.expert_parallel == nullptr || options.expert_parallel->Owns(e)) &&
+                 options.experts->Find(l, e) == nullptr;
+        };
         if (const std::vector<int64_t>* kept = m->Find(l)) {
           for (int64_t e : *kept) {
-            if (options.experts->Find(l, e) == nullptr) return missing(e);
+            if (needs(e)) return missing(e);
           }
         } else {
           for (int64_t e = 0; e < config_.num_routed_experts; ++e) {
-            if (options.experts->Find(l, e) == nullptr) return missing(e);
+            if (needs(e)) return missing(e);
           }
         }
       }
@@ -834,8 +838,15 @@ class EngineImpl final : public Engine {
     // under autograd one node instead of one per expert.
     std::vector<at::Tensor> parts;
     int64_t offset = 0;
+    ExpertParallel* ep = options.expert_parallel;
     for (int64_t e = 0; e < e_loaded; ++e) {
       if (cnt[e] == 0) continue;
+      // Another rank computes this expert: its rows stay zero here.
+      if (ep != nullptr && !ep->Owns(moe.loaded[e])) {
+        parts.push_back(at::zeros({cnt[e], x.size(1)}, x.options()));
+        offset += cnt[e];
+        continue;
+      }
       at::Tensor gate_up, down;
       if (options_.experts_on_demand) {
         const ExpertWeights* x = options.experts->Find(layer, e);  // checked in CheckExpertSet
@@ -856,6 +867,11 @@ class EngineImpl final : public Engine {
     at::Tensor w_sorted = w.reshape({-1}).index_select(0, order).unsqueeze(-1);
     at::Tensor out = at::zeros_like(x);
     out.index_add_(0, token_of, (ys.to(at::kFloat) * w_sorted).to(x.scalar_type()));
+    if (ep != nullptr) {
+      if (absl::Status s = ep->AllReduceSum(out); !s.ok()) {
+        throw std::runtime_error(absl::StrCat("expert-parallel all-reduce: ", s.ToString()));
+      }
+    }
 
     if (options.tap != nullptr) {
       RouterTapEvent ev;
@@ -993,6 +1009,7 @@ absl::StatusOr<std::vector<GenerationResult>> EngineImpl::Generate(
   ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, NewCache(batch, capacity));
   ForwardOptions fo;
   fo.tap = tap;
+  fo.expert_parallel = options.expert_parallel;
   bool any_mask = false;
   for (const auto& r : requests) any_mask = any_mask || r.mask != nullptr;
   if (any_mask) {

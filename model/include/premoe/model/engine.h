@@ -107,6 +107,27 @@ struct ExpertSet {
   }
 };
 
+// Expert parallelism: the ranks of a group run the same forward on the same
+// tokens (attention and dense layers replicated); each computes only the
+// routed experts it owns, and every MoE layer sums the ranks' partial outputs
+// (an all-reduce), so each rank holds the layer's whole output. Shared
+// experts are added after the sum, once. Implemented over c10d by
+// premoe::worker (Gloo on CPU, NCCL on GPUs); the engine sees only this.
+// A router tap's expert_norms read 0 for experts other ranks compute. Not
+// thread-safe: one forward at a time per object, and every rank must make the
+// same calls in the same order.
+class ExpertParallel {
+ public:
+  virtual ~ExpertParallel() = default;
+  virtual int64_t rank() const = 0;
+  virtual int64_t world_size() const = 0;
+  // Whether this rank computes `expert` (of any layer): expert % world_size.
+  bool Owns(int64_t expert) const { return expert % world_size() == rank(); }
+  // Sums `partial` ([T, H], the engine's dtype and device) over the ranks,
+  // in place.
+  virtual absl::Status AllReduceSum(at::Tensor& partial) = 0;
+};
+
 // What a router tap sees for one MoE layer of one forward pass. The tensors
 // are valid during the callback only (copy what you keep); they live on the
 // engine's device. T is the number of tokens of the forward pass (packed:
@@ -234,8 +255,11 @@ struct ForwardOptions {
   // Only without a KvCache. -1: every layer. Default: -1.
   int64_t last_layer = -1;
   // The routed experts of an on-demand engine (required there, ignored
-  // otherwise); not owned. Default: null.
+  // otherwise); not owned. With expert_parallel, only the experts this rank
+  // owns need be in it. Default: null.
   const ExpertSet* experts = nullptr;
+  // Run as one rank of an expert-parallel group; not owned. Default: null.
+  ExpertParallel* expert_parallel = nullptr;
 };
 
 // Sampling and stopping. Greedy when temperature == 0.
@@ -267,6 +291,10 @@ struct GenerationOptions {
   // decoded text, which token-id sequences cannot express across token
   // boundaries. Called on the Generate thread. Default: none.
   std::function<bool(int64_t request)> stop_requested;
+  // Generate as one rank of an expert-parallel group (ForwardOptions::
+  // expert_parallel); every rank calls Generate with the same requests and
+  // options, and gets the same tokens. Not owned. Default: null.
+  ExpertParallel* expert_parallel = nullptr;
 
   // INVALID_ARGUMENT for temperature < 0 (or not finite), top_p outside
   // (0, 1], top_k < 0, max_new_tokens < 1, an empty stop sequence.
