@@ -10,7 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "premoe/common/status.h"
 #include "premoe/v1/store.grpc.pb.h"
-#include "premoe/proto/grpc_status.h"
+#include "premoe/proto/grpc_edge.h"
 #include "store/src/proto_convert.h"
 
 namespace premoe::store {
@@ -140,15 +140,8 @@ absl::StatusOr<std::unique_ptr<GrpcPatternStoreClient>> GrpcPatternStoreClient::
   RETURN_IF_ERROR(options.Validate());
   auto impl = std::make_unique<Impl>();
   impl->options = options;
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(options.max_message_bytes);
-  args.SetMaxSendMessageSize(options.max_message_bytes);
-  impl->channel =
-      grpc::CreateCustomChannel(options.address, grpc::InsecureChannelCredentials(), args);
-  if (!impl->channel) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("pattern store client: cannot make a channel to ", options.address));
-  }
+  ASSIGN_OR_RETURN(impl->channel, rpc::MakeChannel("pattern store client", options.address,
+                                                   options.max_message_bytes));
   impl->stub = v1::PatternStore::NewStub(impl->channel);
   return std::unique_ptr<GrpcPatternStoreClient>(new GrpcPatternStoreClient(std::move(impl)));
 }

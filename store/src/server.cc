@@ -20,7 +20,7 @@
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
 #include "premoe/v1/store.grpc.pb.h"
-#include "premoe/proto/grpc_status.h"
+#include "premoe/proto/grpc_edge.h"
 #include "store/src/proto_convert.h"
 
 namespace premoe::store {
@@ -321,8 +321,7 @@ absl::StatusOr<std::unique_ptr<PatternStoreServer>> PatternStoreServer::Start(
     return absl::UnavailableError(
         absl::StrCat("pattern store server: cannot listen on ", options.address));
   }
-  impl->host = options.address.substr(0, options.address.rfind(':'));
-  if (impl->host == "0.0.0.0" || impl->host == "[::]") impl->host = "127.0.0.1";
+  impl->host = rpc::DialableHost(options.address);
   PREMOE_LOG_INFO("pattern store serving on %s:%d", impl->host, impl->port);
   return std::unique_ptr<PatternStoreServer>(new PatternStoreServer(std::move(impl)));
 }

@@ -3,7 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/grpcpp.h"
 #include "premoe/common/status.h"
-#include "premoe/proto/grpc_status.h"
+#include "premoe/proto/grpc_edge.h"
 #include "premoe/v1/worker.grpc.pb.h"
 #include "wire.h"
 
@@ -31,15 +31,8 @@ absl::StatusOr<std::unique_ptr<WorkerClient>> WorkerClient::Open(const Options& 
   }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(options.max_message_bytes);
-  args.SetMaxSendMessageSize(options.max_message_bytes);
-  impl->channel =
-      grpc::CreateCustomChannel(options.address, grpc::InsecureChannelCredentials(), args);
-  if (!impl->channel) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("worker client: cannot make a channel to ", options.address));
-  }
+  ASSIGN_OR_RETURN(impl->channel, rpc::MakeChannel("worker client", options.address,
+                                                   options.max_message_bytes));
   impl->stub = v1::Worker::NewStub(impl->channel);
   return std::unique_ptr<WorkerClient>(new WorkerClient(std::move(impl)));
 }

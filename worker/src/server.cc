@@ -13,7 +13,7 @@
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
 #include "premoe/model/text_stream.h"
-#include "premoe/proto/grpc_status.h"
+#include "premoe/proto/grpc_edge.h"
 #include "premoe/v1/worker.grpc.pb.h"
 #include "wire.h"
 
@@ -190,8 +190,7 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Start(
     return absl::UnavailableError(absl::StrCat("worker server: cannot listen on ", options.address));
   }
   impl->server->GetHealthCheckService()->SetServingStatus(true);
-  impl->host = options.address.substr(0, options.address.rfind(':'));
-  if (impl->host == "0.0.0.0" || impl->host == "[::]") impl->host = "127.0.0.1";
+  impl->host = rpc::DialableHost(options.address);
   PREMOE_LOG_INFO("worker serving on %s:%d", impl->host, impl->port);
   return std::unique_ptr<WorkerServer>(new WorkerServer(std::move(impl)));
 }
