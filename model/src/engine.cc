@@ -89,9 +89,12 @@ absl::Status EngineOptions::Validate() const {
         absl::StrCat("EngineOptions.trainable needs dtype \"fp32\", got \"", dtype, "\""));
   }
   if (static_cast<int>(trainable) + static_cast<int>(streamed) +
-          static_cast<int>(experts_on_demand) > 1) {
+          static_cast<int>(experts_on_demand) + static_cast<int>(probe) > 1) {
     return absl::InvalidArgumentError(
-        "EngineOptions: trainable, streamed and experts_on_demand exclude each other");
+        "EngineOptions: trainable, streamed, experts_on_demand and probe exclude each other");
+  }
+  if (probe && !keep.empty()) {
+    return absl::InvalidArgumentError("EngineOptions.probe loads no experts, so it takes no keep");
   }
   if (experts_on_demand && !keep.empty()) {
     return absl::InvalidArgumentError(
@@ -299,6 +302,10 @@ class EngineImpl final : public Engine {
       for (auto& [name, t] : parameters_) t.requires_grad_(true);
     }
     for (int64_t e : config_.eos_token_ids) eos_.push_back(e);
+    while (probe_layer_ < config_.num_hidden_layers &&
+           !config_.IsMoeLayer(static_cast<int>(probe_layer_))) {
+      ++probe_layer_;
+    }
   }
 
   const ModelConfig& config() const override { return config_; }
@@ -422,6 +429,11 @@ class EngineImpl final : public Engine {
                                                      " is not -1 or a layer of the model's ",
                                                      config_.num_hidden_layers));
     }
+    if (options_.probe && options.last_layer != probe_layer_) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Forward: a probe engine runs to its first MoE layer only: last_layer must be ",
+          probe_layer_, ", not ", options.last_layer));
+    }
     if (options.last_layer >= 0 && cache != nullptr) {
       // The cache would hold keys of the early layers only.
       return absl::InvalidArgumentError("Forward: last_layer needs cache == nullptr");
@@ -453,6 +465,11 @@ class EngineImpl final : public Engine {
 
  private:
   absl::Status CheckResident(absl::string_view what) const {
+    if (options_.probe) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          what, ": a probe engine holds the model only up to its first MoE gate; it runs "
+                "Forward with last_layer = ", probe_layer_, " and no cache only"));
+    }
     if (!options_.streamed) return absl::OkStatus();
     return absl::FailedPreconditionError(absl::StrCat(
         what, ": a streamed engine holds no layers between forward passes; it runs "
@@ -816,6 +833,20 @@ class EngineImpl final : public Engine {
     }
     at::Tensor allowed = AllowedExperts(bt, layer, options);
     auto [idx, w] = Route(logits, allowed, moe);
+    if (options_.probe) {
+      // Nothing after this layer runs, so its output is never read.
+      if (options.tap != nullptr) {
+        RouterTapEvent ev;
+        ev.layer = layer;
+        ev.sequence = bt.seq;
+        ev.position = bt.pos;
+        ev.gate_logits = logits;
+        ev.selected_experts = idx;
+        ev.routing_weights = w;
+        options.tap->OnRouter(ev);
+      }
+      return at::zeros_like(x);
+    }
 
     // Group the T*K (token, expert) pairs by expert: one matmul per active
     // expert over its tokens, then index_add back.
@@ -971,6 +1002,8 @@ class EngineImpl final : public Engine {
   at::Device device_;
   std::shared_ptr<const Checkpoint> checkpoint_;
   int64_t top_k_ = 0;
+  // The first MoE layer: where a probe engine stops.
+  int64_t probe_layer_ = 0;
   int64_t max_context_ = 0;
   Rope static_rope_;
   std::vector<int64_t> eos_;
@@ -1077,6 +1110,21 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const std::string& model_di
     if (device.is_cuda() && !at::hasCUDA()) {
       return absl::FailedPreconditionError(
           absl::StrCat("EngineOptions.device is \"", options.device, "\" but no CUDA device is available"));
+    }
+    if (options.probe) {
+      int64_t first_moe = 0;
+      while (first_moe < config.num_hidden_layers &&
+             !config.IsMoeLayer(static_cast<int>(first_moe))) {
+        ++first_moe;
+      }
+      if (first_moe == config.num_hidden_layers) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(model_dir, ": EngineOptions.probe needs a model with an MoE layer"));
+      }
+      ASSIGN_OR_RETURN(internal::ModelWeights weights,
+                       internal::LoadProbeWeights(*checkpoint, config, first_moe, dtype, device));
+      return std::unique_ptr<Engine>(new EngineImpl(std::move(config), options, std::move(weights),
+                                                    dtype, device, nullptr));
     }
     if (options.streamed) {
       ASSIGN_OR_RETURN(

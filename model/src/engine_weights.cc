@@ -477,6 +477,27 @@ absl::StatusOr<ModelWeights> LoadWeights(const Checkpoint& checkpoint, const Mod
   return w;
 }
 
+absl::StatusOr<ModelWeights> LoadProbeWeights(const Checkpoint& checkpoint, const ModelConfig& c,
+                                              int64_t last_layer, at::ScalarType dtype,
+                                              at::Device device) {
+  ModelWeights w;
+  Loader ld(checkpoint, c, dtype, device, &w.by_name, /*release=*/true);
+  RETURN_IF_ERROR(LoadHead(checkpoint, c, dtype, device, &w.embed, nullptr, nullptr, &w.by_name,
+                           /*release=*/true));
+  RETURN_IF_ERROR(LoadRouters(ld, c, KeptExperts(), w));
+  for (int64_t l = 0; l < last_layer; ++l) {
+    RETURN_IF_ERROR(LoadLayerBody(ld, c, l, /*routed=*/true, w.layers[l]));
+  }
+  // The last layer's attention and norms: its MoE block only routes.
+  LayerWeights& L = w.layers[last_layer];
+  const std::string lp = LayerPrefix(checkpoint, last_layer);
+  ASSIGN_OR_RETURN(L.input_norm, ld.Load(lp + "input_layernorm.weight", {c.hidden_size}));
+  ASSIGN_OR_RETURN(L.post_norm, ld.Load(lp + "post_attention_layernorm.weight", {c.hidden_size}));
+  RETURN_IF_ERROR(LoadAttention(ld, c, lp + "self_attn.", L.attn));
+  w.bytes = CountBytes(w);
+  return w;
+}
+
 absl::StatusOr<ModelWeights> LoadRouterWeights(const Checkpoint& checkpoint, const ModelConfig& c,
                                                const KeptExperts& keep, at::ScalarType dtype,
                                                at::Device device) {

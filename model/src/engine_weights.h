@@ -84,6 +84,13 @@ absl::StatusOr<std::pair<at::Tensor, at::Tensor>> LoadExpert(const Checkpoint& c
                                                              at::ScalarType dtype,
                                                              at::Device device);
 
+// The probe (EngineOptions::probe): the embedding, every router, layers
+// before `last_layer` whole and `last_layer`'s attention and norms (no experts,
+// shared or routed; no final norm or lm_head).
+absl::StatusOr<ModelWeights> LoadProbeWeights(const Checkpoint& checkpoint,
+                                              const ModelConfig& config, int64_t last_layer,
+                                              at::ScalarType dtype, at::Device device);
+
 // Layer streaming (EngineOptions::streamed). These drop the mapped pages of
 // what they copy, so a streamed pass over the model does not grow the RSS.
 
