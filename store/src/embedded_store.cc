@@ -22,6 +22,7 @@
 #include <faiss/impl/io.h>
 #include <faiss/index_io.h>
 #include <rocksdb/db.h>
+#include <rocksdb/env.h>
 #include <rocksdb/options.h>
 #include <rocksdb/utilities/options_util.h>
 #include <rocksdb/write_batch.h>
@@ -244,6 +245,9 @@ absl::Status EmbeddedPatternStore::Options::Validate() const {
 
 struct EmbeddedPatternStore::Impl {
   Options options;
+  // Options::in_memory: RocksDB's files live here; declared before db so it
+  // outlives it.
+  std::unique_ptr<rocksdb::Env> mem_env;
   std::unique_ptr<rocksdb::DB> db;
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::ColumnFamilyHandle* patterns = nullptr;
@@ -757,13 +761,18 @@ absl::StatusOr<std::unique_ptr<EmbeddedPatternStore>> EmbeddedPatternStore::Open
   RETURN_IF_ERROR(options.Validate());
   auto impl = std::make_unique<Impl>();
   impl->options = options;
-  impl->write_options.sync = options.sync;
+  impl->write_options.sync = options.sync && !options.in_memory;
+  if (options.in_memory) impl->options.index_snapshot = false;
 
-  if (!options.create_if_missing &&
+  if (!options.in_memory && !options.create_if_missing &&
       !std::filesystem::exists(std::filesystem::path(options.path) / "CURRENT")) {
     return absl::NotFoundError(absl::StrCat(options.path, ": no pattern store there"));
   }
   rocksdb::DBOptions db_options;
+  if (options.in_memory) {
+    impl->mem_env.reset(rocksdb::NewMemEnv(rocksdb::Env::Default()));
+    db_options.env = impl->mem_env.get();
+  }
   db_options.create_if_missing = options.create_if_missing;
   db_options.create_missing_column_families = true;
   std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
@@ -847,7 +856,7 @@ absl::StatusOr<std::unique_ptr<EmbeddedPatternStore>> EmbeddedPatternStore::Open
     }
   }
   const auto start = std::chrono::steady_clock::now();
-  absl::Status loaded = options.index_snapshot
+  absl::Status loaded = impl->options.index_snapshot
                             ? impl->LoadSnapshot()
                             : absl::NotFoundError("Options::index_snapshot is off");
   impl->index_source = loaded.ok() ? "snapshot" : "rebuilt";

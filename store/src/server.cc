@@ -9,6 +9,7 @@
 #include "premoe/store/server.h"
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
 
 #include <condition_variable>
 #include <deque>
@@ -311,6 +312,7 @@ absl::StatusOr<std::unique_ptr<PatternStoreServer>> PatternStoreServer::Start(
   auto impl = std::make_unique<Impl>();
   impl->executor = std::make_unique<Executor>(options.executor_threads);
   impl->service = std::make_unique<Service>(store, impl->executor.get());
+  grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.address, grpc::InsecureServerCredentials(), &impl->port);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
@@ -321,6 +323,9 @@ absl::StatusOr<std::unique_ptr<PatternStoreServer>> PatternStoreServer::Start(
     return absl::UnavailableError(
         absl::StrCat("pattern store server: cannot listen on ", options.address));
   }
+  // The standard health service, by name too for Kubernetes' gRPC probes.
+  impl->server->GetHealthCheckService()->SetServingStatus(true);
+  impl->server->GetHealthCheckService()->SetServingStatus("premoe.v1.PatternStore", true);
   impl->host = rpc::DialableHost(options.address);
   PREMOE_LOG_INFO("pattern store serving on %s:%d", impl->host, impl->port);
   return std::unique_ptr<PatternStoreServer>(new PatternStoreServer(std::move(impl)));
@@ -336,6 +341,7 @@ void PatternStoreServer::Shutdown() {
   std::lock_guard lock(impl_->mu);
   if (impl_->shut_down) return;
   impl_->shut_down = true;
+  impl_->server->GetHealthCheckService()->SetServingStatus(false);
   // Watch streams never end by themselves: cancel them (after a moment for
   // unary calls in flight) so that Shutdown returns.
   impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));

@@ -597,5 +597,25 @@ TEST(EmbeddedOptionsTest, OpeningWithoutCreatingNeedsAStore) {
   EXPECT_OK(EmbeddedPatternStore::Open(options).status());
 }
 
+// The router's replica: a whole store that leaves nothing on disk.
+TEST(InMemoryStoreTest, ServesLikeTheDiskStoreAndWritesNothing) {
+  TempDir dir;
+  EmbeddedPatternStore::Options options;
+  options.path = dir.Join("replica");
+  options.in_memory = true;
+  ASSERT_OK_AND_ASSIGN(auto store, EmbeddedPatternStore::Open(options));
+  ASSERT_OK(store->Put(PatternWithEmbeddings("A", {{1, 0, 0, 0}, {0.9f, 0.1f, 0, 0}})).status());
+  ASSERT_OK(store->Put(PatternWithEmbeddings("B", {{0, 1, 0, 0}})).status());
+  ASSERT_OK_AND_ASSIGN(auto m, store->Search(kQuery, {.k = 2}));
+  ASSERT_EQ(m.size(), 2u);
+  EXPECT_EQ(m[0].task_name, "A");
+  EXPECT_EQ(m[1].task_name, "B");
+  ASSERT_OK_AND_ASSIGN(Pattern b, store->GetByTask("B"));
+  ASSERT_OK(store->Delete(b.id).status());
+  EXPECT_OK(store->Verify());
+  store.reset();
+  EXPECT_FALSE(std::filesystem::exists(options.path));
+}
+
 }  // namespace
 }  // namespace premoe::store

@@ -116,6 +116,22 @@ TEST_F(WorkerTest, MixedPatternsInOneBatchGiveEachRequestItsTokensAlone) {
     EXPECT_EQ(p.kept_experts, 32);  // 8 of 16 in each of 4 layers
     EXPECT_DOUBLE_EQ(p.kept_fraction, 0.5);
   }
+  {
+    // Status names the resident experts: the union of the prepared keeps.
+    std::map<int64_t, std::set<int64_t>> want;
+    for (const auto& task : tasks) {
+      for (const auto& [layer, experts] : Keep(task, "50%").layers) {
+        want[layer].insert(experts.begin(), experts.end());
+      }
+    }
+    const WorkerStatus s = worker->Status();
+    ASSERT_EQ(s.resident.layers.size(), want.size());
+    for (const auto& [layer, experts] : want) {
+      EXPECT_EQ(s.resident.layers.at(layer), std::vector<int64_t>(experts.begin(), experts.end()))
+          << "layer " << layer;
+    }
+    EXPECT_EQ(s.expert_bytes, worker->engine().expert_bytes());
+  }
   model::GenerationOptions go;
   go.max_new_tokens = 12;
   // Requests of three patterns, plus the full model, all at once: with 4

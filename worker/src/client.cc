@@ -37,9 +37,21 @@ absl::StatusOr<std::unique_ptr<WorkerClient>> WorkerClient::Open(const Options& 
   return std::unique_ptr<WorkerClient>(new WorkerClient(std::move(impl)));
 }
 
+void CallCanceller::Cancel() {
+  std::lock_guard lock(mu_);
+  cancelled_ = true;
+  if (context_ != nullptr) static_cast<grpc::ClientContext*>(context_)->TryCancel();
+}
+
+bool CallCanceller::cancelled() const {
+  std::lock_guard lock(mu_);
+  return cancelled_;
+}
+
 absl::StatusOr<PreparedPattern> WorkerClient::Prepare(const store::Pattern& pattern,
                                                       const std::string& budget) {
   grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + impl_->options.prepare_timeout);
   v1::PrepareRequest request;
   PatternToProto(pattern, request.mutable_pattern());
   request.set_budget(budget);
@@ -53,6 +65,21 @@ absl::StatusOr<TextResult> WorkerClient::Generate(
     const std::function<void(const std::string&, const std::vector<int64_t>&)>& on_delta) {
   grpc::ClientContext ctx;
   if (request.deadline.has_value()) ctx.set_deadline(*request.deadline);
+  CallCanceller* canceller = request.canceller;
+  if (canceller != nullptr) {
+    std::lock_guard lock(canceller->mu_);
+    if (canceller->cancelled_) return absl::CancelledError("Generate: cancelled by the caller");
+    canceller->context_ = &ctx;
+  }
+  // The context dies with this call: unregister it on every way out.
+  struct Unregister {
+    CallCanceller* c;
+    ~Unregister() {
+      if (c == nullptr) return;
+      std::lock_guard lock(c->mu_);
+      c->context_ = nullptr;
+    }
+  } unregister{canceller};
   v1::GenerateRequest wire;
   ToProto(request, &wire);
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
@@ -83,6 +110,7 @@ absl::StatusOr<TextResult> WorkerClient::Generate(
 
 absl::StatusOr<RemoteStatus> WorkerClient::Status() {
   grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + impl_->options.status_timeout);
   v1::WorkerStatusRequest request;
   v1::WorkerStatusResponse response;
   RETURN_IF_ERROR(impl_->Convert(impl_->stub->Status(&ctx, request, &response), "Status"));

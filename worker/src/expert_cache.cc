@@ -183,6 +183,14 @@ bool ExpertCache::Resident(const model::KeptExperts& keep) const {
   return std::all_of(keys.begin(), keys.end(), [&](const Key& k) { return entries_.contains(k); });
 }
 
+model::KeptExperts ExpertCache::ResidentSet() const {
+  model::KeptExperts out;
+  std::lock_guard lock(mu_);
+  // entries_ is ordered by (layer, expert): ids arrive sorted.
+  for (const auto& [key, entry] : entries_) out.layers[key.first].push_back(key.second);
+  return out;
+}
+
 CacheStats ExpertCache::Stats() const {
   std::lock_guard lock(mu_);
   CacheStats s = totals_;

@@ -190,6 +190,8 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Start(
     return absl::UnavailableError(absl::StrCat("worker server: cannot listen on ", options.address));
   }
   impl->server->GetHealthCheckService()->SetServingStatus(true);
+  // Kubernetes' gRPC probes ask for the service by name.
+  impl->server->GetHealthCheckService()->SetServingStatus("premoe.v1.Worker", true);
   impl->host = rpc::DialableHost(options.address);
   PREMOE_LOG_INFO("worker serving on %s:%d", impl->host, impl->port);
   return std::unique_ptr<WorkerServer>(new WorkerServer(std::move(impl)));

@@ -60,6 +60,12 @@ void ToProto(const std::string& fingerprint, const WorkerStatus& in,
   out->set_loaded_bytes(in.cache.loaded_bytes);
   out->set_evictions(in.cache.evictions);
   out->set_load_seconds(in.cache.load_seconds);
+  out->set_expert_bytes(in.expert_bytes);
+  for (const auto& [layer, experts] : in.resident.layers) {
+    v1::LayerExperts* l = out->add_resident();
+    l->set_layer(layer);
+    for (int64_t e : experts) l->add_experts(e);
+  }
 }
 
 RemoteStatus FromProto(const v1::WorkerStatusResponse& in) {
@@ -81,6 +87,10 @@ RemoteStatus FromProto(const v1::WorkerStatusResponse& in) {
   s.cache.loaded_bytes = in.loaded_bytes();
   s.cache.evictions = in.evictions();
   s.cache.load_seconds = in.load_seconds();
+  s.expert_bytes = in.expert_bytes();
+  for (const v1::LayerExperts& l : in.resident()) {
+    s.resident.layers[l.layer()].assign(l.experts().begin(), l.experts().end());
+  }
   return out;
 }
 

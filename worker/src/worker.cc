@@ -360,6 +360,8 @@ WorkerStatus Worker::Status() const {
   int64_t all = 0;
   for (const auto& [layer, kept] : impl_->full->layers) all += static_cast<int64_t>(kept.size());
   s.all_experts_bytes = all * impl_->engine->expert_bytes();
+  s.expert_bytes = impl_->engine->expert_bytes();
+  s.resident = impl_->cache->ResidentSet();
   std::vector<std::pair<PatternStatus, std::shared_ptr<const model::KeptExperts>>> patterns;
   {
     std::lock_guard lock(impl_->mu);

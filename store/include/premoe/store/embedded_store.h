@@ -35,6 +35,11 @@ class EmbeddedPatternStore final : public PatternStore {
   struct Options {
     // RocksDB directory. Required.
     std::string path;
+    // Default false. true: RocksDB keeps its files in memory (path, which
+    // must be absolute, only names the store), nothing reaches the disk, and
+    // index_snapshot and sync are off: a replica or cache that is rebuilt
+    // from elsewhere on restart.
+    bool in_memory = false;
     // Default true: a missing store is created. false: Open fails NOT_FOUND
     // when `path` holds no store (for tools that only look at one).
     bool create_if_missing = true;

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -20,6 +21,22 @@
 
 namespace premoe::worker {
 
+// Cancels a running WorkerClient::Generate from another thread (the router
+// cancels a worker call when its own caller goes away). Thread-safe; one
+// per call.
+class CallCanceller {
+ public:
+  // Ends the call with CANCELLED (now, or as soon as it starts).
+  void Cancel();
+  bool cancelled() const;
+
+ private:
+  friend class WorkerClient;
+  mutable std::mutex mu_;
+  bool cancelled_ = false;
+  void* context_ = nullptr;  // the running call's grpc::ClientContext
+};
+
 // A text completion request, as a WorkerServer takes it.
 struct TextRequest {
   std::string prompt;
@@ -30,6 +47,8 @@ struct TextRequest {
   std::vector<std::string> stop;
   // Deadline of the call. Default: none.
   std::optional<std::chrono::system_clock::time_point> deadline;
+  // Not owned; may be null. Default: none.
+  CallCanceller* canceller = nullptr;
 };
 
 struct TextResult {
@@ -54,6 +73,10 @@ class WorkerClient {
     std::string address;
     // Largest message sent or received. Default 64 MiB.
     int32_t max_message_bytes = 64 << 20;
+    // Deadline of Status calls. Default 5 s.
+    std::chrono::milliseconds status_timeout{5000};
+    // Deadline of Prepare calls (they load experts). Default 10 min.
+    std::chrono::milliseconds prepare_timeout{600000};
   };
   static absl::StatusOr<std::unique_ptr<WorkerClient>> Open(const Options& options);
   ~WorkerClient();

@@ -106,6 +106,9 @@ class ExpertCache {
 
   // Whether every expert `keep` names is resident now.
   bool Resident(const model::KeptExperts& keep) const;
+  // Every resident expert, per layer (layers with none are absent), so a
+  // router can tell how many bytes a pattern would load here.
+  model::KeptExperts ResidentSet() const;
   CacheStats Stats() const;
   int64_t expert_bytes() const { return expert_bytes_; }
 

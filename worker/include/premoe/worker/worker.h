@@ -104,8 +104,11 @@ struct WorkerStatus {
   int64_t running = 0;
   // Weights the engine holds besides the routed experts.
   int64_t base_bytes = 0;
-  // What every routed expert of the model would take.
+  // What every routed expert of the model would take, and one of them.
   int64_t all_experts_bytes = 0;
+  int64_t expert_bytes = 0;
+  // The resident experts, per MoE layer (ExpertCache::ResidentSet).
+  model::KeptExperts resident;
 };
 
 class Worker {
