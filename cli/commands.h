@@ -20,6 +20,7 @@ void RegisterTestbed(CLI::App& app, int* exit_code);
 void RegisterProfile(CLI::App& app, int* exit_code);  // profile and select
 void RegisterPatterns(CLI::App& app, int* exit_code);
 void RegisterWorker(CLI::App& app, int* exit_code);
+void RegisterServe(CLI::App& app, int* exit_code);  // serve and query
 
 // The exit code of a finished command: 0, or 1 after printing
 // "premoe <command>: <status>" to stderr.

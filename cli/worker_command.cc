@@ -1,8 +1,5 @@
 // premoe worker: run a worker (serve) and talk to one (prepare, generate,
 // status).
-#include <pthread.h>
-#include <signal.h>
-
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -10,75 +7,18 @@
 
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
+#include "cli/serve.h"
 #include "nlohmann/json.hpp"
-#include "premoe/common/bytes.h"
 #include "premoe/common/file.h"
 #include "premoe/common/status.h"
-#include "premoe/model/tokenizer.h"
 #include "premoe/store/pattern.h"
 #include "premoe/worker/client.h"
-#include "premoe/worker/server.h"
 #include "premoe/worker/worker.h"
 
 namespace premoe::cli {
 namespace {
 
 constexpr double kMiB = 1 << 20;
-
-struct ServeArgs {
-  std::string model;
-  std::string listen = "127.0.0.1:0";
-  std::string cache;
-  std::string dtype = "bf16";
-  std::string device = "cpu";
-  int64_t max_batch = 8;
-  int64_t max_queue = 64;
-  std::string port_file;
-};
-
-absl::Status RunServe(const ServeArgs& args) {
-  if (std::error_code ec; !std::filesystem::is_directory(args.model, ec)) {
-    return absl::NotFoundError(absl::StrCat("--model ", args.model, ": no such directory"));
-  }
-  worker::WorkerOptions o;
-  o.model_dir = args.model;
-  o.dtype = args.dtype;
-  o.device = args.device;
-  o.max_batch = args.max_batch;
-  o.max_queue = args.max_queue;
-  if (!args.cache.empty()) {
-    ASSIGN_OR_RETURN(o.cache_bytes, common::ParseByteSize(args.cache));
-  }
-  // Signals are taken by sigwait below: block them before any thread starts.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-
-  ASSIGN_OR_RETURN(std::unique_ptr<model::Tokenizer> tokenizer,
-                   model::Tokenizer::FromFile(args.model + "/tokenizer.json"));
-  ASSIGN_OR_RETURN(std::unique_ptr<worker::Worker> w, worker::Worker::Open(o));
-  worker::WorkerServer::Options so;
-  so.address = args.listen;
-  ASSIGN_OR_RETURN(std::unique_ptr<worker::WorkerServer> server,
-                   worker::WorkerServer::Start(so, w.get(), tokenizer.get()));
-  const worker::WorkerStatus s = w->Status();
-  std::printf("worker serving %s on %s: base weights %.1f MiB, expert cache %.1f MiB of %.1f MiB\n",
-              args.model.c_str(), server->address().c_str(),
-              static_cast<double>(s.base_bytes) / kMiB,
-              static_cast<double>(s.cache.budget_bytes) / kMiB,
-              static_cast<double>(s.all_experts_bytes) / kMiB);
-  std::fflush(stdout);
-  if (!args.port_file.empty()) {
-    RETURN_IF_ERROR(common::WriteFileAtomically(args.port_file, absl::StrCat(server->port())));
-  }
-  int signal = 0;
-  sigwait(&signals, &signal);
-  std::printf("worker: signal %d, shutting down\n", signal);
-  server->Shutdown();
-  return absl::OkStatus();
-}
 
 absl::StatusOr<std::unique_ptr<worker::WorkerClient>> Connect(const std::string& address) {
   worker::WorkerClient::Options o;
@@ -199,6 +139,8 @@ void RegisterWorker(CLI::App& app, int* exit_code) {
   cmd->require_subcommand(1);
 
   auto serve = std::make_shared<ServeArgs>();
+  serve->role = "worker";
+  serve->listen = "127.0.0.1:0";
   CLI::App* s = cmd->add_subcommand(
       "serve", "Serve premoe.v1.Worker (and grpc.health.v1.Health) until SIGINT or SIGTERM");
   s->add_option("--model", serve->model, "Model directory")->required();

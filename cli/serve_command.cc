@@ -1,0 +1,445 @@
+// premoe serve (the server, in one process or one role of a cluster) and
+// premoe query (a client of its premoe.v1.Inference front door).
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "cli/commands.h"
+#include "cli/serve.h"
+#include "nlohmann/json.hpp"
+#include "premoe/common/bytes.h"
+#include "premoe/common/file.h"
+#include "premoe/common/status.h"
+#include "premoe/model/tokenizer.h"
+#include "premoe/router/client.h"
+#include "premoe/router/replica.h"
+#include "premoe/router/router.h"
+#include "premoe/router/server.h"
+#include "premoe/store/embedded_store.h"
+#include "premoe/store/grpc_client.h"
+#include "premoe/store/server.h"
+#include "premoe/testbed/tasks.h"
+#include "premoe/worker/server.h"
+#include "premoe/worker/worker.h"
+
+namespace premoe::cli {
+namespace {
+
+constexpr double kMiB = 1 << 20;
+
+absl::Status CheckModelDir(const std::string& model) {
+  if (model.empty()) return absl::InvalidArgumentError("--model is required for this role");
+  if (std::error_code ec; !std::filesystem::is_directory(model, ec)) {
+    return absl::NotFoundError(absl::StrCat("--model ", model, ": no such directory"));
+  }
+  return absl::OkStatus();
+}
+
+// The worker half of a process: a Worker and its server.
+struct WorkerPart {
+  std::unique_ptr<model::Tokenizer> tokenizer;
+  std::unique_ptr<worker::Worker> worker;
+  std::unique_ptr<worker::WorkerServer> server;
+};
+
+absl::StatusOr<WorkerPart> StartWorker(const ServeArgs& args, const std::string& listen) {
+  RETURN_IF_ERROR(CheckModelDir(args.model));
+  if (args.world_size != 1) {
+    return absl::UnimplementedError(absl::StrCat(
+        "--world-size ", args.world_size,
+        ": a worker spanning several GPUs is not built yet (issue 7); run one worker per GPU"));
+  }
+  worker::WorkerOptions o;
+  o.model_dir = args.model;
+  o.dtype = args.dtype;
+  o.device = args.device;
+  o.max_batch = args.max_batch;
+  o.max_queue = args.max_queue;
+  if (!args.cache.empty()) {
+    ASSIGN_OR_RETURN(o.cache_bytes, common::ParseByteSize(args.cache));
+  }
+  WorkerPart part;
+  ASSIGN_OR_RETURN(part.tokenizer, model::Tokenizer::FromFile(args.model + "/tokenizer.json"));
+  ASSIGN_OR_RETURN(part.worker, worker::Worker::Open(o));
+  worker::WorkerServer::Options so;
+  so.address = listen;
+  ASSIGN_OR_RETURN(part.server,
+                   worker::WorkerServer::Start(so, part.worker.get(), part.tokenizer.get()));
+  const worker::WorkerStatus s = part.worker->Status();
+  std::printf("worker on %s: base weights %.1f MiB, expert cache %.1f MiB of %.1f MiB\n",
+              part.server->address().c_str(), static_cast<double>(s.base_bytes) / kMiB,
+              static_cast<double>(s.cache.budget_bytes) / kMiB,
+              static_cast<double>(s.all_experts_bytes) / kMiB);
+  return part;
+}
+
+absl::StatusOr<std::unique_ptr<store::EmbeddedPatternStore>> OpenEmbedded(const ServeArgs& args) {
+  store::EmbeddedPatternStore::Options o;
+  o.path = args.store_dir;
+  ASSIGN_OR_RETURN(auto s, store::EmbeddedPatternStore::Open(o));
+  ASSIGN_OR_RETURN(store::StoreInfo info, s->Info());
+  std::printf("pattern store %s: %lld patterns, version %llu\n", args.store_dir.c_str(),
+              static_cast<long long>(info.num_patterns),
+              static_cast<unsigned long long>(info.version));
+  return s;
+}
+
+absl::StatusOr<router::RouterOptions> MakeRouterOptions(const ServeArgs& args) {
+  RETURN_IF_ERROR(CheckModelDir(args.model));
+  router::RouterOptions o;
+  o.matcher.model_dir = args.model;
+  o.matcher.min_similarity = args.min_similarity;
+  o.matcher.fallback = args.fallback;
+  if (args.voting == "max") {
+    o.matcher.voting = store::Voting::kMax;
+  } else if (args.voting == "mean") {
+    o.matcher.voting = store::Voting::kMean;
+  } else if (args.voting == "count") {
+    o.matcher.voting = store::Voting::kCount;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--voting ", args.voting, ": want max, mean or count"));
+  }
+  o.default_budget = args.budget;
+  o.max_prompt_bytes = args.max_prompt_bytes;
+  o.max_new_tokens = args.max_new_tokens;
+  o.workers.addresses = args.workers;
+  o.workers.dns = args.workers_dns;
+  return o;
+}
+
+void WaitForSignal(const sigset_t& signals) {
+  int signal = 0;
+  sigwait(&signals, &signal);
+  std::printf("premoe serve: signal %d, shutting down\n", signal);
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+absl::Status RunServe(const ServeArgs& args) {
+  if (args.role != "all" && args.role != "store" && args.role != "router" &&
+      args.role != "worker") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--role ", args.role, ": want all, store, router or worker"));
+  }
+  // Signals are taken by sigwait: block them before any thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  // Declared in the order they must stop in reverse: servers go before what
+  // they serve.
+  std::unique_ptr<store::PatternStore> store;
+  std::unique_ptr<store::PatternStoreServer> store_server;
+  WorkerPart worker;
+  std::unique_ptr<router::Replica> replica;
+  std::unique_ptr<router::Router> router;
+  std::unique_ptr<router::InferenceServer> front;
+  int port = 0;
+
+  if (args.role == "store" || args.role == "all") {
+    ASSIGN_OR_RETURN(store, OpenEmbedded(args));
+    const std::string listen = args.role == "store" ? args.listen : args.store_listen;
+    if (!listen.empty()) {
+      ASSIGN_OR_RETURN(store_server,
+                       store::PatternStoreServer::Start({.address = listen}, store.get()));
+      std::printf("pattern store serving on %s\n", store_server->address().c_str());
+      port = store_server->port();
+    }
+  }
+  if (args.role == "worker" || args.role == "all") {
+    ASSIGN_OR_RETURN(worker,
+                     StartWorker(args, args.role == "worker" ? args.listen : "127.0.0.1:0"));
+    port = worker.server->port();
+  }
+  if (args.role == "router" || args.role == "all") {
+    ASSIGN_OR_RETURN(router::RouterOptions ro, MakeRouterOptions(args));
+    store::PatternStore* patterns = store.get();
+    if (args.role == "router") {
+      if (args.store.empty()) return absl::InvalidArgumentError("--role router needs --store");
+      store::GrpcPatternStoreClient::Options co;
+      co.address = args.store;
+      ASSIGN_OR_RETURN(store, store::GrpcPatternStoreClient::Open(co));
+      ASSIGN_OR_RETURN(replica, router::Replica::Start(store.get(), {}));
+      if (absl::Status s = replica->WaitSynced(std::chrono::seconds(30)); !s.ok()) {
+        std::fprintf(stderr, "premoe serve: %s; serving while it retries\n",
+                     s.ToString().c_str());
+      }
+      patterns = replica->store();
+    } else {
+      ro.workers.addresses = {worker.server->address()};
+      ro.workers.dns.clear();
+    }
+    ASSIGN_OR_RETURN(router, router::Router::Open(ro, patterns));
+    ASSIGN_OR_RETURN(front, router::InferenceServer::Start({.address = args.listen}, router.get()));
+    std::printf("router serving premoe.v1.Inference on %s (probe %.1f MiB; budget %s, "
+                "min similarity %.2f, fallback %s)\n",
+                front->address().c_str(),
+                static_cast<double>(router->matcher().probe_bytes()) / kMiB, args.budget.c_str(),
+                args.min_similarity, args.fallback.c_str());
+    port = front->port();
+  }
+  std::fflush(stdout);
+  if (!args.port_file.empty()) {
+    RETURN_IF_ERROR(common::WriteFileAtomically(args.port_file, absl::StrCat(port)));
+  }
+  WaitForSignal(signals);
+  if (front) front->Shutdown();
+  if (worker.server) worker.server->Shutdown();
+  if (store_server) store_server->Shutdown();
+  return absl::OkStatus();
+}
+
+namespace {
+
+struct QueryArgs {
+  std::string address;
+  std::string prompt;
+  std::string testbed;  // task list: "all" or a,b
+  int64_t samples = 2;
+  std::string split = "eval";
+  std::string task;
+  std::string budget;
+  bool full_model = false;
+  bool match_only = false;
+  int64_t max_new_tokens = 64;
+  double temperature = 0;
+  uint64_t seed = 0;
+  std::vector<std::string> stop;
+  bool json = false;
+};
+
+nlohmann::ordered_json RouteJson(const router::InferenceResult& r) {
+  const router::RouteInfo& x = r.route;
+  return {{"task", x.task},
+          {"decision", x.decision},
+          {"similarity", x.similarity},
+          {"budget", x.budget},
+          {"kept_experts", x.kept_experts},
+          {"kept_fraction", x.kept_fraction},
+          {"kept_bytes", x.kept_bytes},
+          {"all_experts_bytes", x.all_experts_bytes},
+          {"base_bytes", x.base_bytes},
+          {"worker", x.worker}};
+}
+
+std::string Quote(const std::string& s, size_t width) {
+  std::string out = nlohmann::json(s).dump();
+  if (out.size() > width) out = out.substr(0, width - 3) + "...";
+  return out;
+}
+
+// Sends the testbed tasks' samples through the router and says, for each,
+// where it went and whether the answer is right.
+absl::Status RunTestbedQueries(const QueryArgs& args, router::InferenceClient& client) {
+  ASSIGN_OR_RETURN(std::vector<const testbed::Task*> tasks, testbed::ParseTaskList(args.testbed));
+  ASSIGN_OR_RETURN(testbed::Split split, testbed::ParseSplit(args.split));
+  nlohmann::ordered_json all = nlohmann::ordered_json::array();
+  int64_t total = 0, correct = 0, matched = 0;
+  if (!args.json) {
+    std::printf("%-8s %-26s %-18s %-12s %-16s %-14s %s\n", "task", "prompt", "matched (sim)",
+                "experts", "weights", "answer", "correct");
+  }
+  for (const testbed::Task* task : tasks) {
+    if (task->kind() != testbed::TaskKind::kExactMatch) continue;
+    for (int64_t i = 0; i < std::min(args.samples, task->size(split)); ++i) {
+      ASSIGN_OR_RETURN(testbed::Sample sample, task->Get(split, i));
+      router::InferenceRequest r;
+      r.prompt = sample.prompt;
+      r.options.max_new_tokens = args.max_new_tokens;
+      r.task = args.task;
+      r.budget = args.budget;
+      r.full_model = args.full_model;
+      ASSIGN_OR_RETURN(router::InferenceResult res, client.Generate(r));
+      const bool ok = res.text.text == sample.completion;
+      ++total;
+      correct += ok ? 1 : 0;
+      matched += res.route.task == task->name() ? 1 : 0;
+      const router::RouteInfo& x = res.route;
+      // What this request's model holds: the worker's other weights plus the
+      // pattern's experts, against the same with every expert.
+      const double reduced = static_cast<double>(x.base_bytes + x.kept_bytes);
+      const double full = static_cast<double>(x.base_bytes + x.all_experts_bytes);
+      if (args.json) {
+        nlohmann::ordered_json j = {{"task", task->name()},
+                                    {"prompt", sample.prompt},
+                                    {"expected", sample.completion},
+                                    {"answer", res.text.text},
+                                    {"correct", ok},
+                                    {"route", RouteJson(res)}};
+        all.push_back(j);
+        continue;
+      }
+      std::printf("%-8s %-26s %-18s %-12s %-16s %-14s %s\n", task->name().c_str(),
+                  Quote(sample.prompt, 26).c_str(),
+                  absl::StrCat(x.task.empty() ? "(full)" : x.task, " (",
+                               absl::StrFormat("%.2f", x.similarity), ")")
+                      .c_str(),
+                  absl::StrFormat("%lld (%.0f%%)", static_cast<long long>(x.kept_experts),
+                                  100 * x.kept_fraction)
+                      .c_str(),
+                  absl::StrFormat("%.1f/%.1f MiB", reduced / kMiB, full / kMiB).c_str(),
+                  Quote(res.text.text, 14).c_str(), ok ? "yes" : "no");
+    }
+  }
+  if (args.json) {
+    std::printf("%s\n", nlohmann::ordered_json({{"queries", all},
+                                                {"correct", correct},
+                                                {"matched_own_task", matched},
+                                                {"total", total}})
+                            .dump(2)
+                            .c_str());
+  } else {
+    std::printf("%lld of %lld answers correct; %lld of %lld matched to their own task's pattern\n",
+                static_cast<long long>(correct), static_cast<long long>(total),
+                static_cast<long long>(matched), static_cast<long long>(total));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunQuery(const QueryArgs& args) {
+  if (args.prompt.empty() == args.testbed.empty()) {
+    return absl::InvalidArgumentError("give --prompt or --testbed, one of them");
+  }
+  ASSIGN_OR_RETURN(auto client, router::InferenceClient::Open({.address = args.address}));
+  if (!args.testbed.empty()) return RunTestbedQueries(args, *client);
+  if (args.match_only) {
+    ASSIGN_OR_RETURN(router::MatchResult m, client->Match(args.prompt, 3));
+    if (args.json) {
+      nlohmann::ordered_json c = nlohmann::ordered_json::array();
+      for (const auto& x : m.candidates) {
+        c.push_back({{"task", x.task_name}, {"similarity", x.similarity}, {"votes", x.votes}});
+      }
+      std::printf("%s\n", nlohmann::ordered_json({{"task", m.task},
+                                                  {"decision", m.decision},
+                                                  {"similarity", m.similarity},
+                                                  {"candidates", c},
+                                                  {"match_seconds", m.seconds}})
+                              .dump(2)
+                              .c_str());
+      return absl::OkStatus();
+    }
+    std::printf("%s: %s (similarity %.3f, %.1f ms)\n", m.decision.c_str(),
+                m.task.empty() ? "the full model" : m.task.c_str(), m.similarity,
+                1e3 * m.seconds);
+    for (const auto& x : m.candidates) {
+      std::printf("  %-16s %.3f\n", x.task_name.c_str(), x.similarity);
+    }
+    return absl::OkStatus();
+  }
+  router::InferenceRequest r;
+  r.prompt = args.prompt;
+  r.task = args.task;
+  r.budget = args.budget;
+  r.full_model = args.full_model;
+  r.options.max_new_tokens = args.max_new_tokens;
+  r.options.temperature = args.temperature;
+  r.options.seed = args.seed;
+  r.stop = args.stop;
+  ASSIGN_OR_RETURN(router::InferenceResult res,
+                   client->Generate(r, [&](const std::string& text) {
+                     if (args.json) return;
+                     std::fwrite(text.data(), 1, text.size(), stdout);
+                     std::fflush(stdout);
+                   }));
+  if (args.json) {
+    std::printf("%s\n", nlohmann::ordered_json({{"text", res.text.text},
+                                                {"finish_reason", res.text.finish_reason},
+                                                {"prompt_tokens", res.text.prompt_tokens},
+                                                {"completion_tokens", res.text.completion_tokens},
+                                                {"route", RouteJson(res)},
+                                                {"time_to_first_token", res.time_to_first_token},
+                                                {"match_seconds", res.match_seconds}})
+                            .dump(2)
+                            .c_str());
+    return absl::OkStatus();
+  }
+  const router::RouteInfo& x = res.route;
+  std::fprintf(stderr,
+               "\n[%s: %s (%s, similarity %.3f) at %s: %lld experts (%.0f%%), worker %s; %lld + "
+               "%lld tokens, first after %.3f s]\n",
+               res.text.finish_reason.c_str(), x.task.empty() ? "full model" : x.task.c_str(),
+               x.decision.c_str(), x.similarity, x.budget.c_str(),
+               static_cast<long long>(x.kept_experts), 100 * x.kept_fraction, x.worker.c_str(),
+               static_cast<long long>(res.text.prompt_tokens),
+               static_cast<long long>(res.text.completion_tokens), res.time_to_first_token);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void RegisterServe(CLI::App& app, int* exit_code) {
+  auto a = std::make_shared<ServeArgs>();
+  CLI::App* s = app.add_subcommand(
+      "serve",
+      "Serve premoe: store, router and worker in one process (the default), or one role of a "
+      "cluster; until SIGINT or SIGTERM");
+  s->add_option("--role", a->role, "all, store, router or worker")->capture_default_str();
+  s->add_option("--listen", a->listen,
+                "gRPC address of the role (all/router: premoe.v1.Inference)")
+      ->capture_default_str();
+  s->add_option("--model", a->model, "Model directory (all, router, worker)");
+  s->add_option("--store-dir", a->store_dir, "Embedded store directory (all, store)")
+      ->capture_default_str();
+  s->add_option("--store-listen", a->store_listen,
+                "all: also serve the store here, for premoe profile --store");
+  s->add_option("--store", a->store, "router: the store service host:port");
+  s->add_option("--workers", a->workers, "router: worker addresses")->delimiter(',');
+  s->add_option("--workers-dns", a->workers_dns,
+                "router: host:port whose every address is a worker (a headless Service)");
+  s->add_option("--budget", a->budget, "Default expert budget: N%, K/M, bytes:SIZE, coverage:F")
+      ->capture_default_str();
+  s->add_option("--min-similarity", a->min_similarity, "Below it a query falls back")
+      ->capture_default_str();
+  s->add_option("--fallback", a->fallback, "full, refuse or task:NAME")->capture_default_str();
+  s->add_option("--voting", a->voting, "How a pattern's embeddings vote: max, mean or count")
+      ->capture_default_str();
+  s->add_option("--max-prompt-bytes", a->max_prompt_bytes, "Longest prompt accepted")
+      ->capture_default_str();
+  s->add_option("--max-new-tokens", a->max_new_tokens, "Largest max_new_tokens accepted")
+      ->capture_default_str();
+  s->add_option("--cache", a->cache, "Worker: byte budget of resident experts (default: all)");
+  s->add_option("--dtype", a->dtype, "Worker: bf16 or fp32")->capture_default_str();
+  s->add_option("--device", a->device, "Worker: cpu, cuda or cuda:N")->capture_default_str();
+  s->add_option("--max-batch", a->max_batch, "Worker: sequences decoded together")
+      ->capture_default_str();
+  s->add_option("--max-queue", a->max_queue, "Worker: requests waiting before refusals")
+      ->capture_default_str();
+  s->add_option("--world-size", a->world_size, "Worker: expert-parallel ranks (GPUs)")
+      ->capture_default_str();
+  s->add_option("--port-file", a->port_file, "Write the bound port here once serving");
+  s->callback([a, exit_code] { *exit_code = ReportStatus("serve", RunServe(*a)); });
+
+  auto q = std::make_shared<QueryArgs>();
+  CLI::App* c = app.add_subcommand(
+      "query", "Send a query to a premoe server (premoe.v1.Inference) and stream the answer");
+  c->add_option("--address", q->address, "Router host:port")->required();
+  c->add_option("--prompt", q->prompt, "Prompt text");
+  c->add_option("--testbed", q->testbed,
+                "Instead of a prompt: send samples of these testbed tasks (all or a,b) and say "
+                "whether each answer is right");
+  c->add_option("--samples", q->samples, "With --testbed: samples per task")->capture_default_str();
+  c->add_option("--split", q->split, "With --testbed: the split")->capture_default_str();
+  c->add_option("--task", q->task, "Serve with this task's pattern (skip matching)");
+  c->add_option("--budget", q->budget, "Expert budget (default: the server's)");
+  c->add_flag("--full-model", q->full_model, "Serve with every expert");
+  c->add_flag("--match-only", q->match_only, "Only say which pattern the prompt would get");
+  c->add_option("--max-new-tokens", q->max_new_tokens, "Most tokens to generate")
+      ->capture_default_str();
+  c->add_option("--temperature", q->temperature, "0 = greedy")->capture_default_str();
+  c->add_option("--seed", q->seed, "Sampler seed")->capture_default_str();
+  c->add_option("--stop", q->stop, "Stop string; repeatable")->take_all();
+  c->add_flag("--json", q->json, "Machine-readable output");
+  c->callback([q, exit_code] { *exit_code = ReportStatus("query", RunQuery(*q)); });
+}
+
+}  // namespace premoe::cli

@@ -1,0 +1,126 @@
+// Router: the front door's logic (issue 8), without the wire. For each
+// request it decides the pattern (named task, nearest match, fallback, or
+// the full model), picks a worker through the WorkerPool, streams the
+// completion from it, and retries on another worker when one fails before
+// anything was streamed. A worker that fails mid-stream ends the request
+// with UNAVAILABLE (the text already sent cannot be taken back).
+//
+// Thread-safe: Generate and Match may run on any number of threads.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "premoe/model/engine.h"
+#include "premoe/router/matcher.h"
+#include "premoe/router/worker_pool.h"
+#include "premoe/store/pattern_store.h"
+#include "premoe/worker/client.h"
+
+namespace premoe::router {
+
+struct RouterOptions {
+  MatcherOptions matcher;
+  // top_k is filled in from the model when 0.
+  WorkerPoolOptions workers;
+  // Budget of requests that name none. Default "50%".
+  std::string default_budget = "50%";
+  // Longest prompt (rendered chat included), in bytes. Default 256 KiB.
+  int64_t max_prompt_bytes = 256 << 10;
+  // Largest max_new_tokens a request may ask for. Default 4096.
+  int64_t max_new_tokens = 4096;
+  // Workers tried per request (a retry only happens before anything was
+  // streamed). Default 3.
+  int32_t max_attempts = 3;
+
+  absl::Status Validate() const;
+};
+
+struct ChatMessage {
+  std::string role;  // "system", "user", "assistant"
+  std::string content;
+};
+
+struct InferenceRequest {
+  // Exactly one of prompt and messages.
+  std::string prompt;
+  std::vector<ChatMessage> messages;
+  // Sampling and length (stop_requested is not used). max_new_tokens 0
+  // means 64.
+  model::GenerationOptions options;
+  std::vector<std::string> stop;
+  // A task's pattern, skipping matching; empty = match.
+  std::string task;
+  // Empty = RouterOptions::default_budget.
+  std::string budget;
+  // Every expert, no pattern.
+  bool full_model = false;
+  std::optional<std::chrono::system_clock::time_point> deadline;
+  // Cancels the worker call; not owned, may be null.
+  worker::CallCanceller* canceller = nullptr;
+};
+
+struct RouteInfo {
+  std::string task;      // empty = the full model
+  std::string decision;  // "task", "match", "fallback" or "full_model"
+  double similarity = 0;
+  std::string budget;
+  int64_t kept_experts = 0;
+  double kept_fraction = 0;
+  int64_t kept_bytes = 0;
+  int64_t all_experts_bytes = 0;
+  int64_t base_bytes = 0;
+  std::string worker;
+};
+
+struct InferenceResult {
+  worker::TextResult text;
+  RouteInfo route;
+  double match_seconds = 0;
+  // From Generate's call to the first text (matching and loading included).
+  double time_to_first_token = 0;
+  int32_t attempts = 0;
+};
+
+class Router {
+ public:
+  // `patterns` (not owned) is the store to match against: an embedded store
+  // in one process, a Replica's copy in a cluster.
+  static absl::StatusOr<std::unique_ptr<Router>> Open(const RouterOptions& options,
+                                                      store::PatternStore* patterns);
+  ~Router();
+
+  // Streams the completion's text through `on_text` (on the calling
+  // thread) and returns the whole result. Errors: see inference.proto.
+  absl::StatusOr<InferenceResult> Generate(
+      const InferenceRequest& request,
+      const std::function<void(const std::string&)>& on_text = nullptr);
+  // The pattern a prompt (or chat) would get.
+  absl::StatusOr<MatchResult> Match(const std::string& prompt,
+                                    const std::vector<ChatMessage>& messages, int32_t k = 3);
+  // The text the model sees for a prompt or chat: the prompt itself; chat
+  // messages in ChatML when the tokenizer has <|im_start|>/<|im_end|>
+  // (Qwen), else their contents joined by newlines. INVALID_ARGUMENT for
+  // neither or both, an unknown role, or a text over max_prompt_bytes.
+  absl::StatusOr<std::string> RenderPrompt(const std::string& prompt,
+                                           const std::vector<ChatMessage>& messages) const;
+
+  // Patterns can be read and a worker was reached.
+  bool Ready() const;
+  WorkerPool& pool();
+  const Matcher& matcher() const;
+
+  struct Impl;
+
+ private:
+  explicit Router(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace premoe::router

@@ -1,0 +1,414 @@
+// The router on the committed testbed model: matching (TAER) against the
+// profiler's own embeddings, the replica of a remote store, scheduling over
+// two real workers on loopback, and the premoe.v1.Inference edge. Answers
+// are checked token for token against the resident engine run with the
+// pattern's mask.
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "premoe/model/engine.h"
+#include "premoe/model/tokenizer.h"
+#include "premoe/profiler/calibration.h"
+#include "premoe/profiler/scores.h"
+#include "premoe/profiler/selection.h"
+#include "premoe/router/client.h"
+#include "premoe/router/matcher.h"
+#include "premoe/router/replica.h"
+#include "premoe/router/router.h"
+#include "premoe/router/server.h"
+#include "premoe/router/worker_pool.h"
+#include "premoe/store/embedded_store.h"
+#include "premoe/store/grpc_client.h"
+#include "premoe/store/server.h"
+#include "premoe/testbed/tasks.h"
+#include "premoe/worker/server.h"
+#include "premoe/worker/worker.h"
+#include "tests/testutil/testutil.h"
+
+namespace premoe::router {
+namespace {
+
+using ::premoe::testing::StatusIs;
+using ::premoe::testing::TempDir;
+
+std::string ModelDir() { return premoe::testing::SourceDir() + "/testbed/model"; }
+
+std::string Prompt(const std::string& task, testbed::Split split, int64_t i) {
+  auto t = testbed::FindTask(task);
+  EXPECT_TRUE(t.ok());
+  auto s = (*t)->Get(split, i);
+  EXPECT_TRUE(s.ok());
+  return s->prompt;
+}
+
+// Patterns of four testbed tasks, profiled once (peu, 16 calibration
+// prompts each) on the resident fp32 engine, the reference for answers.
+class RouterTest : public ::testing::Test {
+ protected:
+  static constexpr const char* kTasks[] = {"add", "reverse", "caesar", "sort"};
+
+  static void SetUpTestSuite() {
+    auto engine = model::Engine::Open(ModelDir(), {.dtype = "fp32"});
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    reference_ = engine->release();
+    auto tok = model::Tokenizer::FromFile(ModelDir() + "/tokenizer.json");
+    ASSERT_TRUE(tok.ok());
+    tokenizer_ = tok->release();
+    auto fingerprint = profiler::ModelFingerprint(*reference_);
+    ASSERT_TRUE(fingerprint.ok());
+    patterns_ = new std::map<std::string, store::Pattern>();
+    const profiler::MetricOptions metric;  // peu
+    for (const std::string task : kTasks) {
+      std::vector<profiler::CalibrationSample> samples;
+      for (int64_t i = 0; i < 16; ++i) {
+        auto t = testbed::FindTask(task);
+        auto s = (*t)->Get(testbed::Split::kCalibration, i);
+        samples.push_back({s->prompt, s->completion});
+      }
+      auto profile = profiler::ProfileTask(*reference_, *tokenizer_, samples, {});
+      ASSERT_TRUE(profile.ok()) << profile.status();
+      store::Pattern p;
+      p.task_name = task;
+      p.model_fingerprint = *fingerprint;
+      p.metric = std::string(profiler::MetricName(metric.metric));
+      p.metric_params =
+          metric.Params(reference_->config().num_routed_experts, reference_->top_k());
+      for (const auto& [layer, scores] : profile->scores) {
+        p.layers.push_back({static_cast<int32_t>(layer), {scores.begin(), scores.end()}});
+      }
+      for (const auto& e : profile->embeddings) p.embeddings.push_back({e, ""});
+      (*patterns_)[task] = p;
+    }
+  }
+  static void TearDownTestSuite() {
+    delete patterns_;
+    delete tokenizer_;
+    delete reference_;
+  }
+
+  void SetUp() override {
+    store::EmbeddedPatternStore::Options o;
+    o.path = dir_.Join("store");
+    o.sync = false;
+    ASSERT_OK_AND_ASSIGN(store_, store::EmbeddedPatternStore::Open(o));
+    for (const auto& [task, p] : *patterns_) ASSERT_OK(store_->Put(p).status());
+  }
+
+  // The completion the resident engine gives `prompt` under `task`'s
+  // pattern at `budget` (greedy).
+  static std::string Reference(const std::string& task, const std::string& budget,
+                               const std::string& prompt, int64_t max_new_tokens) {
+    std::map<int64_t, std::vector<double>> scores;
+    for (const auto& l : patterns_->at(task).layers) {
+      scores[l.layer] = std::vector<double>(l.scores.begin(), l.scores.end());
+    }
+    auto sel = profiler::Select(scores, *profiler::Budget::Parse(budget),
+                                reference_->expert_bytes(), reference_->top_k());
+    EXPECT_TRUE(sel.ok());
+    auto ids = tokenizer_->Encode(prompt, true);
+    model::GenerationOptions go;
+    go.max_new_tokens = max_new_tokens;
+    auto out = reference_->Generate({{std::vector<int64_t>(ids->begin(), ids->end()), &sel->keep}},
+                                    go);
+    EXPECT_TRUE(out.ok()) << out.status();
+    std::vector<int32_t> tokens(out->at(0).tokens.begin(), out->at(0).tokens.end());
+    auto text = tokenizer_->Decode(tokens, /*skip_special_tokens=*/true);
+    EXPECT_TRUE(text.ok());
+    return *text;
+  }
+
+  // Two workers (fp32, `cache_bytes` each) serving on loopback.
+  struct Workers {
+    std::vector<std::unique_ptr<worker::Worker>> workers;
+    std::vector<std::unique_ptr<worker::WorkerServer>> servers;
+    std::vector<std::string> addresses;
+  };
+  static Workers StartWorkers(int n, int64_t cache_bytes) {
+    Workers w;
+    for (int i = 0; i < n; ++i) {
+      worker::WorkerOptions o;
+      o.model_dir = ModelDir();
+      o.dtype = "fp32";
+      o.cache_bytes = cache_bytes;
+      auto wk = worker::Worker::Open(o);
+      EXPECT_TRUE(wk.ok()) << wk.status();
+      auto server = worker::WorkerServer::Start({}, wk->get(), tokenizer_);
+      EXPECT_TRUE(server.ok()) << server.status();
+      w.addresses.push_back((*server)->address());
+      w.workers.push_back(std::move(*wk));
+      w.servers.push_back(std::move(*server));
+    }
+    return w;
+  }
+
+  RouterOptions Options(const Workers& w) const {
+    RouterOptions o;
+    o.matcher.model_dir = ModelDir();
+    o.workers.addresses = w.addresses;
+    o.workers.poll_interval = std::chrono::milliseconds(100);
+    return o;
+  }
+
+  static model::Engine* reference_;
+  static model::Tokenizer* tokenizer_;
+  static std::map<std::string, store::Pattern>* patterns_;
+  TempDir dir_;
+  std::unique_ptr<store::EmbeddedPatternStore> store_;
+};
+model::Engine* RouterTest::reference_ = nullptr;
+model::Tokenizer* RouterTest::tokenizer_ = nullptr;
+std::map<std::string, store::Pattern>* RouterTest::patterns_ = nullptr;
+
+TEST_F(RouterTest, OwnCalibrationPromptsMatchTheirTaskExactly) {
+  ASSERT_OK_AND_ASSIGN(auto matcher, Matcher::Open({.model_dir = ModelDir()}, store_.get()));
+  EXPECT_LT(matcher->probe_bytes(), reference_->weight_bytes() / 4);
+  EXPECT_EQ(matcher->fingerprint(), patterns_->at("add").model_fingerprint);
+  for (const std::string task : kTasks) {
+    // The probe embeds as the profiler did: its own prompt is at cosine 1.
+    ASSERT_OK_AND_ASSIGN(MatchResult m,
+                         matcher->Match(Prompt(task, testbed::Split::kCalibration, 3), 4));
+    EXPECT_EQ(m.task, task);
+    EXPECT_EQ(m.decision, "match");
+    EXPECT_NEAR(m.similarity, 1.0, 1e-5);
+    ASSERT_EQ(m.candidates.size(), 4u);
+    EXPECT_GE(m.candidates[0].similarity, m.candidates[1].similarity);
+  }
+}
+
+TEST_F(RouterTest, BelowTheThresholdTheFallbackApplies) {
+  const std::string odd = "~~ zq ^^ ?? xx";
+  MatcherOptions o{.model_dir = ModelDir()};
+  ASSERT_OK_AND_ASSIGN(auto plain, Matcher::Open(o, store_.get()));
+  ASSERT_OK_AND_ASSIGN(MatchResult baseline, plain->Match(odd, 1));
+  // A threshold just above the best candidate.
+  o.min_similarity = baseline.similarity + 1e-3;
+  ASSERT_OK_AND_ASSIGN(auto full, Matcher::Open(o, store_.get()));
+  ASSERT_OK_AND_ASSIGN(MatchResult m, full->Match(odd, 1));
+  EXPECT_EQ(m.decision, "fallback");
+  EXPECT_EQ(m.task, "");
+  EXPECT_FLOAT_EQ(m.similarity, baseline.similarity);
+  o.fallback = "task:sort";
+  ASSERT_OK_AND_ASSIGN(auto generalist, Matcher::Open(o, store_.get()));
+  ASSERT_OK_AND_ASSIGN(m, generalist->Match(odd, 1));
+  EXPECT_EQ(m.task, "sort");
+  EXPECT_EQ(m.decision, "fallback");
+  o.fallback = "refuse";
+  ASSERT_OK_AND_ASSIGN(auto refuse, Matcher::Open(o, store_.get()));
+  EXPECT_THAT(refuse->Match(odd, 1),
+              StatusIs(absl::StatusCode::kNotFound, "no pattern is within similarity"));
+  o.fallback = "sometimes";
+  EXPECT_THAT(Matcher::Open(o, store_.get()),
+              StatusIs(absl::StatusCode::kInvalidArgument, "fallback"));
+}
+
+TEST_F(RouterTest, AStoreOfAnotherModelIsRefused) {
+  store::EmbeddedPatternStore::Options so;
+  so.path = dir_.Join("other");
+  ASSERT_OK_AND_ASSIGN(auto other, store::EmbeddedPatternStore::Open(so));
+  store::Pattern p = patterns_->at("add");
+  p.model_fingerprint = "0123456789abcdef";
+  ASSERT_OK(other->Put(p).status());
+  EXPECT_THAT(Matcher::Open({.model_dir = ModelDir()}, other.get()),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "another model"));
+}
+
+TEST_F(RouterTest, ReplicaFollowsARemoteStore) {
+  ASSERT_OK_AND_ASSIGN(auto server, store::PatternStoreServer::Start({}, store_.get()));
+  ASSERT_OK_AND_ASSIGN(auto remote,
+                       store::GrpcPatternStoreClient::Open({.address = server->address()}));
+  ASSERT_OK_AND_ASSIGN(auto replica, Replica::Start(remote.get(), {}));
+  ASSERT_OK(replica->WaitSynced(std::chrono::seconds(20)));
+  auto tasks = [&] {
+    std::vector<std::string> out;
+    auto page = replica->store()->List({});
+    EXPECT_TRUE(page.ok());
+    for (const auto& s : page->patterns) out.push_back(s.task_name);
+    std::sort(out.begin(), out.end());
+    return out;
+  };
+  EXPECT_EQ(tasks(), (std::vector<std::string>{"add", "caesar", "reverse", "sort"}));
+  // Live changes: a delete, a new task, a replaced pattern.
+  ASSERT_OK_AND_ASSIGN(store::Pattern add, store_->GetByTask("add"));
+  ASSERT_OK(store_->Delete(add.id).status());
+  store::Pattern extra = patterns_->at("sort");
+  extra.task_name = "sort2";
+  ASSERT_OK(store_->Put(extra).status());
+  store::Pattern changed = patterns_->at("caesar");
+  changed.embeddings.resize(3);
+  ASSERT_OK_AND_ASSIGN(store::PutResult last, store_->Put(changed));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (replica->version() < last.version && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(replica->version(), last.version);
+  EXPECT_EQ(tasks(), (std::vector<std::string>{"caesar", "reverse", "sort", "sort2"}));
+  ASSERT_OK_AND_ASSIGN(store::Pattern copy, replica->store()->GetByTask("caesar"));
+  EXPECT_EQ(copy.embeddings.size(), 3u);
+  // The copy answers searches as the source does.
+  ASSERT_OK_AND_ASSIGN(auto matcher, Matcher::Open({.model_dir = ModelDir()},
+                                                   replica->store()));
+  ASSERT_OK_AND_ASSIGN(MatchResult m,
+                       matcher->Match(Prompt("reverse", testbed::Split::kEval, 0), 1));
+  EXPECT_EQ(m.task, "reverse");
+}
+
+TEST_F(RouterTest, QueriesGetTheirPatternsAnswersThroughGrpc) {
+  Workers w = StartWorkers(2, 0);
+  ASSERT_OK_AND_ASSIGN(auto router, Router::Open(Options(w), store_.get()));
+  ASSERT_OK_AND_ASSIGN(auto server, InferenceServer::Start({}, router.get()));
+  ASSERT_OK_AND_ASSIGN(auto client, InferenceClient::Open({.address = server->address()}));
+  for (const std::string task : {"add", "reverse", "caesar"}) {
+    for (int64_t i = 0; i < 2; ++i) {
+      const std::string prompt = Prompt(task, testbed::Split::kEval, i);
+      SCOPED_TRACE(task + ": " + prompt);
+      InferenceRequest r;
+      r.prompt = prompt;
+      r.options.max_new_tokens = 12;
+      std::string streamed;
+      ASSERT_OK_AND_ASSIGN(InferenceResult res,
+                           client->Generate(r, [&](const std::string& d) { streamed += d; }));
+      EXPECT_EQ(res.route.task, task);
+      EXPECT_EQ(res.route.decision, "match");
+      EXPECT_GT(res.route.similarity, 0.5);
+      EXPECT_EQ(res.text.text, Reference(task, "50%", prompt, 12));
+      EXPECT_EQ(streamed, res.text.text);
+      EXPECT_DOUBLE_EQ(res.route.kept_fraction, 0.5);
+      EXPECT_EQ(res.route.kept_experts, 32);
+      EXPECT_EQ(res.route.all_experts_bytes, 64 * reference_->expert_bytes());
+      EXPECT_GT(res.route.base_bytes, 0);
+      EXPECT_TRUE(res.route.worker == w.addresses[0] || res.route.worker == w.addresses[1]);
+      EXPECT_GT(res.text.prompt_tokens, 0);
+      EXPECT_GT(res.time_to_first_token, 0);
+    }
+  }
+  // A named task and budget skip matching; full_model uses every expert.
+  InferenceRequest r;
+  r.prompt = Prompt("add", testbed::Split::kEval, 0);
+  r.options.max_new_tokens = 8;
+  r.task = "sort";
+  r.budget = "2/6";
+  ASSERT_OK_AND_ASSIGN(InferenceResult named, client->Generate(r));
+  EXPECT_EQ(named.route.decision, "task");
+  EXPECT_EQ(named.text.text, Reference("sort", "2/6", r.prompt, 8));
+  r.task.clear();
+  r.budget.clear();
+  r.full_model = true;
+  ASSERT_OK_AND_ASSIGN(InferenceResult full, client->Generate(r));
+  EXPECT_EQ(full.route.decision, "full_model");
+  EXPECT_DOUBLE_EQ(full.route.kept_fraction, 1.0);
+  ASSERT_OK_AND_ASSIGN(MatchResult m, client->Match(Prompt("caesar", testbed::Split::kEval, 1)));
+  EXPECT_EQ(m.task, "caesar");
+  EXPECT_EQ(m.candidates.size(), 3u);
+}
+
+TEST_F(RouterTest, BadRequestsAreRefusedNamingTheProblem) {
+  Workers w = StartWorkers(1, 0);
+  RouterOptions o = Options(w);
+  o.max_prompt_bytes = 100;
+  o.max_new_tokens = 50;
+  ASSERT_OK_AND_ASSIGN(auto router, Router::Open(o, store_.get()));
+  ASSERT_OK_AND_ASSIGN(auto server,
+                       InferenceServer::Start({.max_request_bytes = 4096}, router.get()));
+  ASSERT_OK_AND_ASSIGN(auto client, InferenceClient::Open({.address = server->address()}));
+  InferenceRequest r;
+  r.prompt = std::string(101, 'a');
+  EXPECT_THAT(client->Generate(r),
+              StatusIs(absl::StatusCode::kInvalidArgument, "the limit is 100"));
+  r.prompt = std::string(5000, 'a');
+  EXPECT_THAT(client->Generate(r),
+              StatusIs(absl::StatusCode::kInvalidArgument, "the limit is 4096"));
+  r.prompt = "What is 1 + 2?";
+  r.options.max_new_tokens = 51;
+  EXPECT_THAT(client->Generate(r), StatusIs(absl::StatusCode::kInvalidArgument, "over the limit"));
+  r.options.max_new_tokens = 8;
+  r.task = "juggling";
+  EXPECT_THAT(client->Generate(r), StatusIs(absl::StatusCode::kNotFound, "juggling"));
+  r.task.clear();
+  r.budget = "lots";
+  EXPECT_THAT(client->Generate(r), StatusIs(absl::StatusCode::kInvalidArgument, "lots"));
+  r.budget.clear();
+  r.messages = {{"user", "hi"}};
+  EXPECT_THAT(client->Generate(r), StatusIs(absl::StatusCode::kInvalidArgument, "not both"));
+  r.prompt.clear();
+  r.messages = {{"wizard", "hi"}};
+  EXPECT_THAT(client->Generate(r), StatusIs(absl::StatusCode::kInvalidArgument, "wizard"));
+  r.options.temperature = -1;
+  r.messages = {{"user", "What is 1 + 2?"}};
+  EXPECT_THAT(client->Generate(r), StatusIs(absl::StatusCode::kInvalidArgument, ""));
+  // This model has no chat format: the messages' text is the prompt.
+  r.options.temperature = 0;
+  ASSERT_OK_AND_ASSIGN(InferenceResult chat, client->Generate(r));
+  EXPECT_EQ(chat.route.task, "add");
+}
+
+TEST_F(RouterTest, AWorkerThatDiesIsRetriedElsewhere) {
+  Workers w = StartWorkers(2, 0);
+  ASSERT_OK_AND_ASSIGN(auto router, Router::Open(Options(w), store_.get()));
+  const std::string prompt = Prompt("add", testbed::Split::kEval, 0);
+  const std::string want = Reference("add", "50%", prompt, 8);
+  InferenceRequest r;
+  r.prompt = prompt;
+  r.options.max_new_tokens = 8;
+  ASSERT_OK_AND_ASSIGN(InferenceResult first, router->Generate(r));
+  EXPECT_EQ(first.text.text, want);
+  // Stop the worker that served it; the pool has not noticed yet.
+  const int dead = first.route.worker == w.addresses[0] ? 0 : 1;
+  w.servers[dead]->Shutdown();
+  ASSERT_OK_AND_ASSIGN(InferenceResult again, router->Generate(r));
+  EXPECT_EQ(again.attempts, 2);
+  EXPECT_EQ(again.route.worker, w.addresses[1 - dead]);
+  EXPECT_EQ(again.text.text, want);
+  // Later requests go straight to the live one.
+  ASSERT_OK_AND_ASSIGN(InferenceResult third, router->Generate(r));
+  EXPECT_EQ(third.attempts, 1);
+  // With no worker left, the error says which were tried and why.
+  w.servers[1 - dead]->Shutdown();
+  router->pool().PollNow();
+  EXPECT_THAT(router->Generate(r), StatusIs(absl::StatusCode::kUnavailable, "no worker"));
+}
+
+TEST_F(RouterTest, TwoPatternsSpreadOverTwoWorkersInsteadOfThrashing) {
+  // Each worker's cache holds one 50% pattern (32 of 64 experts), not two.
+  Workers w = StartWorkers(2, 32 * reference_->expert_bytes());
+  WorkerPoolOptions o;
+  o.addresses = w.addresses;
+  o.top_k = reference_->top_k();
+  o.poll_interval = std::chrono::seconds(60);  // polled by hand below
+  ASSERT_OK_AND_ASSIGN(auto pool, WorkerPool::Open(o));
+  const store::Pattern& add = patterns_->at("add");
+  const store::Pattern& rev = patterns_->at("reverse");
+  ASSERT_OK_AND_ASSIGN(Assignment a1, pool->Assign(&add, "50%"));
+  EXPECT_TRUE(a1.loaded);
+  EXPECT_EQ(a1.prepared_name, "add@50%");
+  pool->Release(a1);
+  ASSERT_OK_AND_ASSIGN(Assignment a2, pool->Assign(&add, "50%"));
+  EXPECT_EQ(a2.address, a1.address);
+  EXPECT_FALSE(a2.loaded);  // resident: not prepared again
+  pool->Release(a2);
+  // The other pattern would evict the hot one there: it goes to the other worker.
+  ASSERT_OK_AND_ASSIGN(Assignment r1, pool->Assign(&rev, "50%"));
+  EXPECT_NE(r1.address, a1.address);
+  pool->Release(r1);
+  for (int round = 0; round < 3; ++round) {
+    pool->PollNow();
+    ASSERT_OK_AND_ASSIGN(Assignment a, pool->Assign(&add, "50%"));
+    ASSERT_OK_AND_ASSIGN(Assignment r, pool->Assign(&rev, "50%"));
+    EXPECT_EQ(a.address, a1.address);
+    EXPECT_EQ(r.address, r1.address);
+    EXPECT_FALSE(a.loaded);
+    EXPECT_FALSE(r.loaded);
+    pool->Release(a);
+    pool->Release(r);
+  }
+  for (const auto& wk : w.workers) EXPECT_EQ(wk->Status().cache.evictions, 0);
+  // A bad budget is the caller's error, not the workers'.
+  EXPECT_THAT(pool->Assign(&add, "most"), StatusIs(absl::StatusCode::kInvalidArgument, "most"));
+}
+
+}  // namespace
+}  // namespace premoe::router
