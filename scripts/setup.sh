@@ -21,6 +21,9 @@ APT_PACKAGES=(
 PIP_PACKAGES=(
   torch==2.15.0 transformers==5.24.0 tokenizers==0.23.3 safetensors
   numpy matplotlib grpcio==1.85.3 grpcio-health-checking==1.85.1
+  # The Helm chart's check (scripts/check_helm.sh): Helm's Go SDK as a library
+  # (no registry we reach ships the helm binary) and the Kubernetes API schemas.
+  helm-python-sdk==0.2.2 kubernetes-validate==1.37.0
 )
 
 missing=()
