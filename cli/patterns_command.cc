@@ -2,7 +2,6 @@
 // directory or a store service (--store DIR | host:port): list, show and
 // delete patterns, export them to a portable archive and import one (patterns
 // move between clusters), search with a prompt, and check a store directory.
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -21,10 +20,7 @@
 #include "cli/store_arg.h"
 #include "nlohmann/json.hpp"
 #include "premoe/common/status.h"
-#include "premoe/model/engine.h"
-#include "premoe/model/tokenizer.h"
-#include "premoe/profiler/calibration.h"
-#include "premoe/profiler/probe.h"
+#include "premoe/router/matcher.h"
 #include "premoe/store/archive.h"
 
 namespace premoe::cli {
@@ -242,40 +238,22 @@ absl::Status RunSearch(const PatternsArgs& args) {
   if (first.patterns.empty()) {
     return absl::FailedPreconditionError(absl::StrCat("store ", args.store, " holds no patterns"));
   }
-  // The query must be embedded as the patterns' prompts were: with their metric.
-  ASSIGN_OR_RETURN(store::Pattern reference, s->Get(first.patterns[0].id));
-  ASSIGN_OR_RETURN(profiler::MetricOptions metric,
-                   common::WithContext(profiler::MetricOptions::FromParams(reference.metric,
-                                                                           reference.metric_params),
-                                       absl::StrCat("metric of pattern ", reference.id)));
   if (std::error_code ec; !std::filesystem::is_directory(args.model, ec)) {
     return absl::NotFoundError(absl::StrCat("--model ", args.model, ": no such directory"));
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<model::Tokenizer> tokenizer,
-                   model::Tokenizer::FromFile(args.model + "/tokenizer.json"));
-  model::EngineOptions eo;
-  eo.dtype = "fp32";  // as profile: router logits as the checkpoint defines them
-  ASSIGN_OR_RETURN(std::unique_ptr<model::Engine> engine, model::Engine::Open(args.model, eo));
-  ASSIGN_OR_RETURN(std::string fingerprint, profiler::ModelFingerprint(*engine));
-  if (fingerprint != reference.model_fingerprint) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("--model ", args.model, " (fingerprint ", fingerprint,
-                     ") is not the model the store's patterns were profiled on (",
-                     reference.model_fingerprint, ")"));
-  }
-  ASSIGN_OR_RETURN(std::vector<float> query,
-                   profiler::EmbedPrompt(*engine, *tokenizer, args.prompt, metric));
-  store::SearchOptions so;
-  so.k = args.k;
-  so.voting = args.voting == "mean"    ? store::Voting::kMean
+  // The router's own matcher: the query is embedded as the patterns' prompts
+  // were (their metric, their layers), and every candidate is listed.
+  router::MatcherOptions mo;
+  mo.model_dir = args.model;
+  mo.min_similarity = -1;
+  mo.voting = args.voting == "mean"    ? store::Voting::kMean
               : args.voting == "count" ? store::Voting::kCount
                                        : store::Voting::kMax;
-  ASSIGN_OR_RETURN(std::vector<store::SearchMatch> matches, s->Search(query, so));
-  if (isatty(STDERR_FILENO)) {
-    std::fprintf(stderr, "query embedded with metric %s, that of pattern %llu (task %s)\n",
-                 metric.ToString().c_str(), static_cast<unsigned long long>(reference.id),
-                 reference.task_name.c_str());
-  }
+  ASSIGN_OR_RETURN(std::unique_ptr<router::Matcher> matcher,
+                   common::WithContext(router::Matcher::Open(mo, s.get()),
+                                       absl::StrCat("--model ", args.model)));
+  ASSIGN_OR_RETURN(router::MatchResult match, matcher->Match(args.prompt, args.k));
+  const std::vector<store::SearchMatch>& matches = match.candidates;
   if (args.json) {
     Json list = Json::array();
     for (const store::SearchMatch& m : matches) {
@@ -358,9 +336,9 @@ void RegisterPatterns(CLI::App& app, int* exit_code) {
 
   CLI::App* search = add("search", "The patterns nearest to a prompt", RunSearch);
   search->footer(
-      "The prompt is embedded as `profile` embeds calibration prompts, with the metric and "
-      "parameters recorded in the store's first pattern (lowest id): a store should hold "
-      "patterns of one metric.");
+      "The prompt is embedded as the router embeds a query: as `profile` embedded the "
+      "calibration prompts, with the metric and parameters recorded in the store's first "
+      "pattern (lowest id) and over as many MoE layers as the store's embeddings span.");
   search->add_option("--model", args->model, "Model directory the patterns were profiled on")
       ->required();
   search->add_option("--prompt", args->prompt, "Query text")->required();

@@ -41,6 +41,7 @@ struct ProfileArgs {
   std::string store;
   bool streamed = false;
   int64_t batch = -1;  // -1: 16 resident, all samples streamed
+  int64_t embedding_layers = 1;
 };
 
 absl::Status RunProfile(const ProfileArgs& args) {
@@ -77,6 +78,7 @@ absl::Status RunProfile(const ProfileArgs& args) {
 
   profiler::ProfileOptions po;
   po.metric = metric;
+  po.embedding_layers = args.embedding_layers;
   // A streamed pass reads the whole checkpoint: one pass for all samples.
   po.batch_size = args.batch >= 0 ? args.batch : (args.streamed ? 0 : 16);
   const auto start = std::chrono::steady_clock::now();
@@ -219,6 +221,10 @@ void RegisterProfile(CLI::App& app, int* exit_code) {
   cmd->add_option("--batch", args->batch,
                   "Samples per forward pass; 0 = all (default: 16, or all with --streamed, "
                   "where each pass reads the whole checkpoint)");
+  cmd->add_option("--embedding-layers", args->embedding_layers,
+                  "MoE layers the match embeddings span (the router's probe holds the model up "
+                  "to the last one); every pattern of a store must use the same")
+      ->capture_default_str();
   cmd->callback([args, exit_code] { *exit_code = ReportStatus("profile", RunProfile(*args)); });
 
   auto sel = std::make_shared<SelectArgs>();

@@ -89,12 +89,15 @@ absl::Status EngineOptions::Validate() const {
         absl::StrCat("EngineOptions.trainable needs dtype \"fp32\", got \"", dtype, "\""));
   }
   if (static_cast<int>(trainable) + static_cast<int>(streamed) +
-          static_cast<int>(experts_on_demand) + static_cast<int>(probe) > 1) {
+          static_cast<int>(experts_on_demand) + static_cast<int>(probe_moe_layers > 0) > 1) {
     return absl::InvalidArgumentError(
         "EngineOptions: trainable, streamed, experts_on_demand and probe exclude each other");
   }
-  if (probe && !keep.empty()) {
-    return absl::InvalidArgumentError("EngineOptions.probe loads no experts, so it takes no keep");
+  if (probe_moe_layers < 0) {
+    return absl::InvalidArgumentError("EngineOptions.probe_moe_layers must be >= 0");
+  }
+  if (probe_moe_layers > 0 && !keep.empty()) {
+    return absl::InvalidArgumentError("EngineOptions: a probe takes no keep");
   }
   if (experts_on_demand && !keep.empty()) {
     return absl::InvalidArgumentError(
@@ -302,9 +305,10 @@ class EngineImpl final : public Engine {
       for (auto& [name, t] : parameters_) t.requires_grad_(true);
     }
     for (int64_t e : config_.eos_token_ids) eos_.push_back(e);
-    while (probe_layer_ < config_.num_hidden_layers &&
-           !config_.IsMoeLayer(static_cast<int>(probe_layer_))) {
-      ++probe_layer_;
+    for (int64_t l = 0, seen = 0; l < config_.num_hidden_layers; ++l) {
+      if (!config_.IsMoeLayer(static_cast<int>(l))) continue;
+      probe_layer_ = l;
+      if (++seen >= std::max<int64_t>(1, options_.probe_moe_layers)) break;
     }
   }
 
@@ -429,9 +433,9 @@ class EngineImpl final : public Engine {
                                                      " is not -1 or a layer of the model's ",
                                                      config_.num_hidden_layers));
     }
-    if (options_.probe && options.last_layer != probe_layer_) {
+    if (options_.probe_moe_layers > 0 && options.last_layer != probe_layer_) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "Forward: a probe engine runs to its first MoE layer only: last_layer must be ",
+          "Forward: a probe engine runs to its last router only: last_layer must be ",
           probe_layer_, ", not ", options.last_layer));
     }
     if (options.last_layer >= 0 && cache != nullptr) {
@@ -465,9 +469,9 @@ class EngineImpl final : public Engine {
 
  private:
   absl::Status CheckResident(absl::string_view what) const {
-    if (options_.probe) {
+    if (options_.probe_moe_layers > 0) {
       return absl::FailedPreconditionError(absl::StrCat(
-          what, ": a probe engine holds the model only up to its first MoE gate; it runs "
+          what, ": a probe engine holds the model only up to a router; it runs "
                 "Forward with last_layer = ", probe_layer_, " and no cache only"));
     }
     if (!options_.streamed) return absl::OkStatus();
@@ -833,7 +837,7 @@ class EngineImpl final : public Engine {
     }
     at::Tensor allowed = AllowedExperts(bt, layer, options);
     auto [idx, w] = Route(logits, allowed, moe);
-    if (options_.probe) {
+    if (options_.probe_moe_layers > 0 && layer == probe_layer_) {
       // Nothing after this layer runs, so its output is never read.
       if (options.tap != nullptr) {
         RouterTapEvent ev;
@@ -1002,7 +1006,7 @@ class EngineImpl final : public Engine {
   at::Device device_;
   std::shared_ptr<const Checkpoint> checkpoint_;
   int64_t top_k_ = 0;
-  // The first MoE layer: where a probe engine stops.
+  // The probe_moe_layers-th MoE layer: where a probe engine stops.
   int64_t probe_layer_ = 0;
   int64_t max_context_ = 0;
   Rope static_rope_;
@@ -1111,18 +1115,21 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const std::string& model_di
       return absl::FailedPreconditionError(
           absl::StrCat("EngineOptions.device is \"", options.device, "\" but no CUDA device is available"));
     }
-    if (options.probe) {
-      int64_t first_moe = 0;
-      while (first_moe < config.num_hidden_layers &&
-             !config.IsMoeLayer(static_cast<int>(first_moe))) {
-        ++first_moe;
+    if (options.probe_moe_layers > 0) {
+      int64_t last = -1, seen = 0;
+      for (int64_t l = 0; l < config.num_hidden_layers && seen < options.probe_moe_layers; ++l) {
+        if (config.IsMoeLayer(static_cast<int>(l))) {
+          last = l;
+          ++seen;
+        }
       }
-      if (first_moe == config.num_hidden_layers) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(model_dir, ": EngineOptions.probe needs a model with an MoE layer"));
+      if (seen < options.probe_moe_layers) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            model_dir, ": EngineOptions.probe_moe_layers is ", options.probe_moe_layers,
+            " but the model has ", seen, " MoE layers"));
       }
       ASSIGN_OR_RETURN(internal::ModelWeights weights,
-                       internal::LoadProbeWeights(*checkpoint, config, first_moe, dtype, device));
+                       internal::LoadProbeWeights(*checkpoint, config, last, dtype, device));
       return std::unique_ptr<Engine>(new EngineImpl(std::move(config), options, std::move(weights),
                                                     dtype, device, nullptr));
     }

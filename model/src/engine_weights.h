@@ -84,9 +84,9 @@ absl::StatusOr<std::pair<at::Tensor, at::Tensor>> LoadExpert(const Checkpoint& c
                                                              at::ScalarType dtype,
                                                              at::Device device);
 
-// The probe (EngineOptions::probe): the embedding, every router, layers
-// before `last_layer` whole and `last_layer`'s attention and norms (no experts,
-// shared or routed; no final norm or lm_head).
+// The probe (EngineOptions::probe_moe_layers): the embedding, every router,
+// layers before `last_layer` whole and `last_layer`'s attention and norms (no
+// experts of its own, shared or routed; no final norm or lm_head).
 absl::StatusOr<ModelWeights> LoadProbeWeights(const Checkpoint& checkpoint,
                                               const ModelConfig& config, int64_t last_layer,
                                               at::ScalarType dtype, at::Device device);

@@ -2,7 +2,9 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
+#include <map>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -16,14 +18,14 @@
 namespace premoe::profiler {
 namespace {
 
-// Feeds every MoE layer's routing to the accumulator; the first MoE layer's
-// logits are also kept per sequence, for the match embeddings.
+// Feeds every MoE layer's routing to the accumulator; the logits of the
+// layers in `keep` are also kept per sequence, for the match embeddings.
 class AccumulatingTap final : public model::RouterTap {
  public:
   // `on_layer` (may be empty) runs after each MoE layer.
-  AccumulatingTap(ScoreAccumulator* acc, int64_t first_layer, bool keep_first,
+  AccumulatingTap(ScoreAccumulator* acc, std::vector<int64_t> keep,
                   std::function<void()> on_layer = nullptr)
-      : acc_(acc), first_layer_(first_layer), keep_first_(keep_first), on_layer_(std::move(on_layer)) {}
+      : acc_(acc), keep_(std::move(keep)), on_layer_(std::move(on_layer)) {}
   bool WantsExpertNorms() const override { return acc_ != nullptr && acc_->NeedsExpertNorms(); }
   void OnRouter(const model::RouterTapEvent& ev) override {
     if (!status_.ok()) return;
@@ -32,24 +34,24 @@ class AccumulatingTap final : public model::RouterTap {
       status_ = acc_->Add(ev.layer, b);
     }
     if (on_layer_) on_layer_();
-    if (keep_first_ && ev.layer == first_layer_) {
-      first_logits_ = ev.gate_logits.cpu();
-      first_sequence_ = ev.sequence.cpu();
+    if (std::find(keep_.begin(), keep_.end(), ev.layer) != keep_.end()) {
+      kept_[ev.layer] = {ev.gate_logits.cpu(), ev.sequence.cpu()};
     }
   }
   const absl::Status& status() const { return status_; }
-  // The first MoE layer's [T_b, N] logits of batch sequence b.
-  at::Tensor FirstLogits(int64_t b) const {
-    return first_logits_.index({first_sequence_ == b});
+  // The kept layers' [T_b, N] logits of batch sequence b, in layer order.
+  std::vector<at::Tensor> Logits(int64_t b) const {
+    std::vector<at::Tensor> out;
+    for (const auto& [layer, k] : kept_) out.push_back(k.first.index({k.second == b}));
+    return out;
   }
 
  private:
   ScoreAccumulator* acc_;
-  int64_t first_layer_;
-  bool keep_first_;
+  std::vector<int64_t> keep_;
   std::function<void()> on_layer_;
   absl::Status status_;
-  at::Tensor first_logits_, first_sequence_;
+  std::map<int64_t, std::pair<at::Tensor, at::Tensor>> kept_;  // layer -> (logits, sequence)
 };
 
 absl::StatusOr<std::vector<int64_t>> Encode(const model::Tokenizer& tokenizer,
@@ -110,12 +112,20 @@ absl::StatusOr<std::vector<CalibrationSample>> ReadCalibrationJsonl(const std::s
   return out;
 }
 
-absl::StatusOr<std::vector<float>> MatchEmbedding(const at::Tensor& gate_logits,
+absl::StatusOr<int64_t> EmbeddingLastLayer(const model::ModelConfig& config,
+                                           int64_t embedding_layers) {
+  int64_t seen = 0;
+  for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
+    if (config.IsMoeLayer(static_cast<int>(l)) && ++seen == embedding_layers) return l;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("match embeddings over ", embedding_layers,
+                                                 " MoE layers, but the model has ", seen));
+}
+
+absl::StatusOr<std::vector<float>> MatchEmbedding(const std::vector<at::Tensor>& gate_logits,
                                                   const MetricOptions& metric,
                                                   int64_t model_top_k) {
-  if (!gate_logits.defined() || gate_logits.dim() != 2 || gate_logits.size(0) == 0) {
-    return absl::InvalidArgumentError("MatchEmbedding: want gate logits [T > 0, N]");
-  }
+  if (gate_logits.empty()) return absl::InvalidArgumentError("MatchEmbedding: no layers");
   MetricOptions logit_metric = metric;
   if (metric.metric == Metric::kReap || metric.metric == Metric::kMan ||
       metric.metric == Metric::kRandom) {
@@ -123,16 +133,24 @@ absl::StatusOr<std::vector<float>> MatchEmbedding(const at::Tensor& gate_logits,
     // matched by its router logits, so they embed as peu does.
     logit_metric = MetricOptions();
   }
-  ASSIGN_OR_RETURN(ScoreAccumulator acc,
-                   ScoreAccumulator::Create(logit_metric, {0}, gate_logits.size(1), model_top_k));
-  RETURN_IF_ERROR(acc.Add(0, RouterBatch{gate_logits}));
-  ASSIGN_OR_RETURN(auto scores, acc.Scores());
-  const std::vector<double>& m = scores.at(0);
-  double norm = 0;
-  for (double v : m) norm += v * v;
-  norm = std::sqrt(norm);
+  const double layer_scale = 1.0 / std::sqrt(static_cast<double>(gate_logits.size()));
   std::vector<float> out;
-  for (double v : m) out.push_back(norm > 0 ? static_cast<float>(v / norm) : 0.0f);
+  for (const at::Tensor& logits : gate_logits) {
+    if (!logits.defined() || logits.dim() != 2 || logits.size(0) == 0) {
+      return absl::InvalidArgumentError("MatchEmbedding: want gate logits [T > 0, N]");
+    }
+    ASSIGN_OR_RETURN(ScoreAccumulator acc,
+                     ScoreAccumulator::Create(logit_metric, {0}, logits.size(1), model_top_k));
+    RETURN_IF_ERROR(acc.Add(0, RouterBatch{logits}));
+    ASSIGN_OR_RETURN(auto scores, acc.Scores());
+    const std::vector<double>& m = scores.at(0);
+    double norm = 0;
+    for (double v : m) norm += v * v;
+    norm = std::sqrt(norm);
+    for (double v : m) {
+      out.push_back(norm > 0 ? static_cast<float>(v / norm * layer_scale) : 0.0f);
+    }
+  }
   return out;
 }
 
@@ -150,6 +168,8 @@ absl::StatusOr<TaskProfile> ProfileTask(const model::Engine& engine,
     if (c.IsMoeLayer(static_cast<int>(l))) layers.push_back(l);
   }
   if (layers.empty()) return absl::InvalidArgumentError("the model has no MoE layer");
+  RETURN_IF_ERROR(EmbeddingLastLayer(c, options.embedding_layers).status());
+  const int64_t embed_layers = options.embedding_layers;
   ASSIGN_OR_RETURN(ScoreAccumulator acc, ScoreAccumulator::Create(options.metric, layers,
                                                                   c.num_routed_experts,
                                                                   engine.top_k()));
@@ -182,21 +202,22 @@ absl::StatusOr<TaskProfile> ProfileTask(const model::Engine& engine,
             {begin + (end - begin) * layers_done / static_cast<int64_t>(layers.size()), n,
              (static_cast<double>(begin / batch) + batch_fraction) / static_cast<double>(batches)});
       };
-      AccumulatingTap score_tap(&acc, layers.front(), /*keep_first=*/false, progress);
+      AccumulatingTap score_tap(&acc, {}, progress);
       model::ForwardOptions fo;
       fo.tap = &score_tap;
       fo.skip_logits = true;
       RETURN_IF_ERROR(engine.Forward(full, nullptr, fo).status());
       RETURN_IF_ERROR(score_tap.status());
       // Embeddings: the prompts alone, as a query will be seen, and only as
-      // far as the first MoE gate (what a router's probe runs).
-      AccumulatingTap embed_tap(nullptr, layers.front(), /*keep_first=*/true);
+      // far as the last embedding gate (what a router's probe runs).
+      AccumulatingTap embed_tap(nullptr, std::vector<int64_t>(layers.begin(),
+                                                              layers.begin() + embed_layers));
       fo.tap = &embed_tap;
-      fo.last_layer = layers.front();
+      fo.last_layer = layers[embed_layers - 1];
       RETURN_IF_ERROR(engine.Forward(prompts, nullptr, fo).status());
       for (int64_t b = 0; b < end - begin; ++b) {
         ASSIGN_OR_RETURN(std::vector<float> e,
-                         MatchEmbedding(embed_tap.FirstLogits(b), options.metric, engine.top_k()));
+                         MatchEmbedding(embed_tap.Logits(b), options.metric, engine.top_k()));
         profile.embeddings.push_back(std::move(e));
       }
     }

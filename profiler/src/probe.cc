@@ -9,18 +9,17 @@
 namespace premoe::profiler {
 namespace {
 
-// Keeps one layer's gate logits (the event's tensors die with the callback).
-class FirstGateTap final : public model::RouterTap {
+// Keeps the logits of the embedding's layers (the event's tensors die with
+// the callback).
+class GateTap final : public model::RouterTap {
  public:
-  explicit FirstGateTap(int64_t layer) : layer_(layer) {}
   void OnRouter(const model::RouterTapEvent& ev) override {
-    if (ev.layer == layer_) logits_ = ev.gate_logits.cpu();
+    logits_.push_back(ev.gate_logits.cpu());
   }
-  const at::Tensor& logits() const { return logits_; }
+  const std::vector<at::Tensor>& logits() const { return logits_; }
 
  private:
-  int64_t layer_;
-  at::Tensor logits_;
+  std::vector<at::Tensor> logits_;
 };
 
 }  // namespace
@@ -28,21 +27,20 @@ class FirstGateTap final : public model::RouterTap {
 absl::StatusOr<std::vector<float>> EmbedPrompt(const model::Engine& engine,
                                                const model::Tokenizer& tokenizer,
                                                absl::string_view prompt,
-                                               const MetricOptions& metric) {
-  const model::ModelConfig& c = engine.config();
-  int64_t first = 0;
-  while (first < c.num_hidden_layers && !c.IsMoeLayer(static_cast<int>(first))) ++first;
-  if (first == c.num_hidden_layers) return absl::InvalidArgumentError("the model has no MoE layer");
+                                               const MetricOptions& metric,
+                                               int64_t embedding_layers) {
+  ASSIGN_OR_RETURN(const int64_t last, EmbeddingLastLayer(engine.config(), embedding_layers));
   ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer.Encode(prompt, /*add_special_tokens=*/true));
   if (ids.empty()) return absl::InvalidArgumentError("the prompt encodes to no tokens");
   if (static_cast<int64_t>(ids.size()) > engine.max_context()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "the prompt's ", ids.size(), " tokens exceed the context of ", engine.max_context()));
   }
-  FirstGateTap tap(first);
+  // Only MoE layers reach the tap, so it sees exactly the embedding's layers.
+  GateTap tap;
   model::ForwardOptions fo;
   fo.tap = &tap;
-  fo.last_layer = first;  // nothing after the first gate matters
+  fo.last_layer = last;  // nothing after the last embedding gate matters
   try {
     RETURN_IF_ERROR(
         engine.Forward({std::vector<int64_t>(ids.begin(), ids.end())}, nullptr, fo).status());

@@ -1,7 +1,9 @@
 #include "premoe/router/matcher.h"
 
 #include <chrono>
+#include <map>
 #include <mutex>
+#include <optional>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -32,36 +34,65 @@ absl::Status MatcherOptions::Validate() const {
 struct Matcher::Impl {
   MatcherOptions options;
   store::PatternStore* patterns = nullptr;
-  std::unique_ptr<model::Engine> probe;
   std::unique_ptr<model::Tokenizer> tokenizer;
   std::string fingerprint;
+  // The one-layer probe, opened first and never replaced.
+  const model::Engine* first_probe = nullptr;
 
-  // The metric of the store's patterns, as of store version `metric_version`.
+  // How the store's patterns were embedded, as of store version `version`:
+  // their metric, and their layers (the store's dimension over N).
+  struct Embedding {
+    std::optional<profiler::MetricOptions> metric;  // nullopt: the store is empty
+    int64_t layers = 1;
+    const model::Engine* probe = nullptr;
+  };
   mutable std::mutex mu;
-  mutable uint64_t metric_version = 0;
-  mutable std::optional<profiler::MetricOptions> metric;
+  mutable uint64_t version = 0;
+  mutable bool known = false;
+  mutable Embedding current;
+  // One probe per embedding depth seen (normally one).
+  mutable std::map<int64_t, std::unique_ptr<model::Engine>> probes;
 
-  // The metric to embed queries with; nullopt when the store is empty.
-  absl::StatusOr<std::optional<profiler::MetricOptions>> Metric() const {
+  absl::StatusOr<const model::Engine*> Probe(int64_t layers) const {
+    auto it = probes.find(layers);
+    if (it != probes.end()) return it->second.get();
+    model::EngineOptions eo;
+    eo.dtype = options.dtype;
+    eo.probe_moe_layers = layers;
+    ASSIGN_OR_RETURN(std::unique_ptr<model::Engine> e, model::Engine::Open(options.model_dir, eo));
+    return probes.emplace(layers, std::move(e)).first->second.get();
+  }
+
+  absl::StatusOr<Embedding> Current() const {
     ASSIGN_OR_RETURN(store::StoreInfo info, patterns->Info());
     std::lock_guard lock(mu);
-    if (metric.has_value() && info.version == metric_version) return metric;
+    if (known && info.version == version) return current;
     if (!info.model_fingerprint.empty() && info.model_fingerprint != fingerprint) {
       return absl::FailedPreconditionError(absl::StrCat(
           "the pattern store holds patterns of another model (fingerprint ",
           info.model_fingerprint, "; this model's is ", fingerprint, ")"));
     }
+    Embedding e;
+    ASSIGN_OR_RETURN(e.probe, Probe(1));
     ASSIGN_OR_RETURN(store::ListPage page, patterns->List({.page_size = 1}));
-    if (page.patterns.empty()) {
-      metric.reset();
-      return metric;
+    if (!page.patterns.empty()) {
+      ASSIGN_OR_RETURN(store::Pattern p, patterns->Get(page.patterns[0].id));
+      ASSIGN_OR_RETURN(e.metric, profiler::MetricOptions::FromParams(p.metric, p.metric_params));
+      const int64_t n = e.probe->config().num_routed_experts;
+      if (info.embedding_dim > 0) {
+        if (info.embedding_dim % n != 0) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "the store's embeddings have ", info.embedding_dim,
+              " dimensions, not a multiple of the model's ", n, " experts"));
+        }
+        e.layers = info.embedding_dim / n;
+        ASSIGN_OR_RETURN(e.probe, Probe(e.layers));
+      }
     }
-    ASSIGN_OR_RETURN(store::Pattern p, patterns->Get(page.patterns[0].id));
-    ASSIGN_OR_RETURN(profiler::MetricOptions m,
-                     profiler::MetricOptions::FromParams(p.metric, p.metric_params));
-    metric = m;
-    metric_version = info.version;
-    return metric;
+    current = e;
+    version = info.version;
+    known = true;
+    return current;
   }
 };
 
@@ -75,14 +106,11 @@ absl::StatusOr<std::unique_ptr<Matcher>> Matcher::Open(const MatcherOptions& opt
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   impl->patterns = patterns;
-  model::EngineOptions eo;
-  eo.dtype = options.dtype;
-  eo.probe = true;
-  ASSIGN_OR_RETURN(impl->probe, model::Engine::Open(options.model_dir, eo));
   ASSIGN_OR_RETURN(impl->tokenizer,
                    model::Tokenizer::FromFile(options.model_dir + "/tokenizer.json"));
-  ASSIGN_OR_RETURN(impl->fingerprint, profiler::ModelFingerprint(*impl->probe));
-  RETURN_IF_ERROR(impl->Metric().status());
+  ASSIGN_OR_RETURN(impl->first_probe, impl->Probe(1));
+  ASSIGN_OR_RETURN(impl->fingerprint, profiler::ModelFingerprint(*impl->first_probe));
+  RETURN_IF_ERROR(impl->Current().status());
   return std::unique_ptr<Matcher>(new Matcher(std::move(impl)));
 }
 
@@ -91,10 +119,11 @@ absl::StatusOr<MatchResult> Matcher::Match(absl::string_view prompt, int32_t k) 
   const auto start = std::chrono::steady_clock::now();
   const MatcherOptions& o = impl_->options;
   MatchResult out;
-  ASSIGN_OR_RETURN(std::optional<profiler::MetricOptions> metric, impl_->Metric());
-  if (metric.has_value()) {
+  ASSIGN_OR_RETURN(Impl::Embedding how, impl_->Current());
+  if (how.metric.has_value()) {
     ASSIGN_OR_RETURN(std::vector<float> embedding,
-                     profiler::EmbedPrompt(*impl_->probe, *impl_->tokenizer, prompt, *metric));
+                     profiler::EmbedPrompt(*how.probe, *impl_->tokenizer, prompt, *how.metric,
+                                           how.layers));
     store::SearchOptions so;
     so.k = k;
     so.voting = o.voting;
@@ -124,10 +153,14 @@ absl::StatusOr<MatchResult> Matcher::Match(absl::string_view prompt, int32_t k) 
   return out;
 }
 
-const model::ModelConfig& Matcher::config() const { return impl_->probe->config(); }
+const model::ModelConfig& Matcher::config() const { return impl_->first_probe->config(); }
 const model::Tokenizer& Matcher::tokenizer() const { return *impl_->tokenizer; }
-int64_t Matcher::top_k() const { return impl_->probe->top_k(); }
+int64_t Matcher::top_k() const { return impl_->first_probe->top_k(); }
 const std::string& Matcher::fingerprint() const { return impl_->fingerprint; }
-int64_t Matcher::probe_bytes() const { return impl_->probe->weight_bytes(); }
+
+int64_t Matcher::probe_bytes() const {
+  absl::StatusOr<Impl::Embedding> how = impl_->Current();
+  return how.ok() ? how->probe->weight_bytes() : 0;
+}
 
 }  // namespace premoe::router

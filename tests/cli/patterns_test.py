@@ -183,7 +183,7 @@ def main():
                   and ranked[0]["similarity"] >= ranked[1]["similarity"],
                   f"search {prompt!r}: {ranked}")
         r = premoe.run("patterns", "search", "--store", store, "--model", other, "--prompt", "1+1")
-        check(refused(r, "is not the model the store's patterns were profiled on"),
+        check(refused(r, "holds patterns of another model"),
               f"search with another model: {r.stderr}")
 
         # delete, then check.

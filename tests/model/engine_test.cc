@@ -335,60 +335,72 @@ TEST_P(EngineParityTest, StreamedEqualsResidentBitForBit) {
 }
 
 // The router's probe engine holds a few layers and gives the first MoE
-// layer's routing exactly as the whole model does.
-TEST_P(EngineParityTest, ProbeRoutesTheFirstMoeLayerLikeTheWholeModel) {
+// layers' routing exactly as the whole model does.
+TEST_P(EngineParityTest, ProbeRoutesTheFirstMoeLayersLikeTheWholeModel) {
+  std::vector<int64_t> moe;
   for (const std::string dtype : {"fp32", "bf16"}) {
     SCOPED_TRACE(dtype);
     EngineOptions options;
     options.dtype = dtype;
     auto whole = OpenEngine(GetParam(), options);
-    options.probe = true;
-    auto probe = OpenEngine(GetParam(), options);
     ASSERT_NE(whole, nullptr);
-    ASSERT_NE(probe, nullptr);
-    EXPECT_LT(probe->weight_bytes(), whole->weight_bytes() / 2);
-    int64_t first_moe = 0;
-    while (!probe->config().IsMoeLayer(static_cast<int>(first_moe))) ++first_moe;
+    moe.clear();
+    for (int l = 0; l < whole->config().num_hidden_layers; ++l) {
+      if (whole->config().IsMoeLayer(l)) moe.push_back(l);
+    }
     Reference ref(GetParam());
     const std::vector<std::vector<int64_t>> prompts = {ref.Ids("prompt_1"), ref.Ids("prompt_2")};
-    RecordingTap want, got;
+    RecordingTap want;
     ForwardOptions fo;
     fo.tap = &want;
     ASSERT_OK(whole->Forward(prompts, nullptr, fo).status());
-    fo.tap = &got;
-    fo.last_layer = first_moe;
-    ASSERT_OK_AND_ASSIGN(at::Tensor none, probe->Forward(prompts, nullptr, fo));
-    EXPECT_FALSE(none.defined());
-    ASSERT_EQ(got.events.size(), 1u);
-    const RouterTapEvent* w = nullptr;
-    for (const auto& ev : want.events) {
-      if (ev.layer == first_moe) w = &ev;
-    }
-    ASSERT_NE(w, nullptr);
-    EXPECT_TRUE(at::equal(got.events[0].gate_logits, w->gate_logits));
-    EXPECT_TRUE(at::equal(got.events[0].selected_experts, w->selected_experts));
-    EXPECT_TRUE(at::equal(got.events[0].routing_weights, w->routing_weights));
-    // The gates are whole, so the model fingerprint is the whole model's.
     std::map<std::string, at::Tensor> whole_params;
     for (const auto& [name, t] : whole->Parameters()) whole_params[name] = t;
-    int gates = 0;
-    for (const auto& [name, t] : probe->Parameters()) {
-      if (!absl::EndsWith(name, ".moe.gate")) continue;
-      EXPECT_TRUE(at::equal(t, whole_params.at(name))) << name;
-      ++gates;
+    for (int64_t p = 1; p <= std::min<int64_t>(2, moe.size()); ++p) {
+      SCOPED_TRACE(absl::StrCat(p, " MoE layers"));
+      options.probe_moe_layers = p;
+      auto probe = OpenEngine(GetParam(), options);
+      ASSERT_NE(probe, nullptr);
+      if (p == 1) {
+        EXPECT_LT(probe->weight_bytes(), whole->weight_bytes() / 2);
+      }
+      RecordingTap got;
+      fo.tap = &got;
+      fo.last_layer = moe[p - 1];
+      ASSERT_OK_AND_ASSIGN(at::Tensor none, probe->Forward(prompts, nullptr, fo));
+      EXPECT_FALSE(none.defined());
+      ASSERT_EQ(got.events.size(), static_cast<size_t>(p));
+      for (int64_t i = 0; i < p; ++i) {
+        const RouterTapEvent* w = nullptr;
+        for (const auto& ev : want.events) {
+          if (ev.layer == moe[i]) w = &ev;
+        }
+        ASSERT_NE(w, nullptr);
+        EXPECT_EQ(got.events[i].layer, moe[i]);
+        EXPECT_TRUE(at::equal(got.events[i].gate_logits, w->gate_logits));
+        EXPECT_TRUE(at::equal(got.events[i].selected_experts, w->selected_experts));
+        EXPECT_TRUE(at::equal(got.events[i].routing_weights, w->routing_weights));
+      }
+      // The gates are whole, so the model fingerprint is the whole model's.
+      int gates = 0;
+      for (const auto& [name, t] : probe->Parameters()) {
+        if (!absl::EndsWith(name, ".moe.gate")) continue;
+        EXPECT_TRUE(at::equal(t, whole_params.at(name))) << name;
+        ++gates;
+      }
+      EXPECT_EQ(gates, static_cast<int>(moe.size()));
+      fo.last_layer = -1;
+      EXPECT_THAT(probe->Forward(prompts, nullptr, fo),
+                  StatusIs(absl::StatusCode::kInvalidArgument, "last_layer must be"));
+      EXPECT_THAT(probe->NewCache(1, 8), StatusIs(absl::StatusCode::kFailedPrecondition, "probe"));
     }
-    int moe_layers = 0;
-    for (int l = 0; l < whole->config().num_hidden_layers; ++l) {
-      moe_layers += whole->config().IsMoeLayer(l) ? 1 : 0;
-    }
-    EXPECT_EQ(gates, moe_layers);
-    fo.last_layer = -1;
-    EXPECT_THAT(probe->Forward(prompts, nullptr, fo),
-                StatusIs(absl::StatusCode::kInvalidArgument, "last_layer must be"));
-    EXPECT_THAT(probe->NewCache(1, 8), StatusIs(absl::StatusCode::kFailedPrecondition, "probe"));
   }
+  EngineOptions too_deep;
+  too_deep.probe_moe_layers = static_cast<int64_t>(moe.size()) + 1;
+  EXPECT_THAT(Engine::Open(ReferenceEnv::Dir(GetParam()), too_deep),
+              StatusIs(absl::StatusCode::kInvalidArgument, "MoE layers"));
   EngineOptions bad;
-  bad.probe = true;
+  bad.probe_moe_layers = 1;
   bad.streamed = true;
   EXPECT_THAT(bad.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, "exclude each other"));
 }

@@ -104,7 +104,7 @@ TEST_F(CalibrationTest, EmbeddingsAreNormalisedPromptOnlyAndDeterministic) {
   ASSERT_OK(engine_->Forward({std::vector<int64_t>(ids.begin(), ids.end())}, nullptr, fo).status());
   const int64_t first = tap.logits.begin()->first;
   ASSERT_OK_AND_ASSIGN(std::vector<float> alone,
-                       MatchEmbedding(tap.logits[first][0], MetricOptions(), engine_->top_k()));
+                       MatchEmbedding({tap.logits[first][0]}, MetricOptions(), engine_->top_k()));
   for (int e = 0; e < 8; ++e) EXPECT_NEAR(p.embeddings[0][e], alone[e], 1e-5);
   // Same run, same scores.
   ASSERT_OK_AND_ASSIGN(TaskProfile again, ProfileTask(*engine_, *tokenizer_, kSamples, o));

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "premoe/profiler/calibration.h"
 #include "tests/testutil/testutil.h"
 
@@ -47,6 +48,47 @@ TEST_F(EmbedPromptTest, EqualsTheEmbeddingOfAOneSampleProfile) {
       EXPECT_NEAR(std::sqrt(norm), 1.0, 1e-6);
     }
   }
+}
+
+TEST_F(EmbedPromptTest, EmbeddingsOverSeveralLayersMatchTheProfileAndTheProbe) {
+  const std::string prompt = "Reverse: planet";
+  for (int64_t layers : {2, 4}) {
+    SCOPED_TRACE(absl::StrCat(layers, " layers"));
+    ProfileOptions po;
+    po.embedding_layers = layers;
+    ASSERT_OK_AND_ASSIGN(TaskProfile profile,
+                         ProfileTask(*engine_, *tokenizer_, {{prompt, "tenalp"}}, po));
+    ASSERT_OK_AND_ASSIGN(std::vector<float> whole,
+                         EmbedPrompt(*engine_, *tokenizer_, prompt, MetricOptions(), layers));
+    EXPECT_EQ(whole, profile.embeddings[0]);
+    const int64_t n = engine_->config().num_routed_experts;
+    ASSERT_EQ(whole.size(), static_cast<size_t>(layers * n));
+    // Each layer's part is the one-layer embedding of that layer, scaled so
+    // the whole has norm 1; the first part is the classic embedding's.
+    ASSERT_OK_AND_ASSIGN(std::vector<float> first,
+                         EmbedPrompt(*engine_, *tokenizer_, prompt, MetricOptions(), 1));
+    for (int64_t i = 0; i < n; ++i) {
+      EXPECT_NEAR(whole[i], first[i] / std::sqrt(static_cast<double>(layers)), 1e-7);
+    }
+    double norm = 0;
+    for (float v : whole) norm += static_cast<double>(v) * v;
+    EXPECT_NEAR(std::sqrt(norm), 1.0, 1e-6);
+    // A probe holding the model up to the last of those gates embeds alike.
+    model::EngineOptions eo;
+    eo.dtype = "fp32";
+    eo.probe_moe_layers = layers;
+    ASSERT_OK_AND_ASSIGN(auto probe,
+                         model::Engine::Open(premoe::testing::SourceDir() + "/testbed/model", eo));
+    ASSERT_OK_AND_ASSIGN(std::vector<float> probed,
+                         EmbedPrompt(*probe, *tokenizer_, prompt, MetricOptions(), layers));
+    EXPECT_EQ(probed, whole);
+  }
+  EXPECT_THAT(EmbedPrompt(*engine_, *tokenizer_, prompt, MetricOptions(), 5),
+              StatusIs(absl::StatusCode::kInvalidArgument, "the model has 4"));
+  ProfileOptions po;
+  po.embedding_layers = 0;
+  EXPECT_THAT(ProfileTask(*engine_, *tokenizer_, {{prompt, "x"}}, po),
+              StatusIs(absl::StatusCode::kInvalidArgument, "MoE layers"));
 }
 
 TEST_F(EmbedPromptTest, PromptOverTheContextIsRefused) {

@@ -206,6 +206,36 @@ TEST_F(RouterTest, BelowTheThresholdTheFallbackApplies) {
               StatusIs(absl::StatusCode::kInvalidArgument, "fallback"));
 }
 
+TEST_F(RouterTest, PatternsEmbeddedOverTwoLayersAreMatchedWithATwoLayerProbe) {
+  store::EmbeddedPatternStore::Options so;
+  so.path = dir_.Join("two");
+  ASSERT_OK_AND_ASSIGN(auto two, store::EmbeddedPatternStore::Open(so));
+  for (const std::string task : kTasks) {
+    std::vector<profiler::CalibrationSample> samples;
+    for (int64_t i = 0; i < 8; ++i) {
+      auto s = (*testbed::FindTask(task))->Get(testbed::Split::kCalibration, i);
+      samples.push_back({s->prompt, s->completion});
+    }
+    profiler::ProfileOptions po;
+    po.embedding_layers = 2;
+    ASSERT_OK_AND_ASSIGN(profiler::TaskProfile profile,
+                         profiler::ProfileTask(*reference_, *tokenizer_, samples, po));
+    store::Pattern p = patterns_->at(task);
+    p.embeddings.clear();
+    for (const auto& e : profile.embeddings) p.embeddings.push_back({e, ""});
+    ASSERT_OK(two->Put(p).status());
+  }
+  ASSERT_OK_AND_ASSIGN(auto matcher, Matcher::Open({.model_dir = ModelDir()}, two.get()));
+  ASSERT_OK_AND_ASSIGN(auto one_layer, Matcher::Open({.model_dir = ModelDir()}, store_.get()));
+  EXPECT_GT(matcher->probe_bytes(), one_layer->probe_bytes());  // it holds layer 0's experts
+  for (const std::string task : kTasks) {
+    ASSERT_OK_AND_ASSIGN(MatchResult m,
+                         matcher->Match(Prompt(task, testbed::Split::kCalibration, 2), 1));
+    EXPECT_EQ(m.task, task);
+    EXPECT_NEAR(m.similarity, 1.0, 1e-5);
+  }
+}
+
 TEST_F(RouterTest, AStoreOfAnotherModelIsRefused) {
   store::EmbeddedPatternStore::Options so;
   so.path = dir_.Join("other");

@@ -210,20 +210,23 @@ struct EngineOptions {
   // with a cache work; Generate and SaveWeights answer FAILED_PRECONDITION.
   // Not with keep, trainable or streamed. Default: false.
   bool experts_on_demand = false;
-  // The probe, for a router that needs only the first MoE gate's logits of a
-  // query (the match embedding): Open loads the embedding, every router, the
-  // layers before the first MoE layer and that layer's attention and norms;
-  // no expert, no later layer, no lm_head. Every Forward must pass
-  // last_layer = the first MoE layer and no cache; there the MoE block only
-  // routes: the tap sees gate_logits, selected_experts and routing_weights
-  // exactly as a full engine's (no expert_norms), and Forward returns an
-  // undefined tensor. Memory: a few layers of a model of hundreds. Not with
-  // keep, trainable, streamed or experts_on_demand. Default: false.
-  bool probe = false;
+  // The probe, for a router that needs only the first MoE gates' logits of
+  // a query (the match embedding). P >= 1: Open loads the embedding, every
+  // router, the layers before the P-th MoE layer whole and that layer's
+  // attention and norms; no later layer, no lm_head (with P = 1, no expert
+  // at all). Every Forward must pass last_layer = the P-th MoE layer and no
+  // cache; there the MoE block only routes: the tap sees gate_logits,
+  // selected_experts and routing_weights exactly as a full engine's (no
+  // expert_norms there), and Forward returns an undefined tensor. Memory: a
+  // few layers of a model of hundreds. Not with keep, trainable, streamed or
+  // experts_on_demand. Default: 0 (not a probe).
+  int64_t probe_moe_layers = 0;
 
   // INVALID_ARGUMENT for an unknown dtype or device string, top_k < 0,
-  // max_context < 0, trainable without fp32, or two of trainable, streamed,
-  // experts_on_demand, probe (or keep with experts_on_demand or probe). (keep and top_k are
+  // max_context < 0, probe_moe_layers < 0, trainable without fp32, or two of
+  // trainable, streamed, experts_on_demand, probe (or keep with
+  // experts_on_demand or probe). (probe_moe_layers is checked against the
+  // model in Open.) (keep and top_k are
   // checked against the model in Open.)
   absl::Status Validate() const;
 };

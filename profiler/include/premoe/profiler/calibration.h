@@ -50,6 +50,11 @@ struct ProfileOptions {
   // Called on the profiling thread after each MoE layer of each batch.
   // Default: none.
   std::function<void(const ProfileProgress&)> on_progress;
+  // MoE layers the match embeddings span: the first L (MatchEmbedding). 1,
+  // the paper's, needs only the first gate; more tell similar tasks apart
+  // better (docs/retrieval.md) and make the router's probe hold the model up
+  // to the L-th gate. In [1, MoE layers]. Default: 1.
+  int64_t embedding_layers = 1;
 };
 
 struct TaskProfile {
@@ -59,7 +64,7 @@ struct TaskProfile {
   // Calibration tokens scored (per MoE layer; the same for every layer).
   int64_t tokens = 0;
   // One per sample: the match embedding of its prompt, L2-normalised, of
-  // dimension num_routed_experts.
+  // dimension embedding_layers * num_routed_experts.
   std::vector<std::vector<float>> embeddings;
 };
 
@@ -75,12 +80,20 @@ absl::StatusOr<TaskProfile> ProfileTask(const model::Engine& engine,
                                         const std::vector<CalibrationSample>& samples,
                                         const ProfileOptions& options);
 
-// The match embedding of a text from its first MoE layer's gate logits
-// [T, N] fp32: the mean over its tokens of m(x) under `metric` (peu's r taken
-// over these tokens), L2-normalised. All zeros stays zeros.
-absl::StatusOr<std::vector<float>> MatchEmbedding(const at::Tensor& gate_logits,
+// The match embedding of a text from the gate logits [T, N] fp32 of its first
+// MoE layers (one tensor per layer, in order): per layer, the mean over its
+// tokens of m(x) under `metric` (peu's r taken over these tokens),
+// L2-normalised; the layers' vectors concatenated and scaled by 1/sqrt(L),
+// so the whole has norm 1 and each layer weighs alike. All zeros stays zeros.
+absl::StatusOr<std::vector<float>> MatchEmbedding(const std::vector<at::Tensor>& gate_logits,
                                                   const MetricOptions& metric,
                                                   int64_t model_top_k);
+
+// The decoder layer of the model's `embedding_layers`-th MoE layer, where an
+// embedding's forward pass stops. INVALID_ARGUMENT when the model has fewer
+// MoE layers (or embedding_layers < 1).
+absl::StatusOr<int64_t> EmbeddingLastLayer(const model::ModelConfig& config,
+                                           int64_t embedding_layers);
 
 // The model fingerprint patterns carry: XXH3-128 (hex) of the canonical
 // config (architecture and sizes) and every router gate weight, in layer order.

@@ -14,16 +14,18 @@
 namespace premoe::profiler {
 
 // Tokenizes `prompt` as ProfileTask does (add_special_tokens = true), runs it
-// through `engine` (a full model, as for profiling) and returns
-// MatchEmbedding of the first MoE layer's gate logits under `metric`: N =
-// num_routed_experts floats, L2-normalised. Use the metric (and parameters)
-// the searched patterns were profiled with. INVALID_ARGUMENT for a prompt
-// that encodes to no tokens or exceeds the engine's context, a model without
-// an MoE layer, or a bad metric; INTERNAL for a libtorch failure.
-// Thread-safe as Engine::Forward is.
+// through `engine` (a full model, as for profiling, or a probe holding the
+// model up to its `embedding_layers`-th MoE gate) and returns MatchEmbedding
+// of the first `embedding_layers` MoE layers' gate logits under `metric`:
+// embedding_layers * num_routed_experts floats, of norm 1. Use the metric
+// (and parameters) and layers the searched patterns were profiled with.
+// INVALID_ARGUMENT for a prompt that encodes to no tokens or exceeds the
+// engine's context, a model with fewer MoE layers, or a bad metric; INTERNAL
+// for a libtorch failure. Thread-safe as Engine::Forward is.
 absl::StatusOr<std::vector<float>> EmbedPrompt(const model::Engine& engine,
                                                const model::Tokenizer& tokenizer,
                                                absl::string_view prompt,
-                                               const MetricOptions& metric);
+                                               const MetricOptions& metric,
+                                               int64_t embedding_layers = 1);
 
 }  // namespace premoe::profiler

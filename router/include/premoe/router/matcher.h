@@ -1,12 +1,14 @@
 // Matcher: task-adaptive expert retrieval (DESIGN.md §3, TAER). A query's
-// match embedding comes from a probe engine (EngineOptions::probe: the model
-// up to its first MoE gate, a few layers of hundreds) through the
+// match embedding comes from a probe engine (EngineOptions::probe_moe_layers:
+// the model up to its first MoE gate, a few layers of hundreds) through the
 // profiler's own EmbedPrompt, so a pattern's calibration prompts and a query
 // are embedded by the same code; the nearest pattern comes from the store's
 // index. Below a similarity threshold the configured fallback applies.
 //
-// The metric the query is embedded with is the one the store's patterns were
-// profiled with (their record says which), re-read when the store changes.
+// The query is embedded as the store's patterns were: with their metric
+// (their record says which) over as many MoE layers as their embeddings
+// span (the store's dimension over the model's experts; the probe then
+// holds the model up to that gate). Both are re-read when the store changes.
 //
 // Thread-safe: Match may be called from any number of threads.
 #pragma once
