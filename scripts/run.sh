@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: installs whatever is missing, builds,
-# and runs premoe end to end on a small MoE checkpoint.
+# and runs premoe end to end.
 #
-# Until the profiler and server land (see README "Status"), the job is the
-# part that exists: it writes a tiny DeepSeek-V3-architecture checkpoint with
-# transformers, inspects it (layers, experts, memory at expert budgets),
-# tokenizes a few prompts with the model's real tokenizer, then scores the
-# committed testbed model on its tasks, profiles a few tasks into expert
-# patterns and scores each with only its pattern's half of the experts, and
-# answers a few prompts with the full model.
+# It inspects a tiny DeepSeek-V3-architecture checkpoint (written with
+# transformers) and tokenizes with its real tokenizer; then, on the committed
+# testbed model, it profiles every testbed task into an embedded pattern store
+# (once: skipped when the store already holds them), starts the one-process
+# server (store, router and worker; `premoe serve`), and sends real gRPC
+# queries of every task through it. For each query it prints the pattern the
+# router matched and its similarity, the experts kept, the weights the
+# request's model holds against the full model's, and the answer with
+# whether it is right.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-2}
@@ -38,49 +40,38 @@ back=$(build/cli/premoe tokenize --decode --tokenizer "$model/tokenizer.json" <<
 paste -d'\n' <(echo "$prompts") <(echo "$ids") <(echo "$back") | sed 's/^/  /'
 
 model=testbed/model
+store=out/store
+tasks=$(build/cli/premoe tasks list --json | .venv/bin/python -c \
+  'import json, sys; print(" ".join(t["name"] for t in json.load(sys.stdin)))')
+have=$(build/cli/premoe patterns list --store "$store" --json 2>/dev/null |
+  .venv/bin/python -c 'import json, sys; print(len(json.load(sys.stdin)))' 2>/dev/null || echo 0)
 echo
-echo "== premoe eval --model $model --samples 50   (the full model)"
-build/cli/premoe eval --model "$model" --samples 50
+if [ "$have" -eq 0 ]; then
+  echo "== premoe profile: every testbed task into the embedded store $store (peu, 100 prompts each)"
+  for task in $tasks; do
+    build/cli/premoe --log-level warn profile --model "$model" --task "$task" \
+      --testbed-task "$task" --samples 100 --store "$store" | sed 's/^/  /'
+  done
+else
+  echo "== the pattern store $store already holds $have patterns"
+fi
+build/cli/premoe patterns list --store "$store" | sed 's/^/  /'
+
 echo
-echo "== premoe profile + select + eval: each task's own pattern (peu) at half the experts"
-patterns=out/patterns
-mkdir -p "$patterns"
-for task in add reverse caesar licenses; do
-  build/cli/premoe profile --model "$model" --task "$task" --testbed-task "$task" --samples 50 \
-    --out "$patterns/$task.pattern" >/dev/null
-  build/cli/premoe select --pattern "$patterns/$task.pattern" --budget 2/8 --model "$model" \
-    --mask-out "$patterns/$task.mask.json" | tail -1 | sed "s/^/  $task: /"
-  build/cli/premoe eval --model "$model" --tasks "$task" --samples 50 \
-    --mask "$patterns/$task.mask.json" | sed -n 2p | sed 's/^/    pruned: /'
-done
-echo
-echo "== premoe generate --model $model   (greedy)"
-for prompt in "What is 47 + 38?" "Reverse: planet" "Sort: 5 3 9 1" "ROT3 this: hello"; do
-  printf '  %-20s -> ' "$prompt"
-  build/cli/premoe generate --model "$model" --dtype fp32 --prompt "$prompt" --max-new-tokens 16
-  echo
-done
-echo
-echo "== premoe worker: one process, an expert cache of 7.5 MiB of the model's 12 MiB of experts"
+echo "== premoe serve --model $model --store-dir $store --cache 7.5MiB   (store, router and worker in"
+echo "   one process; the worker holds at most 7.5 MiB of the model's 12 MiB of experts)"
 port_file=$(mktemp -u)
-build/cli/premoe --log-level warn worker serve --model "$model" --dtype fp32 --cache 7.5MiB \
-  --port-file "$port_file" >/dev/null &
-worker_pid=$!
-trap 'kill $worker_pid 2>/dev/null || true' EXIT
+build/cli/premoe --log-level warn serve --model "$model" --store-dir "$store" --dtype fp32 \
+  --budget 50% --cache 7.5MiB --listen 127.0.0.1:0 --port-file "$port_file" | sed -u "s/^/  /" &
+trap 'pkill -f "premoe --log-level warn serve --model $model" 2>/dev/null || true; rm -f "$port_file"' EXIT
 for _ in $(seq 300); do [ -s "$port_file" ] && break; sleep 0.1; done
 address=127.0.0.1:$(cat "$port_file")
-for task in add reverse caesar; do
-  build/cli/premoe worker prepare --address "$address" --pattern "$patterns/$task.pattern" \
-    --budget 2/8 | sed 's/^/  /'
-done
-for pair in "add|What is 47 + 38?" "reverse|Reverse: planet" "caesar|ROT3 this: hello"; do
-  task=${pair%%|*} prompt=${pair#*|}
-  printf '  %-8s %-20s -> ' "$task" "$prompt"
-  build/cli/premoe worker generate --address "$address" --task "$task" --prompt "$prompt" \
-    --max-new-tokens 16 2>/dev/null
-  echo
-done
-build/cli/premoe worker status --address "$address" | sed 's/^/  /'
-kill "$worker_pid"
-wait "$worker_pid" 2>/dev/null || true
-rm -f "$port_file"
+
+echo
+echo "== premoe query --address $address --testbed all --samples 3   (real gRPC queries)"
+build/cli/premoe query --address "$address" --testbed all --samples 3 --max-new-tokens 24 |
+  sed 's/^/  /'
+echo
+echo "== premoe query --prompt ... --match-only   (which pattern a query gets, and the runners-up)"
+build/cli/premoe query --address "$address" --prompt "Please add 17 and 25." --match-only |
+  sed 's/^/  /'
