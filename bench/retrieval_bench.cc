@@ -1,0 +1,249 @@
+// retrieval_bench: task-adaptive expert retrieval (TAER) on the testbed, as
+// the router does it. Every task is profiled (peu, its calibration split)
+// into a store; then each held-out eval prompt goes through the router's
+// Matcher (the probe engine, the store's index) and counts as right when it
+// lands on its own task's pattern. Prints the accuracy for each embedding
+// depth (the first 1, 2, ... MoE layers), voting rule and calibration size,
+// the confusion matrices of the default (one layer, max voting, the largest
+// calibration size) and of the best configuration, the similarity gap
+// between right and wrong candidates, and the probe's cost against a
+// whole-model prefill of the same prompts, measured in the same run.
+//
+// usage: retrieval_bench [--model testbed/model] [--cal-samples 8,32,100]
+//          [--layers 1,2,4] [--queries 100] [--json FILE]
+// The markdown goes to stdout, progress to stderr.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "bench/bench_util.h"
+#include "nlohmann/json.hpp"
+#include "premoe/common/file.h"
+#include "premoe/model/engine.h"
+#include "premoe/model/tokenizer.h"
+#include "premoe/profiler/calibration.h"
+#include "premoe/profiler/scores.h"
+#include "premoe/router/matcher.h"
+#include "premoe/store/embedded_store.h"
+#include "premoe/testbed/tasks.h"
+
+namespace {
+
+using namespace premoe;  // NOLINT: a benchmark's main file
+using Clock = std::chrono::steady_clock;
+
+using bench::Die;
+using bench::OrDie;
+
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string model_dir = "testbed/model", json_out;
+  std::vector<int64_t> cal_sizes = {8, 32, 100}, layer_counts = {1, 2, 4};
+  int64_t queries = 100;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i], value = argv[i + 1];
+    if (flag == "--model") {
+      model_dir = value;
+    } else if (flag == "--json") {
+      json_out = value;
+    } else if (flag == "--queries") {
+      (void)absl::SimpleAtoi(value, &queries);
+    } else if (flag == "--cal-samples" || flag == "--layers") {
+      std::vector<int64_t>& list = flag == "--layers" ? layer_counts : cal_sizes;
+      list.clear();
+      for (absl::string_view v : absl::StrSplit(value, ',')) {
+        int64_t n = 0;
+        if (!absl::SimpleAtoi(v, &n) || n <= 0) Die(absl::InvalidArgumentError(flag));
+        list.push_back(n);
+      }
+    } else {
+      Die(absl::InvalidArgumentError(absl::StrCat("unknown flag ", flag)));
+    }
+  }
+  auto engine = OrDie(model::Engine::Open(model_dir, {.dtype = "fp32"}));
+  auto tokenizer = OrDie(model::Tokenizer::FromFile(model_dir + "/tokenizer.json"));
+  const std::string fingerprint = OrDie(profiler::ModelFingerprint(*engine));
+  const std::vector<const testbed::Task*>& tasks = testbed::AllTasks();
+  const profiler::MetricOptions metric;  // peu
+  std::map<std::string, int> index;
+  for (size_t t = 0; t < tasks.size(); ++t) index[tasks[t]->name()] = static_cast<int>(t);
+
+  // The held-out queries, the same for every configuration.
+  std::vector<std::pair<int, std::string>> eval;
+  for (size_t t = 0; t < tasks.size(); ++t) {
+    for (int64_t i = 0; i < std::min(queries, tasks[t]->size(testbed::Split::kEval)); ++i) {
+      eval.emplace_back(static_cast<int>(t),
+                        OrDie(tasks[t]->Get(testbed::Split::kEval, i)).prompt);
+    }
+  }
+
+  struct Run {
+    int64_t layers = 1;
+    int64_t cal = 0;
+    std::string voting;
+    double accuracy = 0;
+    std::vector<std::vector<int>> confusion;
+    double right_similarity = 0, best_wrong_similarity = 0;  // means over queries
+  };
+  std::vector<Run> runs;
+  std::map<int64_t, double> probe_seconds;  // per embedding depth
+  std::map<int64_t, int64_t> probe_bytes;
+  for (int64_t layers : layer_counts) {
+  for (int64_t cal : cal_sizes) {
+    store::EmbeddedPatternStore::Options so;
+    so.path = "/retrieval-bench";
+    so.in_memory = true;
+    auto store = OrDie(store::EmbeddedPatternStore::Open(so));
+    for (const testbed::Task* task : tasks) {
+      std::fprintf(stderr, "profiling %s on %lld calibration samples, %lld-layer embeddings\n",
+                   task->name().c_str(), static_cast<long long>(cal),
+                   static_cast<long long>(layers));
+      profiler::ProfileOptions po;
+      po.metric = metric;
+      po.embedding_layers = layers;
+      OrDie(store->Put(bench::ProfileTestbedTask(*engine, *tokenizer, *task, cal, po, fingerprint)));
+    }
+    for (const std::string voting : {"max", "mean", "count"}) {
+      router::MatcherOptions mo;
+      mo.model_dir = model_dir;
+      mo.voting = voting == "max"    ? store::Voting::kMax
+                  : voting == "mean" ? store::Voting::kMean
+                                     : store::Voting::kCount;
+      auto matcher = OrDie(router::Matcher::Open(mo, store.get()));
+      probe_bytes[layers] = matcher->probe_bytes();
+      Run run;
+      run.layers = layers;
+      run.cal = cal;
+      run.voting = voting;
+      run.confusion.assign(tasks.size(), std::vector<int>(tasks.size(), 0));
+      int right = 0;
+      const auto start = Clock::now();
+      for (const auto& [truth, prompt] : eval) {
+        router::MatchResult m = OrDie(matcher->Match(prompt, static_cast<int32_t>(tasks.size())));
+        const int got = index.at(m.candidates[0].task_name);
+        ++run.confusion[truth][got];
+        right += got == truth ? 1 : 0;
+        for (const auto& c : m.candidates) {
+          if (index.at(c.task_name) == truth) run.right_similarity += c.similarity;
+        }
+        for (const auto& c : m.candidates) {
+          if (index.at(c.task_name) != truth) {
+            run.best_wrong_similarity += c.similarity;
+            break;
+          }
+        }
+      }
+      if (voting == "max" && cal == cal_sizes.back()) probe_seconds[layers] = Seconds(start);
+      run.accuracy = static_cast<double>(right) / static_cast<double>(eval.size());
+      run.right_similarity /= static_cast<double>(eval.size());
+      run.best_wrong_similarity /= static_cast<double>(eval.size());
+      runs.push_back(run);
+    }
+  }
+  }
+
+  // The same prompts through the whole model, one prefill each, for scale.
+  const auto start = Clock::now();
+  for (const auto& [truth, prompt] : eval) {
+    auto ids = OrDie(tokenizer->Encode(prompt, true));
+    OrDie(engine->Forward({std::vector<int64_t>(ids.begin(), ids.end())}, nullptr, {}));
+  }
+  const double prefill_seconds = Seconds(start);
+
+  std::printf("## Retrieval accuracy: held-out prompts matched to their own task's pattern\n\n");
+  std::printf("%zu tasks, %zu eval prompts (%lld per task), patterns profiled with peu; each "
+              "cell is the share of prompts that landed on their own task's pattern.\n\n",
+              tasks.size(), eval.size(), static_cast<long long>(queries));
+  std::printf("| embedding layers | calibration prompts | max voting | mean voting | count voting "
+              "| sim. own task | best other |\n|---|---|---|---|---|---|---|\n");
+  const Run* best = nullptr;
+  const Run* standard = nullptr;
+  for (int64_t layers : layer_counts) {
+    for (int64_t cal : cal_sizes) {
+      std::map<std::string, const Run*> by;
+      for (const Run& r : runs) {
+        if (r.cal == cal && r.layers == layers) by[r.voting] = &r;
+      }
+      std::printf("| %lld | %lld | %.1f%% | %.1f%% | %.1f%% | %.3f | %.3f |\n",
+                  static_cast<long long>(layers), static_cast<long long>(cal),
+                  100 * by["max"]->accuracy, 100 * by["mean"]->accuracy,
+                  100 * by["count"]->accuracy, by["max"]->right_similarity,
+                  by["max"]->best_wrong_similarity);
+    }
+  }
+  for (const Run& r : runs) {
+    if (best == nullptr || r.accuracy > best->accuracy) best = &r;
+    if (r.layers == layer_counts.front() && r.cal == cal_sizes.back() && r.voting == "max") {
+      standard = &r;
+    }
+  }
+  auto print_confusion = [&](const Run& run, const char* what) {
+    std::printf("\n### Confusion matrix, %s: %lld embedding layer(s), %s voting, %lld "
+                "calibration prompts: %.1f%%\n\nRows: the prompt's task; columns: the matched "
+                "pattern.\n\n| |",
+                what, static_cast<long long>(run.layers), run.voting.c_str(),
+                static_cast<long long>(run.cal), 100 * run.accuracy);
+    for (const auto* t : tasks) std::printf(" %s |", t->name().c_str());
+    std::printf("\n|---|");
+    for (size_t i = 0; i < tasks.size(); ++i) std::printf("---|");
+    std::printf("\n");
+    for (size_t i = 0; i < tasks.size(); ++i) {
+      std::printf("| **%s** |", tasks[i]->name().c_str());
+      for (size_t j = 0; j < tasks.size(); ++j) std::printf(" %d |", run.confusion[i][j]);
+      std::printf("\n");
+    }
+  };
+  print_confusion(*standard, "the paper's embedding");
+  if (best != standard) print_confusion(*best, "the best configuration");
+  std::printf("\n### Cost of matching\n\n| embedding layers | probe weights | of the model "
+              "| matching time / whole-model prefill |\n|---|---|---|---|\n");
+  for (int64_t layers : layer_counts) {
+    std::printf("| %lld | %.2f MiB | %.0f%% | %.2f |\n", static_cast<long long>(layers),
+                static_cast<double>(probe_bytes[layers]) / (1 << 20),
+                100.0 * static_cast<double>(probe_bytes[layers]) /
+                    static_cast<double>(engine->weight_bytes()),
+                probe_seconds[layers] / prefill_seconds);
+  }
+  std::printf("\nMatching = embedding each of the %zu prompts with the probe plus the index "
+              "search; the prefill runs the same prompts through the whole model.\n",
+              eval.size());
+
+  if (!json_out.empty()) {
+    nlohmann::ordered_json j;
+    j["tasks"] = nlohmann::ordered_json::array();
+    for (const auto* t : tasks) j["tasks"].push_back(t->name());
+    j["queries_per_task"] = queries;
+    j["runs"] = nlohmann::ordered_json::array();
+    for (const Run& r : runs) {
+      j["runs"].push_back({{"embedding_layers", r.layers},
+                           {"calibration_prompts", r.cal},
+                           {"voting", r.voting},
+                           {"accuracy", r.accuracy},
+                           {"own_similarity", r.right_similarity},
+                           {"best_other_similarity", r.best_wrong_similarity},
+                           {"confusion", r.confusion}});
+    }
+    j["model_bytes"] = engine->weight_bytes();
+    j["probes"] = nlohmann::ordered_json::array();
+    for (int64_t layers : layer_counts) {
+      j["probes"].push_back({{"embedding_layers", layers},
+                             {"bytes", probe_bytes[layers]},
+                             {"match_over_prefill_time", probe_seconds[layers] / prefill_seconds}});
+    }
+    if (absl::Status s = common::WriteFileAtomically(json_out, j.dump(2) + "\n"); !s.ok()) Die(s);
+  }
+  return 0;
+}
