@@ -7,7 +7,10 @@
 #include "engine_weights.h"
 
 #include <ATen/ATen.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
+#include <cstdint>
 #include <cstring>
 
 #include "absl/container/flat_hash_set.h"
@@ -35,6 +38,25 @@ at::ScalarType ToScalarType(DType dtype) {
     case DType::kI64: return at::kLong;
   }
   return at::kFloat;
+}
+
+// Faults in [data, data + size) in one call instead of a fault per page
+// (MADV_POPULATE_READ / _WRITE, Linux 5.14+): for a mapping about to be
+// read, or fresh memory about to be written. Older kernels refuse the advice
+// and the pages fault in as they are touched, as before.
+void PopulateRange(const void* data, size_t size, bool write) {
+#if defined(MADV_POPULATE_READ) && defined(MADV_POPULATE_WRITE)
+  static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data) & ~(page - 1);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(data) + size;
+  if (size == 0) return;
+  (void)madvise(reinterpret_cast<void*>(begin), end - begin,
+                write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
+#else
+  (void)data;
+  (void)size;
+  (void)write;
+#endif
 }
 
 class Loader {
@@ -130,6 +152,32 @@ class Loader {
       if (const SafetensorsFile* shard = checkpoint_.ShardOf(name)) shard->Release(row);
     }
     return t;
+  }
+
+  // Copies tensor `name` (checked against `shape`), or its row `row` when
+  // row >= 0, straight out of the mapping into `dst` (CPU, contiguous, of
+  // the tensor's or the row's shape, any float dtype), converting on the
+  // way: one pass over the bytes. false, copying nothing, for FP8 tensors
+  // (their block scales take Read's path).
+  absl::StatusOr<bool> CopyInto(const std::string& name, const std::vector<int64_t>& shape,
+                                int64_t row, at::Tensor& dst) {
+    ASSIGN_OR_RETURN(TensorView view, checkpoint_.Get(name));
+    RETURN_IF_ERROR(Read(name, shape, /*check_only=*/true).status());
+    if (view.dtype == DType::kF8E4M3) return false;
+    TensorView part = view;
+    if (row >= 0) {
+      const size_t row_bytes = view.bytes.size() / static_cast<size_t>(shape[0]);
+      part.shape.erase(part.shape.begin());
+      part.bytes = view.bytes.subspan(static_cast<size_t>(row) * row_bytes, row_bytes);
+    }
+    PopulateRange(part.bytes.data(), part.bytes.size(), /*write=*/false);
+    at::Tensor src = at::from_blob(const_cast<uint8_t*>(part.bytes.data()), part.shape,
+                                   at::TensorOptions().dtype(ToScalarType(part.dtype)));
+    dst.copy_(src);
+    if (release_) {
+      if (const SafetensorsFile* shard = checkpoint_.ShardOf(name)) shard->Release(part);
+    }
+    return true;
   }
 
   // Read + convert to `dtype` on the device + register under `name`.
@@ -525,6 +573,40 @@ absl::StatusOr<std::pair<at::Tensor, at::Tensor>> LoadExpert(const Checkpoint& c
                                                              at::Device device) {
   Loader ld(checkpoint, c, dtype, device, nullptr, /*release=*/true);
   const std::string block = MoeBlockPrefix(ld, c, LayerPrefix(checkpoint, layer));
+  if (device.is_cpu()) {
+    // The reassembly hot path: each byte is copied once, from the mapping
+    // into the expert's own tensors, whose pages are faulted in up front.
+    const int64_t n = c.num_routed_experts, h = c.hidden_size, inter = c.moe_intermediate_size;
+    at::Tensor gate_up = at::empty({2 * inter, h}, at::TensorOptions().dtype(dtype));
+    at::Tensor down = at::empty({h, inter}, at::TensorOptions().dtype(dtype));
+    PopulateRange(gate_up.data_ptr(), gate_up.nbytes(), /*write=*/true);
+    PopulateRange(down.data_ptr(), down.nbytes(), /*write=*/true);
+    bool copied = false;
+    const std::string fused_gu = block + "experts.gate_up_proj";
+    if (ld.Has(fused_gu)) {
+      ASSIGN_OR_RETURN(copied, ld.CopyInto(fused_gu, {n, 2 * inter, h}, expert, gate_up));
+      if (copied) {
+        ASSIGN_OR_RETURN(copied,
+                         ld.CopyInto(block + "experts.down_proj", {n, h, inter}, expert, down));
+      }
+    } else {
+      auto name = [&](ExpertProjection p) {
+        std::string s = ExpertTensorName(c.architecture, layer, expert, p);
+        if (!ld.Has(s) && absl::StartsWith(s, "model.")) s = s.substr(6);
+        return s;
+      };
+      at::Tensor gate = gate_up.narrow(0, 0, inter), up = gate_up.narrow(0, inter, inter);
+      ASSIGN_OR_RETURN(copied, ld.CopyInto(name(ExpertProjection::kGate), {inter, h}, -1, gate));
+      if (copied) {
+        ASSIGN_OR_RETURN(copied, ld.CopyInto(name(ExpertProjection::kUp), {inter, h}, -1, up));
+      }
+      if (copied) {
+        ASSIGN_OR_RETURN(copied,
+                         ld.CopyInto(name(ExpertProjection::kDown), {h, inter}, -1, down));
+      }
+    }
+    if (copied) return std::pair{gate_up, down};
+  }
   ASSIGN_OR_RETURN(auto expert_weights, ReadExpert(ld, c, layer, block, expert));
   return std::pair{expert_weights.first.to(device, dtype).contiguous(),
                    expert_weights.second.to(device, dtype).contiguous()};

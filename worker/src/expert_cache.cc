@@ -1,7 +1,9 @@
 #include "premoe/worker/expert_cache.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "premoe/common/status.h"
@@ -16,6 +18,9 @@ absl::StatusOr<std::unique_ptr<ExpertCache>> ExpertCache::Create(const model::En
     return absl::InvalidArgumentError(
         "ExpertCache needs an engine opened with EngineOptions::experts_on_demand");
   }
+  if (options.load_threads < 0) {
+    return absl::InvalidArgumentError("ExpertCacheOptions.load_threads must be >= 0");
+  }
   if (options.budget_bytes <= 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "ExpertCacheOptions.budget_bytes must be > 0, got ", options.budget_bytes));
@@ -24,7 +29,13 @@ absl::StatusOr<std::unique_ptr<ExpertCache>> ExpertCache::Create(const model::En
 }
 
 ExpertCache::ExpertCache(const model::Engine* engine, ExpertCacheOptions options)
-    : engine_(engine), options_(std::move(options)), expert_bytes_(engine->expert_bytes()) {
+    : engine_(engine),
+      options_(std::move(options)),
+      expert_bytes_(engine->expert_bytes()),
+      load_threads_(options_.load_threads > 0
+                        ? options_.load_threads
+                        : std::clamp<int32_t>(
+                              static_cast<int32_t>(std::thread::hardware_concurrency()), 1, 8)) {
   totals_.budget_bytes = options_.budget_bytes;
 }
 
@@ -141,24 +152,35 @@ absl::Status ExpertCache::Ensure(const std::vector<Key>& keys, bool pin, bool wa
   lock.unlock();
   // Read outside mu_: requests whose experts are resident keep going.
   const auto start = std::chrono::steady_clock::now();
-  std::vector<std::shared_ptr<const model::ExpertWeights>> loaded;
-  absl::Status status;
-  for (const Key& k : missing) {
-    auto w = engine_->LoadExpert(k.first, k.second);
-    if (!w.ok()) {
-      status = w.status();
-      break;
+  std::vector<absl::StatusOr<std::shared_ptr<const model::ExpertWeights>>> loaded(
+      missing.size(), absl::UnknownError("not loaded"));
+  std::atomic<size_t> next{0};
+  auto load = [&] {
+    for (size_t i = next++; i < missing.size(); i = next++) {
+      loaded[i] = engine_->LoadExpert(missing[i].first, missing[i].second);
     }
-    loaded.push_back(*std::move(w));
-  }
+  };
+  const size_t threads = std::min(missing.size(), static_cast<size_t>(load_threads_));
+  std::vector<std::thread> pool;
+  for (size_t t = 1; t < threads; ++t) pool.emplace_back(load);
+  load();
+  for (std::thread& t : pool) t.join();
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   lock.lock();
+  // What loaded stays resident even when another expert failed.
+  absl::Status status;
+  int64_t count = 0;
   for (size_t i = 0; i < loaded.size(); ++i) {
-    entries_[missing[i]] = Entry{loaded[i], 0, ++clock_};
+    if (!loaded[i].ok()) {
+      if (status.ok()) status = loaded[i].status();
+      continue;
+    }
+    entries_[missing[i]] = Entry{*std::move(loaded[i]), 0, ++clock_};
+    ++count;
   }
   for (const Key& k : held) --entries_.at(k).pins;
-  report->loaded_experts = static_cast<int64_t>(loaded.size());
+  report->loaded_experts = count;
   report->loaded_bytes = report->loaded_experts * expert_bytes_;
   report->load_seconds = seconds;
   totals_.loads += report->loaded_experts;

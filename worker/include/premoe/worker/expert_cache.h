@@ -38,6 +38,10 @@ struct ExpertCacheOptions {
   // Called (under the cache's lock; must not call back into the cache) for
   // every eviction, with (layer, expert). For tests and metrics. Default: none.
   std::function<void(int64_t, int64_t)> on_evict;
+  // Threads that read a Prepare's missing experts, each its share (the copy
+  // and its page faults are CPU-bound). 0 = the machine's cores, at most 8.
+  // Default: 0.
+  int32_t load_threads = 0;
 };
 
 // What one Prepare/Acquire did.
@@ -135,6 +139,7 @@ class ExpertCache {
   const model::Engine* engine_;
   const ExpertCacheOptions options_;
   const int64_t expert_bytes_;
+  const int32_t load_threads_;
   std::mutex load_mu_;  // one loader at a time; taken before mu_
   mutable std::mutex mu_;
   std::condition_variable unpinned_;  // notified when a lease ends
