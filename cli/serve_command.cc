@@ -50,12 +50,8 @@ struct WorkerPart {
 
 absl::StatusOr<WorkerPart> StartWorker(const ServeArgs& args, const std::string& listen) {
   RETURN_IF_ERROR(CheckModelDir(args.model));
-  if (args.world_size != 1) {
-    return absl::UnimplementedError(absl::StrCat(
-        "--world-size ", args.world_size,
-        ": a worker spanning several GPUs is not built yet (issue 7); run one worker per GPU"));
-  }
   worker::WorkerOptions o;
+  o.world_size = args.world_size;
   o.model_dir = args.model;
   o.dtype = args.dtype;
   o.device = args.device;
@@ -414,7 +410,9 @@ void RegisterServe(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   s->add_option("--max-queue", a->max_queue, "Worker: requests waiting before refusals")
       ->capture_default_str();
-  s->add_option("--world-size", a->world_size, "Worker: expert-parallel ranks (GPUs)")
+  s->add_option("--world-size", a->world_size,
+                "Worker: expert-parallel ranks, each caching its share of the experts (CPU, "
+                "Gloo, for now)")
       ->capture_default_str();
   s->add_option("--port-file", a->port_file, "Write the bound port here once serving");
   s->callback([a, exit_code] { *exit_code = ReportStatus("serve", RunServe(*a)); });

@@ -153,6 +153,8 @@ void RegisterWorker(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   s->add_option("--max-queue", serve->max_queue, "Requests waiting for a slot before refusals")
       ->capture_default_str();
+  s->add_option("--world-size", serve->world_size, "Expert-parallel ranks (CPU, Gloo, for now)")
+      ->capture_default_str();
   s->add_option("--port-file", serve->port_file, "Write the bound port here once serving");
   s->callback([serve, exit_code] { *exit_code = ReportStatus("worker serve", RunServe(*serve)); });
 

@@ -190,6 +190,60 @@ TEST_F(WorkerTest, MixedPatternsInOneBatchGiveEachRequestItsTokensAlone) {
   EXPECT_EQ(s.all_experts_bytes, 64 * worker->engine().expert_bytes());
 }
 
+// Two expert-parallel ranks in one worker, each caching only the experts it
+// owns, give the tokens of the whole model on one rank.
+TEST_F(WorkerTest, TwoRanksGiveTheTokensOfOne) {
+  WorkerOptions o = Options();
+  o.world_size = 2;
+  ASSERT_OK_AND_ASSIGN(auto worker, Worker::Open(o));
+  for (const std::string task : {"add", "caesar"}) {
+    ASSERT_OK_AND_ASSIGN(PreparedPattern p, worker->Prepare(patterns_->at(task), "50%"));
+    EXPECT_EQ(p.kept_experts, 32);
+  }
+  model::GenerationOptions go;
+  go.max_new_tokens = 10;
+  std::vector<std::thread> threads;
+  struct Case {
+    std::string task;
+    std::vector<int64_t> prompt, want;
+    absl::StatusOr<WorkResult> got = absl::UnknownError("not run");
+  };
+  std::vector<Case> cases;
+  for (const std::string task : {"add", "caesar", ""}) {
+    const model::KeptExperts keep = task.empty() ? model::KeptExperts() : Keep(task, "50%");
+    for (const auto& prompt : EvalPrompts(task.empty() ? "sort" : task, 2)) {
+      Case c{task, Encode(*tokenizer_, prompt), {}};
+      ASSERT_OK_AND_ASSIGN(auto alone,
+                           reference_->Generate({{c.prompt, task.empty() ? nullptr : &keep}}, go));
+      c.want = alone[0].tokens;
+      cases.push_back(std::move(c));
+    }
+  }
+  for (auto& c : cases) {
+    threads.emplace_back([&] {
+      WorkRequest r;
+      r.prompt = c.prompt;
+      r.task = c.task;
+      r.options = go;
+      c.got = worker->Generate(std::move(r));
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& c : cases) {
+    SCOPED_TRACE("task \"" + c.task + "\"");
+    ASSERT_OK(c.got.status());
+    EXPECT_EQ(c.got->generation.tokens, c.want);
+  }
+  // The two ranks together hold every expert once (the full-model requests
+  // loaded the rest), each only its own.
+  const WorkerStatus s = worker->Status();
+  EXPECT_EQ(s.cache.resident_experts, 64);
+  EXPECT_EQ(s.base_bytes, 2 * worker->engine().weight_bytes());
+  for (const auto& p : s.patterns) EXPECT_TRUE(p.resident) << p.task;
+  o.device = "cuda";
+  EXPECT_THAT(Worker::Open(o), StatusIs(absl::StatusCode::kUnimplemented, "Gloo on CPU only"));
+}
+
 // A lease pins its experts: whatever other patterns are prepared meanwhile,
 // none of them is evicted until the lease ends.
 TEST_F(WorkerTest, EvictionNeverTouchesPinnedExperts) {

@@ -2,8 +2,14 @@
 
 #include <ATen/ATen.h>
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <filesystem>
+#include <functional>
 #include <future>
 #include <map>
 #include <mutex>
@@ -14,6 +20,7 @@
 #include "premoe/model/decoding.h"
 #include "premoe/profiler/calibration.h"
 #include "premoe/profiler/selection.h"
+#include "premoe/worker/expert_parallel.h"
 
 namespace premoe::worker {
 
@@ -26,6 +33,17 @@ absl::Status WorkerOptions::Validate() const {
         "WorkerOptions: want cache_bytes >= 0, max_batch >= 1, max_queue >= 1, max_context >= 0; "
         "got ", cache_bytes, ", ", max_batch, ", ", max_queue, ", ", max_context));
   }
+  if (world_size < 1 || world_size > 64) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("WorkerOptions.world_size is ", world_size, "; want 1 to 64"));
+  }
+  if (world_size > 1 && device != "cpu") {
+    // c10d's NCCL process group is not wired into C10dExpertParallel yet.
+    return absl::UnimplementedError(absl::StrCat(
+        "WorkerOptions: world_size ", world_size, " on device \"", device,
+        "\": expert parallelism runs over Gloo on CPU only so far (NCCL is issue 7's); run one "
+        "worker per GPU"));
+  }
   return absl::OkStatus();
 }
 
@@ -36,7 +54,8 @@ struct Item {
   WorkRequest request;
   Worker::DoneCallback on_done;
   std::shared_ptr<const model::KeptExperts> mask;
-  std::unique_ptr<Lease> lease;
+  // One per rank: the rank's share of the mask's experts, pinned.
+  std::vector<std::unique_ptr<Lease>> leases;
   std::optional<model::SequenceDecoder> decoder;
   bool prefilled = false;
   Clock::time_point start;
@@ -47,7 +66,7 @@ struct Item {
   }
   // Ends the request: unpins its experts, then tells its caller.
   void Finish(absl::Status status) {
-    lease.reset();
+    leases.clear();
     if (!status.ok()) {
       on_done(std::move(status));
       return;
@@ -68,14 +87,66 @@ struct Prepared {
 
 }  // namespace
 
-struct Worker::Impl {
-  WorkerOptions options;
+// One expert-parallel rank: an engine with every weight but the routed
+// experts (replicated on each rank), its KV cache, a cache of the experts it
+// owns (e % world_size == rank), and, with world_size > 1, its c10d group
+// and a thread that runs its share of each step.
+struct Rank {
+  int64_t index = 0;
   std::unique_ptr<model::Engine> engine;
-  std::string fingerprint;
   std::unique_ptr<ExpertCache> cache;
   std::unique_ptr<model::KvCache> kv;
+  std::unique_ptr<C10dExpertParallel> group;
+
+  // Ranks > 0: Run(job) hands a job to the rank's thread; Wait() returns
+  // once it has run.
+  std::thread thread;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::function<void()> job;
+  bool busy = false, stopping = false;
+
+  void Loop() {
+    std::unique_lock lock(mu);
+    while (true) {
+      cv.wait(lock, [&] { return stopping || busy; });
+      if (stopping) return;
+      lock.unlock();
+      job();
+      lock.lock();
+      busy = false;
+      cv.notify_all();
+    }
+  }
+  void Run(std::function<void()> j) {
+    std::lock_guard lock(mu);
+    job = std::move(j);
+    busy = true;
+    cv.notify_all();
+  }
+  void Wait() {
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return !busy; });
+  }
+  void Stop() {
+    if (!thread.joinable()) return;
+    {
+      std::lock_guard lock(mu);
+      stopping = true;
+    }
+    cv.notify_all();
+    thread.join();
+  }
+};
+
+struct Worker::Impl {
+  WorkerOptions options;
+  std::vector<std::unique_ptr<Rank>> ranks;
+  const model::Engine* engine = nullptr;  // rank 0's
+  std::string fingerprint;
   std::shared_ptr<const model::KeptExperts> full;
   std::vector<int64_t> eos;
+  std::filesystem::path rendezvous;  // world_size > 1: the FileStore's file
 
   mutable std::mutex mu;
   std::condition_variable cv;
@@ -85,8 +156,28 @@ struct Worker::Impl {
   bool stopping = false;
   std::thread scheduler;
 
+  int64_t world() const { return static_cast<int64_t>(ranks.size()); }
+  // The experts of `keep` rank r owns, every MoE layer listed.
+  model::KeptExperts Share(const model::KeptExperts& keep, int64_t r) const {
+    if (world() == 1) return keep;
+    model::KeptExperts out;
+    for (const auto& [layer, all] : full->layers) {
+      const std::vector<int64_t>* kept = keep.Find(layer);
+      std::vector<int64_t> mine;
+      for (int64_t e : kept != nullptr ? *kept : all) {
+        if (e % world() == r) mine.push_back(e);
+      }
+      out.layers[layer] = std::move(mine);
+    }
+    return out;
+  }
+  void ClearSlot(int64_t s) {
+    for (auto& rank : ranks) rank->kv->Clear(s);
+  }
+
   void Run();
-  void Step(std::vector<std::shared_ptr<Item>>& slots, model::ExpertSet& merged, bool& dirty);
+  void Step(std::vector<std::shared_ptr<Item>>& slots, std::vector<model::ExpertSet>& merged,
+            bool& dirty);
 };
 
 Worker::Worker(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -95,12 +186,19 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Open(const WorkerOptions& option
   RETURN_IF_ERROR(options.Validate());
   auto impl = std::make_unique<Impl>();
   impl->options = options;
-  model::EngineOptions eo;
-  eo.dtype = options.dtype;
-  eo.device = options.device;
-  eo.max_context = options.max_context;
-  eo.experts_on_demand = true;
-  ASSIGN_OR_RETURN(impl->engine, model::Engine::Open(options.model_dir, eo));
+  const int64_t world = options.world_size;
+  for (int64_t r = 0; r < world; ++r) {
+    auto rank = std::make_unique<Rank>();
+    rank->index = r;
+    model::EngineOptions eo;
+    eo.dtype = options.dtype;
+    eo.device = options.device;
+    eo.max_context = options.max_context;
+    eo.experts_on_demand = true;
+    ASSIGN_OR_RETURN(rank->engine, model::Engine::Open(options.model_dir, eo));
+    impl->ranks.push_back(std::move(rank));
+  }
+  impl->engine = impl->ranks[0]->engine.get();
   const model::ModelConfig& c = impl->engine->config();
   ASSIGN_OR_RETURN(impl->fingerprint, profiler::ModelFingerprint(*impl->engine));
   auto full = std::make_shared<model::KeptExperts>();
@@ -113,11 +211,45 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Open(const WorkerOptions& option
     all_experts += c.num_routed_experts;
   }
   impl->full = std::move(full);
-  ExpertCacheOptions co;
-  co.budget_bytes = options.cache_bytes > 0 ? options.cache_bytes
-                                            : all_experts * impl->engine->expert_bytes();
-  ASSIGN_OR_RETURN(impl->cache, ExpertCache::Create(impl->engine.get(), co));
-  ASSIGN_OR_RETURN(impl->kv, impl->engine->NewCache(options.max_batch, impl->engine->max_context()));
+  const int64_t expert_bytes = impl->engine->expert_bytes();
+  for (auto& rank : impl->ranks) {
+    // Each rank's budget: its share of cache_bytes, or every expert it owns.
+    int64_t owned = 0;
+    for (const auto& [layer, experts] : impl->Share(*impl->full, rank->index).layers) {
+      owned += static_cast<int64_t>(experts.size());
+    }
+    ExpertCacheOptions co;
+    co.budget_bytes = options.cache_bytes > 0 ? options.cache_bytes / world : owned * expert_bytes;
+    ASSIGN_OR_RETURN(rank->cache, ExpertCache::Create(rank->engine.get(), co));
+    ASSIGN_OR_RETURN(rank->kv,
+                     rank->engine->NewCache(options.max_batch, rank->engine->max_context()));
+  }
+  if (world > 1) {
+    // The ranks meet at a FileStore of their own, each joining on its own
+    // thread (a join returns once all have joined).
+    static std::atomic<int> counter{0};
+    impl->rendezvous = std::filesystem::temp_directory_path() /
+                       absl::StrCat("premoe-worker-", getpid(), "-", counter++);
+    std::vector<absl::Status> joined(world);
+    std::vector<std::thread> joiners;
+    for (int64_t r = 0; r < world; ++r) {
+      joiners.emplace_back([&, r] {
+        ExpertParallelOptions eo;
+        eo.rendezvous = "file://" + impl->rendezvous.string();
+        eo.rank = r;
+        eo.world_size = world;
+        absl::StatusOr<std::unique_ptr<C10dExpertParallel>> g = C10dExpertParallel::Join(eo);
+        joined[r] = g.status();
+        if (g.ok()) impl->ranks[r]->group = *std::move(g);
+      });
+    }
+    for (auto& t : joiners) t.join();
+    for (const absl::Status& s : joined) RETURN_IF_ERROR(s);
+    for (int64_t r = 1; r < world; ++r) {
+      Rank* rank = impl->ranks[r].get();
+      rank->thread = std::thread([rank] { rank->Loop(); });
+    }
+  }
   impl->eos.assign(c.eos_token_ids.begin(), c.eos_token_ids.end());
   Impl* raw = impl.get();
   impl->scheduler = std::thread([raw] { raw->Run(); });
@@ -131,6 +263,11 @@ Worker::~Worker() {
   }
   impl_->cv.notify_all();
   impl_->scheduler.join();
+  for (auto& rank : impl_->ranks) rank->Stop();
+  if (!impl_->rendezvous.empty()) {
+    std::error_code ec;
+    std::filesystem::remove(impl_->rendezvous, ec);
+  }
 }
 
 const model::Engine& Worker::engine() const { return *impl_->engine; }
@@ -171,7 +308,15 @@ absl::StatusOr<PreparedPattern> Worker::Prepare(const store::Pattern& pattern,
                                                      "\" has no scores for MoE layer ", l));
     }
   }
-  ASSIGN_OR_RETURN(LoadReport load, impl_->cache->Prepare(sel.keep));
+  LoadReport load;
+  for (auto& rank : impl_->ranks) {
+    ASSIGN_OR_RETURN(LoadReport r, rank->cache->Prepare(impl_->Share(sel.keep, rank->index)));
+    load.needed_experts += r.needed_experts;
+    load.loaded_experts += r.loaded_experts;
+    load.loaded_bytes += r.loaded_bytes;
+    load.evicted_experts += r.evicted_experts;
+    load.load_seconds += r.load_seconds;
+  }
   PreparedPattern out;
   out.task = pattern.task_name;
   out.kept_experts = sel.kept_experts;
@@ -228,7 +373,12 @@ absl::Status Worker::Submit(WorkRequest request, DoneCallback on_done) {
     item->mask = it->second.keep;
   }
   // Loads happen here, on the caller's thread, never in the scheduler.
-  ASSIGN_OR_RETURN(item->lease, impl_->cache->Acquire(*item->mask, request.deadline));
+  for (auto& rank : impl_->ranks) {
+    ASSIGN_OR_RETURN(std::unique_ptr<Lease> lease,
+                     rank->cache->Acquire(impl_->Share(*item->mask, rank->index),
+                                          request.deadline));
+    item->leases.push_back(std::move(lease));
+  }
   item->decoder.emplace(request.options, request.options.seed, impl_->eos);
   item->request = std::move(request);
   {
@@ -246,7 +396,7 @@ absl::Status Worker::Submit(WorkRequest request, DoneCallback on_done) {
 
 void Worker::Impl::Run() {
   std::vector<std::shared_ptr<Item>> slots(options.max_batch);
-  model::ExpertSet merged;
+  std::vector<model::ExpertSet> merged(ranks.size());
   bool dirty = true;
   while (true) {
     {
@@ -262,7 +412,7 @@ void Worker::Impl::Run() {
             item->Finish(absl::DeadlineExceededError("the deadline passed while queued"));
             continue;
           }
-          kv->Clear(static_cast<int64_t>(s));
+          ClearSlot(static_cast<int64_t>(s));
           slots[s] = std::move(item);
           ++running;
           dirty = true;
@@ -279,16 +429,19 @@ void Worker::Impl::Run() {
   queue.clear();
 }
 
-void Worker::Impl::Step(std::vector<std::shared_ptr<Item>>& slots, model::ExpertSet& merged,
-                        bool& dirty) {
+void Worker::Impl::Step(std::vector<std::shared_ptr<Item>>& slots,
+                        std::vector<model::ExpertSet>& merged, bool& dirty) {
   const size_t batch = slots.size();
   if (dirty) {
-    // The union of the running requests' experts, rebuilt only when they change.
-    merged.experts.clear();
-    for (const auto& item : slots) {
-      if (item != nullptr) {
-        const auto& set = item->lease->experts().experts;
-        merged.experts.insert(set.begin(), set.end());
+    // Per rank, the union of the running requests' experts, rebuilt only
+    // when they change.
+    for (size_t r = 0; r < ranks.size(); ++r) {
+      merged[r].experts.clear();
+      for (const auto& item : slots) {
+        if (item != nullptr) {
+          const auto& set = item->leases[r]->experts().experts;
+          merged[r].experts.insert(set.begin(), set.end());
+        }
       }
     }
     dirty = false;
@@ -296,7 +449,6 @@ void Worker::Impl::Step(std::vector<std::shared_ptr<Item>>& slots, model::Expert
   std::vector<std::vector<int64_t>> tokens(batch);
   model::ForwardOptions fo;
   fo.masks.assign(batch, nullptr);
-  fo.experts = &merged;
   for (size_t s = 0; s < batch; ++s) {
     const auto& item = slots[s];
     if (item == nullptr) continue;
@@ -314,7 +466,22 @@ void Worker::Impl::Step(std::vector<std::shared_ptr<Item>>& slots, model::Expert
     }
     item->Finish(std::move(status));
   };
-  absl::StatusOr<at::Tensor> logits = engine->Forward(tokens, kv.get(), fo);
+  // Every rank runs the same forward in lockstep, each computing the experts
+  // it owns and all-reducing the MoE outputs; rank 0's logits are sampled.
+  std::vector<absl::StatusOr<at::Tensor>> out(ranks.size(), absl::UnknownError("not run"));
+  auto forward = [&](size_t r) {
+    model::ForwardOptions ro = fo;
+    ro.experts = &merged[r];
+    ro.expert_parallel = ranks[r]->group.get();
+    out[r] = ranks[r]->engine->Forward(tokens, ranks[r]->kv.get(), ro);
+  };
+  for (size_t r = 1; r < ranks.size(); ++r) ranks[r]->Run([&forward, r] { forward(r); });
+  forward(0);
+  for (size_t r = 1; r < ranks.size(); ++r) ranks[r]->Wait();
+  absl::StatusOr<at::Tensor> logits = std::move(out[0]);
+  for (size_t r = 1; r < ranks.size() && logits.ok(); ++r) {
+    if (!out[r].ok()) logits = out[r].status();
+  }
   if (!logits.ok()) {
     for (size_t s = 0; s < batch; ++s) {
       if (slots[s] != nullptr) end(s, logits.status());
@@ -355,13 +522,27 @@ void Worker::Impl::Step(std::vector<std::shared_ptr<Item>>& slots, model::Expert
 
 WorkerStatus Worker::Status() const {
   WorkerStatus s;
-  s.cache = impl_->cache->Stats();
-  s.base_bytes = impl_->engine->weight_bytes();
+  for (const auto& rank : impl_->ranks) {
+    const CacheStats c = rank->cache->Stats();
+    s.cache.budget_bytes += c.budget_bytes;
+    s.cache.resident_experts += c.resident_experts;
+    s.cache.resident_bytes += c.resident_bytes;
+    s.cache.pinned_experts += c.pinned_experts;
+    s.cache.loads += c.loads;
+    s.cache.loaded_bytes += c.loaded_bytes;
+    s.cache.evictions += c.evictions;
+    s.cache.load_seconds += c.load_seconds;
+    for (auto& [layer, experts] : rank->cache->ResidentSet().layers) {
+      std::vector<int64_t>& all = s.resident.layers[layer];
+      all.insert(all.end(), experts.begin(), experts.end());
+      std::sort(all.begin(), all.end());
+    }
+    s.base_bytes += rank->engine->weight_bytes();
+  }
   int64_t all = 0;
   for (const auto& [layer, kept] : impl_->full->layers) all += static_cast<int64_t>(kept.size());
   s.all_experts_bytes = all * impl_->engine->expert_bytes();
   s.expert_bytes = impl_->engine->expert_bytes();
-  s.resident = impl_->cache->ResidentSet();
   std::vector<std::pair<PatternStatus, std::shared_ptr<const model::KeptExperts>>> patterns;
   {
     std::lock_guard lock(impl_->mu);
@@ -370,7 +551,10 @@ WorkerStatus Worker::Status() const {
     for (const auto& [task, p] : impl_->patterns) patterns.emplace_back(p.status, p.keep);
   }
   for (auto& [status, keep] : patterns) {
-    status.resident = impl_->cache->Resident(*keep);
+    status.resident = true;
+    for (const auto& rank : impl_->ranks) {
+      status.resident = status.resident && rank->cache->Resident(impl_->Share(*keep, rank->index));
+    }
     s.patterns.push_back(status);
   }
   return s;

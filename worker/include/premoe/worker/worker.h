@@ -3,7 +3,8 @@
 //
 // The engine holds every weight but the routed experts
 // (EngineOptions::experts_on_demand); an ExpertCache holds the experts of the
-// prepared patterns under a byte budget. Requests name a prepared pattern
+// prepared patterns under a byte budget. With world_size > 1 the experts are
+// sharded over expert-parallel ranks (WorkerOptions::world_size). Requests name a prepared pattern
 // (or none: the full model) and are decoded by one scheduler thread with
 // continuous batching: a request joins the running batch at the next step
 // (its prefill rides along with the others' decode steps) and leaves it when
@@ -47,6 +48,14 @@ struct WorkerOptions {
   // Longest sequence (prompt + generated); 0 = the model's context.
   // Default: 0.
   int64_t max_context = 0;
+  // Expert-parallel ranks in this worker, one thread each, meeting in a c10d
+  // Gloo group. Every rank holds the weights but the routed experts (each
+  // its own copy) and caches only the experts it owns (expert % world_size ==
+  // rank) under cache_bytes / world_size; each decode step runs on all ranks
+  // in lockstep, which all-reduce the MoE outputs, and rank 0 samples. The
+  // tokens are those of one rank (tests/worker). CPU only so far:
+  // UNIMPLEMENTED with another device (NCCL is not wired yet). Default: 1.
+  int64_t world_size = 1;
 
   absl::Status Validate() const;
 };
@@ -102,7 +111,7 @@ struct WorkerStatus {
   std::vector<PatternStatus> patterns;
   int64_t queued = 0;
   int64_t running = 0;
-  // Weights the engine holds besides the routed experts.
+  // Weights the engines hold besides the routed experts (summed over ranks).
   int64_t base_bytes = 0;
   // What every routed expert of the model would take, and one of them.
   int64_t all_experts_bytes = 0;
