@@ -12,9 +12,11 @@ namespace premoe::router {
 absl::Status RouterOptions::Validate() const {
   RETURN_IF_ERROR(matcher.Validate());
   RETURN_IF_ERROR(profiler::Budget::Parse(default_budget).status());
-  if (max_prompt_bytes <= 0 || max_new_tokens <= 0 || max_attempts <= 0) {
+  if (max_prompt_bytes <= 0 || max_new_tokens <= 0 || max_attempts <= 0 ||
+      request_timeout.count() <= 0) {
     return absl::InvalidArgumentError(
-        "RouterOptions: max_prompt_bytes, max_new_tokens and max_attempts must be > 0");
+        "RouterOptions: max_prompt_bytes, max_new_tokens, max_attempts and request_timeout must "
+        "be > 0");
   }
   return absl::OkStatus();
 }
@@ -121,13 +123,13 @@ absl::StatusOr<InferenceResult> Router::Generate(
   wr.prompt = text;
   wr.options = request.options;
   wr.stop = request.stop;
-  wr.deadline = request.deadline;
+  wr.deadline = request.deadline.value_or(std::chrono::system_clock::now() + o.request_timeout);
   wr.canceller = request.canceller;
   std::set<std::string> exclude;
   absl::Status last = absl::UnavailableError("no attempt made");
   for (out.attempts = 1; out.attempts <= o.max_attempts; ++out.attempts) {
-    absl::StatusOr<Assignment> a =
-        impl_->pool->Assign(pattern.has_value() ? &*pattern : nullptr, route.budget, exclude);
+    absl::StatusOr<Assignment> a = impl_->pool->Assign(pattern.has_value() ? &*pattern : nullptr,
+                                                       route.budget, exclude, wr.deadline);
     if (!a.ok()) {
       // Nothing left to try: the last worker's error says more than "none left".
       if (out.attempts > 1 && absl::IsUnavailable(a.status())) break;
@@ -153,8 +155,10 @@ absl::StatusOr<InferenceResult> Router::Generate(
           streamed = true;
           if (on_text) on_text(delta);
         });
-    const bool worker_failed = absl::IsUnavailable(r.status()) || absl::IsInternal(r.status()) ||
-                               absl::IsUnknown(r.status());
+    // Only an unreachable or stopping worker is the worker's fault; an error
+    // the request itself causes (INVALID_ARGUMENT, INTERNAL) would follow it
+    // to every worker.
+    const bool worker_failed = absl::IsUnavailable(r.status());
     impl_->pool->Release(*a, worker_failed);
     if (r.ok()) {
       out.text = std::move(*r);

@@ -72,7 +72,7 @@ struct Member {
   std::string address;
   bool from_dns = false;
   std::unique_ptr<worker::WorkerClient> client;
-  std::mutex prepare_mu;  // one Prepare at a time per worker
+  std::timed_mutex prepare_mu;  // one Prepare at a time per worker
   // Under the pool's mu:
   bool reachable = false;
   bool failed = false;  // a request failed on it since its last good poll
@@ -116,6 +116,7 @@ struct WorkerPool::Impl {
   std::condition_variable cv;
   bool stopping = false;
   std::map<std::string, std::shared_ptr<Member>> members;
+  std::mutex dns_mu;  // one resolution at a time; guards next_dns
   Clock::time_point next_dns{};
   std::thread poller;
 
@@ -132,7 +133,9 @@ struct WorkerPool::Impl {
   }
 
   void RefreshDns() {
-    if (options.dns.empty() || Clock::now() < next_dns) return;
+    if (options.dns.empty()) return;
+    std::lock_guard dns_lock(dns_mu);
+    if (Clock::now() < next_dns) return;
     next_dns = Clock::now() + options.dns_interval;
     auto hp = SplitHostPort(options.dns);
     absl::StatusOr<std::set<std::string>> found = Resolve(hp->first, hp->second);
@@ -230,9 +233,10 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Open(const WorkerPoolOpt
 
 void WorkerPool::PollNow() { impl_->PollAll(); }
 
-absl::StatusOr<Assignment> WorkerPool::Assign(const store::Pattern* pattern,
-                                              const std::string& budget,
-                                              const std::set<std::string>& exclude) {
+absl::StatusOr<Assignment> WorkerPool::Assign(
+    const store::Pattern* pattern, const std::string& budget,
+    const std::set<std::string>& exclude,
+    std::optional<std::chrono::system_clock::time_point> deadline) {
   const std::string name = pattern == nullptr ? "" : absl::StrCat(pattern->task_name, "@", budget);
   std::optional<profiler::Budget> parsed;
   if (pattern != nullptr) {
@@ -329,10 +333,17 @@ absl::StatusOr<Assignment> WorkerPool::Assign(const store::Pattern* pattern,
     if (pattern == nullptr || c.resident) return a;
     absl::StatusOr<worker::PreparedPattern> prepared;
     {
-      std::lock_guard prepare_lock(m.prepare_mu);
-      store::Pattern named = *pattern;
-      named.task_name = name;
-      prepared = m.client->Prepare(named, budget);
+      std::unique_lock<std::timed_mutex> prepare_lock(m.prepare_mu, std::defer_lock);
+      const bool locked = deadline.has_value() ? prepare_lock.try_lock_until(*deadline)
+                                               : (prepare_lock.lock(), true);
+      if (!locked) {
+        prepared = absl::DeadlineExceededError(absl::StrCat(
+            "the deadline passed while waiting for another Prepare on ", m.address));
+      } else {
+        store::Pattern named = *pattern;
+        named.task_name = name;
+        prepared = m.client->Prepare(named, budget, deadline);
+      }
     }
     if (prepared.ok()) {
       std::lock_guard lock(impl_->mu);
@@ -355,6 +366,13 @@ absl::StatusOr<Assignment> WorkerPool::Assign(const store::Pattern* pattern,
       a.kept_experts = prepared->kept_experts;
       a.kept_bytes = prepared->kept_bytes;
       return a;
+    }
+    const bool caller_out_of_time =
+        deadline.has_value() && std::chrono::system_clock::now() >= *deadline;
+    if (caller_out_of_time) {
+      Release(a);
+      return absl::DeadlineExceededError(absl::StrCat("preparing \"", name, "\" on ", m.address,
+                                                      ": the request's deadline passed"));
     }
     Release(a, /*failed=*/absl::IsUnavailable(prepared.status()) ||
                    absl::IsDeadlineExceeded(prepared.status()));

@@ -200,6 +200,9 @@ TEST_F(WorkerTest, TwoRanksGiveTheTokensOfOne) {
     ASSERT_OK_AND_ASSIGN(PreparedPattern p, worker->Prepare(patterns_->at(task), "50%"));
     EXPECT_EQ(p.kept_experts, 32);
   }
+  // 2 of 4 kept at top-2: a rank's share of a layer can hold fewer experts
+  // than the routing top-k, even none.
+  ASSERT_OK(worker->Prepare(patterns_->at("sort"), "2/4").status());
   model::GenerationOptions go;
   go.max_new_tokens = 10;
   std::vector<std::thread> threads;
@@ -209,9 +212,10 @@ TEST_F(WorkerTest, TwoRanksGiveTheTokensOfOne) {
     absl::StatusOr<WorkResult> got = absl::UnknownError("not run");
   };
   std::vector<Case> cases;
-  for (const std::string task : {"add", "caesar", ""}) {
-    const model::KeptExperts keep = task.empty() ? model::KeptExperts() : Keep(task, "50%");
-    for (const auto& prompt : EvalPrompts(task.empty() ? "sort" : task, 2)) {
+  for (const std::string task : {"add", "caesar", "sort", ""}) {
+    const model::KeptExperts keep = task.empty() ? model::KeptExperts()
+                                                 : Keep(task, task == "sort" ? "2/4" : "50%");
+    for (const auto& prompt : EvalPrompts(task.empty() ? "brackets" : task, 2)) {
       Case c{task, Encode(*tokenizer_, prompt), {}};
       ASSERT_OK_AND_ASSIGN(auto alone,
                            reference_->Generate({{c.prompt, task.empty() ? nullptr : &keep}}, go));

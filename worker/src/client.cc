@@ -48,10 +48,12 @@ bool CallCanceller::cancelled() const {
   return cancelled_;
 }
 
-absl::StatusOr<PreparedPattern> WorkerClient::Prepare(const store::Pattern& pattern,
-                                                      const std::string& budget) {
+absl::StatusOr<PreparedPattern> WorkerClient::Prepare(
+    const store::Pattern& pattern, const std::string& budget,
+    std::optional<std::chrono::system_clock::time_point> deadline) {
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + impl_->options.prepare_timeout);
+  const auto longest = std::chrono::system_clock::now() + impl_->options.prepare_timeout;
+  ctx.set_deadline(deadline.has_value() ? std::min(*deadline, longest) : longest);
   v1::PrepareRequest request;
   PatternToProto(pattern, request.mutable_pattern());
   request.set_budget(budget);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <system_error>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -54,7 +55,9 @@ std::vector<ExpertCache::Key> ExpertCache::Keys(const model::KeptExperts& keep) 
 }
 
 absl::StatusOr<LoadReport> ExpertCache::Prepare(const model::KeptExperts& keep) {
-  RETURN_IF_ERROR(keep.Validate(engine_->config(), engine_->top_k()));
+  // Layers and ids only: how many a layer keeps is the routing mask's rule,
+  // and an expert-parallel rank caches a share that may hold fewer.
+  RETURN_IF_ERROR(keep.Validate(engine_->config(), /*top_k=*/0));
   LoadReport report;
   RETURN_IF_ERROR(Ensure(Keys(keep), /*pin=*/false, /*wait=*/false, std::nullopt, nullptr, &report));
   return report;
@@ -62,7 +65,9 @@ absl::StatusOr<LoadReport> ExpertCache::Prepare(const model::KeptExperts& keep) 
 
 absl::StatusOr<std::unique_ptr<Lease>> ExpertCache::Acquire(
     const model::KeptExperts& keep, std::optional<std::chrono::steady_clock::time_point> deadline) {
-  RETURN_IF_ERROR(keep.Validate(engine_->config(), engine_->top_k()));
+  // Layers and ids only: how many a layer keeps is the routing mask's rule,
+  // and an expert-parallel rank caches a share that may hold fewer.
+  RETURN_IF_ERROR(keep.Validate(engine_->config(), /*top_k=*/0));
   LoadReport report;
   model::ExpertSet set;
   RETURN_IF_ERROR(Ensure(Keys(keep), /*pin=*/true, /*wait=*/true, deadline, &set, &report));
@@ -162,7 +167,11 @@ absl::Status ExpertCache::Ensure(const std::vector<Key>& keys, bool pin, bool wa
   };
   const size_t threads = std::min(missing.size(), static_cast<size_t>(load_threads_));
   std::vector<std::thread> pool;
-  for (size_t t = 1; t < threads; ++t) pool.emplace_back(load);
+  try {
+    for (size_t t = 1; t < threads; ++t) pool.emplace_back(load);
+  } catch (const std::system_error&) {
+    // No more threads to be had: the ones started (and this one) do it all.
+  }
   load();
   for (std::thread& t : pool) t.join();
   const double seconds =

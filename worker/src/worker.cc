@@ -2,10 +2,9 @@
 
 #include <ATen/ATen.h>
 
-#include <unistd.h>
+#include <stdlib.h>
 
 #include <algorithm>
-#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <filesystem>
@@ -154,6 +153,9 @@ struct Worker::Impl {
   std::deque<std::shared_ptr<Item>> queue;
   int64_t running = 0;
   bool stopping = false;
+  // world_size > 1: a forward failed on some rank, so the ranks' collectives
+  // may be out of step; every later request is refused with this.
+  absl::Status broken;
   std::thread scheduler;
 
   int64_t world() const { return static_cast<int64_t>(ranks.size()); }
@@ -227,15 +229,20 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Open(const WorkerOptions& option
   if (world > 1) {
     // The ranks meet at a FileStore of their own, each joining on its own
     // thread (a join returns once all have joined).
-    static std::atomic<int> counter{0};
-    impl->rendezvous = std::filesystem::temp_directory_path() /
-                       absl::StrCat("premoe-worker-", getpid(), "-", counter++);
+    // A directory of its own (mkdtemp), so no stale or shared file can be
+    // joined by mistake.
+    std::string dir = (std::filesystem::temp_directory_path() / "premoe-worker-XXXXXX").string();
+    if (mkdtemp(dir.data()) == nullptr) {
+      return absl::InternalError(absl::StrCat("worker: cannot create a rendezvous directory in ",
+                                              std::filesystem::temp_directory_path().string()));
+    }
+    impl->rendezvous = dir;
     std::vector<absl::Status> joined(world);
     std::vector<std::thread> joiners;
     for (int64_t r = 0; r < world; ++r) {
       joiners.emplace_back([&, r] {
         ExpertParallelOptions eo;
-        eo.rendezvous = "file://" + impl->rendezvous.string();
+        eo.rendezvous = "file://" + (impl->rendezvous / "store").string();
         eo.rank = r;
         eo.world_size = world;
         absl::StatusOr<std::unique_ptr<C10dExpertParallel>> g = C10dExpertParallel::Join(eo);
@@ -244,7 +251,13 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Open(const WorkerOptions& option
       });
     }
     for (auto& t : joiners) t.join();
-    for (const absl::Status& s : joined) RETURN_IF_ERROR(s);
+    for (const absl::Status& s : joined) {
+      if (!s.ok()) {
+        std::error_code ec;
+        std::filesystem::remove_all(impl->rendezvous, ec);
+        return s;
+      }
+    }
     for (int64_t r = 1; r < world; ++r) {
       Rank* rank = impl->ranks[r].get();
       rank->thread = std::thread([rank] { rank->Loop(); });
@@ -266,7 +279,7 @@ Worker::~Worker() {
   for (auto& rank : impl_->ranks) rank->Stop();
   if (!impl_->rendezvous.empty()) {
     std::error_code ec;
-    std::filesystem::remove(impl_->rendezvous, ec);
+    std::filesystem::remove_all(impl_->rendezvous, ec);
   }
 }
 
@@ -384,6 +397,7 @@ absl::Status Worker::Submit(WorkRequest request, DoneCallback on_done) {
   {
     std::lock_guard lock(impl_->mu);
     if (impl_->stopping) return absl::UnavailableError("the worker is shutting down");
+    RETURN_IF_ERROR(impl_->broken);
     if (static_cast<int64_t>(impl_->queue.size()) >= impl_->options.max_queue) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "the worker's queue is full (", impl_->options.max_queue, " requests waiting)"));
@@ -481,6 +495,12 @@ void Worker::Impl::Step(std::vector<std::shared_ptr<Item>>& slots,
   absl::StatusOr<at::Tensor> logits = std::move(out[0]);
   for (size_t r = 1; r < ranks.size() && logits.ok(); ++r) {
     if (!out[r].ok()) logits = out[r].status();
+  }
+  if (!logits.ok() && ranks.size() > 1) {
+    std::lock_guard lock(mu);
+    broken = absl::UnavailableError(absl::StrCat(
+        "the worker's expert-parallel ranks are out of step after a failed step (",
+        logits.status().message(), "); restart it"));
   }
   if (!logits.ok()) {
     for (size_t s = 0; s < batch; ++s) {

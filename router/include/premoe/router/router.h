@@ -38,6 +38,10 @@ struct RouterOptions {
   // Workers tried per request (a retry only happens before anything was
   // streamed). Default 3.
   int32_t max_attempts = 3;
+  // Deadline of a request that brings none, so that no call (a Prepare, a
+  // stream from a worker whose node vanished) can wait forever. Default
+  // 10 min.
+  std::chrono::milliseconds request_timeout{600000};
 
   absl::Status Validate() const;
 };

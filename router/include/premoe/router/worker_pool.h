@@ -23,6 +23,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -58,7 +59,8 @@ struct WorkerPoolOptions {
   absl::Status Validate() const;
 };
 
-// What a request was given. Release it (or destroy it) when the request ends.
+// What a request was given. Pass it to WorkerPool::Release when the request
+// ends.
 struct Assignment {
   std::string address;
   worker::WorkerClient* client = nullptr;  // owned by the pool
@@ -89,12 +91,14 @@ class WorkerPool {
   ~WorkerPool();
 
   // Picks a worker for `pattern` (null = the full model) at `budget` and
-  // makes the pattern resident there. `exclude`: addresses not to use (a
-  // retry's failed ones). UNAVAILABLE when no worker is reachable;
-  // RESOURCE_EXHAUSTED when none can hold the pattern; INVALID_ARGUMENT for
-  // a bad budget.
-  absl::StatusOr<Assignment> Assign(const store::Pattern* pattern, const std::string& budget,
-                                    const std::set<std::string>& exclude = {});
+  // makes the pattern resident there, by `deadline` if given. `exclude`:
+  // addresses not to use (a retry's failed ones). UNAVAILABLE when no worker
+  // is reachable; RESOURCE_EXHAUSTED when none can hold the pattern;
+  // INVALID_ARGUMENT for a bad budget; DEADLINE_EXCEEDED.
+  absl::StatusOr<Assignment> Assign(
+      const store::Pattern* pattern, const std::string& budget,
+      const std::set<std::string>& exclude = {},
+      std::optional<std::chrono::system_clock::time_point> deadline = std::nullopt);
   // The request on `a` ended. `failed`: the worker failed it (unreachable
   // or broken): it is skipped until a Status poll succeeds again.
   void Release(const Assignment& a, bool failed = false);

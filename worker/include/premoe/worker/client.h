@@ -81,7 +81,10 @@ class WorkerClient {
   static absl::StatusOr<std::unique_ptr<WorkerClient>> Open(const Options& options);
   ~WorkerClient();
 
-  absl::StatusOr<PreparedPattern> Prepare(const store::Pattern& pattern, const std::string& budget);
+  // The call ends by `deadline` when given, else by Options::prepare_timeout.
+  absl::StatusOr<PreparedPattern> Prepare(
+      const store::Pattern& pattern, const std::string& budget,
+      std::optional<std::chrono::system_clock::time_point> deadline = std::nullopt);
   // Streams the completion: `on_delta(text, tokens)` (may be empty) for each
   // message as it arrives; returns the whole result at the end.
   absl::StatusOr<TextResult> Generate(

@@ -95,7 +95,9 @@ class ExpertCache {
                                                              ExpertCacheOptions options);
 
   // Makes every expert `keep` names resident (a MoE layer it leaves out
-  // means all of that layer's experts), evicting least-recently-used
+  // means all of that layer's experts; a layer may list fewer than the
+  // routing top-k, as an expert-parallel rank's share does), evicting
+  // least-recently-used
   // unpinned experts to make room. RESOURCE_EXHAUSTED, evicting nothing, when
   // they cannot fit beside the experts pinned now (or at all); a failed load
   // leaves what was loaded before it resident.
