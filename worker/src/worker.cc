@@ -204,13 +204,11 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Open(const WorkerOptions& option
   const model::ModelConfig& c = impl->engine->config();
   ASSIGN_OR_RETURN(impl->fingerprint, profiler::ModelFingerprint(*impl->engine));
   auto full = std::make_shared<model::KeptExperts>();
-  int64_t all_experts = 0;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     if (!c.IsMoeLayer(static_cast<int>(l))) continue;
     std::vector<int64_t> every(c.num_routed_experts);
     for (int64_t e = 0; e < c.num_routed_experts; ++e) every[e] = e;
     full->Set(l, std::move(every));
-    all_experts += c.num_routed_experts;
   }
   impl->full = std::move(full);
   const int64_t expert_bytes = impl->engine->expert_bytes();
