@@ -837,18 +837,19 @@ class EngineImpl final : public Engine {
     }
     at::Tensor allowed = AllowedExperts(bt, layer, options);
     auto [idx, w] = Route(logits, allowed, moe);
+    auto tap_event = [&, &idx = idx, &w = w] {
+      RouterTapEvent ev;
+      ev.layer = layer;
+      ev.sequence = bt.seq;
+      ev.position = bt.pos;
+      ev.gate_logits = logits;
+      ev.selected_experts = idx;
+      ev.routing_weights = w;
+      return ev;
+    };
     if (options_.probe_moe_layers > 0 && layer == probe_layer_) {
       // Nothing after this layer runs, so its output is never read.
-      if (options.tap != nullptr) {
-        RouterTapEvent ev;
-        ev.layer = layer;
-        ev.sequence = bt.seq;
-        ev.position = bt.pos;
-        ev.gate_logits = logits;
-        ev.selected_experts = idx;
-        ev.routing_weights = w;
-        options.tap->OnRouter(ev);
-      }
+      if (options.tap != nullptr) options.tap->OnRouter(tap_event());
       return at::zeros_like(x);
     }
 
@@ -909,13 +910,7 @@ class EngineImpl final : public Engine {
     }
 
     if (options.tap != nullptr) {
-      RouterTapEvent ev;
-      ev.layer = layer;
-      ev.sequence = bt.seq;
-      ev.position = bt.pos;
-      ev.gate_logits = logits;
-      ev.selected_experts = idx;
-      ev.routing_weights = w;
+      RouterTapEvent ev = tap_event();
       if (options.tap->WantsExpertNorms()) {
         at::Tensor norms_sorted = ys.to(at::kFloat).norm(2, {-1});
         at::Tensor norms = at::empty_like(norms_sorted);
