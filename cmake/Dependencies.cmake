@@ -36,6 +36,25 @@ set(CMAKE_CUDA_STANDARD 17)
 find_package(Torch REQUIRED)
 message(STATUS "premoe: libtorch ${Torch_VERSION} from ${Torch_DIR}")
 
+# libtorch_cpu carries its own BLAS (MKL in the wheel) and exports sgemm_, as
+# do Debian's libblas.so.3 (OpenBLAS), which FAISS pulls in. The dynamic linker
+# binds every sgemm_ call to the first library that defines it, in the
+# executable's NEEDED order, and that was libblas: torch's matmuls ran on
+# OpenBLAS's own spinning thread pool, beside OpenMP's, at a sixth of the speed
+# (a training step took 1.1 s instead of 0.18 on 2 cores). Every executable
+# therefore names libtorch_cpu first. model::GetBuildInfo().blas_library
+# reports the binding and tests/model/build_info_test checks it.
+if(TARGET torch_cpu)
+  get_target_property(_torch_cpu_lib torch_cpu IMPORTED_LOCATION)
+  if(NOT _torch_cpu_lib)
+    get_target_property(_torch_cpu_lib torch_cpu IMPORTED_LOCATION_RELEASE)
+  endif()
+  if(_torch_cpu_lib)
+    string(APPEND CMAKE_EXE_LINKER_FLAGS
+           " -Wl,--push-state,--no-as-needed ${_torch_cpu_lib} -Wl,--pop-state")
+  endif()
+endif()
+
 # The torch wheel brings its own CUDA runtime, cuDNN and NCCL under
 # site-packages/nvidia/. Link and run against those, not the toolkit's copies in
 # /usr/local/cuda/lib: that NCCL is older than the one torch was built with, and

@@ -14,6 +14,10 @@ struct BuildInfo {
   int cuda_devices = 0;
   // Threads libtorch uses for intra-op parallelism.
   int torch_threads = 0;
+  // The shared object that libtorch's BLAS calls (sgemm_) bind to, e.g.
+  // ".../torch/lib/libtorch_cpu.so" (torch's own MKL); empty if none is
+  // loaded. Another library here (a system OpenBLAS) means a link-order bug.
+  std::string blas_library;
 };
 
 // Queries libtorch. Thread-safe.
