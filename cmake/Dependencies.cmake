@@ -42,16 +42,19 @@ message(STATUS "premoe: libtorch ${Torch_VERSION} from ${Torch_DIR}")
 # executable's NEEDED order, and that was libblas: torch's matmuls ran on
 # OpenBLAS's own spinning thread pool, beside OpenMP's, at a sixth of the speed
 # (a training step took 1.1 s instead of 0.18 on 2 cores). Every executable
-# therefore names libtorch_cpu first. model::GetBuildInfo().blas_library
-# reports the binding and tests/model/build_info_test checks it.
+# that uses libtorch therefore names libtorch_cpu first. model::GetBuildInfo().blas_library
+# reports the binding and tests/model/build_info_test checks it. (Link
+# options come before the objects and libraries on the command line; premoe
+# model's consumers get it through INTERFACE_LINK_OPTIONS.)
+set(PREMOE_TORCH_FIRST_LINK_OPTION "")
 if(TARGET torch_cpu)
   get_target_property(_torch_cpu_lib torch_cpu IMPORTED_LOCATION)
   if(NOT _torch_cpu_lib)
     get_target_property(_torch_cpu_lib torch_cpu IMPORTED_LOCATION_RELEASE)
   endif()
   if(_torch_cpu_lib)
-    string(APPEND CMAKE_EXE_LINKER_FLAGS
-           " -Wl,--push-state,--no-as-needed ${_torch_cpu_lib} -Wl,--pop-state")
+    set(PREMOE_TORCH_FIRST_LINK_OPTION
+        "SHELL:-Wl,--push-state,--no-as-needed ${_torch_cpu_lib} -Wl,--pop-state")
   endif()
 endif()
 
