@@ -1,6 +1,8 @@
 // premoe testbed: trains the testbed model and reports how its experts
 // specialise by task.
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
 
@@ -61,6 +63,8 @@ void RegisterTestbed(CLI::App& app, int* exit_code) {
   t->add_option("--out", train->out_dir, "Output model directory")->required();
   t->add_option("--seed", train->seed)->capture_default_str();
   t->add_option("--steps", train->steps)->capture_default_str();
+  t->add_option("--tasks", train->tasks, "all, or a comma-separated list of task names")
+      ->capture_default_str();
   t->add_option("--batch-size", train->batch_size, "Sequences per step")->capture_default_str();
   t->add_option("--lr", train->lr, "Peak AdamW learning rate")->capture_default_str();
   t->add_option("--text-weight", train->text_weight,
@@ -81,11 +85,15 @@ void RegisterTestbed(CLI::App& app, int* exit_code) {
   t->add_option("--experts", train->shape.experts)->capture_default_str();
   t->add_option("--top-k", train->shape.top_k)->capture_default_str();
   t->add_option("--expert-intermediate", train->shape.expert_intermediate)->capture_default_str();
+  t->add_option("--heads", train->shape.heads)->capture_default_str();
+  t->add_option("--kv-heads", train->shape.kv_heads)->capture_default_str();
   t->callback([train, exit_code] {
     // The manifest records the command line as given.
-    if (auto cmdline = common::ReadFile("/proc/self/cmdline"); cmdline.ok()) {
-      train->command = absl::StrJoin(absl::StrSplit(absl::StripSuffix(*cmdline, std::string(1, '\0')), '\0'), " ");
-    }
+    // (/proc reports a size of 0, so common::ReadFile would read nothing.)
+    std::ifstream in("/proc/self/cmdline", std::ios::binary);
+    const std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    train->command =
+        absl::StrJoin(absl::StrSplit(absl::StripSuffix(cmdline, std::string(1, '\0')), '\0'), " ");
     train->on_progress = [](const testbed::TrainProgress& p) {
       std::fprintf(stderr, "step %lld/%lld  loss %.4f  aux %.3f  lr %.2e  %.0fs (eta %.0fs)\n",
                    static_cast<long long>(p.step), static_cast<long long>(p.steps), p.loss,

@@ -198,7 +198,7 @@ absl::StatusOr<TrainReport> TrainImpl(const TrainOptions& o) {
   std::vector<at::Tensor> all_params = decay;
   all_params.insert(all_params.end(), no_decay.begin(), no_decay.end());
 
-  const std::vector<const Task*>& tasks = AllTasks();
+  ASSIGN_OR_RETURN(const std::vector<const Task*> tasks, ParseTaskList(o.tasks));
   // Task sampling. Text tasks take a fixed share of the batch; exact-match
   // tasks share the rest in proportion to their recent answer loss
   // (-log P(answer), an exponential moving average), so steps go where the

@@ -44,6 +44,9 @@ struct TrainOptions {
   uint64_t seed = 1;
   // Optimizer steps. Default: 3000.
   int64_t steps = 3000;
+  // Which tasks to train on: "all" or a comma-separated list of names
+  // (premoe tasks list). Default: "all".
+  std::string tasks = "all";
   // Sequences per step; each picks a task at random. Text tasks take the
   // share they would with weight text_weight against 1 for an exact-match
   // task (a 96-byte text window costs about three short prompts); with
