@@ -14,6 +14,7 @@ void RegisterTokenize(CLI::App& app, int* exit_code);
 void RegisterInspect(CLI::App& app, int* exit_code);
 void RegisterGenerate(CLI::App& app, int* exit_code);
 void RegisterTasks(CLI::App& app, int* exit_code);
+void RegisterRepack(CLI::App& app, int* exit_code);
 void RegisterVersion(CLI::App& app, int* exit_code);
 void RegisterEval(CLI::App& app, int* exit_code);
 void RegisterTestbed(CLI::App& app, int* exit_code);

@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   premoe::cli::RegisterPatterns(app, &exit_code);
   premoe::cli::RegisterWorker(app, &exit_code);
   premoe::cli::RegisterServe(app, &exit_code);
+  premoe::cli::RegisterRepack(app, &exit_code);
   premoe::cli::RegisterVersion(app, &exit_code);
   app.parse_complete_callback([&] {
     if (auto status = premoe::common::InitLogging(log_level); !status.ok()) {

@@ -53,13 +53,32 @@ absl::StatusOr<std::shared_ptr<const MappedFile>> MappedFile::Open(const std::st
     }
     data = static_cast<const std::uint8_t*>(addr);
   }
-  // The mapping keeps the file referenced; the descriptor is not needed.
-  ::close(fd);
-  return std::shared_ptr<const MappedFile>(new MappedFile(path, data, size));
+  return std::shared_ptr<const MappedFile>(new MappedFile(path, fd, data, size));
 }
 
 MappedFile::~MappedFile() {
   if (data_ != nullptr) ::munmap(const_cast<std::uint8_t*>(data_), size_);
+  ::close(fd_);
+}
+
+absl::Status MappedFile::ReadAt(std::size_t offset, std::span<std::uint8_t> dst) const {
+  if (offset > size_ || dst.size() > size_ - offset) {
+    return absl::OutOfRangeError(absl::StrCat(path_, ": bytes [", offset, ", ",
+                                              offset + dst.size(), ") are outside the file of ",
+                                              size_, " bytes"));
+  }
+  std::size_t done = 0;
+  while (done < dst.size()) {
+    const ssize_t n = ::pread(fd_, dst.data() + done, dst.size() - done,
+                              static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      return n < 0 ? ErrnoStatus(errno, path_, "read")
+                   : absl::InternalError(absl::StrCat(path_, ": the file shrank while reading"));
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  return absl::OkStatus();
 }
 
 void MappedFile::Prefetch(std::size_t offset, std::size_t length) const {

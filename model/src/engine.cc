@@ -4,6 +4,11 @@
 
 #include <ATen/ATen.h>
 
+#if PREMOE_CUDA_ENABLED
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <exception>
@@ -15,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine_weights.h"
 #include "premoe/model/decoding.h"
+#include "premoe/model/expert_pack.h"
 #include "premoe/common/status.h"
 
 namespace premoe::model {
@@ -98,6 +104,10 @@ absl::Status EngineOptions::Validate() const {
   }
   if (probe_moe_layers > 0 && !keep.empty()) {
     return absl::InvalidArgumentError("EngineOptions: a probe takes no keep");
+  }
+  if (!expert_pack.empty() && !experts_on_demand) {
+    return absl::InvalidArgumentError(
+        "EngineOptions.expert_pack is read by an experts_on_demand engine only");
   }
   if (experts_on_demand && !keep.empty()) {
     return absl::InvalidArgumentError(
@@ -338,11 +348,12 @@ class EngineImpl final : public Engine {
                                                      config_.num_routed_experts, ")"));
     }
     try {
-      ASSIGN_OR_RETURN(auto weights, internal::LoadExpert(*checkpoint_, config_, layer, expert,
-                                                          dtype_, device_));
+      const int64_t h = config_.hidden_size, inter = config_.moe_intermediate_size;
+      const auto opts = at::TensorOptions().dtype(dtype_).device(device_);
       auto out = std::make_shared<ExpertWeights>();
-      out->gate_up = std::move(weights.first);
-      out->down = std::move(weights.second);
+      out->gate_up = at::empty({2 * inter, h}, opts);
+      out->down = at::empty({h, inter}, opts);
+      RETURN_IF_ERROR(LoadExpertInto(layer, expert, *out));
       return std::shared_ptr<const ExpertWeights>(std::move(out));
     } catch (const c10::Error& e) {
       return absl::InternalError(
@@ -350,6 +361,49 @@ class EngineImpl final : public Engine {
     } catch (const std::exception& e) {
       return absl::ResourceExhaustedError(absl::StrCat("LoadExpert: ", e.what()));
     }
+  }
+
+  absl::Status LoadExpertInto(int64_t layer, int64_t expert,
+                              const ExpertWeights& into) const override {
+    if (!options_.experts_on_demand) {
+      return absl::FailedPreconditionError(
+          "LoadExpertInto: only an engine opened with experts_on_demand loads experts one by one");
+    }
+    if (layer < 0 || layer >= config_.num_hidden_layers || !w_.layers[layer].is_moe) {
+      return absl::InvalidArgumentError(absl::StrCat("LoadExpertInto: layer ", layer,
+                                                     " is not a MoE layer of the model"));
+    }
+    if (expert < 0 || expert >= config_.num_routed_experts) {
+      return absl::InvalidArgumentError(absl::StrCat("LoadExpertInto: expert ", expert,
+                                                     " is outside [0, ",
+                                                     config_.num_routed_experts, ")"));
+    }
+    const int64_t h = config_.hidden_size, inter = config_.moe_intermediate_size;
+    auto fits = [&](const at::Tensor& t, std::vector<int64_t> shape) {
+      return t.defined() && t.sizes().vec() == shape && t.scalar_type() == dtype_ &&
+             t.device() == device_ && t.is_contiguous();
+    };
+    if (!fits(into.gate_up, {2 * inter, h}) || !fits(into.down, {h, inter})) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "LoadExpertInto: the destination must be gate_up [", 2 * inter, ", ", h, "] and down [",
+          h, ", ", inter, "], contiguous ", at::toString(dtype_), " on ", device_.str()));
+    }
+    try {
+      if (device_.is_cpu()) return ReadExpertBytes(layer, expert, into.gate_up, into.down);
+      return CopyExpertToDevice(layer, expert, into);
+    } catch (const c10::Error& e) {
+      return absl::InternalError(
+          absl::StrCat("LoadExpertInto: libtorch: ", e.what_without_backtrace()));
+    } catch (const std::exception& e) {
+      return absl::ResourceExhaustedError(absl::StrCat("LoadExpertInto: ", e.what()));
+    }
+  }
+
+  // Opens options_.expert_pack for this model (Engine::Open).
+  absl::Status OpenExpertPack() {
+    if (options_.expert_pack.empty()) return absl::OkStatus();
+    ASSIGN_OR_RETURN(pack_, ExpertPack::Open(options_.expert_pack));
+    return pack_->CheckFits(*checkpoint_, config_, options_.dtype);
   }
 
   absl::StatusOr<at::Tensor> Weight(const std::string& name) const override {
@@ -994,12 +1048,52 @@ class EngineImpl final : public Engine {
     return out;
   }
 
+  // One expert's bytes into CPU tensors: from the pack, else the checkpoint.
+  absl::Status ReadExpertBytes(int64_t layer, int64_t expert, at::Tensor gate_up,
+                               at::Tensor down) const {
+    if (pack_ != nullptr) {
+      return pack_->Read(
+          layer, expert,
+          std::span<uint8_t>(static_cast<uint8_t*>(gate_up.data_ptr()), gate_up.nbytes()),
+          std::span<uint8_t>(static_cast<uint8_t*>(down.data_ptr()), down.nbytes()));
+    }
+    return internal::LoadExpertInto(*checkpoint_, config_, layer, expert, gate_up, down);
+  }
+
+  absl::Status CopyExpertToDevice(int64_t layer, int64_t expert, const ExpertWeights& into) const {
+#if PREMOE_CUDA_ENABLED
+    // Pinned staging (from the caching host allocator, so it is reused), then
+    // an asynchronous copy on a pool stream: the compute stream keeps running
+    // forwards of the experts already resident.
+    const auto pinned = at::TensorOptions().dtype(dtype_).pinned_memory(true);
+    at::Tensor gate_up = at::empty(into.gate_up.sizes(), pinned);
+    at::Tensor down = at::empty(into.down.sizes(), pinned);
+    RETURN_IF_ERROR(ReadExpertBytes(layer, expert, gate_up, down));
+    c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool(false, device_.index());
+    {
+      c10::cuda::CUDAStreamGuard guard(stream);
+      into.gate_up.copy_(gate_up, /*non_blocking=*/true);
+      into.down.copy_(down, /*non_blocking=*/true);
+      // (copy_ records the stream's use of the pinned buffers, so the host
+      // allocator does not hand them out again before the copy ends.)
+    }
+    stream.synchronize();
+    return absl::OkStatus();
+#else
+    (void)layer;
+    (void)expert;
+    (void)into;
+    return absl::FailedPreconditionError("LoadExpertInto: this premoe was built without CUDA");
+#endif
+  }
+
   ModelConfig config_;
   EngineOptions options_;
   ModelWeights w_;
   at::ScalarType dtype_;
   at::Device device_;
   std::shared_ptr<const Checkpoint> checkpoint_;
+  std::unique_ptr<const ExpertPack> pack_;  // options_.expert_pack, opened by OpenExpertPack
   int64_t top_k_ = 0;
   // The probe_moe_layers-th MoE layer: where a probe engine stops.
   int64_t probe_layer_ = 0;
@@ -1141,8 +1235,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const std::string& model_di
                                            /*routed_experts=*/!on_demand));
     std::shared_ptr<const Checkpoint> kept_checkpoint;
     if (on_demand) kept_checkpoint = std::move(checkpoint);
-    return std::unique_ptr<Engine>(new EngineImpl(std::move(config), options, std::move(weights),
-                                                  dtype, device, std::move(kept_checkpoint)));
+    auto engine = std::make_unique<EngineImpl>(std::move(config), options, std::move(weights),
+                                               dtype, device, std::move(kept_checkpoint));
+    RETURN_IF_ERROR(engine->OpenExpertPack());
+    return std::unique_ptr<Engine>(std::move(engine));
   } catch (const c10::Error& e) {
     return absl::InternalError(
         absl::StrCat(model_dir, ": loading failed in libtorch: ", e.what_without_backtrace()));

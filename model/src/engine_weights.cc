@@ -170,13 +170,20 @@ class Loader {
       part.shape.erase(part.shape.begin());
       part.bytes = view.bytes.subspan(static_cast<size_t>(row) * row_bytes, row_bytes);
     }
+    const SafetensorsFile* shard = checkpoint_.ShardOf(name);
+    if (shard != nullptr && ToScalarType(part.dtype) == dst.scalar_type() && dst.is_cpu() &&
+        dst.is_contiguous() && static_cast<size_t>(dst.nbytes()) == part.bytes.size()) {
+      // No conversion: the kernel copies from the page cache (pread), with
+      // no mapping faults and no mapped pages left to release.
+      RETURN_IF_ERROR(shard->ReadInto(
+          part, std::span<uint8_t>(static_cast<uint8_t*>(dst.data_ptr()), part.bytes.size())));
+      return true;
+    }
     PopulateRange(part.bytes.data(), part.bytes.size(), /*write=*/false);
     at::Tensor src = at::from_blob(const_cast<uint8_t*>(part.bytes.data()), part.shape,
                                    at::TensorOptions().dtype(ToScalarType(part.dtype)));
     dst.copy_(src);
-    if (release_) {
-      if (const SafetensorsFile* shard = checkpoint_.ShardOf(name)) shard->Release(part);
-    }
+    if (release_ && shard != nullptr) shard->Release(part);
     return true;
   }
 
@@ -567,49 +574,58 @@ absl::StatusOr<LayerWeights> LoadStreamedLayer(const Checkpoint& checkpoint, con
   return L;
 }
 
+absl::Status LoadExpertInto(const Checkpoint& checkpoint, const ModelConfig& c, int64_t layer,
+                            int64_t expert, at::Tensor& gate_up, at::Tensor& down) {
+  Loader ld(checkpoint, c, gate_up.scalar_type(), at::kCPU, nullptr, /*release=*/true);
+  const std::string block = MoeBlockPrefix(ld, c, LayerPrefix(checkpoint, layer));
+  // The reassembly hot path: each byte is copied once, from the file into the
+  // expert's own tensors (pread where the dtypes agree).
+  const int64_t n = c.num_routed_experts, h = c.hidden_size, inter = c.moe_intermediate_size;
+  bool copied = false;
+  const std::string fused_gu = block + "experts.gate_up_proj";
+  if (ld.Has(fused_gu)) {
+    ASSIGN_OR_RETURN(copied, ld.CopyInto(fused_gu, {n, 2 * inter, h}, expert, gate_up));
+    if (copied) {
+      ASSIGN_OR_RETURN(copied,
+                       ld.CopyInto(block + "experts.down_proj", {n, h, inter}, expert, down));
+    }
+  } else {
+    auto name = [&](ExpertProjection p) {
+      std::string s = ExpertTensorName(c.architecture, layer, expert, p);
+      if (!ld.Has(s) && absl::StartsWith(s, "model.")) s = s.substr(6);
+      return s;
+    };
+    at::Tensor gate = gate_up.narrow(0, 0, inter), up = gate_up.narrow(0, inter, inter);
+    ASSIGN_OR_RETURN(copied, ld.CopyInto(name(ExpertProjection::kGate), {inter, h}, -1, gate));
+    if (copied) {
+      ASSIGN_OR_RETURN(copied, ld.CopyInto(name(ExpertProjection::kUp), {inter, h}, -1, up));
+    }
+    if (copied) {
+      ASSIGN_OR_RETURN(copied, ld.CopyInto(name(ExpertProjection::kDown), {h, inter}, -1, down));
+    }
+  }
+  if (copied) return absl::OkStatus();
+  // FP8 (block scales): dequantise, then convert.
+  ASSIGN_OR_RETURN(auto weights, ReadExpert(ld, c, layer, block, expert));
+  gate_up.copy_(weights.first);
+  down.copy_(weights.second);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::pair<at::Tensor, at::Tensor>> LoadExpert(const Checkpoint& checkpoint,
                                                              const ModelConfig& c, int64_t layer,
                                                              int64_t expert, at::ScalarType dtype,
                                                              at::Device device) {
-  Loader ld(checkpoint, c, dtype, device, nullptr, /*release=*/true);
-  const std::string block = MoeBlockPrefix(ld, c, LayerPrefix(checkpoint, layer));
-  if (device.is_cpu()) {
-    // The reassembly hot path: each byte is copied once, from the mapping
-    // into the expert's own tensors, whose pages are faulted in up front.
-    const int64_t n = c.num_routed_experts, h = c.hidden_size, inter = c.moe_intermediate_size;
-    at::Tensor gate_up = at::empty({2 * inter, h}, at::TensorOptions().dtype(dtype));
-    at::Tensor down = at::empty({h, inter}, at::TensorOptions().dtype(dtype));
-    PopulateRange(gate_up.data_ptr(), gate_up.nbytes(), /*write=*/true);
-    PopulateRange(down.data_ptr(), down.nbytes(), /*write=*/true);
-    bool copied = false;
-    const std::string fused_gu = block + "experts.gate_up_proj";
-    if (ld.Has(fused_gu)) {
-      ASSIGN_OR_RETURN(copied, ld.CopyInto(fused_gu, {n, 2 * inter, h}, expert, gate_up));
-      if (copied) {
-        ASSIGN_OR_RETURN(copied,
-                         ld.CopyInto(block + "experts.down_proj", {n, h, inter}, expert, down));
-      }
-    } else {
-      auto name = [&](ExpertProjection p) {
-        std::string s = ExpertTensorName(c.architecture, layer, expert, p);
-        if (!ld.Has(s) && absl::StartsWith(s, "model.")) s = s.substr(6);
-        return s;
-      };
-      at::Tensor gate = gate_up.narrow(0, 0, inter), up = gate_up.narrow(0, inter, inter);
-      ASSIGN_OR_RETURN(copied, ld.CopyInto(name(ExpertProjection::kGate), {inter, h}, -1, gate));
-      if (copied) {
-        ASSIGN_OR_RETURN(copied, ld.CopyInto(name(ExpertProjection::kUp), {inter, h}, -1, up));
-      }
-      if (copied) {
-        ASSIGN_OR_RETURN(copied,
-                         ld.CopyInto(name(ExpertProjection::kDown), {h, inter}, -1, down));
-      }
-    }
-    if (copied) return std::pair{gate_up, down};
-  }
-  ASSIGN_OR_RETURN(auto expert_weights, ReadExpert(ld, c, layer, block, expert));
-  return std::pair{expert_weights.first.to(device, dtype).contiguous(),
-                   expert_weights.second.to(device, dtype).contiguous()};
+  const int64_t h = c.hidden_size, inter = c.moe_intermediate_size;
+  const auto cpu = at::TensorOptions().dtype(dtype);
+  at::Tensor gate_up = at::empty({2 * inter, h}, cpu);
+  at::Tensor down = at::empty({h, inter}, cpu);
+  // Fresh memory: fault its pages in with one call each, not one per page.
+  PopulateRange(gate_up.data_ptr(), gate_up.nbytes(), /*write=*/true);
+  PopulateRange(down.data_ptr(), down.nbytes(), /*write=*/true);
+  RETURN_IF_ERROR(LoadExpertInto(checkpoint, c, layer, expert, gate_up, down));
+  if (device.is_cpu()) return std::pair{gate_up, down};
+  return std::pair{gate_up.to(device), down.to(device)};
 }
 
 absl::Status LoadHead(const Checkpoint& checkpoint, const ModelConfig& c, at::ScalarType dtype,

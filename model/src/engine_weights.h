@@ -76,8 +76,15 @@ absl::StatusOr<ModelWeights> LoadWeights(const Checkpoint& checkpoint, const Mod
                                          const KeptExperts& keep, at::ScalarType dtype,
                                          at::Device device, bool routed_experts = true);
 
-// Routed expert `expert` of MoE layer `layer`: (gate_up [2I, H], down [H, I])
-// in dtype on device, its mapped pages released once copied.
+// Routed expert `expert` of MoE layer `layer` into `gate_up` [2I, H] and
+// `down` [H, I]: contiguous CPU tensors of the compute dtype, e.g. a cache's
+// reused slots. Bytes are pread where the checkpoint stores that dtype,
+// converted from the mapping (its pages then released) where not.
+absl::Status LoadExpertInto(const Checkpoint& checkpoint, const ModelConfig& config,
+                            int64_t layer, int64_t expert, at::Tensor& gate_up, at::Tensor& down);
+
+// As LoadExpertInto, into fresh tensors: (gate_up [2I, H], down [H, I]) in
+// dtype on device.
 absl::StatusOr<std::pair<at::Tensor, at::Tensor>> LoadExpert(const Checkpoint& checkpoint,
                                                              const ModelConfig& config,
                                                              int64_t layer, int64_t expert,

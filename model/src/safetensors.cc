@@ -509,6 +509,24 @@ void SafetensorsFile::Release(const TensorView& tensor) const {
   mapping_->Release(static_cast<size_t>(p - begin), tensor.bytes.size());
 }
 
+absl::Status SafetensorsFile::ReadInto(const TensorView& tensor, std::span<uint8_t> dst) const {
+  if (dst.size() != tensor.bytes.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(path_, ": reading \"", tensor.name, "\": ",
+                                                   tensor.bytes.size(), " bytes into a buffer of ",
+                                                   dst.size()));
+  }
+  const uint8_t* p = tensor.bytes.data();
+  if (p < bytes_.data() || p + tensor.bytes.size() > bytes_.data() + bytes_.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path_, ": \"", tensor.name, "\" is not a view of this file"));
+  }
+  if (mapping_ == nullptr) {
+    if (!dst.empty()) std::memcpy(dst.data(), p, dst.size());
+    return absl::OkStatus();
+  }
+  return mapping_->ReadAt(static_cast<size_t>(p - bytes_.data()), dst);
+}
+
 // ---------------------------------------------------------------------------
 // Checkpoint
 

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <cstring>
+#include <fstream>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -15,6 +16,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "premoe/model/expert_pack.h"
 #include "premoe/model/safetensors.h"
 #include "tests/testutil/testutil.h"
 
@@ -480,8 +482,131 @@ TEST_P(EngineParityTest, ExpertsOnDemandEqualResidentUnderMasks) {
   }
 }
 
+// An expert pack (premoe repack) holds the same bytes the checkpoint
+// reassembles into, in fp32 and bf16, for every layout: an engine reading it
+// loads identical experts, whichever way it is asked.
+TEST_P(EngineParityTest, ExpertPackLoadsTheCheckpointsExperts) {
+  premoe::testing::TempDir tmp;
+  for (const std::string dtype : {"fp32", "bf16"}) {
+    SCOPED_TRACE(dtype);
+    const std::string pack = tmp.Join("experts." + dtype + ".pack");
+    ExpertPackWriteOptions wo;
+    wo.dtype = dtype;
+    ASSERT_OK(WriteExpertPack(ReferenceEnv::Dir(GetParam()), pack, wo));
+    EngineOptions options;
+    options.dtype = dtype;
+    options.experts_on_demand = true;
+    auto from_checkpoint = OpenEngine(GetParam(), options);
+    options.expert_pack = pack;
+    auto from_pack = OpenEngine(GetParam(), options);
+    ASSERT_NE(from_checkpoint, nullptr);
+    ASSERT_NE(from_pack, nullptr);
+    const ModelConfig& c = from_pack->config();
+    int64_t compared = 0;
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      if (!c.IsMoeLayer(static_cast<int>(l))) continue;
+      for (int64_t e = 0; e < c.num_routed_experts; ++e) {
+        ASSERT_OK_AND_ASSIGN(auto want, from_checkpoint->LoadExpert(l, e));
+        ASSERT_OK_AND_ASSIGN(auto got, from_pack->LoadExpert(l, e));
+        EXPECT_TRUE(at::equal(want->gate_up, got->gate_up)) << l << "/" << e;
+        EXPECT_TRUE(at::equal(want->down, got->down)) << l << "/" << e;
+        // Into reused memory, as the worker's cache loads.
+        ExpertWeights into{at::full_like(want->gate_up, 7), at::full_like(want->down, 7)};
+        ASSERT_OK(from_pack->LoadExpertInto(l, e, into));
+        EXPECT_TRUE(at::equal(want->gate_up, into.gate_up));
+        ASSERT_OK(from_checkpoint->LoadExpertInto(l, e, into));
+        EXPECT_TRUE(at::equal(want->down, into.down));
+        ++compared;
+      }
+    }
+    EXPECT_EQ(compared, c.NumMoeLayers() * c.num_routed_experts);
+    ASSERT_OK_AND_ASSIGN(auto opened, ExpertPack::Open(pack));
+    EXPECT_OK(opened->Verify());
+    // A pack serves only the dtype it was made for.
+    options.dtype = dtype == "fp32" ? "bf16" : "fp32";
+    EXPECT_THAT(Engine::Open(ReferenceEnv::Dir(GetParam()), options),
+                StatusIs(absl::StatusCode::kFailedPrecondition, "holds " + dtype + " experts"));
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Architectures, EngineParityTest, ::testing::ValuesIn(kArchitectures),
                          [](const auto& info) { return info.param; });
+
+// Bad packs and misuse get errors that name the problem.
+TEST(ExpertPackTest, RefusesWhatItCannotServe) {
+  premoe::testing::TempDir tmp;
+  const std::string model = ReferenceEnv::Dir("qwen3_moe");
+  const std::string pack = tmp.Join("experts.pack");
+  ExpertPackWriteOptions wo;
+  wo.dtype = "fp32";
+  ASSERT_OK(WriteExpertPack(model, pack, wo));
+  const std::string bytes = premoe::testing::ReadFileOrDie(pack);
+
+  // Options: a pack is for an on-demand engine; the dtype must be one it has.
+  EngineOptions options = Fp32();
+  options.expert_pack = pack;
+  EXPECT_THAT(options.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, "experts_on_demand"));
+  wo.dtype = "fp16";
+  EXPECT_THAT(WriteExpertPack(model, tmp.Join("x.pack"), wo),
+              StatusIs(absl::StatusCode::kInvalidArgument, "\"fp32\" or \"bf16\""));
+  EXPECT_FALSE(std::filesystem::exists(tmp.Join("x.pack")));
+
+  // Another model's pack.
+  options.experts_on_demand = true;
+  EXPECT_THAT(Engine::Open(ReferenceEnv::Dir("olmoe"), options),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "does not fit the model"));
+
+  // The checkpoint retrained (a router weight changed) since the pack was made.
+  const std::string changed = tmp.Join("changed");
+  std::filesystem::copy(model, changed);
+  {
+    ASSERT_OK_AND_ASSIGN(auto ck, Checkpoint::Open(changed));
+    std::string gate;
+    for (absl::string_view name : ck->names()) {
+      if (absl::EndsWith(name, "mlp.gate.weight")) gate = std::string(name);
+    }
+    ASSERT_FALSE(gate.empty());
+    const SafetensorsFile* shard = ck->ShardOf(gate);
+    ASSERT_NE(shard, nullptr);
+    // The data section is dense from its first tensor (validated at open).
+    const std::span<const uint8_t> view = ck->Find(gate)->bytes;
+    const size_t offset =
+        shard->data_offset() + static_cast<size_t>(view.data() - shard->tensors().front().bytes.data());
+    const char flipped = static_cast<char>(view[0] ^ 0x40);
+    std::fstream f(shard->path(), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(offset));
+    f.put(flipped);
+    ASSERT_TRUE(f.good());
+  }
+  EXPECT_THAT(Engine::Open(changed, options),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "checkpoint has changed"));
+
+  // Damaged files: truncated, not a pack, a flipped byte in a slot.
+  premoe::testing::WriteStringToFile(tmp.Join("short.pack"), bytes.substr(0, bytes.size() - 100));
+  EXPECT_THAT(ExpertPack::Open(tmp.Join("short.pack")),
+              StatusIs(absl::StatusCode::kInvalidArgument, "not a valid expert pack"));
+  premoe::testing::WriteStringToFile(tmp.Join("other.pack"), std::string(9000, 'x'));
+  EXPECT_THAT(ExpertPack::Open(tmp.Join("other.pack")),
+              StatusIs(absl::StatusCode::kInvalidArgument, "magic"));
+  std::string flipped = bytes;
+  flipped[4096 + 10] = static_cast<char>(flipped[4096 + 10] ^ 1);
+  premoe::testing::WriteStringToFile(tmp.Join("flipped.pack"), flipped);
+  ASSERT_OK_AND_ASSIGN(auto damaged, ExpertPack::Open(tmp.Join("flipped.pack")));
+  EXPECT_THAT(damaged->Verify(), StatusIs(absl::StatusCode::kDataLoss, "expert 0 of layer"));
+
+  // Reads of a wrong shape or an unknown expert.
+  options.expert_pack = pack;
+  auto engine = OpenEngine("qwen3_moe", options);
+  ASSERT_NE(engine, nullptr);
+  const ModelConfig& c = engine->config();
+  const int64_t layer = damaged->header().layers.front();
+  ExpertWeights wrong{at::empty({c.moe_intermediate_size, c.hidden_size}),
+                      at::empty({c.hidden_size, c.moe_intermediate_size})};
+  EXPECT_THAT(engine->LoadExpertInto(layer, 0, wrong),
+              StatusIs(absl::StatusCode::kInvalidArgument, "destination must be"));
+  EXPECT_THAT(engine->LoadExpertInto(layer, c.num_routed_experts, wrong),
+              StatusIs(absl::StatusCode::kInvalidArgument, "outside"));
+}
 
 TEST(EngineTest, ShardedCheckpointLoads) {
   // The olmoe case is saved with a 100KB shard limit.

@@ -44,11 +44,20 @@ class MappedFile {
   // concurrent readers stay correct. Best effort: never fails.
   void Release(std::size_t offset, std::size_t length) const;
 
+  // Copies bytes [offset, offset + dst.size()) of the file into `dst` with
+  // pread(2): the kernel copies from the page cache, with none of a
+  // mapping's page faults and page-table work, and the mapping's RSS does
+  // not grow. The fast path for reading a tensor into memory that is reused.
+  // OUT_OF_RANGE when the range is outside the file; INTERNAL (naming the
+  // path) on a read error.
+  absl::Status ReadAt(std::size_t offset, std::span<std::uint8_t> dst) const;
+
  private:
-  MappedFile(std::string path, const std::uint8_t* data, std::size_t size)
-      : path_(std::move(path)), data_(data), size_(size) {}
+  MappedFile(std::string path, int fd, const std::uint8_t* data, std::size_t size)
+      : path_(std::move(path)), fd_(fd), data_(data), size_(size) {}
 
   std::string path_;
+  int fd_;  // kept open for ReadAt
   const std::uint8_t* data_;
   std::size_t size_;
 };

@@ -210,6 +210,12 @@ struct EngineOptions {
   // with a cache work; Generate and SaveWeights answer FAILED_PRECONDITION.
   // Not with keep, trainable or streamed. Default: false.
   bool experts_on_demand = false;
+  // With experts_on_demand: read experts from this expert pack (premoe
+  // repack; model/expert_pack.h) instead of the checkpoint's safetensors:
+  // one contiguous read per expert, already in the compute dtype. Open
+  // refuses a pack made for another model or dtype, or from a checkpoint
+  // changed since (FAILED_PRECONDITION). Default: "" (the checkpoint).
+  std::string expert_pack;
   // The probe, for a router that needs only the first MoE gates' logits of
   // a query (the match embedding). P >= 1: Open loads the embedding, every
   // router, the layers before the P-th MoE layer whole and that layer's
@@ -360,6 +366,16 @@ class Engine {
   // Thread-safe, also against Forward.
   virtual absl::StatusOr<std::shared_ptr<const ExpertWeights>> LoadExpert(int64_t layer,
                                                                           int64_t expert) const = 0;
+  // As LoadExpert, into memory the caller owns and reuses (a cache's slots):
+  // `into.gate_up` [2I, H] and `into.down` [H, I], contiguous, of the
+  // compute dtype, on the engine's device. On CPU the bytes go straight from
+  // the file (pread) into them where no conversion is needed. On CUDA they
+  // are staged in pinned host memory and copied on a side stream, so the
+  // compute stream is not held up; the call returns once they have landed.
+  // INVALID_ARGUMENT for tensors of the wrong shape, dtype or device.
+  // Thread-safe, also against Forward.
+  virtual absl::Status LoadExpertInto(int64_t layer, int64_t expert,
+                                      const ExpertWeights& into) const = 0;
 
   // The loaded weight called `name` (HF tensor name, e.g.
   // "model.layers.1.mlp.experts.3.gate_proj.weight"), in the compute dtype

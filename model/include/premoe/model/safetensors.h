@@ -147,6 +147,11 @@ class SafetensorsFile {
   void Prefetch(const TensorView& tensor) const;
   // MappedFile::Release on `tensor`'s bytes (a view of this file).
   void Release(const TensorView& tensor) const;
+  // Copies `tensor`'s bytes (a view of this file, or part of one) into `dst`,
+  // of exactly that size: pread(2) from the page cache for a mapped file
+  // (MappedFile::ReadAt), a plain copy after Parse(). INVALID_ARGUMENT for a
+  // size mismatch or a view of another file; INTERNAL on a read error.
+  absl::Status ReadInto(const TensorView& tensor, std::span<uint8_t> dst) const;
 
  private:
   SafetensorsFile() = default;

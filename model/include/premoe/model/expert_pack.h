@@ -1,0 +1,116 @@
+// ExpertPack: a model's routed experts repacked expert-major for reassembly
+// (`premoe repack`).
+//
+// A checkpoint stores an expert as three tensors (or as rows of fused
+// [N, ...] tensors), in its own dtype, wherever its writer put them. A pack
+// stores each expert as one page-aligned slot in the engine's layout and
+// compute dtype, the bytes of ExpertWeights: gate_up [2I, H] then down
+// [H, I]. An on-demand engine opened with EngineOptions::expert_pack reads an
+// expert with two pread(2) calls and no conversion.
+//
+// File layout (little-endian):
+//   "PREMOEXP" | u64 N | N bytes of JSON header | zeros to data_offset |
+//   slots, slot_stride bytes apart, in (MoE layer, expert) order.
+// The header records the shape, the dtype, a fingerprint of the source
+// checkpoint (SourceFingerprint) and an XXH3-64 checksum of every slot.
+// Open validates the header and the file size; CheckFits refuses a pack made
+// for another model, shape or dtype, or from a checkpoint changed since.
+// Reads do not verify checksums (Verify does, for `premoe repack --check`).
+//
+// Ownership: an ExpertPack keeps its file open. Thread safety: immutable
+// after Open; Read and Verify may run concurrently.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "premoe/model/config.h"
+
+namespace premoe::common {
+class MappedFile;
+}
+
+namespace premoe::model {
+
+class Checkpoint;
+
+struct ExpertPackHeader {
+  int64_t version = 1;
+  std::string dtype;               // "fp32" or "bf16"
+  int64_t hidden = 0;              // H
+  int64_t intermediate = 0;        // I
+  std::vector<int64_t> layers;     // the MoE decoder layers, ascending
+  int64_t experts = 0;             // routed experts per MoE layer
+  int64_t slot_bytes = 0;          // 3 * I * H * element size
+  int64_t slot_stride = 0;         // slot_bytes rounded up to 4096
+  int64_t data_offset = 0;         // multiple of 4096
+  std::string source;              // SourceFingerprint of the checkpoint
+  std::vector<uint64_t> checksums; // XXH3-64 per slot, layers.size() * experts
+};
+
+// XXH3-128 (hex) of every shard's safetensors header and of every router
+// weight's bytes: changes when the checkpoint's tensors, shapes or dtypes
+// change, or when it is retrained (the routers change). An edit confined to
+// expert weights is not seen. Cheap: headers and routers only.
+absl::StatusOr<std::string> SourceFingerprint(const Checkpoint& checkpoint);
+
+struct ExpertPackWriteOptions {
+  // "fp32" or "bf16": the compute dtype of the engines that will read it.
+  // Default: "bf16".
+  std::string dtype = "bf16";
+  // Called after each MoE layer with (layers done, layers). Default: none.
+  std::function<void(int64_t, int64_t)> on_progress;
+};
+
+// Writes the pack of the model in `model_dir` to `path` (a temporary file,
+// then renamed: a failed write leaves no pack behind). Peak memory: one
+// expert. INVALID_ARGUMENT for a model without routed experts or a bad dtype;
+// the checkpoint's errors as Engine::Open reports them; INTERNAL on I/O.
+absl::Status WriteExpertPack(const std::string& model_dir, const std::string& path,
+                             const ExpertPackWriteOptions& options = {});
+
+class ExpertPack {
+ public:
+  // Opens and validates `path`: magic, header, version, sizes, and that the
+  // file holds every slot. NOT_FOUND / INVALID_ARGUMENT naming the path and
+  // what is wrong.
+  static absl::StatusOr<std::unique_ptr<const ExpertPack>> Open(const std::string& path);
+  ~ExpertPack();
+
+  // OK when this pack holds `config`'s experts in `dtype` ("fp32"/"bf16")
+  // made from `checkpoint` as it is now; FAILED_PRECONDITION naming the
+  // difference otherwise (re-run premoe repack).
+  absl::Status CheckFits(const Checkpoint& checkpoint, const ModelConfig& config,
+                         const std::string& dtype) const;
+
+  // Reads expert `expert` of decoder layer `layer` into `gate_up` (the first
+  // 2IH elements' bytes) and `down` (the next IH'), each exactly that size.
+  // INVALID_ARGUMENT for an unknown layer/expert or wrong sizes; INTERNAL on
+  // a read error.
+  absl::Status Read(int64_t layer, int64_t expert, std::span<uint8_t> gate_up,
+                    std::span<uint8_t> down) const;
+
+  // Recomputes every slot's checksum; DATA_LOSS naming the first slot that
+  // differs. `on_progress(done, total)` per slot. Reads the whole file.
+  absl::Status Verify(const std::function<void(int64_t, int64_t)>& on_progress = {}) const;
+
+  const ExpertPackHeader& header() const { return header_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  ExpertPack(std::string path, std::shared_ptr<const common::MappedFile> file,
+             ExpertPackHeader header);
+  absl::StatusOr<int64_t> SlotIndex(int64_t layer, int64_t expert) const;
+
+  std::string path_;
+  std::shared_ptr<const common::MappedFile> file_;
+  ExpertPackHeader header_;
+};
+
+}  // namespace premoe::model
