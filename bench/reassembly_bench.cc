@@ -5,7 +5,9 @@
 //          [--budget 50%] [--dtype fp32] [--requests 8] [--new-tokens 32]
 //
 //   1. Reassembly: every routed expert made resident from the page cache
-//      (the checkpoint is read once first), in bytes/s, against memcpy.
+//      (the checkpoint is read once first), in bytes/s, against memcpy;
+//      from the checkpoint's safetensors, and from an expert pack
+//      (premoe repack) written to a temporary file for the run.
 //   2. Pattern switch: pattern B made resident after A in a cache that holds
 //      one pattern (the delta load), against B into an empty cache (a full
 //      reload), in ms and bytes.
@@ -15,6 +17,8 @@
 //      --budget and at 25% (each in a child process), beside its weight bytes.
 // Without --pattern, two patterns with seeded random scores stand in (on a
 // random model nothing better exists). Progress on stderr, the table on stdout.
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -32,6 +36,7 @@
 #include "premoe/common/file.h"
 #include "premoe/common/mapped_file.h"
 #include "premoe/common/process.h"
+#include "premoe/model/expert_pack.h"
 #include "premoe/model/safetensors.h"
 #include "premoe/store/pattern.h"
 #include "premoe/worker/worker.h"
@@ -102,15 +107,25 @@ double MemcpyBandwidth() {
   return best;
 }
 
-// Reads every byte of the checkpoint once, so the runs below read from the page cache.
-void WarmPageCache(const std::string& model) {
-  auto ck = Check(premoe::model::Checkpoint::Open(model), "checkpoint");
+// Reads every byte of these files once, so the runs below read from the page cache.
+void WarmPageCache(const std::vector<std::string>& paths) {
   volatile uint64_t sink = 0;
-  for (const auto& path : ck->shard_files()) {
+  for (const auto& path : paths) {
     auto file = Check(premoe::common::MappedFile::Open(path), "mmap");
     const auto data = file->data();
     for (size_t i = 0; i < data.size(); i += 4096) sink = sink + data[i];
   }
+}
+
+// Seconds to make every routed expert resident in a fresh worker (one
+// full-model token), and the bytes loaded.
+std::pair<double, int64_t> FullReassembly(Worker& worker) {
+  premoe::worker::WorkRequest one;
+  one.prompt = {1};
+  one.options.max_new_tokens = 1;
+  const auto t0 = Clock::now();
+  Check(worker.Generate(one), "full model");
+  return {Seconds(t0, Clock::now()), worker.Status().cache.loaded_bytes};
 }
 
 std::vector<Pattern> LoadPatterns(const Args& args, const Worker& worker) {
@@ -138,10 +153,13 @@ std::vector<Pattern> LoadPatterns(const Args& args, const Worker& worker) {
   return out;
 }
 
-std::unique_ptr<Worker> OpenWorker(const Args& args, int64_t cache_bytes, int max_batch) {
+std::unique_ptr<Worker> OpenWorker(const Args& args, int64_t cache_bytes, int max_batch,
+                                   const std::string& expert_pack = "", bool reserve = false) {
   WorkerOptions o;
   o.model_dir = args.model;
   o.dtype = args.dtype;
+  o.expert_pack = expert_pack;
+  o.reserve_cache = reserve;
   o.cache_bytes = cache_bytes;
   o.max_batch = max_batch;
   o.max_queue = 1024;
@@ -195,19 +213,35 @@ int main(int argc, char** argv) {
 
   std::fprintf(stderr, "memcpy bandwidth...\n");
   const double memcpy_bw = MemcpyBandwidth();
-  WarmPageCache(args.model);
+  WarmPageCache(Check(premoe::model::Checkpoint::Open(args.model), "checkpoint")->shard_files());
 
   std::fprintf(stderr, "reassembly of every expert...\n");
   auto all = OpenWorker(args, 0, args.requests);
   const auto patterns = LoadPatterns(args, *all);
-  premoe::worker::WorkRequest one;
-  one.prompt = {1};
-  one.options.max_new_tokens = 1;
-  auto t0 = Clock::now();
-  Check(all->Generate(one), "full model");  // makes every expert resident
-  const double reassembly_s = Seconds(t0, Clock::now());
+  const auto [reassembly_s, reassembly_bytes] = FullReassembly(*all);
+  const double reassembly_bw = static_cast<double>(reassembly_bytes) / reassembly_s;
   const auto full_stats = all->Status();
-  const double reassembly_bw = static_cast<double>(full_stats.cache.loaded_bytes) / reassembly_s;
+
+  std::fprintf(stderr, "reassembly from an expert pack...\n");
+  const std::string pack = (std::filesystem::temp_directory_path() /
+                            absl::StrCat("reassembly_bench-", getpid(), ".pack"))
+                               .string();
+  premoe::model::ExpertPackWriteOptions pack_options;
+  pack_options.dtype = args.dtype;
+  if (absl::Status s = premoe::model::WriteExpertPack(args.model, pack, pack_options); !s.ok()) {
+    Die("repack: " + s.ToString());
+  }
+  WarmPageCache({pack});
+  // Into memory reserved (faulted in) when the worker opened: the copy alone.
+  auto bandwidth = [&](const std::string& from, bool reserve) {
+    auto w = OpenWorker(args, 0, 1, from, reserve);
+    const auto [s, bytes] = FullReassembly(*w);
+    return static_cast<double>(bytes) / s;
+  };
+  const double reserved_bw = bandwidth("", true);
+  const double reserved_pack_bw = bandwidth(pack, true);
+  const double pack_bw = bandwidth(pack, false);
+  std::filesystem::remove(pack);
 
   std::fprintf(stderr, "pattern switch...\n");
   const int64_t one_pattern =
@@ -259,6 +293,13 @@ int main(int argc, char** argv) {
               static_cast<double>(full_stats.cache.loaded_bytes) / kMiB,
               std::clamp(std::thread::hardware_concurrency(), 1u, 8u), reassembly_bw / 1e9,
               reassembly_bw / memcpy_bw);
+  std::printf("| the same from an expert pack (premoe repack) | %.2f GB/s | %.2f |\n",
+              pack_bw / 1e9, pack_bw / memcpy_bw);
+  std::printf("| the same into a reserved cache (--reserve-cache: memory faulted in at start) "
+              "| %.2f GB/s | %.2f |\n",
+              reserved_bw / 1e9, reserved_bw / memcpy_bw);
+  std::printf("| the same from an expert pack into a reserved cache | %.2f GB/s | %.2f |\n",
+              reserved_pack_bw / 1e9, reserved_pack_bw / memcpy_bw);
   std::printf("| pattern switch, full reload of B (reference) | %.1f ms, %.2f MiB | 1.00 |\n",
               1e3 * full_reload.load_seconds, static_cast<double>(full_reload.loaded_bytes) / kMiB);
   std::printf("| pattern switch, A -> B delta load | %.1f ms, %.2f MiB | %.2f of the time, %.2f "

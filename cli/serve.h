@@ -38,6 +38,8 @@ struct ServeArgs {
   std::string cache;
   std::string dtype = "bf16";
   std::string device = "cpu";
+  std::string expert_pack;
+  bool reserve_cache = false;
   int64_t max_batch = 8;
   int64_t max_queue = 64;
   int64_t world_size = 1;

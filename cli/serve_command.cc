@@ -54,6 +54,8 @@ absl::StatusOr<WorkerPart> StartWorker(const ServeArgs& args, const std::string&
   o.world_size = args.world_size;
   o.model_dir = args.model;
   o.dtype = args.dtype;
+  o.expert_pack = args.expert_pack;
+  o.reserve_cache = args.reserve_cache;
   o.device = args.device;
   o.max_batch = args.max_batch;
   o.max_queue = args.max_queue;
@@ -405,14 +407,18 @@ void RegisterServe(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   s->add_option("--cache", a->cache, "Worker: byte budget of resident experts (default: all)");
   s->add_option("--dtype", a->dtype, "Worker: bf16 or fp32")->capture_default_str();
+  s->add_option("--expert-pack", a->expert_pack,
+                "Worker: read experts from this pack (premoe repack), not the checkpoint");
+  s->add_flag("--reserve-cache", a->reserve_cache,
+              "Worker: fault in the whole expert cache at start, so loads only copy");
   s->add_option("--device", a->device, "Worker: cpu, cuda or cuda:N")->capture_default_str();
   s->add_option("--max-batch", a->max_batch, "Worker: sequences decoded together")
       ->capture_default_str();
   s->add_option("--max-queue", a->max_queue, "Worker: requests waiting before refusals")
       ->capture_default_str();
   s->add_option("--world-size", a->world_size,
-                "Worker: expert-parallel ranks, each caching its share of the experts (CPU, "
-                "Gloo, for now)")
+                "Worker: expert-parallel ranks, each caching its share of the experts (Gloo on "
+                "CPU; with --device cuda, rank r on cuda:r over NCCL)")
       ->capture_default_str();
   s->add_option("--port-file", a->port_file, "Write the bound port here once serving");
   s->callback([a, exit_code] { *exit_code = ReportStatus("serve", RunServe(*a)); });

@@ -148,12 +148,16 @@ void RegisterWorker(CLI::App& app, int* exit_code) {
   s->add_option("--cache", serve->cache,
                 "Byte budget of resident routed experts, e.g. 64MiB (default: all of them)");
   s->add_option("--dtype", serve->dtype, "bf16 or fp32")->capture_default_str();
+  s->add_option("--expert-pack", serve->expert_pack,
+                "Read experts from this pack (premoe repack), not the checkpoint");
+  s->add_flag("--reserve-cache", serve->reserve_cache,
+              "Fault in the whole expert cache at start, so loads only copy");
   s->add_option("--device", serve->device, "cpu, cuda or cuda:N")->capture_default_str();
   s->add_option("--max-batch", serve->max_batch, "Sequences decoded together")
       ->capture_default_str();
   s->add_option("--max-queue", serve->max_queue, "Requests waiting for a slot before refusals")
       ->capture_default_str();
-  s->add_option("--world-size", serve->world_size, "Expert-parallel ranks (CPU, Gloo, for now)")
+  s->add_option("--world-size", serve->world_size, "Expert-parallel ranks (Gloo on CPU; with --device cuda, rank r on cuda:r over NCCL)")
       ->capture_default_str();
   s->add_option("--port-file", serve->port_file, "Write the bound port here once serving");
   s->callback([serve, exit_code] { *exit_code = ReportStatus("worker serve", RunServe(*serve)); });

@@ -2,6 +2,8 @@
 // continuous batching, and its refusals.
 #include "premoe/worker/worker.h"
 
+#include <ATen/Context.h>
+
 #include <atomic>
 #include <condition_variable>
 #include <map>
@@ -10,6 +12,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "premoe/model/expert_pack.h"
 #include "premoe/model/tokenizer.h"
 #include "premoe/profiler/calibration.h"
 #include "premoe/profiler/selection.h"
@@ -244,8 +247,14 @@ TEST_F(WorkerTest, TwoRanksGiveTheTokensOfOne) {
   EXPECT_EQ(s.cache.resident_experts, 64);
   EXPECT_EQ(s.base_bytes, 2 * worker->engine().weight_bytes());
   for (const auto& p : s.patterns) EXPECT_TRUE(p.resident) << p.task;
-  o.device = "cuda";
-  EXPECT_THAT(Worker::Open(o), StatusIs(absl::StatusCode::kUnimplemented, "Gloo on CPU only"));
+  // GPU ranks take cuda:0, cuda:1, ... (here there are none to take).
+  o.device = "cuda:1";
+  EXPECT_THAT(Worker::Open(o), StatusIs(absl::StatusCode::kInvalidArgument, "rank r runs on cuda:r"));
+  if (!at::hasCUDA()) {
+    o.device = "cuda";
+    EXPECT_THAT(Worker::Open(o),
+                StatusIs(absl::StatusCode::kFailedPrecondition, "no CUDA device is available"));
+  }
 }
 
 // A lease pins its experts: whatever other patterns are prepared meanwhile,
@@ -358,6 +367,41 @@ TEST_F(WorkerTest, PrepareRacingGenerateKeepsEveryAnswerExact) {
   stop = true;
   preparer.join();
   EXPECT_GT(worker->Status().cache.evictions, 0);
+}
+
+// Experts read from an expert pack (premoe repack) into the cache's reused
+// slots: switching patterns through a cache too small for them all evicts
+// and reloads, and every answer stays the one the request gets alone.
+TEST_F(WorkerTest, AnExpertPackServesTheSameTokens) {
+  premoe::testing::TempDir tmp;
+  model::ExpertPackWriteOptions wo;
+  wo.dtype = "fp32";
+  ASSERT_OK(model::WriteExpertPack(ModelDir(), tmp.Join("experts.pack"), wo));
+  WorkerOptions o = Options();
+  o.expert_pack = tmp.Join("experts.pack");
+  o.cache_bytes = 20 * reference_->expert_bytes();
+  ASSERT_OK_AND_ASSIGN(auto worker, Worker::Open(o));
+  model::GenerationOptions go;
+  go.max_new_tokens = 8;
+  for (int round = 0; round < 2; ++round) {
+    for (const std::string task : {"add", "reverse", "sort"}) {
+      ASSERT_OK(worker->Prepare(patterns_->at(task), "25%").status());
+      const model::KeptExperts keep = Keep(task, "25%");
+      for (const auto& prompt : EvalPrompts(task, 2)) {
+        const std::vector<int64_t> ids = Encode(*tokenizer_, prompt);
+        ASSERT_OK_AND_ASSIGN(auto alone, reference_->Generate({{ids, &keep}}, go));
+        WorkRequest r;
+        r.prompt = ids;
+        r.task = task;
+        r.options = go;
+        ASSERT_OK_AND_ASSIGN(WorkResult res, worker->Generate(std::move(r)));
+        EXPECT_EQ(res.generation.tokens, alone[0].tokens) << task << " round " << round;
+      }
+    }
+  }
+  const WorkerStatus s = worker->Status();
+  EXPECT_GT(s.cache.evictions, 0);
+  EXPECT_GT(s.cache.loads, 20);
 }
 
 TEST_F(WorkerTest, RefusalsNameTheProblem) {

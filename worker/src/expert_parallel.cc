@@ -3,6 +3,9 @@
 #include <torch/csrc/distributed/c10d/FileStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#if PREMOE_CUDA_ENABLED
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -22,12 +25,16 @@ absl::Status ExpertParallelOptions::Validate() const {
         "ExpertParallelOptions.rendezvous \"", rendezvous,
         "\" is neither file:///path nor tcp://host:port"));
   }
+  if (device != "cpu" && !absl::StartsWith(device, "cuda:")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ExpertParallelOptions.device \"", device, "\" is neither \"cpu\" nor \"cuda:N\""));
+  }
   return absl::OkStatus();
 }
 
 struct C10dExpertParallel::Impl {
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
+  c10::intrusive_ptr<c10d::Backend> group;  // Gloo on CPU, NCCL on CUDA
 };
 
 C10dExpertParallel::C10dExpertParallel(std::unique_ptr<Impl> impl, int64_t rank,
@@ -61,9 +68,22 @@ absl::StatusOr<std::unique_ptr<C10dExpertParallel>> C10dExpertParallel::Join(
       impl->store = c10::make_intrusive<c10d::TCPStore>(std::string(where.substr(0, colon)), o);
     }
     impl->store->setTimeout(options.timeout);
-    auto gloo = c10d::ProcessGroupGloo::Options::create(options.timeout);
-    gloo->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
-    impl->group = c10::make_intrusive<c10d::ProcessGroupGloo>(impl->store, rank, size, gloo);
+    if (options.device == "cpu") {
+      auto gloo = c10d::ProcessGroupGloo::Options::create(options.timeout);
+      gloo->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+      impl->group = c10::make_intrusive<c10d::ProcessGroupGloo>(impl->store, rank, size, gloo);
+    } else {
+#if PREMOE_CUDA_ENABLED
+      // The communicator is made on first use, on the device of the tensors
+      // (this rank's cuda:N).
+      auto nccl = c10d::ProcessGroupNCCL::Options::create();
+      nccl->timeout = options.timeout;
+      impl->group = c10::make_intrusive<c10d::ProcessGroupNCCL>(impl->store, rank, size, nccl);
+#else
+      return absl::UnimplementedError(absl::StrCat(
+          "expert parallelism on ", options.device, " needs a premoe built with CUDA (NCCL)"));
+#endif
+    }
   } catch (const std::exception& e) {
     return absl::UnavailableError(absl::StrCat("expert-parallel rank ", rank, " of ", size,
                                                " could not join ", options.rendezvous, ": ",

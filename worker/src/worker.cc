@@ -36,17 +36,21 @@ absl::Status WorkerOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("WorkerOptions.world_size is ", world_size, "; want 1 to 64"));
   }
-  if (world_size > 1 && device != "cpu") {
-    // c10d's NCCL process group is not wired into C10dExpertParallel yet.
-    return absl::UnimplementedError(absl::StrCat(
-        "WorkerOptions: world_size ", world_size, " on device \"", device,
-        "\": expert parallelism runs over Gloo on CPU only so far (NCCL is issue 7's); run one "
-        "worker per GPU"));
+  if (world_size > 1 && device != "cpu" && device != "cuda") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "WorkerOptions: with world_size ", world_size, " the device is \"cpu\" or \"cuda\" "
+        "(rank r runs on cuda:r), not \"", device, "\""));
   }
   return absl::OkStatus();
 }
 
 namespace {
+
+// Rank r of a multi-rank GPU worker runs on cuda:r.
+std::string RankDevice(const WorkerOptions& options, int64_t r) {
+  if (options.world_size > 1 && options.device == "cuda") return absl::StrCat("cuda:", r);
+  return options.device;
+}
 
 // One request, from Submit's call to its end.
 struct Item {
@@ -194,9 +198,10 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Open(const WorkerOptions& option
     rank->index = r;
     model::EngineOptions eo;
     eo.dtype = options.dtype;
-    eo.device = options.device;
+    eo.device = RankDevice(options, r);
     eo.max_context = options.max_context;
     eo.experts_on_demand = true;
+    eo.expert_pack = options.expert_pack;
     ASSIGN_OR_RETURN(rank->engine, model::Engine::Open(options.model_dir, eo));
     impl->ranks.push_back(std::move(rank));
   }
@@ -220,6 +225,7 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Open(const WorkerOptions& option
     }
     ExpertCacheOptions co;
     co.budget_bytes = options.cache_bytes > 0 ? options.cache_bytes / world : owned * expert_bytes;
+    co.reserve = options.reserve_cache;
     ASSIGN_OR_RETURN(rank->cache, ExpertCache::Create(rank->engine.get(), co));
     ASSIGN_OR_RETURN(rank->kv,
                      rank->engine->NewCache(options.max_batch, rank->engine->max_context()));
@@ -243,6 +249,7 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Open(const WorkerOptions& option
         eo.rendezvous = "file://" + (impl->rendezvous / "store").string();
         eo.rank = r;
         eo.world_size = world;
+        eo.device = RankDevice(options, r);
         absl::StatusOr<std::unique_ptr<C10dExpertParallel>> g = C10dExpertParallel::Join(eo);
         joined[r] = g.status();
         if (g.ok()) impl->ranks[r]->group = *std::move(g);

@@ -42,6 +42,12 @@ struct ExpertCacheOptions {
   // and its page faults are CPU-bound). 0 = the machine's cores, at most 8.
   // Default: 0.
   int32_t load_threads = 0;
+  // Allocate and fault in memory for the whole budget now (CPU), so that
+  // loads only copy: reassembly then runs near memcpy speed, and the
+  // process's RSS is the budget from the start. Without it, memory for an
+  // expert is faulted in when the expert first loads and reused after an
+  // eviction. Default: false.
+  bool reserve = false;
 };
 
 // What one Prepare/Acquire did.
@@ -66,6 +72,7 @@ struct CacheStats {
 };
 
 class ExpertCache;
+class ExpertSlots;  // expert_cache.cc: the reused memory experts load into
 
 // Pins a set of experts for one request. Destroy it before the cache.
 class Lease {
@@ -141,6 +148,7 @@ class ExpertCache {
   const model::Engine* engine_;
   const ExpertCacheOptions options_;
   const int64_t expert_bytes_;
+  const std::shared_ptr<ExpertSlots> slots_;
   const int32_t load_threads_;
   std::mutex load_mu_;  // one loader at a time; taken before mu_
   mutable std::mutex mu_;

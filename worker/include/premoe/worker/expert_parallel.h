@@ -1,5 +1,5 @@
-// C10dExpertParallel: model::ExpertParallel over libtorch's c10d collectives,
-// Gloo on CPU (NCCL would serve GPU ranks in a CUDA build; not yet wired).
+// C10dExpertParallel: model::ExpertParallel over libtorch's c10d collectives:
+// Gloo for CPU ranks, NCCL for GPU ranks (a CUDA build).
 //
 // Each rank is one process (or thread) with its own engine; they meet at a
 // rendezvous, a c10d store:
@@ -26,6 +26,9 @@ struct ExpertParallelOptions {
   int64_t rank = -1;
   // Ranks in the group, >= 1. Required.
   int64_t world_size = 0;
+  // Where this rank's tensors live: "cpu" (a Gloo group) or "cuda:N" (an
+  // NCCL group; one GPU per rank). Default: "cpu".
+  std::string device = "cpu";
   // How long to wait for the other ranks (to join, then per collective).
   // Default: 60 s.
   std::chrono::milliseconds timeout{60'000};

@@ -37,9 +37,15 @@ struct WorkerOptions {
   // EngineOptions::dtype and device. Defaults: "bf16", "cpu".
   std::string dtype = "bf16";
   std::string device = "cpu";
+  // EngineOptions::expert_pack: read experts from this pack (premoe repack)
+  // rather than the checkpoint. Default: "" (the checkpoint).
+  std::string expert_pack;
   // Byte budget of resident routed experts. 0 = every routed expert of the
   // model fits. Default: 0.
   int64_t cache_bytes = 0;
+  // ExpertCacheOptions::reserve: fault in the whole cache at Open, so that
+  // reassembly only copies. Default: false.
+  bool reserve_cache = false;
   // Sequences decoded together per step. Default: 8.
   int64_t max_batch = 8;
   // Requests waiting for a batch slot (>= 1); one more is refused with
@@ -49,12 +55,13 @@ struct WorkerOptions {
   // Default: 0.
   int64_t max_context = 0;
   // Expert-parallel ranks in this worker, one thread each, meeting in a c10d
-  // Gloo group. Every rank holds the weights but the routed experts (each
+  // group. Every rank holds the weights but the routed experts (each
   // its own copy) and caches only the experts it owns (expert % world_size ==
   // rank) under cache_bytes / world_size; each decode step runs on all ranks
   // in lockstep, which all-reduce the MoE outputs, and rank 0 samples. The
-  // tokens are those of one rank (tests/worker). CPU only so far:
-  // UNIMPLEMENTED with another device (NCCL is not wired yet). Default: 1.
+  // tokens are those of one rank (tests/worker). The group is Gloo on CPU;
+  // with device "cuda" rank r runs on cuda:r and the group is NCCL (a CUDA
+  // build). Default: 1.
   int64_t world_size = 1;
 
   absl::Status Validate() const;
