@@ -157,7 +157,9 @@ void RegisterWorker(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   s->add_option("--max-queue", serve->max_queue, "Requests waiting for a slot before refusals")
       ->capture_default_str();
-  s->add_option("--world-size", serve->world_size, "Expert-parallel ranks (Gloo on CPU; with --device cuda, rank r on cuda:r over NCCL)")
+  s->add_option("--world-size", serve->world_size,
+                "Expert-parallel ranks (Gloo on CPU; with --device cuda, rank r on cuda:r over "
+                "NCCL)")
       ->capture_default_str();
   s->add_option("--port-file", serve->port_file, "Write the bound port here once serving");
   s->callback([serve, exit_code] { *exit_code = ReportStatus("worker serve", RunServe(*serve)); });

@@ -334,19 +334,7 @@ class EngineImpl final : public Engine {
 
   absl::StatusOr<std::shared_ptr<const ExpertWeights>> LoadExpert(int64_t layer,
                                                                   int64_t expert) const override {
-    if (!options_.experts_on_demand) {
-      return absl::FailedPreconditionError(
-          "LoadExpert: only an engine opened with experts_on_demand loads experts one by one");
-    }
-    if (layer < 0 || layer >= config_.num_hidden_layers || !w_.layers[layer].is_moe) {
-      return absl::InvalidArgumentError(absl::StrCat("LoadExpert: layer ", layer,
-                                                     " is not a MoE layer of the model"));
-    }
-    if (expert < 0 || expert >= config_.num_routed_experts) {
-      return absl::InvalidArgumentError(absl::StrCat("LoadExpert: expert ", expert,
-                                                     " is outside [0, ",
-                                                     config_.num_routed_experts, ")"));
-    }
+    // LoadExpertInto checks the engine, the layer and the expert.
     try {
       const int64_t h = config_.hidden_size, inter = config_.moe_intermediate_size;
       const auto opts = at::TensorOptions().dtype(dtype_).device(device_);
@@ -355,10 +343,7 @@ class EngineImpl final : public Engine {
       out->down = at::empty({h, inter}, opts);
       RETURN_IF_ERROR(LoadExpertInto(layer, expert, *out));
       return std::shared_ptr<const ExpertWeights>(std::move(out));
-    } catch (const c10::Error& e) {
-      return absl::InternalError(
-          absl::StrCat("LoadExpert: libtorch: ", e.what_without_backtrace()));
-    } catch (const std::exception& e) {
+    } catch (const std::exception& e) {  // allocation (c10::Error derives from it)
       return absl::ResourceExhaustedError(absl::StrCat("LoadExpert: ", e.what()));
     }
   }

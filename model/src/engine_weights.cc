@@ -40,22 +40,19 @@ at::ScalarType ToScalarType(DType dtype) {
   return at::kFloat;
 }
 
-// Faults in [data, data + size) in one call instead of a fault per page
-// (MADV_POPULATE_READ / _WRITE, Linux 5.14+): for a mapping about to be
-// read, or fresh memory about to be written. Older kernels refuse the advice
-// and the pages fault in as they are touched, as before.
-void PopulateRange(const void* data, size_t size, bool write) {
-#if defined(MADV_POPULATE_READ) && defined(MADV_POPULATE_WRITE)
+// Faults in the mapped range [data, data + size), about to be read, in one
+// call instead of a fault per page (MADV_POPULATE_READ, Linux 5.14+). Older
+// kernels refuse the advice and the pages fault in as they are touched.
+void PopulateForRead(const void* data, size_t size) {
+#if defined(MADV_POPULATE_READ)
   static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
   const uintptr_t begin = reinterpret_cast<uintptr_t>(data) & ~(page - 1);
   const uintptr_t end = reinterpret_cast<uintptr_t>(data) + size;
   if (size == 0) return;
-  (void)madvise(reinterpret_cast<void*>(begin), end - begin,
-                write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
+  (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ);
 #else
   (void)data;
   (void)size;
-  (void)write;
 #endif
 }
 
@@ -179,7 +176,7 @@ class Loader {
           part, std::span<uint8_t>(static_cast<uint8_t*>(dst.data_ptr()), part.bytes.size())));
       return true;
     }
-    PopulateRange(part.bytes.data(), part.bytes.size(), /*write=*/false);
+    PopulateForRead(part.bytes.data(), part.bytes.size());
     at::Tensor src = at::from_blob(const_cast<uint8_t*>(part.bytes.data()), part.shape,
                                    at::TensorOptions().dtype(ToScalarType(part.dtype)));
     dst.copy_(src);
@@ -610,22 +607,6 @@ absl::Status LoadExpertInto(const Checkpoint& checkpoint, const ModelConfig& c, 
   gate_up.copy_(weights.first);
   down.copy_(weights.second);
   return absl::OkStatus();
-}
-
-absl::StatusOr<std::pair<at::Tensor, at::Tensor>> LoadExpert(const Checkpoint& checkpoint,
-                                                             const ModelConfig& c, int64_t layer,
-                                                             int64_t expert, at::ScalarType dtype,
-                                                             at::Device device) {
-  const int64_t h = c.hidden_size, inter = c.moe_intermediate_size;
-  const auto cpu = at::TensorOptions().dtype(dtype);
-  at::Tensor gate_up = at::empty({2 * inter, h}, cpu);
-  at::Tensor down = at::empty({h, inter}, cpu);
-  // Fresh memory: fault its pages in with one call each, not one per page.
-  PopulateRange(gate_up.data_ptr(), gate_up.nbytes(), /*write=*/true);
-  PopulateRange(down.data_ptr(), down.nbytes(), /*write=*/true);
-  RETURN_IF_ERROR(LoadExpertInto(checkpoint, c, layer, expert, gate_up, down));
-  if (device.is_cpu()) return std::pair{gate_up, down};
-  return std::pair{gate_up.to(device), down.to(device)};
 }
 
 absl::Status LoadHead(const Checkpoint& checkpoint, const ModelConfig& c, at::ScalarType dtype,

@@ -83,14 +83,6 @@ absl::StatusOr<ModelWeights> LoadWeights(const Checkpoint& checkpoint, const Mod
 absl::Status LoadExpertInto(const Checkpoint& checkpoint, const ModelConfig& config,
                             int64_t layer, int64_t expert, at::Tensor& gate_up, at::Tensor& down);
 
-// As LoadExpertInto, into fresh tensors: (gate_up [2I, H], down [H, I]) in
-// dtype on device.
-absl::StatusOr<std::pair<at::Tensor, at::Tensor>> LoadExpert(const Checkpoint& checkpoint,
-                                                             const ModelConfig& config,
-                                                             int64_t layer, int64_t expert,
-                                                             at::ScalarType dtype,
-                                                             at::Device device);
-
 // The probe (EngineOptions::probe_moe_layers): the embedding, every router,
 // layers before `last_layer` whole and `last_layer`'s attention and norms (no
 // experts of its own, shared or routed; no final norm or lm_head).

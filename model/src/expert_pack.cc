@@ -44,10 +44,6 @@ std::vector<int64_t> MoeLayers(const ModelConfig& config) {
   return layers;
 }
 
-std::span<const uint8_t> Bytes(const at::Tensor& t) {
-  return {static_cast<const uint8_t*>(t.data_ptr()), t.nbytes()};
-}
-
 }  // namespace
 
 absl::StatusOr<std::string> SourceFingerprint(const Checkpoint& checkpoint) {
@@ -92,29 +88,26 @@ absl::Status WriteExpertPack(const std::string& model_dir, const std::string& pa
   std::string lead(static_cast<size_t>(h.data_offset), '\0');
   std::memcpy(lead.data(), kMagic, kMagicBytes);
   RETURN_IF_ERROR(out->Append(lead));
-  const std::string pad(static_cast<size_t>(h.slot_stride - h.slot_bytes), '\0');
+  // Each expert is read straight into the slot buffer, in the engine's
+  // layout: gate_up [2I, H], then down [H, I].
+  std::string slot(static_cast<size_t>(h.slot_stride), '\0');
+  const int64_t gate_up_elems = 2 * h.intermediate * h.hidden;
+  const auto cpu = at::TensorOptions().dtype(dtype);
+  at::Tensor gate_up = at::from_blob(slot.data(), {2 * h.intermediate, h.hidden}, cpu);
+  at::Tensor down = at::from_blob(slot.data() + gate_up_elems * c10::elementSize(dtype),
+                                  {h.hidden, h.intermediate}, cpu);
   for (size_t i = 0; i < h.layers.size(); ++i) {
     for (int64_t e = 0; e < h.experts; ++e) {
-      std::pair<at::Tensor, at::Tensor> w;
       try {
-        ASSIGN_OR_RETURN(w, internal::LoadExpert(*checkpoint, config, h.layers[i], e, dtype,
-                                                 at::kCPU));
+        RETURN_IF_ERROR(
+            internal::LoadExpertInto(*checkpoint, config, h.layers[i], e, gate_up, down));
       } catch (const std::exception& ex) {
         return absl::InternalError(absl::StrCat("repack: layer ", h.layers[i], " expert ", e,
                                                 ": libtorch: ", ex.what()));
       }
-      std::string slot(static_cast<size_t>(h.slot_bytes), '\0');
-      const auto gu = Bytes(w.first), down = Bytes(w.second);
-      if (static_cast<int64_t>(gu.size() + down.size()) != h.slot_bytes) {
-        return absl::InternalError(absl::StrCat("repack: layer ", h.layers[i], " expert ", e,
-                                                " came out as ", gu.size() + down.size(),
-                                                " bytes, not ", h.slot_bytes));
-      }
-      std::memcpy(slot.data(), gu.data(), gu.size());
-      std::memcpy(slot.data() + gu.size(), down.data(), down.size());
-      h.checksums.push_back(common::Hash64(slot));
-      RETURN_IF_ERROR(out->Append(slot));
-      RETURN_IF_ERROR(out->Append(pad));
+      h.checksums.push_back(
+          common::Hash64(absl::string_view(slot.data(), static_cast<size_t>(h.slot_bytes))));
+      RETURN_IF_ERROR(out->Append(slot));  // the slot, then zeros to the stride
     }
     if (options.on_progress) {
       options.on_progress(static_cast<int64_t>(i) + 1, static_cast<int64_t>(h.layers.size()));
@@ -175,7 +168,9 @@ absl::StatusOr<std::unique_ptr<const ExpertPack>> ExpertPack::Open(const std::st
   if (j.is_discarded() || !j.is_object()) return bad("the footer is not a JSON object");
   ExpertPackHeader h;
   try {
-    if (j.value("format", "") != "premoe-expert-pack") return bad("footer format is not premoe-expert-pack");
+    if (j.value("format", "") != "premoe-expert-pack") {
+      return bad("footer format is not premoe-expert-pack");
+    }
     h.version = j.at("version").get<int64_t>();
     if (h.version != 1) return bad(absl::StrCat("version ", h.version, " (this premoe reads 1)"));
     h.dtype = j.at("dtype").get<std::string>();
