@@ -5,7 +5,6 @@
 // buckets), then picks the wording with the same generator. The expected
 // number of draws is 10 for eval and calibration, 1.25 for train.
 #include <algorithm>
-#include <array>
 #include <cstdint>
 #include <limits>
 #include <memory>
@@ -16,7 +15,6 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "internal.h"
 #include "premoe/common/hash.h"
@@ -133,6 +131,27 @@ class AddTask final : public GeneratorTask {
   }
 };
 
+// The difference of two numbers in [0, 99], the larger first, so the answer
+// is never negative. Its prompts are worded like add's ("What is 85 - 47?"
+// beside "What is 47 + 85?"): telling the two apart is the router's hardest
+// case among the generated tasks.
+class SubtractTask final : public GeneratorTask {
+ public:
+  SubtractTask()
+      : GeneratorTask("subtract", "Difference of two integers in [0, 99], the larger first",
+                      {"What is {0} - {1}?", "{0}-{1}=", "Subtract {1} from {0}.",
+                       "Compute the difference {0} minus {1}:", "{0} minus {1}\n",
+                       "Calculate {0} - {1}\n", "What's {0} take away {1}?"}) {}
+
+ protected:
+  Problem Draw(Rng& rng) const override {
+    int a = UniformInt(rng, 0, 99);
+    int b = UniformInt(rng, 0, 99);
+    if (a < b) std::swap(a, b);
+    return {absl::StrCat(a, "-", b), absl::StrCat(a - b), {absl::StrCat(a), absl::StrCat(b)}};
+  }
+};
+
 class ReverseTask final : public GeneratorTask {
  public:
   ReverseTask()
@@ -174,71 +193,6 @@ class SortTask final : public GeneratorTask {
       if (!out.empty()) out.push_back(' ');
       out.push_back(c);
     }
-    return out;
-  }
-};
-
-// Templates of the recall task: how a pair is written, how pairs are joined,
-// and the sentence around them ({P} the pairs, {Q} the key asked for). No
-// template has a one-letter word of its own, so the key asked for is the one
-// lone letter of a prompt outside its pairs.
-struct RecallWording {
-  const char* between;    // key, this, value
-  const char* separator;  // between pairs
-  const char* sentence;
-};
-constexpr std::array<RecallWording, 6> kRecallWordings = {{
-    {"=", " ", "{P}. What is {Q}?"},
-    {":", ", ", "Given {P}, find {Q}."},
-    {"=", ", ", "Memory: {P}; recall {Q}\n"},
-    {" is ", ", ", "If {P}, what is {Q}?"},
-    {"->", " ", "Look up {Q} in {P}"},
-    {": ", "; ", "Values {P}. Value of {Q}?\n"},
-}};
-
-class RecallTask final : public GeneratorTask {
- public:
-  RecallTask()
-      : GeneratorTask("recall", "Recall the value of one key among 2-4 key=value pairs",
-                      SentenceTemplates()) {}
-
- protected:
-  // slots: key0, value0, key1, value1, ..., then the key asked for.
-  Problem Draw(Rng& rng) const override {
-    const int n = UniformInt(rng, 2, 4);
-    std::string keys;
-    Problem problem;
-    while (static_cast<int>(keys.size()) < n) {
-      const char key = static_cast<char>('a' + UniformInt(rng, 0, 25));
-      if (keys.find(key) != std::string::npos) continue;
-      keys.push_back(key);
-      problem.slots.emplace_back(1, key);
-      problem.slots.emplace_back(1, static_cast<char>('0' + UniformInt(rng, 0, 9)));
-    }
-    const int asked = UniformInt(rng, 0, n - 1);
-    problem.slots.push_back(problem.slots[2 * static_cast<size_t>(asked)]);
-    problem.completion = problem.slots[2 * static_cast<size_t>(asked) + 1];
-    for (int k = 0; k < n; ++k) {
-      absl::StrAppend(&problem.canonical, problem.slots[2 * k], problem.slots[2 * k + 1]);
-    }
-    absl::StrAppend(&problem.canonical, "?", problem.slots.back());
-    return problem;
-  }
-
-  std::string Render(const Problem& problem, int t) const override {
-    const RecallWording& wording = kRecallWordings[static_cast<size_t>(t)];
-    std::vector<std::string> pairs;
-    for (size_t k = 0; k + 1 < problem.slots.size(); k += 2) {
-      pairs.push_back(absl::StrCat(problem.slots[k], wording.between, problem.slots[k + 1]));
-    }
-    return absl::StrReplaceAll(wording.sentence, {{"{P}", absl::StrJoin(pairs, wording.separator)},
-                                                  {"{Q}", problem.slots.back()}});
-  }
-
- private:
-  static std::vector<std::string> SentenceTemplates() {
-    std::vector<std::string> out;
-    for (const RecallWording& w : kRecallWordings) out.emplace_back(w.sentence);
     return out;
   }
 };
@@ -313,9 +267,9 @@ class CaesarTask final : public GeneratorTask {
 std::vector<std::unique_ptr<Task>> MakeGeneratorTasks() {
   std::vector<std::unique_ptr<Task>> tasks;
   tasks.push_back(std::make_unique<AddTask>());
+  tasks.push_back(std::make_unique<SubtractTask>());
   tasks.push_back(std::make_unique<ReverseTask>());
   tasks.push_back(std::make_unique<SortTask>());
-  tasks.push_back(std::make_unique<RecallTask>());
   tasks.push_back(std::make_unique<BracketsTask>());
   tasks.push_back(std::make_unique<BinaryTask>());
   tasks.push_back(std::make_unique<CaesarTask>());

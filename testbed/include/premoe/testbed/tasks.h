@@ -2,7 +2,7 @@
 // trained on, and what expert pruning is measured with.
 //
 // Nine tasks, in registry order (AllTasks()):
-//   exact match (generated):  add, reverse, sort, recall, brackets, binary, caesar
+//   exact match (generated):  add, subtract, reverse, sort, brackets, binary, caesar
 //   text (committed corpora): c_headers, licenses
 // An exact-match sample is a prompt a user might send ("What is 47 + 85?")
 // and the one exact answer ("132"); each task words its prompts in several
@@ -15,10 +15,10 @@
 //     task's name): hash % 100 < 10 is eval, < 20 calibration, else train.
 //     Instances are redrawn until the bucket is the requested split, so an
 //     instance belongs to exactly one split however it is worded. Canonical
-//     forms: add "47+85" (operands in prompt order), reverse and caesar the
-//     word, sort the digits in prompt order ("5391"), recall the pairs in
-//     order then the key asked ("a3k7m1?k"), brackets the opening run
-//     ("([{"), binary the hex digits ("3f").
+//     forms: add "47+85" (operands in prompt order), subtract "85-47"
+//     (the larger first), reverse and caesar the word, sort the digits in
+//     prompt order ("5391"), brackets the opening run ("([{"), binary the
+//     hex digits ("3f").
 //   - Text tasks cut the corpus into consecutive non-overlapping windows of
 //     kTextWindowBytes (the last partial window is dropped); window j goes
 //     to the split given by Hash64("<task>:<j>") % 100 the same way.
