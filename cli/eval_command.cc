@@ -9,6 +9,7 @@
 #include "cli/commands.h"
 #include "cli/keep_spec.h"
 #include "cli/progress.h"
+#include "premoe/common/file.h"
 #include "premoe/common/status.h"
 #include "premoe/model/engine.h"
 #include "premoe/model/tokenizer.h"
@@ -26,6 +27,7 @@ struct EvalArgs {
   std::string mask;
   std::string dtype = "fp32";
   bool json = false;
+  std::string json_out;
 };
 
 absl::Status RunEvalImpl(const EvalArgs& args) {
@@ -60,6 +62,10 @@ absl::Status RunEvalImpl(const EvalArgs& args) {
   };
   ASSIGN_OR_RETURN(testbed::EvalReport report, testbed::Evaluate(*engine, *tokenizer, tasks, eo));
   bar.Done();
+  if (!args.json_out.empty()) {
+    RETURN_IF_ERROR(
+        common::WriteFileAtomically(args.json_out, testbed::EvalReportToJson(report, split)));
+  }
   const std::string out =
       args.json ? testbed::EvalReportToJson(report, split) : testbed::FormatEvalReport(report);
   if (std::fwrite(out.data(), 1, out.size(), stdout) != out.size() || std::fflush(stdout) != 0) {
@@ -92,6 +98,8 @@ void RegisterEval(CLI::App& app, int* exit_code) {
       ->excludes(keep);
   cmd->add_option("--dtype", args->dtype, "Compute dtype: fp32 or bf16")->capture_default_str();
   cmd->add_flag("--json", args->json, "Machine-readable output (stable keys)");
+  cmd->add_option("--json-out", args->json_out,
+                  "Also write the --json form to this file (one run, both forms)");
   cmd->callback([args, exit_code] {
     *exit_code = ReportStatus("eval", RunEvalImpl(*args));
   });

@@ -10,8 +10,7 @@ premoe=${1:-build}/cli/premoe
 model=testbed/model
 
 "$premoe" eval --model "$model" --samples 50 --json > "$model/eval_ci.json"
-"$premoe" eval --model "$model" --samples 0 --json > docs/testbed_eval.json
-"$premoe" eval --model "$model" --samples 0
+"$premoe" eval --model "$model" --samples 0 --json-out docs/testbed_eval.json
 "$premoe" testbed specialisation --model "$model" --samples 200 \
   --json-out docs/testbed_specialisation.json | tee docs/testbed_specialisation.md
 .venv/bin/python scripts/plot_specialisation.py docs/testbed_specialisation.json \
