@@ -45,13 +45,23 @@ tasks=$(build/cli/premoe tasks list --json | .venv/bin/python -c \
   'import json, sys; print(" ".join(t["name"] for t in json.load(sys.stdin)))')
 have=$(build/cli/premoe patterns list --store "$store" --json 2>/dev/null |
   .venv/bin/python -c 'import json, sys; print(len(json.load(sys.stdin)))' 2>/dev/null || echo 0)
+# Patterns belong to the model they were profiled on (serve refuses others):
+# a store made before the committed model was retrained is moved aside.
+stamp=$(sha256sum "$model/model.safetensors" | cut -d' ' -f1)
 echo
+if [ "$have" -gt 0 ] && [ "$(cat "$store.model" 2>/dev/null)" != "$stamp" ]; then
+  echo "== $store holds patterns of an earlier testbed model: moved to $store.stale"
+  rm -rf "$store.stale"
+  mv "$store" "$store.stale"
+  have=0
+fi
 if [ "$have" -eq 0 ]; then
   echo "== premoe profile: every testbed task into the embedded store $store (peu, 100 prompts each)"
   for task in $tasks; do
     build/cli/premoe --log-level warn profile --model "$model" --task "$task" \
       --testbed-task "$task" --samples 100 --store "$store" | sed 's/^/  /'
   done
+  echo "$stamp" > "$store.model"
 else
   echo "== the pattern store $store already holds $have patterns"
 fi
