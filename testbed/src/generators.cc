@@ -101,7 +101,7 @@ class GeneratorTask : public Task {
   virtual Problem Draw(Rng& rng) const = 0;
 
   // Template `t` with {k} replaced by problem.slots[k].
-  virtual std::string Render(const Problem& problem, int t) const {
+  std::string Render(const Problem& problem, int t) const {
     std::vector<std::pair<std::string, std::string>> replacements;
     for (size_t k = 0; k < problem.slots.size(); ++k) {
       replacements.emplace_back(absl::StrCat("{", k, "}"), problem.slots[k]);
@@ -133,8 +133,8 @@ class AddTask final : public GeneratorTask {
 
 // The difference of two numbers in [0, 99], the larger first, so the answer
 // is never negative. Its prompts are worded like add's ("What is 85 - 47?"
-// beside "What is 47 + 85?"): telling the two apart is the router's hardest
-// case among the generated tasks.
+// beside "What is 47 + 85?"), so the router must tell the two apart by a
+// sign or a word.
 class SubtractTask final : public GeneratorTask {
  public:
   SubtractTask()
