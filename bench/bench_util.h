@@ -11,11 +11,11 @@
 
 #include "absl/status/statusor.h"
 #include "premoe/model/engine.h"
-#include "premoe/model/tokenizer.h"
 #include "premoe/profiler/calibration.h"
 #include "premoe/profiler/scores.h"
 #include "premoe/store/pattern.h"
 #include "premoe/testbed/tasks.h"
+#include "premoe/tokenizer/tokenizer.h"
 
 namespace premoe::bench {
 
@@ -33,7 +33,7 @@ T OrDie(absl::StatusOr<T> v) {
 // `task`'s pattern profiled on its first `samples` calibration samples with
 // `options`, as `premoe profile --testbed-task` records it.
 inline store::Pattern ProfileTestbedTask(const model::Engine& engine,
-                                         const model::Tokenizer& tokenizer,
+                                         const tokenizer::Tokenizer& tokenizer,
                                          const testbed::Task& task, int64_t samples,
                                          const profiler::ProfileOptions& options,
                                          const std::string& fingerprint) {

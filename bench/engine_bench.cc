@@ -16,6 +16,7 @@
 // beside another. Progress goes to stderr, the table to stdout.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -32,16 +33,14 @@
 #include <thread>
 #include <vector>
 
-#include <unistd.h>
-
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "premoe/checkpoint/safetensors.h"
 #include "premoe/common/process.h"
 #include "premoe/model/engine.h"
-#include "premoe/model/safetensors.h"
 
 namespace {
 
@@ -64,13 +63,18 @@ struct Flags {
 };
 
 bool ParseFlags(int argc, char** argv, Flags* f) {
-  std::map<std::string, int64_t*> ints = {
-      {"--hidden", &f->hidden},       {"--layers", &f->layers},
-      {"--experts", &f->experts},     {"--top-k", &f->top_k},
-      {"--moe-intermediate", &f->moe_inter}, {"--vocab", &f->vocab},
-      {"--heads", &f->heads},         {"--kv-heads", &f->kv_heads},
-      {"--prompt", &f->prompt},       {"--decode-steps", &f->decode_steps},
-      {"--batch", &f->batch},         {"--threads", &f->threads}};
+  std::map<std::string, int64_t*> ints = {{"--hidden", &f->hidden},
+                                          {"--layers", &f->layers},
+                                          {"--experts", &f->experts},
+                                          {"--top-k", &f->top_k},
+                                          {"--moe-intermediate", &f->moe_inter},
+                                          {"--vocab", &f->vocab},
+                                          {"--heads", &f->heads},
+                                          {"--kv-heads", &f->kv_heads},
+                                          {"--prompt", &f->prompt},
+                                          {"--decode-steps", &f->decode_steps},
+                                          {"--batch", &f->batch},
+                                          {"--threads", &f->threads}};
   std::map<std::string, std::string*> strs = {
       {"--dtypes", &f->dtypes}, {"--cache-dir", &f->cache_dir}, {"--child", &f->child}};
   for (int i = 1; i < argc; ++i) {
@@ -155,7 +159,7 @@ bool WriteCheckpoint(const Flags& f, const std::string& dir) {
   uint64_t seed = 1;
   for (int64_t shard = 0; shard < shards; ++shard) {
     const auto start = Clock::now();
-    premoe::model::SafetensorsWriter writer;
+    premoe::checkpoint::SafetensorsWriter writer;
     std::vector<std::vector<uint16_t>> keep;  // the writer references these
     auto add = [&](const std::string& name, std::vector<int64_t> shape, bool ones) {
       int64_t n = 1;
@@ -167,7 +171,7 @@ bool WriteCheckpoint(const Flags& f, const std::string& dir) {
         FillRandomBf16(keep.back(), seed++);
       }
       const auto* p = reinterpret_cast<const uint8_t*>(keep.back().data());
-      (void)writer.AddUnowned(name, premoe::model::DType::kBF16, std::move(shape),
+      (void)writer.AddUnowned(name, premoe::checkpoint::DType::kBF16, std::move(shape),
                               std::span<const uint8_t>(p, n * 2));
       absl::StrAppend(&weight_map, weight_map.empty() ? "" : ",\n", "\"", name, "\": \"",
                       absl::StrFormat("model-%05d-of-%05d.safetensors", shard + 1, shards), "\"");
@@ -223,7 +227,8 @@ double MemcpyBandwidth(int threads) {
     std::vector<std::thread> pool;
     const size_t part = bytes / threads;
     for (int t = 0; t < threads; ++t) {
-      pool.emplace_back([&, t] { std::memcpy(dst.data() + t * part, src.data() + t * part, part); });
+      pool.emplace_back(
+          [&, t] { std::memcpy(dst.data() + t * part, src.data() + t * part, part); });
     }
     for (auto& th : pool) th.join();
     best = std::max(best, bytes / Seconds(start, Clock::now()));
@@ -280,8 +285,8 @@ int RunChild(const Flags& f) {
   // A token reads every weight but the embedding table (one row) and the
   // routed experts it is not sent to.
   const int64_t dense_bytes = weights - experts_loaded * expert_bytes - f.vocab * f.hidden * elem;
-  std::fprintf(stderr, "  [%s] loaded %.2f GB of weights in %.1f s; RSS %.2f GB\n",
-               f.child.c_str(), weights / 1e9, load_s, rss_loaded / 1e9);
+  std::fprintf(stderr, "  [%s] loaded %.2f GB of weights in %.1f s; RSS %.2f GB\n", f.child.c_str(),
+               weights / 1e9, load_s, rss_loaded / 1e9);
 
   std::mt19937_64 rng(7);
   auto random_tokens = [&](int64_t n) {
@@ -336,8 +341,8 @@ int RunChild(const Flags& f) {
     }
     const double secs = Seconds(start, Clock::now());
     d.tps = batch * f.decode_steps / secs;
-    d.bandwidth = static_cast<double>(f.decode_steps * dense_bytes + tap.experts_run * expert_bytes) /
-                  secs;
+    d.bandwidth =
+        static_cast<double>(f.decode_steps * dense_bytes + tap.experts_run * expert_bytes) / secs;
     const int64_t head_dim = f.hidden / f.heads;
     d.kv_bytes = 2 * f.layers * batch * f.kv_heads * cache->capacity() * head_dim * elem;
     d.rss = ReadRssBytes();
@@ -357,8 +362,7 @@ int RunChild(const Flags& f) {
 
 struct Result {
   std::string config;
-  int64_t weights = 0, rss_base = 0, rss_loaded = 0, rss_decode = 0, kv_bytes = 0,
-          token_bytes = 0;
+  int64_t weights = 0, rss_base = 0, rss_loaded = 0, rss_decode = 0, kv_bytes = 0, token_bytes = 0;
   double prefill = 0, d1 = 0, bw1 = 0, db = 0, bwb = 0, load_s = 0;
 };
 
@@ -418,37 +422,43 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::printf("\nqwen3_moe: hidden %ld, %ld layers, %ld experts (top-%ld), moe_intermediate %ld, "
-              "vocab %ld, %ld/%ld heads; %.2fB parameters. %ld torch threads. Prompt %ld tokens; "
-              "decode %ld steps after a %ld-token context. memcpy %.1f GB/s (1 thread), %.1f GB/s "
-              "(%ld threads; the reference below).\n\n",
-              f.hidden, f.layers, f.experts, f.top_k, f.moe_inter, f.vocab, f.heads, f.kv_heads,
-              params / 1e9, f.threads, f.prompt, f.decode_steps, f.prompt, memcpy1 / 1e9,
-              memcpy_t / 1e9, f.threads);
-  std::printf("| model | weights GB | RSS loaded GB (overhead) | prefill tok/s | decode b1 tok/s | "
-              "b1 weight GB/s (/memcpy) | decode b%ld tok/s | b%ld weight GB/s (/memcpy) | "
-              "RSS decoding b%ld GB (over weights+KV) |\n",
-              f.batch, f.batch, f.batch);
+  std::printf(
+      "\nqwen3_moe: hidden %ld, %ld layers, %ld experts (top-%ld), moe_intermediate %ld, "
+      "vocab %ld, %ld/%ld heads; %.2fB parameters. %ld torch threads. Prompt %ld tokens; "
+      "decode %ld steps after a %ld-token context. memcpy %.1f GB/s (1 thread), %.1f GB/s "
+      "(%ld threads; the reference below).\n\n",
+      f.hidden, f.layers, f.experts, f.top_k, f.moe_inter, f.vocab, f.heads, f.kv_heads,
+      params / 1e9, f.threads, f.prompt, f.decode_steps, f.prompt, memcpy1 / 1e9, memcpy_t / 1e9,
+      f.threads);
+  std::printf(
+      "| model | weights GB | RSS loaded GB (overhead) | prefill tok/s | decode b1 tok/s | "
+      "b1 weight GB/s (/memcpy) | decode b%ld tok/s | b%ld weight GB/s (/memcpy) | "
+      "RSS decoding b%ld GB (over weights+KV) |\n",
+      f.batch, f.batch, f.batch);
   std::printf("|---|---|---|---|---|---|---|---|---|\n");
   for (const Result& r : results) {
     const double over = static_cast<double>(r.rss_loaded - r.weights) / r.weights;
     const double over_d = static_cast<double>(r.rss_decode - r.weights - r.kv_bytes) / r.weights;
-    std::printf("| %s | %.2f | %.2f (%+.1f%%) | %.1f | %.2f | %.2f (%.2f) | %.2f | %.2f (%.2f) | "
-                "%.2f (%+.1f%%) |\n",
-                r.config.c_str(), r.weights / 1e9, r.rss_loaded / 1e9, 100 * over, r.prefill, r.d1,
-                r.bw1 / 1e9, r.bw1 / memcpy_t, r.db, r.bwb / 1e9, r.bwb / memcpy_t,
-                r.rss_decode / 1e9, 100 * over_d);
+    std::printf(
+        "| %s | %.2f | %.2f (%+.1f%%) | %.1f | %.2f | %.2f (%.2f) | %.2f | %.2f (%.2f) | "
+        "%.2f (%+.1f%%) |\n",
+        r.config.c_str(), r.weights / 1e9, r.rss_loaded / 1e9, 100 * over, r.prefill, r.d1,
+        r.bw1 / 1e9, r.bw1 / memcpy_t, r.db, r.bwb / 1e9, r.bwb / memcpy_t, r.rss_decode / 1e9,
+        100 * over_d);
   }
-  std::printf("\nRSS overhead counts everything beyond the weights, libtorch's own ~%.2f GB "
-              "included. Weight GB/s: bytes of the weights each forward reads (all but the "
-              "embedding table and the routed experts no token of the step selected) x forwards/s; "
-              "a batch-1 token of %s reads %.2f GB.\n",
-              results.empty() ? 0.0 : results[0].rss_base / 1e9,
-              results.empty() ? "" : results[0].config.c_str(),
-              results.empty() ? 0.0 : results[0].token_bytes / 1e9);
-  std::printf("Load average (1 min) at start %s, at end %s: other processes on the machine "
-              "slow libtorch's thread pool far more than their share (a parallel region waits "
-              "for its slowest thread).\n", load_start.c_str(), LoadAverage().c_str());
+  std::printf(
+      "\nRSS overhead counts everything beyond the weights, libtorch's own ~%.2f GB "
+      "included. Weight GB/s: bytes of the weights each forward reads (all but the "
+      "embedding table and the routed experts no token of the step selected) x forwards/s; "
+      "a batch-1 token of %s reads %.2f GB.\n",
+      results.empty() ? 0.0 : results[0].rss_base / 1e9,
+      results.empty() ? "" : results[0].config.c_str(),
+      results.empty() ? 0.0 : results[0].token_bytes / 1e9);
+  std::printf(
+      "Load average (1 min) at start %s, at end %s: other processes on the machine "
+      "slow libtorch's thread pool far more than their share (a parallel region waits "
+      "for its slowest thread).\n",
+      load_start.c_str(), LoadAverage().c_str());
   std::fprintf(stderr, "engine_bench: done in %.0f s\n", Seconds(t0, Clock::now()));
   return 0;
 }

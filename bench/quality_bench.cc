@@ -27,13 +27,13 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
+#include "premoe/checkpoint/inspect.h"
 #include "premoe/common/file.h"
 #include "premoe/model/engine.h"
-#include "premoe/model/inspect.h"
-#include "premoe/model/tokenizer.h"
 #include "premoe/profiler/calibration.h"
 #include "premoe/profiler/selection.h"
 #include "premoe/testbed/eval.h"
+#include "premoe/tokenizer/tokenizer.h"
 
 namespace {
 
@@ -56,7 +56,7 @@ double Primary(const testbed::TaskScore& s) {
 
 struct Setup {
   const model::Engine* engine;
-  const model::Tokenizer* tokenizer;
+  const tokenizer::Tokenizer* tokenizer;
   int64_t cal_samples, eval_samples, per_expert_bytes, full_expert_bytes;
 };
 
@@ -86,19 +86,29 @@ int main(int argc, char** argv) {
                                       "frequency", "reap",  "man",        "random"};
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--model") model_dir = value;
-    else if (flag == "--json") json_out = value;
-    else if (flag == "--cal-samples") (void)absl::SimpleAtoi(value, &cal);
-    else if (flag == "--eval-samples") (void)absl::SimpleAtoi(value, &eval);
-    else if (flag == "--metrics") metrics = absl::StrSplit(value, ',');
-    else Die(absl::InvalidArgumentError(absl::StrCat("unknown flag ", flag)));
+    if (flag == "--model")
+      model_dir = value;
+    else if (flag == "--json")
+      json_out = value;
+    else if (flag == "--cal-samples")
+      (void)absl::SimpleAtoi(value, &cal);
+    else if (flag == "--eval-samples")
+      (void)absl::SimpleAtoi(value, &eval);
+    else if (flag == "--metrics")
+      metrics = absl::StrSplit(value, ',');
+    else
+      Die(absl::InvalidArgumentError(absl::StrCat("unknown flag ", flag)));
   }
   auto engine = OrDie(model::Engine::Open(model_dir, {.dtype = "fp32"}));
-  auto tokenizer = OrDie(model::Tokenizer::FromFile(model_dir + "/tokenizer.json"));
-  const model::ModelSummary summary = OrDie(model::SummarizeModel(model_dir));
+  auto tokenizer = OrDie(tokenizer::Tokenizer::FromFile(model_dir + "/tokenizer.json"));
+  const checkpoint::ModelSummary summary = OrDie(checkpoint::SummarizeModel(model_dir));
   const int64_t n = engine->config().num_routed_experts, k = engine->top_k();
-  Setup setup{engine.get(), tokenizer.get(), cal, eval,
-              summary.expert_layers.front().bytes_per_expert, summary.bytes.routed_experts};
+  Setup setup{engine.get(),
+              tokenizer.get(),
+              cal,
+              eval,
+              summary.expert_layers.front().bytes_per_expert,
+              summary.bytes.routed_experts};
   const std::vector<const testbed::Task*>& tasks = testbed::AllTasks();
 
   // Budgets: 50% and 75% reduction, uniform; and a byte budget holding 3/8 of
@@ -143,8 +153,8 @@ int main(int argc, char** argv) {
       const profiler::Budget budget = OrDie(profiler::Budget::Parse(spec));
       std::vector<double> scores;
       for (size_t ti = 0; ti < tasks.size(); ++ti) {
-        const profiler::Selection sel = OrDie(
-            profiler::Select(profiles[ti].scores, budget, setup.per_expert_bytes, k));
+        const profiler::Selection sel =
+            OrDie(profiler::Select(profiles[ti].scores, budget, setup.per_expert_bytes, k));
         scores.push_back(Score(setup, *tasks[ti], &sel.keep));
       }
       double avg = 0;
@@ -155,14 +165,19 @@ int main(int argc, char** argv) {
       absl::StrAppendFormat(&table, "| %s | %s |", metric, label);
       for (double v : scores) absl::StrAppendFormat(&table, " %.1f |", 100 * v);
       absl::StrAppendFormat(&table, " **%.1f** | %.1f%% |\n", 100 * avg, 100 * retention);
-      rows.push_back({{"metric", metric}, {"budget", label}, {"spec", spec}, {"scores", scores},
-                      {"average", avg}, {"retention", retention}});
+      rows.push_back({{"metric", metric},
+                      {"budget", label},
+                      {"spec", spec},
+                      {"scores", scores},
+                      {"average", avg},
+                      {"retention", retention}});
     }
   }
   out["rows"] = rows;
 
   // Calibration-size sweep for peu at 75% reduction.
-  std::string sweep = "| peu calibration samples | average at 75% reduction | retention |\n|---:|---:|---:|\n";
+  std::string sweep =
+      "| peu calibration samples | average at 75% reduction | retention |\n|---:|---:|---:|\n";
   nlohmann::ordered_json sweep_rows = nlohmann::json::array();
   for (int64_t samples : {5, 10, 50, 200}) {
     const profiler::Budget budget = OrDie(profiler::Budget::Parse(budgets[1].second));
@@ -230,8 +245,9 @@ int main(int argc, char** argv) {
   out["prefill_tokens_per_s"] = tokens / t_plain;
   out["tapped_prefill_tokens_per_s"] = tokens / t_tap;
   out["profile_tokens_per_s"] = tokens / t_profile;
-  std::printf("## Quality at expert budgets (%lld calibration samples per task, %lld eval samples)\n\n%s\n",
-              static_cast<long long>(cal), static_cast<long long>(eval), table.c_str());
+  std::printf(
+      "## Quality at expert budgets (%lld calibration samples per task, %lld eval samples)\n\n%s\n",
+      static_cast<long long>(cal), static_cast<long long>(eval), table.c_str());
   std::printf("## Calibration size (peu)\n\n%s\n", sweep.c_str());
   std::printf(
       "## Profiling throughput\n\n| | calibration tokens/s | against prefill |\n|---|---:|---:|\n"

@@ -33,11 +33,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "premoe/checkpoint/expert_pack.h"
+#include "premoe/checkpoint/safetensors.h"
 #include "premoe/common/file.h"
 #include "premoe/common/mapped_file.h"
 #include "premoe/common/process.h"
-#include "premoe/model/expert_pack.h"
-#include "premoe/model/safetensors.h"
+#include "premoe/model/repack.h"
 #include "premoe/store/pattern.h"
 #include "premoe/worker/worker.h"
 
@@ -79,14 +80,22 @@ Args Parse(int argc, char** argv) {
     const std::string key = argv[i];
     if (i + 1 >= argc) Die("flag " + key + " needs a value");
     const std::string v = argv[++i];
-    if (key == "--model") a.model = v;
-    else if (key == "--pattern") a.patterns.push_back(v);
-    else if (key == "--budget") a.budget = v;
-    else if (key == "--dtype") a.dtype = v;
-    else if (key == "--requests") a.requests = std::stoi(v);
-    else if (key == "--new-tokens") a.new_tokens = std::stoi(v);
-    else if (key == "--child") a.child_budget = v;
-    else Die("unknown flag " + key + " (see the header of reassembly_bench.cc)");
+    if (key == "--model")
+      a.model = v;
+    else if (key == "--pattern")
+      a.patterns.push_back(v);
+    else if (key == "--budget")
+      a.budget = v;
+    else if (key == "--dtype")
+      a.dtype = v;
+    else if (key == "--requests")
+      a.requests = std::stoi(v);
+    else if (key == "--new-tokens")
+      a.new_tokens = std::stoi(v);
+    else if (key == "--child")
+      a.child_budget = v;
+    else
+      Die("unknown flag " + key + " (see the header of reassembly_bench.cc)");
   }
   if (a.model.empty()) Die("--model is required");
   if (!a.patterns.empty() && a.patterns.size() != 2) Die("give two --pattern files or none");
@@ -131,8 +140,9 @@ std::pair<double, int64_t> FullReassembly(Worker& worker) {
 std::vector<Pattern> LoadPatterns(const Args& args, const Worker& worker) {
   std::vector<Pattern> out;
   for (const auto& path : args.patterns) {
-    out.push_back(Check(premoe::store::DecodePattern(Check(premoe::common::ReadFile(path), path.c_str())),
-                        path.c_str()));
+    out.push_back(
+        Check(premoe::store::DecodePattern(Check(premoe::common::ReadFile(path), path.c_str())),
+              path.c_str()));
   }
   if (!out.empty()) return out;
   const auto& c = worker.engine().config();
@@ -180,7 +190,8 @@ double Throughput(Worker& worker, const std::vector<std::string>& tasks, int new
       r.task = tasks[i];
       r.options.max_new_tokens = new_tokens;
       r.options.stop_at_eos = false;
-      tokens += static_cast<int64_t>(Check(worker.Generate(r), "generate").generation.tokens.size());
+      tokens +=
+          static_cast<int64_t>(Check(worker.Generate(r), "generate").generation.tokens.size());
     });
   }
   for (auto& t : threads) t.join();
@@ -213,7 +224,8 @@ int main(int argc, char** argv) {
 
   std::fprintf(stderr, "memcpy bandwidth...\n");
   const double memcpy_bw = MemcpyBandwidth();
-  WarmPageCache(Check(premoe::model::Checkpoint::Open(args.model), "checkpoint")->shard_files());
+  WarmPageCache(
+      Check(premoe::checkpoint::Checkpoint::Open(args.model), "checkpoint")->shard_files());
 
   std::fprintf(stderr, "reassembly of every expert...\n");
   auto all = OpenWorker(args, 0, args.requests);
@@ -244,8 +256,7 @@ int main(int argc, char** argv) {
   std::filesystem::remove(pack);
 
   std::fprintf(stderr, "pattern switch...\n");
-  const int64_t one_pattern =
-      Check(all->Prepare(patterns[0], args.budget), "prepare").kept_bytes;
+  const int64_t one_pattern = Check(all->Prepare(patterns[0], args.budget), "prepare").kept_bytes;
   auto empty = OpenWorker(args, one_pattern, 1);
   const auto full_reload = Check(empty->Prepare(patterns[1], args.budget), "prepare B").load;
   auto switching = OpenWorker(args, one_pattern, 1);
@@ -271,9 +282,9 @@ int main(int argc, char** argv) {
   std::vector<std::pair<std::string, std::pair<int64_t, int64_t>>> rss;
   for (const std::string& budget : {std::string("100%"), args.budget, std::string("25%")}) {
     // A fresh process each: RSS then holds that worker alone.
-    std::string cmd = absl::StrCat("'", std::filesystem::read_symlink("/proc/self/exe").string(),
-                                   "' --model '", args.model, "' --dtype ", args.dtype,
-                                   " --child ", budget);
+    std::string cmd =
+        absl::StrCat("'", std::filesystem::read_symlink("/proc/self/exe").string(), "' --model '",
+                     args.model, "' --dtype ", args.dtype, " --child ", budget);
     for (const auto& p : args.patterns) absl::StrAppend(&cmd, " --pattern '", p, "'");
     FILE* f = popen(cmd.c_str(), "r");
     long long r = 0, w = 0;
@@ -287,27 +298,29 @@ int main(int argc, char** argv) {
               args.dtype.c_str());
   std::printf("| | measured | against the reference |\n|---|---:|---:|\n");
   std::printf("| memcpy bandwidth (reference) | %.2f GB/s | 1.00 |\n", memcpy_bw / 1e9);
-  std::printf("| reassembly: %lld experts, %.1f MiB, from the page cache, %u load threads (one "
-              "per core; memcpy uses one) | %.2f GB/s | %.2f |\n",
-              static_cast<long long>(full_stats.cache.loads),
-              static_cast<double>(full_stats.cache.loaded_bytes) / kMiB,
-              std::clamp(std::thread::hardware_concurrency(), 1u, 8u), reassembly_bw / 1e9,
-              reassembly_bw / memcpy_bw);
+  std::printf(
+      "| reassembly: %lld experts, %.1f MiB, from the page cache, %u load threads (one "
+      "per core; memcpy uses one) | %.2f GB/s | %.2f |\n",
+      static_cast<long long>(full_stats.cache.loads),
+      static_cast<double>(full_stats.cache.loaded_bytes) / kMiB,
+      std::clamp(std::thread::hardware_concurrency(), 1u, 8u), reassembly_bw / 1e9,
+      reassembly_bw / memcpy_bw);
   std::printf("| the same from an expert pack (premoe repack) | %.2f GB/s | %.2f |\n",
               pack_bw / 1e9, pack_bw / memcpy_bw);
-  std::printf("| the same into a reserved cache (--reserve-cache: memory faulted in at start) "
-              "| %.2f GB/s | %.2f |\n",
-              reserved_bw / 1e9, reserved_bw / memcpy_bw);
+  std::printf(
+      "| the same into a reserved cache (--reserve-cache: memory faulted in at start) "
+      "| %.2f GB/s | %.2f |\n",
+      reserved_bw / 1e9, reserved_bw / memcpy_bw);
   std::printf("| the same from an expert pack into a reserved cache | %.2f GB/s | %.2f |\n",
               reserved_pack_bw / 1e9, reserved_pack_bw / memcpy_bw);
   std::printf("| pattern switch, full reload of B (reference) | %.1f ms, %.2f MiB | 1.00 |\n",
               1e3 * full_reload.load_seconds, static_cast<double>(full_reload.loaded_bytes) / kMiB);
-  std::printf("| pattern switch, A -> B delta load | %.1f ms, %.2f MiB | %.2f of the time, %.2f "
-              "of the bytes |\n",
-              1e3 * delta.load_seconds, static_cast<double>(delta.loaded_bytes) / kMiB,
-              delta.load_seconds / full_reload.load_seconds,
-              static_cast<double>(delta.loaded_bytes) /
-                  static_cast<double>(full_reload.loaded_bytes));
+  std::printf(
+      "| pattern switch, A -> B delta load | %.1f ms, %.2f MiB | %.2f of the time, %.2f "
+      "of the bytes |\n",
+      1e3 * delta.load_seconds, static_cast<double>(delta.loaded_bytes) / kMiB,
+      delta.load_seconds / full_reload.load_seconds,
+      static_cast<double>(delta.loaded_bytes) / static_cast<double>(full_reload.loaded_bytes));
   std::printf("| two single-pattern batches (reference) | %.0f tokens/s | 1.00 |\n", separate_tps);
   std::printf("| one mixed batch of both patterns | %.0f tokens/s | %.2f |\n", mixed_tps,
               mixed_tps / separate_tps);

@@ -28,12 +28,13 @@
 #include "nlohmann/json.hpp"
 #include "premoe/common/file.h"
 #include "premoe/model/engine.h"
-#include "premoe/model/tokenizer.h"
+#include "premoe/model/fingerprint.h"
 #include "premoe/profiler/calibration.h"
 #include "premoe/profiler/scores.h"
 #include "premoe/router/matcher.h"
 #include "premoe/store/embedded_store.h"
 #include "premoe/testbed/tasks.h"
+#include "premoe/tokenizer/tokenizer.h"
 
 namespace {
 
@@ -74,8 +75,8 @@ int main(int argc, char** argv) {
     }
   }
   auto engine = OrDie(model::Engine::Open(model_dir, {.dtype = "fp32"}));
-  auto tokenizer = OrDie(model::Tokenizer::FromFile(model_dir + "/tokenizer.json"));
-  const std::string fingerprint = OrDie(profiler::ModelFingerprint(*engine));
+  auto tokenizer = OrDie(tokenizer::Tokenizer::FromFile(model_dir + "/tokenizer.json"));
+  const std::string fingerprint = OrDie(model::ModelFingerprint(*engine));
   const std::vector<const testbed::Task*>& tasks = testbed::AllTasks();
   const profiler::MetricOptions metric;  // peu
   std::map<std::string, int> index;
@@ -85,8 +86,7 @@ int main(int argc, char** argv) {
   std::vector<std::pair<int, std::string>> eval;
   for (size_t t = 0; t < tasks.size(); ++t) {
     for (int64_t i = 0; i < std::min(queries, tasks[t]->size(testbed::Split::kEval)); ++i) {
-      eval.emplace_back(static_cast<int>(t),
-                        OrDie(tasks[t]->Get(testbed::Split::kEval, i)).prompt);
+      eval.emplace_back(static_cast<int>(t), OrDie(tasks[t]->Get(testbed::Split::kEval, i)).prompt);
     }
   }
 
@@ -102,57 +102,58 @@ int main(int argc, char** argv) {
   std::map<int64_t, double> probe_seconds;  // per embedding depth
   std::map<int64_t, int64_t> probe_bytes;
   for (int64_t layers : layer_counts) {
-  for (int64_t cal : cal_sizes) {
-    store::EmbeddedPatternStore::Options so;
-    so.path = "/retrieval-bench";
-    so.in_memory = true;
-    auto store = OrDie(store::EmbeddedPatternStore::Open(so));
-    for (const testbed::Task* task : tasks) {
-      std::fprintf(stderr, "profiling %s on %lld calibration samples, %lld-layer embeddings\n",
-                   task->name().c_str(), static_cast<long long>(cal),
-                   static_cast<long long>(layers));
-      profiler::ProfileOptions po;
-      po.metric = metric;
-      po.embedding_layers = layers;
-      OrDie(store->Put(bench::ProfileTestbedTask(*engine, *tokenizer, *task, cal, po, fingerprint)));
-    }
-    for (const std::string voting : {"max", "mean", "count"}) {
-      router::MatcherOptions mo;
-      mo.model_dir = model_dir;
-      mo.voting = voting == "max"    ? store::Voting::kMax
-                  : voting == "mean" ? store::Voting::kMean
-                                     : store::Voting::kCount;
-      auto matcher = OrDie(router::Matcher::Open(mo, store.get()));
-      probe_bytes[layers] = matcher->probe_bytes();
-      Run run;
-      run.layers = layers;
-      run.cal = cal;
-      run.voting = voting;
-      run.confusion.assign(tasks.size(), std::vector<int>(tasks.size(), 0));
-      int right = 0;
-      const auto start = Clock::now();
-      for (const auto& [truth, prompt] : eval) {
-        router::MatchResult m = OrDie(matcher->Match(prompt, static_cast<int32_t>(tasks.size())));
-        const int got = index.at(m.candidates[0].task_name);
-        ++run.confusion[truth][got];
-        right += got == truth ? 1 : 0;
-        for (const auto& c : m.candidates) {
-          if (index.at(c.task_name) == truth) run.right_similarity += c.similarity;
-        }
-        for (const auto& c : m.candidates) {
-          if (index.at(c.task_name) != truth) {
-            run.best_wrong_similarity += c.similarity;
-            break;
+    for (int64_t cal : cal_sizes) {
+      store::EmbeddedPatternStore::Options so;
+      so.path = "/retrieval-bench";
+      so.in_memory = true;
+      auto store = OrDie(store::EmbeddedPatternStore::Open(so));
+      for (const testbed::Task* task : tasks) {
+        std::fprintf(stderr, "profiling %s on %lld calibration samples, %lld-layer embeddings\n",
+                     task->name().c_str(), static_cast<long long>(cal),
+                     static_cast<long long>(layers));
+        profiler::ProfileOptions po;
+        po.metric = metric;
+        po.embedding_layers = layers;
+        OrDie(store->Put(
+            bench::ProfileTestbedTask(*engine, *tokenizer, *task, cal, po, fingerprint)));
+      }
+      for (const std::string voting : {"max", "mean", "count"}) {
+        router::MatcherOptions mo;
+        mo.model_dir = model_dir;
+        mo.voting = voting == "max"    ? store::Voting::kMax
+                    : voting == "mean" ? store::Voting::kMean
+                                       : store::Voting::kCount;
+        auto matcher = OrDie(router::Matcher::Open(mo, store.get()));
+        probe_bytes[layers] = matcher->probe_bytes();
+        Run run;
+        run.layers = layers;
+        run.cal = cal;
+        run.voting = voting;
+        run.confusion.assign(tasks.size(), std::vector<int>(tasks.size(), 0));
+        int right = 0;
+        const auto start = Clock::now();
+        for (const auto& [truth, prompt] : eval) {
+          router::MatchResult m = OrDie(matcher->Match(prompt, static_cast<int32_t>(tasks.size())));
+          const int got = index.at(m.candidates[0].task_name);
+          ++run.confusion[truth][got];
+          right += got == truth ? 1 : 0;
+          for (const auto& c : m.candidates) {
+            if (index.at(c.task_name) == truth) run.right_similarity += c.similarity;
+          }
+          for (const auto& c : m.candidates) {
+            if (index.at(c.task_name) != truth) {
+              run.best_wrong_similarity += c.similarity;
+              break;
+            }
           }
         }
+        if (voting == "max" && cal == cal_sizes.back()) probe_seconds[layers] = Seconds(start);
+        run.accuracy = static_cast<double>(right) / static_cast<double>(eval.size());
+        run.right_similarity /= static_cast<double>(eval.size());
+        run.best_wrong_similarity /= static_cast<double>(eval.size());
+        runs.push_back(run);
       }
-      if (voting == "max" && cal == cal_sizes.back()) probe_seconds[layers] = Seconds(start);
-      run.accuracy = static_cast<double>(right) / static_cast<double>(eval.size());
-      run.right_similarity /= static_cast<double>(eval.size());
-      run.best_wrong_similarity /= static_cast<double>(eval.size());
-      runs.push_back(run);
     }
-  }
   }
 
   // The same prompts through the whole model, one prefill each, for scale.
@@ -164,11 +165,13 @@ int main(int argc, char** argv) {
   const double prefill_seconds = Seconds(start);
 
   std::printf("## Retrieval accuracy: held-out prompts matched to their own task's pattern\n\n");
-  std::printf("%zu tasks, %zu eval prompts (%lld per task), patterns profiled with peu; each "
-              "cell is the share of prompts that landed on their own task's pattern.\n\n",
-              tasks.size(), eval.size(), static_cast<long long>(queries));
-  std::printf("| embedding layers | calibration prompts | max voting | mean voting | count voting "
-              "| sim. own task | best other |\n|---|---|---|---|---|---|---|\n");
+  std::printf(
+      "%zu tasks, %zu eval prompts (%lld per task), patterns profiled with peu; each "
+      "cell is the share of prompts that landed on their own task's pattern.\n\n",
+      tasks.size(), eval.size(), static_cast<long long>(queries));
+  std::printf(
+      "| embedding layers | calibration prompts | max voting | mean voting | count voting "
+      "| sim. own task | best other |\n|---|---|---|---|---|---|---|\n");
   const Run* best = nullptr;
   const Run* standard = nullptr;
   for (int64_t layers : layer_counts) {
@@ -191,11 +194,12 @@ int main(int argc, char** argv) {
     }
   }
   auto print_confusion = [&](const Run& run, const char* what) {
-    std::printf("\n### Confusion matrix, %s: %lld embedding layer(s), %s voting, %lld "
-                "calibration prompts: %.1f%%\n\nRows: the prompt's task; columns: the matched "
-                "pattern.\n\n| |",
-                what, static_cast<long long>(run.layers), run.voting.c_str(),
-                static_cast<long long>(run.cal), 100 * run.accuracy);
+    std::printf(
+        "\n### Confusion matrix, %s: %lld embedding layer(s), %s voting, %lld "
+        "calibration prompts: %.1f%%\n\nRows: the prompt's task; columns: the matched "
+        "pattern.\n\n| |",
+        what, static_cast<long long>(run.layers), run.voting.c_str(),
+        static_cast<long long>(run.cal), 100 * run.accuracy);
     for (const auto* t : tasks) std::printf(" %s |", t->name().c_str());
     std::printf("\n|---|");
     for (size_t i = 0; i < tasks.size(); ++i) std::printf("---|");
@@ -208,8 +212,9 @@ int main(int argc, char** argv) {
   };
   print_confusion(*standard, "the paper's embedding");
   if (best != standard) print_confusion(*best, "the best configuration");
-  std::printf("\n### Cost of matching\n\n| embedding layers | probe weights | of the model "
-              "| matching time / whole-model prefill |\n|---|---|---|---|\n");
+  std::printf(
+      "\n### Cost of matching\n\n| embedding layers | probe weights | of the model "
+      "| matching time / whole-model prefill |\n|---|---|---|---|\n");
   for (int64_t layers : layer_counts) {
     std::printf("| %lld | %.2f MiB | %.0f%% | %.2f |\n", static_cast<long long>(layers),
                 static_cast<double>(probe_bytes[layers]) / (1 << 20),
@@ -217,9 +222,10 @@ int main(int argc, char** argv) {
                     static_cast<double>(engine->weight_bytes()),
                 probe_seconds[layers] / prefill_seconds);
   }
-  std::printf("\nMatching = embedding each of the %zu prompts with the probe plus the index "
-              "search; the prefill runs the same prompts through the whole model.\n",
-              eval.size());
+  std::printf(
+      "\nMatching = embedding each of the %zu prompts with the probe plus the index "
+      "search; the prefill runs the same prompts through the whole model.\n",
+      eval.size());
 
   if (!json_out.empty()) {
     nlohmann::ordered_json j;

@@ -33,7 +33,7 @@
 #include "nlohmann/json.hpp"
 #include "premoe/common/file.h"
 #include "premoe/model/engine.h"
-#include "premoe/model/tokenizer.h"
+#include "premoe/model/fingerprint.h"
 #include "premoe/profiler/calibration.h"
 #include "premoe/profiler/scores.h"
 #include "premoe/router/client.h"
@@ -41,6 +41,7 @@
 #include "premoe/router/server.h"
 #include "premoe/store/embedded_store.h"
 #include "premoe/testbed/tasks.h"
+#include "premoe/tokenizer/tokenizer.h"
 #include "premoe/worker/server.h"
 #include "premoe/worker/worker.h"
 
@@ -110,16 +111,15 @@ int main(int argc, char** argv) {
   auto store = OrDie(store::EmbeddedPatternStore::Open(so));
   {
     auto engine = OrDie(model::Engine::Open(model_dir, {.dtype = "fp32"}));
-    auto tokenizer = OrDie(model::Tokenizer::FromFile(model_dir + "/tokenizer.json"));
-    const std::string fingerprint = OrDie(profiler::ModelFingerprint(*engine));
+    auto tokenizer = OrDie(tokenizer::Tokenizer::FromFile(model_dir + "/tokenizer.json"));
+    const std::string fingerprint = OrDie(model::ModelFingerprint(*engine));
     for (const std::string& name : tasks) {
-      OrDie(store->Put(bench::ProfileTestbedTask(*engine, *tokenizer,
-                                                 *OrDie(testbed::FindTask(name)), 32, {},
-                                                 fingerprint)));
+      OrDie(store->Put(bench::ProfileTestbedTask(
+          *engine, *tokenizer, *OrDie(testbed::FindTask(name)), 32, {}, fingerprint)));
     }
   }
   // The one-process server, as `premoe serve` builds it.
-  auto tokenizer = OrDie(model::Tokenizer::FromFile(model_dir + "/tokenizer.json"));
+  auto tokenizer = OrDie(tokenizer::Tokenizer::FromFile(model_dir + "/tokenizer.json"));
   worker::WorkerOptions wo;
   wo.model_dir = model_dir;
   wo.dtype = dtype;
@@ -214,15 +214,16 @@ int main(int argc, char** argv) {
   worker_server->Shutdown();
 
   const worker::WorkerStatus status = w->Status();
-  std::printf("## Serving on loopback: full model against pattern-served (%s)\n\n",
-              budget.c_str());
-  std::printf("%lld requests of %zu tasks per round, %d rounds per row (the modes alternate; "
-              "requests/s is the median round's), %lld new tokens each, %s worker, max batch 8. "
-              "Times in ms.\n\n",
-              static_cast<long long>(requests), tasks.size(), repeat,
-              static_cast<long long>(new_tokens), dtype.c_str());
-  std::printf("| clients | mode | requests/s | TTFT p50 | TTFT p99 | per token p50 | per token p99 "
-              "| matching share | requests/s vs full |\n|---|---|---|---|---|---|---|---|---|\n");
+  std::printf("## Serving on loopback: full model against pattern-served (%s)\n\n", budget.c_str());
+  std::printf(
+      "%lld requests of %zu tasks per round, %d rounds per row (the modes alternate; "
+      "requests/s is the median round's), %lld new tokens each, %s worker, max batch 8. "
+      "Times in ms.\n\n",
+      static_cast<long long>(requests), tasks.size(), repeat, static_cast<long long>(new_tokens),
+      dtype.c_str());
+  std::printf(
+      "| clients | mode | requests/s | TTFT p50 | TTFT p99 | per token p50 | per token p99 "
+      "| matching share | requests/s vs full |\n|---|---|---|---|---|---|---|---|---|\n");
   for (size_t i = 0; i < results.size(); i += 2) {
     const Result& full = results[i];
     for (const Result* r : {&results[i], &results[i + 1]}) {

@@ -131,8 +131,9 @@ int main(int argc, char** argv) {
   const auto t0 = Clock::now();
   constexpr int kSyncPuts = 200;
   for (int i = 0; i < kSyncPuts; ++i) Check((*store)->Put(Make(i, dim, kPerPattern, rng)).status());
-  std::printf("\nput with sync=true (default): %.0f patterns/s (%d puts of %d x %d-dim embeddings)\n",
-              kSyncPuts / (Ms(Clock::now() - t0) / 1000), kSyncPuts, kPerPattern, dim);
+  std::printf(
+      "\nput with sync=true (default): %.0f patterns/s (%d puts of %d x %d-dim embeddings)\n",
+      kSyncPuts / (Ms(Clock::now() - t0) / 1000), kSyncPuts, kPerPattern, dim);
   store->reset();
   std::filesystem::remove_all(root);
   return 0;

@@ -17,7 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
-#include "premoe/model/tokenizer.h"
+#include "premoe/tokenizer/tokenizer.h"
 
 namespace {
 
@@ -72,7 +72,7 @@ int main(int argc, char** argv) {
   std::printf("|---|---:|---:|---:|---|\n");
   for (const std::string name : {"deepseek_v3", "qwen3", "gptoss", "llama2"}) {
     const std::string path = src + "/../shared/tokenizers/" + name + ".tokenizer.json";
-    auto tok = premoe::model::Tokenizer::FromFile(path);
+    auto tok = premoe::tokenizer::Tokenizer::FromFile(path);
     if (!tok.ok()) {
       std::fprintf(stderr, "%s\n", tok.status().ToString().c_str());
       return 1;
@@ -84,13 +84,13 @@ int main(int argc, char** argv) {
       const auto t0 = std::chrono::steady_clock::now();
       tokens = 0;
       for (const std::string& line : lines) tokens += (*tok)->Encode(line)->size();
-      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const double dt =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       best = std::max(best, (text.size() - lines.size()) / dt / 1e6);
     } while (std::chrono::duration<double>(std::chrono::steady_clock::now() - start_all).count() <
              seconds);
-    const std::string ref_out = RunCommand(absl::StrCat(python, " ", src,
-                                                        "/bench/tokenizer_reference.py ", path, " ",
-                                                        text_path, " ", seconds));
+    const std::string ref_out = RunCommand(absl::StrCat(
+        python, " ", src, "/bench/tokenizer_reference.py ", path, " ", text_path, " ", seconds));
     auto ref = nlohmann::json::parse(ref_out, nullptr, /*allow_exceptions=*/false);
     if (ref.is_discarded() || !ref.contains("mb_per_s")) {
       std::fprintf(stderr, "reference failed: %s\n", ref_out.c_str());

@@ -12,8 +12,8 @@
 #include "premoe/common/file.h"
 #include "premoe/common/status.h"
 #include "premoe/model/engine.h"
-#include "premoe/model/tokenizer.h"
 #include "premoe/testbed/eval.h"
+#include "premoe/tokenizer/tokenizer.h"
 
 namespace premoe::cli {
 namespace {
@@ -36,8 +36,8 @@ absl::Status RunEvalImpl(const EvalArgs& args) {
   }
   ASSIGN_OR_RETURN(std::vector<const testbed::Task*> tasks, testbed::ParseTaskList(args.tasks));
   ASSIGN_OR_RETURN(testbed::Split split, testbed::ParseSplit(args.split));
-  ASSIGN_OR_RETURN(std::unique_ptr<model::Tokenizer> tokenizer,
-                   model::Tokenizer::FromFile(args.model + "/tokenizer.json"));
+  ASSIGN_OR_RETURN(std::unique_ptr<tokenizer::Tokenizer> tokenizer,
+                   tokenizer::Tokenizer::FromFile(args.model + "/tokenizer.json"));
   model::EngineOptions options;
   options.dtype = args.dtype;
   KeepSpec mask;
@@ -100,9 +100,7 @@ void RegisterEval(CLI::App& app, int* exit_code) {
   cmd->add_flag("--json", args->json, "Machine-readable output (stable keys)");
   cmd->add_option("--json-out", args->json_out,
                   "Also write the --json form to this file (one run, both forms)");
-  cmd->callback([args, exit_code] {
-    *exit_code = ReportStatus("eval", RunEvalImpl(*args));
-  });
+  cmd->callback([args, exit_code] { *exit_code = ReportStatus("eval", RunEvalImpl(*args)); });
 }
 
 }  // namespace premoe::cli

@@ -22,11 +22,11 @@
 #include "absl/strings/string_view.h"
 #include "cli/commands.h"
 #include "cli/keep_spec.h"
+#include "premoe/checkpoint/config.h"
 #include "premoe/common/status.h"
-#include "premoe/model/config.h"
 #include "premoe/model/engine.h"
-#include "premoe/model/text_stream.h"
-#include "premoe/model/tokenizer.h"
+#include "premoe/tokenizer/text_stream.h"
+#include "premoe/tokenizer/tokenizer.h"
 
 namespace premoe::cli {
 namespace {
@@ -132,8 +132,8 @@ absl::Status RunGenerateImpl(const GenerateArgs& args) {
     return absl::NotFoundError(absl::StrCat("--model ", args.model, ": no such directory"));
   }
   const std::string tokenizer_path = args.model + "/tokenizer.json";
-  ASSIGN_OR_RETURN(std::unique_ptr<model::Tokenizer> tokenizer,
-                   model::Tokenizer::FromFile(tokenizer_path));
+  ASSIGN_OR_RETURN(std::unique_ptr<tokenizer::Tokenizer> tokenizer,
+                   tokenizer::Tokenizer::FromFile(tokenizer_path));
   ASSIGN_OR_RETURN(std::vector<int32_t> ids,
                    tokenizer->Encode(args.prompt, /*add_special_tokens=*/true));
   if (ids.empty()) return absl::InvalidArgumentError("--prompt encodes to no tokens");
@@ -159,7 +159,7 @@ absl::Status RunGenerateImpl(const GenerateArgs& args) {
     dump = std::make_unique<JsonlRouterDump>(dump_file.get());
   }
 
-  model::TextStream stream(*tokenizer, args.stop);
+  tokenizer::TextStream stream(*tokenizer, args.stop);
   model::GenerationOptions gen;
   gen.max_new_tokens = args.max_new_tokens;
   gen.temperature = args.temperature;
@@ -170,10 +170,9 @@ absl::Status RunGenerateImpl(const GenerateArgs& args) {
   model::GenerationRequest request;
   request.prompt.assign(ids.begin(), ids.end());
   ASSIGN_OR_RETURN(std::vector<model::GenerationResult> results,
-                   engine->Generate({request}, gen, dump.get(),
-                                    [&stream](int64_t, int64_t token) {
-                                      Print(stream.Add(token));
-                                    }));
+                   engine->Generate({request}, gen, dump.get(), [&stream](int64_t, int64_t token) {
+                     Print(stream.Add(token));
+                   }));
   Print(stream.Finish());
   RETURN_IF_ERROR(stream.status());
   if (std::ferror(stdout) != 0) return absl::DataLossError("failed to write to stdout");
@@ -231,9 +230,8 @@ void RegisterGenerate(CLI::App& app, int* exit_code) {
   cmd->add_option("--seed", args->seed, "Sampler seed")->capture_default_str();
   cmd->add_option("--dtype", args->dtype, "Compute dtype: bf16 or fp32")->capture_default_str();
   cmd->add_option("--device", args->device, "cpu, cuda or cuda:N")->capture_default_str();
-  cmd->add_option(
-      "--keep", args->keep,
-      absl::StrCat("Load only some routed experts (a reduced model). ", kKeepHelp));
+  cmd->add_option("--keep", args->keep,
+                  absl::StrCat("Load only some routed experts (a reduced model). ", kKeepHelp));
   cmd->add_option("--stop", args->stop,
                   "Stop when the completion text contains this string (matched in the decoded "
                   "text, so across token boundaries; the string and what follows are not "

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "cli/commands.h"
-#include "premoe/model/inspect.h"
+#include "premoe/checkpoint/inspect.h"
 
 namespace premoe::cli {
 namespace {
@@ -19,15 +19,16 @@ struct InspectArgs {
 };
 
 int RunInspect(const InspectArgs& args) {
-  model::InspectOptions options;
+  checkpoint::InspectOptions options;
   options.budgets = args.budgets;
-  const absl::StatusOr<model::ModelSummary> summary = model::SummarizeModel(args.model, options);
+  const absl::StatusOr<checkpoint::ModelSummary> summary =
+      checkpoint::SummarizeModel(args.model, options);
   if (!summary.ok()) {
     std::fprintf(stderr, "premoe inspect: %s\n", summary.status().ToString().c_str());
     return 1;
   }
-  const std::string out =
-      args.json ? model::ModelSummaryToJson(*summary) : model::FormatModelSummary(*summary);
+  const std::string out = args.json ? checkpoint::ModelSummaryToJson(*summary)
+                                    : checkpoint::FormatModelSummary(*summary);
   if (std::fwrite(out.data(), 1, out.size(), stdout) != out.size() || std::fflush(stdout) != 0) {
     std::fprintf(stderr, "premoe inspect: failed to write to stdout\n");
     return 1;
@@ -45,13 +46,12 @@ void RegisterInspect(CLI::App& app, int* exit_code) {
       "it needs at expert budgets; reads headers only");
   // No CLI::ExistingDirectory check: a missing directory is reported like
   // every other model problem, as "premoe inspect: NOT_FOUND: ..." with exit 1.
-  cmd->add_option("--model", args->model, "Model directory: config.json + safetensors")
-      ->required();
+  cmd->add_option("--model", args->model, "Model directory: config.json + safetensors")->required();
   cmd->add_option("--budget", args->budgets,
                   "K/M: top-K routing over M kept experts per MoE layer, e.g. 8/128; repeatable. "
                   "Default: the model's top-k over N, N/2, N/4, ... experts")
       ->take_all();
-  cmd->add_flag("--json", args->json, "Print one JSON object (keys: premoe/model/inspect.h)");
+  cmd->add_flag("--json", args->json, "Print one JSON object (keys: premoe/checkpoint/inspect.h)");
   cmd->callback([args, exit_code] { *exit_code = RunInspect(*args); });
 }
 

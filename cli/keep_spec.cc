@@ -7,10 +7,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "premoe/checkpoint/config.h"
 #include "premoe/common/file.h"
 #include "premoe/common/json.h"
 #include "premoe/common/status.h"
-#include "premoe/model/config.h"
 
 namespace premoe::cli {
 namespace {
@@ -66,7 +66,7 @@ absl::StatusOr<KeepSpec> ReadMaskFile(const std::string& path) {
 absl::StatusOr<KeepSpec> ParseKeep(const std::string& spec, const std::string& model_dir) {
   if (auto uniform = ParseUniform(spec)) {
     const auto [k, m] = *uniform;
-    ASSIGN_OR_RETURN(model::ModelConfig config, model::LoadModelConfig(model_dir));
+    ASSIGN_OR_RETURN(checkpoint::ModelConfig config, checkpoint::LoadModelConfig(model_dir));
     if (k < 1 || m < k || m > config.num_routed_experts) {
       return absl::InvalidArgumentError(absl::StrCat(
           "--keep ", spec, ": want K/M with 1 <= K <= M <= ", config.num_routed_experts,

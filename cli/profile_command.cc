@@ -13,18 +13,19 @@
 #include "cli/progress.h"
 #include "cli/store_arg.h"
 #include "nlohmann/json.hpp"
+#include "premoe/checkpoint/inspect.h"
+#include "premoe/checkpoint/safetensors.h"
 #include "premoe/common/file.h"
 #include "premoe/common/hash.h"
 #include "premoe/common/process.h"
 #include "premoe/common/status.h"
 #include "premoe/model/engine.h"
-#include "premoe/model/inspect.h"
-#include "premoe/model/safetensors.h"
-#include "premoe/model/tokenizer.h"
+#include "premoe/model/fingerprint.h"
 #include "premoe/profiler/calibration.h"
 #include "premoe/profiler/selection.h"
 #include "premoe/store/pattern.h"
 #include "premoe/testbed/tasks.h"
+#include "premoe/tokenizer/tokenizer.h"
 
 namespace premoe::cli {
 namespace {
@@ -68,8 +69,8 @@ absl::Status RunProfile(const ProfileArgs& args) {
   if (std::error_code ec; !std::filesystem::is_directory(args.model, ec)) {
     return absl::NotFoundError(absl::StrCat("--model ", args.model, ": no such directory"));
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<model::Tokenizer> tokenizer,
-                   model::Tokenizer::FromFile(args.model + "/tokenizer.json"));
+  ASSIGN_OR_RETURN(std::unique_ptr<tokenizer::Tokenizer> tokenizer,
+                   tokenizer::Tokenizer::FromFile(args.model + "/tokenizer.json"));
   if (args.batch < -1) return absl::InvalidArgumentError("--batch must be >= 0");
   model::EngineOptions eo;
   eo.dtype = "fp32";  // router logits as the checkpoint defines them
@@ -94,11 +95,12 @@ absl::Status RunProfile(const ProfileArgs& args) {
 
   store::Pattern p;
   p.task_name = args.task;
-  ASSIGN_OR_RETURN(p.model_fingerprint, profiler::ModelFingerprint(*engine));
+  ASSIGN_OR_RETURN(p.model_fingerprint, model::ModelFingerprint(*engine));
   p.metric = std::string(profiler::MetricName(metric.metric));
   p.metric_params = metric.Params(engine->config().num_routed_experts, engine->top_k());
   for (const auto& [layer, scores] : profile.scores) {
-    p.layers.push_back({static_cast<int32_t>(layer), std::vector<float>(scores.begin(), scores.end())});
+    p.layers.push_back(
+        {static_cast<int32_t>(layer), std::vector<float>(scores.begin(), scores.end())});
   }
   p.calibration_samples = profile.samples;
   p.calibration_tokens = profile.tokens;
@@ -115,7 +117,8 @@ absl::Status RunProfile(const ProfileArgs& args) {
                 args.metric.c_str(), static_cast<long long>(p.calibration_samples),
                 static_cast<long long>(p.calibration_tokens), args.out.c_str());
   } else {
-    ASSIGN_OR_RETURN(std::unique_ptr<store::PatternStore> s, OpenStore(args.store, /*create=*/true));
+    ASSIGN_OR_RETURN(std::unique_ptr<store::PatternStore> s,
+                     OpenStore(args.store, /*create=*/true));
     ASSIGN_OR_RETURN(store::PutResult put, s->Put(p));
     std::printf("pattern of task %s (%s, %lld samples) -> store %s as id %llu (version %llu)\n",
                 p.task_name.c_str(), args.metric.c_str(),
@@ -124,16 +127,16 @@ absl::Status RunProfile(const ProfileArgs& args) {
                 static_cast<unsigned long long>(put.version));
   }
   // What profiling cost, for sizing a run on a bigger model.
-  ASSIGN_OR_RETURN(std::unique_ptr<const model::Checkpoint> checkpoint,
-                   model::Checkpoint::Open(args.model));
+  ASSIGN_OR_RETURN(std::unique_ptr<const checkpoint::Checkpoint> checkpoint,
+                   checkpoint::Checkpoint::Open(args.model));
   ASSIGN_OR_RETURN(const int64_t peak, common::PeakRssBytes());
   constexpr double kMiB = 1 << 20;
-  std::printf("%s: %lld tokens in %.1f s (%.0f tokens/s); peak RSS %.1f MiB for a %.1f MiB "
-              "checkpoint\n",
-              args.streamed ? "streamed" : "resident", static_cast<long long>(profile.tokens),
-              seconds, static_cast<double>(profile.tokens) / std::max(seconds, 1e-9),
-              static_cast<double>(peak) / kMiB,
-              static_cast<double>(checkpoint->total_bytes()) / kMiB);
+  std::printf(
+      "%s: %lld tokens in %.1f s (%.0f tokens/s); peak RSS %.1f MiB for a %.1f MiB "
+      "checkpoint\n",
+      args.streamed ? "streamed" : "resident", static_cast<long long>(profile.tokens), seconds,
+      static_cast<double>(profile.tokens) / std::max(seconds, 1e-9),
+      static_cast<double>(peak) / kMiB, static_cast<double>(checkpoint->total_bytes()) / kMiB);
   return absl::OkStatus();
 }
 
@@ -149,12 +152,13 @@ absl::Status RunSelect(const SelectArgs& args) {
   ASSIGN_OR_RETURN(std::string bytes, common::ReadFile(args.pattern, int64_t{1} << 30));
   ASSIGN_OR_RETURN(store::Pattern p, store::DecodePattern(bytes));
   ASSIGN_OR_RETURN(profiler::Budget budget, profiler::Budget::Parse(args.budget));
-  ASSIGN_OR_RETURN(model::ModelSummary summary, model::SummarizeModel(args.model, {}));
+  ASSIGN_OR_RETURN(checkpoint::ModelSummary summary, checkpoint::SummarizeModel(args.model, {}));
   if (summary.expert_layers.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(args.model, " has no MoE layer"));
   }
   std::map<int64_t, std::vector<double>> scores;
-  for (const auto& l : p.layers) scores[l.layer] = std::vector<double>(l.scores.begin(), l.scores.end());
+  for (const auto& l : p.layers)
+    scores[l.layer] = std::vector<double>(l.scores.begin(), l.scores.end());
   const int64_t per_expert = summary.expert_layers.front().bytes_per_expert;
   ASSIGN_OR_RETURN(profiler::Selection sel,
                    profiler::Select(scores, budget, per_expert, summary.top_k));
@@ -197,9 +201,10 @@ absl::Status RunSelect(const SelectArgs& args) {
 
 void RegisterProfile(CLI::App& app, int* exit_code) {
   auto args = std::make_shared<ProfileArgs>();
-  CLI::App* cmd = app.add_subcommand(
-      "profile", "Profile a task: score every routed expert from the router logits on its "
-                 "calibration samples, and write the expert pattern to a file or a store");
+  CLI::App* cmd =
+      app.add_subcommand("profile",
+                         "Profile a task: score every routed expert from the router logits on its "
+                         "calibration samples, and write the expert pattern to a file or a store");
   cmd->add_option("--model", args->model, "Model directory")->required();
   cmd->add_option("--task", args->task, "Task name the pattern is stored under")->required();
   cmd->add_option("--data", args->data,
@@ -229,7 +234,8 @@ void RegisterProfile(CLI::App& app, int* exit_code) {
 
   auto sel = std::make_shared<SelectArgs>();
   CLI::App* s = app.add_subcommand(
-      "select", "Apply a budget to a pattern: the experts each layer keeps and the memory they take");
+      "select",
+      "Apply a budget to a pattern: the experts each layer keeps and the memory they take");
   s->add_option("--pattern", sel->pattern, "Pattern file (premoe profile --out)")->required();
   s->add_option("--budget", sel->budget, "K/M, N%, bytes:SIZE or coverage:F")->required();
   s->add_option("--model", sel->model, "Model directory (for expert sizes)")->required();

@@ -9,9 +9,10 @@
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
 #include "cli/progress.h"
+#include "premoe/checkpoint/expert_pack.h"
+#include "premoe/checkpoint/safetensors.h"
 #include "premoe/common/status.h"
-#include "premoe/model/expert_pack.h"
-#include "premoe/model/safetensors.h"
+#include "premoe/model/repack.h"
 
 namespace premoe::cli {
 namespace {
@@ -25,10 +26,10 @@ struct RepackArgs {
 
 absl::Status RunRepack(const RepackArgs& args) {
   if (!args.check.empty()) {
-    ASSIGN_OR_RETURN(auto pack, model::ExpertPack::Open(args.check));
+    ASSIGN_OR_RETURN(auto pack, checkpoint::ExpertPack::Open(args.check));
     if (!args.model.empty()) {
-      ASSIGN_OR_RETURN(model::ModelConfig config, model::LoadModelConfig(args.model));
-      ASSIGN_OR_RETURN(auto checkpoint, model::Checkpoint::Open(args.model));
+      ASSIGN_OR_RETURN(checkpoint::ModelConfig config, checkpoint::LoadModelConfig(args.model));
+      ASSIGN_OR_RETURN(auto checkpoint, checkpoint::Checkpoint::Open(args.model));
       RETURN_IF_ERROR(pack->CheckFits(*checkpoint, config, pack->header().dtype));
     }
     ProgressBar bar("check");
@@ -37,11 +38,11 @@ absl::Status RunRepack(const RepackArgs& args) {
                  absl::StrCat(done, "/", total, " experts"));
     }));
     bar.Done();
-    const model::ExpertPackHeader& h = pack->header();
-    std::printf("%s: %zu MoE layers x %lld experts, %s, %lld bytes each: every checksum matches%s\n",
-                args.check.c_str(), h.layers.size(), static_cast<long long>(h.experts),
-                h.dtype.c_str(), static_cast<long long>(h.slot_bytes),
-                args.model.empty() ? "" : ", and it fits the model");
+    const checkpoint::ExpertPackHeader& h = pack->header();
+    std::printf(
+        "%s: %zu MoE layers x %lld experts, %s, %lld bytes each: every checksum matches%s\n",
+        args.check.c_str(), h.layers.size(), static_cast<long long>(h.experts), h.dtype.c_str(),
+        static_cast<long long>(h.slot_bytes), args.model.empty() ? "" : ", and it fits the model");
     return absl::OkStatus();
   }
   if (args.model.empty() || args.out.empty()) {
@@ -57,11 +58,11 @@ absl::Status RunRepack(const RepackArgs& args) {
   const auto start = std::chrono::steady_clock::now();
   RETURN_IF_ERROR(model::WriteExpertPack(args.model, args.out, options));
   bar.Done();
-  ASSIGN_OR_RETURN(auto pack, model::ExpertPack::Open(args.out));
-  const model::ExpertPackHeader& h = pack->header();
+  ASSIGN_OR_RETURN(auto pack, checkpoint::ExpertPack::Open(args.out));
+  const checkpoint::ExpertPackHeader& h = pack->header();
   std::printf("wrote %s: %zu MoE layers x %lld experts, %s, %lld bytes each, in %.1f s\n",
-              args.out.c_str(), h.layers.size(), static_cast<long long>(h.experts),
-              h.dtype.c_str(), static_cast<long long>(h.slot_bytes),
+              args.out.c_str(), h.layers.size(), static_cast<long long>(h.experts), h.dtype.c_str(),
+              static_cast<long long>(h.slot_bytes),
               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   return absl::OkStatus();
 }
@@ -70,10 +71,10 @@ absl::Status RunRepack(const RepackArgs& args) {
 
 void RegisterRepack(CLI::App& app, int* exit_code) {
   auto args = std::make_shared<RepackArgs>();
-  CLI::App* cmd = app.add_subcommand(
-      "repack",
-      "Write a model's routed experts as an expert pack for fast reassembly "
-      "(premoe worker serve --expert-pack), or --check one");
+  CLI::App* cmd =
+      app.add_subcommand("repack",
+                         "Write a model's routed experts as an expert pack for fast reassembly "
+                         "(premoe worker serve --expert-pack), or --check one");
   cmd->add_option("--model", args->model, "Model directory");
   cmd->add_option("--out", args->out, "Pack file to write (atomically)");
   cmd->add_option("--dtype", args->dtype, "The serving engine's dtype: bf16 or fp32")

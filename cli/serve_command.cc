@@ -16,7 +16,6 @@
 #include "premoe/common/bytes.h"
 #include "premoe/common/file.h"
 #include "premoe/common/status.h"
-#include "premoe/model/tokenizer.h"
 #include "premoe/router/client.h"
 #include "premoe/router/replica.h"
 #include "premoe/router/router.h"
@@ -25,6 +24,7 @@
 #include "premoe/store/grpc_client.h"
 #include "premoe/store/server.h"
 #include "premoe/testbed/tasks.h"
+#include "premoe/tokenizer/tokenizer.h"
 #include "premoe/worker/server.h"
 #include "premoe/worker/worker.h"
 
@@ -43,7 +43,7 @@ absl::Status CheckModelDir(const std::string& model) {
 
 // The worker half of a process: a Worker and its server.
 struct WorkerPart {
-  std::unique_ptr<model::Tokenizer> tokenizer;
+  std::unique_ptr<tokenizer::Tokenizer> tokenizer;
   std::unique_ptr<worker::Worker> worker;
   std::unique_ptr<worker::WorkerServer> server;
 };
@@ -63,7 +63,7 @@ absl::StatusOr<WorkerPart> StartWorker(const ServeArgs& args, const std::string&
     ASSIGN_OR_RETURN(o.cache_bytes, common::ParseByteSize(args.cache));
   }
   WorkerPart part;
-  ASSIGN_OR_RETURN(part.tokenizer, model::Tokenizer::FromFile(args.model + "/tokenizer.json"));
+  ASSIGN_OR_RETURN(part.tokenizer, tokenizer::Tokenizer::FromFile(args.model + "/tokenizer.json"));
   ASSIGN_OR_RETURN(part.worker, worker::Worker::Open(o));
   worker::WorkerServer::Options so;
   so.address = listen;
@@ -169,8 +169,7 @@ absl::Status RunServe(const ServeArgs& args) {
       ASSIGN_OR_RETURN(store, store::GrpcPatternStoreClient::Open(co));
       ASSIGN_OR_RETURN(replica, router::Replica::Start(store.get(), {}));
       if (absl::Status s = replica->WaitSynced(std::chrono::seconds(30)); !s.ok()) {
-        std::fprintf(stderr, "premoe serve: %s; serving while it retries\n",
-                     s.ToString().c_str());
+        std::fprintf(stderr, "premoe serve: %s; serving while it retries\n", s.ToString().c_str());
       }
       patterns = replica->store();
     } else {
@@ -179,11 +178,11 @@ absl::Status RunServe(const ServeArgs& args) {
     }
     ASSIGN_OR_RETURN(router, router::Router::Open(ro, patterns));
     ASSIGN_OR_RETURN(front, router::InferenceServer::Start({.address = args.listen}, router.get()));
-    std::printf("router serving premoe.v1.Inference on %s (probe %.1f MiB; budget %s, "
-                "min similarity %.2f, fallback %s)\n",
-                front->address().c_str(),
-                static_cast<double>(router->matcher().probe_bytes()) / kMiB, args.budget.c_str(),
-                args.min_similarity, args.fallback.c_str());
+    std::printf(
+        "router serving premoe.v1.Inference on %s (probe %.1f MiB; budget %s, "
+        "min similarity %.2f, fallback %s)\n",
+        front->address().c_str(), static_cast<double>(router->matcher().probe_bytes()) / kMiB,
+        args.budget.c_str(), args.min_similarity, args.fallback.c_str());
     port = front->port();
   }
   std::fflush(stdout);
@@ -268,12 +267,9 @@ absl::Status RunTestbedQueries(const QueryArgs& args, router::InferenceClient& c
       const double reduced = static_cast<double>(x.base_bytes + x.kept_bytes);
       const double full = static_cast<double>(x.base_bytes + x.all_experts_bytes);
       if (args.json) {
-        nlohmann::ordered_json j = {{"task", task->name()},
-                                    {"prompt", sample.prompt},
-                                    {"expected", sample.completion},
-                                    {"answer", res.text.text},
-                                    {"correct", ok},
-                                    {"route", RouteJson(res)}};
+        nlohmann::ordered_json j = {
+            {"task", task->name()},    {"prompt", sample.prompt}, {"expected", sample.completion},
+            {"answer", res.text.text}, {"correct", ok},           {"route", RouteJson(res)}};
         all.push_back(j);
         continue;
       }
@@ -327,8 +323,7 @@ absl::Status RunQuery(const QueryArgs& args) {
       return absl::OkStatus();
     }
     std::printf("%s: %s (similarity %.3f, %.1f ms)\n", m.decision.c_str(),
-                m.task.empty() ? "the full model" : m.task.c_str(), m.similarity,
-                1e3 * m.seconds);
+                m.task.empty() ? "the full model" : m.task.c_str(), m.similarity, 1e3 * m.seconds);
     for (const auto& x : m.candidates) {
       std::printf("  %-16s %.3f\n", x.task_name.c_str(), x.similarity);
     }
@@ -343,12 +338,11 @@ absl::Status RunQuery(const QueryArgs& args) {
   r.options.temperature = args.temperature;
   r.options.seed = args.seed;
   r.stop = args.stop;
-  ASSIGN_OR_RETURN(router::InferenceResult res,
-                   client->Generate(r, [&](const std::string& text) {
-                     if (args.json) return;
-                     std::fwrite(text.data(), 1, text.size(), stdout);
-                     std::fflush(stdout);
-                   }));
+  ASSIGN_OR_RETURN(router::InferenceResult res, client->Generate(r, [&](const std::string& text) {
+    if (args.json) return;
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fflush(stdout);
+  }));
   if (args.json) {
     std::printf("%s\n", nlohmann::ordered_json({{"text", res.text.text},
                                                 {"finish_reason", res.text.finish_reason},
@@ -382,8 +376,7 @@ void RegisterServe(CLI::App& app, int* exit_code) {
       "Serve premoe: store, router and worker in one process (the default), or one role of a "
       "cluster; until SIGINT or SIGTERM");
   s->add_option("--role", a->role, "all, store, router or worker")->capture_default_str();
-  s->add_option("--listen", a->listen,
-                "gRPC address of the role (all/router: premoe.v1.Inference)")
+  s->add_option("--listen", a->listen, "gRPC address of the role (all/router: premoe.v1.Inference)")
       ->capture_default_str();
   s->add_option("--model", a->model, "Model directory (all, router, worker)");
   s->add_option("--store-dir", a->store_dir, "Embedded store directory (all, store)")

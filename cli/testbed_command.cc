@@ -14,9 +14,9 @@
 #include "premoe/common/file.h"
 #include "premoe/common/status.h"
 #include "premoe/model/engine.h"
-#include "premoe/model/tokenizer.h"
 #include "premoe/testbed/specialisation.h"
 #include "premoe/testbed/trainer.h"
+#include "premoe/tokenizer/tokenizer.h"
 
 namespace premoe::cli {
 namespace {
@@ -34,8 +34,8 @@ absl::Status RunSpecialisation(const SpecialisationArgs& args) {
   testbed::SpecialisationOptions o;
   ASSIGN_OR_RETURN(o.split, testbed::ParseSplit(args.split));
   o.samples = args.samples;
-  ASSIGN_OR_RETURN(std::unique_ptr<model::Tokenizer> tokenizer,
-                   model::Tokenizer::FromFile(args.model + "/tokenizer.json"));
+  ASSIGN_OR_RETURN(std::unique_ptr<tokenizer::Tokenizer> tokenizer,
+                   tokenizer::Tokenizer::FromFile(args.model + "/tokenizer.json"));
   model::EngineOptions eo;
   eo.dtype = "fp32";
   ASSIGN_OR_RETURN(std::unique_ptr<model::Engine> engine, model::Engine::Open(args.model, eo));
@@ -91,7 +91,8 @@ void RegisterTestbed(CLI::App& app, int* exit_code) {
     // The manifest records the command line as given.
     // (/proc reports a size of 0, so common::ReadFile would read nothing.)
     std::ifstream in("/proc/self/cmdline", std::ios::binary);
-    const std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string cmdline((std::istreambuf_iterator<char>(in)),
+                              std::istreambuf_iterator<char>());
     train->command =
         absl::StrJoin(absl::StrSplit(absl::StripSuffix(cmdline, std::string(1, '\0')), '\0'), " ");
     train->on_progress = [](const testbed::TrainProgress& p) {
@@ -119,7 +120,9 @@ void RegisterTestbed(CLI::App& app, int* exit_code) {
   s->add_option("--split", spec->split)->capture_default_str();
   s->add_option("--samples", spec->samples, "Samples per task")->capture_default_str();
   s->add_option("--json-out", spec->json_out, "Write the full report (frequencies too) here");
-  s->callback([spec, exit_code] { *exit_code = ReportStatus("testbed specialisation", RunSpecialisation(*spec)); });
+  s->callback([spec, exit_code] {
+    *exit_code = ReportStatus("testbed specialisation", RunSpecialisation(*spec));
+  });
 }
 
 }  // namespace premoe::cli

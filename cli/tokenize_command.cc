@@ -8,7 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
 #include "premoe/common/json.h"
-#include "premoe/model/tokenizer.h"
+#include "premoe/tokenizer/tokenizer.h"
 
 namespace premoe::cli {
 namespace {
@@ -21,7 +21,7 @@ struct TokenizeArgs {
 };
 
 int RunTokenize(const TokenizeArgs& args) {
-  auto tokenizer = model::Tokenizer::FromFile(args.tokenizer);
+  auto tokenizer = tokenizer::Tokenizer::FromFile(args.tokenizer);
   if (!tokenizer.ok()) {
     std::fprintf(stderr, "premoe tokenize: %s\n", tokenizer.status().ToString().c_str());
     return 1;
@@ -60,7 +60,8 @@ int RunTokenize(const TokenizeArgs& args) {
         }
       }
       if (!ok) {
-        std::fprintf(stderr, "premoe tokenize --decode: stdin line %lld: want a JSON array of ids\n",
+        std::fprintf(stderr,
+                     "premoe tokenize --decode: stdin line %lld: want a JSON array of ids\n",
                      static_cast<long long>(line_number));
         return 1;
       }

@@ -37,13 +37,14 @@ absl::Status RunPrepare(const PrepareArgs& args) {
   ASSIGN_OR_RETURN(store::Pattern pattern, store::DecodePattern(bytes));
   ASSIGN_OR_RETURN(auto client, Connect(args.address));
   ASSIGN_OR_RETURN(worker::PreparedPattern p, client->Prepare(pattern, args.budget));
-  std::printf("pattern %s at %s: %lld experts (%.0f%% of all, %.2f MiB); loaded %lld "
-              "(%.2f MiB in %.3f s), evicted %lld\n",
-              p.task.c_str(), args.budget.c_str(), static_cast<long long>(p.kept_experts),
-              100 * p.kept_fraction, static_cast<double>(p.kept_bytes) / kMiB,
-              static_cast<long long>(p.load.loaded_experts),
-              static_cast<double>(p.load.loaded_bytes) / kMiB, p.load.load_seconds,
-              static_cast<long long>(p.load.evicted_experts));
+  std::printf(
+      "pattern %s at %s: %lld experts (%.0f%% of all, %.2f MiB); loaded %lld "
+      "(%.2f MiB in %.3f s), evicted %lld\n",
+      p.task.c_str(), args.budget.c_str(), static_cast<long long>(p.kept_experts),
+      100 * p.kept_fraction, static_cast<double>(p.kept_bytes) / kMiB,
+      static_cast<long long>(p.load.loaded_experts),
+      static_cast<double>(p.load.loaded_bytes) / kMiB, p.load.load_seconds,
+      static_cast<long long>(p.load.evicted_experts));
   return absl::OkStatus();
 }
 
@@ -111,18 +112,19 @@ absl::Status RunStatus(const StatusArgs& args) {
     std::printf("%s\n", j.dump(2).c_str());
     return absl::OkStatus();
   }
-  std::printf("model %s\nbase weights %.2f MiB; experts resident %lld (%.2f MiB of a %.2f MiB "
-              "budget; all experts %.2f MiB), pinned %lld\nrequests: %lld running, %lld queued; "
-              "loads %lld (%.2f MiB, %.3f s), evictions %lld\n",
-              remote.model_fingerprint.c_str(), static_cast<double>(s.base_bytes) / kMiB,
-              static_cast<long long>(s.cache.resident_experts),
-              static_cast<double>(s.cache.resident_bytes) / kMiB,
-              static_cast<double>(s.cache.budget_bytes) / kMiB,
-              static_cast<double>(s.all_experts_bytes) / kMiB,
-              static_cast<long long>(s.cache.pinned_experts), static_cast<long long>(s.running),
-              static_cast<long long>(s.queued), static_cast<long long>(s.cache.loads),
-              static_cast<double>(s.cache.loaded_bytes) / kMiB, s.cache.load_seconds,
-              static_cast<long long>(s.cache.evictions));
+  std::printf(
+      "model %s\nbase weights %.2f MiB; experts resident %lld (%.2f MiB of a %.2f MiB "
+      "budget; all experts %.2f MiB), pinned %lld\nrequests: %lld running, %lld queued; "
+      "loads %lld (%.2f MiB, %.3f s), evictions %lld\n",
+      remote.model_fingerprint.c_str(), static_cast<double>(s.base_bytes) / kMiB,
+      static_cast<long long>(s.cache.resident_experts),
+      static_cast<double>(s.cache.resident_bytes) / kMiB,
+      static_cast<double>(s.cache.budget_bytes) / kMiB,
+      static_cast<double>(s.all_experts_bytes) / kMiB,
+      static_cast<long long>(s.cache.pinned_experts), static_cast<long long>(s.running),
+      static_cast<long long>(s.queued), static_cast<long long>(s.cache.loads),
+      static_cast<double>(s.cache.loaded_bytes) / kMiB, s.cache.load_seconds,
+      static_cast<long long>(s.cache.evictions));
   for (const auto& p : s.patterns) {
     std::printf("  %-12s %4lld experts %8.2f MiB  %s\n", p.task.c_str(),
                 static_cast<long long>(p.kept_experts), static_cast<double>(p.kept_bytes) / kMiB,

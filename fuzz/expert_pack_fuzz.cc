@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "premoe/model/expert_pack.h"
+#include "premoe/checkpoint/expert_pack.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const std::string path = "/tmp/premoe_expert_pack_fuzz." + std::to_string(::getpid());
@@ -18,7 +18,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::fclose(f);
   if (!written) return 0;
   {
-    auto pack = premoe::model::ExpertPack::Open(path);
+    auto pack = premoe::checkpoint::ExpertPack::Open(path);
     if (pack.ok()) {
       (void)(*pack)->Verify();
       const auto& h = (*pack)->header();

@@ -17,17 +17,17 @@
 #include <string>
 
 #include "absl/strings/match.h"
-#include "premoe/model/safetensors.h"
+#include "premoe/checkpoint/safetensors.h"
 
 namespace {
 
-using premoe::model::SafetensorsFile;
-using premoe::model::SafetensorsWriter;
-using premoe::model::TensorView;
+using premoe::checkpoint::SafetensorsFile;
+using premoe::checkpoint::SafetensorsWriter;
+using premoe::checkpoint::TensorView;
 
 // Small enough that a mutated length prefix cannot make one input take
 // seconds; large enough for every seed.
-constexpr premoe::model::SafetensorsOptions kOptions{.max_header_bytes = 1 << 20};
+constexpr premoe::checkpoint::SafetensorsOptions kOptions{.max_header_bytes = 1 << 20};
 
 void Check(bool condition) {
   if (!condition) std::abort();

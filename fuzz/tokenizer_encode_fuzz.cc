@@ -9,7 +9,7 @@
 #include <memory>
 #include <string>
 
-#include "premoe/model/tokenizer.h"
+#include "premoe/tokenizer/tokenizer.h"
 
 namespace {
 
@@ -17,8 +17,8 @@ void Check(bool condition) {
   if (!condition) std::abort();
 }
 
-std::unique_ptr<premoe::model::Tokenizer>& Tok() {
-  static std::unique_ptr<premoe::model::Tokenizer> tokenizer;
+std::unique_ptr<premoe::tokenizer::Tokenizer>& Tok() {
+  static std::unique_ptr<premoe::tokenizer::Tokenizer> tokenizer;
   return tokenizer;
 }
 
@@ -26,7 +26,7 @@ std::unique_ptr<premoe::model::Tokenizer>& Tok() {
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   const char* path = std::getenv("PREMOE_FUZZ_TOKENIZER");
-  auto tok = premoe::model::Tokenizer::FromFile(path != nullptr ? path : PREMOE_FUZZ_TOKENIZER);
+  auto tok = premoe::tokenizer::Tokenizer::FromFile(path != nullptr ? path : PREMOE_FUZZ_TOKENIZER);
   if (!tok.ok()) std::abort();
   Tok() = std::move(*tok);
   return 0;

@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <string>
 
-#include "premoe/model/tokenizer.h"
+#include "premoe/tokenizer/tokenizer.h"
 
 namespace {
 
@@ -20,7 +20,7 @@ void Check(bool condition) {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string json(reinterpret_cast<const char*>(data), size);
-  auto tokenizer = premoe::model::Tokenizer::FromJson(json, "fuzz.json");
+  auto tokenizer = premoe::tokenizer::Tokenizer::FromJson(json, "fuzz.json");
   if (!tokenizer.ok()) {
     Check(!tokenizer.status().message().empty());
     return 0;

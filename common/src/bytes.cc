@@ -13,8 +13,10 @@ namespace premoe::common {
 absl::StatusOr<int64_t> ParseByteSize(absl::string_view text) {
   absl::string_view rest = text;
   double scale = 1;
-  for (const auto& [suffix, mult] : {std::pair{"GiB", double{1 << 30}}, {"MiB", double{1 << 20}},
-                                     {"KiB", double{1 << 10}}, {"B", 1.0}}) {
+  for (const auto& [suffix, mult] : {std::pair{"GiB", double{1 << 30}},
+                                     {"MiB", double{1 << 20}},
+                                     {"KiB", double{1 << 10}},
+                                     {"B", 1.0}}) {
     if (absl::ConsumeSuffix(&rest, suffix)) {
       scale = mult;
       break;
@@ -23,9 +25,10 @@ absl::StatusOr<int64_t> ParseByteSize(absl::string_view text) {
   double v = 0;
   // 2^62 bytes leaves headroom for sums without overflow.
   if (!absl::SimpleAtod(rest, &v) || !(v > 0) || !std::isfinite(v) || v * scale > 0x1p62) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "\"", text, "\" is not a byte size (want a positive number with an optional B, KiB, "
-        "MiB or GiB suffix)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", text,
+                     "\" is not a byte size (want a positive number with an optional B, KiB, "
+                     "MiB or GiB suffix)"));
   }
   return static_cast<int64_t>(v * scale);
 }

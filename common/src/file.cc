@@ -52,8 +52,8 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, std::uint64_t max_
   }
   if (static_cast<std::uint64_t>(st.st_size) > max_bytes) {
     ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat(path, ": ", st.st_size,
-                                                   " bytes is over the limit of ", max_bytes));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": ", st.st_size, " bytes is over the limit of ", max_bytes));
   }
   std::string contents(static_cast<size_t>(st.st_size), '\0');
   size_t done = 0;
@@ -61,8 +61,9 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, std::uint64_t max_
     const ssize_t n = ::read(fd, contents.data() + done, contents.size() - done);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
-      absl::Status status = n < 0 ? PosixError(path, "read")
-                                  : absl::DataLossError(absl::StrCat(path, ": file shrank while reading"));
+      absl::Status status =
+          n < 0 ? PosixError(path, "read")
+                : absl::DataLossError(absl::StrCat(path, ": file shrank while reading"));
       ::close(fd);
       return status;
     }
@@ -72,8 +73,7 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, std::uint64_t max_
   return contents;
 }
 
-absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Open(
-    const std::string& path) {
+absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Open(const std::string& path) {
   // Unique per process and writer, so concurrent writers of one path never
   // share a temporary file.
   static std::atomic<std::uint64_t> counter{0};

@@ -63,14 +63,13 @@ MappedFile::~MappedFile() {
 
 absl::Status MappedFile::ReadAt(std::size_t offset, std::span<std::uint8_t> dst) const {
   if (offset > size_ || dst.size() > size_ - offset) {
-    return absl::OutOfRangeError(absl::StrCat(path_, ": bytes [", offset, ", ",
-                                              offset + dst.size(), ") are outside the file of ",
-                                              size_, " bytes"));
+    return absl::OutOfRangeError(absl::StrCat(path_, ": bytes [", offset, ", ", offset + dst.size(),
+                                              ") are outside the file of ", size_, " bytes"));
   }
   std::size_t done = 0;
   while (done < dst.size()) {
-    const ssize_t n = ::pread(fd_, dst.data() + done, dst.size() - done,
-                              static_cast<off_t>(offset + done));
+    const ssize_t n =
+        ::pread(fd_, dst.data() + done, dst.size() - done, static_cast<off_t>(offset + done));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       return n < 0 ? ErrnoStatus(errno, path_, "read")

@@ -1,9 +1,8 @@
 #include "premoe/model/build_info.h"
 
-#include <dlfcn.h>
-
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <dlfcn.h>
 #include <torch/version.h>
 
 #if PREMOE_CUDA_ENABLED

@@ -19,9 +19,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "engine_weights.h"
-#include "premoe/model/decoding.h"
-#include "premoe/model/expert_pack.h"
+#include "premoe/checkpoint/expert_pack.h"
 #include "premoe/common/status.h"
+#include "premoe/model/decoding.h"
 
 namespace premoe::model {
 
@@ -38,13 +38,13 @@ const std::vector<int64_t>* KeptExperts::Find(int64_t layer) const {
   return it == layers.end() ? nullptr : &it->second;
 }
 
-absl::Status KeptExperts::Validate(const ModelConfig& config, int64_t top_k) const {
+absl::Status KeptExperts::Validate(const checkpoint::ModelConfig& config, int64_t top_k) const {
   for (const auto& [layer, experts] : layers) {
     if (layer < 0 || layer >= config.num_hidden_layers ||
         !config.IsMoeLayer(static_cast<int>(layer))) {
       return absl::InvalidArgumentError(
           absl::StrCat("expert mask names layer ", layer, ", which is not a MoE layer of this ",
-                       ModelTypeName(config.architecture), " model"));
+                       checkpoint::ModelTypeName(config.architecture), " model"));
     }
     for (size_t i = 0; i < experts.size(); ++i) {
       if (experts[i] < 0 || experts[i] >= config.num_routed_experts) {
@@ -84,7 +84,8 @@ absl::Status EngineOptions::Validate() const {
     }
   }
   if (top_k < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("EngineOptions.top_k must be >= 0, got ", top_k));
+    return absl::InvalidArgumentError(
+        absl::StrCat("EngineOptions.top_k must be >= 0, got ", top_k));
   }
   if (max_context < 0) {
     return absl::InvalidArgumentError(
@@ -95,7 +96,8 @@ absl::Status EngineOptions::Validate() const {
         absl::StrCat("EngineOptions.trainable needs dtype \"fp32\", got \"", dtype, "\""));
   }
   if (static_cast<int>(trainable) + static_cast<int>(streamed) +
-          static_cast<int>(experts_on_demand) + static_cast<int>(probe_moe_layers > 0) > 1) {
+          static_cast<int>(experts_on_demand) + static_cast<int>(probe_moe_layers > 0) >
+      1) {
     return absl::InvalidArgumentError(
         "EngineOptions: trainable, streamed, experts_on_demand and probe exclude each other");
   }
@@ -149,9 +151,9 @@ using internal::MoeWeights;
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
-bool IsDeepseek(const ModelConfig& c) {
-  return c.architecture == Architecture::kDeepseekV2 ||
-         c.architecture == Architecture::kDeepseekV3;
+bool IsDeepseek(const checkpoint::ModelConfig& c) {
+  return c.architecture == checkpoint::Architecture::kDeepseekV2 ||
+         c.architecture == checkpoint::Architecture::kDeepseekV3;
 }
 
 at::Tensor Lin(const at::Tensor& x, const Linear& l) {
@@ -168,7 +170,8 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps) {
 
 at::Tensor Mlp(const at::Tensor& x, const MlpWeights& m) {
   at::Tensor gu = Lin(x, m.gate_up);
-  at::Tensor act = at::silu(gu.narrow(-1, 0, m.intermediate)) * gu.narrow(-1, m.intermediate, m.intermediate);
+  at::Tensor act =
+      at::silu(gu.narrow(-1, 0, m.intermediate)) * gu.narrow(-1, m.intermediate, m.intermediate);
   return Lin(act, m.down);
 }
 
@@ -180,20 +183,20 @@ struct Rope {
   double scaling = 1.0;
 };
 
-Rope ComputeRope(const ModelConfig& c, int64_t seq_len) {
+Rope ComputeRope(const checkpoint::ModelConfig& c, int64_t seq_len) {
   const int64_t dim = IsDeepseek(c) ? c.qk_rope_head_dim : c.head_dim;
-  const RopeParameters& r = c.rope;
+  const checkpoint::RopeParameters& r = c.rope;
   double base = r.theta;
   at::Tensor exponents = at::arange(0, dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(dim);
   Rope rope;
   switch (r.type) {
-    case RopeType::kDefault:
+    case checkpoint::RopeType::kDefault:
       rope.inv_freq = 1.0 / at::pow(at::Scalar(base), exponents);
       break;
-    case RopeType::kLinear:
+    case checkpoint::RopeType::kLinear:
       rope.inv_freq = 1.0 / at::pow(at::Scalar(base), exponents) / r.factor;
       break;
-    case RopeType::kDynamic: {
+    case checkpoint::RopeType::kDynamic: {
       const double sl = static_cast<double>(std::max(seq_len, c.max_position_embeddings));
       base = base * std::pow(r.factor * sl / static_cast<double>(c.max_position_embeddings) -
                                  (r.factor - 1),
@@ -201,7 +204,7 @@ Rope ComputeRope(const ModelConfig& c, int64_t seq_len) {
       rope.inv_freq = 1.0 / at::pow(at::Scalar(base), exponents);
       break;
     }
-    case RopeType::kYarn: {
+    case checkpoint::RopeType::kYarn: {
       const double factor = r.factor;
       at::Tensor pos_freqs = at::pow(at::Scalar(base), exponents);
       at::Tensor extrapolation = 1.0 / pos_freqs;
@@ -220,11 +223,10 @@ Rope ComputeRope(const ModelConfig& c, int64_t seq_len) {
       low = std::max(low, 0.0);
       high = std::min(high, static_cast<double>(dim - 1));
       if (low == high) high += 0.001;
-      at::Tensor ramp =
-          at::clamp((at::arange(dim / 2, at::kFloat) - low) / (high - low), 0, 1);
+      at::Tensor ramp = at::clamp((at::arange(dim / 2, at::kFloat) - low) / (high - low), 0, 1);
       at::Tensor extrapolation_factor = 1 - ramp;
-      rope.inv_freq = interpolation * (1 - extrapolation_factor) +
-                      extrapolation * extrapolation_factor;
+      rope.inv_freq =
+          interpolation * (1 - extrapolation_factor) + extrapolation * extrapolation_factor;
       rope.scaling = r.attention_factor;
       break;
     }
@@ -280,24 +282,25 @@ class KvCacheImpl final : public KvCache {
 
 // Per-forward bookkeeping shared by the layers.
 struct Batch {
-  int64_t tokens = 0;                 // T
-  at::Tensor seq, pos;                // [T] long
-  std::vector<int64_t> active;        // sequences with new tokens
-  at::Tensor slot_a, slot_i;          // [T]: (active index, offset) of each token
+  int64_t tokens = 0;           // T
+  at::Tensor seq, pos;          // [T] long
+  std::vector<int64_t> active;  // sequences with new tokens
+  at::Tensor slot_a, slot_i;    // [T]: (active index, offset) of each token
   int64_t s_max = 0, l_max = 0;
-  at::Tensor active_t;                // [Ba] long
-  at::Tensor qpos;                    // [Ba, s_max] long: position of each query slot
-  at::Tensor full_mask;               // [Ba, s_max, l_max] bool, true = may attend
+  at::Tensor active_t;   // [Ba] long
+  at::Tensor qpos;       // [Ba, s_max] long: position of each query slot
+  at::Tensor full_mask;  // [Ba, s_max, l_max] bool, true = may attend
   std::map<int64_t, at::Tensor> window_masks;
-  at::Tensor cos, sin;                // [T, rope dim] compute dtype
+  at::Tensor cos, sin;  // [T, rope dim] compute dtype
   bool all_active = false;
 };
 
 class EngineImpl final : public Engine {
  public:
   // `checkpoint` is kept for streamed and on-demand engines (null otherwise).
-  EngineImpl(ModelConfig config, EngineOptions options, ModelWeights weights, at::ScalarType dtype,
-             at::Device device, std::shared_ptr<const Checkpoint> checkpoint)
+  EngineImpl(checkpoint::ModelConfig config, EngineOptions options, ModelWeights weights,
+             at::ScalarType dtype, at::Device device,
+             std::shared_ptr<const checkpoint::Checkpoint> checkpoint)
       : config_(std::move(config)),
         options_(std::move(options)),
         w_(std::move(weights)),
@@ -322,7 +325,7 @@ class EngineImpl final : public Engine {
     }
   }
 
-  const ModelConfig& config() const override { return config_; }
+  const checkpoint::ModelConfig& config() const override { return config_; }
   const EngineOptions& options() const override { return options_; }
   int64_t top_k() const override { return top_k_; }
   int64_t max_context() const override { return max_context_; }
@@ -355,13 +358,12 @@ class EngineImpl final : public Engine {
           "LoadExpertInto: only an engine opened with experts_on_demand loads experts one by one");
     }
     if (layer < 0 || layer >= config_.num_hidden_layers || !w_.layers[layer].is_moe) {
-      return absl::InvalidArgumentError(absl::StrCat("LoadExpertInto: layer ", layer,
-                                                     " is not a MoE layer of the model"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("LoadExpertInto: layer ", layer, " is not a MoE layer of the model"));
     }
     if (expert < 0 || expert >= config_.num_routed_experts) {
-      return absl::InvalidArgumentError(absl::StrCat("LoadExpertInto: expert ", expert,
-                                                     " is outside [0, ",
-                                                     config_.num_routed_experts, ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "LoadExpertInto: expert ", expert, " is outside [0, ", config_.num_routed_experts, ")"));
     }
     const int64_t h = config_.hidden_size, inter = config_.moe_intermediate_size;
     auto fits = [&](const at::Tensor& t, std::vector<int64_t> shape) {
@@ -387,7 +389,7 @@ class EngineImpl final : public Engine {
   // Opens options_.expert_pack for this model (Engine::Open).
   absl::Status OpenExpertPack() {
     if (options_.expert_pack.empty()) return absl::OkStatus();
-    ASSIGN_OR_RETURN(pack_, ExpertPack::Open(options_.expert_pack));
+    ASSIGN_OR_RETURN(pack_, checkpoint::ExpertPack::Open(options_.expert_pack));
     return pack_->CheckFits(*checkpoint_, config_, options_.dtype);
   }
 
@@ -413,14 +415,15 @@ class EngineImpl final : public Engine {
       }
     }
     try {
-      SafetensorsWriter writer;
+      checkpoint::SafetensorsWriter writer;
       std::vector<at::Tensor> keep_alive;
       for (const auto& [name, t] : w_.by_name) {
         at::Tensor c = t.detach().to(at::kCPU).contiguous();
-        const DType dtype = c.scalar_type() == at::kFloat ? DType::kF32 : DType::kBF16;
+        const checkpoint::DType dtype =
+            c.scalar_type() == at::kFloat ? checkpoint::DType::kF32 : checkpoint::DType::kBF16;
         if (c.scalar_type() != at::kFloat && c.scalar_type() != at::kBFloat16) {
-          return absl::InternalError(absl::StrCat("SaveWeights: weight \"", name,
-                                                  "\" has an unexpected dtype"));
+          return absl::InternalError(
+              absl::StrCat("SaveWeights: weight \"", name, "\" has an unexpected dtype"));
         }
         keep_alive.push_back(c);
         RETURN_IF_ERROR(writer.AddUnowned(
@@ -429,7 +432,8 @@ class EngineImpl final : public Engine {
       }
       return writer.Write(path);
     } catch (const c10::Error& e) {
-      return absl::InternalError(absl::StrCat("SaveWeights: libtorch: ", e.what_without_backtrace()));
+      return absl::InternalError(
+          absl::StrCat("SaveWeights: libtorch: ", e.what_without_backtrace()));
     }
   }
 
@@ -473,9 +477,9 @@ class EngineImpl final : public Engine {
                                                      config_.num_hidden_layers));
     }
     if (options_.probe_moe_layers > 0 && options.last_layer != probe_layer_) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "Forward: a probe engine runs to its last router only: last_layer must be ",
-          probe_layer_, ", not ", options.last_layer));
+      return absl::InvalidArgumentError(
+          absl::StrCat("Forward: a probe engine runs to its last router only: last_layer must be ",
+                       probe_layer_, ", not ", options.last_layer));
     }
     if (options.last_layer >= 0 && cache != nullptr) {
       // The cache would hold keys of the early layers only.
@@ -509,25 +513,29 @@ class EngineImpl final : public Engine {
  private:
   absl::Status CheckResident(absl::string_view what) const {
     if (options_.probe_moe_layers > 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          what, ": a probe engine holds the model only up to a router; it runs "
-                "Forward with last_layer = ", probe_layer_, " and no cache only"));
+      return absl::FailedPreconditionError(
+          absl::StrCat(what,
+                       ": a probe engine holds the model only up to a router; it runs "
+                       "Forward with last_layer = ",
+                       probe_layer_, " and no cache only"));
     }
     if (!options_.streamed) return absl::OkStatus();
-    return absl::FailedPreconditionError(absl::StrCat(
-        what, ": a streamed engine holds no layers between forward passes; it runs "
-              "Forward without a cache only (open the model without streamed for this)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(what,
+                     ": a streamed engine holds no layers between forward passes; it runs "
+                     "Forward without a cache only (open the model without streamed for this)"));
   }
 
   absl::Status CheckOwnsExperts(absl::string_view what) const {
     if (!options_.experts_on_demand) return absl::OkStatus();
-    return absl::FailedPreconditionError(absl::StrCat(
-        what, ": an engine with experts on demand holds no routed experts of its own; "
-              "run Forward with ForwardOptions::experts"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(what,
+                     ": an engine with experts on demand holds no routed experts of its own; "
+                     "run Forward with ForwardOptions::experts"));
   }
 
   void AllocateLayerCache(KvCacheImpl& kv, int64_t l) const {
-    const ModelConfig& c = config_;
+    const checkpoint::ModelConfig& c = config_;
     auto opts = at::TensorOptions().dtype(dtype_).device(device_);
     if (IsDeepseek(c)) {
       kv.a[l] = at::zeros({kv.batch_, kv.capacity_, c.kv_lora_rank}, opts);
@@ -538,26 +546,25 @@ class EngineImpl final : public Engine {
     }
   }
 
-  absl::Status CheckForward(const std::vector<std::vector<int64_t>>& tokens,
-                            const KvCacheImpl& kv, const ForwardOptions& options) const {
+  absl::Status CheckForward(const std::vector<std::vector<int64_t>>& tokens, const KvCacheImpl& kv,
+                            const ForwardOptions& options) const {
     if (static_cast<int64_t>(tokens.size()) != kv.batch_) {
-      return absl::InvalidArgumentError(absl::StrCat("Forward: ", tokens.size(),
-                                                     " sequences for a cache of batch size ",
-                                                     kv.batch_));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Forward: ", tokens.size(), " sequences for a cache of batch size ", kv.batch_));
     }
     int64_t total = 0;
     for (size_t b = 0; b < tokens.size(); ++b) {
       for (int64_t t : tokens[b]) {
         if (t < 0 || t >= config_.vocab_size) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "Forward: sequence ", b, " has token id ", t, ", outside [0, ", config_.vocab_size,
-              ")"));
+          return absl::InvalidArgumentError(absl::StrCat("Forward: sequence ", b, " has token id ",
+                                                         t, ", outside [0, ", config_.vocab_size,
+                                                         ")"));
         }
       }
       if (kv.lengths_[b] + static_cast<int64_t>(tokens[b].size()) > kv.capacity_) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "Forward: sequence ", b, " would hold ", kv.lengths_[b] + tokens[b].size(),
-            " tokens, over the cache capacity ", kv.capacity_));
+        return absl::InvalidArgumentError(
+            absl::StrCat("Forward: sequence ", b, " would hold ", kv.lengths_[b] + tokens[b].size(),
+                         " tokens, over the cache capacity ", kv.capacity_));
       }
       total += static_cast<int64_t>(tokens[b].size());
     }
@@ -574,9 +581,9 @@ class EngineImpl final : public Engine {
         if (moe.all_loaded) continue;
         for (int64_t e : experts) {
           if (!std::binary_search(moe.loaded.begin(), moe.loaded.end(), e)) {
-            return absl::InvalidArgumentError(absl::StrCat(
-                "expert mask keeps expert ", e, " of layer ", layer,
-                ", which this reduced model did not load"));
+            return absl::InvalidArgumentError(
+                absl::StrCat("expert mask keeps expert ", e, " of layer ", layer,
+                             ", which this reduced model did not load"));
           }
         }
       }
@@ -610,9 +617,9 @@ class EngineImpl final : public Engine {
       for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
         if (!w_.layers[l].is_moe) continue;
         auto missing = [&](int64_t e) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              "Forward: sequence ", b, "'s mask keeps expert ", e, " of layer ", l,
-              ", which is not in ForwardOptions::experts"));
+          return absl::FailedPreconditionError(
+              absl::StrCat("Forward: sequence ", b, "'s mask keeps expert ", e, " of layer ", l,
+                           ", which is not in ForwardOptions::experts"));
         };
         auto needs = [&](int64_t e) {
           return (options.expert_parallel == nullptr || options.expert_parallel->Owns(e)) &&
@@ -672,7 +679,7 @@ class EngineImpl final : public Engine {
 
     // RoPE tables for these positions.
     Rope rope = static_rope_;
-    if (config_.rope.type == RopeType::kDynamic) {
+    if (config_.rope.type == checkpoint::RopeType::kDynamic) {
       rope = ComputeRope(config_, *std::max_element(pos.begin(), pos.end()) + 1);
     }
     at::Tensor freqs = bt.pos.to(at::kFloat).unsqueeze(-1) * rope.inv_freq.to(device_).unsqueeze(0);
@@ -701,7 +708,8 @@ class EngineImpl final : public Engine {
                     const at::Tensor& mask, double scale) const {
     const int64_t ba = q.size(0), s = q.size(1), h = q.size(2), dq = q.size(3);
     const int64_t hkv = k.size(1), g = h / hkv, l = k.size(2), dv = v.size(3);
-    at::Tensor qg = q.view({ba, s, hkv, g, dq}).permute({0, 2, 3, 1, 4}).reshape({ba, hkv, g * s, dq});
+    at::Tensor qg =
+        q.view({ba, s, hkv, g, dq}).permute({0, 2, 3, 1, 4}).reshape({ba, hkv, g * s, dq});
     at::Tensor scores = at::matmul(qg, k.transpose(-1, -2)) * scale;  // [Ba, Hkv, G*s, L]
     scores = scores.view({ba, hkv, g, s, l})
                  .masked_fill(mask.logical_not().view({ba, 1, 1, s, l}), kNegInf);
@@ -725,11 +733,11 @@ class EngineImpl final : public Engine {
 
   at::Tensor AttentionGqa(const at::Tensor& x, int64_t layer, const AttentionWeights& a, Batch& bt,
                           KvCacheImpl& kv) const {
-    const ModelConfig& c = config_;
+    const checkpoint::ModelConfig& c = config_;
     const int64_t t = bt.tokens, nh = c.num_attention_heads, nkv = c.num_key_value_heads,
                   d = c.head_dim;
     at::Tensor q = Lin(x, a.q), k = Lin(x, a.k), v = Lin(x, a.v);
-    if (c.qk_norm == QkNorm::kFull) {
+    if (c.qk_norm == checkpoint::QkNorm::kFull) {
       q = RmsNorm(q, a.q_norm, c.rms_norm_eps);
       k = RmsNorm(k, a.k_norm, c.rms_norm_eps);
     }
@@ -741,7 +749,7 @@ class EngineImpl final : public Engine {
     q = q.view({t, nh, d});
     k = k.view({t, nkv, d});
     v = v.view({t, nkv, d});
-    if (c.qk_norm == QkNorm::kPerHead) {
+    if (c.qk_norm == checkpoint::QkNorm::kPerHead) {
       q = RmsNorm(q, a.q_norm, c.rms_norm_eps);
       k = RmsNorm(k, a.k_norm, c.rms_norm_eps);
     }
@@ -759,7 +767,7 @@ class EngineImpl final : public Engine {
 
   at::Tensor AttentionMla(const at::Tensor& x, int64_t layer, const AttentionWeights& a, Batch& bt,
                           KvCacheImpl& kv) const {
-    const ModelConfig& c = config_;
+    const checkpoint::ModelConfig& c = config_;
     const int64_t t = bt.tokens, nh = c.num_attention_heads, nope = c.qk_nope_head_dim,
                   rope = c.qk_rope_head_dim, vd = c.v_head_dim, r = c.kv_lora_rank;
     at::Tensor q = c.q_lora_rank.has_value()
@@ -774,14 +782,14 @@ class EngineImpl final : public Engine {
     k_rot = ApplyRope(k_rot, bt.cos, bt.sin, c.rope_interleave).view({t, rope});
     kv.a[layer].index_put_({bt.seq, bt.pos}, latent);
     kv.b[layer].index_put_({bt.seq, bt.pos}, k_rot);
-    at::Tensor lat = ActiveRows(bt, kv.a[layer]).narrow(1, 0, bt.l_max);   // [Ba, L, r]
-    at::Tensor kr = ActiveRows(bt, kv.b[layer]).narrow(1, 0, bt.l_max);    // [Ba, L, rope]
+    at::Tensor lat = ActiveRows(bt, kv.a[layer]).narrow(1, 0, bt.l_max);  // [Ba, L, r]
+    at::Tensor kr = ActiveRows(bt, kv.b[layer]).narrow(1, 0, bt.l_max);   // [Ba, L, rope]
     const int64_t ba = lat.size(0), l = bt.l_max;
     at::Tensor kvx = Lin(lat, a.kv_b).view({ba, l, nh, nope + vd});
-    at::Tensor keys = at::cat({kvx.narrow(-1, 0, nope),
-                               kr.unsqueeze(2).expand({ba, l, nh, rope})}, -1)
-                          .permute({0, 2, 1, 3});                            // [Ba, nh, L, qk]
-    at::Tensor values = kvx.narrow(-1, nope, vd).permute({0, 2, 1, 3});      // [Ba, nh, L, vd]
+    at::Tensor keys =
+        at::cat({kvx.narrow(-1, 0, nope), kr.unsqueeze(2).expand({ba, l, nh, rope})}, -1)
+            .permute({0, 2, 1, 3});                                      // [Ba, nh, L, qk]
+    at::Tensor values = kvx.narrow(-1, nope, vd).permute({0, 2, 1, 3});  // [Ba, nh, L, vd]
     at::Tensor qf = at::cat({q_nope, q_rot}, -1);
     at::Tensor out = Attend(Pad(bt, qf), keys, values, MaskFor(bt, layer), c.AttentionScale());
     out = out.index({bt.slot_a, bt.slot_i});
@@ -814,15 +822,16 @@ class EngineImpl final : public Engine {
   // [T, K] fp32). `logits` [T, N] fp32 (-inf for experts not loaded).
   std::pair<at::Tensor, at::Tensor> Route(const at::Tensor& logits, const at::Tensor& allowed,
                                           const MoeWeights& moe) const {
-    const ModelConfig& c = config_;
+    const checkpoint::ModelConfig& c = config_;
     const int64_t k = top_k_;
     at::Tensor weights_source, choice;
-    if (c.scoring_func == RouterScoring::kSigmoid) {
+    if (c.scoring_func == checkpoint::RouterScoring::kSigmoid) {
       weights_source = logits.sigmoid();
       choice = weights_source + moe.e_score_bias;
       if (allowed.defined()) choice = choice.masked_fill(allowed.logical_not(), kNegInf);
     } else {
-      at::Tensor s = allowed.defined() ? logits.masked_fill(allowed.logical_not(), kNegInf) : logits;
+      at::Tensor s =
+          allowed.defined() ? logits.masked_fill(allowed.logical_not(), kNegInf) : logits;
       weights_source = at::softmax(s, -1, at::kFloat);
       // Pruned experts have probability 0; give them -inf so they rank below
       // every kept expert even when a kept probability underflows to 0.
@@ -830,13 +839,13 @@ class EngineImpl final : public Engine {
                                  : weights_source;
     }
     at::Tensor idx;
-    if (c.topk_method == TopkMethod::kGreedy) {
+    if (c.topk_method == checkpoint::TopkMethod::kGreedy) {
       idx = std::get<1>(at::topk(choice, k, -1));
     } else {
       const int64_t groups = *c.n_group, per = c.num_routed_experts / groups;
       at::Tensor g = choice.view({-1, groups, per});
       at::Tensor group_score;
-      if (c.topk_method == TopkMethod::kNoauxTc) {
+      if (c.topk_method == checkpoint::TopkMethod::kNoauxTc) {
         at::Tensor top2 = std::get<0>(g.topk(std::min<int64_t>(2, per), -1));
         at::Tensor finite = at::isfinite(top2);
         group_score = at::where(finite, top2, at::zeros_like(top2)).sum(-1);
@@ -850,15 +859,14 @@ class EngineImpl final : public Engine {
       // Experts of the chosen groups first; the others only fill slots the
       // chosen groups cannot (possible only under a mask). fp64 keeps the
       // order within each tier exact.
-      at::Tensor key = choice.to(at::kDouble) -
-                       at::where(chosen, at::zeros({}, at::kDouble),
-                                 at::full({}, 1e6, at::kDouble));
+      at::Tensor key = choice.to(at::kDouble) - at::where(chosen, at::zeros({}, at::kDouble),
+                                                          at::full({}, 1e6, at::kDouble));
       idx = std::get<1>(at::topk(key, k, -1));
     }
     at::Tensor w = weights_source.gather(1, idx);
     if (c.norm_topk_prob) {
-      w = c.topk_method == TopkMethod::kNoauxTc ? w / (w.sum(-1, true) + 1e-20)
-                                                : w / w.sum(-1, true);
+      w = c.topk_method == checkpoint::TopkMethod::kNoauxTc ? w / (w.sum(-1, true) + 1e-20)
+                                                            : w / w.sum(-1, true);
     }
     if (c.routed_scaling_factor != 1.0) w = w * c.routed_scaling_factor;
     return {idx, w};
@@ -988,9 +996,9 @@ class EngineImpl final : public Engine {
       // Streamed: this layer's weights and cache exist only for this iteration.
       LayerWeights streamed_layer;
       if (streamed) {
-        ASSIGN_OR_RETURN(streamed_layer, internal::LoadStreamedLayer(*checkpoint_, config_,
-                                                                     w_.layers[l], l, dtype_,
-                                                                     device_));
+        ASSIGN_OR_RETURN(
+            streamed_layer,
+            internal::LoadStreamedLayer(*checkpoint_, config_, w_.layers[l], l, dtype_, device_));
         AllocateLayerCache(kv, l);
       }
       const LayerWeights& L = streamed ? streamed_layer : w_.layers[l];
@@ -1024,11 +1032,12 @@ class EngineImpl final : public Engine {
       offset += static_cast<int64_t>(seq.size());
       if (!seq.empty()) last.push_back(offset - 1);
     }
-    at::Tensor rows = h.index_select(0, at::tensor(last, at::TensorOptions().dtype(at::kLong)).to(device_));
+    at::Tensor rows =
+        h.index_select(0, at::tensor(last, at::TensorOptions().dtype(at::kLong)).to(device_));
     at::Tensor logits = at::linear(RmsNorm(rows, final_norm, eps), lm_head).to(at::kFloat);
     if (bt.all_active) return logits;
-    at::Tensor out = at::zeros({static_cast<int64_t>(tokens.size()), config_.vocab_size},
-                               logits.options());
+    at::Tensor out =
+        at::zeros({static_cast<int64_t>(tokens.size()), config_.vocab_size}, logits.options());
     out.index_copy_(0, bt.active_t, logits);
     return out;
   }
@@ -1072,13 +1081,14 @@ class EngineImpl final : public Engine {
 #endif
   }
 
-  ModelConfig config_;
+  checkpoint::ModelConfig config_;
   EngineOptions options_;
   ModelWeights w_;
   at::ScalarType dtype_;
   at::Device device_;
-  std::shared_ptr<const Checkpoint> checkpoint_;
-  std::unique_ptr<const ExpertPack> pack_;  // options_.expert_pack, opened by OpenExpertPack
+  std::shared_ptr<const checkpoint::Checkpoint> checkpoint_;
+  std::unique_ptr<const checkpoint::ExpertPack>
+      pack_;  // options_.expert_pack, opened by OpenExpertPack
   int64_t top_k_ = 0;
   // The probe_moe_layers-th MoE layer: where a probe engine stops.
   int64_t probe_layer_ = 0;
@@ -1101,13 +1111,14 @@ absl::StatusOr<std::vector<GenerationResult>> EngineImpl::Generate(
   for (size_t i = 0; i < requests.size(); ++i) {
     const auto& prompt = requests[i].prompt;
     if (prompt.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("Generate: request ", i, " has an empty prompt"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("Generate: request ", i, " has an empty prompt"));
     }
     const int64_t need = static_cast<int64_t>(prompt.size()) + options.max_new_tokens;
     if (static_cast<int64_t>(prompt.size()) >= max_context_) {
       return absl::InvalidArgumentError(absl::StrCat("Generate: request ", i, "'s prompt has ",
-                                                     prompt.size(),
-                                                     " tokens; the context holds ", max_context_));
+                                                     prompt.size(), " tokens; the context holds ",
+                                                     max_context_));
     }
     if (need > max_context_) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -1173,7 +1184,7 @@ absl::StatusOr<std::vector<GenerationResult>> EngineImpl::Generate(
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const std::string& model_dir,
                                                      const EngineOptions& options) {
   RETURN_IF_ERROR(options.Validate());
-  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
+  ASSIGN_OR_RETURN(checkpoint::ModelConfig config, checkpoint::LoadModelConfig(model_dir));
   const int64_t top_k = options.top_k > 0 ? options.top_k : config.num_experts_per_tok;
   if (top_k > config.num_routed_experts) {
     return absl::InvalidArgumentError(absl::StrCat("EngineOptions.top_k ", options.top_k,
@@ -1181,13 +1192,14 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const std::string& model_di
                                                    config.num_routed_experts, " routed experts"));
   }
   RETURN_IF_ERROR(options.keep.Validate(config, top_k));
-  ASSIGN_OR_RETURN(std::unique_ptr<const Checkpoint> checkpoint, Checkpoint::Open(model_dir));
+  ASSIGN_OR_RETURN(std::unique_ptr<const checkpoint::Checkpoint> checkpoint,
+                   checkpoint::Checkpoint::Open(model_dir));
   try {
     const at::ScalarType dtype = options.dtype == "fp32" ? at::kFloat : at::kBFloat16;
     const at::Device device(options.device);
     if (device.is_cuda() && !at::hasCUDA()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("EngineOptions.device is \"", options.device, "\" but no CUDA device is available"));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "EngineOptions.device is \"", options.device, "\" but no CUDA device is available"));
     }
     if (options.probe_moe_layers > 0) {
       int64_t last = -1, seen = 0;
@@ -1198,14 +1210,14 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const std::string& model_di
         }
       }
       if (seen < options.probe_moe_layers) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            model_dir, ": EngineOptions.probe_moe_layers is ", options.probe_moe_layers,
-            " but the model has ", seen, " MoE layers"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(model_dir, ": EngineOptions.probe_moe_layers is ",
+                         options.probe_moe_layers, " but the model has ", seen, " MoE layers"));
       }
       ASSIGN_OR_RETURN(internal::ModelWeights weights,
                        internal::LoadProbeWeights(*checkpoint, config, last, dtype, device));
-      return std::unique_ptr<Engine>(new EngineImpl(std::move(config), options, std::move(weights),
-                                                    dtype, device, nullptr));
+      return std::unique_ptr<Engine>(
+          new EngineImpl(std::move(config), options, std::move(weights), dtype, device, nullptr));
     }
     if (options.streamed) {
       ASSIGN_OR_RETURN(
@@ -1218,7 +1230,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const std::string& model_di
     ASSIGN_OR_RETURN(internal::ModelWeights weights,
                      internal::LoadWeights(*checkpoint, config, options.keep, dtype, device,
                                            /*routed_experts=*/!on_demand));
-    std::shared_ptr<const Checkpoint> kept_checkpoint;
+    std::shared_ptr<const checkpoint::Checkpoint> kept_checkpoint;
     if (on_demand) kept_checkpoint = std::move(checkpoint);
     auto engine = std::make_unique<EngineImpl>(std::move(config), options, std::move(weights),
                                                dtype, device, std::move(kept_checkpoint));

@@ -14,9 +14,10 @@
 #include <cstring>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/match.h"
+#include "premoe/checkpoint/expert_tensors.h"
 #include "premoe/common/status.h"
 
 namespace premoe::model::internal {
@@ -26,16 +27,24 @@ std::string ShapeString(at::IntArrayRef shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
 
-at::ScalarType ToScalarType(DType dtype) {
+at::ScalarType ToScalarType(checkpoint::DType dtype) {
   switch (dtype) {
-    case DType::kF32: return at::kFloat;
-    case DType::kF16: return at::kHalf;
-    case DType::kBF16: return at::kBFloat16;
-    case DType::kF8E4M3: return at::kFloat8_e4m3fn;
-    case DType::kI8: return at::kChar;
-    case DType::kU8: return at::kByte;
-    case DType::kI32: return at::kInt;
-    case DType::kI64: return at::kLong;
+    case checkpoint::DType::kF32:
+      return at::kFloat;
+    case checkpoint::DType::kF16:
+      return at::kHalf;
+    case checkpoint::DType::kBF16:
+      return at::kBFloat16;
+    case checkpoint::DType::kF8E4M3:
+      return at::kFloat8_e4m3fn;
+    case checkpoint::DType::kI8:
+      return at::kChar;
+    case checkpoint::DType::kU8:
+      return at::kByte;
+    case checkpoint::DType::kI32:
+      return at::kInt;
+    case checkpoint::DType::kI64:
+      return at::kLong;
   }
   return at::kFloat;
 }
@@ -60,8 +69,9 @@ class Loader {
  public:
   // `names` (may be null) receives every loaded tensor under its HF name.
   // `release`: drop each tensor's mapped pages once copied (streamed loads).
-  Loader(const Checkpoint& checkpoint, const ModelConfig& config, at::ScalarType dtype,
-         at::Device device, std::map<std::string, at::Tensor>* names, bool release)
+  Loader(const checkpoint::Checkpoint& checkpoint, const checkpoint::ModelConfig& config,
+         at::ScalarType dtype, at::Device device, std::map<std::string, at::Tensor>* names,
+         bool release)
       : checkpoint_(checkpoint),
         config_(config),
         dtype_(dtype),
@@ -76,25 +86,25 @@ class Loader {
   // With check_only, validates shape and dtype and returns an undefined tensor.
   absl::StatusOr<at::Tensor> Read(const std::string& name, std::vector<int64_t> shape,
                                   bool check_only = false) {
-    ASSIGN_OR_RETURN(TensorView view, checkpoint_.Get(name));
+    ASSIGN_OR_RETURN(checkpoint::TensorView view, checkpoint_.Get(name));
     if (view.shape != shape) {
       return absl::InvalidArgumentError(
           absl::StrCat(checkpoint_.path(), ": tensor \"", name, "\" has shape ",
                        ShapeString(view.shape), " but the config implies ", ShapeString(shape)));
     }
-    if (view.dtype != DType::kF32 && view.dtype != DType::kF16 && view.dtype != DType::kBF16 &&
-        view.dtype != DType::kF8E4M3) {
-      return absl::InvalidArgumentError(absl::StrCat(checkpoint_.path(), ": tensor \"", name,
-                                                     "\" has dtype ", DTypeName(view.dtype),
-                                                     "; weights must be F32, F16, BF16 or F8_E4M3"));
+    if (view.dtype != checkpoint::DType::kF32 && view.dtype != checkpoint::DType::kF16 &&
+        view.dtype != checkpoint::DType::kBF16 && view.dtype != checkpoint::DType::kF8E4M3) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          checkpoint_.path(), ": tensor \"", name, "\" has dtype ",
+          checkpoint::DTypeName(view.dtype), "; weights must be F32, F16, BF16 or F8_E4M3"));
     }
     if (check_only) return at::Tensor();
     at::Tensor t = ViewToTensor(view);
     if (release_) checkpoint_.Release(name);
-    if (view.dtype == DType::kF8E4M3) {
+    if (view.dtype == checkpoint::DType::kF8E4M3) {
       // "<x>.weight" -> "<x>.weight_scale_inv"; fused "<x>" -> "<x>_scale_inv".
       const std::string scale_name = name + "_scale_inv";
-      const TensorView* scale_view = checkpoint_.Find(scale_name);
+      const checkpoint::TensorView* scale_view = checkpoint_.Find(scale_name);
       if (scale_view == nullptr) {
         return absl::InvalidArgumentError(absl::StrCat(checkpoint_.path(), ": FP8 tensor \"", name,
                                                        "\" has no scale tensor \"", scale_name,
@@ -112,17 +122,18 @@ class Loader {
         bc = shape.empty() ? 1 : shape.back();
       }
       if (shape.size() < 2) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            checkpoint_.path(), ": FP8 tensor \"", name, "\" must have at least 2 dimensions"));
+        return absl::InvalidArgumentError(absl::StrCat(checkpoint_.path(), ": FP8 tensor \"", name,
+                                                       "\" must have at least 2 dimensions"));
       }
       std::vector<int64_t> want(shape.begin(), shape.end() - 2);
       want.push_back((shape[shape.size() - 2] + br - 1) / br);
       want.push_back((shape.back() + bc - 1) / bc);
-      if (scale.sizes().vec() != want && !(scale.numel() == 1 && want == std::vector<int64_t>(want.size(), 1))) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            checkpoint_.path(), ": \"", scale_name, "\" has shape ", ShapeString(scale.sizes()),
-            " but blocks of [", br, ", ", bc, "] over ", ShapeString(shape), " need ",
-            ShapeString(want)));
+      if (scale.sizes().vec() != want &&
+          !(scale.numel() == 1 && want == std::vector<int64_t>(want.size(), 1))) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(checkpoint_.path(), ": \"", scale_name, "\" has shape ",
+                         ShapeString(scale.sizes()), " but blocks of [", br, ", ", bc, "] over ",
+                         ShapeString(shape), " need ", ShapeString(want)));
       }
       t = DequantizeBlockFp8(t, scale.reshape(want), br, bc);
     }
@@ -133,20 +144,20 @@ class Loader {
   // gives the whole tensor: only that row's bytes are copied (and released).
   absl::StatusOr<at::Tensor> ReadRow(const std::string& name, std::vector<int64_t> shape,
                                      int64_t index) {
-    ASSIGN_OR_RETURN(TensorView view, checkpoint_.Get(name));
-    if (view.dtype == DType::kF8E4M3 || view.shape != shape) {
+    ASSIGN_OR_RETURN(checkpoint::TensorView view, checkpoint_.Get(name));
+    if (view.dtype == checkpoint::DType::kF8E4M3 || view.shape != shape) {
       // Block scales span rows: take the checked whole-tensor path.
       ASSIGN_OR_RETURN(at::Tensor all, Read(name, std::move(shape)));
       return all[index].clone();
     }
     RETURN_IF_ERROR(Read(name, shape, /*check_only=*/true).status());
     const size_t row_bytes = view.bytes.size() / static_cast<size_t>(shape[0]);
-    TensorView row = view;
+    checkpoint::TensorView row = view;
     row.shape.erase(row.shape.begin());
     row.bytes = view.bytes.subspan(static_cast<size_t>(index) * row_bytes, row_bytes);
     at::Tensor t = ViewToTensor(row);
     if (release_) {
-      if (const SafetensorsFile* shard = checkpoint_.ShardOf(name)) shard->Release(row);
+      if (const checkpoint::SafetensorsFile* shard = checkpoint_.ShardOf(name)) shard->Release(row);
     }
     return t;
   }
@@ -158,16 +169,16 @@ class Loader {
   // (their block scales take Read's path).
   absl::StatusOr<bool> CopyInto(const std::string& name, const std::vector<int64_t>& shape,
                                 int64_t row, at::Tensor& dst) {
-    ASSIGN_OR_RETURN(TensorView view, checkpoint_.Get(name));
+    ASSIGN_OR_RETURN(checkpoint::TensorView view, checkpoint_.Get(name));
     RETURN_IF_ERROR(Read(name, shape, /*check_only=*/true).status());
-    if (view.dtype == DType::kF8E4M3) return false;
-    TensorView part = view;
+    if (view.dtype == checkpoint::DType::kF8E4M3) return false;
+    checkpoint::TensorView part = view;
     if (row >= 0) {
       const size_t row_bytes = view.bytes.size() / static_cast<size_t>(shape[0]);
       part.shape.erase(part.shape.begin());
       part.bytes = view.bytes.subspan(static_cast<size_t>(row) * row_bytes, row_bytes);
     }
-    const SafetensorsFile* shard = checkpoint_.ShardOf(name);
+    const checkpoint::SafetensorsFile* shard = checkpoint_.ShardOf(name);
     if (shard != nullptr && ToScalarType(part.dtype) == dst.scalar_type() && dst.is_cpu() &&
         dst.is_contiguous() && static_cast<size_t>(dst.nbytes()) == part.bytes.size()) {
       // No conversion: the kernel copies from the page cache (pread), with
@@ -193,8 +204,7 @@ class Loader {
     return t;
   }
 
-  absl::StatusOr<Linear> LoadLinear(const std::string& prefix, int64_t out, int64_t in,
-                                    bool bias) {
+  absl::StatusOr<Linear> LoadLinear(const std::string& prefix, int64_t out, int64_t in, bool bias) {
     Linear l;
     ASSIGN_OR_RETURN(l.w, Load(prefix + ".weight", {out, in}));
     if (bias) {
@@ -227,25 +237,25 @@ class Loader {
     if (names_ != nullptr) (*names_)[name] = t;
   }
 
-  const Checkpoint& checkpoint() const { return checkpoint_; }
+  const checkpoint::Checkpoint& checkpoint() const { return checkpoint_; }
   at::ScalarType dtype() const { return dtype_; }
   at::Device device() const { return device_; }
 
  private:
-  const Checkpoint& checkpoint_;
-  const ModelConfig& config_;
+  const checkpoint::Checkpoint& checkpoint_;
+  const checkpoint::ModelConfig& config_;
   at::ScalarType dtype_;
   at::Device device_;
   std::map<std::string, at::Tensor>* names_;
   bool release_;
 };
 
-bool IsDeepseek(const ModelConfig& c) {
-  return c.architecture == Architecture::kDeepseekV2 ||
-         c.architecture == Architecture::kDeepseekV3;
+bool IsDeepseek(const checkpoint::ModelConfig& c) {
+  return c.architecture == checkpoint::Architecture::kDeepseekV2 ||
+         c.architecture == checkpoint::Architecture::kDeepseekV3;
 }
 
-absl::Status LoadAttention(Loader& ld, const ModelConfig& c, const std::string& p,
+absl::Status LoadAttention(Loader& ld, const checkpoint::ModelConfig& c, const std::string& p,
                            AttentionWeights& a) {
   const int64_t h = c.hidden_size, nh = c.num_attention_heads;
   if (IsDeepseek(c)) {
@@ -262,9 +272,9 @@ absl::Status LoadAttention(Loader& ld, const ModelConfig& c, const std::string& 
     ASSIGN_OR_RETURN(a.kv_a, ld.LoadLinear(p + "kv_a_proj_with_mqa",
                                            c.kv_lora_rank + c.qk_rope_head_dim, h, bias));
     ASSIGN_OR_RETURN(a.kv_a_norm, ld.Load(p + "kv_a_layernorm.weight", {c.kv_lora_rank}));
-    ASSIGN_OR_RETURN(a.kv_b, ld.LoadLinear(p + "kv_b_proj",
-                                           nh * (c.qk_nope_head_dim + c.v_head_dim),
-                                           c.kv_lora_rank, false));
+    ASSIGN_OR_RETURN(a.kv_b,
+                     ld.LoadLinear(p + "kv_b_proj", nh * (c.qk_nope_head_dim + c.v_head_dim),
+                                   c.kv_lora_rank, false));
     ASSIGN_OR_RETURN(a.o, ld.LoadLinear(p + "o_proj", h, nh * c.v_head_dim, bias));
     return absl::OkStatus();
   }
@@ -274,10 +284,10 @@ absl::Status LoadAttention(Loader& ld, const ModelConfig& c, const std::string& 
   ASSIGN_OR_RETURN(a.k, ld.LoadLinear(p + "k_proj", nkv * d, h, qkv_bias));
   ASSIGN_OR_RETURN(a.v, ld.LoadLinear(p + "v_proj", nkv * d, h, qkv_bias));
   ASSIGN_OR_RETURN(a.o, ld.LoadLinear(p + "o_proj", h, nh * d, c.attention_bias));
-  if (c.qk_norm == QkNorm::kPerHead) {
+  if (c.qk_norm == checkpoint::QkNorm::kPerHead) {
     ASSIGN_OR_RETURN(a.q_norm, ld.Load(p + "q_norm.weight", {d}));
     ASSIGN_OR_RETURN(a.k_norm, ld.Load(p + "k_norm.weight", {d}));
-  } else if (c.qk_norm == QkNorm::kFull) {
+  } else if (c.qk_norm == checkpoint::QkNorm::kFull) {
     ASSIGN_OR_RETURN(a.q_norm, ld.Load(p + "q_norm.weight", {nh * d}));
     ASSIGN_OR_RETURN(a.k_norm, ld.Load(p + "k_norm.weight", {nkv * d}));
   }
@@ -286,14 +296,15 @@ absl::Status LoadAttention(Loader& ld, const ModelConfig& c, const std::string& 
 
 // Mixtral's per-expert hub layout lives under block_sparse_moe; the fused
 // layout (and every other architecture) under mlp.
-std::string MoeBlockPrefix(const Loader& ld, const ModelConfig& c, const std::string& lp) {
-  const bool mixtral = c.architecture == Architecture::kMixtral;
-  return lp + ((mixtral && ld.Has(lp + "block_sparse_moe.gate.weight")) ? "block_sparse_moe."
-                                                                        : "mlp.");
+std::string MoeBlockPrefix(const Loader& ld, const checkpoint::ModelConfig& c,
+                           const std::string& lp) {
+  const bool mixtral = c.architecture == checkpoint::Architecture::kMixtral;
+  return lp +
+         ((mixtral && ld.Has(lp + "block_sparse_moe.gate.weight")) ? "block_sparse_moe." : "mlp.");
 }
 
 // The router half of a MoE layer: the loaded set, the gate and its bias.
-absl::Status LoadMoeRouter(Loader& ld, const ModelConfig& c, const std::string& lp,
+absl::Status LoadMoeRouter(Loader& ld, const checkpoint::ModelConfig& c, const std::string& lp,
                            const std::vector<int64_t>* kept, MoeWeights& m) {
   const int64_t n = c.num_routed_experts, h = c.hidden_size;
   const std::string block = MoeBlockPrefix(ld, c, lp);
@@ -317,7 +328,7 @@ absl::Status LoadMoeRouter(Loader& ld, const ModelConfig& c, const std::string& 
   if (!m.all_loaded) gate = gate.index_select(0, ids);
   m.gate = gate.to(ld.device()).contiguous();
   if (m.all_loaded) ld.Register(gate_name, m.gate);
-  if (c.topk_method == TopkMethod::kNoauxTc) {
+  if (c.topk_method == checkpoint::TopkMethod::kNoauxTc) {
     ASSIGN_OR_RETURN(m.e_score_bias,
                      ld.Load(block + "gate.e_score_correction_bias", {n}, at::kFloat));
   }
@@ -327,10 +338,10 @@ absl::Status LoadMoeRouter(Loader& ld, const ModelConfig& c, const std::string& 
 // Routed expert `e` of `layer`: gate_up [2I, H] (gate rows first) and down
 // [H, I], in the checkpoint's float dtype on the CPU. Reads the hub's
 // per-expert tensors, or the expert's rows of transformers' fused layout.
-absl::StatusOr<std::pair<at::Tensor, at::Tensor>> ReadExpert(Loader& ld, const ModelConfig& c,
+absl::StatusOr<std::pair<at::Tensor, at::Tensor>> ReadExpert(Loader& ld,
+                                                             const checkpoint::ModelConfig& c,
                                                              int64_t layer,
-                                                             const std::string& block,
-                                                             int64_t e) {
+                                                             const std::string& block, int64_t e) {
   const int64_t n = c.num_routed_experts, h = c.hidden_size, inter = c.moe_intermediate_size;
   const std::string fused_gu = block + "experts.gate_up_proj";
   if (ld.Has(fused_gu)) {
@@ -338,22 +349,22 @@ absl::StatusOr<std::pair<at::Tensor, at::Tensor>> ReadExpert(Loader& ld, const M
     ASSIGN_OR_RETURN(at::Tensor dn, ld.ReadRow(block + "experts.down_proj", {n, h, inter}, e));
     return std::pair{gu, dn};
   }
-  auto name = [&](ExpertProjection p) {
+  auto name = [&](checkpoint::ExpertProjection p) {
     // ExpertTensorName uses the "model." prefix; honour a bare checkpoint.
-    std::string s = ExpertTensorName(c.architecture, layer, e, p);
+    std::string s = checkpoint::ExpertTensorName(c.architecture, layer, e, p);
     if (!ld.Has(s) && absl::StartsWith(s, "model.")) s = s.substr(6);
     return s;
   };
-  ASSIGN_OR_RETURN(at::Tensor g, ld.Read(name(ExpertProjection::kGate), {inter, h}));
-  ASSIGN_OR_RETURN(at::Tensor u, ld.Read(name(ExpertProjection::kUp), {inter, h}));
-  ASSIGN_OR_RETURN(at::Tensor d, ld.Read(name(ExpertProjection::kDown), {h, inter}));
+  ASSIGN_OR_RETURN(at::Tensor g, ld.Read(name(checkpoint::ExpertProjection::kGate), {inter, h}));
+  ASSIGN_OR_RETURN(at::Tensor u, ld.Read(name(checkpoint::ExpertProjection::kUp), {inter, h}));
+  ASSIGN_OR_RETURN(at::Tensor d, ld.Read(name(checkpoint::ExpertProjection::kDown), {h, inter}));
   return std::pair{at::cat({g, u}, 0), d};
 }
 
 // The experts half of a MoE layer, for the loaded set LoadMoeRouter chose:
 // the routed experts (unless `routed` is false: on-demand engines) and the
 // shared ones.
-absl::Status LoadMoeExperts(Loader& ld, const ModelConfig& c, int64_t layer,
+absl::Status LoadMoeExperts(Loader& ld, const checkpoint::ModelConfig& c, int64_t layer,
                             const std::string& lp, bool routed, MoeWeights& m) {
   const int64_t h = c.hidden_size, inter = c.moe_intermediate_size;
   const std::string block = MoeBlockPrefix(ld, c, lp);
@@ -370,15 +381,20 @@ absl::Status LoadMoeExperts(Loader& ld, const ModelConfig& c, int64_t layer,
     m.down = m.down.to(ld.device());
     for (int64_t i = 0; i < e_loaded; ++i) {
       const int64_t e = m.loaded[i];
-      ld.Register(ExpertTensorName(c.architecture, layer, e, ExpertProjection::kGate),
+      ld.Register(checkpoint::ExpertTensorName(c.architecture, layer, e,
+                                               checkpoint::ExpertProjection::kGate),
                   m.gate_up[i].narrow(0, 0, inter));
-      ld.Register(ExpertTensorName(c.architecture, layer, e, ExpertProjection::kUp),
-                  m.gate_up[i].narrow(0, inter, inter));
-      ld.Register(ExpertTensorName(c.architecture, layer, e, ExpertProjection::kDown), m.down[i]);
+      ld.Register(
+          checkpoint::ExpertTensorName(c.architecture, layer, e, checkpoint::ExpertProjection::kUp),
+          m.gate_up[i].narrow(0, inter, inter));
+      ld.Register(checkpoint::ExpertTensorName(c.architecture, layer, e,
+                                               checkpoint::ExpertProjection::kDown),
+                  m.down[i]);
     }
   }
 
-  if (c.architecture == Architecture::kQwen2Moe && c.shared_expert_intermediate_size > 0) {
+  if (c.architecture == checkpoint::Architecture::kQwen2Moe &&
+      c.shared_expert_intermediate_size > 0) {
     m.has_shared = true;
     ASSIGN_OR_RETURN(m.shared,
                      ld.LoadMlp(block + "shared_expert", c.shared_expert_intermediate_size, false));
@@ -418,8 +434,13 @@ std::vector<std::pair<std::string, at::Tensor>> NamedParameters(const ModelWeigh
     add(p + "input_norm", L.input_norm);
     add(p + "post_norm", L.post_norm);
     const AttentionWeights& a = L.attn;
-    for (const auto& [name, lin] : {std::pair{"q", &a.q}, {"k", &a.k}, {"v", &a.v}, {"o", &a.o},
-                                    {"q_a", &a.q_a}, {"q_b", &a.q_b}, {"kv_a", &a.kv_a},
+    for (const auto& [name, lin] : {std::pair{"q", &a.q},
+                                    {"k", &a.k},
+                                    {"v", &a.v},
+                                    {"o", &a.o},
+                                    {"q_a", &a.q_a},
+                                    {"q_b", &a.q_b},
+                                    {"kv_a", &a.kv_a},
                                     {"kv_b", &a.kv_b}}) {
       add_linear(p + "attn." + name, *lin);
     }
@@ -440,7 +461,7 @@ std::vector<std::pair<std::string, at::Tensor>> NamedParameters(const ModelWeigh
   return out;
 }
 
-at::Tensor ViewToTensor(const TensorView& view) {
+at::Tensor ViewToTensor(const checkpoint::TensorView& view) {
   at::Tensor t = at::empty(view.shape, at::TensorOptions().dtype(ToScalarType(view.dtype)));
   if (!view.bytes.empty()) std::memcpy(t.data_ptr(), view.bytes.data(), view.bytes.size());
   return t;
@@ -460,16 +481,16 @@ at::Tensor DequantizeBlockFp8(const at::Tensor& weight, const at::Tensor& scale_
 
 namespace {
 
-std::string ModelPrefix(const Checkpoint& checkpoint) {
+std::string ModelPrefix(const checkpoint::Checkpoint& checkpoint) {
   return checkpoint.Contains("model.embed_tokens.weight") ? "model." : "";
 }
 
-std::string LayerPrefix(const Checkpoint& checkpoint, int64_t layer) {
+std::string LayerPrefix(const checkpoint::Checkpoint& checkpoint, int64_t layer) {
   return absl::StrCat(ModelPrefix(checkpoint), "layers.", layer, ".");
 }
 
 // Everything of layer `l` but a MoE layer's router (which `L.moe` must hold).
-absl::Status LoadLayerBody(Loader& ld, const ModelConfig& c, int64_t l, bool routed,
+absl::Status LoadLayerBody(Loader& ld, const checkpoint::ModelConfig& c, int64_t l, bool routed,
                            LayerWeights& L) {
   const int64_t h = c.hidden_size;
   const std::string lp = LayerPrefix(ld.checkpoint(), l);
@@ -483,7 +504,7 @@ absl::Status LoadLayerBody(Loader& ld, const ModelConfig& c, int64_t l, bool rou
 }
 
 // The routers of every MoE layer (and is_moe of every layer).
-absl::Status LoadRouters(Loader& ld, const ModelConfig& c, const KeptExperts& keep,
+absl::Status LoadRouters(Loader& ld, const checkpoint::ModelConfig& c, const KeptExperts& keep,
                          ModelWeights& w) {
   w.layers.resize(c.num_hidden_layers);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
@@ -512,9 +533,10 @@ int64_t CountBytes(const ModelWeights& w) {
 
 }  // namespace
 
-absl::StatusOr<ModelWeights> LoadWeights(const Checkpoint& checkpoint, const ModelConfig& c,
-                                         const KeptExperts& keep, at::ScalarType dtype,
-                                         at::Device device, bool routed_experts) {
+absl::StatusOr<ModelWeights> LoadWeights(const checkpoint::Checkpoint& checkpoint,
+                                         const checkpoint::ModelConfig& c, const KeptExperts& keep,
+                                         at::ScalarType dtype, at::Device device,
+                                         bool routed_experts) {
   ModelWeights w;
   // Without its routed experts the engine keeps the checkpoint open to load
   // them later: drop the pages of what it copied now, or they stay in its RSS.
@@ -529,9 +551,9 @@ absl::StatusOr<ModelWeights> LoadWeights(const Checkpoint& checkpoint, const Mod
   return w;
 }
 
-absl::StatusOr<ModelWeights> LoadProbeWeights(const Checkpoint& checkpoint, const ModelConfig& c,
-                                              int64_t last_layer, at::ScalarType dtype,
-                                              at::Device device) {
+absl::StatusOr<ModelWeights> LoadProbeWeights(const checkpoint::Checkpoint& checkpoint,
+                                              const checkpoint::ModelConfig& c, int64_t last_layer,
+                                              at::ScalarType dtype, at::Device device) {
   ModelWeights w;
   Loader ld(checkpoint, c, dtype, device, &w.by_name, /*release=*/true);
   RETURN_IF_ERROR(LoadHead(checkpoint, c, dtype, device, &w.embed, nullptr, nullptr, &w.by_name,
@@ -550,7 +572,8 @@ absl::StatusOr<ModelWeights> LoadProbeWeights(const Checkpoint& checkpoint, cons
   return w;
 }
 
-absl::StatusOr<ModelWeights> LoadRouterWeights(const Checkpoint& checkpoint, const ModelConfig& c,
+absl::StatusOr<ModelWeights> LoadRouterWeights(const checkpoint::Checkpoint& checkpoint,
+                                               const checkpoint::ModelConfig& c,
                                                const KeptExperts& keep, at::ScalarType dtype,
                                                at::Device device) {
   ModelWeights w;
@@ -560,7 +583,8 @@ absl::StatusOr<ModelWeights> LoadRouterWeights(const Checkpoint& checkpoint, con
   return w;
 }
 
-absl::StatusOr<LayerWeights> LoadStreamedLayer(const Checkpoint& checkpoint, const ModelConfig& c,
+absl::StatusOr<LayerWeights> LoadStreamedLayer(const checkpoint::Checkpoint& checkpoint,
+                                               const checkpoint::ModelConfig& c,
                                                const LayerWeights& router, int64_t layer,
                                                at::ScalarType dtype, at::Device device) {
   Loader ld(checkpoint, c, dtype, device, nullptr, /*release=*/true);
@@ -571,8 +595,9 @@ absl::StatusOr<LayerWeights> LoadStreamedLayer(const Checkpoint& checkpoint, con
   return L;
 }
 
-absl::Status LoadExpertInto(const Checkpoint& checkpoint, const ModelConfig& c, int64_t layer,
-                            int64_t expert, at::Tensor& gate_up, at::Tensor& down) {
+absl::Status LoadExpertInto(const checkpoint::Checkpoint& checkpoint,
+                            const checkpoint::ModelConfig& c, int64_t layer, int64_t expert,
+                            at::Tensor& gate_up, at::Tensor& down) {
   Loader ld(checkpoint, c, gate_up.scalar_type(), at::kCPU, nullptr, /*release=*/true);
   const std::string block = MoeBlockPrefix(ld, c, LayerPrefix(checkpoint, layer));
   // The reassembly hot path: each byte is copied once, from the file into the
@@ -587,18 +612,21 @@ absl::Status LoadExpertInto(const Checkpoint& checkpoint, const ModelConfig& c, 
                        ld.CopyInto(block + "experts.down_proj", {n, h, inter}, expert, down));
     }
   } else {
-    auto name = [&](ExpertProjection p) {
-      std::string s = ExpertTensorName(c.architecture, layer, expert, p);
+    auto name = [&](checkpoint::ExpertProjection p) {
+      std::string s = checkpoint::ExpertTensorName(c.architecture, layer, expert, p);
       if (!ld.Has(s) && absl::StartsWith(s, "model.")) s = s.substr(6);
       return s;
     };
     at::Tensor gate = gate_up.narrow(0, 0, inter), up = gate_up.narrow(0, inter, inter);
-    ASSIGN_OR_RETURN(copied, ld.CopyInto(name(ExpertProjection::kGate), {inter, h}, -1, gate));
+    ASSIGN_OR_RETURN(copied,
+                     ld.CopyInto(name(checkpoint::ExpertProjection::kGate), {inter, h}, -1, gate));
     if (copied) {
-      ASSIGN_OR_RETURN(copied, ld.CopyInto(name(ExpertProjection::kUp), {inter, h}, -1, up));
+      ASSIGN_OR_RETURN(copied,
+                       ld.CopyInto(name(checkpoint::ExpertProjection::kUp), {inter, h}, -1, up));
     }
     if (copied) {
-      ASSIGN_OR_RETURN(copied, ld.CopyInto(name(ExpertProjection::kDown), {h, inter}, -1, down));
+      ASSIGN_OR_RETURN(
+          copied, ld.CopyInto(name(checkpoint::ExpertProjection::kDown), {h, inter}, -1, down));
     }
   }
   if (copied) return absl::OkStatus();
@@ -609,17 +637,18 @@ absl::Status LoadExpertInto(const Checkpoint& checkpoint, const ModelConfig& c, 
   return absl::OkStatus();
 }
 
-absl::Status LoadHead(const Checkpoint& checkpoint, const ModelConfig& c, at::ScalarType dtype,
-                      at::Device device, at::Tensor* embed, at::Tensor* final_norm,
-                      at::Tensor* lm_head, std::map<std::string, at::Tensor>* names,
-                      bool release) {
+absl::Status LoadHead(const checkpoint::Checkpoint& checkpoint, const checkpoint::ModelConfig& c,
+                      at::ScalarType dtype, at::Device device, at::Tensor* embed,
+                      at::Tensor* final_norm, at::Tensor* lm_head,
+                      std::map<std::string, at::Tensor>* names, bool release) {
   Loader ld(checkpoint, c, dtype, device, names, release);
   const std::string mp = ModelPrefix(checkpoint);
   const int64_t h = c.hidden_size, v = c.vocab_size;
   const bool tied = c.tie_word_embeddings || !checkpoint.Contains("lm_head.weight");
   if (tied && !c.tie_word_embeddings) {
-    return absl::NotFoundError(absl::StrCat(
-        checkpoint.path(), ": no tensor named \"lm_head.weight\" and tie_word_embeddings is false"));
+    return absl::NotFoundError(
+        absl::StrCat(checkpoint.path(),
+                     ": no tensor named \"lm_head.weight\" and tie_word_embeddings is false"));
   }
   if (embed != nullptr || (lm_head != nullptr && tied)) {
     ASSIGN_OR_RETURN(at::Tensor e, ld.Load(mp + "embed_tokens.weight", {v, h}));
@@ -635,18 +664,20 @@ absl::Status LoadHead(const Checkpoint& checkpoint, const ModelConfig& c, at::Sc
   return absl::OkStatus();
 }
 
-absl::StatusOr<at::Tensor> LoadEmbeddingRows(const Checkpoint& checkpoint, const ModelConfig& c,
+absl::StatusOr<at::Tensor> LoadEmbeddingRows(const checkpoint::Checkpoint& checkpoint,
+                                             const checkpoint::ModelConfig& c,
                                              const at::Tensor& ids, at::ScalarType dtype,
                                              at::Device device) {
   const std::string name = ModelPrefix(checkpoint) + "embed_tokens.weight";
-  ASSIGN_OR_RETURN(TensorView view, checkpoint.Get(name));
+  ASSIGN_OR_RETURN(checkpoint::TensorView view, checkpoint.Get(name));
   const std::vector<int64_t> shape = {c.vocab_size, c.hidden_size};
-  if (view.shape != shape || (view.dtype != DType::kF32 && view.dtype != DType::kF16 &&
-                              view.dtype != DType::kBF16)) {
+  if (view.shape != shape ||
+      (view.dtype != checkpoint::DType::kF32 && view.dtype != checkpoint::DType::kF16 &&
+       view.dtype != checkpoint::DType::kBF16)) {
     // Unusual layouts (FP8, wrong shape) take the checked whole-tensor path.
     at::Tensor embed;
-    RETURN_IF_ERROR(
-        LoadHead(checkpoint, c, dtype, device, &embed, nullptr, nullptr, nullptr, /*release=*/true));
+    RETURN_IF_ERROR(LoadHead(checkpoint, c, dtype, device, &embed, nullptr, nullptr, nullptr,
+                             /*release=*/true));
     return embed.index_select(0, ids.to(device));
   }
   // Only the rows asked for are read out of the mapping.

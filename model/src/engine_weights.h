@@ -9,9 +9,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "premoe/model/config.h"
+#include "premoe/checkpoint/config.h"
+#include "premoe/checkpoint/safetensors.h"
 #include "premoe/model/engine.h"
-#include "premoe/model/safetensors.h"
 
 namespace premoe::model::internal {
 
@@ -38,17 +38,17 @@ struct MlpWeights {
 };
 
 struct MoeWeights {
-  at::Tensor gate;             // [N_loaded, H] fp32, rows of the loaded experts
-  at::Tensor e_score_bias;     // [N] fp32 (deepseek_v3), else undefined
-  at::Tensor gate_up;          // [E_loaded, 2I, H]
-  at::Tensor down;             // [E_loaded, H, I]
-  std::vector<int64_t> loaded;        // local index -> global expert id (sorted)
-  at::Tensor loaded_ids;              // the same, int64 on the device
-  at::Tensor loaded_mask;             // [N] bool: is the expert loaded
+  at::Tensor gate;              // [N_loaded, H] fp32, rows of the loaded experts
+  at::Tensor e_score_bias;      // [N] fp32 (deepseek_v3), else undefined
+  at::Tensor gate_up;           // [E_loaded, 2I, H]
+  at::Tensor down;              // [E_loaded, H, I]
+  std::vector<int64_t> loaded;  // local index -> global expert id (sorted)
+  at::Tensor loaded_ids;        // the same, int64 on the device
+  at::Tensor loaded_mask;       // [N] bool: is the expert loaded
   bool all_loaded = true;
   bool has_shared = false;
-  MlpWeights shared;           // qwen2_moe shared_expert / deepseek shared_experts
-  at::Tensor shared_gate;      // [1, H] (qwen2_moe), else undefined
+  MlpWeights shared;       // qwen2_moe shared_expert / deepseek shared_experts
+  at::Tensor shared_gate;  // [1, H] (qwen2_moe), else undefined
 };
 
 struct LayerWeights {
@@ -72,7 +72,8 @@ struct ModelWeights {
 // Loads every weight the engine needs. `keep` selects the routed experts
 // loaded (absent layers: all); with routed_experts false none are (the
 // on-demand engine), though the routers stay whole. dtype is the compute dtype.
-absl::StatusOr<ModelWeights> LoadWeights(const Checkpoint& checkpoint, const ModelConfig& config,
+absl::StatusOr<ModelWeights> LoadWeights(const checkpoint::Checkpoint& checkpoint,
+                                         const checkpoint::ModelConfig& config,
                                          const KeptExperts& keep, at::ScalarType dtype,
                                          at::Device device, bool routed_experts = true);
 
@@ -80,41 +81,45 @@ absl::StatusOr<ModelWeights> LoadWeights(const Checkpoint& checkpoint, const Mod
 // `down` [H, I]: contiguous CPU tensors of the compute dtype, e.g. a cache's
 // reused slots. Bytes are pread where the checkpoint stores that dtype,
 // converted from the mapping (its pages then released) where not.
-absl::Status LoadExpertInto(const Checkpoint& checkpoint, const ModelConfig& config,
-                            int64_t layer, int64_t expert, at::Tensor& gate_up, at::Tensor& down);
+absl::Status LoadExpertInto(const checkpoint::Checkpoint& checkpoint,
+                            const checkpoint::ModelConfig& config, int64_t layer, int64_t expert,
+                            at::Tensor& gate_up, at::Tensor& down);
 
 // The probe (EngineOptions::probe_moe_layers): the embedding, every router,
 // layers before `last_layer` whole and `last_layer`'s attention and norms (no
 // experts of its own, shared or routed; no final norm or lm_head).
-absl::StatusOr<ModelWeights> LoadProbeWeights(const Checkpoint& checkpoint,
-                                              const ModelConfig& config, int64_t last_layer,
-                                              at::ScalarType dtype, at::Device device);
+absl::StatusOr<ModelWeights> LoadProbeWeights(const checkpoint::Checkpoint& checkpoint,
+                                              const checkpoint::ModelConfig& config,
+                                              int64_t last_layer, at::ScalarType dtype,
+                                              at::Device device);
 
 // Layer streaming (EngineOptions::streamed). These drop the mapped pages of
 // what they copy, so a streamed pass over the model does not grow the RSS.
 
 // Only the routers: `layers[l].is_moe` for every layer and, for MoE layers,
 // the loaded set, gate and score bias (registered in by_name when full).
-absl::StatusOr<ModelWeights> LoadRouterWeights(const Checkpoint& checkpoint,
-                                               const ModelConfig& config, const KeptExperts& keep,
-                                               at::ScalarType dtype, at::Device device);
+absl::StatusOr<ModelWeights> LoadRouterWeights(const checkpoint::Checkpoint& checkpoint,
+                                               const checkpoint::ModelConfig& config,
+                                               const KeptExperts& keep, at::ScalarType dtype,
+                                               at::Device device);
 // Layer `layer` whole: `router` (from LoadRouterWeights) plus the rest.
-absl::StatusOr<LayerWeights> LoadStreamedLayer(const Checkpoint& checkpoint,
-                                               const ModelConfig& config,
+absl::StatusOr<LayerWeights> LoadStreamedLayer(const checkpoint::Checkpoint& checkpoint,
+                                               const checkpoint::ModelConfig& config,
                                                const LayerWeights& router, int64_t layer,
                                                at::ScalarType dtype, at::Device device);
 // The embedding, final norm and lm_head (each output may be null: not
 // loaded), registered in `names` when set; `release` drops the mapped pages
 // they were copied from.
-absl::Status LoadHead(const Checkpoint& checkpoint, const ModelConfig& config,
-                      at::ScalarType dtype, at::Device device, at::Tensor* embed,
-                      at::Tensor* final_norm, at::Tensor* lm_head,
-                      std::map<std::string, at::Tensor>* names, bool release);
+absl::Status LoadHead(const checkpoint::Checkpoint& checkpoint,
+                      const checkpoint::ModelConfig& config, at::ScalarType dtype,
+                      at::Device device, at::Tensor* embed, at::Tensor* final_norm,
+                      at::Tensor* lm_head, std::map<std::string, at::Tensor>* names, bool release);
 // Rows `ids` [T] int64 of the embedding, [T, H] in dtype on device, reading
 // only those rows out of the mapping.
-absl::StatusOr<at::Tensor> LoadEmbeddingRows(const Checkpoint& checkpoint,
-                                             const ModelConfig& config, const at::Tensor& ids,
-                                             at::ScalarType dtype, at::Device device);
+absl::StatusOr<at::Tensor> LoadEmbeddingRows(const checkpoint::Checkpoint& checkpoint,
+                                             const checkpoint::ModelConfig& config,
+                                             const at::Tensor& ids, at::ScalarType dtype,
+                                             at::Device device);
 
 // The weight tensors of `w`, each storage once (the tied lm_head is not
 // repeated), named by their place: "embed", "layers.3.attn.q.w",
@@ -123,7 +128,7 @@ std::vector<std::pair<std::string, at::Tensor>> NamedParameters(const ModelWeigh
 
 // The tensor `view` as an fp32/bf16/... CPU tensor of its own dtype (F8_E4M3
 // is returned as float8_e4m3fn). Copies the bytes.
-at::Tensor ViewToTensor(const TensorView& view);
+at::Tensor ViewToTensor(const checkpoint::TensorView& view);
 
 // Dequantises a float8_e4m3fn tensor [..., R, C] with block scales
 // [..., ceil(R/br), ceil(C/bc)] (weight * scale_inv), in fp32.

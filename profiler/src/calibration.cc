@@ -54,7 +54,7 @@ class AccumulatingTap final : public model::RouterTap {
   std::map<int64_t, std::pair<at::Tensor, at::Tensor>> kept_;  // layer -> (logits, sequence)
 };
 
-absl::StatusOr<std::vector<int64_t>> Encode(const model::Tokenizer& tokenizer,
+absl::StatusOr<std::vector<int64_t>> Encode(const tokenizer::Tokenizer& tokenizer,
                                             const std::string& text, int64_t max_context) {
   ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer.Encode(text, /*add_special_tokens=*/true));
   if (ids.empty()) return absl::InvalidArgumentError("a calibration sample encodes to no tokens");
@@ -112,7 +112,7 @@ absl::StatusOr<std::vector<CalibrationSample>> ReadCalibrationJsonl(const std::s
   return out;
 }
 
-absl::StatusOr<int64_t> EmbeddingLastLayer(const model::ModelConfig& config,
+absl::StatusOr<int64_t> EmbeddingLastLayer(const checkpoint::ModelConfig& config,
                                            int64_t embedding_layers) {
   int64_t seen = 0;
   for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
@@ -155,14 +155,14 @@ absl::StatusOr<std::vector<float>> MatchEmbedding(const std::vector<at::Tensor>&
 }
 
 absl::StatusOr<TaskProfile> ProfileTask(const model::Engine& engine,
-                                        const model::Tokenizer& tokenizer,
+                                        const tokenizer::Tokenizer& tokenizer,
                                         const std::vector<CalibrationSample>& samples,
                                         const ProfileOptions& options) {
   if (samples.empty()) return absl::InvalidArgumentError("no calibration samples");
   if (options.batch_size < 0) {
     return absl::InvalidArgumentError("ProfileOptions.batch_size must be >= 0");
   }
-  const model::ModelConfig& c = engine.config();
+  const checkpoint::ModelConfig& c = engine.config();
   std::vector<int64_t> layers;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     if (c.IsMoeLayer(static_cast<int>(l))) layers.push_back(l);
@@ -170,9 +170,9 @@ absl::StatusOr<TaskProfile> ProfileTask(const model::Engine& engine,
   if (layers.empty()) return absl::InvalidArgumentError("the model has no MoE layer");
   RETURN_IF_ERROR(EmbeddingLastLayer(c, options.embedding_layers).status());
   const int64_t embed_layers = options.embedding_layers;
-  ASSIGN_OR_RETURN(ScoreAccumulator acc, ScoreAccumulator::Create(options.metric, layers,
-                                                                  c.num_routed_experts,
-                                                                  engine.top_k()));
+  ASSIGN_OR_RETURN(
+      ScoreAccumulator acc,
+      ScoreAccumulator::Create(options.metric, layers, c.num_routed_experts, engine.top_k()));
   TaskProfile profile;
   profile.samples = static_cast<int64_t>(samples.size());
   const int64_t n = profile.samples;
@@ -184,9 +184,9 @@ absl::StatusOr<TaskProfile> ProfileTask(const model::Engine& engine,
       // Scores: the whole text of each sample.
       std::vector<std::vector<int64_t>> full, prompts;
       for (int64_t i = begin; i < end; ++i) {
-        ASSIGN_OR_RETURN(std::vector<int64_t> ids,
-                         Encode(tokenizer, samples[i].prompt + samples[i].completion,
-                                engine.max_context()));
+        ASSIGN_OR_RETURN(
+            std::vector<int64_t> ids,
+            Encode(tokenizer, samples[i].prompt + samples[i].completion, engine.max_context()));
         profile.tokens += static_cast<int64_t>(ids.size());
         full.push_back(std::move(ids));
         ASSIGN_OR_RETURN(ids, Encode(tokenizer, samples[i].prompt, engine.max_context()));
@@ -210,8 +210,8 @@ absl::StatusOr<TaskProfile> ProfileTask(const model::Engine& engine,
       RETURN_IF_ERROR(score_tap.status());
       // Embeddings: the prompts alone, as a query will be seen, and only as
       // far as the last embedding gate (what a router's probe runs).
-      AccumulatingTap embed_tap(nullptr, std::vector<int64_t>(layers.begin(),
-                                                              layers.begin() + embed_layers));
+      AccumulatingTap embed_tap(
+          nullptr, std::vector<int64_t>(layers.begin(), layers.begin() + embed_layers));
       fo.tap = &embed_tap;
       fo.last_layer = layers[embed_layers - 1];
       RETURN_IF_ERROR(engine.Forward(prompts, nullptr, fo).status());
@@ -226,30 +226,6 @@ absl::StatusOr<TaskProfile> ProfileTask(const model::Engine& engine,
     return absl::InternalError(absl::StrCat("profiling: libtorch: ", e.what_without_backtrace()));
   }
   return profile;
-}
-
-absl::StatusOr<std::string> ModelFingerprint(const model::Engine& engine) {
-  const model::ModelConfig& c = engine.config();
-  common::Hasher h;
-  h.UpdateField(absl::StrCat("arch=", model::ModelTypeName(c.architecture), ";layers=",
-                             c.num_hidden_layers, ";hidden=", c.hidden_size, ";vocab=",
-                             c.vocab_size, ";experts=", c.num_routed_experts, ";top_k=",
-                             c.num_experts_per_tok, ";moe_intermediate=",
-                             c.moe_intermediate_size));
-  bool any = false;
-  for (const auto& [name, t] : engine.Parameters()) {
-    if (!absl::EndsWith(name, ".moe.gate")) continue;
-    if (t.size(0) != c.num_routed_experts) {
-      return absl::FailedPreconditionError(
-          "a reduced model cannot be fingerprinted: it does not hold the pruned experts' gate rows");
-    }
-    at::Tensor g = t.detach().to(at::kCPU, at::kFloat).contiguous();
-    h.UpdateField(name);
-    h.Update(std::span<const uint8_t>(static_cast<const uint8_t*>(g.data_ptr()), g.nbytes()));
-    any = true;
-  }
-  if (!any) return absl::InvalidArgumentError("the model has no router gates to fingerprint");
-  return h.HexDigest();
 }
 
 }  // namespace premoe::profiler

@@ -25,7 +25,7 @@ class GateTap final : public model::RouterTap {
 }  // namespace
 
 absl::StatusOr<std::vector<float>> EmbedPrompt(const model::Engine& engine,
-                                               const model::Tokenizer& tokenizer,
+                                               const tokenizer::Tokenizer& tokenizer,
                                                absl::string_view prompt,
                                                const MetricOptions& metric,
                                                int64_t embedding_layers) {

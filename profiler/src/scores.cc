@@ -13,13 +13,17 @@
 namespace premoe::profiler {
 namespace {
 
-constexpr std::pair<Metric, const char*> kMetrics[] = {
-    {Metric::kPeu, "peu"},           {Metric::kTcess, "tcess"},
-    {Metric::kActLogits, "act_logits"}, {Metric::kAllLogits, "all_logits"},
-    {Metric::kFrequency, "frequency"}, {Metric::kReap, "reap"},
-    {Metric::kMan, "man"},           {Metric::kRandom, "random"}};
+constexpr std::pair<Metric, const char*> kMetrics[] = {{Metric::kPeu, "peu"},
+                                                       {Metric::kTcess, "tcess"},
+                                                       {Metric::kActLogits, "act_logits"},
+                                                       {Metric::kAllLogits, "all_logits"},
+                                                       {Metric::kFrequency, "frequency"},
+                                                       {Metric::kReap, "reap"},
+                                                       {Metric::kMan, "man"},
+                                                       {Metric::kRandom, "random"}};
 constexpr std::pair<Transform, const char*> kTransforms[] = {
-    {Transform::kIdentity, "identity"}, {Transform::kMaxSigmoid, "max_sigmoid"},
+    {Transform::kIdentity, "identity"},
+    {Transform::kMaxSigmoid, "max_sigmoid"},
     {Transform::kOne, "one"}};
 
 bool UsesLogits(Metric m) {
@@ -67,8 +71,8 @@ absl::StatusOr<MetricOptions> MetricOptions::Parse(absl::string_view spec) {
     }
   }
   if (!found) {
-    return absl::InvalidArgumentError(absl::StrCat("unknown metric \"", head[0],
-                                                   "\" (known: ", absl::StrJoin(names, ", "), ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown metric \"", head[0], "\" (known: ", absl::StrJoin(names, ", "), ")"));
   }
   if (head.size() == 2) {
     for (absl::string_view kv : absl::StrSplit(head[1], ',')) {
@@ -150,8 +154,8 @@ absl::Status MetricOptions::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat("r must be in [0, 1], got ", *r));
   }
   if (!UsesLogits(metric) && (k != 0 || r.has_value() || transform.has_value())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "k, r and transform apply to the logit metrics, not to ", MetricName(metric)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("k, r and transform apply to the logit metrics, not to ", MetricName(metric)));
   }
   if (metric != Metric::kRandom && seed != 0) {
     return absl::InvalidArgumentError("seed applies to the random metric only");
@@ -172,15 +176,14 @@ absl::StatusOr<ScoreAccumulator> ScoreAccumulator::Create(const MetricOptions& o
                                                           int64_t model_top_k) {
   if (auto status = options.Validate(); !status.ok()) return status;
   if (num_experts < 1 || model_top_k < 1 || model_top_k > num_experts || layers.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "ScoreAccumulator: need >= 1 MoE layer and 1 <= top-k <= experts, got ", layers.size(),
-        " layers, ", num_experts, " experts, top-k ", model_top_k));
+    return absl::InvalidArgumentError(
+        absl::StrCat("ScoreAccumulator: need >= 1 MoE layer and 1 <= top-k <= experts, got ",
+                     layers.size(), " layers, ", num_experts, " experts, top-k ", model_top_k));
   }
   ScoreAccumulator acc(options, num_experts, model_top_k);
   if (acc.k_ > num_experts) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("metric ", options.ToString(), ": k = ", acc.k_, " exceeds the ", num_experts,
-                     " experts"));
+    return absl::InvalidArgumentError(absl::StrCat("metric ", options.ToString(), ": k = ", acc.k_,
+                                                   " exceeds the ", num_experts, " experts"));
   }
   for (int64_t l : layers) {
     Layer& layer = acc.layers_[l];
@@ -199,9 +202,15 @@ void ScoreAccumulator::Accumulate(Layer& layer, const at::Tensor& s, const at::T
                                   double r) const {
   at::Tensor m;
   switch (transform_) {
-    case Transform::kIdentity: m = s; break;
-    case Transform::kMaxSigmoid: m = at::maximum(s, at::sigmoid(s)); break;
-    case Transform::kOne: m = at::ones_like(s); break;
+    case Transform::kIdentity:
+      m = s;
+      break;
+    case Transform::kMaxSigmoid:
+      m = at::maximum(s, at::sigmoid(s));
+      break;
+    case Transform::kOne:
+      m = at::ones_like(s);
+      break;
   }
   if (r > 0) m = m * (at::softmax(s, -1) >= r).to(m.scalar_type());
   layer.sum.index_add_(0, idx.reshape({-1}), m.reshape({-1}).to(at::kDouble));
@@ -230,8 +239,7 @@ absl::Status ScoreAccumulator::Add(int64_t layer_id, const RouterBatch& b) {
   Layer& layer = it->second;
   if (options_.metric == Metric::kRandom) return absl::OkStatus();
   const at::Tensor& s = b.gate_logits;
-  if (!s.defined() || s.dim() != 2 || s.size(1) != num_experts_ ||
-      s.scalar_type() != at::kFloat) {
+  if (!s.defined() || s.dim() != 2 || s.size(1) != num_experts_ || s.scalar_type() != at::kFloat) {
     return absl::InvalidArgumentError(
         absl::StrCat("layer ", layer_id, ": gate logits must be fp32 [T, ", num_experts_, "]"));
   }
@@ -245,7 +253,8 @@ absl::Status ScoreAccumulator::Add(int64_t layer_id, const RouterBatch& b) {
     if (NeedsExpertNorms()) {
       if (!b.selected_experts.defined() || !b.routing_weights.defined() ||
           !b.expert_norms.defined() || b.selected_experts.dim() != 2 ||
-          b.selected_experts.size(0) != t || b.routing_weights.sizes() != b.selected_experts.sizes() ||
+          b.selected_experts.size(0) != t ||
+          b.routing_weights.sizes() != b.selected_experts.sizes() ||
           b.expert_norms.sizes() != b.selected_experts.sizes()) {
         return absl::InvalidArgumentError(absl::StrCat(
             "layer ", layer_id, ": ", MetricName(options_.metric),
@@ -291,9 +300,8 @@ absl::StatusOr<std::map<int64_t, std::vector<double>>> ScoreAccumulator::Scores(
         return absl::FailedPreconditionError(
             absl::StrCat("no calibration tokens reached MoE layer ", id));
       }
-      at::Tensor scores = NeedsExpertNorms()
-                              ? layer.sum / layer.count.clamp_min(1.0)
-                              : layer.sum / static_cast<double>(layer.tokens);
+      at::Tensor scores = NeedsExpertNorms() ? layer.sum / layer.count.clamp_min(1.0)
+                                             : layer.sum / static_cast<double>(layer.tokens);
       out[id] = std::vector<double>(scores.data_ptr<double>(),
                                     scores.data_ptr<double>() + scores.numel());
     }

@@ -81,10 +81,14 @@ absl::StatusOr<Budget> Budget::Parse(absl::string_view spec) {
 
 std::string Budget::ToString() const {
   switch (kind) {
-    case Kind::kUniform: return absl::StrCat(top_k, "/", count);
-    case Kind::kFraction: return absl::StrCat(fraction * 100, "%");
-    case Kind::kBytes: return absl::StrCat("bytes:", bytes);
-    case Kind::kCoverage: return absl::StrCat("coverage:", fraction);
+    case Kind::kUniform:
+      return absl::StrCat(top_k, "/", count);
+    case Kind::kFraction:
+      return absl::StrCat(fraction * 100, "%");
+    case Kind::kBytes:
+      return absl::StrCat("bytes:", bytes);
+    case Kind::kCoverage:
+      return absl::StrCat("coverage:", fraction);
   }
   return "?";
 }
@@ -96,12 +100,13 @@ absl::StatusOr<Selection> Select(const std::map<int64_t, std::vector<double>>& s
   const size_t n = scores.begin()->second.size();
   for (const auto& [layer, s] : scores) {
     if (s.size() != n || n == 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "Select: layer ", layer, " has ", s.size(), " scores, want ", n, " (one per expert)"));
+      return absl::InvalidArgumentError(absl::StrCat("Select: layer ", layer, " has ", s.size(),
+                                                     " scores, want ", n, " (one per expert)"));
     }
     for (double v : s) {
       if (!std::isfinite(v)) {
-        return absl::InvalidArgumentError(absl::StrCat("Select: layer ", layer, " has a non-finite score"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("Select: layer ", layer, " has a non-finite score"));
       }
     }
   }
@@ -112,9 +117,9 @@ absl::StatusOr<Selection> Select(const std::map<int64_t, std::vector<double>>& s
   Selection sel;
   sel.top_k = budget.kind == Budget::Kind::kUniform ? budget.top_k : model_top_k;
   if (sel.top_k > experts) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("budget ", budget.ToString(), ": top-k ", sel.top_k, " exceeds the ",
-                     experts, " experts per layer"));
+    return absl::InvalidArgumentError(absl::StrCat("budget ", budget.ToString(), ": top-k ",
+                                                   sel.top_k, " exceeds the ", experts,
+                                                   " experts per layer"));
   }
   std::map<int64_t, int64_t> counts;  // layer -> experts kept
   switch (budget.kind) {
@@ -147,12 +152,13 @@ absl::StatusOr<Selection> Select(const std::map<int64_t, std::vector<double>>& s
       break;
     case Budget::Kind::kBytes: {
       const int64_t layers = static_cast<int64_t>(scores.size());
-      const int64_t total = bytes_per_expert > 0 ? budget.bytes / bytes_per_expert : experts * layers;
+      const int64_t total =
+          bytes_per_expert > 0 ? budget.bytes / bytes_per_expert : experts * layers;
       if (total < sel.top_k * layers) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "budget ", budget.ToString(), " holds ", total, " experts; ", layers,
-            " MoE layers need at least top-k = ", sel.top_k, " each (", sel.top_k * layers * bytes_per_expert,
-            " bytes)"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("budget ", budget.ToString(), " holds ", total, " experts; ", layers,
+                         " MoE layers need at least top-k = ", sel.top_k, " each (",
+                         sel.top_k * layers * bytes_per_expert, " bytes)"));
       }
       // Greedy by share of score mass: a max-heap of each layer's next best
       // expert.
@@ -176,7 +182,8 @@ absl::StatusOr<Selection> Select(const std::map<int64_t, std::vector<double>>& s
         const int64_t layer = -neg_layer;
         counts[layer] = rank + 1;
         --left;
-        if (rank + 1 < experts) heap.emplace(shares[layer][ranked[layer][rank + 1]], neg_layer, rank + 1);
+        if (rank + 1 < experts)
+          heap.emplace(shares[layer][ranked[layer][rank + 1]], neg_layer, rank + 1);
       }
       break;
     }

@@ -40,8 +40,8 @@ absl::StatusOr<std::unique_ptr<InferenceClient>> InferenceClient::Open(const Opt
 absl::StatusOr<InferenceResult> InferenceClient::Generate(
     const InferenceRequest& request, const std::function<void(const std::string&)>& on_text) {
   grpc::ClientContext ctx;
-  ctx.set_deadline(request.deadline.value_or(std::chrono::system_clock::now() +
-                                             impl_->options.timeout));
+  ctx.set_deadline(
+      request.deadline.value_or(std::chrono::system_clock::now() + impl_->options.timeout));
   v1::InferenceRequest wire;
   ToProto(request, &wire);
   auto reader = impl_->stub->Generate(&ctx, wire);

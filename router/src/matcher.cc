@@ -10,6 +10,7 @@
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
 #include "premoe/model/engine.h"
+#include "premoe/model/fingerprint.h"
 #include "premoe/profiler/calibration.h"
 #include "premoe/profiler/probe.h"
 #include "premoe/profiler/scores.h"
@@ -24,8 +25,8 @@ absl::Status MatcherOptions::Validate() const {
   }
   if (fallback != "full" && fallback != "refuse" &&
       !(absl::StartsWith(fallback, "task:") && fallback.size() > 5)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "MatcherOptions.fallback \"", fallback, "\" is not full, refuse or task:NAME"));
+    return absl::InvalidArgumentError(absl::StrCat("MatcherOptions.fallback \"", fallback,
+                                                   "\" is not full, refuse or task:NAME"));
   }
   if (candidates < 0) return absl::InvalidArgumentError("MatcherOptions.candidates must be >= 0");
   return absl::OkStatus();
@@ -34,7 +35,7 @@ absl::Status MatcherOptions::Validate() const {
 struct Matcher::Impl {
   MatcherOptions options;
   store::PatternStore* patterns = nullptr;
-  std::unique_ptr<model::Tokenizer> tokenizer;
+  std::unique_ptr<tokenizer::Tokenizer> tokenizer;
   std::string fingerprint;
   // The one-layer probe, opened first and never replaced.
   const model::Engine* first_probe = nullptr;
@@ -68,9 +69,9 @@ struct Matcher::Impl {
     std::lock_guard lock(mu);
     if (known && info.version == version) return current;
     if (!info.model_fingerprint.empty() && info.model_fingerprint != fingerprint) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "the pattern store holds patterns of another model (fingerprint ",
-          info.model_fingerprint, "; this model's is ", fingerprint, ")"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("the pattern store holds patterns of another model (fingerprint ",
+                       info.model_fingerprint, "; this model's is ", fingerprint, ")"));
     }
     Embedding e;
     ASSIGN_OR_RETURN(e.probe, Probe(1));
@@ -81,9 +82,9 @@ struct Matcher::Impl {
       const int64_t n = e.probe->config().num_routed_experts;
       if (info.embedding_dim > 0) {
         if (info.embedding_dim % n != 0) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              "the store's embeddings have ", info.embedding_dim,
-              " dimensions, not a multiple of the model's ", n, " experts"));
+          return absl::FailedPreconditionError(
+              absl::StrCat("the store's embeddings have ", info.embedding_dim,
+                           " dimensions, not a multiple of the model's ", n, " experts"));
         }
         e.layers = info.embedding_dim / n;
         ASSIGN_OR_RETURN(e.probe, Probe(e.layers));
@@ -107,9 +108,9 @@ absl::StatusOr<std::unique_ptr<Matcher>> Matcher::Open(const MatcherOptions& opt
   impl->options = options;
   impl->patterns = patterns;
   ASSIGN_OR_RETURN(impl->tokenizer,
-                   model::Tokenizer::FromFile(options.model_dir + "/tokenizer.json"));
+                   tokenizer::Tokenizer::FromFile(options.model_dir + "/tokenizer.json"));
   ASSIGN_OR_RETURN(impl->first_probe, impl->Probe(1));
-  ASSIGN_OR_RETURN(impl->fingerprint, profiler::ModelFingerprint(*impl->first_probe));
+  ASSIGN_OR_RETURN(impl->fingerprint, model::ModelFingerprint(*impl->first_probe));
   RETURN_IF_ERROR(impl->Current().status());
   return std::unique_ptr<Matcher>(new Matcher(std::move(impl)));
 }
@@ -121,9 +122,9 @@ absl::StatusOr<MatchResult> Matcher::Match(absl::string_view prompt, int32_t k) 
   MatchResult out;
   ASSIGN_OR_RETURN(Impl::Embedding how, impl_->Current());
   if (how.metric.has_value()) {
-    ASSIGN_OR_RETURN(std::vector<float> embedding,
-                     profiler::EmbedPrompt(*how.probe, *impl_->tokenizer, prompt, *how.metric,
-                                           how.layers));
+    ASSIGN_OR_RETURN(
+        std::vector<float> embedding,
+        profiler::EmbedPrompt(*how.probe, *impl_->tokenizer, prompt, *how.metric, how.layers));
     store::SearchOptions so;
     so.k = k;
     so.voting = o.voting;
@@ -143,8 +144,7 @@ absl::StatusOr<MatchResult> Matcher::Match(absl::string_view prompt, int32_t k) 
   const std::string best =
       out.candidates.empty()
           ? std::string("the store holds no pattern")
-          : absl::StrCat("the best, \"", out.candidates[0].task_name, "\", is at ",
-                         out.similarity);
+          : absl::StrCat("the best, \"", out.candidates[0].task_name, "\", is at ", out.similarity);
   if (o.fallback == "refuse") {
     return absl::NotFoundError(absl::StrCat("no pattern is within similarity ", o.min_similarity,
                                             " of the query (", best, ")"));
@@ -153,8 +153,8 @@ absl::StatusOr<MatchResult> Matcher::Match(absl::string_view prompt, int32_t k) 
   return out;
 }
 
-const model::ModelConfig& Matcher::config() const { return impl_->first_probe->config(); }
-const model::Tokenizer& Matcher::tokenizer() const { return *impl_->tokenizer; }
+const checkpoint::ModelConfig& Matcher::config() const { return impl_->first_probe->config(); }
+const tokenizer::Tokenizer& Matcher::tokenizer() const { return *impl_->tokenizer; }
 int64_t Matcher::top_k() const { return impl_->first_probe->top_k(); }
 const std::string& Matcher::fingerprint() const { return impl_->fingerprint; }
 

@@ -95,20 +95,19 @@ struct Replica::Impl {
     }
     cv.notify_all();
     PREMOE_LOG_INFO("replica: in sync with the pattern store at version %d", v);
-    ASSIGN_OR_RETURN(
-        std::unique_ptr<store::WatchHandle> watch,
-        source->Watch(v, [this](const absl::StatusOr<store::ChangeEvent>& e) {
-          absl::Status s = e.ok() ? Apply(*e) : e.status();
-          std::lock_guard lock(mu);
-          if (s.ok()) {
-            version = e->version;
-            return true;
-          }
-          last_error = s;
-          watch_ended = true;
-          cv.notify_all();
-          return false;
-        }));
+    ASSIGN_OR_RETURN(std::unique_ptr<store::WatchHandle> watch,
+                     source->Watch(v, [this](const absl::StatusOr<store::ChangeEvent>& e) {
+                       absl::Status s = e.ok() ? Apply(*e) : e.status();
+                       std::lock_guard lock(mu);
+                       if (s.ok()) {
+                         version = e->version;
+                         return true;
+                       }
+                       last_error = s;
+                       watch_ended = true;
+                       cv.notify_all();
+                       return false;
+                     }));
     std::unique_lock lock(mu);
     cv.wait(lock, [&] { return stopping || watch_ended; });
     absl::Status ended = stopping ? absl::OkStatus() : last_error;

@@ -42,7 +42,7 @@ absl::StatusOr<std::unique_ptr<Router>> Router::Open(const RouterOptions& option
   WorkerPoolOptions wo = options.workers;
   if (wo.top_k == 0) wo.top_k = impl->matcher->top_k();
   ASSIGN_OR_RETURN(impl->pool, WorkerPool::Open(wo));
-  const model::Tokenizer& t = impl->matcher->tokenizer();
+  const tokenizer::Tokenizer& t = impl->matcher->tokenizer();
   impl->chatml = t.TokenToId("<|im_start|>").has_value() && t.TokenToId("<|im_end|>").has_value();
   return std::unique_ptr<Router>(new Router(std::move(impl)));
 }
@@ -56,8 +56,8 @@ absl::StatusOr<std::string> Router::RenderPrompt(const std::string& prompt,
   for (size_t i = 0; i < messages.size(); ++i) {
     const ChatMessage& m = messages[i];
     if (m.role != "system" && m.role != "user" && m.role != "assistant") {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "message ", i, " has role \"", m.role, "\"; want system, user or assistant"));
+      return absl::InvalidArgumentError(absl::StrCat("message ", i, " has role \"", m.role,
+                                                     "\"; want system, user or assistant"));
     }
     if (impl_->chatml) {
       absl::StrAppend(&text, "<|im_start|>", m.role, "\n", m.content, "<|im_end|>\n");
@@ -67,9 +67,8 @@ absl::StatusOr<std::string> Router::RenderPrompt(const std::string& prompt,
   }
   if (impl_->chatml && !messages.empty()) absl::StrAppend(&text, "<|im_start|>assistant\n");
   if (static_cast<int64_t>(text.size()) > impl_->options.max_prompt_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("the prompt is ", text.size(),
-                                                   " bytes; the limit is ",
-                                                   impl_->options.max_prompt_bytes));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the prompt is ", text.size(), " bytes; the limit is ", impl_->options.max_prompt_bytes));
   }
   return text;
 }
@@ -141,12 +140,11 @@ absl::StatusOr<InferenceResult> Router::Generate(
     route.kept_bytes = a->kept_bytes;
     route.all_experts_bytes = a->all_experts_bytes;
     route.base_bytes = a->base_bytes;
-    route.kept_fraction = a->all_experts_bytes > 0
-                              ? static_cast<double>(a->kept_bytes) / a->all_experts_bytes
-                              : 0;
+    route.kept_fraction =
+        a->all_experts_bytes > 0 ? static_cast<double>(a->kept_bytes) / a->all_experts_bytes : 0;
     bool streamed = false;
-    absl::StatusOr<worker::TextResult> r = a->client->Generate(
-        wr, [&](const std::string& delta, const std::vector<int64_t>&) {
+    absl::StatusOr<worker::TextResult> r =
+        a->client->Generate(wr, [&](const std::string& delta, const std::vector<int64_t>&) {
           if (delta.empty()) return;
           if (!streamed) {
             out.time_to_first_token =
@@ -170,22 +168,20 @@ absl::StatusOr<InferenceResult> Router::Generate(
     }
     if (streamed) {
       if (!worker_failed) return r.status();
-      return absl::UnavailableError(absl::StrCat("worker ", a->address,
-                                                 " failed mid-stream: ", r.status().message()));
+      return absl::UnavailableError(
+          absl::StrCat("worker ", a->address, " failed mid-stream: ", r.status().message()));
     }
     // Nothing reached the caller yet: another worker may serve it.
     if (!worker_failed && !absl::IsResourceExhausted(r.status())) return r.status();
-    PREMOE_LOG_WARN("request failed on %s before streaming (%s); trying another worker",
-                    a->address, r.status().ToString());
+    PREMOE_LOG_WARN("request failed on %s before streaming (%s); trying another worker", a->address,
+                    r.status().ToString());
     exclude.insert(a->address);
     last = r.status();
   }
   return last;
 }
 
-bool Router::Ready() const {
-  return impl_->patterns->Info().ok() && impl_->pool->AnyReachable();
-}
+bool Router::Ready() const { return impl_->patterns->Info().ok() && impl_->pool->AnyReachable(); }
 
 WorkerPool& Router::pool() { return *impl_->pool; }
 const Matcher& Router::matcher() const { return *impl_->matcher; }

@@ -69,8 +69,8 @@ class Service final : public v1::Inference::Service {
                      v1::MatchResponse* response) override {
     if (absl::Status s = CheckSize(*wire); !s.ok()) return rpc::ToGrpcStatus(s);
     if (wire->k() < 0 || wire->k() > 100) {
-      return rpc::ToGrpcStatus(absl::InvalidArgumentError(
-          absl::StrCat("k is ", wire->k(), "; want 0 (3) to 100")));
+      return rpc::ToGrpcStatus(
+          absl::InvalidArgumentError(absl::StrCat("k is ", wire->k(), "; want 0 (3) to 100")));
     }
     std::vector<ChatMessage> messages;
     for (const v1::ChatMessage& m : wire->messages()) messages.push_back({m.role(), m.content()});
@@ -85,8 +85,8 @@ class Service final : public v1::Inference::Service {
   absl::Status CheckSize(const google::protobuf::Message& m) const {
     const int64_t size = static_cast<int64_t>(m.ByteSizeLong());
     if (size <= max_request_bytes_) return absl::OkStatus();
-    return absl::InvalidArgumentError(absl::StrCat("the request is ", size,
-                                                   " bytes; the limit is ", max_request_bytes_));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request is ", size, " bytes; the limit is ", max_request_bytes_));
   }
 
   void Register(grpc::ServerContext* ctx, worker::CallCanceller* c) {
@@ -189,9 +189,7 @@ absl::StatusOr<std::unique_ptr<InferenceServer>> InferenceServer::Start(const Op
 }
 
 int InferenceServer::port() const { return impl_->port; }
-std::string InferenceServer::address() const {
-  return absl::StrCat(impl_->host, ":", impl_->port);
-}
+std::string InferenceServer::address() const { return absl::StrCat(impl_->host, ":", impl_->port); }
 
 void InferenceServer::Shutdown() {
   {

@@ -5,8 +5,8 @@
 #include <sys/socket.h>
 
 #include <algorithm>
-#include <iterator>
 #include <condition_variable>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -49,8 +49,7 @@ absl::StatusOr<std::set<std::string>> Resolve(const std::string& host, const std
   hints.ai_socktype = SOCK_STREAM;
   addrinfo* res = nullptr;
   if (int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &res); rc != 0) {
-    return absl::UnavailableError(
-        absl::StrCat("resolving ", host, ": ", gai_strerror(rc)));
+    return absl::UnavailableError(absl::StrCat("resolving ", host, ": ", gai_strerror(rc)));
   }
   std::set<std::string> out;
   for (addrinfo* a = res; a != nullptr; a = a->ai_next) {
@@ -59,8 +58,7 @@ absl::StatusOr<std::set<std::string>> Resolve(const std::string& host, const std
       inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(a->ai_addr)->sin_addr, buf, sizeof buf);
       out.insert(absl::StrCat(buf, ":", port));
     } else if (a->ai_family == AF_INET6) {
-      inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(a->ai_addr)->sin6_addr, buf,
-                sizeof buf);
+      inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(a->ai_addr)->sin6_addr, buf, sizeof buf);
       out.insert(absl::StrCat("[", buf, "]:", port));
     }
   }
@@ -234,8 +232,7 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Open(const WorkerPoolOpt
 void WorkerPool::PollNow() { impl_->PollAll(); }
 
 absl::StatusOr<Assignment> WorkerPool::Assign(
-    const store::Pattern* pattern, const std::string& budget,
-    const std::set<std::string>& exclude,
+    const store::Pattern* pattern, const std::string& budget, const std::set<std::string>& exclude,
     std::optional<std::chrono::system_clock::time_point> deadline) {
   const std::string name = pattern == nullptr ? "" : absl::StrCat(pattern->task_name, "@", budget);
   std::optional<profiler::Budget> parsed;
@@ -285,9 +282,9 @@ absl::StatusOr<Assignment> WorkerPool::Assign(
         const auto p = std::find_if(s.patterns.begin(), s.patterns.end(),
                                     [&](const worker::PatternStatus& p) { return p.task == name; });
         const auto ours = m->prepared_created.find(name);
-        c.resident = p != s.patterns.end() && p->resident && missing_bytes == 0 &&
-                     (ours == m->prepared_created.end() ||
-                      ours->second == pattern->created_unix_micros);
+        c.resident =
+            p != s.patterns.end() && p->resident && missing_bytes == 0 &&
+            (ours == m->prepared_created.end() || ours->second == pattern->created_unix_micros);
       }
       const int64_t free_bytes = s.cache.budget_bytes - s.cache.resident_bytes;
       bool evicts_hot = false;
@@ -302,10 +299,10 @@ absl::StatusOr<Assignment> WorkerPool::Assign(
     }
   }
   if (candidates.empty()) {
-    return absl::UnavailableError(absl::StrCat(
-        "no worker can take the request",
-        unreachable.empty() ? std::string(" (every worker was tried)")
-                            : absl::StrCat(": ", absl::StrJoin(unreachable, "; "))));
+    return absl::UnavailableError(
+        absl::StrCat("no worker can take the request",
+                     unreachable.empty() ? std::string(" (every worker was tried)")
+                                         : absl::StrCat(": ", absl::StrJoin(unreachable, "; "))));
   }
   std::sort(candidates.begin(), candidates.end(),
             [](const Candidate& a, const Candidate& b) { return a.key < b.key; });
@@ -337,8 +334,8 @@ absl::StatusOr<Assignment> WorkerPool::Assign(
       const bool locked = deadline.has_value() ? prepare_lock.try_lock_until(*deadline)
                                                : (prepare_lock.lock(), true);
       if (!locked) {
-        prepared = absl::DeadlineExceededError(absl::StrCat(
-            "the deadline passed while waiting for another Prepare on ", m.address));
+        prepared = absl::DeadlineExceededError(
+            absl::StrCat("the deadline passed while waiting for another Prepare on ", m.address));
       } else {
         store::Pattern named = *pattern;
         named.task_name = name;
@@ -383,8 +380,8 @@ absl::StatusOr<Assignment> WorkerPool::Assign(
     }
     return prepared.status();
   }
-  return absl::ResourceExhaustedError(absl::StrCat("no worker could prepare \"", name,
-                                                   "\": ", absl::StrJoin(refused, "; ")));
+  return absl::ResourceExhaustedError(
+      absl::StrCat("no worker could prepare \"", name, "\": ", absl::StrJoin(refused, "; ")));
 }
 
 void WorkerPool::Release(const Assignment& a, bool failed) {

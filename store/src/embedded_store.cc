@@ -21,13 +21,12 @@
 #include <faiss/IndexIDMap.h>
 #include <faiss/impl/io.h>
 #include <faiss/index_io.h>
+#include <omp.h>
 #include <rocksdb/db.h>
 #include <rocksdb/env.h>
 #include <rocksdb/options.h>
 #include <rocksdb/utilities/options_util.h>
 #include <rocksdb/write_batch.h>
-
-#include <omp.h>
 
 #include <algorithm>
 #include <atomic>
@@ -228,9 +227,9 @@ absl::Status EmbeddedPatternStore::Options::Validate() const {
         absl::StrCat("pattern store: embedding_dim ", embedding_dim, " is negative"));
   }
   if (hnsw_m < 2 || hnsw_ef_search < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "pattern store: hnsw_m must be >= 2 and hnsw_ef_search >= 1 (got ", hnsw_m, ", ",
-        hnsw_ef_search, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("pattern store: hnsw_m must be >= 2 and hnsw_ef_search >= 1 (got ", hnsw_m,
+                     ", ", hnsw_ef_search, ")"));
   }
   if (max_record_bytes <= 0) {
     return absl::InvalidArgumentError("pattern store: max_record_bytes must be positive");
@@ -274,16 +273,16 @@ struct EmbeddedPatternStore::Impl {
     std::string task_name;
     std::uint32_t num_embeddings = 0;
   };
-  absl::flat_hash_map<std::uint64_t, Entry> catalog;         // writer
-  absl::flat_hash_map<std::string, std::uint64_t> by_task;   // writer
+  absl::flat_hash_map<std::uint64_t, Entry> catalog;        // writer
+  absl::flat_hash_map<std::string, std::uint64_t> by_task;  // writer
 
   // The index. Flat: IndexIDMap2 whose ids are embedding keys. HNSW: its
   // internal ids are positions; label_to_key maps them to embedding keys, -1
   // for deleted ones (HNSW cannot remove), key_to_label the live ones.
-  std::unique_ptr<faiss::Index> index;                       // writer
-  std::vector<std::int64_t> label_to_key;                    // writer (hnsw)
+  std::unique_ptr<faiss::Index> index;                            // writer
+  std::vector<std::int64_t> label_to_key;                         // writer (hnsw)
   absl::flat_hash_map<std::uint64_t, std::int64_t> key_to_label;  // writer (hnsw)
-  std::int64_t tombstones = 0;                               // writer (hnsw)
+  std::int64_t tombstones = 0;                                    // writer (hnsw)
 
   // Oldest change still in the change log (version + 1 when it is empty).
   // Only writers use it: write_mu suffices.
@@ -318,8 +317,8 @@ struct EmbeddedPatternStore::Impl {
     std::unique_ptr<faiss::Index> out;
     RETURN_IF_ERROR(FaissCall("create index", [&] {
       if (hnsw()) {
-        auto h = std::make_unique<faiss::IndexHNSWFlat>(d, options.hnsw_m,
-                                                        faiss::METRIC_INNER_PRODUCT);
+        auto h =
+            std::make_unique<faiss::IndexHNSWFlat>(d, options.hnsw_m, faiss::METRIC_INNER_PRODUCT);
         h->hnsw.efSearch = options.hnsw_ef_search;
         out = std::move(h);
       } else {
@@ -405,17 +404,19 @@ struct EmbeddedPatternStore::Impl {
       const std::uint64_t key = DecodeU64(it->key());
       v1::MatchEmbedding e;
       if (!e.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-        return absl::DataLossError(absl::StrCat(options.path, ": embedding ", key, " does not parse"));
+        return absl::DataLossError(
+            absl::StrCat(options.path, ": embedding ", key, " does not parse"));
       }
       auto entry = catalog.find(key >> kEmbeddingIndexBits);
       if (entry == catalog.end()) {
-        return absl::DataLossError(absl::StrCat(options.path, ": embedding ", key,
-                                                " belongs to no pattern"));
+        return absl::DataLossError(
+            absl::StrCat(options.path, ": embedding ", key, " belongs to no pattern"));
       }
       ++entry->second.num_embeddings;
       if (e.values_size() != dim) {
-        return absl::DataLossError(absl::StrCat(options.path, ": embedding ", key, " has dimension ",
-                                                e.values_size(), ", the store's is ", dim));
+        return absl::DataLossError(absl::StrCat(options.path, ": embedding ", key,
+                                                " has dimension ", e.values_size(),
+                                                ", the store's is ", dim));
       }
       ASSIGN_OR_RETURN(std::vector<float> unit,
                        Normalized({e.values().data(), static_cast<std::size_t>(e.values_size())},
@@ -602,8 +603,8 @@ struct EmbeddedPatternStore::Impl {
     for (it->Seek(lower); it->Valid(); it->Next()) {
       if (!record.add_embeddings()->ParseFromArray(it->value().data(),
                                                    static_cast<int>(it->value().size()))) {
-        return absl::DataLossError(absl::StrCat(options.path, ": embedding ",
-                                                DecodeU64(it->key()), " does not parse"));
+        return absl::DataLossError(
+            absl::StrCat(options.path, ": embedding ", DecodeU64(it->key()), " does not parse"));
       }
     }
     RETURN_IF_ERROR(FromRocks(it->status(), absl::StrCat("pattern ", id)));
@@ -672,9 +673,8 @@ class EmbeddedWatch final : public WatchHandle {
       std::uint64_t target;
       {
         std::unique_lock lock(hub_->mu);
-        hub_->cv.wait(lock, [&] {
-          return cancelled_ || hub_->closing || hub_->published_version >= next_;
-        });
+        hub_->cv.wait(
+            lock, [&] { return cancelled_ || hub_->closing || hub_->published_version >= next_; });
         if (cancelled_) return;
         if (hub_->closing) {
           lock.unlock();
@@ -693,8 +693,8 @@ class EmbeddedWatch final : public WatchHandle {
       for (it->Seek(EncodeU64(next_)); it->Valid(); it->Next()) {
         v1::ChangeEvent proto;
         if (!proto.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-          status = absl::DataLossError(absl::StrCat("change ", DecodeU64(it->key()),
-                                                    " does not parse"));
+          status =
+              absl::DataLossError(absl::StrCat("change ", DecodeU64(it->key()), " does not parse"));
           break;
         }
         absl::StatusOr<ChangeEvent> event = internal::FromProto(proto);
@@ -776,9 +776,8 @@ absl::StatusOr<std::unique_ptr<EmbeddedPatternStore>> EmbeddedPatternStore::Open
   db_options.create_if_missing = options.create_if_missing;
   db_options.create_missing_column_families = true;
   std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
-  for (const char* name :
-       {rocksdb::kDefaultColumnFamilyName.c_str(), kCfPatterns, kCfTasks, kCfEmbeddings, kCfChanges,
-        kCfMeta}) {
+  for (const char* name : {rocksdb::kDefaultColumnFamilyName.c_str(), kCfPatterns, kCfTasks,
+                           kCfEmbeddings, kCfChanges, kCfMeta}) {
     cfs.emplace_back(name, rocksdb::ColumnFamilyOptions());
   }
   rocksdb::DB* raw = nullptr;
@@ -798,12 +797,12 @@ absl::StatusOr<std::unique_ptr<EmbeddedPatternStore>> EmbeddedPatternStore::Open
   if (schema.empty()) {
     init.Put(impl->meta, kMetaSchema, absl::StrCat(kPatternSchemaVersion));
   } else if (!absl::SimpleAtoi(schema, &schema_version)) {
-    return absl::DataLossError(absl::StrCat(path, ": schema version \"", schema, "\" is not a number"));
+    return absl::DataLossError(
+        absl::StrCat(path, ": schema version \"", schema, "\" is not a number"));
   } else if (schema_version > kPatternSchemaVersion) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(path, ": store has schema version ", schema_version,
-                     ", written by a newer premoe (this build reads up to ", kPatternSchemaVersion,
-                     ")"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        path, ": store has schema version ", schema_version,
+        ", written by a newer premoe (this build reads up to ", kPatternSchemaVersion, ")"));
   }
   ASSIGN_OR_RETURN(impl->fingerprint, impl->GetMeta(kMetaFingerprint));
   if (!options.model_fingerprint.empty()) {
@@ -811,9 +810,9 @@ absl::StatusOr<std::unique_ptr<EmbeddedPatternStore>> EmbeddedPatternStore::Open
       impl->fingerprint = options.model_fingerprint;
       init.Put(impl->meta, kMetaFingerprint, impl->fingerprint);
     } else if (impl->fingerprint != options.model_fingerprint) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(path, ": store holds patterns of model ", impl->fingerprint,
-                       ", not of model ", options.model_fingerprint));
+      return absl::FailedPreconditionError(absl::StrCat(path, ": store holds patterns of model ",
+                                                        impl->fingerprint, ", not of model ",
+                                                        options.model_fingerprint));
     }
   }
   ASSIGN_OR_RETURN(std::string dim, impl->GetMeta(kMetaDim));
@@ -903,9 +902,8 @@ absl::StatusOr<PutResult> EmbeddedPatternStore::Put(const Pattern& pattern) {
   for (const LayerScores& layer : pattern.layers) {
     for (std::size_t i = 0; i < layer.scores.size(); ++i) {
       if (!std::isfinite(layer.scores[i])) {
-        return absl::InvalidArgumentError(absl::StrCat(where, ": layer ", layer.layer,
-                                                       " score of expert ", i, " is ",
-                                                       layer.scores[i]));
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, ": layer ", layer.layer, " score of expert ", i, " is ", layer.scores[i]));
       }
     }
   }
@@ -916,10 +914,9 @@ absl::StatusOr<PutResult> EmbeddedPatternStore::Put(const Pattern& pattern) {
   if (record.created_unix_micros() == 0) record.set_created_unix_micros(NowMicros());
   const std::size_t bytes = record.ByteSizeLong();
   if (bytes > static_cast<std::size_t>(s.options.max_record_bytes)) {
-    return absl::InvalidArgumentError(absl::StrCat(where, " encodes to ", bytes,
-                                                   " bytes, over the store's limit of ",
-                                                   s.options.max_record_bytes,
-                                                   " (Options::max_record_bytes)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, " encodes to ", bytes, " bytes, over the store's limit of ",
+                     s.options.max_record_bytes, " (Options::max_record_bytes)"));
   }
 
   std::lock_guard write_lock(s.write_mu);
@@ -997,8 +994,8 @@ absl::StatusOr<Pattern> EmbeddedPatternStore::Get(std::uint64_t id) { return imp
 
 absl::StatusOr<Pattern> EmbeddedPatternStore::GetByTask(absl::string_view task_name) {
   std::string value;
-  rocksdb::Status s =
-      impl_->db->Get(rocksdb::ReadOptions(), impl_->tasks, rocksdb::Slice(task_name.data(), task_name.size()), &value);
+  rocksdb::Status s = impl_->db->Get(rocksdb::ReadOptions(), impl_->tasks,
+                                     rocksdb::Slice(task_name.data(), task_name.size()), &value);
   if (s.IsNotFound()) {
     return absl::NotFoundError(absl::StrCat("no pattern for task \"", task_name, "\""));
   }
@@ -1012,8 +1009,8 @@ absl::StatusOr<Pattern> EmbeddedPatternStore::GetByTask(absl::string_view task_n
 
 absl::StatusOr<ListPage> EmbeddedPatternStore::List(const ListRequest& request) {
   if (request.page_size < 0 || request.page_size > kMaxPageSize) {
-    return absl::InvalidArgumentError(absl::StrCat("page size ", request.page_size,
-                                                   " is not in [0, ", kMaxPageSize, "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("page size ", request.page_size, " is not in [0, ", kMaxPageSize, "]"));
   }
   const std::int32_t page_size = request.page_size == 0 ? kDefaultPageSize : request.page_size;
   std::uint64_t start = 0;
@@ -1049,8 +1046,8 @@ absl::StatusOr<ListPage> EmbeddedPatternStore::List(const ListRequest& request) 
       std::unique_ptr<rocksdb::Iterator> eit(impl_->db->NewIterator(ero, impl_->embeddings));
       std::int32_t count = 0;
       for (eit->Seek(EncodeU64(EmbeddingKey(id, 0))); eit->Valid(); eit->Next()) ++count;
-      page.patterns.push_back({id, record.task_name(), record.metric().name(),
-                               record.layers_size(), count, record.created_unix_micros()});
+      page.patterns.push_back({id, record.task_name(), record.metric().name(), record.layers_size(),
+                               count, record.created_unix_micros()});
     }
     if (status.ok()) status = FromRocks(it->status(), "list");
   }
@@ -1102,7 +1099,8 @@ absl::StatusOr<std::uint64_t> EmbeddedPatternStore::Delete(std::uint64_t id) {
 absl::StatusOr<std::vector<SearchMatch>> EmbeddedPatternStore::Search(
     std::span<const float> embedding, const SearchOptions& options) {
   if (options.k <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("search k must be positive (got ", options.k, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("search k must be positive (got ", options.k, ")"));
   }
   if (options.candidates < 0) {
     return absl::InvalidArgumentError(
@@ -1138,9 +1136,8 @@ absl::StatusOr<std::vector<SearchMatch>> EmbeddedPatternStore::Search(
     const std::int64_t fetch = std::min(ntotal, want + s.tombstones);
     std::vector<float> sims(fetch);
     std::vector<idx_t> labels(fetch);
-    RETURN_IF_ERROR(FaissCall("search", [&] {
-      s.index->search(1, query.data(), fetch, sims.data(), labels.data());
-    }));
+    RETURN_IF_ERROR(FaissCall(
+        "search", [&] { s.index->search(1, query.data(), fetch, sims.data(), labels.data()); }));
     tally.clear();
     std::int64_t taken = 0;
     for (std::int64_t i = 0; i < fetch && taken < want; ++i) {
@@ -1178,8 +1175,8 @@ absl::StatusOr<std::vector<SearchMatch>> EmbeddedPatternStore::Search(
   return matches;
 }
 
-absl::StatusOr<std::unique_ptr<WatchHandle>> EmbeddedPatternStore::Watch(std::uint64_t since_version,
-                                                                         WatchCallback callback) {
+absl::StatusOr<std::unique_ptr<WatchHandle>> EmbeddedPatternStore::Watch(
+    std::uint64_t since_version, WatchCallback callback) {
   if (!callback) return absl::InvalidArgumentError("watch needs a callback");
   return std::unique_ptr<WatchHandle>(
       std::make_unique<EmbeddedWatch>(impl_.get(), since_version, std::move(callback)));

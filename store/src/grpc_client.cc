@@ -9,8 +9,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "premoe/common/status.h"
-#include "premoe/v1/store.grpc.pb.h"
 #include "premoe/proto/grpc_edge.h"
+#include "premoe/v1/store.grpc.pb.h"
 #include "store/src/proto_convert.h"
 
 namespace premoe::store {
@@ -124,8 +124,8 @@ class GrpcWatch final : public WatchHandle {
   std::uint64_t last_;
   WatchCallback callback_;
   std::mutex mu_;
-  bool cancelled_ = false;                // guarded by mu_
-  grpc::ClientContext* ctx_ = nullptr;    // guarded by mu_
+  bool cancelled_ = false;              // guarded by mu_
+  grpc::ClientContext* ctx_ = nullptr;  // guarded by mu_
   std::thread thread_;
 };
 

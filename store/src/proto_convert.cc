@@ -29,10 +29,9 @@ void ToProto(const Pattern& in, v1::Pattern* out) {
 
 absl::StatusOr<Pattern> FromProto(const v1::Pattern& in) {
   if (in.schema_version() > kPatternSchemaVersion) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("pattern \"", in.task_name(), "\" has schema version ", in.schema_version(),
-                     ", written by a newer premoe (this build reads up to ",
-                     kPatternSchemaVersion, ")"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "pattern \"", in.task_name(), "\" has schema version ", in.schema_version(),
+        ", written by a newer premoe (this build reads up to ", kPatternSchemaVersion, ")"));
   }
   Pattern out;
   out.schema_version = in.schema_version();

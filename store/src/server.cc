@@ -20,16 +20,16 @@
 #include "absl/strings/str_cat.h"
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
-#include "premoe/v1/store.grpc.pb.h"
 #include "premoe/proto/grpc_edge.h"
+#include "premoe/v1/store.grpc.pb.h"
 #include "store/src/proto_convert.h"
 
 namespace premoe::store {
 namespace {
 
 using internal::FromProto;
-using rpc::ToGrpcStatus;
 using internal::ToProto;
+using rpc::ToGrpcStatus;
 
 // A fixed pool of threads running submitted tasks in FIFO order. The
 // destructor runs what is queued, then joins.
@@ -81,8 +81,7 @@ class Executor {
 // watch joins its thread).
 class WatchReactor final : public grpc::ServerWriteReactor<v1::ChangeEvent> {
  public:
-  WatchReactor(PatternStore* store, Executor* executor, std::uint64_t since)
-      : executor_(executor) {
+  WatchReactor(PatternStore* store, Executor* executor, std::uint64_t since) : executor_(executor) {
     absl::StatusOr<std::unique_ptr<WatchHandle>> handle =
         store->Watch(since, [this](const absl::StatusOr<ChangeEvent>& e) { return OnChange(e); });
     std::lock_guard lock(mu_);
@@ -212,8 +211,7 @@ class Service final : public v1::PatternStore::CallbackService {
   grpc::ServerUnaryReactor* List(grpc::CallbackServerContext* ctx, const v1::ListRequest* request,
                                  v1::ListResponse* response) override {
     return Run(ctx, [=, this]() -> absl::Status {
-      ASSIGN_OR_RETURN(ListPage page,
-                       store_->List({request->page_size(), request->page_token()}));
+      ASSIGN_OR_RETURN(ListPage page, store_->List({request->page_size(), request->page_token()}));
       for (const PatternSummary& s : page.patterns) ToProto(s, response->add_patterns());
       response->set_next_page_token(page.next_page_token);
       return absl::OkStatus();
@@ -266,9 +264,8 @@ class Service final : public v1::PatternStore::CallbackService {
   template <typename Body>
   grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx, Body body) {
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-    executor_->Submit([reactor, body = std::move(body)]() mutable {
-      reactor->Finish(ToGrpcStatus(body()));
-    });
+    executor_->Submit(
+        [reactor, body = std::move(body)]() mutable { reactor->Finish(ToGrpcStatus(body())); });
     return reactor;
   }
 

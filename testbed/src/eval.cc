@@ -13,13 +13,13 @@
 namespace premoe::testbed {
 namespace {
 
-absl::StatusOr<std::vector<int64_t>> EncodePrompt(const model::Tokenizer& tokenizer,
+absl::StatusOr<std::vector<int64_t>> EncodePrompt(const tokenizer::Tokenizer& tokenizer,
                                                   absl::string_view text) {
   ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer.Encode(text, /*add_special_tokens=*/true));
   return std::vector<int64_t>(ids.begin(), ids.end());
 }
 
-absl::Status ScoreExactMatch(const model::Engine& engine, const model::Tokenizer& tokenizer,
+absl::Status ScoreExactMatch(const model::Engine& engine, const tokenizer::Tokenizer& tokenizer,
                              const std::vector<Sample>& samples, const EvalOptions& o,
                              TaskScore& score) {
   std::vector<model::GenerationRequest> requests;
@@ -50,7 +50,7 @@ absl::Status ScoreExactMatch(const model::Engine& engine, const model::Tokenizer
   return absl::OkStatus();
 }
 
-absl::Status ScoreText(const model::Engine& engine, const model::Tokenizer& tokenizer,
+absl::Status ScoreText(const model::Engine& engine, const tokenizer::Tokenizer& tokenizer,
                        const std::vector<Sample>& samples, const EvalOptions& o, double& nll_sum,
                        int64_t& right, TaskScore& score) {
   std::vector<std::vector<int64_t>> batch;
@@ -84,7 +84,7 @@ absl::Status ScoreText(const model::Engine& engine, const model::Tokenizer& toke
 }
 
 absl::StatusOr<EvalReport> EvaluateImpl(const model::Engine& engine,
-                                        const model::Tokenizer& tokenizer,
+                                        const tokenizer::Tokenizer& tokenizer,
                                         const std::vector<const Task*>& tasks,
                                         const EvalOptions& o) {
   std::vector<int64_t> counts;
@@ -143,7 +143,8 @@ absl::StatusOr<EvalReport> EvaluateImpl(const model::Engine& engine,
 
 }  // namespace
 
-absl::StatusOr<EvalReport> Evaluate(const model::Engine& engine, const model::Tokenizer& tokenizer,
+absl::StatusOr<EvalReport> Evaluate(const model::Engine& engine,
+                                    const tokenizer::Tokenizer& tokenizer,
                                     const std::vector<const Task*>& tasks,
                                     const EvalOptions& options) {
   if (options.samples < 0) {

@@ -226,9 +226,11 @@ class BracketsTask final : public GeneratorTask {
 class BinaryTask final : public GeneratorTask {
  public:
   BinaryTask()
-      : GeneratorTask("binary", "Write a 1-3 digit hex number in binary, 4 bits per hex digit, space separated",
-                      {"Convert 0x{0} to binary.", "0x{0} in base 2?", "What is hex {0} in binary?\n",
-                       "bin(0x{0}) =", "Write 0x{0} as bits:", "Hex {0} to binary"}) {}
+      : GeneratorTask(
+            "binary",
+            "Write a 1-3 digit hex number in binary, 4 bits per hex digit, space separated",
+            {"Convert 0x{0} to binary.", "0x{0} in base 2?", "What is hex {0} in binary?\n",
+             "bin(0x{0}) =", "Write 0x{0} as bits:", "Hex {0} to binary"}) {}
 
  protected:
   Problem Draw(Rng& rng) const override {

@@ -71,14 +71,15 @@ double RandomSubsetJaccard(int64_t n, int64_t k) {
   return expected;
 }
 
-absl::StatusOr<SpecialisationReport> MeasureSpecialisation(
-    const model::Engine& engine, const model::Tokenizer& tokenizer,
-    const std::vector<const Task*>& tasks, const SpecialisationOptions& o) {
+absl::StatusOr<SpecialisationReport> MeasureSpecialisation(const model::Engine& engine,
+                                                           const tokenizer::Tokenizer& tokenizer,
+                                                           const std::vector<const Task*>& tasks,
+                                                           const SpecialisationOptions& o) {
   if (tasks.size() < 2) return absl::InvalidArgumentError("specialisation needs >= 2 tasks");
   if (o.samples < 1 || o.batch_size < 1) {
     return absl::InvalidArgumentError("SpecialisationOptions: samples and batch_size must be >= 1");
   }
-  const model::ModelConfig& c = engine.config();
+  const checkpoint::ModelConfig& c = engine.config();
   SpecialisationReport r;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     if (c.IsMoeLayer(static_cast<int>(l))) r.layers.push_back(l);
@@ -106,7 +107,8 @@ absl::StatusOr<SpecialisationReport> MeasureSpecialisation(
       for (size_t li = 0; li < r.layers.size(); ++li) r.frequency[li].push_back(tap.Frequency(li));
     }
   } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("specialisation: libtorch: ", e.what_without_backtrace()));
+    return absl::InternalError(
+        absl::StrCat("specialisation: libtorch: ", e.what_without_backtrace()));
   }
   const size_t t = tasks.size();
   for (size_t li = 0; li < r.layers.size(); ++li) {

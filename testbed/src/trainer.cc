@@ -17,12 +17,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
+#include "premoe/checkpoint/config.h"
+#include "premoe/checkpoint/expert_tensors.h"
+#include "premoe/checkpoint/safetensors.h"
 #include "premoe/common/file.h"
 #include "premoe/common/hash.h"
 #include "premoe/common/status.h"
-#include "premoe/model/config.h"
 #include "premoe/model/engine.h"
-#include "premoe/model/safetensors.h"
 #include "premoe/testbed/tasks.h"
 
 namespace premoe::testbed {
@@ -92,19 +93,19 @@ absl::Status WriteInitialCheckpoint(const std::string& dir, const ModelShape& s,
     ones(p + "self_attn.k_norm.weight", d);
     normal(p + "mlp.gate.weight", {s.experts, h}, 0.02);
     for (int64_t e = 0; e < s.experts; ++e) {
-      using model::ExpertProjection;
+      using checkpoint::ExpertProjection;
       auto name = [&](ExpertProjection proj) {
-        return model::ExpertTensorName(model::Architecture::kQwen3Moe, l, e, proj);
+        return checkpoint::ExpertTensorName(checkpoint::Architecture::kQwen3Moe, l, e, proj);
       };
       normal(name(ExpertProjection::kGate), {s.expert_intermediate, h}, 0.02);
       normal(name(ExpertProjection::kUp), {s.expert_intermediate, h}, 0.02);
       normal(name(ExpertProjection::kDown), {h, s.expert_intermediate}, out_std);
     }
   }
-  model::SafetensorsWriter writer;
+  checkpoint::SafetensorsWriter writer;
   for (const auto& [name, t] : tensors) {
     RETURN_IF_ERROR(writer.AddUnowned(
-        name, model::DType::kF32, t.sizes().vec(),
+        name, checkpoint::DType::kF32, t.sizes().vec(),
         std::span<const uint8_t>(static_cast<const uint8_t*>(t.data_ptr()), t.nbytes())));
   }
   RETURN_IF_ERROR(writer.Write(dir + "/model.safetensors"));
@@ -205,9 +206,9 @@ absl::StatusOr<TrainReport> TrainImpl(const TrainOptions& o) {
   // model is still wrong rather than to tasks it has already learnt.
   int64_t em_count = 0;
   for (const Task* t : tasks) em_count += t->kind() == TaskKind::kExactMatch ? 1 : 0;
-  const double text_share =
-      o.text_weight * static_cast<double>(tasks.size() - em_count) /
-      (static_cast<double>(em_count) + o.text_weight * static_cast<double>(tasks.size() - em_count));
+  const double text_share = o.text_weight * static_cast<double>(tasks.size() - em_count) /
+                            (static_cast<double>(em_count) +
+                             o.text_weight * static_cast<double>(tasks.size() - em_count));
   std::vector<double> ema_loss(tasks.size(), 1.0);
   std::mt19937_64 rng(o.seed * 0x9E3779B97F4A7C15ull + 1);
   // The cumulative sampling weights for the next step.
@@ -222,8 +223,8 @@ absl::StatusOr<TrainReport> TrainImpl(const TrainOptions& o) {
     double total = 0;
     for (size_t i = 0; i < tasks.size(); ++i) {
       if (tasks[i]->kind() == TaskKind::kExactMatch) {
-        total += (1 - text_share) * (o.adaptive_sampling ? std::max(ema_loss[i], 0.05) : 1.0) /
-                 em_total;
+        total +=
+            (1 - text_share) * (o.adaptive_sampling ? std::max(ema_loss[i], 0.05) : 1.0) / em_total;
       } else {
         total += text_share / static_cast<double>(tasks.size() - em_count);
       }
@@ -267,8 +268,7 @@ absl::StatusOr<TrainReport> TrainImpl(const TrainOptions& o) {
       task_of_seq.push_back(pick_task(cumulative));
       const Task& task = *tasks[task_of_seq.back()];
       const uint64_t size = static_cast<uint64_t>(task.size(Split::kTrain));
-      ASSIGN_OR_RETURN(Sample sample,
-                       task.Get(Split::kTrain, static_cast<int64_t>(rng() % size)));
+      ASSIGN_OR_RETURN(Sample sample, task.Get(Split::kTrain, static_cast<int64_t>(rng() % size)));
       ASSIGN_OR_RETURN(Sequence seq, MakeSequence(task, sample, o.shape.max_positions));
       const int64_t n = static_cast<int64_t>(seq.tokens.size());
       // Each sequence weighs the same whatever its length, so long text
@@ -303,8 +303,9 @@ absl::StatusOr<TrainReport> TrainImpl(const TrainOptions& o) {
     // Each sequence's answer loss, -log P(whole answer): what exact match
     // depends on (a long answer with one likely error has a low mean loss).
     {
-      at::Tensor per_seq = at::zeros({o.batch_size}, at::kFloat)
-                               .index_add_(0, at::tensor(seq_of_row, lopt), nll.detach().squeeze(1));
+      at::Tensor per_seq =
+          at::zeros({o.batch_size}, at::kFloat)
+              .index_add_(0, at::tensor(seq_of_row, lopt), nll.detach().squeeze(1));
       const float* v = per_seq.data_ptr<float>();
       std::vector<double> sum(tasks.size(), 0);
       std::vector<int> count(tasks.size(), 0);
@@ -344,10 +345,14 @@ absl::StatusOr<TrainReport> TrainImpl(const TrainOptions& o) {
   m["batch_size"] = o.batch_size;
   m["text_weight"] = o.text_weight;
   m["adaptive_sampling"] = o.adaptive_sampling;
-  m["optimizer"] = {{"name", "AdamW"},        {"lr", o.lr},
-                    {"warmup_steps", o.warmup_steps}, {"min_lr_ratio", o.min_lr_ratio},
-                    {"weight_decay", o.weight_decay}, {"betas", {0.9, 0.98}},
-                    {"grad_clip", o.grad_clip},       {"aux_loss_coef", o.aux_loss_coef}};
+  m["optimizer"] = {{"name", "AdamW"},
+                    {"lr", o.lr},
+                    {"warmup_steps", o.warmup_steps},
+                    {"min_lr_ratio", o.min_lr_ratio},
+                    {"weight_decay", o.weight_decay},
+                    {"betas", {0.9, 0.98}},
+                    {"grad_clip", o.grad_clip},
+                    {"aux_loss_coef", o.aux_loss_coef}};
   m["shape"] = {{"hidden", o.shape.hidden},
                 {"layers", o.shape.layers},
                 {"experts", o.shape.experts},

@@ -66,9 +66,11 @@ TEST(FileTest, AtomicWriteReadBackAndMappedView) {
   ASSERT_OK(WriteFileAtomically(path, "changed"));
   ASSERT_OK_AND_ASSIGN(auto h2, HashFile(path));
   EXPECT_NE(h1, h2);
-  EXPECT_THAT(ReadFile(path, /*max_bytes=*/3), StatusIs(absl::StatusCode::kInvalidArgument, "over the limit"));
+  EXPECT_THAT(ReadFile(path, /*max_bytes=*/3),
+              StatusIs(absl::StatusCode::kInvalidArgument, "over the limit"));
   EXPECT_THAT(ReadFile(dir.Join("missing")), StatusIs(absl::StatusCode::kNotFound, "missing"));
-  EXPECT_THAT(MappedFile::Open(dir.path()), StatusIs(absl::StatusCode::kInvalidArgument, "not a regular file"));
+  EXPECT_THAT(MappedFile::Open(dir.path()),
+              StatusIs(absl::StatusCode::kInvalidArgument, "not a regular file"));
   ASSERT_OK(WriteFileAtomically(path, ""));
   ASSERT_OK_AND_ASSIGN(auto empty, MappedFile::Open(path));
   EXPECT_EQ(empty->size(), 0u);
@@ -77,19 +79,24 @@ TEST(FileTest, AtomicWriteReadBackAndMappedView) {
 TEST(JsonTest, StrictParsingRefusesDuplicatesDepthAndGarbage) {
   ASSERT_OK_AND_ASSIGN(auto ok, ParseJsonStrict(R"({"a": [1, {"b": 2}], "c": null})", "t"));
   EXPECT_EQ(ok["a"][1]["b"], 2);
-  EXPECT_THAT(ParseJsonStrict(R"({"a": 1, "a": 2})", "cfg"),
-              StatusIs(absl::StatusCode::kInvalidArgument, "cfg: invalid JSON: duplicate key \"a\""));
+  EXPECT_THAT(
+      ParseJsonStrict(R"({"a": 1, "a": 2})", "cfg"),
+      StatusIs(absl::StatusCode::kInvalidArgument, "cfg: invalid JSON: duplicate key \"a\""));
   // Same key in different objects is fine.
   EXPECT_OK(ParseJsonStrict(R"({"a": {"x": 1}, "b": {"x": 2}})", "t").status());
   EXPECT_THAT(ParseJsonStrict(std::string(100, '[') + std::string(100, ']'), "deep"),
               StatusIs(absl::StatusCode::kInvalidArgument, "nesting deeper than 64"));
-  EXPECT_THAT(ParseJsonStrict("{\"a\": 1,}", "t"), StatusIs(absl::StatusCode::kInvalidArgument, "invalid JSON"));
-  EXPECT_THAT(ParseJsonStrict("{} trailing", "t"), StatusIs(absl::StatusCode::kInvalidArgument, "invalid JSON"));
-  EXPECT_THAT(ParseJsonStrict("", "t"), StatusIs(absl::StatusCode::kInvalidArgument, "invalid JSON"));
+  EXPECT_THAT(ParseJsonStrict("{\"a\": 1,}", "t"),
+              StatusIs(absl::StatusCode::kInvalidArgument, "invalid JSON"));
+  EXPECT_THAT(ParseJsonStrict("{} trailing", "t"),
+              StatusIs(absl::StatusCode::kInvalidArgument, "invalid JSON"));
+  EXPECT_THAT(ParseJsonStrict("", "t"),
+              StatusIs(absl::StatusCode::kInvalidArgument, "invalid JSON"));
 }
 
 TEST(LoggingTest, RefusesUnknownLevels) {
-  EXPECT_THAT(InitLogging("loud"), StatusIs(absl::StatusCode::kInvalidArgument, "unknown log level"));
+  EXPECT_THAT(InitLogging("loud"),
+              StatusIs(absl::StatusCode::kInvalidArgument, "unknown log level"));
   EXPECT_OK(InitLogging("warn"));
   EXPECT_FALSE(LogEnabled(LogLevel::kInfo));
   EXPECT_TRUE(LogEnabled(LogLevel::kError));

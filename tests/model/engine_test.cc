@@ -6,8 +6,8 @@
 #include <ATen/ATen.h>
 
 #include <cstring>
-#include <fstream>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <set>
@@ -16,8 +16,9 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "premoe/model/expert_pack.h"
-#include "premoe/model/safetensors.h"
+#include "premoe/checkpoint/expert_pack.h"
+#include "premoe/checkpoint/safetensors.h"
+#include "premoe/model/repack.h"
 #include "tests/testutil/testutil.h"
 
 namespace premoe::model {
@@ -48,16 +49,16 @@ const auto* const kEnv = ::testing::AddGlobalTestEnvironment(new ReferenceEnv);
 class Reference {
  public:
   explicit Reference(const std::string& c) {
-    auto ck = Checkpoint::Open(ReferenceEnv::Dir(c) + "/reference.safetensors");
+    auto ck = checkpoint::Checkpoint::Open(ReferenceEnv::Dir(c) + "/reference.safetensors");
     EXPECT_TRUE(ck.ok()) << ck.status();
     if (ck.ok()) checkpoint_ = std::move(ck).value();
   }
   bool Has(const std::string& name) const { return checkpoint_ && checkpoint_->Contains(name); }
   at::Tensor Get(const std::string& name) const {
-    const TensorView* v = checkpoint_ ? checkpoint_->Find(name) : nullptr;
+    const checkpoint::TensorView* v = checkpoint_ ? checkpoint_->Find(name) : nullptr;
     EXPECT_NE(v, nullptr) << name;
     if (v == nullptr) return at::Tensor();
-    at::ScalarType st = v->dtype == DType::kI64 ? at::kLong : at::kFloat;
+    at::ScalarType st = v->dtype == checkpoint::DType::kI64 ? at::kLong : at::kFloat;
     at::Tensor t = at::empty(v->shape, at::TensorOptions().dtype(st));
     std::memcpy(t.data_ptr(), v->bytes.data(), v->bytes.size());
     return t;
@@ -71,10 +72,10 @@ class Reference {
     while (Has(absl::StrCat("prompt_", n))) ++n;
     return n;
   }
-  const Checkpoint& checkpoint() const { return *checkpoint_; }
+  const checkpoint::Checkpoint& checkpoint() const { return *checkpoint_; }
 
  private:
-  std::unique_ptr<const Checkpoint> checkpoint_;
+  std::unique_ptr<const checkpoint::Checkpoint> checkpoint_;
 };
 
 double MaxAbsDiff(const at::Tensor& a, const at::Tensor& b) {
@@ -195,9 +196,9 @@ TEST_P(EngineParityTest, KvCacheDecodeEqualsFullRecompute) {
   at::Tensor full = AllLogits(*engine, prompt);
   ASSERT_OK_AND_ASSIGN(auto cache, engine->NewCache(1, 16));
   ForwardOptions fo;
-  ASSERT_OK_AND_ASSIGN(at::Tensor first,
-                       engine->Forward({std::vector<int64_t>(prompt.begin(), prompt.begin() + 6)},
-                                       cache.get(), fo));
+  ASSERT_OK_AND_ASSIGN(
+      at::Tensor first,
+      engine->Forward({std::vector<int64_t>(prompt.begin(), prompt.begin() + 6)}, cache.get(), fo));
   EXPECT_LT(MaxAbsDiff(first[0], full[5]), kFp32Tolerance);
   for (size_t i = 6; i < prompt.size(); ++i) {
     ASSERT_OK_AND_ASSIGN(at::Tensor step, engine->Forward({{prompt[i]}}, cache.get(), fo));
@@ -256,9 +257,8 @@ TEST_P(EngineParityTest, GreedyGenerationEqualsTransformersGenerate) {
   go.stop_at_eos = false;
   std::map<int64_t, std::vector<int64_t>> streamed;
   ASSERT_OK_AND_ASSIGN(auto results,
-                       engine->Generate(requests, go, nullptr, [&](int64_t r, int64_t t) {
-                         streamed[r].push_back(t);
-                       }));
+                       engine->Generate(requests, go, nullptr,
+                                        [&](int64_t r, int64_t t) { streamed[r].push_back(t); }));
   for (int p = 0; p < ref.NumPrompts(); ++p) {
     EXPECT_EQ(results[p].tokens, ref.Ids(absl::StrCat("greedy_", p))) << "prompt " << p;
     EXPECT_EQ(streamed[p], results[p].tokens);
@@ -417,7 +417,7 @@ TEST_P(EngineParityTest, ExpertsOnDemandEqualResidentUnderMasks) {
   auto on_demand = OpenEngine(GetParam(), options);
   ASSERT_NE(resident, nullptr);
   ASSERT_NE(on_demand, nullptr);
-  const ModelConfig& c = on_demand->config();
+  const checkpoint::ModelConfig& c = on_demand->config();
   EXPECT_LT(on_demand->weight_bytes(), resident->weight_bytes());
   // Two patterns: even and odd experts of every MoE layer.
   KeptExperts even, odd;
@@ -501,7 +501,7 @@ TEST_P(EngineParityTest, ExpertPackLoadsTheCheckpointsExperts) {
     auto from_pack = OpenEngine(GetParam(), options);
     ASSERT_NE(from_checkpoint, nullptr);
     ASSERT_NE(from_pack, nullptr);
-    const ModelConfig& c = from_pack->config();
+    const checkpoint::ModelConfig& c = from_pack->config();
     int64_t compared = 0;
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
       if (!c.IsMoeLayer(static_cast<int>(l))) continue;
@@ -520,7 +520,7 @@ TEST_P(EngineParityTest, ExpertPackLoadsTheCheckpointsExperts) {
       }
     }
     EXPECT_EQ(compared, c.NumMoeLayers() * c.num_routed_experts);
-    ASSERT_OK_AND_ASSIGN(auto opened, ExpertPack::Open(pack));
+    ASSERT_OK_AND_ASSIGN(auto opened, checkpoint::ExpertPack::Open(pack));
     EXPECT_OK(opened->Verify());
     // A pack serves only the dtype it was made for.
     options.dtype = dtype == "fp32" ? "bf16" : "fp32";
@@ -545,7 +545,8 @@ TEST(ExpertPackTest, RefusesWhatItCannotServe) {
   // Options: a pack is for an on-demand engine; the dtype must be one it has.
   EngineOptions options = Fp32();
   options.expert_pack = pack;
-  EXPECT_THAT(options.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, "experts_on_demand"));
+  EXPECT_THAT(options.Validate(),
+              StatusIs(absl::StatusCode::kInvalidArgument, "experts_on_demand"));
   wo.dtype = "fp16";
   EXPECT_THAT(WriteExpertPack(model, tmp.Join("x.pack"), wo),
               StatusIs(absl::StatusCode::kInvalidArgument, "\"fp32\" or \"bf16\""));
@@ -560,18 +561,18 @@ TEST(ExpertPackTest, RefusesWhatItCannotServe) {
   const std::string changed = tmp.Join("changed");
   std::filesystem::copy(model, changed);
   {
-    ASSERT_OK_AND_ASSIGN(auto ck, Checkpoint::Open(changed));
+    ASSERT_OK_AND_ASSIGN(auto ck, checkpoint::Checkpoint::Open(changed));
     std::string gate;
     for (absl::string_view name : ck->names()) {
       if (absl::EndsWith(name, "mlp.gate.weight")) gate = std::string(name);
     }
     ASSERT_FALSE(gate.empty());
-    const SafetensorsFile* shard = ck->ShardOf(gate);
+    const checkpoint::SafetensorsFile* shard = ck->ShardOf(gate);
     ASSERT_NE(shard, nullptr);
     // The data section is dense from its first tensor (validated at open).
     const std::span<const uint8_t> view = ck->Find(gate)->bytes;
-    const size_t offset =
-        shard->data_offset() + static_cast<size_t>(view.data() - shard->tensors().front().bytes.data());
+    const size_t offset = shard->data_offset() +
+                          static_cast<size_t>(view.data() - shard->tensors().front().bytes.data());
     const char flipped = static_cast<char>(view[0] ^ 0x40);
     std::fstream f(shard->path(), std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(static_cast<std::streamoff>(offset));
@@ -583,22 +584,22 @@ TEST(ExpertPackTest, RefusesWhatItCannotServe) {
 
   // Damaged files: truncated, not a pack, a flipped byte in a slot.
   premoe::testing::WriteStringToFile(tmp.Join("short.pack"), bytes.substr(0, bytes.size() - 100));
-  EXPECT_THAT(ExpertPack::Open(tmp.Join("short.pack")),
+  EXPECT_THAT(checkpoint::ExpertPack::Open(tmp.Join("short.pack")),
               StatusIs(absl::StatusCode::kInvalidArgument, "not a valid expert pack"));
   premoe::testing::WriteStringToFile(tmp.Join("other.pack"), std::string(9000, 'x'));
-  EXPECT_THAT(ExpertPack::Open(tmp.Join("other.pack")),
+  EXPECT_THAT(checkpoint::ExpertPack::Open(tmp.Join("other.pack")),
               StatusIs(absl::StatusCode::kInvalidArgument, "magic"));
   std::string flipped = bytes;
   flipped[4096 + 10] = static_cast<char>(flipped[4096 + 10] ^ 1);
   premoe::testing::WriteStringToFile(tmp.Join("flipped.pack"), flipped);
-  ASSERT_OK_AND_ASSIGN(auto damaged, ExpertPack::Open(tmp.Join("flipped.pack")));
+  ASSERT_OK_AND_ASSIGN(auto damaged, checkpoint::ExpertPack::Open(tmp.Join("flipped.pack")));
   EXPECT_THAT(damaged->Verify(), StatusIs(absl::StatusCode::kDataLoss, "expert 0 of layer"));
 
   // Reads of a wrong shape or an unknown expert.
   options.expert_pack = pack;
   auto engine = OpenEngine("qwen3_moe", options);
   ASSERT_NE(engine, nullptr);
-  const ModelConfig& c = engine->config();
+  const checkpoint::ModelConfig& c = engine->config();
   const int64_t layer = damaged->header().layers.front();
   ExpertWeights wrong{at::empty({c.moe_intermediate_size, c.hidden_size}),
                       at::empty({c.hidden_size, c.moe_intermediate_size})};
@@ -612,7 +613,7 @@ TEST(EngineTest, ShardedCheckpointLoads) {
   // The olmoe case is saved with a 100KB shard limit.
   auto engine = OpenEngine("olmoe");
   ASSERT_NE(engine, nullptr);
-  auto ck = Checkpoint::Open(ReferenceEnv::Dir("olmoe"));
+  auto ck = checkpoint::Checkpoint::Open(ReferenceEnv::Dir("olmoe"));
   ASSERT_OK(ck.status());
   EXPECT_TRUE((*ck)->sharded());
   EXPECT_GT((*ck)->shard_files().size(), 2u);
@@ -631,9 +632,8 @@ TEST(EngineTrainableTest, GradientsMatchTransformers) {
   ASSERT_TRUE(logits.requires_grad());
   const int64_t n = static_cast<int64_t>(ids.size());
   at::Tensor targets = at::tensor(std::vector<int64_t>(ids.begin() + 1, ids.end()));
-  at::Tensor loss = -at::log_softmax(logits.narrow(0, 0, n - 1), -1)
-                         .gather(1, targets.unsqueeze(1))
-                         .mean();
+  at::Tensor loss =
+      -at::log_softmax(logits.narrow(0, 0, n - 1), -1).gather(1, targets.unsqueeze(1)).mean();
   EXPECT_NEAR(loss.item<double>(), ref.Get("loss").item<double>(), 1e-5);
   loss.backward();
 
@@ -676,8 +676,8 @@ TEST(EngineTrainableTest, GradientsMatchTransformers) {
     ASSERT_TRUE(param.grad().defined()) << name;
     at::Tensor expected;
     if (const size_t plus = theirs.find('+'); plus != std::string::npos) {
-      expected = at::cat({ref.Get("grad:" + theirs.substr(0, plus)),
-                          ref.Get("grad:" + theirs.substr(plus + 1))});
+      expected = at::cat(
+          {ref.Get("grad:" + theirs.substr(0, plus)), ref.Get("grad:" + theirs.substr(plus + 1))});
     } else {
       expected = ref.Get("grad:" + theirs);
     }
@@ -688,7 +688,7 @@ TEST(EngineTrainableTest, GradientsMatchTransformers) {
   }
   // embed, lm_head, final norm; per layer 2 norms, 4 projections, 2 qk norms,
   // then 3 MoE tensors (gate, gate_up, down) or 2 dense MLP ones.
-  const ModelConfig& c = engine->config();
+  const checkpoint::ModelConfig& c = engine->config();
   EXPECT_EQ(compared, 3 + c.num_hidden_layers * 8 + c.NumMoeLayers() * 3 +
                           (c.num_hidden_layers - c.NumMoeLayers()) * 2);
 }
@@ -974,8 +974,9 @@ TEST(EngineGenerateTest, SamplingIsSeededAndStopSequencesStop) {
   GenerationOptions stop = greedy;
   stop.stop_sequences = {{g[0].tokens[2], g[0].tokens[3]}};
   std::vector<int64_t> streamed;
-  ASSERT_OK_AND_ASSIGN(auto s, engine->Generate(req, stop, nullptr,
-                                                [&](int64_t, int64_t t) { streamed.push_back(t); }));
+  ASSERT_OK_AND_ASSIGN(auto s, engine->Generate(req, stop, nullptr, [&](int64_t, int64_t t) {
+    streamed.push_back(t);
+  }));
   EXPECT_EQ(s[0].tokens, std::vector<int64_t>(g[0].tokens.begin(), g[0].tokens.begin() + 2));
   EXPECT_EQ(s[0].finish_reason, GenerationResult::FinishReason::kStopSequence);
   EXPECT_EQ(streamed, s[0].tokens);
@@ -1012,8 +1013,7 @@ TEST(EngineGenerateTest, BadInputsGiveClearErrors) {
   bad.dtype = "fp64";
   EXPECT_THAT(Engine::Open(ReferenceEnv::Dir("qwen3_moe"), bad),
               StatusIs(absl::StatusCode::kInvalidArgument, "dtype"));
-  EXPECT_THAT(Engine::Open("/nonexistent/model", {}),
-              StatusIs(absl::StatusCode::kNotFound, ""));
+  EXPECT_THAT(Engine::Open("/nonexistent/model", {}), StatusIs(absl::StatusCode::kNotFound, ""));
 }
 
 }  // namespace

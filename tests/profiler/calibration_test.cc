@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "premoe/model/fingerprint.h"
 #include "tests/testutil/testutil.h"
 
 namespace premoe::profiler {
@@ -30,12 +31,12 @@ class CalibrationTest : public ::testing::Test {
 
   void SetUp() override {
     ASSERT_OK_AND_ASSIGN(engine_, model::Engine::Open(dir_->path(), {.dtype = "fp32"}));
-    ASSERT_OK_AND_ASSIGN(tokenizer_, model::Tokenizer::FromFile(dir_->Join("tokenizer.json")));
+    ASSERT_OK_AND_ASSIGN(tokenizer_, tokenizer::Tokenizer::FromFile(dir_->Join("tokenizer.json")));
   }
 
   static premoe::testing::TempDir* dir_;
   std::unique_ptr<model::Engine> engine_;
-  std::unique_ptr<model::Tokenizer> tokenizer_;
+  std::unique_ptr<tokenizer::Tokenizer> tokenizer_;
 };
 premoe::testing::TempDir* CalibrationTest::dir_ = nullptr;
 
@@ -48,8 +49,9 @@ class LogitTap : public model::RouterTap {
   std::map<int64_t, std::vector<at::Tensor>> logits;
 };
 
-const std::vector<CalibrationSample> kSamples = {
-    {"What is 12 + 30?", "42"}, {"Reverse: planet", "tenalp"}, {"int main(void) { return 0; }", ""}};
+const std::vector<CalibrationSample> kSamples = {{"What is 12 + 30?", "42"},
+                                                 {"Reverse: planet", "tenalp"},
+                                                 {"int main(void) { return 0; }", ""}};
 
 TEST_F(CalibrationTest, FrequencyScoresAreTheTopKSelectionRates) {
   ProfileOptions o;
@@ -63,12 +65,14 @@ TEST_F(CalibrationTest, FrequencyScoresAreTheTopKSelectionRates) {
   std::map<int64_t, std::vector<double>> counts;
   int64_t tokens = 0;
   for (const auto& s : kSamples) {
-    ASSERT_OK_AND_ASSIGN(std::vector<int32_t> ids, tokenizer_->Encode(s.prompt + s.completion, true));
+    ASSERT_OK_AND_ASSIGN(std::vector<int32_t> ids,
+                         tokenizer_->Encode(s.prompt + s.completion, true));
     tokens += static_cast<int64_t>(ids.size());
     LogitTap tap;
     model::ForwardOptions fo;
     fo.tap = &tap;
-    ASSERT_OK(engine_->Forward({std::vector<int64_t>(ids.begin(), ids.end())}, nullptr, fo).status());
+    ASSERT_OK(
+        engine_->Forward({std::vector<int64_t>(ids.begin(), ids.end())}, nullptr, fo).status());
     for (const auto& [layer, list] : tap.logits) {
       auto& c = counts[layer];
       c.resize(8, 0);
@@ -134,20 +138,20 @@ TEST_F(CalibrationTest, StreamedProfileEqualsResidentExactly) {
       EXPECT_EQ(got.tokens, want.tokens);
     }
   }
-  ASSERT_OK_AND_ASSIGN(std::string resident_fp, ModelFingerprint(*engine_));
-  ASSERT_OK_AND_ASSIGN(std::string streamed_fp, ModelFingerprint(*streamed));
+  ASSERT_OK_AND_ASSIGN(std::string resident_fp, model::ModelFingerprint(*engine_));
+  ASSERT_OK_AND_ASSIGN(std::string streamed_fp, model::ModelFingerprint(*streamed));
   EXPECT_EQ(resident_fp, streamed_fp);
 }
 
 TEST_F(CalibrationTest, FingerprintNamesTheModelAndRefusesAReducedOne) {
-  ASSERT_OK_AND_ASSIGN(std::string a, ModelFingerprint(*engine_));
-  ASSERT_OK_AND_ASSIGN(std::string b, ModelFingerprint(*engine_));
+  ASSERT_OK_AND_ASSIGN(std::string a, model::ModelFingerprint(*engine_));
+  ASSERT_OK_AND_ASSIGN(std::string b, model::ModelFingerprint(*engine_));
   EXPECT_EQ(a, b);
   EXPECT_EQ(a.size(), 32u);
   model::EngineOptions reduced{.dtype = "fp32"};
   reduced.keep.Set(1, {0, 1, 2});
   ASSERT_OK_AND_ASSIGN(auto small, model::Engine::Open(dir_->path(), reduced));
-  EXPECT_THAT(ModelFingerprint(*small).status(),
+  EXPECT_THAT(model::ModelFingerprint(*small).status(),
               StatusIs(absl::StatusCode::kFailedPrecondition, "reduced"));
 }
 
@@ -169,8 +173,10 @@ TEST(ReadCalibrationJsonlTest, ReadsBothFormsAndNamesTheBadLine) {
     return ReadCalibrationJsonl(path).status();
   };
   EXPECT_THAT(bad("{\"text\": "), StatusIs(absl::StatusCode::kInvalidArgument, "bad.jsonl:3"));
-  EXPECT_THAT(bad("{\"prompt\": \"p\"}"), StatusIs(absl::StatusCode::kInvalidArgument, ":3: wrong keys"));
-  EXPECT_THAT(bad("{\"text\": \"\"}"), StatusIs(absl::StatusCode::kInvalidArgument, ":3: empty text"));
+  EXPECT_THAT(bad("{\"prompt\": \"p\"}"),
+              StatusIs(absl::StatusCode::kInvalidArgument, ":3: wrong keys"));
+  EXPECT_THAT(bad("{\"text\": \"\"}"),
+              StatusIs(absl::StatusCode::kInvalidArgument, ":3: empty text"));
   EXPECT_THAT(bad("{\"text\": 3}"), StatusIs(absl::StatusCode::kInvalidArgument, "not a string"));
   EXPECT_THAT(bad("{\"txt\": \"a\"}"), StatusIs(absl::StatusCode::kInvalidArgument, "unknown key"));
   EXPECT_THAT(bad("[1]"), StatusIs(absl::StatusCode::kInvalidArgument, "not a JSON object"));

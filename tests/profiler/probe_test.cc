@@ -21,10 +21,10 @@ class EmbedPromptTest : public ::testing::Test {
   void SetUp() override {
     const std::string dir = premoe::testing::SourceDir() + "/testbed/model";
     ASSERT_OK_AND_ASSIGN(engine_, model::Engine::Open(dir, {.dtype = "fp32"}));
-    ASSERT_OK_AND_ASSIGN(tokenizer_, model::Tokenizer::FromFile(dir + "/tokenizer.json"));
+    ASSERT_OK_AND_ASSIGN(tokenizer_, tokenizer::Tokenizer::FromFile(dir + "/tokenizer.json"));
   }
   std::unique_ptr<model::Engine> engine_;
-  std::unique_ptr<model::Tokenizer> tokenizer_;
+  std::unique_ptr<tokenizer::Tokenizer> tokenizer_;
 };
 
 TEST_F(EmbedPromptTest, EqualsTheEmbeddingOfAOneSampleProfile) {

@@ -13,8 +13,8 @@ namespace premoe::profiler {
 namespace {
 
 using ::premoe::testing::StatusIs;
-using ::testing::ElementsAre;
 using ::testing::DoubleNear;
+using ::testing::ElementsAre;
 
 // Two tokens, four experts, top-2 routing.
 //   token 0: s = [ 2.0, 1.0, 0.0, -1.0]   top-2 {0, 1}
@@ -74,7 +74,8 @@ TEST(ScoresTest, PeuThresholdIsTheMeanTopProbabilityOfTheTask) {
                           DoubleNear(std::max(3.0, Sigmoid(3)) / 2, kTol), DoubleNear(0.0, kTol)));
   // A fixed r of 0 keeps every selected expert, with f = max(s, sigmoid(s)).
   EXPECT_THAT(ScoresOf("peu:r=0", {TwoTokens()}),
-              ElementsAre(DoubleNear(2.0 / 2, kTol), DoubleNear((1.0 + std::max(0.5, Sigmoid(0.5))) / 2, kTol),
+              ElementsAre(DoubleNear(2.0 / 2, kTol),
+                          DoubleNear((1.0 + std::max(0.5, Sigmoid(0.5))) / 2, kTol),
                           DoubleNear(3.0 / 2, kTol), DoubleNear(0.0, kTol)));
   // Negative logits of selected experts count positively under max(s, sigmoid(s)).
   RouterBatch neg;
@@ -106,9 +107,8 @@ TEST(ScoresTest, ReapAndManAverageOverRoutedTokens) {
   EXPECT_THAT(ScoresOf("reap", {b}),
               ElementsAre(DoubleNear(0.7 * 2, kTol), DoubleNear((0.3 * 4 + 0.1 * 6) / 2, kTol),
                           DoubleNear(0.9 * 1, kTol), DoubleNear(0.0, kTol)));
-  EXPECT_THAT(ScoresOf("man", {b}),
-              ElementsAre(DoubleNear(2.0, kTol), DoubleNear(5.0, kTol), DoubleNear(1.0, kTol),
-                          DoubleNear(0.0, kTol)));
+  EXPECT_THAT(ScoresOf("man", {b}), ElementsAre(DoubleNear(2.0, kTol), DoubleNear(5.0, kTol),
+                                                DoubleNear(1.0, kTol), DoubleNear(0.0, kTol)));
   auto acc = ScoreAccumulator::Create(*MetricOptions::Parse("reap"), {3}, 4, 2);
   ASSERT_OK(acc.status());
   EXPECT_TRUE(acc->NeedsExpertNorms());

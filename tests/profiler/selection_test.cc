@@ -82,10 +82,14 @@ TEST(BudgetTest, ParsesAndRefuses) {
   EXPECT_EQ(Budget::Parse("bytes:2GiB")->bytes, int64_t{2} << 30);
   EXPECT_EQ(Budget::Parse("bytes:1.5MiB")->bytes, 3 << 19);
   EXPECT_DOUBLE_EQ(Budget::Parse("25%")->fraction, 0.25);
-  EXPECT_THAT(Budget::Parse("3/2").status(), StatusIs(absl::StatusCode::kInvalidArgument, "K <= M"));
-  EXPECT_THAT(Budget::Parse("150%").status(), StatusIs(absl::StatusCode::kInvalidArgument, "(0, 100]"));
-  EXPECT_THAT(Budget::Parse("half").status(), StatusIs(absl::StatusCode::kInvalidArgument, "unrecognised"));
-  EXPECT_THAT(Budget::Parse("coverage:0").status(), StatusIs(absl::StatusCode::kInvalidArgument, "(0, 1]"));
+  EXPECT_THAT(Budget::Parse("3/2").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, "K <= M"));
+  EXPECT_THAT(Budget::Parse("150%").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, "(0, 100]"));
+  EXPECT_THAT(Budget::Parse("half").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, "unrecognised"));
+  EXPECT_THAT(Budget::Parse("coverage:0").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, "(0, 1]"));
   EXPECT_THAT(Select(kScores, *Budget::Parse("2/7"), 100, 2).status(),
               StatusIs(absl::StatusCode::kInvalidArgument, "keeps 7 experts of a layer with 6"));
   std::map<int64_t, std::vector<double>> ragged = {{0, {1, 2}}, {1, {1}}};

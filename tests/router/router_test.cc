@@ -3,6 +3,8 @@
 // two real workers on loopback, and the premoe.v1.Inference edge. Answers
 // are checked token for token against the resident engine run with the
 // pattern's mask.
+#include "premoe/router/router.h"
+
 #include <chrono>
 #include <map>
 #include <memory>
@@ -12,20 +14,20 @@
 
 #include "absl/strings/str_cat.h"
 #include "premoe/model/engine.h"
-#include "premoe/model/tokenizer.h"
+#include "premoe/model/fingerprint.h"
 #include "premoe/profiler/calibration.h"
 #include "premoe/profiler/scores.h"
 #include "premoe/profiler/selection.h"
 #include "premoe/router/client.h"
 #include "premoe/router/matcher.h"
 #include "premoe/router/replica.h"
-#include "premoe/router/router.h"
 #include "premoe/router/server.h"
 #include "premoe/router/worker_pool.h"
 #include "premoe/store/embedded_store.h"
 #include "premoe/store/grpc_client.h"
 #include "premoe/store/server.h"
 #include "premoe/testbed/tasks.h"
+#include "premoe/tokenizer/tokenizer.h"
 #include "premoe/worker/server.h"
 #include "premoe/worker/worker.h"
 #include "tests/testutil/testutil.h"
@@ -56,10 +58,10 @@ class RouterTest : public ::testing::Test {
     auto engine = model::Engine::Open(ModelDir(), {.dtype = "fp32"});
     ASSERT_TRUE(engine.ok()) << engine.status();
     reference_ = engine->release();
-    auto tok = model::Tokenizer::FromFile(ModelDir() + "/tokenizer.json");
+    auto tok = tokenizer::Tokenizer::FromFile(ModelDir() + "/tokenizer.json");
     ASSERT_TRUE(tok.ok());
     tokenizer_ = tok->release();
-    auto fingerprint = profiler::ModelFingerprint(*reference_);
+    auto fingerprint = model::ModelFingerprint(*reference_);
     ASSERT_TRUE(fingerprint.ok());
     patterns_ = new std::map<std::string, store::Pattern>();
     const profiler::MetricOptions metric;  // peu
@@ -76,8 +78,7 @@ class RouterTest : public ::testing::Test {
       p.task_name = task;
       p.model_fingerprint = *fingerprint;
       p.metric = std::string(profiler::MetricName(metric.metric));
-      p.metric_params =
-          metric.Params(reference_->config().num_routed_experts, reference_->top_k());
+      p.metric_params = metric.Params(reference_->config().num_routed_experts, reference_->top_k());
       for (const auto& [layer, scores] : profile->scores) {
         p.layers.push_back({static_cast<int32_t>(layer), {scores.begin(), scores.end()}});
       }
@@ -113,8 +114,8 @@ class RouterTest : public ::testing::Test {
     auto ids = tokenizer_->Encode(prompt, true);
     model::GenerationOptions go;
     go.max_new_tokens = max_new_tokens;
-    auto out = reference_->Generate({{std::vector<int64_t>(ids->begin(), ids->end()), &sel->keep}},
-                                    go);
+    auto out =
+        reference_->Generate({{std::vector<int64_t>(ids->begin(), ids->end()), &sel->keep}}, go);
     EXPECT_TRUE(out.ok()) << out.status();
     std::vector<int32_t> tokens(out->at(0).tokens.begin(), out->at(0).tokens.end());
     auto text = tokenizer_->Decode(tokens, /*skip_special_tokens=*/true);
@@ -155,13 +156,13 @@ class RouterTest : public ::testing::Test {
   }
 
   static model::Engine* reference_;
-  static model::Tokenizer* tokenizer_;
+  static tokenizer::Tokenizer* tokenizer_;
   static std::map<std::string, store::Pattern>* patterns_;
   TempDir dir_;
   std::unique_ptr<store::EmbeddedPatternStore> store_;
 };
 model::Engine* RouterTest::reference_ = nullptr;
-model::Tokenizer* RouterTest::tokenizer_ = nullptr;
+tokenizer::Tokenizer* RouterTest::tokenizer_ = nullptr;
 std::map<std::string, store::Pattern>* RouterTest::patterns_ = nullptr;
 
 TEST_F(RouterTest, OwnCalibrationPromptsMatchTheirTaskExactly) {
@@ -280,8 +281,7 @@ TEST_F(RouterTest, ReplicaFollowsARemoteStore) {
   ASSERT_OK_AND_ASSIGN(store::Pattern copy, replica->store()->GetByTask("caesar"));
   EXPECT_EQ(copy.embeddings.size(), 3u);
   // The copy answers searches as the source does.
-  ASSERT_OK_AND_ASSIGN(auto matcher, Matcher::Open({.model_dir = ModelDir()},
-                                                   replica->store()));
+  ASSERT_OK_AND_ASSIGN(auto matcher, Matcher::Open({.model_dir = ModelDir()}, replica->store()));
   ASSERT_OK_AND_ASSIGN(MatchResult m,
                        matcher->Match(Prompt("reverse", testbed::Split::kEval, 0), 1));
   EXPECT_EQ(m.task, "reverse");

@@ -203,7 +203,8 @@ TYPED_TEST(PatternStoreTest, PutForAnExistingTaskReplacesItAndKeepsTheId) {
 }
 
 TYPED_TEST(PatternStoreTest, UnknownIdsAndTasksAreNotFound) {
-  EXPECT_THAT(this->store().Get(42), StatusIs(absl::StatusCode::kNotFound, "no pattern with id 42"));
+  EXPECT_THAT(this->store().Get(42),
+              StatusIs(absl::StatusCode::kNotFound, "no pattern with id 42"));
   EXPECT_THAT(this->store().GetByTask("nope"),
               StatusIs(absl::StatusCode::kNotFound, "no pattern for task \"nope\""));
   EXPECT_THAT(this->store().Delete(42), StatusIs(absl::StatusCode::kNotFound, "id 42"));
@@ -295,8 +296,8 @@ TYPED_TEST(PatternStoreTest, SearchMeanVotingAveragesCandidates) {
   EXPECT_EQ(m[1].votes, 2);
   EXPECT_EQ(m[2].task_name, "C");
   // Over the 2 nearest embeddings only (A's first, B's): A's mean is its best.
-  ASSERT_OK_AND_ASSIGN(auto two, this->store().Search(
-                                     kQuery, {.k = 3, .voting = Voting::kMean, .candidates = 2}));
+  ASSERT_OK_AND_ASSIGN(
+      auto two, this->store().Search(kQuery, {.k = 3, .voting = Voting::kMean, .candidates = 2}));
   ASSERT_EQ(two.size(), 2u);
   EXPECT_EQ(two[0].task_name, "A");
   EXPECT_THAT(two[0].similarity, FloatNear(0.948683f, 1e-5));
@@ -306,8 +307,8 @@ TYPED_TEST(PatternStoreTest, SearchMeanVotingAveragesCandidates) {
 TYPED_TEST(PatternStoreTest, SearchCountVotingCountsNearestEmbeddings) {
   PutSearchFixture(this);
   // The 3 nearest: A(0.95), B(0.82), A(0.32).
-  ASSERT_OK_AND_ASSIGN(auto m, this->store().Search(
-                                   kQuery, {.k = 3, .voting = Voting::kCount, .candidates = 3}));
+  ASSERT_OK_AND_ASSIGN(
+      auto m, this->store().Search(kQuery, {.k = 3, .voting = Voting::kCount, .candidates = 3}));
   ASSERT_EQ(m.size(), 2u);
   EXPECT_EQ(m[0].task_name, "A");
   EXPECT_EQ(m[0].votes, 2);
@@ -417,13 +418,13 @@ TYPED_TEST(PatternStoreTest, WatchReplaysCommittedChangesInOrder) {
   Collector all;
   ASSERT_OK_AND_ASSIGN(auto watch, this->store().Watch(0, all.callback()));
   using K = ChangeEvent::Kind;
-  EXPECT_THAT(all.Wait(4), ElementsAre(ChangeEvent{1, K::kPut, 1, "a"}, ChangeEvent{2, K::kPut, 2, "b"},
-                                       ChangeEvent{3, K::kPut, 1, "a"},
-                                       ChangeEvent{4, K::kDelete, 1, "a"}));
+  EXPECT_THAT(all.Wait(4),
+              ElementsAre(ChangeEvent{1, K::kPut, 1, "a"}, ChangeEvent{2, K::kPut, 2, "b"},
+                          ChangeEvent{3, K::kPut, 1, "a"}, ChangeEvent{4, K::kDelete, 1, "a"}));
   Collector tail;
   ASSERT_OK_AND_ASSIGN(auto tail_watch, this->store().Watch(2, tail.callback()));
-  EXPECT_THAT(tail.Wait(2), ElementsAre(ChangeEvent{3, K::kPut, 1, "a"},
-                                        ChangeEvent{4, K::kDelete, 1, "a"}));
+  EXPECT_THAT(tail.Wait(2),
+              ElementsAre(ChangeEvent{3, K::kPut, 1, "a"}, ChangeEvent{4, K::kDelete, 1, "a"}));
 }
 
 TYPED_TEST(PatternStoreTest, WatchDeliversLiveChangesExactlyOnceInOrder) {

@@ -12,9 +12,9 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <map>
 #include <mutex>
 #include <optional>
-#include <map>
 #include <random>
 #include <set>
 #include <sstream>
@@ -172,12 +172,12 @@ void RunCrashRounds(const std::string& index) {
   std::uint64_t expected = 1;
   bool gap = false;
   ASSERT_OK_AND_ASSIGN(auto watch, store->Watch(0, [&](const absl::StatusOr<ChangeEvent>& e) {
-                         std::lock_guard lock(mu);
-                         if (!e.ok() || e->version != expected) gap = true;
-                         ++expected;
-                         cv.notify_all();
-                         return true;
-                       }));
+    std::lock_guard lock(mu);
+    if (!e.ok() || e->version != expected) gap = true;
+    ++expected;
+    cv.notify_all();
+    return true;
+  }));
   {
     std::unique_lock lock(mu);
     cv.wait_for(lock, std::chrono::seconds(10), [&] { return expected > info.version; });

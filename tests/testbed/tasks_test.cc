@@ -19,7 +19,7 @@
 #include "absl/strings/str_join.h"
 #include "premoe/common/hash.h"
 #include "premoe/common/json.h"
-#include "premoe/model/tokenizer.h"
+#include "premoe/tokenizer/tokenizer.h"
 #include "tests/testutil/testutil.h"
 
 namespace premoe::testbed {
@@ -195,8 +195,8 @@ std::optional<Parsed> ParsePrompt(const std::string& name, const std::string& pr
 TEST(TasksTest, RegistryHoldsTheNineTasksInOrder) {
   std::vector<std::string> names;
   for (const Task* t : AllTasks()) names.push_back(t->name());
-  EXPECT_THAT(names, ElementsAre("add", "subtract", "reverse", "sort", "brackets", "binary", "caesar",
-                                 "c_headers", "licenses"));
+  EXPECT_THAT(names, ElementsAre("add", "subtract", "reverse", "sort", "brackets", "binary",
+                                 "caesar", "c_headers", "licenses"));
   EXPECT_EQ(ExactMatchTasks().size(), 7u);
   EXPECT_EQ(TextTasks().size(), 2u);
   for (const Task* t : AllTasks()) {
@@ -505,7 +505,8 @@ std::vector<std::string> ByteTexts() {
 }
 
 TEST(ByteTokenizerTest, PremoeTokenizerSeesBytes) {
-  ASSERT_OK_AND_ASSIGN(auto tok, model::Tokenizer::FromJson(ByteTokenizerJson(), "byte tokenizer"));
+  ASSERT_OK_AND_ASSIGN(auto tok,
+                       tokenizer::Tokenizer::FromJson(ByteTokenizerJson(), "byte tokenizer"));
   EXPECT_EQ(tok->vocab_size(), kVocabSize);
   ASSERT_OK_AND_ASSIGN(auto hi, tok->Encode("Hi!", /*add_special_tokens=*/true));
   EXPECT_THAT(hi, ElementsAre(256, 72, 105, 33));
@@ -554,7 +555,8 @@ TEST(ByteTokenizerTest, HuggingFaceTokenizersAgree) {
                                           {tmp.Join("tokenizer.json"), tmp.Join("cases.json")}));
   ASSERT_OK_AND_ASSIGN(nlohmann::json ref, common::ParseJsonStrict(out, "reference output"));
 
-  ASSERT_OK_AND_ASSIGN(auto tok, model::Tokenizer::FromJson(ByteTokenizerJson(), "byte tokenizer"));
+  ASSERT_OK_AND_ASSIGN(auto tok,
+                       tokenizer::Tokenizer::FromJson(ByteTokenizerJson(), "byte tokenizer"));
   EXPECT_EQ(ref["vocab_size"].get<int>(), kVocabSize);
   for (size_t k = 0; k < texts.size(); ++k) {
     ASSERT_OK_AND_ASSIGN(auto plain, tok->Encode(texts[k]));

@@ -8,10 +8,10 @@
 
 #include "nlohmann/json.hpp"
 #include "premoe/model/engine.h"
-#include "premoe/model/tokenizer.h"
 #include "premoe/testbed/eval.h"
 #include "premoe/testbed/specialisation.h"
 #include "premoe/testbed/trainer.h"
+#include "premoe/tokenizer/tokenizer.h"
 #include "tests/testutil/testutil.h"
 
 namespace premoe::testbed {
@@ -62,7 +62,7 @@ TEST(TrainerTest, DeterministicFromTheSeedAndLearns) {
   // What was written is a model the engine serves, with the trained weights.
   ASSERT_OK_AND_ASSIGN(auto engine, model::Engine::Open(a.path(), {.dtype = "fp32"}));
   EXPECT_EQ(engine->config().num_routed_experts, 4);
-  ASSERT_OK_AND_ASSIGN(auto tokenizer, model::Tokenizer::FromFile(a.Join("tokenizer.json")));
+  ASSERT_OK_AND_ASSIGN(auto tokenizer, tokenizer::Tokenizer::FromFile(a.Join("tokenizer.json")));
   ASSERT_OK_AND_ASSIGN(std::vector<int32_t> ids, tokenizer->Encode("ab", true));
   EXPECT_EQ(ids, (std::vector<int32_t>{kBosId, 'a', 'b'}));
 }
@@ -99,7 +99,7 @@ TEST(EvalTest, RefusesBadOptions) {
   o.steps = 1;
   ASSERT_OK(Train(o).status());
   ASSERT_OK_AND_ASSIGN(auto engine, model::Engine::Open(dir.path(), {.dtype = "fp32"}));
-  ASSERT_OK_AND_ASSIGN(auto tokenizer, model::Tokenizer::FromFile(dir.Join("tokenizer.json")));
+  ASSERT_OK_AND_ASSIGN(auto tokenizer, tokenizer::Tokenizer::FromFile(dir.Join("tokenizer.json")));
   EvalOptions eo;
   eo.split = Split::kTrain;
   eo.samples = 0;

@@ -1,4 +1,4 @@
-"""Reference numbers for tests/model/inspect_test.cc, counted by transformers.
+"""Reference numbers for tests/checkpoint/inspect_test.cc, counted by transformers.
 
 Usage:
   inspect_reference.py OUT_DIR

@@ -1,4 +1,4 @@
-"""Reference configs for tests/model/config_test.cc, made and read by transformers.
+"""Reference configs for tests/checkpoint/config_test.cc, made and read by transformers.
 
 Usage:
   make_configs.py configs OUT_DIR

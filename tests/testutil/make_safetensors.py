@@ -1,4 +1,4 @@
-"""Reference safetensors files for tests/model/safetensors_test.cc.
+"""Reference safetensors files for tests/checkpoint/safetensors_test.cc.
 
 Everything here goes through the real `safetensors` library (and
 huggingface_hub's shard splitting), so the C++ reader and writer are checked

@@ -59,7 +59,8 @@ absl::StatusOr<std::string> RunPython(const std::string& script,
   const std::string python = Getenv("PREMOE_PYTHON", SourceDir() + "/.venv/bin/python");
   TempDir tmp;
   const std::string err_path = tmp.Join("stderr");
-  std::string command = absl::StrCat(ShellQuote(python), " ", ShellQuote(SourceDir() + "/" + script));
+  std::string command =
+      absl::StrCat(ShellQuote(python), " ", ShellQuote(SourceDir() + "/" + script));
   for (const std::string& a : args) absl::StrAppend(&command, " ", ShellQuote(a));
   absl::StrAppend(&command, " 2>", ShellQuote(err_path));
   FILE* pipe = ::popen(command.c_str(), "r");
@@ -73,7 +74,8 @@ absl::StatusOr<std::string> RunPython(const std::string& script,
     std::ifstream err(err_path);
     std::stringstream ss;
     ss << err.rdbuf();
-    return absl::InternalError(absl::StrCat(command, " exited with ", WEXITSTATUS(rc), ":\n", ss.str()));
+    return absl::InternalError(
+        absl::StrCat(command, " exited with ", WEXITSTATUS(rc), ":\n", ss.str()));
   }
   return out;
 }

@@ -10,19 +10,19 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
-#define ASSERT_OK(expr)                                   \
-  do {                                                    \
-    const ::absl::Status premoe_test_status_ = (expr);    \
+#define ASSERT_OK(expr)                                           \
+  do {                                                            \
+    const ::absl::Status premoe_test_status_ = (expr);            \
     ASSERT_TRUE(premoe_test_status_.ok()) << premoe_test_status_; \
   } while (0)
-#define EXPECT_OK(expr)                                   \
-  do {                                                    \
-    const ::absl::Status premoe_test_status_ = (expr);    \
+#define EXPECT_OK(expr)                                           \
+  do {                                                            \
+    const ::absl::Status premoe_test_status_ = (expr);            \
     EXPECT_TRUE(premoe_test_status_.ok()) << premoe_test_status_; \
   } while (0)
 
 // Unwraps a StatusOr in a test, failing the test (with the status) if not OK.
-#define ASSERT_OK_AND_ASSIGN(lhs, rexpr)                                         \
+#define ASSERT_OK_AND_ASSIGN(lhs, rexpr) \
   ASSERT_OK_AND_ASSIGN_IMPL_(PREMOE_TEST_CONCAT_(premoe_test_sor_, __LINE__), lhs, rexpr)
 #define PREMOE_TEST_CONCAT_INNER_(a, b) a##b
 #define PREMOE_TEST_CONCAT_(a, b) PREMOE_TEST_CONCAT_INNER_(a, b)

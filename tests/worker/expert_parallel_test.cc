@@ -6,8 +6,8 @@
 
 #include <thread>
 
-#include "premoe/model/tokenizer.h"
 #include "premoe/testbed/tasks.h"
+#include "premoe/tokenizer/tokenizer.h"
 #include "tests/testutil/testutil.h"
 
 namespace premoe::worker {
@@ -33,7 +33,8 @@ void OnRanks(int world, const std::string& rendezvous,
 
 TEST(ExpertParallelTest, TwoGlooRanksGiveTheTokensOfOne) {
   ASSERT_OK_AND_ASSIGN(auto engine, model::Engine::Open(ModelDir(), {.dtype = "fp32"}));
-  ASSERT_OK_AND_ASSIGN(auto tokenizer, model::Tokenizer::FromFile(ModelDir() + "/tokenizer.json"));
+  ASSERT_OK_AND_ASSIGN(auto tokenizer,
+                       tokenizer::Tokenizer::FromFile(ModelDir() + "/tokenizer.json"));
   std::vector<model::GenerationRequest> requests;
   for (const std::string task : {"add", "reverse", "sort", "caesar"}) {
     ASSERT_OK_AND_ASSIGN(const testbed::Task* t, testbed::FindTask(task));
@@ -67,9 +68,10 @@ TEST(ExpertParallelTest, TwoGlooRanksGiveTheTokensOfOne) {
 // experts in its set); the summed outputs are the one-rank model's.
 TEST(ExpertParallelTest, RanksHoldingHalfTheExpertsEachMatchTheWholeModel) {
   ASSERT_OK_AND_ASSIGN(auto resident, model::Engine::Open(ModelDir(), {.dtype = "fp32"}));
-  ASSERT_OK_AND_ASSIGN(auto on_demand, model::Engine::Open(
-                                           ModelDir(), {.dtype = "fp32", .experts_on_demand = true}));
-  const model::ModelConfig& c = resident->config();
+  ASSERT_OK_AND_ASSIGN(
+      auto on_demand,
+      model::Engine::Open(ModelDir(), {.dtype = "fp32", .experts_on_demand = true}));
+  const checkpoint::ModelConfig& c = resident->config();
   model::KeptExperts all;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     std::vector<int64_t> every;

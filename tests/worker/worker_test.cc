@@ -12,11 +12,13 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "premoe/model/expert_pack.h"
-#include "premoe/model/tokenizer.h"
+#include "premoe/checkpoint/expert_pack.h"
+#include "premoe/model/fingerprint.h"
+#include "premoe/model/repack.h"
 #include "premoe/profiler/calibration.h"
 #include "premoe/profiler/selection.h"
 #include "premoe/testbed/tasks.h"
+#include "premoe/tokenizer/tokenizer.h"
 #include "premoe/worker/expert_cache.h"
 #include "tests/testutil/testutil.h"
 
@@ -27,7 +29,7 @@ using ::premoe::testing::StatusIs;
 
 std::string ModelDir() { return premoe::testing::SourceDir() + "/testbed/model"; }
 
-std::vector<int64_t> Encode(const model::Tokenizer& tok, const std::string& text) {
+std::vector<int64_t> Encode(const tokenizer::Tokenizer& tok, const std::string& text) {
   auto ids = tok.Encode(text, /*add_special_tokens=*/true);
   EXPECT_TRUE(ids.ok()) << ids.status();
   return ids.ok() ? std::vector<int64_t>(ids->begin(), ids->end()) : std::vector<int64_t>{};
@@ -41,10 +43,10 @@ class WorkerTest : public ::testing::Test {
     auto engine = model::Engine::Open(ModelDir(), {.dtype = "fp32"});
     ASSERT_TRUE(engine.ok()) << engine.status();
     reference_ = engine->release();
-    auto tok = model::Tokenizer::FromFile(ModelDir() + "/tokenizer.json");
+    auto tok = tokenizer::Tokenizer::FromFile(ModelDir() + "/tokenizer.json");
     ASSERT_TRUE(tok.ok()) << tok.status();
     tokenizer_ = tok->release();
-    auto fingerprint = profiler::ModelFingerprint(*reference_);
+    auto fingerprint = model::ModelFingerprint(*reference_);
     ASSERT_TRUE(fingerprint.ok());
     patterns_ = new std::map<std::string, store::Pattern>();
     for (const std::string task : {"add", "reverse", "caesar", "sort", "brackets"}) {
@@ -104,11 +106,11 @@ class WorkerTest : public ::testing::Test {
   }
 
   static model::Engine* reference_;
-  static model::Tokenizer* tokenizer_;
+  static tokenizer::Tokenizer* tokenizer_;
   static std::map<std::string, store::Pattern>* patterns_;
 };
 model::Engine* WorkerTest::reference_ = nullptr;
-model::Tokenizer* WorkerTest::tokenizer_ = nullptr;
+tokenizer::Tokenizer* WorkerTest::tokenizer_ = nullptr;
 std::map<std::string, store::Pattern>* WorkerTest::patterns_ = nullptr;
 
 TEST_F(WorkerTest, MixedPatternsInOneBatchGiveEachRequestItsTokensAlone) {
@@ -216,8 +218,8 @@ TEST_F(WorkerTest, TwoRanksGiveTheTokensOfOne) {
   };
   std::vector<Case> cases;
   for (const std::string task : {"add", "caesar", "sort", ""}) {
-    const model::KeptExperts keep = task.empty() ? model::KeptExperts()
-                                                 : Keep(task, task == "sort" ? "2/4" : "50%");
+    const model::KeptExperts keep =
+        task.empty() ? model::KeptExperts() : Keep(task, task == "sort" ? "2/4" : "50%");
     for (const auto& prompt : EvalPrompts(task.empty() ? "brackets" : task, 2)) {
       Case c{task, Encode(*tokenizer_, prompt), {}};
       ASSERT_OK_AND_ASSIGN(auto alone,
@@ -249,7 +251,8 @@ TEST_F(WorkerTest, TwoRanksGiveTheTokensOfOne) {
   for (const auto& p : s.patterns) EXPECT_TRUE(p.resident) << p.task;
   // GPU ranks take cuda:0, cuda:1, ... (here there are none to take).
   o.device = "cuda:1";
-  EXPECT_THAT(Worker::Open(o), StatusIs(absl::StatusCode::kInvalidArgument, "rank r runs on cuda:r"));
+  EXPECT_THAT(Worker::Open(o),
+              StatusIs(absl::StatusCode::kInvalidArgument, "rank r runs on cuda:r"));
   if (!at::hasCUDA()) {
     o.device = "cuda";
     EXPECT_THAT(Worker::Open(o),
@@ -260,8 +263,8 @@ TEST_F(WorkerTest, TwoRanksGiveTheTokensOfOne) {
 // A lease pins its experts: whatever other patterns are prepared meanwhile,
 // none of them is evicted until the lease ends.
 TEST_F(WorkerTest, EvictionNeverTouchesPinnedExperts) {
-  ASSERT_OK_AND_ASSIGN(auto engine,
-                       model::Engine::Open(ModelDir(), {.dtype = "fp32", .experts_on_demand = true}));
+  ASSERT_OK_AND_ASSIGN(
+      auto engine, model::Engine::Open(ModelDir(), {.dtype = "fp32", .experts_on_demand = true}));
   std::mutex mu;
   std::set<std::pair<int64_t, int64_t>> pinned;
   std::vector<std::pair<int64_t, int64_t>> violations;
@@ -312,8 +315,9 @@ TEST_F(WorkerTest, EvictionNeverTouchesPinnedExperts) {
   const int64_t before = cache->Stats().evictions;
   EXPECT_THAT(cache->Prepare(Keep("reverse", "50%")).status(),
               StatusIs(absl::StatusCode::kResourceExhausted, "cannot hold this pattern now"));
-  EXPECT_THAT(cache->Acquire(Keep("reverse", "50%"),
-                             std::chrono::steady_clock::now() + std::chrono::milliseconds(20))
+  EXPECT_THAT(cache
+                  ->Acquire(Keep("reverse", "50%"),
+                            std::chrono::steady_clock::now() + std::chrono::milliseconds(20))
                   .status(),
               StatusIs(absl::StatusCode::kDeadlineExceeded, "waiting for room"));
   model::KeptExperts all;  // every expert of every layer: 64 > 32
@@ -436,7 +440,8 @@ TEST_F(WorkerTest, RefusalsNameTheProblem) {
               StatusIs(absl::StatusCode::kInvalidArgument, "exceeds the context"));
   r.options.max_new_tokens = 8;
   r.deadline = std::chrono::steady_clock::now();
-  EXPECT_THAT(worker->Generate(r).status(), StatusIs(absl::StatusCode::kDeadlineExceeded, "deadline"));
+  EXPECT_THAT(worker->Generate(r).status(),
+              StatusIs(absl::StatusCode::kDeadlineExceeded, "deadline"));
   r.deadline.reset();
   r.on_token = [](int64_t) { return false; };
   // eos is not streamed, and under this pattern it may be the first token.

@@ -117,8 +117,8 @@ absl::StatusOr<std::unique_ptr<ExpertCache>> ExpertCache::Create(const model::En
     return absl::InvalidArgumentError("ExpertCacheOptions.load_threads must be >= 0");
   }
   if (options.budget_bytes <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "ExpertCacheOptions.budget_bytes must be > 0, got ", options.budget_bytes));
+    return absl::InvalidArgumentError(
+        absl::StrCat("ExpertCacheOptions.budget_bytes must be > 0, got ", options.budget_bytes));
   }
   return std::unique_ptr<ExpertCache>(new ExpertCache(engine, std::move(options)));
 }
@@ -137,7 +137,7 @@ ExpertCache::ExpertCache(const model::Engine* engine, ExpertCacheOptions options
 }
 
 std::vector<ExpertCache::Key> ExpertCache::Keys(const model::KeptExperts& keep) const {
-  const model::ModelConfig& c = engine_->config();
+  const checkpoint::ModelConfig& c = engine_->config();
   std::vector<Key> keys;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     if (!c.IsMoeLayer(static_cast<int>(l))) continue;
@@ -155,7 +155,8 @@ absl::StatusOr<LoadReport> ExpertCache::Prepare(const model::KeptExperts& keep) 
   // and an expert-parallel rank caches a share that may hold fewer.
   RETURN_IF_ERROR(keep.Validate(engine_->config(), /*top_k=*/0));
   LoadReport report;
-  RETURN_IF_ERROR(Ensure(Keys(keep), /*pin=*/false, /*wait=*/false, std::nullopt, nullptr, &report));
+  RETURN_IF_ERROR(
+      Ensure(Keys(keep), /*pin=*/false, /*wait=*/false, std::nullopt, nullptr, &report));
   return report;
 }
 
@@ -195,8 +196,7 @@ absl::Status ExpertCache::Ensure(const std::vector<Key>& keys, bool pin, bool wa
   if (static_cast<int64_t>(keys.size()) > capacity) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "the expert cache cannot hold this pattern: it keeps ", keys.size(), " experts of ",
-        expert_bytes_, " bytes; the budget of ", options_.budget_bytes, " bytes holds ",
-        capacity));
+        expert_bytes_, " bytes; the budget of ", options_.budget_bytes, " bytes holds ", capacity));
   }
   std::lock_guard loading(load_mu_);
   std::vector<Key> missing, held;
@@ -237,10 +237,10 @@ absl::Status ExpertCache::Ensure(const std::vector<Key>& keys, bool pin, bool wa
     }
     for (const Key& k : held) --entries_.at(k).pins;
     if (!wait) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "the expert cache cannot hold this pattern now: it needs ", missing.size(),
-          " more experts beside ", entries_.size() - evictable.size(),
-          " pinned by requests in flight, within a budget of ", capacity, " experts"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the expert cache cannot hold this pattern now: it needs ", missing.size(),
+                       " more experts beside ", entries_.size() - evictable.size(),
+                       " pinned by requests in flight, within a budget of ", capacity, " experts"));
     }
     // It fits once some requests in flight end.
     if (!deadline.has_value()) {

@@ -17,17 +17,17 @@ namespace premoe::worker {
 
 absl::Status ExpertParallelOptions::Validate() const {
   if (world_size < 1 || rank < 0 || rank >= world_size) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "ExpertParallelOptions: rank ", rank, " is not in [0, world_size ", world_size, ")"));
+    return absl::InvalidArgumentError(absl::StrCat("ExpertParallelOptions: rank ", rank,
+                                                   " is not in [0, world_size ", world_size, ")"));
   }
   if (!absl::StartsWith(rendezvous, "file://") && !absl::StartsWith(rendezvous, "tcp://")) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "ExpertParallelOptions.rendezvous \"", rendezvous,
-        "\" is neither file:///path nor tcp://host:port"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("ExpertParallelOptions.rendezvous \"", rendezvous,
+                     "\" is neither file:///path nor tcp://host:port"));
   }
   if (device != "cpu" && !absl::StartsWith(device, "cuda:")) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "ExpertParallelOptions.device \"", device, "\" is neither \"cpu\" nor \"cuda:N\""));
+    return absl::InvalidArgumentError(absl::StrCat("ExpertParallelOptions.device \"", device,
+                                                   "\" is neither \"cpu\" nor \"cuda:N\""));
   }
   return absl::OkStatus();
 }
@@ -37,8 +37,7 @@ struct C10dExpertParallel::Impl {
   c10::intrusive_ptr<c10d::Backend> group;  // Gloo on CPU, NCCL on CUDA
 };
 
-C10dExpertParallel::C10dExpertParallel(std::unique_ptr<Impl> impl, int64_t rank,
-                                       int64_t world_size)
+C10dExpertParallel::C10dExpertParallel(std::unique_ptr<Impl> impl, int64_t rank, int64_t world_size)
     : impl_(std::move(impl)), rank_(rank), world_size_(world_size) {}
 
 C10dExpertParallel::~C10dExpertParallel() = default;
@@ -80,8 +79,8 @@ absl::StatusOr<std::unique_ptr<C10dExpertParallel>> C10dExpertParallel::Join(
       nccl->timeout = options.timeout;
       impl->group = c10::make_intrusive<c10d::ProcessGroupNCCL>(impl->store, rank, size, nccl);
 #else
-      return absl::UnimplementedError(absl::StrCat(
-          "expert parallelism on ", options.device, " needs a premoe built with CUDA (NCCL)"));
+      return absl::UnimplementedError(absl::StrCat("expert parallelism on ", options.device,
+                                                   " needs a premoe built with CUDA (NCCL)"));
 #endif
     }
   } catch (const std::exception& e) {
@@ -99,8 +98,8 @@ absl::Status C10dExpertParallel::AllReduceSum(at::Tensor& partial) {
     std::vector<at::Tensor> tensors = {partial};
     impl_->group->allreduce(tensors)->wait();
   } catch (const std::exception& e) {
-    return absl::UnavailableError(absl::StrCat("expert-parallel all-reduce on rank ", rank_, ": ",
-                                               e.what()));
+    return absl::UnavailableError(
+        absl::StrCat("expert-parallel all-reduce on rank ", rank_, ": ", e.what()));
   }
   return absl::OkStatus();
 }

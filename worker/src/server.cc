@@ -12,8 +12,8 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
-#include "premoe/model/text_stream.h"
 #include "premoe/proto/grpc_edge.h"
+#include "premoe/tokenizer/text_stream.h"
 #include "premoe/v1/worker.grpc.pb.h"
 #include "wire.h"
 
@@ -41,7 +41,7 @@ std::optional<std::chrono::steady_clock::time_point> Deadline(const grpc::Server
 
 class Service final : public v1::Worker::Service {
  public:
-  Service(Worker* worker, const model::Tokenizer* tokenizer, int64_t max_prompt_bytes)
+  Service(Worker* worker, const tokenizer::Tokenizer* tokenizer, int64_t max_prompt_bytes)
       : worker_(worker), tokenizer_(tokenizer), max_prompt_bytes_(max_prompt_bytes) {}
 
   grpc::Status Prepare(grpc::ServerContext*, const v1::PrepareRequest* request,
@@ -100,7 +100,7 @@ class Service final : public v1::Worker::Service {
       channel->cv.notify_all();
     }));
 
-    model::TextStream stream(*tokenizer_, text.stop);
+    tokenizer::TextStream stream(*tokenizer_, text.stop);
     int64_t completion_tokens = 0;
     while (true) {
       std::deque<int64_t> tokens;
@@ -145,7 +145,7 @@ class Service final : public v1::Worker::Service {
   }
 
   Worker* worker_;
-  const model::Tokenizer* tokenizer_;
+  const tokenizer::Tokenizer* tokenizer_;
   int64_t max_prompt_bytes_;
 };
 
@@ -172,7 +172,7 @@ WorkerServer::WorkerServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) 
 WorkerServer::~WorkerServer() { Shutdown(); }
 
 absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Start(
-    const Options& options, Worker* worker, const model::Tokenizer* tokenizer) {
+    const Options& options, Worker* worker, const tokenizer::Tokenizer* tokenizer) {
   RETURN_IF_ERROR(options.Validate());
   if (worker == nullptr || tokenizer == nullptr) {
     return absl::InvalidArgumentError("worker server: no worker or tokenizer");
@@ -187,7 +187,8 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Start(
   builder.RegisterService(impl->service.get());
   impl->server = builder.BuildAndStart();
   if (!impl->server || impl->port == 0) {
-    return absl::UnavailableError(absl::StrCat("worker server: cannot listen on ", options.address));
+    return absl::UnavailableError(
+        absl::StrCat("worker server: cannot listen on ", options.address));
   }
   impl->server->GetHealthCheckService()->SetServingStatus(true);
   // Kubernetes' gRPC probes ask for the service by name.

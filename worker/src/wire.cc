@@ -125,9 +125,12 @@ absl::StatusOr<TextRequest> FromProto(const v1::GenerateRequest& in) {
 
 std::string FinishReasonName(model::GenerationResult::FinishReason reason) {
   switch (reason) {
-    case model::GenerationResult::FinishReason::kLength: return "length";
-    case model::GenerationResult::FinishReason::kEos: return "eos";
-    case model::GenerationResult::FinishReason::kStopSequence: return "stop";
+    case model::GenerationResult::FinishReason::kLength:
+      return "length";
+    case model::GenerationResult::FinishReason::kEos:
+      return "eos";
+    case model::GenerationResult::FinishReason::kStopSequence:
+      return "stop";
   }
   return "length";
 }

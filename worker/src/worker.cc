@@ -1,7 +1,6 @@
 #include "premoe/worker/worker.h"
 
 #include <ATen/ATen.h>
-
 #include <stdlib.h>
 
 #include <algorithm>
@@ -17,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "premoe/common/status.h"
 #include "premoe/model/decoding.h"
+#include "premoe/model/fingerprint.h"
 #include "premoe/profiler/calibration.h"
 #include "premoe/profiler/selection.h"
 #include "premoe/worker/expert_parallel.h"
@@ -30,16 +30,18 @@ absl::Status WorkerOptions::Validate() const {
   if (cache_bytes < 0 || max_batch < 1 || max_queue < 1 || max_context < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "WorkerOptions: want cache_bytes >= 0, max_batch >= 1, max_queue >= 1, max_context >= 0; "
-        "got ", cache_bytes, ", ", max_batch, ", ", max_queue, ", ", max_context));
+        "got ",
+        cache_bytes, ", ", max_batch, ", ", max_queue, ", ", max_context));
   }
   if (world_size < 1 || world_size > 64) {
     return absl::InvalidArgumentError(
         absl::StrCat("WorkerOptions.world_size is ", world_size, "; want 1 to 64"));
   }
   if (world_size > 1 && device != "cpu" && device != "cuda") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "WorkerOptions: with world_size ", world_size, " the device is \"cpu\" or \"cuda\" "
-        "(rank r runs on cuda:r), not \"", device, "\""));
+    return absl::InvalidArgumentError(absl::StrCat("WorkerOptions: with world_size ", world_size,
+                                                   " the device is \"cpu\" or \"cuda\" "
+                                                   "(rank r runs on cuda:r), not \"",
+                                                   device, "\""));
   }
   return absl::OkStatus();
 }
@@ -77,8 +79,8 @@ struct Item {
     WorkResult out;
     out.generation = decoder->result();
     out.task = request.task;
-    out.time_to_first_token = time_to_first_token.value_or(
-        std::chrono::duration<double>(Clock::now() - start).count());
+    out.time_to_first_token =
+        time_to_first_token.value_or(std::chrono::duration<double>(Clock::now() - start).count());
     on_done(std::move(out));
   }
 };
@@ -206,8 +208,8 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Open(const WorkerOptions& option
     impl->ranks.push_back(std::move(rank));
   }
   impl->engine = impl->ranks[0]->engine.get();
-  const model::ModelConfig& c = impl->engine->config();
-  ASSIGN_OR_RETURN(impl->fingerprint, profiler::ModelFingerprint(*impl->engine));
+  const checkpoint::ModelConfig& c = impl->engine->config();
+  ASSIGN_OR_RETURN(impl->fingerprint, model::ModelFingerprint(*impl->engine));
   auto full = std::make_shared<model::KeptExperts>();
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     if (!c.IsMoeLayer(static_cast<int>(l))) continue;
@@ -294,21 +296,20 @@ const std::string& Worker::fingerprint() const { return impl_->fingerprint; }
 absl::StatusOr<PreparedPattern> Worker::Prepare(const store::Pattern& pattern,
                                                 const std::string& budget_spec) {
   const model::Engine& engine = *impl_->engine;
-  const model::ModelConfig& c = engine.config();
+  const checkpoint::ModelConfig& c = engine.config();
   if (pattern.task_name.empty()) return absl::InvalidArgumentError("the pattern has no task name");
   if (pattern.model_fingerprint != impl_->fingerprint) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "pattern of task \"", pattern.task_name, "\" was made for model ",
-        pattern.model_fingerprint, ", but this worker serves ", impl_->fingerprint));
+    return absl::FailedPreconditionError(
+        absl::StrCat("pattern of task \"", pattern.task_name, "\" was made for model ",
+                     pattern.model_fingerprint, ", but this worker serves ", impl_->fingerprint));
   }
   std::map<int64_t, std::vector<double>> scores;
   for (const store::LayerScores& l : pattern.layers) {
     if (!c.IsMoeLayer(l.layer) || static_cast<int64_t>(l.scores.size()) != c.num_routed_experts ||
         scores.contains(l.layer)) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "pattern of task \"", pattern.task_name, "\": layer ", l.layer, " with ",
-          l.scores.size(), " scores does not fit the model (", c.num_routed_experts,
-          " experts per MoE layer)"));
+          "pattern of task \"", pattern.task_name, "\": layer ", l.layer, " with ", l.scores.size(),
+          " scores does not fit the model (", c.num_routed_experts, " experts per MoE layer)"));
     }
     scores[l.layer] = std::vector<double>(l.scores.begin(), l.scores.end());
   }
@@ -316,9 +317,9 @@ absl::StatusOr<PreparedPattern> Worker::Prepare(const store::Pattern& pattern,
   ASSIGN_OR_RETURN(profiler::Selection sel,
                    profiler::Select(scores, budget, engine.expert_bytes(), engine.top_k()));
   if (sel.top_k != engine.top_k()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "budget ", budget_spec, " routes top-", sel.top_k, "; this worker routes top-",
-        engine.top_k()));
+    return absl::FailedPreconditionError(absl::StrCat("budget ", budget_spec, " routes top-",
+                                                      sel.top_k, "; this worker routes top-",
+                                                      engine.top_k()));
   }
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     if (c.IsMoeLayer(static_cast<int>(l)) && sel.keep.Find(l) == nullptr) {
@@ -353,9 +354,8 @@ absl::StatusOr<PreparedPattern> Worker::Prepare(const store::Pattern& pattern,
 absl::StatusOr<WorkResult> Worker::Generate(WorkRequest request) {
   std::promise<absl::StatusOr<WorkResult>> done;
   std::future<absl::StatusOr<WorkResult>> result = done.get_future();
-  RETURN_IF_ERROR(Submit(std::move(request), [&done](absl::StatusOr<WorkResult> r) {
-    done.set_value(std::move(r));
-  }));
+  RETURN_IF_ERROR(Submit(std::move(request),
+                         [&done](absl::StatusOr<WorkResult> r) { done.set_value(std::move(r)); }));
   return result.get();
 }
 
@@ -366,8 +366,8 @@ absl::Status Worker::Submit(WorkRequest request, DoneCallback on_done) {
   if (request.prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
   for (int64_t t : request.prompt) {
     if (t < 0 || t >= engine.config().vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("prompt token ", t, " is outside [0, ",
-                                                     engine.config().vocab_size, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompt token ", t, " is outside [0, ", engine.config().vocab_size, ")"));
     }
   }
   const int64_t need = static_cast<int64_t>(request.prompt.size()) + request.options.max_new_tokens;
@@ -392,9 +392,9 @@ absl::Status Worker::Submit(WorkRequest request, DoneCallback on_done) {
   }
   // Loads happen here, on the caller's thread, never in the scheduler.
   for (auto& rank : impl_->ranks) {
-    ASSIGN_OR_RETURN(std::unique_ptr<Lease> lease,
-                     rank->cache->Acquire(impl_->Share(*item->mask, rank->index),
-                                          request.deadline));
+    ASSIGN_OR_RETURN(
+        std::unique_ptr<Lease> lease,
+        rank->cache->Acquire(impl_->Share(*item->mask, rank->index), request.deadline));
     item->leases.push_back(std::move(lease));
   }
   item->decoder.emplace(request.options, request.options.seed, impl_->eos);
@@ -471,8 +471,8 @@ void Worker::Impl::Step(std::vector<std::shared_ptr<Item>>& slots,
   for (size_t s = 0; s < batch; ++s) {
     const auto& item = slots[s];
     if (item == nullptr) continue;
-    tokens[s] = item->prefilled ? std::vector<int64_t>{item->decoder->next_input()}
-                                : item->request.prompt;
+    tokens[s] =
+        item->prefilled ? std::vector<int64_t>{item->decoder->next_input()} : item->request.prompt;
     fo.masks[s] = item->mask.get();
   }
   auto end = [&](size_t s, absl::Status status) {
@@ -503,9 +503,9 @@ void Worker::Impl::Step(std::vector<std::shared_ptr<Item>>& slots,
   }
   if (!logits.ok() && ranks.size() > 1) {
     std::lock_guard lock(mu);
-    broken = absl::UnavailableError(absl::StrCat(
-        "the worker's expert-parallel ranks are out of step after a failed step (",
-        logits.status().message(), "); restart it"));
+    broken = absl::UnavailableError(
+        absl::StrCat("the worker's expert-parallel ranks are out of step after a failed step (",
+                     logits.status().message(), "); restart it"));
   }
   if (!logits.ok()) {
     for (size_t s = 0; s < batch; ++s) {

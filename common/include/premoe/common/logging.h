@@ -25,11 +25,11 @@ void Log(LogLevel level, absl::string_view message);
 
 }  // namespace premoe::common
 
-#define PREMOE_LOG_AT_(level, ...)                                                 \
-  do {                                                                             \
-    if (::premoe::common::LogEnabled(level)) {                                     \
-      ::premoe::common::Log(level, ::absl::StrFormat(__VA_ARGS__));                \
-    }                                                                              \
+#define PREMOE_LOG_AT_(level, ...)                                  \
+  do {                                                              \
+    if (::premoe::common::LogEnabled(level)) {                      \
+      ::premoe::common::Log(level, ::absl::StrFormat(__VA_ARGS__)); \
+    }                                                               \
   } while (0)
 #define PREMOE_LOG_DEBUG(...) PREMOE_LOG_AT_(::premoe::common::LogLevel::kDebug, __VA_ARGS__)
 #define PREMOE_LOG_INFO(...) PREMOE_LOG_AT_(::premoe::common::LogLevel::kInfo, __VA_ARGS__)

@@ -35,9 +35,9 @@ absl::StatusOr<T> WithContext(absl::StatusOr<T> value, absl::string_view context
 #define PREMOE_STATUS_CONCAT_(a, b) PREMOE_STATUS_CONCAT_INNER_(a, b)
 
 // Evaluates `expr` (an absl::Status); returns it from the caller if not OK.
-#define RETURN_IF_ERROR(expr)                                          \
-  do {                                                                 \
-    ::absl::Status premoe_status_ = (expr);                            \
+#define RETURN_IF_ERROR(expr)                                            \
+  do {                                                                   \
+    ::absl::Status premoe_status_ = (expr);                              \
     if (ABSL_PREDICT_FALSE(!premoe_status_.ok())) return premoe_status_; \
   } while (0)
 
@@ -45,10 +45,9 @@ absl::StatusOr<T> WithContext(absl::StatusOr<T> value, absl::string_view context
 // the caller, otherwise moves the value into `lhs` (which may declare it).
 // It expands to several statements: never use it as the unbraced body of an
 // `if`, `for` or `while`.
-#define ASSIGN_OR_RETURN(lhs, rexpr)                                          \
-  ASSIGN_OR_RETURN_IMPL_(PREMOE_STATUS_CONCAT_(premoe_statusor_, __LINE__), \
-                         lhs, rexpr)
-#define ASSIGN_OR_RETURN_IMPL_(statusor, lhs, rexpr)             \
-  auto statusor = (rexpr);                                       \
+#define ASSIGN_OR_RETURN(lhs, rexpr) \
+  ASSIGN_OR_RETURN_IMPL_(PREMOE_STATUS_CONCAT_(premoe_statusor_, __LINE__), lhs, rexpr)
+#define ASSIGN_OR_RETURN_IMPL_(statusor, lhs, rexpr)                \
+  auto statusor = (rexpr);                                          \
   if (ABSL_PREDICT_FALSE(!statusor.ok())) return statusor.status(); \
   lhs = std::move(statusor).value()

@@ -62,7 +62,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "premoe/model/config.h"
+#include "premoe/checkpoint/config.h"
 
 namespace premoe::model {
 
@@ -82,7 +82,7 @@ struct KeptExperts {
   // INVALID_ARGUMENT when a key is not a MoE layer of `config`, an id is out
   // of range, ids are unsorted or repeated, or a layer keeps fewer than
   // `top_k` experts (lower top-k explicitly with EngineOptions::top_k).
-  absl::Status Validate(const ModelConfig& config, int64_t top_k) const;
+  absl::Status Validate(const checkpoint::ModelConfig& config, int64_t top_k) const;
 };
 
 // One routed expert's weights, in the engine's compute dtype on its device,
@@ -348,7 +348,7 @@ class Engine {
                                                       const EngineOptions& options);
   virtual ~Engine() = default;
 
-  virtual const ModelConfig& config() const = 0;
+  virtual const checkpoint::ModelConfig& config() const = 0;
   virtual const EngineOptions& options() const = 0;
   // The effective top-k (options().top_k, or the config's).
   virtual int64_t top_k() const = 0;

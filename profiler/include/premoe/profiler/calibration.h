@@ -13,8 +13,8 @@
 
 #include "absl/status/statusor.h"
 #include "premoe/model/engine.h"
-#include "premoe/model/tokenizer.h"
 #include "premoe/profiler/scores.h"
+#include "premoe/tokenizer/tokenizer.h"
 
 namespace premoe::profiler {
 
@@ -76,7 +76,7 @@ struct TaskProfile {
 // the whole texts through every layer for the scores, then the prompts up to
 // the first MoE layer only for the match embeddings.
 absl::StatusOr<TaskProfile> ProfileTask(const model::Engine& engine,
-                                        const model::Tokenizer& tokenizer,
+                                        const tokenizer::Tokenizer& tokenizer,
                                         const std::vector<CalibrationSample>& samples,
                                         const ProfileOptions& options);
 
@@ -86,18 +86,12 @@ absl::StatusOr<TaskProfile> ProfileTask(const model::Engine& engine,
 // L2-normalised; the layers' vectors concatenated and scaled by 1/sqrt(L),
 // so the whole has norm 1 and each layer weighs alike. All zeros stays zeros.
 absl::StatusOr<std::vector<float>> MatchEmbedding(const std::vector<at::Tensor>& gate_logits,
-                                                  const MetricOptions& metric,
-                                                  int64_t model_top_k);
+                                                  const MetricOptions& metric, int64_t model_top_k);
 
 // The decoder layer of the model's `embedding_layers`-th MoE layer, where an
 // embedding's forward pass stops. INVALID_ARGUMENT when the model has fewer
 // MoE layers (or embedding_layers < 1).
-absl::StatusOr<int64_t> EmbeddingLastLayer(const model::ModelConfig& config,
+absl::StatusOr<int64_t> EmbeddingLastLayer(const checkpoint::ModelConfig& config,
                                            int64_t embedding_layers);
-
-// The model fingerprint patterns carry: XXH3-128 (hex) of the canonical
-// config (architecture and sizes) and every router gate weight, in layer order.
-// A pattern made for another model is refused where its fingerprint differs.
-absl::StatusOr<std::string> ModelFingerprint(const model::Engine& engine);
 
 }  // namespace premoe::profiler

@@ -8,8 +8,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "premoe/model/engine.h"
-#include "premoe/model/tokenizer.h"
 #include "premoe/profiler/scores.h"
+#include "premoe/tokenizer/tokenizer.h"
 
 namespace premoe::profiler {
 
@@ -23,7 +23,7 @@ namespace premoe::profiler {
 // engine's context, a model with fewer MoE layers, or a bad metric; INTERNAL
 // for a libtorch failure. Thread-safe as Engine::Forward is.
 absl::StatusOr<std::vector<float>> EmbedPrompt(const model::Engine& engine,
-                                               const model::Tokenizer& tokenizer,
+                                               const tokenizer::Tokenizer& tokenizer,
                                                absl::string_view prompt,
                                                const MetricOptions& metric,
                                                int64_t embedding_layers = 1);

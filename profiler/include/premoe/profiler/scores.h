@@ -117,8 +117,8 @@ class ScoreAccumulator {
 
  private:
   struct Layer {
-    at::Tensor sum;        // [N] fp64: sum of m_i(x) (reap/man: of the routed values)
-    at::Tensor count;      // [N] fp64: reap/man: tokens routed to i
+    at::Tensor sum;    // [N] fp64: sum of m_i(x) (reap/man: of the routed values)
+    at::Tensor count;  // [N] fp64: reap/man: tokens routed to i
     int64_t tokens = 0;
     std::vector<at::Tensor> pending_s, pending_i;  // per-task r: [T, K] values, ids
   };

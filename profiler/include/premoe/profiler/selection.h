@@ -27,10 +27,10 @@ namespace premoe::profiler {
 struct Budget {
   enum class Kind { kUniform, kFraction, kBytes, kCoverage };
   Kind kind = Kind::kUniform;
-  int64_t top_k = 0;     // kUniform: K; 0 elsewhere (the model's)
-  int64_t count = 0;     // kUniform: M
-  double fraction = 0;   // kFraction, kCoverage: in (0, 1]
-  int64_t bytes = 0;     // kBytes
+  int64_t top_k = 0;    // kUniform: K; 0 elsewhere (the model's)
+  int64_t count = 0;    // kUniform: M
+  double fraction = 0;  // kFraction, kCoverage: in (0, 1]
+  int64_t bytes = 0;    // kBytes
 
   // INVALID_ARGUMENT naming what is wrong with `spec`.
   static absl::StatusOr<Budget> Parse(absl::string_view spec);
@@ -38,8 +38,8 @@ struct Budget {
 };
 
 struct Selection {
-  model::KeptExperts keep;  // every MoE layer listed
-  int64_t top_k = 0;        // routing top-k to use with it
+  model::KeptExperts keep;   // every MoE layer listed
+  int64_t top_k = 0;         // routing top-k to use with it
   int64_t kept_experts = 0;  // summed over layers
   int64_t expert_bytes = 0;  // bytes of the kept routed experts' weights
 };

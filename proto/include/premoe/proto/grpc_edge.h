@@ -22,14 +22,12 @@ namespace premoe::rpc {
 // google.rpc.Code), so the conversion keeps code and message.
 inline grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message()));
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
 inline absl::Status FromGrpcStatus(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                      status.error_message());
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
 }
 
 // An insecure channel to `address` with both message limits set.
@@ -43,8 +41,7 @@ inline absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(absl::string_v
   std::shared_ptr<grpc::Channel> channel =
       grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
   if (!channel) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(who, ": cannot make a channel to ", address));
+    return absl::InvalidArgumentError(absl::StrCat(who, ": cannot make a channel to ", address));
   }
   return channel;
 }

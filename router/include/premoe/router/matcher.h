@@ -20,10 +20,10 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "premoe/model/config.h"
-#include "premoe/model/tokenizer.h"
+#include "premoe/checkpoint/config.h"
 #include "premoe/store/pattern.h"
 #include "premoe/store/pattern_store.h"
+#include "premoe/tokenizer/tokenizer.h"
 
 namespace premoe::router {
 
@@ -75,8 +75,8 @@ class Matcher {
   // is empty).
   absl::StatusOr<MatchResult> Match(absl::string_view prompt, int32_t k = 3) const;
 
-  const model::ModelConfig& config() const;
-  const model::Tokenizer& tokenizer() const;
+  const checkpoint::ModelConfig& config() const;
+  const tokenizer::Tokenizer& tokenizer() const;
   // The routing top-k of the model.
   int64_t top_k() const;
   // The fingerprint patterns of this model carry.

@@ -11,8 +11,8 @@
 
 #include "absl/status/statusor.h"
 #include "premoe/model/engine.h"
-#include "premoe/model/tokenizer.h"
 #include "premoe/testbed/tasks.h"
+#include "premoe/tokenizer/tokenizer.h"
 
 namespace premoe::testbed {
 
@@ -58,7 +58,8 @@ struct EvalReport {
 // one (ByteTokenizerJson) or one that encodes text the same way. Errors:
 // INVALID_ARGUMENT for bad options or a sample that does not fit the
 // engine's context; the engine's errors as they are.
-absl::StatusOr<EvalReport> Evaluate(const model::Engine& engine, const model::Tokenizer& tokenizer,
+absl::StatusOr<EvalReport> Evaluate(const model::Engine& engine,
+                                    const tokenizer::Tokenizer& tokenizer,
                                     const std::vector<const Task*>& tasks,
                                     const EvalOptions& options);
 

@@ -9,8 +9,8 @@
 
 #include "absl/status/statusor.h"
 #include "premoe/model/engine.h"
-#include "premoe/model/tokenizer.h"
 #include "premoe/testbed/tasks.h"
+#include "premoe/tokenizer/tokenizer.h"
 
 namespace premoe::testbed {
 
@@ -25,7 +25,7 @@ struct SpecialisationReport {
   std::vector<std::string> tasks;
   std::vector<int64_t> layers;  // MoE layer ids
   int64_t experts = 0;
-  int64_t top_half = 0;         // experts in each task's top set: experts / 2
+  int64_t top_half = 0;  // experts in each task's top set: experts / 2
   // [layer][task][expert]: the fraction of the task's routed (token, slot)
   // pairs that went to the expert. Tokens: every token of each sample as the
   // model reads it (<|bos|>, prompt, completion).
@@ -41,9 +41,10 @@ struct SpecialisationReport {
 };
 
 // Runs the samples through `engine` (full model) and measures the above.
-absl::StatusOr<SpecialisationReport> MeasureSpecialisation(
-    const model::Engine& engine, const model::Tokenizer& tokenizer,
-    const std::vector<const Task*>& tasks, const SpecialisationOptions& options);
+absl::StatusOr<SpecialisationReport> MeasureSpecialisation(const model::Engine& engine,
+                                                           const tokenizer::Tokenizer& tokenizer,
+                                                           const std::vector<const Task*>& tasks,
+                                                           const SpecialisationOptions& options);
 
 // The expected Jaccard similarity of two independent uniform k-subsets of n.
 double RandomSubsetJaccard(int64_t n, int64_t k);

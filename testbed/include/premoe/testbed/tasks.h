@@ -123,7 +123,7 @@ nlohmann::ordered_json TaskToJson(const Task& task);
 // {add_prefix_space: false, trim_offsets: false, use_regex: false}; decoder
 // ByteLevel; post_processor TemplateProcessing that prepends <|bos|> to single
 // sequences ("<|bos|> $A") and to pairs ("<|bos|> $A $B"). Loads in both
-// premoe::model::Tokenizer and Hugging Face `tokenizers`, which give the same
+// premoe::tokenizer::Tokenizer and Hugging Face `tokenizers`, which give the same
 // ids: a text's UTF-8 bytes, after kBosId when special tokens are added.
 // (The literal text "<|bos|>" or "<|eos|>" in an input is the special token.)
 constexpr int64_t kBosId = 256, kEosId = 257, kVocabSize = 258;

@@ -16,8 +16,8 @@ namespace premoe::testbed {
 // The model's shape (a qwen3_moe config). Defaults: the committed testbed.
 struct ModelShape {
   int64_t hidden = 128;
-  int64_t layers = 4;             // all MoE
-  int64_t experts = 16;           // routed experts per layer
+  int64_t layers = 4;    // all MoE
+  int64_t experts = 16;  // routed experts per layer
   int64_t top_k = 2;
   int64_t expert_intermediate = 128;
   int64_t heads = 4;
@@ -26,10 +26,10 @@ struct ModelShape {
 };
 
 struct TrainProgress {
-  int64_t step = 0;        // 1-based, just finished
+  int64_t step = 0;  // 1-based, just finished
   int64_t steps = 0;
-  double loss = 0;         // task loss of this step (mean over sequences)
-  double aux_loss = 0;     // load-balancing loss of this step (before its coefficient)
+  double loss = 0;      // task loss of this step (mean over sequences)
+  double aux_loss = 0;  // load-balancing loss of this step (before its coefficient)
   double lr = 0;
   double elapsed_s = 0;
 };

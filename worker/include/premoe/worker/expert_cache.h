@@ -52,8 +52,8 @@ struct ExpertCacheOptions {
 
 // What one Prepare/Acquire did.
 struct LoadReport {
-  int64_t needed_experts = 0;   // experts the request named
-  int64_t loaded_experts = 0;   // of those, read from the checkpoint now
+  int64_t needed_experts = 0;  // experts the request named
+  int64_t loaded_experts = 0;  // of those, read from the checkpoint now
   int64_t loaded_bytes = 0;
   int64_t evicted_experts = 0;  // made room for them
   double load_seconds = 0;

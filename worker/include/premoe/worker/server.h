@@ -3,7 +3,7 @@
 // started).
 //
 // Prompts arrive as text and are encoded with the model's tokenizer;
-// completions stream back as text deltas (model::TextStream), with stop
+// completions stream back as text deltas (tokenizer::TextStream), with stop
 // strings matched in the decoded text. absl::Status becomes grpc::Status
 // here and only here. Each Generate call holds a server thread while its
 // request runs; the worker's scheduler never waits on a client (tokens are
@@ -17,7 +17,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "premoe/model/tokenizer.h"
+#include "premoe/tokenizer/tokenizer.h"
 #include "premoe/worker/worker.h"
 
 namespace premoe::worker {
@@ -37,9 +37,8 @@ class WorkerServer {
   };
 
   // Binds and starts serving. UNAVAILABLE if the address cannot be bound.
-  static absl::StatusOr<std::unique_ptr<WorkerServer>> Start(const Options& options,
-                                                             Worker* worker,
-                                                             const model::Tokenizer* tokenizer);
+  static absl::StatusOr<std::unique_ptr<WorkerServer>> Start(const Options& options, Worker* worker,
+                                                             const tokenizer::Tokenizer* tokenizer);
   // Shutdown().
   ~WorkerServer();
 

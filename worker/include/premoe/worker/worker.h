@@ -26,6 +26,7 @@
 
 #include "absl/status/statusor.h"
 #include "premoe/model/engine.h"
+#include "premoe/model/fingerprint.h"
 #include "premoe/store/pattern.h"
 #include "premoe/worker/expert_cache.h"
 
@@ -158,7 +159,7 @@ class Worker {
 
   WorkerStatus Status() const;
   const model::Engine& engine() const;
-  // The model fingerprint patterns must carry (profiler::ModelFingerprint).
+  // The model fingerprint patterns must carry (model::ModelFingerprint).
   const std::string& fingerprint() const;
 
   struct Impl;

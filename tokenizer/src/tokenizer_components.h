@@ -9,8 +9,8 @@
 #include <array>
 #include <cstdint>
 #include <functional>
-#include <optional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,7 +19,7 @@
 #include "absl/strings/string_view.h"
 #include "nlohmann/json.hpp"
 
-namespace premoe::model::tokenizer_internal {
+namespace premoe::tokenizer::tokenizer_internal {
 
 using json = nlohmann::json;
 
@@ -131,8 +131,8 @@ class BpeModel {
   bool fuse_unk_ = false;
   bool byte_fallback_ = false;
   bool ignore_merges_ = false;
-  std::string prefix_;  // continuing_subword_prefix
-  std::string suffix_;  // end_of_word_suffix
+  std::string prefix_;                           // continuing_subword_prefix
+  std::string suffix_;                           // end_of_word_suffix
   std::array<std::int32_t, 256> byte_tokens_{};  // ids of <0xXX>, -1 if absent
 };
 
@@ -189,4 +189,4 @@ class AddedTokenMatcher {
   std::vector<const AddedToken*> tokens_;
 };
 
-}  // namespace premoe::model::tokenizer_internal
+}  // namespace premoe::tokenizer::tokenizer_internal

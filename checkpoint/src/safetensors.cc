@@ -1,4 +1,4 @@
-#include "premoe/model/safetensors.h"
+#include "premoe/checkpoint/safetensors.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -20,7 +20,7 @@
 #include "premoe/common/json.h"
 #include "premoe/common/status.h"
 
-namespace premoe::model {
+namespace premoe::checkpoint {
 namespace {
 
 using nlohmann::json;
@@ -511,9 +511,9 @@ void SafetensorsFile::Release(const TensorView& tensor) const {
 
 absl::Status SafetensorsFile::ReadInto(const TensorView& tensor, std::span<uint8_t> dst) const {
   if (dst.size() != tensor.bytes.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(path_, ": reading \"", tensor.name, "\": ",
-                                                   tensor.bytes.size(), " bytes into a buffer of ",
-                                                   dst.size()));
+    return absl::InvalidArgumentError(absl::StrCat(path_, ": reading \"", tensor.name,
+                                                   "\": ", tensor.bytes.size(),
+                                                   " bytes into a buffer of ", dst.size()));
   }
   const uint8_t* p = tensor.bytes.data();
   if (p < bytes_.data() || p + tensor.bytes.size() > bytes_.data() + bytes_.size()) {
@@ -948,4 +948,4 @@ absl::StatusOr<std::vector<std::string>> SafetensorsWriter::WriteSharded(
   return written;
 }
 
-}  // namespace premoe::model
+}  // namespace premoe::checkpoint

@@ -1,6 +1,4 @@
-#include "premoe/model/expert_pack.h"
-
-#include <ATen/ATen.h>
+#include "premoe/checkpoint/expert_pack.h"
 
 #include <algorithm>
 #include <cstring>
@@ -9,15 +7,14 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "engine_weights.h"
 #include "nlohmann/json.hpp"
+#include "premoe/checkpoint/safetensors.h"
 #include "premoe/common/file.h"
 #include "premoe/common/hash.h"
 #include "premoe/common/mapped_file.h"
 #include "premoe/common/status.h"
-#include "premoe/model/safetensors.h"
 
-namespace premoe::model {
+namespace premoe::checkpoint {
 namespace {
 
 constexpr char kMagic[] = "PREMOEXP";  // 8 bytes, at both ends of the file
@@ -28,13 +25,6 @@ constexpr int64_t kAlign = 4096;
 constexpr uint64_t kMaxFooterBytes = 64ull << 20;
 
 int64_t RoundUp(int64_t n, int64_t to) { return (n + to - 1) / to * to; }
-
-absl::StatusOr<at::ScalarType> ComputeDType(const std::string& dtype) {
-  if (dtype == "fp32") return at::kFloat;
-  if (dtype == "bf16") return at::kBFloat16;
-  return absl::InvalidArgumentError(
-      absl::StrCat("expert pack dtype must be \"fp32\" or \"bf16\", got \"", dtype, "\""));
-}
 
 std::vector<int64_t> MoeLayers(const ModelConfig& config) {
   std::vector<int64_t> layers;
@@ -64,54 +54,63 @@ absl::StatusOr<std::string> SourceFingerprint(const Checkpoint& checkpoint) {
   return h.HexDigest();
 }
 
-absl::Status WriteExpertPack(const std::string& model_dir, const std::string& path,
-                             const ExpertPackWriteOptions& options) {
-  ASSIGN_OR_RETURN(const at::ScalarType dtype, ComputeDType(options.dtype));
-  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
-  ASSIGN_OR_RETURN(std::unique_ptr<const Checkpoint> checkpoint, Checkpoint::Open(model_dir));
-  ExpertPackHeader h;
-  h.dtype = options.dtype;
-  h.hidden = config.hidden_size;
-  h.intermediate = config.moe_intermediate_size;
-  h.layers = MoeLayers(config);
-  h.experts = config.num_routed_experts;
-  if (h.layers.empty() || h.experts <= 0) {
+absl::StatusOr<int64_t> ExpertPackElementBytes(const std::string& dtype) {
+  if (dtype == "fp32") return 4;
+  if (dtype == "bf16") return 2;
+  return absl::InvalidArgumentError(
+      absl::StrCat("expert pack dtype must be \"fp32\" or \"bf16\", got \"", dtype, "\""));
+}
+
+ExpertPackWriter::ExpertPackWriter(ExpertPackHeader header,
+                                   std::unique_ptr<common::AtomicFileWriter> out)
+    : header_(std::move(header)), out_(std::move(out)) {
+  padding_.assign(static_cast<size_t>(header_.slot_stride - header_.slot_bytes), '\0');
+}
+
+ExpertPackWriter::~ExpertPackWriter() = default;
+
+absl::StatusOr<std::unique_ptr<ExpertPackWriter>> ExpertPackWriter::Create(const std::string& path,
+                                                                           ExpertPackHeader h) {
+  ASSIGN_OR_RETURN(const int64_t element, ExpertPackElementBytes(h.dtype));
+  if (h.layers.empty() || h.experts <= 0 || h.hidden <= 0 || h.intermediate <= 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat(model_dir, ": the model has no routed experts to pack"));
+        absl::StrCat(path, ": an expert pack needs MoE layers with routed experts"));
   }
-  h.slot_bytes = 3 * h.intermediate * h.hidden * static_cast<int64_t>(c10::elementSize(dtype));
+  h.version = 1;
+  h.slot_bytes = 3 * h.intermediate * h.hidden * element;
   h.slot_stride = RoundUp(h.slot_bytes, kAlign);
   h.data_offset = kAlign;
-  ASSIGN_OR_RETURN(h.source, SourceFingerprint(*checkpoint));
-
-  ASSIGN_OR_RETURN(auto out, common::AtomicFileWriter::Open(path));
+  h.checksums.clear();
+  ASSIGN_OR_RETURN(std::unique_ptr<common::AtomicFileWriter> out,
+                   common::AtomicFileWriter::Open(path));
   std::string lead(static_cast<size_t>(h.data_offset), '\0');
   std::memcpy(lead.data(), kMagic, kMagicBytes);
   RETURN_IF_ERROR(out->Append(lead));
-  // Each expert is read straight into the slot buffer, in the engine's
-  // layout: gate_up [2I, H], then down [H, I].
-  std::string slot(static_cast<size_t>(h.slot_stride), '\0');
-  const int64_t gate_up_elems = 2 * h.intermediate * h.hidden;
-  const auto cpu = at::TensorOptions().dtype(dtype);
-  at::Tensor gate_up = at::from_blob(slot.data(), {2 * h.intermediate, h.hidden}, cpu);
-  at::Tensor down = at::from_blob(slot.data() + gate_up_elems * c10::elementSize(dtype),
-                                  {h.hidden, h.intermediate}, cpu);
-  for (size_t i = 0; i < h.layers.size(); ++i) {
-    for (int64_t e = 0; e < h.experts; ++e) {
-      try {
-        RETURN_IF_ERROR(
-            internal::LoadExpertInto(*checkpoint, config, h.layers[i], e, gate_up, down));
-      } catch (const std::exception& ex) {
-        return absl::InternalError(absl::StrCat("repack: layer ", h.layers[i], " expert ", e,
-                                                ": libtorch: ", ex.what()));
-      }
-      h.checksums.push_back(
-          common::Hash64(absl::string_view(slot.data(), static_cast<size_t>(h.slot_bytes))));
-      RETURN_IF_ERROR(out->Append(slot));  // the slot, then zeros to the stride
-    }
-    if (options.on_progress) {
-      options.on_progress(static_cast<int64_t>(i) + 1, static_cast<int64_t>(h.layers.size()));
-    }
+  return std::unique_ptr<ExpertPackWriter>(new ExpertPackWriter(std::move(h), std::move(out)));
+}
+
+absl::Status ExpertPackWriter::Append(std::span<const uint8_t> slot) {
+  const int64_t slots = static_cast<int64_t>(header_.layers.size()) * header_.experts;
+  if (static_cast<int64_t>(slot.size()) != header_.slot_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("an expert pack slot is ", header_.slot_bytes, " bytes, not ", slot.size()));
+  }
+  if (static_cast<int64_t>(header_.checksums.size()) == slots) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the pack already holds all ", slots, " slots"));
+  }
+  const absl::string_view bytes(reinterpret_cast<const char*>(slot.data()), slot.size());
+  header_.checksums.push_back(common::Hash64(bytes));
+  RETURN_IF_ERROR(out_->Append(bytes));
+  return out_->Append(padding_);
+}
+
+absl::Status ExpertPackWriter::Commit() {
+  const ExpertPackHeader& h = header_;
+  const int64_t slots = static_cast<int64_t>(h.layers.size()) * h.experts;
+  if (static_cast<int64_t>(h.checksums.size()) != slots) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the pack holds ", h.checksums.size(), " of its ", slots, " slots; append the rest first"));
   }
   nlohmann::ordered_json j;
   j["format"] = "premoe-expert-pack";
@@ -133,9 +132,9 @@ absl::Status WriteExpertPack(const std::string& model_dir, const std::string& pa
   const uint64_t n = footer.size();
   std::memcpy(tail.data(), &n, 8);  // little-endian hosts only (x86-64, aarch64)
   std::memcpy(tail.data() + 8, kMagic, kMagicBytes);
-  RETURN_IF_ERROR(out->Append(footer));
-  RETURN_IF_ERROR(out->Append(tail));
-  return out->Commit();
+  RETURN_IF_ERROR(out_->Append(footer));
+  RETURN_IF_ERROR(out_->Append(tail));
+  return out_->Commit();
 }
 
 ExpertPack::ExpertPack(std::string path, std::shared_ptr<const common::MappedFile> file,
@@ -193,8 +192,8 @@ absl::StatusOr<std::unique_ptr<const ExpertPack>> ExpertPack::Open(const std::st
   } catch (const std::exception& e) {
     return bad(absl::StrCat("footer: ", e.what()));
   }
-  auto dtype = ComputeDType(h.dtype);
-  if (!dtype.ok()) return bad(dtype.status().message());
+  const absl::StatusOr<int64_t> element = ExpertPackElementBytes(h.dtype);
+  if (!element.ok()) return bad(element.status().message());
   if (h.hidden <= 0 || h.intermediate <= 0 || h.experts <= 0 || h.layers.empty() ||
       h.hidden > (1 << 20) || h.intermediate > (1 << 20) || h.experts > (1 << 20) ||
       !std::is_sorted(h.layers.begin(), h.layers.end()) || h.layers.front() < 0 ||
@@ -202,8 +201,8 @@ absl::StatusOr<std::unique_ptr<const ExpertPack>> ExpertPack::Open(const std::st
     return bad("implausible shape");
   }
   const int64_t slots = static_cast<int64_t>(h.layers.size()) * h.experts;
-  if (h.slot_bytes != 3 * h.intermediate * h.hidden * static_cast<int64_t>(c10::elementSize(*dtype)) ||
-      h.slot_stride < h.slot_bytes || h.slot_stride % kAlign != 0 || h.data_offset != kAlign ||
+  if (h.slot_bytes != 3 * h.intermediate * h.hidden * *element || h.slot_stride < h.slot_bytes ||
+      h.slot_stride % kAlign != 0 || h.data_offset != kAlign ||
       static_cast<int64_t>(h.checksums.size()) != slots) {
     return bad("slot sizes or checksum count disagree with the shape");
   }
@@ -225,10 +224,11 @@ absl::Status ExpertPack::CheckFits(const Checkpoint& checkpoint, const ModelConf
         path_, ": this expert pack does not fit the model: ", what, "; re-run premoe repack"));
   };
   if (header_.dtype != dtype) {
-    return differs(absl::StrCat("it holds ", header_.dtype, " experts, the engine computes in ",
-                                dtype));
+    return differs(
+        absl::StrCat("it holds ", header_.dtype, " experts, the engine computes in ", dtype));
   }
-  if (header_.hidden != config.hidden_size || header_.intermediate != config.moe_intermediate_size ||
+  if (header_.hidden != config.hidden_size ||
+      header_.intermediate != config.moe_intermediate_size ||
       header_.experts != config.num_routed_experts || header_.layers != MoeLayers(config)) {
     return differs("its shape (hidden, expert size, experts, MoE layers) is another model's");
   }
@@ -247,8 +247,8 @@ absl::StatusOr<int64_t> ExpertPack::SlotIndex(int64_t layer, int64_t expert) con
         absl::StrCat(path_, ": layer ", layer, " is not a MoE layer of this pack"));
   }
   if (expert < 0 || expert >= header_.experts) {
-    return absl::InvalidArgumentError(absl::StrCat(path_, ": expert ", expert,
-                                                   " is outside [0, ", header_.experts, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path_, ": expert ", expert, " is outside [0, ", header_.experts, ")"));
   }
   return (it - header_.layers.begin()) * header_.experts + expert;
 }
@@ -273,18 +273,18 @@ absl::Status ExpertPack::Verify(const std::function<void(int64_t, int64_t)>& on_
   std::string buffer(static_cast<size_t>(header_.slot_bytes), '\0');
   std::span<uint8_t> span(reinterpret_cast<uint8_t*>(buffer.data()), buffer.size());
   for (int64_t s = 0; s < slots; ++s) {
-    RETURN_IF_ERROR(file_->ReadAt(static_cast<uint64_t>(header_.data_offset) +
-                                      static_cast<uint64_t>(s * header_.slot_stride),
-                                  span));
+    RETURN_IF_ERROR(file_->ReadAt(
+        static_cast<uint64_t>(header_.data_offset) + static_cast<uint64_t>(s * header_.slot_stride),
+        span));
     if (common::Hash64(buffer) != header_.checksums[static_cast<size_t>(s)]) {
-      return absl::DataLossError(absl::StrCat(
-          path_, ": expert ", s % header_.experts, " of layer ",
-          header_.layers[static_cast<size_t>(s / header_.experts)],
-          " does not match its checksum: the pack is corrupt; re-run premoe repack"));
+      return absl::DataLossError(
+          absl::StrCat(path_, ": expert ", s % header_.experts, " of layer ",
+                       header_.layers[static_cast<size_t>(s / header_.experts)],
+                       " does not match its checksum: the pack is corrupt; re-run premoe repack"));
     }
     if (on_progress) on_progress(s + 1, slots);
   }
   return absl::OkStatus();
 }
 
-}  // namespace premoe::model
+}  // namespace premoe::checkpoint

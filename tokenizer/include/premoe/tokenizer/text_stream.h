@@ -16,9 +16,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "premoe/model/tokenizer.h"
+#include "premoe/tokenizer/tokenizer.h"
 
-namespace premoe::model {
+namespace premoe::tokenizer {
 
 class TextStream {
  public:
@@ -46,4 +46,4 @@ class TextStream {
   absl::Status status_;
 };
 
-}  // namespace premoe::model
+}  // namespace premoe::tokenizer

@@ -1,14 +1,14 @@
 // Unit tests of the tokenizer: hand-computed BPE, error handling, invalid
 // input. Parity with the Hugging Face library over a corpus and the real
 // tokenizer files is tokenizer_parity_test.py.
-#include "premoe/model/tokenizer.h"
+#include "premoe/tokenizer/tokenizer.h"
 
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "tests/testutil/testutil.h"
 
-namespace premoe::model {
+namespace premoe::tokenizer {
 namespace {
 
 using ::premoe::testing::StatusIs;
@@ -27,11 +27,13 @@ std::string TinyBpe(const std::string& merges, const std::string& extra = "") {
     "post_processor": {"type": "TemplateProcessing",
       "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
       "pair": [], "special_tokens": {"<s>": {"id": "<s>", "ids": [6], "tokens": ["<s>"]}}},
-    "decoder": null,)", extra, R"(
+    "decoder": null,)",
+                      extra, R"(
     "model": {"type": "BPE", "dropout": null, "unk_token": null, "fuse_unk": false,
               "byte_fallback": false,
               "vocab": {"a": 0, "b": 1, "c": 2, "ab": 3, "bc": 4, "abc": 5},
-              "merges": )", merges, "}}");
+              "merges": )",
+                      merges, "}}");
 }
 
 TEST(TokenizerTest, MergesLowestRankFirst) {
@@ -82,7 +84,7 @@ TEST(TokenizerTest, InvalidUtf8IsRefusedWithItsOffset) {
   // Overlong encoding of '/', a lone continuation byte, a surrogate, a
   // truncated 3-byte sequence: all refused.
   for (const std::string& bad : {std::string("\xc0\xaf"), std::string("\x80"),
-                                std::string("\xed\xa0\x80"), std::string("a\xe4\xbd")}) {
+                                 std::string("\xed\xa0\x80"), std::string("a\xe4\xbd")}) {
     EXPECT_THAT(tok->Encode(bad), StatusIs(absl::StatusCode::kInvalidArgument, "UTF-8")) << bad;
   }
 }
@@ -182,13 +184,14 @@ INSTANTIATE_TEST_SUITE_P(
                       Replace(TinyBpe("[]"), "\"normalizer\": null",
                               "\"normalizer\": {\"type\": \"Precompiled\"}"),
                       "normalizer type \"Precompiled\" is not supported"},
-        MalformedCase{"UnknownPreTokenizer",
-                      Replace(TinyBpe("[]"), "\"type\": \"Split\"", "\"type\": \"BertPreTokenizer\""),
-                      "pre_tokenizer type \"BertPreTokenizer\" is not supported"},
-        MalformedCase{"UnknownDecoder",
-                      Replace(TinyBpe("[]"), "\"decoder\": null",
-                              "\"decoder\": {\"type\": \"WordPiece\"}"),
-                      "decoder type \"WordPiece\" is not supported"},
+        MalformedCase{
+            "UnknownPreTokenizer",
+            Replace(TinyBpe("[]"), "\"type\": \"Split\"", "\"type\": \"BertPreTokenizer\""),
+            "pre_tokenizer type \"BertPreTokenizer\" is not supported"},
+        MalformedCase{
+            "UnknownDecoder",
+            Replace(TinyBpe("[]"), "\"decoder\": null", "\"decoder\": {\"type\": \"WordPiece\"}"),
+            "decoder type \"WordPiece\" is not supported"},
         MalformedCase{"BadSplitBehavior", Replace(TinyBpe("[]"), "Removed", "Sideways"),
                       "unknown split behavior \"Sideways\""},
         MalformedCase{"BadRegex",
@@ -203,19 +206,19 @@ INSTANTIATE_TEST_SUITE_P(
         MalformedCase{"UnkNotInVocab",
                       Replace(TinyBpe("[]"), "\"unk_token\": null", "\"unk_token\": \"<unk>\""),
                       "unk_token \"<unk>\" is not in the vocab"},
-        MalformedCase{"TruncationSet",
-                      Replace(TinyBpe("[]"), "\"truncation\": null",
-                              "\"truncation\": {\"max_length\": 8}"),
-                      "\"truncation\" is set"},
+        MalformedCase{
+            "TruncationSet",
+            Replace(TinyBpe("[]"), "\"truncation\": null", "\"truncation\": {\"max_length\": 8}"),
+            "\"truncation\" is set"},
         MalformedCase{"AddedTokenWithoutId", Replace(TinyBpe("[]"), "\"id\": 6, ", ""),
                       "added_tokens[0]: needs an integer \"id\""},
         MalformedCase{"AddedTokenFlagNotBool",
                       Replace(TinyBpe("[]"), "\"lstrip\": false", "\"lstrip\": \"no\""),
                       "\"lstrip\" must be a boolean"},
-        MalformedCase{"TemplateUnknownSpecial",
-                      Replace(TinyBpe("[]"), "\"special_tokens\": {\"<s>\"",
-                              "\"special_tokens\": {\"<t>\""),
-                      "special token \"<s>\" is not in special_tokens"},
+        MalformedCase{
+            "TemplateUnknownSpecial",
+            Replace(TinyBpe("[]"), "\"special_tokens\": {\"<s>\"", "\"special_tokens\": {\"<t>\""),
+            "special token \"<s>\" is not in special_tokens"},
         // Found by tokenizer_json_fuzz: a template adding an id that Decode
         // would then refuse.
         MalformedCase{"TemplateIdOutsideVocab",
@@ -240,4 +243,4 @@ TEST(TokenizerFileTest, MissingAndOversizedFilesAreClearErrors) {
 }
 
 }  // namespace
-}  // namespace premoe::model
+}  // namespace premoe::tokenizer

@@ -1,4 +1,4 @@
-#include "premoe/model/config.h"
+#include "premoe/checkpoint/config.h"
 
 #include <cstdint>
 #include <map>
@@ -14,9 +14,10 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "premoe/checkpoint/expert_tensors.h"
 #include "tests/testutil/testutil.h"
 
-namespace premoe::model {
+namespace premoe::checkpoint {
 namespace {
 
 using ::nlohmann::json;
@@ -832,4 +833,4 @@ TEST(ModelConfigExpertNameTest, RecognisesWhatTransformersSaves) {
 }
 
 }  // namespace
-}  // namespace premoe::model
+}  // namespace premoe::checkpoint

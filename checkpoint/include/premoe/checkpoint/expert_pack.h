@@ -30,28 +30,29 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "premoe/model/config.h"
+#include "premoe/checkpoint/config.h"
 
 namespace premoe::common {
+class AtomicFileWriter;
 class MappedFile;
-}
+}  // namespace premoe::common
 
-namespace premoe::model {
+namespace premoe::checkpoint {
 
 class Checkpoint;
 
 struct ExpertPackHeader {
   int64_t version = 1;
-  std::string dtype;               // "fp32" or "bf16"
-  int64_t hidden = 0;              // H
-  int64_t intermediate = 0;        // I
-  std::vector<int64_t> layers;     // the MoE decoder layers, ascending
-  int64_t experts = 0;             // routed experts per MoE layer
-  int64_t slot_bytes = 0;          // 3 * I * H * element size
-  int64_t slot_stride = 0;         // slot_bytes rounded up to 4096
-  int64_t data_offset = 0;         // multiple of 4096
-  std::string source;              // SourceFingerprint of the checkpoint
-  std::vector<uint64_t> checksums; // XXH3-64 per slot, layers.size() * experts
+  std::string dtype;                // "fp32" or "bf16"
+  int64_t hidden = 0;               // H
+  int64_t intermediate = 0;         // I
+  std::vector<int64_t> layers;      // the MoE decoder layers, ascending
+  int64_t experts = 0;              // routed experts per MoE layer
+  int64_t slot_bytes = 0;           // 3 * I * H * element size
+  int64_t slot_stride = 0;          // slot_bytes rounded up to 4096
+  int64_t data_offset = 0;          // multiple of 4096
+  std::string source;               // SourceFingerprint of the checkpoint
+  std::vector<uint64_t> checksums;  // XXH3-64 per slot, layers.size() * experts
 };
 
 // XXH3-128 (hex) of every shard's safetensors header and of every router
@@ -60,20 +61,36 @@ struct ExpertPackHeader {
 // expert weights is not seen. Cheap: headers and routers only.
 absl::StatusOr<std::string> SourceFingerprint(const Checkpoint& checkpoint);
 
-struct ExpertPackWriteOptions {
-  // "fp32" or "bf16": the compute dtype of the engines that will read it.
-  // Default: "bf16".
-  std::string dtype = "bf16";
-  // Called after each MoE layer with (layers done, layers). Default: none.
-  std::function<void(int64_t, int64_t)> on_progress;
-};
+// Bytes of one element of an expert pack's `dtype`: 4 for "fp32", 2 for
+// "bf16"; INVALID_ARGUMENT for any other.
+absl::StatusOr<int64_t> ExpertPackElementBytes(const std::string& dtype);
 
-// Writes the pack of the model in `model_dir` to `path` (a temporary file,
-// then renamed: a failed write leaves no pack behind). Peak memory: one
-// expert. INVALID_ARGUMENT for a model without routed experts or a bad dtype;
-// the checkpoint's errors as Engine::Open reports them; INTERNAL on I/O.
-absl::Status WriteExpertPack(const std::string& model_dir, const std::string& path,
-                             const ExpertPackWriteOptions& options = {});
+// Writes a pack slot by slot, to a temporary file renamed into place by
+// Commit (a writer destroyed before Commit leaves no pack behind). The
+// caller fills the slots (model/repack.h converts a checkpoint's experts).
+// Not thread-safe.
+class ExpertPackWriter {
+ public:
+  // `header` gives the shape, dtype and source; its sizes and checksums are
+  // computed here. INVALID_ARGUMENT for an empty or implausible shape.
+  static absl::StatusOr<std::unique_ptr<ExpertPackWriter>> Create(const std::string& path,
+                                                                  ExpertPackHeader header);
+  ~ExpertPackWriter();
+
+  // The shape with slot_bytes, slot_stride and data_offset filled in.
+  const ExpertPackHeader& header() const { return header_; }
+  // Appends the next slot, in (MoE layer, expert) order: exactly
+  // header().slot_bytes bytes, gate_up [2I, H] then down [H, I].
+  absl::Status Append(std::span<const uint8_t> slot);
+  // Writes the footer once every slot is in; FAILED_PRECONDITION before.
+  absl::Status Commit();
+
+ private:
+  ExpertPackWriter(ExpertPackHeader header, std::unique_ptr<common::AtomicFileWriter> out);
+  ExpertPackHeader header_;
+  std::unique_ptr<common::AtomicFileWriter> out_;
+  std::string padding_;
+};
 
 class ExpertPack {
  public:
@@ -113,4 +130,4 @@ class ExpertPack {
   ExpertPackHeader header_;
 };
 
-}  // namespace premoe::model
+}  // namespace premoe::checkpoint

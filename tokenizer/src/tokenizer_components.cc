@@ -8,13 +8,13 @@
 #include <cstdlib>
 #include <queue>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/match.h"
 #include "premoe/common/status.h"
 
-namespace premoe::model::tokenizer_internal {
+namespace premoe::tokenizer::tokenizer_internal {
 namespace {
 
 absl::Status Invalid(absl::string_view where, absl::string_view problem) {
@@ -31,8 +31,8 @@ absl::StatusOr<std::string> GetString(const json& j, const char* key, absl::stri
     return Invalid(where, absl::StrCat("missing string field \"", key, "\""));
   }
   if (!it->is_string()) {
-    return Invalid(where, absl::StrCat("field \"", key, "\" must be a string, not ",
-                                       it->type_name()));
+    return Invalid(where,
+                   absl::StrCat("field \"", key, "\" must be a string, not ", it->type_name()));
   }
   return it->get<std::string>();
 }
@@ -42,8 +42,8 @@ absl::StatusOr<bool> GetBool(const json& j, const char* key, absl::string_view w
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return fallback;
   if (!it->is_boolean()) {
-    return Invalid(where, absl::StrCat("field \"", key, "\" must be a boolean, not ",
-                                       it->type_name()));
+    return Invalid(where,
+                   absl::StrCat("field \"", key, "\" must be a boolean, not ", it->type_name()));
   }
   return it->get<bool>();
 }
@@ -53,8 +53,8 @@ absl::StatusOr<std::int64_t> GetInt(const json& j, const char* key, absl::string
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return fallback;
   if (!it->is_number_integer()) {
-    return Invalid(where, absl::StrCat("field \"", key, "\" must be an integer, not ",
-                                       it->type_name()));
+    return Invalid(where,
+                   absl::StrCat("field \"", key, "\" must be an integer, not ", it->type_name()));
   }
   return it->get<std::int64_t>();
 }
@@ -110,7 +110,9 @@ int Utf8CharLength(unsigned char lead) {
 }
 
 char32_t DecodeUtf8(absl::string_view text, size_t i) {
-  const auto b = [&](size_t k) { return static_cast<char32_t>(static_cast<unsigned char>(text[i + k])); };
+  const auto b = [&](size_t k) {
+    return static_cast<char32_t>(static_cast<unsigned char>(text[i + k]));
+  };
   switch (Utf8CharLength(static_cast<unsigned char>(text[i]))) {
     case 1:
       return b(0);
@@ -207,8 +209,8 @@ std::string Utf8Lossy(absl::string_view bytes) {
 
 bool IsUnicodeWhitespace(char32_t c) {
   return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F ||
-         c == 0x205F || c == 0x3000;
+         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
+         c == 0x3000;
 }
 
 // ---- Regex ----------------------------------------------------------------
@@ -305,14 +307,14 @@ absl::Status Regex::FindAll(absl::string_view text, std::vector<Match>* out) con
   while (search_from <= text.size()) {
     // The input was validated once, up front; re-checking it on every call
     // would make matching quadratic.
-    const int rc = pcre2_match(code, subject, text.size(), search_from, PCRE2_NO_UTF_CHECK, data,
-                               context);
+    const int rc =
+        pcre2_match(code, subject, text.size(), search_from, PCRE2_NO_UTF_CHECK, data, context);
     if (rc == PCRE2_ERROR_NOMATCH) break;
     if (rc < 0) {
       PCRE2_UCHAR message[256];
       pcre2_get_error_message(rc, message, sizeof(message));
-      status = absl::ResourceExhaustedError(absl::StrCat(
-          "regex match failed: ", reinterpret_cast<const char*>(message)));
+      status = absl::ResourceExhaustedError(
+          absl::StrCat("regex match failed: ", reinterpret_cast<const char*>(message)));
       break;
     }
     const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(data);
@@ -384,10 +386,10 @@ class UnicodeNormalizer : public Normalizer {
   absl::Status Normalize(std::string* text) const override {
     if (text->empty()) return absl::OkStatus();
     utf8proc_uint8_t* result = nullptr;
-    const utf8proc_ssize_t n = utf8proc_map(
-        reinterpret_cast<const utf8proc_uint8_t*>(text->data()),
-        static_cast<utf8proc_ssize_t>(text->size()), &result,
-        static_cast<utf8proc_option_t>(options_ | UTF8PROC_STABLE));
+    const utf8proc_ssize_t n =
+        utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text->data()),
+                     static_cast<utf8proc_ssize_t>(text->size()), &result,
+                     static_cast<utf8proc_option_t>(options_ | UTF8PROC_STABLE));
     if (n < 0) {
       return absl::InvalidArgumentError(
           absl::StrCat("unicode normalization failed: ", utf8proc_errmsg(n)));
@@ -476,7 +478,8 @@ class StripNormalizer : public Normalizer {
     if (right_) {
       while (end > begin) {
         size_t start = end - 1;
-        while (start > begin && (static_cast<unsigned char>((*text)[start]) & 0xC0) == 0x80) --start;
+        while (start > begin && (static_cast<unsigned char>((*text)[start]) & 0xC0) == 0x80)
+          --start;
         if (!IsUnicodeWhitespace(DecodeUtf8(*text, start))) break;
         end = start;
       }
@@ -506,8 +509,10 @@ absl::StatusOr<std::unique_ptr<Normalizer>> MakeNormalizer(const json& j) {
   }
   if (type == "NFC") return std::make_unique<UnicodeNormalizer>(UTF8PROC_COMPOSE);
   if (type == "NFD") return std::make_unique<UnicodeNormalizer>(UTF8PROC_DECOMPOSE);
-  if (type == "NFKC") return std::make_unique<UnicodeNormalizer>(UTF8PROC_COMPOSE | UTF8PROC_COMPAT);
-  if (type == "NFKD") return std::make_unique<UnicodeNormalizer>(UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT);
+  if (type == "NFKC")
+    return std::make_unique<UnicodeNormalizer>(UTF8PROC_COMPOSE | UTF8PROC_COMPAT);
+  if (type == "NFKD")
+    return std::make_unique<UnicodeNormalizer>(UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT);
   if (type == "Lowercase") return std::make_unique<LowercaseNormalizer>();
   if (type == "Prepend") {
     ASSIGN_OR_RETURN(std::string prefix, GetString(j, "prepend", where));
@@ -665,8 +670,10 @@ const std::array<std::string, 256>& ByteToUnicode() {
     std::array<std::string, 256> t;
     int extra = 0;
     for (int b = 0; b < 256; ++b) {
-      const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
-      AppendUtf8(printable ? static_cast<char32_t>(b) : static_cast<char32_t>(256 + extra++), &t[b]);
+      const bool printable =
+          (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+      AppendUtf8(printable ? static_cast<char32_t>(b) : static_cast<char32_t>(256 + extra++),
+                 &t[b]);
     }
     return t;
   }();
@@ -748,8 +755,8 @@ class MetaspacePreTokenizer : public PreTokenizer {
     std::vector<Match> found;
     for (Piece& piece : *pieces) {
       piece.text = ReplaceAll(piece.text, " ", replacement_);
-      const bool prepend = scheme_ == PrependScheme::kAlways ||
-                           (scheme_ == PrependScheme::kFirst && piece.at_start);
+      const bool prepend =
+          scheme_ == PrependScheme::kAlways || (scheme_ == PrependScheme::kFirst && piece.at_start);
       if (prepend && !absl::StartsWith(piece.text, replacement_)) {
         piece.text.insert(0, replacement_);
       }
@@ -814,9 +821,9 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> MakePreTokenizer(const json& j) {
     ASSIGN_OR_RETURN(bool split, GetBool(j, "split", where, true));
     return std::make_unique<MetaspacePreTokenizer>(std::move(replacement), scheme, split);
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "pre_tokenizer type \"", type,
-      "\" is not supported (supported: Sequence, Split, ByteLevel, Metaspace)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("pre_tokenizer type \"", type,
+                   "\" is not supported (supported: Sequence, Split, ByteLevel, Metaspace)"));
 }
 
 // ---- BPE model ------------------------------------------------------------
@@ -843,8 +850,8 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const json& j) {
   for (auto it = vocab_it->begin(); it != vocab_it->end(); ++it) {
     if (!it.value().is_number_integer() || it.value().get<std::int64_t>() < 0 ||
         it.value().get<std::int64_t>() > (1 << 30)) {
-      return Invalid(where, absl::StrCat("vocab entry \"", it.key(),
-                                         "\" must map to an id in [0, 2^30]"));
+      return Invalid(where,
+                     absl::StrCat("vocab entry \"", it.key(), "\" must map to an id in [0, 2^30]"));
     }
     const std::int64_t id = it.value().get<std::int64_t>();
     model->vocab_[it.key()] = static_cast<std::int32_t>(id);
@@ -989,13 +996,12 @@ void BpeModel::Tokenize(absl::string_view word, std::vector<std::int32_t>* out) 
       std::int32_t rank;
       int pos;
       std::int32_t new_id;
-      bool operator>(const Entry& o) const {
-        return rank != o.rank ? rank > o.rank : pos > o.pos;
-      }
+      bool operator>(const Entry& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
     };
     std::priority_queue<Entry, std::vector<Entry>, std::greater<>> queue;
     for (int k = 0; k + 1 < n; ++k) {
-      if (const Merge* m = FindMerge(symbols[k], symbols[k + 1])) queue.push({m->rank, k, m->new_id});
+      if (const Merge* m = FindMerge(symbols[k], symbols[k + 1]))
+        queue.push({m->rank, k, m->new_id});
     }
     while (!queue.empty()) {
       const Entry top = queue.top();
@@ -1095,7 +1101,8 @@ absl::StatusOr<std::unique_ptr<PostProcessor>> MakePostProcessor(
       const std::string name = (*st)["id"].get<std::string>();
       // The ids come from the special_tokens table of the template.
       if (specials == j.end() || !specials->is_object() || !specials->contains(name)) {
-        return Invalid(where, absl::StrCat("special token \"", name, "\" is not in special_tokens"));
+        return Invalid(where,
+                       absl::StrCat("special token \"", name, "\" is not in special_tokens"));
       }
       const json& entry = (*specials)[name];
       if (!entry.contains("ids") || !entry["ids"].is_array()) {
@@ -1131,10 +1138,10 @@ absl::StatusOr<std::unique_ptr<PostProcessor>> MakePostProcessor(
     }
     return std::make_unique<TemplatePostProcessor>(std::vector<std::int32_t>{ids[0], -1, ids[1]});
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "post_processor type \"", type,
-      "\" is not supported (supported: TemplateProcessing, ByteLevel, BertProcessing, "
-      "RobertaProcessing, Sequence)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("post_processor type \"", type,
+                   "\" is not supported (supported: TemplateProcessing, ByteLevel, BertProcessing, "
+                   "RobertaProcessing, Sequence)"));
 }
 
 // ---- Decoders -------------------------------------------------------------
@@ -1143,7 +1150,8 @@ namespace {
 
 class SequenceDecoder : public Decoder {
  public:
-  explicit SequenceDecoder(std::vector<std::unique_ptr<Decoder>> parts) : parts_(std::move(parts)) {}
+  explicit SequenceDecoder(std::vector<std::unique_ptr<Decoder>> parts)
+      : parts_(std::move(parts)) {}
   absl::Status DecodeChain(std::vector<std::string>* tokens) const override {
     for (const auto& p : parts_) RETURN_IF_ERROR(p->DecodeChain(tokens));
     return absl::OkStatus();
@@ -1259,7 +1267,8 @@ class FuseDecoder : public Decoder {
 // every token.
 class StripDecoder : public Decoder {
  public:
-  StripDecoder(char32_t content, int start, int stop) : content_(content), start_(start), stop_(stop) {}
+  StripDecoder(char32_t content, int start, int stop)
+      : content_(content), start_(start), stop_(stop) {}
   absl::Status DecodeChain(std::vector<std::string>* tokens) const override {
     for (std::string& token : *tokens) {
       std::vector<std::pair<size_t, size_t>> chars;
@@ -1271,7 +1280,8 @@ class StripDecoder : public Decoder {
       }
       size_t last = chars.size();
       int stripped = 0;
-      while (last > first && stripped < stop_ && DecodeUtf8(token, chars[last - 1].first) == content_) {
+      while (last > first && stripped < stop_ &&
+             DecodeUtf8(token, chars[last - 1].first) == content_) {
         --last;
         ++stripped;
       }
@@ -1476,4 +1486,4 @@ void AddedTokenMatcher::Split(const Piece& piece,
   emit_text(start_offset, s.size());
 }
 
-}  // namespace premoe::model::tokenizer_internal
+}  // namespace premoe::tokenizer::tokenizer_internal

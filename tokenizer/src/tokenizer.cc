@@ -1,4 +1,4 @@
-#include "premoe/model/tokenizer.h"
+#include "premoe/tokenizer/tokenizer.h"
 
 #include <algorithm>
 
@@ -11,7 +11,7 @@
 #include "premoe/common/status.h"
 #include "tokenizer_components.h"
 
-namespace premoe::model {
+namespace premoe::tokenizer {
 namespace tokenizer_internal {
 
 // The whole HF pipeline: added tokens -> normalizer -> pre-tokenizer -> BPE
@@ -54,9 +54,10 @@ absl::StatusOr<std::unique_ptr<Pipeline>> Pipeline::FromJson(const json& root) {
   if (!root.is_object()) return absl::InvalidArgumentError("top level must be an object");
   for (const char* key : {"truncation", "padding"}) {
     if (auto it = root.find(key); it != root.end() && !it->is_null()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "\"", key, "\" is set; premoe limits lengths itself and does not apply it "
-          "(set it to null)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("\"", key,
+                       "\" is set; premoe limits lengths itself and does not apply it "
+                       "(set it to null)"));
     }
   }
   if (!root.contains("model")) return absl::InvalidArgumentError("missing \"model\"");
@@ -97,13 +98,16 @@ absl::StatusOr<std::unique_ptr<Pipeline>> Pipeline::FromJson(const json& root) {
       if (t.content.empty() || FindInvalidUtf8(t.content) >= 0) {
         return absl::InvalidArgumentError(absl::StrCat(where, ": content must be non-empty UTF-8"));
       }
-      for (auto [key, flag] : {std::pair{"special", &t.special}, {"single_word", &t.single_word},
-                               {"lstrip", &t.lstrip}, {"rstrip", &t.rstrip},
+      for (auto [key, flag] : {std::pair{"special", &t.special},
+                               {"single_word", &t.single_word},
+                               {"lstrip", &t.lstrip},
+                               {"rstrip", &t.rstrip},
                                {"normalized", &t.normalized}}) {
         auto it = a.find(key);
         if (it == a.end()) continue;
         if (!it->is_boolean()) {
-          return absl::InvalidArgumentError(absl::StrCat(where, ": \"", key, "\" must be a boolean"));
+          return absl::InvalidArgumentError(
+              absl::StrCat(where, ": \"", key, "\" must be a boolean"));
         }
         *flag = it->get<bool>();
       }
@@ -145,13 +149,13 @@ absl::StatusOr<std::unique_ptr<Pipeline>> Pipeline::FromJson(const json& root) {
       raw_tokens.push_back(&t);
     }
   }
-  p->raw_matcher_ = std::make_unique<AddedTokenMatcher>(std::move(raw_patterns), std::move(raw_tokens));
+  p->raw_matcher_ =
+      std::make_unique<AddedTokenMatcher>(std::move(raw_patterns), std::move(raw_tokens));
   p->normalized_matcher_ = std::make_unique<AddedTokenMatcher>(std::move(normalized_patterns),
                                                                std::move(normalized_tokens));
   ASSIGN_OR_RETURN(p->post_processor_,
-                   MakePostProcessor(field("post_processor"), [&](std::int32_t id) {
-                     return p->IdToToken(id) != nullptr;
-                   }));
+                   MakePostProcessor(field("post_processor"),
+                                     [&](std::int32_t id) { return p->IdToToken(id) != nullptr; }));
   return p;
 }
 
@@ -195,9 +199,9 @@ absl::StatusOr<std::string> Pipeline::Decode(std::span<const std::int32_t> ids,
   for (size_t k = 0; k < ids.size(); ++k) {
     const std::string* token = IdToToken(ids[k]);
     if (token == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("id ", ids[k], " at position ", k, " is not in the vocabulary (size ",
-                       vocab_size(), ")"));
+      return absl::InvalidArgumentError(absl::StrCat("id ", ids[k], " at position ", k,
+                                                     " is not in the vocabulary (size ",
+                                                     vocab_size(), ")"));
     }
     if (skip_special && IsSpecial(ids[k])) continue;
     tokens.push_back(*token);
@@ -251,4 +255,4 @@ std::optional<std::string> Tokenizer::IdToToken(std::int32_t id) const {
 
 bool Tokenizer::IsSpecial(std::int32_t id) const { return pipeline_->IsSpecial(id); }
 
-}  // namespace premoe::model
+}  // namespace premoe::tokenizer

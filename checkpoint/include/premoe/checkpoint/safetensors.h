@@ -51,7 +51,7 @@
 #include "absl/strings/string_view.h"
 #include "premoe/common/mapped_file.h"
 
-namespace premoe::model {
+namespace premoe::checkpoint {
 
 // Element types premoe reads and writes. Other safetensors dtypes (F64, BOOL,
 // I16, U16, U32, U64, F8_E5M2, ...) are refused with INVALID_ARGUMENT.
@@ -343,4 +343,4 @@ class SafetensorsWriter {
   uint64_t data_bytes_ = 0;
 };
 
-}  // namespace premoe::model
+}  // namespace premoe::checkpoint

@@ -42,7 +42,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
-namespace premoe::model {
+namespace premoe::tokenizer {
 
 namespace tokenizer_internal {
 class Pipeline;
@@ -93,4 +93,4 @@ class Tokenizer {
   std::unique_ptr<tokenizer_internal::Pipeline> pipeline_;
 };
 
-}  // namespace premoe::model
+}  // namespace premoe::tokenizer

@@ -1,10 +1,10 @@
-#include "premoe/model/text_stream.h"
+#include "premoe/tokenizer/text_stream.h"
 
 #include <algorithm>
 
 #include "absl/strings/match.h"
 
-namespace premoe::model {
+namespace premoe::tokenizer {
 
 TextStream::TextStream(const Tokenizer& tokenizer, std::vector<std::string> stops)
     : tokenizer_(tokenizer), stops_(std::move(stops)) {}
@@ -52,4 +52,4 @@ std::string TextStream::Emit(bool final) {
   return delta;
 }
 
-}  // namespace premoe::model
+}  // namespace premoe::tokenizer

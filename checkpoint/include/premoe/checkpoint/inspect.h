@@ -44,9 +44,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "premoe/model/config.h"
+#include "premoe/checkpoint/config.h"
 
-namespace premoe::model {
+namespace premoe::checkpoint {
 
 // How a MoE layer's routed experts are stored.
 enum class ExpertLayout {
@@ -268,4 +268,4 @@ std::string FormatModelSummary(const ModelSummary& summary);
 // Integers are exact; fractions are doubles in [0, 1].
 std::string ModelSummaryToJson(const ModelSummary& summary);
 
-}  // namespace premoe::model
+}  // namespace premoe::checkpoint

@@ -1,4 +1,4 @@
-#include "premoe/model/inspect.h"
+#include "premoe/checkpoint/inspect.h"
 
 #include <array>
 #include <map>
@@ -17,25 +17,17 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "names.h"
 #include "nlohmann/json.hpp"
+#include "premoe/checkpoint/expert_tensors.h"
+#include "premoe/checkpoint/safetensors.h"
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
-#include "premoe/model/safetensors.h"
 
-namespace premoe::model {
+namespace premoe::checkpoint {
 namespace {
 
-// Parses a decimal index of 1 to 9 digits without a leading zero (as
-// ParseExpertTensorName does), consuming it from the front of `s`.
-std::optional<int64_t> ConsumeIndex(absl::string_view& s) {
-  size_t n = 0;
-  while (n < s.size() && absl::ascii_isdigit(static_cast<unsigned char>(s[n]))) ++n;
-  if (n == 0 || n > 9 || (n > 1 && s[0] == '0')) return std::nullopt;
-  int64_t value = 0;
-  for (size_t i = 0; i < n; ++i) value = value * 10 + (s[i] - '0');
-  s.remove_prefix(n);
-  return value;
-}
+using internal::ConsumeIndex;
 
 std::string ShapeString(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
@@ -734,4 +726,4 @@ std::string ModelSummaryToJson(const ModelSummary& s) {
   return j.dump(-1, ' ', false, ojson::error_handler_t::replace) + "\n";
 }
 
-}  // namespace premoe::model
+}  // namespace premoe::checkpoint

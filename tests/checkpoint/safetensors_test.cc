@@ -1,4 +1,4 @@
-#include "premoe/model/safetensors.h"
+#include "premoe/checkpoint/safetensors.h"
 
 #include <bit>
 #include <cstring>
@@ -13,7 +13,7 @@
 #include "premoe/common/json.h"
 #include "tests/testutil/testutil.h"
 
-namespace premoe::model {
+namespace premoe::checkpoint {
 namespace {
 
 using ::premoe::testing::ReadFileOrDie;
@@ -792,4 +792,4 @@ TEST_F(SafetensorsShardedIndexTest, SingleFileIsPreferredOverAnIndexAsInTransfor
 }
 
 }  // namespace
-}  // namespace premoe::model
+}  // namespace premoe::checkpoint

@@ -1,10 +1,10 @@
-// Tests of premoe/model/inspect.h.
+// Tests of premoe/checkpoint/inspect.h.
 //
 // Expected numbers never come from the checkpoint headers that SummarizeModel
 // reads: tests/testutil/inspect_reference.py builds the tiny models with
 // transformers, saves them, and counts parameters and bytes from the
 // nn.Module tree; hand-made checkpoints are counted by hand below.
-#include "premoe/model/inspect.h"
+#include "premoe/checkpoint/inspect.h"
 
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -24,12 +24,12 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "premoe/checkpoint/config.h"
+#include "premoe/checkpoint/safetensors.h"
 #include "premoe/common/status.h"
-#include "premoe/model/config.h"
-#include "premoe/model/safetensors.h"
 #include "tests/testutil/testutil.h"
 
-namespace premoe::model {
+namespace premoe::checkpoint {
 namespace {
 
 using ::nlohmann::json;
@@ -777,4 +777,4 @@ TEST(InspectDeepSeekV3Test, SummarisesA690GbCheckpointFromItsHeadersAlone) {
 }
 
 }  // namespace
-}  // namespace premoe::model
+}  // namespace premoe::checkpoint
