@@ -28,8 +28,10 @@ RouterBatch TwoTokens() {
 std::vector<double> ScoresOf(const std::string& spec, const std::vector<RouterBatch>& tasks) {
   auto options = MetricOptions::Parse(spec);
   EXPECT_TRUE(options.ok()) << options.status();
+  if (!options.ok()) return {};
   auto acc = ScoreAccumulator::Create(*options, {3}, 4, 2);
   EXPECT_TRUE(acc.ok()) << acc.status();
+  if (!acc.ok()) return {};
   for (size_t i = 0; i < tasks.size(); ++i) {
     if (i > 0) acc->BeginTask();
     EXPECT_OK(acc->Add(3, tasks[i]));

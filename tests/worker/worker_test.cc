@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <future>
 #include <map>
 #include <mutex>
 #include <set>
@@ -83,17 +84,22 @@ class WorkerTest : public ::testing::Test {
       scores[l.layer] = std::vector<double>(l.scores.begin(), l.scores.end());
     }
     auto b = profiler::Budget::Parse(budget);
-    EXPECT_TRUE(b.ok());
+    EXPECT_TRUE(b.ok()) << b.status();
+    if (!b.ok()) return {};
     auto sel = profiler::Select(scores, *b, reference_->expert_bytes(), reference_->top_k());
-    EXPECT_TRUE(sel.ok());
-    return sel->keep;
+    EXPECT_TRUE(sel.ok()) << sel.status();
+    return sel.ok() ? sel->keep : model::KeptExperts{};
   }
 
   static std::vector<std::string> EvalPrompts(const std::string& task, int n) {
     auto t = testbed::FindTask(task);
-    EXPECT_TRUE(t.ok());
+    EXPECT_TRUE(t.ok()) << t.status();
     std::vector<std::string> out;
-    for (int64_t i = 0; i < n; ++i) out.push_back((*t)->Get(testbed::Split::kEval, i)->prompt);
+    for (int64_t i = 0; t.ok() && i < n; ++i) {
+      auto sample = (*t)->Get(testbed::Split::kEval, i);
+      EXPECT_TRUE(sample.ok()) << sample.status();
+      if (sample.ok()) out.push_back(sample->prompt);
+    }
     return out;
   }
 
@@ -276,7 +282,8 @@ TEST_F(WorkerTest, EvictionNeverTouchesPinnedExperts) {
     std::lock_guard lock(mu);
     if (pinned.contains({l, e})) violations.emplace_back(l, e);
   };
-  ASSERT_OK_AND_ASSIGN(auto cache, ExpertCache::Create(engine.get(), o));
+  ASSERT_OK_AND_ASSIGN(auto source, EngineExpertSource(engine.get()));
+  ASSERT_OK_AND_ASSIGN(auto cache, ExpertCache::Create(source.get(), o));
   const std::vector<std::string> others = {"reverse", "caesar", "sort", "brackets"};
   std::atomic<bool> stop{false};
   std::atomic<int> prepared{0};
@@ -289,12 +296,19 @@ TEST_F(WorkerTest, EvictionNeverTouchesPinnedExperts) {
   const model::KeptExperts keep = Keep("add", "25%");
   // However the threads are scheduled, the preparer gets to run while pinned.
   for (int round = 0; round < 20 || prepared < 8; ++round) {
-    ASSERT_OK_AND_ASSIGN(auto lease, cache->Acquire(keep));
+    // Not ASSERT: the preparer must be stopped and joined whatever happens.
+    auto acquired = cache->Acquire(keep);
+    if (!acquired.ok()) {
+      ADD_FAILURE() << acquired.status();
+      break;
+    }
+    std::unique_ptr<Lease> lease = *std::move(acquired);
     {
       std::lock_guard lock(mu);
       for (const auto& [key, w] : lease->experts().experts) pinned.insert(key);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    // Hold the pins until the preparer has finished a Prepare meanwhile.
+    for (const int seen = prepared; prepared == seen && !stop;) std::this_thread::yield();
     {
       std::lock_guard lock(mu);
       pinned.clear();
@@ -325,12 +339,9 @@ TEST_F(WorkerTest, EvictionNeverTouchesPinnedExperts) {
               StatusIs(absl::StatusCode::kResourceExhausted, "holds 32"));
   EXPECT_EQ(cache->Stats().evictions, before);
   // Once the lease ends, the waiting Acquire goes through.
-  std::thread releaser([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    lease->reset();
-  });
-  ASSERT_OK_AND_ASSIGN(auto waited, cache->Acquire(Keep("reverse", "50%")));
-  releaser.join();
+  auto waiting = std::async(std::launch::async, [&] { return cache->Acquire(Keep("reverse", "50%")); });
+  lease->reset();
+  ASSERT_OK_AND_ASSIGN(auto waited, waiting.get());
   EXPECT_GT(cache->Stats().evictions, before);
 }
 
@@ -365,8 +376,13 @@ TEST_F(WorkerTest, PrepareRacingGenerateKeepsEveryAnswerExact) {
     r.prompt = ids;
     r.task = "add";
     r.options = go;
-    ASSERT_OK_AND_ASSIGN(WorkResult res, worker->Generate(std::move(r)));
-    EXPECT_EQ(res.generation.tokens, tokens) << "round " << round;
+    // Not ASSERT: the preparer must be stopped and joined whatever happens.
+    absl::StatusOr<WorkResult> res = worker->Generate(std::move(r));
+    if (!res.ok()) {
+      ADD_FAILURE() << res.status();
+      break;
+    }
+    EXPECT_EQ(res->generation.tokens, tokens) << "round " << round;
   }
   stop = true;
   preparer.join();

@@ -1,143 +1,63 @@
 #include "premoe/worker/expert_cache.h"
 
-#include <ATen/ATen.h>
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <cstdlib>
-#include <new>
 #include <system_error>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "premoe/common/status.h"
 
 namespace premoe::worker {
 
-// Memory for experts, one slot per expert, reused: an evicted expert's slot
-// goes back to the free list once the last forward using it lets go, and the
-// next load reads into it. Reused slots are already faulted in, so a load is
-// one copy from the page cache (no page faults, no zeroing), and the heap
-// does not fragment under churn. Slots are never returned to the system:
-// the resident set's high-water mark, at most about the budget, stays.
-// On CUDA the caching allocator plays this part.
-class ExpertSlots : public std::enable_shared_from_this<ExpertSlots> {
- public:
-  explicit ExpertSlots(const model::Engine& engine)
-      : hidden_(engine.config().hidden_size),
-        inter_(engine.config().moe_intermediate_size),
-        options_(at::TensorOptions()
-                     .dtype(engine.options().dtype == "fp32" ? at::kFloat : at::kBFloat16)
-                     .device(at::Device(engine.options().device))),
-        bytes_(static_cast<size_t>(engine.expert_bytes())) {}
-  ~ExpertSlots() {
-    for (void* p : free_) std::free(p);
+absl::Status ExpertCacheOptions::Validate() const {
+  if (load_threads < 0) {
+    return absl::InvalidArgumentError("ExpertCacheOptions.load_threads must be >= 0");
   }
-
-  // CPU: makes `n` slots ready (faulted in) now, so that loads into them
-  // are a copy and nothing more.
-  void Reserve(int64_t n) {
-    if (!options_.device().is_cpu()) return;
-    std::vector<void*> made;
-    for (int64_t i = 0; i < n; ++i) made.push_back(NewSlot());
-    std::lock_guard lock(mu_);
-    free_.insert(free_.end(), made.begin(), made.end());
+  if (budget_bytes <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ExpertCacheOptions.budget_bytes must be > 0, got ", budget_bytes));
   }
-
-  // Empty tensors of an expert's shape, backed by one slot.
-  std::shared_ptr<model::ExpertWeights> Take() {
-    auto w = std::make_shared<model::ExpertWeights>();
-    if (!options_.device().is_cpu()) {
-      w->gate_up = at::empty({2 * inter_, hidden_}, options_);
-      w->down = at::empty({hidden_, inter_}, options_);
-      return w;
-    }
-    void* slot = nullptr;
-    {
-      std::lock_guard lock(mu_);
-      if (!free_.empty()) {
-        slot = free_.back();
-        free_.pop_back();
-      }
-    }
-    if (slot == nullptr) slot = NewSlot();
-    std::weak_ptr<ExpertSlots> self = weak_from_this();
-    at::Tensor block = at::from_blob(
-        slot, {static_cast<int64_t>(bytes_ / options_.dtype().itemsize())},
-        [self](void* p) {
-          if (auto pool = self.lock()) {
-            pool->Give(p);
-          } else {
-            std::free(p);
-          }
-        },
-        options_);
-    w->gate_up = block.narrow(0, 0, 2 * inter_ * hidden_).view({2 * inter_, hidden_});
-    w->down = block.narrow(0, 2 * inter_ * hidden_, hidden_ * inter_).view({hidden_, inter_});
-    return w;
-  }
-
- private:
-  // Fresh memory for one slot, page-aligned and faulted in with one call
-  // rather than a fault per page as the load's copy touches it. (Not
-  // MADV_HUGEPAGE: with the usual defrag=madvise the kernel then compacts
-  // memory synchronously, and loads ran at half the speed.)
-  void* NewSlot() const {
-    void* slot = nullptr;
-    if (::posix_memalign(&slot, 4096, bytes_) != 0) throw std::bad_alloc();
-#ifdef MADV_POPULATE_WRITE
-    (void)::madvise(slot, (bytes_ + 4095) / 4096 * 4096, MADV_POPULATE_WRITE);
-#endif
-    return slot;
-  }
-
-  void Give(void* slot) {
-    std::lock_guard lock(mu_);
-    free_.push_back(slot);
-  }
-
-  const int64_t hidden_, inter_;
-  const at::TensorOptions options_;
-  const size_t bytes_;
-  std::mutex mu_;
-  std::vector<void*> free_;
-};
+  return absl::OkStatus();
+}
 
 Lease::~Lease() { cache_->Unpin(set_); }
 
-absl::StatusOr<std::unique_ptr<ExpertCache>> ExpertCache::Create(const model::Engine* engine,
+absl::StatusOr<std::unique_ptr<ExpertCache>> ExpertCache::Create(const ExpertSource* source,
                                                                  ExpertCacheOptions options) {
-  if (engine == nullptr || !engine->options().experts_on_demand) {
-    return absl::InvalidArgumentError(
-        "ExpertCache needs an engine opened with EngineOptions::experts_on_demand");
+  if (source == nullptr) return absl::InvalidArgumentError("ExpertCache needs an expert source");
+  RETURN_IF_ERROR(options.Validate());
+  if (source->expert_bytes() <= 0) {
+    return absl::InvalidArgumentError("the expert source reports experts of no bytes");
   }
-  if (options.load_threads < 0) {
-    return absl::InvalidArgumentError("ExpertCacheOptions.load_threads must be >= 0");
-  }
-  if (options.budget_bytes <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("ExpertCacheOptions.budget_bytes must be > 0, got ", options.budget_bytes));
-  }
-  return std::unique_ptr<ExpertCache>(new ExpertCache(engine, std::move(options)));
+  std::unique_ptr<ExpertCache> cache(new ExpertCache(source, std::move(options)));
+  if (cache->options_.reserve) RETURN_IF_ERROR(source->Reserve(cache->capacity_));
+  return cache;
 }
 
-ExpertCache::ExpertCache(const model::Engine* engine, ExpertCacheOptions options)
-    : engine_(engine),
+ExpertCache::ExpertCache(const ExpertSource* source, ExpertCacheOptions options)
+    : source_(source),
       options_(std::move(options)),
-      expert_bytes_(engine->expert_bytes()),
-      slots_(std::make_shared<ExpertSlots>(*engine)),
+      expert_bytes_(source->expert_bytes()),
+      capacity_(options_.budget_bytes / expert_bytes_),
       load_threads_(options_.load_threads > 0
                         ? options_.load_threads
                         : std::clamp<int32_t>(
                               static_cast<int32_t>(std::thread::hardware_concurrency()), 1, 8)) {
+  absl::MutexLock lock(&mu_);
   totals_.budget_bytes = options_.budget_bytes;
-  if (options_.reserve) slots_->Reserve(options_.budget_bytes / expert_bytes_);
 }
 
-std::vector<ExpertCache::Key> ExpertCache::Keys(const model::KeptExperts& keep) const {
-  const checkpoint::ModelConfig& c = engine_->config();
+ExpertCache::~ExpertCache() = default;
+
+absl::StatusOr<std::vector<ExpertCache::Key>> ExpertCache::Keys(
+    const model::KeptExperts& keep) const {
+  const checkpoint::ModelConfig& c = source_->config();
+  // Layers and ids only: how many a layer keeps is the routing mask's rule,
+  // and an expert-parallel rank caches a share that may hold fewer.
+  RETURN_IF_ERROR(keep.Validate(c, /*top_k=*/0));
   std::vector<Key> keys;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     if (!c.IsMoeLayer(static_cast<int>(l))) continue;
@@ -150,126 +70,70 @@ std::vector<ExpertCache::Key> ExpertCache::Keys(const model::KeptExperts& keep) 
   return keys;
 }
 
-absl::StatusOr<LoadReport> ExpertCache::Prepare(const model::KeptExperts& keep) {
-  // Layers and ids only: how many a layer keeps is the routing mask's rule,
-  // and an expert-parallel rank caches a share that may hold fewer.
-  RETURN_IF_ERROR(keep.Validate(engine_->config(), /*top_k=*/0));
+absl::StatusOr<LoadReport> ExpertCache::Prepare(const model::KeptExperts& keep, Deadline deadline) {
+  ASSIGN_OR_RETURN(const std::vector<Key> keys, Keys(keep));
   LoadReport report;
-  RETURN_IF_ERROR(
-      Ensure(Keys(keep), /*pin=*/false, /*wait=*/false, std::nullopt, nullptr, &report));
+  RETURN_IF_ERROR(Ensure(keys, /*pin=*/false, /*wait_for_room=*/false, deadline, nullptr, &report));
   return report;
 }
 
-absl::StatusOr<std::unique_ptr<Lease>> ExpertCache::Acquire(
-    const model::KeptExperts& keep, std::optional<std::chrono::steady_clock::time_point> deadline) {
-  // Layers and ids only: how many a layer keeps is the routing mask's rule,
-  // and an expert-parallel rank caches a share that may hold fewer.
-  RETURN_IF_ERROR(keep.Validate(engine_->config(), /*top_k=*/0));
+absl::StatusOr<std::unique_ptr<Lease>> ExpertCache::Acquire(const model::KeptExperts& keep,
+                                                            Deadline deadline) {
+  ASSIGN_OR_RETURN(const std::vector<Key> keys, Keys(keep));
   LoadReport report;
   model::ExpertSet set;
-  RETURN_IF_ERROR(Ensure(Keys(keep), /*pin=*/true, /*wait=*/true, deadline, &set, &report));
+  RETURN_IF_ERROR(Ensure(keys, /*pin=*/true, /*wait_for_room=*/true, deadline, &set, &report));
   return std::unique_ptr<Lease>(new Lease(this, std::move(set), report));
 }
 
-bool ExpertCache::TryPinResident(const std::vector<Key>& keys, bool pin, model::ExpertSet* set) {
-  for (const Key& k : keys) {
-    if (!entries_.contains(k)) return false;
-  }
-  for (const Key& k : keys) {
-    Entry& e = entries_.at(k);
-    if (pin) ++e.pins;
-    e.last_use = ++clock_;
-    if (set != nullptr) set->experts[k] = e.weights;
-  }
-  return true;
-}
-
-absl::Status ExpertCache::Ensure(const std::vector<Key>& keys, bool pin, bool wait,
-                                 std::optional<std::chrono::steady_clock::time_point> deadline,
-                                 model::ExpertSet* set, LoadReport* report) {
-  report->needed_experts = static_cast<int64_t>(keys.size());
+absl::StatusOr<std::unique_ptr<Lease>> ExpertCache::TryAcquireResident(
+    const model::KeptExperts& keep) {
+  ASSIGN_OR_RETURN(const std::vector<Key> keys, Keys(keep));
+  model::ExpertSet set;
   {
-    std::lock_guard lock(mu_);
-    if (TryPinResident(keys, pin, set)) return absl::OkStatus();
-  }
-  const int64_t capacity = options_.budget_bytes / expert_bytes_;
-  if (static_cast<int64_t>(keys.size()) > capacity) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the expert cache cannot hold this pattern: it keeps ", keys.size(), " experts of ",
-        expert_bytes_, " bytes; the budget of ", options_.budget_bytes, " bytes holds ", capacity));
-  }
-  std::lock_guard loading(load_mu_);
-  std::vector<Key> missing, held;
-  std::unique_lock lock(mu_);
-  while (true) {
-    // Another loader may have brought them in while this one waited.
-    if (TryPinResident(keys, pin, set)) return absl::OkStatus();
-    // Hold what is resident (so the evictions below skip it) and count
-    // what is not.
-    missing.clear();
-    held.clear();
+    absl::MutexLock lock(&mu_);
     for (const Key& k : keys) {
       auto it = entries_.find(k);
-      if (it == entries_.end()) {
-        missing.push_back(k);
-      } else {
-        ++it->second.pins;
-        held.push_back(k);
-      }
+      if (it == entries_.end() || it->second.weights == nullptr) return nullptr;
     }
-    const int64_t excess = static_cast<int64_t>(entries_.size() + missing.size()) - capacity;
-    std::vector<std::pair<uint64_t, Key>> evictable;
-    for (const auto& [k, e] : entries_) {
-      if (e.pins == 0) evictable.emplace_back(e.last_use, k);
-    }
-    if (excess <= static_cast<int64_t>(evictable.size())) {
-      if (excess > 0) {
-        std::sort(evictable.begin(), evictable.end());
-        for (int64_t i = 0; i < excess; ++i) {
-          const Key& k = evictable[i].second;
-          if (options_.on_evict) options_.on_evict(k.first, k.second);
-          entries_.erase(k);
-        }
-        report->evicted_experts = excess;
-        totals_.evictions += excess;
-      }
-      break;
-    }
-    for (const Key& k : held) --entries_.at(k).pins;
-    if (!wait) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("the expert cache cannot hold this pattern now: it needs ", missing.size(),
-                       " more experts beside ", entries_.size() - evictable.size(),
-                       " pinned by requests in flight, within a budget of ", capacity, " experts"));
-    }
-    // It fits once some requests in flight end.
-    if (!deadline.has_value()) {
-      unpinned_.wait(lock);
-    } else if (unpinned_.wait_until(lock, *deadline) == std::cv_status::timeout) {
-      return absl::DeadlineExceededError(
-          "the deadline passed while waiting for room in the expert cache");
+    for (const Key& k : keys) {
+      Entry& e = entries_.at(k);
+      ++e.pins;
+      e.last_use = ++clock_;
+      set.experts[k] = e.weights;
     }
   }
-  lock.unlock();
-  // Read outside mu_: requests whose experts are resident keep going.
-  const auto start = std::chrono::steady_clock::now();
+  LoadReport report;
+  report.needed_experts = static_cast<int64_t>(keys.size());
+  return std::unique_ptr<Lease>(new Lease(this, std::move(set), report));
+}
+
+absl::Status ExpertCache::Wait(Deadline deadline, const char* what) {
+  if (shutdown_) return absl::UnavailableError("the expert cache is shutting down");
+  if (options_.on_wait) options_.on_wait();
+  if (!deadline.has_value()) {
+    changed_.Wait(&mu_);
+  } else {
+    const auto left = *deadline - std::chrono::steady_clock::now();
+    if (left <= std::chrono::steady_clock::duration::zero() ||
+        (changed_.WaitWithTimeout(&mu_, absl::FromChrono(left)) &&
+         std::chrono::steady_clock::now() >= *deadline)) {
+      return absl::DeadlineExceededError(absl::StrCat("the deadline passed while ", what));
+    }
+  }
+  if (shutdown_) return absl::UnavailableError("the expert cache is shutting down");
+  return absl::OkStatus();
+}
+
+std::vector<absl::StatusOr<std::shared_ptr<const model::ExpertWeights>>> ExpertCache::ReadUnlocked(
+    const std::vector<Key>& missing) {
+  mu_.Unlock();
   std::vector<absl::StatusOr<std::shared_ptr<const model::ExpertWeights>>> loaded(
       missing.size(), absl::UnknownError("not loaded"));
   std::atomic<size_t> next{0};
   auto load = [&] {
     for (size_t i = next++; i < missing.size(); i = next++) {
-      try {
-        std::shared_ptr<model::ExpertWeights> w = slots_->Take();
-        absl::Status status = engine_->LoadExpertInto(missing[i].first, missing[i].second, *w);
-        if (status.ok()) {
-          loaded[i] = std::shared_ptr<const model::ExpertWeights>(std::move(w));
-        } else {
-          loaded[i] = std::move(status);
-        }
-      } catch (const std::exception& e) {  // bad_alloc, or libtorch's c10::Error
-        loaded[i] = absl::ResourceExhaustedError(
-            absl::StrCat("no memory for an expert of ", expert_bytes_, " bytes: ", e.what()));
-      }
+      loaded[i] = source_->Load(missing[i].first, missing[i].second);
     }
   };
   const size_t threads = std::min(missing.size(), static_cast<size_t>(load_threads_));
@@ -281,60 +145,175 @@ absl::Status ExpertCache::Ensure(const std::vector<Key>& keys, bool pin, bool wa
   }
   load();
   for (std::thread& t : pool) t.join();
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  lock.lock();
-  // What loaded stays resident even when another expert failed.
-  absl::Status status;
-  int64_t count = 0;
-  for (size_t i = 0; i < loaded.size(); ++i) {
-    if (!loaded[i].ok()) {
-      if (status.ok()) status = loaded[i].status();
+  mu_.Lock();
+  return loaded;
+}
+
+absl::Status ExpertCache::Ensure(const std::vector<Key>& keys, bool pin, bool wait_for_room,
+                                 Deadline deadline, model::ExpertSet* set, LoadReport* report) {
+  report->needed_experts = static_cast<int64_t>(keys.size());
+  if (static_cast<int64_t>(keys.size()) > capacity_) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the expert cache cannot hold this pattern: it keeps ", keys.size(),
+                     " experts of ", expert_bytes_, " bytes; the budget of ", options_.budget_bytes,
+                     " bytes holds ", capacity_));
+  }
+  absl::MutexLock lock(&mu_);
+  // Resident keys (and this call's placeholders) that it pins while it
+  // works, so that no other call evicts them before it returns. Never
+  // another call's placeholder: that call erases it if its read fails.
+  std::vector<Key> held;
+  auto hold = [&](const Key& k) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto it = entries_.find(k);
+    if (it == entries_.end() || it->second.weights == nullptr) return;
+    if (std::find(held.begin(), held.end(), k) != held.end()) return;
+    ++it->second.pins;
+    held.push_back(k);
+  };
+  auto release = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (const Key& k : held) --entries_.at(k).pins;
+    if (!held.empty()) changed_.SignalAll();
+    held.clear();
+  };
+  while (true) {
+    std::vector<Key> missing;
+    bool pending = false;  // another call is reading one of them
+    for (const Key& k : keys) {
+      auto it = entries_.find(k);
+      if (it == entries_.end()) {
+        missing.push_back(k);
+      } else if (it->second.weights == nullptr) {
+        pending = true;
+      }
+    }
+    if (missing.empty() && !pending) {
+      for (const Key& k : keys) {
+        Entry& e = entries_.at(k);
+        e.last_use = ++clock_;
+        if (pin) ++e.pins;
+        if (set != nullptr) set->experts[k] = e.weights;
+      }
+      release();
+      return absl::OkStatus();
+    }
+    if (missing.empty()) {
+      // Only others' reads are outstanding: wait for them, holding ours.
+      for (const Key& k : keys) hold(k);
+      if (absl::Status s = Wait(deadline, "waiting for experts another request is loading");
+          !s.ok()) {
+        release();
+        return s;
+      }
       continue;
     }
-    entries_[missing[i]] = Entry{*std::move(loaded[i]), 0, ++clock_};
-    ++count;
+    for (const Key& k : keys) hold(k);
+    std::vector<std::pair<uint64_t, Key>> evictable;
+    for (const auto& [k, e] : entries_) {
+      if (e.pins == 0 && e.weights != nullptr) evictable.emplace_back(e.last_use, k);
+    }
+    const int64_t excess = static_cast<int64_t>(entries_.size() + missing.size()) - capacity_;
+    if (excess > static_cast<int64_t>(evictable.size())) {
+      // It fits once some requests in flight end. Let go of what this call
+      // holds while it waits, so it never keeps another from fitting.
+      const int64_t pinned = static_cast<int64_t>(entries_.size() - evictable.size());
+      release();
+      if (!wait_for_room) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "the expert cache cannot hold this pattern now: it needs ", missing.size(),
+            " more experts beside ", pinned, " pinned by requests in flight, within a budget of ",
+            capacity_, " experts"));
+      }
+      RETURN_IF_ERROR(Wait(deadline, "waiting for room in the expert cache"));
+      continue;
+    }
+    if (excess > 0) {
+      std::sort(evictable.begin(), evictable.end());
+      for (int64_t i = 0; i < excess; ++i) {
+        const Key& k = evictable[i].second;
+        if (options_.on_evict) options_.on_evict(k.first, k.second);
+        entries_.erase(k);
+      }
+      report->evicted_experts += excess;
+      totals_.evictions += excess;
+    }
+    // Placeholders hold the room while the reads run outside the lock.
+    for (const Key& k : missing) {
+      entries_[k] = Entry{nullptr, 1, ++clock_};
+      held.push_back(k);
+    }
+    const auto start = std::chrono::steady_clock::now();
+    auto loaded = ReadUnlocked(missing);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    // What loaded stays resident even when another expert failed.
+    absl::Status failed;
+    int64_t count = 0;
+    for (size_t i = 0; i < missing.size(); ++i) {
+      if (loaded[i].ok()) {
+        entries_.at(missing[i]).weights = *std::move(loaded[i]);
+        ++count;
+        continue;
+      }
+      if (failed.ok()) failed = loaded[i].status();
+      entries_.erase(missing[i]);
+      held.erase(std::find(held.begin(), held.end(), missing[i]));
+    }
+    changed_.SignalAll();
+    report->loaded_experts += count;
+    report->loaded_bytes += count * expert_bytes_;
+    report->load_seconds += seconds;
+    totals_.loads += count;
+    totals_.loaded_bytes += count * expert_bytes_;
+    totals_.load_seconds += seconds;
+    if (!failed.ok()) {
+      release();
+      return failed;
+    }
   }
-  for (const Key& k : held) --entries_.at(k).pins;
-  report->loaded_experts = count;
-  report->loaded_bytes = report->loaded_experts * expert_bytes_;
-  report->load_seconds = seconds;
-  totals_.loads += report->loaded_experts;
-  totals_.loaded_bytes += report->loaded_bytes;
-  totals_.load_seconds += seconds;
-  RETURN_IF_ERROR(status);
-  TryPinResident(keys, pin, set);  // all resident now: evictions happen under load_mu_ only
-  return absl::OkStatus();
 }
 
 void ExpertCache::Unpin(const model::ExpertSet& set) {
-  {
-    std::lock_guard lock(mu_);
-    for (const auto& [k, w] : set.experts) --entries_.at(k).pins;
-  }
-  unpinned_.notify_all();
+  absl::MutexLock lock(&mu_);
+  for (const auto& [k, w] : set.experts) --entries_.at(k).pins;
+  changed_.SignalAll();
+}
+
+void ExpertCache::Shutdown() {
+  absl::MutexLock lock(&mu_);
+  shutdown_ = true;
+  changed_.SignalAll();
 }
 
 bool ExpertCache::Resident(const model::KeptExperts& keep) const {
-  const std::vector<Key> keys = Keys(keep);
-  std::lock_guard lock(mu_);
-  return std::all_of(keys.begin(), keys.end(), [&](const Key& k) { return entries_.contains(k); });
+  const absl::StatusOr<std::vector<Key>> keys = Keys(keep);
+  if (!keys.ok()) return false;
+  absl::MutexLock lock(&mu_);
+  return std::all_of(keys->begin(), keys->end(), [&](const Key& k) {
+    mu_.AssertHeld();
+    auto it = entries_.find(k);
+    return it != entries_.end() && it->second.weights != nullptr;
+  });
 }
 
 model::KeptExperts ExpertCache::ResidentSet() const {
   model::KeptExperts out;
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   // entries_ is ordered by (layer, expert): ids arrive sorted.
-  for (const auto& [key, entry] : entries_) out.layers[key.first].push_back(key.second);
+  for (const auto& [key, entry] : entries_) {
+    if (entry.weights != nullptr) out.layers[key.first].push_back(key.second);
+  }
   return out;
 }
 
 CacheStats ExpertCache::Stats() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   CacheStats s = totals_;
-  s.resident_experts = static_cast<int64_t>(entries_.size());
+  for (const auto& [k, e] : entries_) {
+    if (e.weights == nullptr) continue;
+    ++s.resident_experts;
+    s.pinned_experts += e.pins > 0 ? 1 : 0;
+  }
   s.resident_bytes = s.resident_experts * expert_bytes_;
-  for (const auto& [k, e] : entries_) s.pinned_experts += e.pins > 0 ? 1 : 0;
   return s;
 }
 

@@ -4,16 +4,18 @@
 #include <stdlib.h>
 
 #include <algorithm>
-#include <condition_variable>
 #include <deque>
 #include <filesystem>
 #include <functional>
 #include <future>
 #include <map>
-#include <mutex>
+#include <system_error>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "premoe/common/status.h"
 #include "premoe/model/decoding.h"
 #include "premoe/model/fingerprint.h"
@@ -85,6 +87,15 @@ struct Item {
   }
 };
 
+// A libtorch exception (out of memory, a CUDA error) as the Status that ends
+// the requests it hit, instead of the process.
+absl::Status LibtorchError(absl::string_view what, const std::exception& e) {
+  const bool memory = dynamic_cast<const std::bad_alloc*>(&e) != nullptr ||
+                      absl::StrContains(e.what(), "out of memory");
+  const std::string message = absl::StrCat("libtorch failed ", what, ": ", e.what());
+  return memory ? absl::ResourceExhaustedError(message) : absl::InternalError(message);
+}
+
 struct Prepared {
   std::shared_ptr<const model::KeptExperts> keep;
   PatternStatus status;
@@ -99,6 +110,7 @@ struct Prepared {
 struct Rank {
   int64_t index = 0;
   std::unique_ptr<model::Engine> engine;
+  std::unique_ptr<ExpertSource> source;
   std::unique_ptr<ExpertCache> cache;
   std::unique_ptr<model::KvCache> kv;
   std::unique_ptr<C10dExpertParallel> group;
@@ -106,40 +118,40 @@ struct Rank {
   // Ranks > 0: Run(job) hands a job to the rank's thread; Wait() returns
   // once it has run.
   std::thread thread;
-  std::mutex mu;
-  std::condition_variable cv;
-  std::function<void()> job;
-  bool busy = false, stopping = false;
+  mutable absl::Mutex mu;
+  std::function<void()> job ABSL_GUARDED_BY(mu);
+  bool busy ABSL_GUARDED_BY(mu) = false;
+  bool stopping ABSL_GUARDED_BY(mu) = false;
 
+  bool HasWork() const ABSL_SHARED_LOCKS_REQUIRED(mu) { return stopping || busy; }
+  bool Idle() const ABSL_SHARED_LOCKS_REQUIRED(mu) { return !busy; }
   void Loop() {
-    std::unique_lock lock(mu);
+    absl::MutexLock lock(&mu);
     while (true) {
-      cv.wait(lock, [&] { return stopping || busy; });
+      mu.Await(absl::Condition(this, &Rank::HasWork));
       if (stopping) return;
-      lock.unlock();
-      job();
-      lock.lock();
+      std::function<void()> j = std::move(job);
+      mu.Unlock();
+      j();
+      mu.Lock();
       busy = false;
-      cv.notify_all();
     }
   }
   void Run(std::function<void()> j) {
-    std::lock_guard lock(mu);
+    absl::MutexLock lock(&mu);
     job = std::move(j);
     busy = true;
-    cv.notify_all();
   }
   void Wait() {
-    std::unique_lock lock(mu);
-    cv.wait(lock, [&] { return !busy; });
+    absl::MutexLock lock(&mu);
+    mu.Await(absl::Condition(this, &Rank::Idle));
   }
   void Stop() {
     if (!thread.joinable()) return;
     {
-      std::lock_guard lock(mu);
+      absl::MutexLock lock(&mu);
       stopping = true;
     }
-    cv.notify_all();
     thread.join();
   }
 };
@@ -153,16 +165,37 @@ struct Worker::Impl {
   std::vector<int64_t> eos;
   std::filesystem::path rendezvous;  // world_size > 1: the FileStore's file
 
-  mutable std::mutex mu;
-  std::condition_variable cv;
-  std::map<std::string, Prepared> patterns;
-  std::deque<std::shared_ptr<Item>> queue;
-  int64_t running = 0;
-  bool stopping = false;
+  mutable absl::Mutex mu;
+  std::map<std::string, Prepared> patterns ABSL_GUARDED_BY(mu);
+  std::deque<std::shared_ptr<Item>> queue ABSL_GUARDED_BY(mu);
+  // Requests admitted but still loading their experts: they count against
+  // max_queue, so a refused request never loads (or evicts) anything.
+  int64_t admitting ABSL_GUARDED_BY(mu) = 0;
+  int64_t running ABSL_GUARDED_BY(mu) = 0;
+  bool stopping ABSL_GUARDED_BY(mu) = false;
   // world_size > 1: a forward failed on some rank, so the ranks' collectives
   // may be out of step; every later request is refused with this.
-  absl::Status broken;
+  absl::Status broken ABSL_GUARDED_BY(mu);
+  // Threads that make a request's experts resident (one per request that
+  // needs loads, so at most max_queue), so that Submit never waits; by
+  // number. A loader that is done adds its number to loaders_done, and the
+  // next Submit (or the destructor) joins it.
+  std::map<uint64_t, std::thread> loaders ABSL_GUARDED_BY(mu);
+  std::vector<uint64_t> loaders_done ABSL_GUARDED_BY(mu);
+  uint64_t next_loader ABSL_GUARDED_BY(mu) = 0;
   std::thread scheduler;
+
+  bool SchedulerHasWork() const ABSL_SHARED_LOCKS_REQUIRED(mu) {
+    return stopping || !queue.empty() || running > 0;
+  }
+  // An admitted request whose experts are pinned joins the queue (or ends,
+  // when the worker stopped meanwhile).
+  void Enqueue(std::shared_ptr<Item> item);
+  // Pins the experts of an admitted request, loading what is missing, then
+  // enqueues it; ends it when they cannot be made resident.
+  void Load(std::shared_ptr<Item> item);
+  // Starts a loader for `item`; UNAVAILABLE when the worker stops.
+  absl::Status StartLoader(std::shared_ptr<Item> item);
 
   int64_t world() const { return static_cast<int64_t>(ranks.size()); }
   // The experts of `keep` rank r owns, every MoE layer listed.
@@ -228,7 +261,8 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Open(const WorkerOptions& option
     ExpertCacheOptions co;
     co.budget_bytes = options.cache_bytes > 0 ? options.cache_bytes / world : owned * expert_bytes;
     co.reserve = options.reserve_cache;
-    ASSIGN_OR_RETURN(rank->cache, ExpertCache::Create(rank->engine.get(), co));
+    ASSIGN_OR_RETURN(rank->source, EngineExpertSource(rank->engine.get()));
+    ASSIGN_OR_RETURN(rank->cache, ExpertCache::Create(rank->source.get(), co));
     ASSIGN_OR_RETURN(rank->kv,
                      rank->engine->NewCache(options.max_batch, rank->engine->max_context()));
   }
@@ -277,11 +311,19 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Open(const WorkerOptions& option
 }
 
 Worker::~Worker() {
+  std::map<uint64_t, std::thread> loaders;
   {
-    std::lock_guard lock(impl_->mu);
+    absl::MutexLock lock(&impl_->mu);
     impl_->stopping = true;
   }
-  impl_->cv.notify_all();
+  // Loaders waiting for room give up (their requests end UNAVAILABLE); once
+  // stopping is set no new one starts.
+  for (auto& rank : impl_->ranks) rank->cache->Shutdown();
+  {
+    absl::MutexLock lock(&impl_->mu);
+    loaders.swap(impl_->loaders);
+  }
+  for (auto& [id, t] : loaders) t.join();
   impl_->scheduler.join();
   for (auto& rank : impl_->ranks) rank->Stop();
   if (!impl_->rendezvous.empty()) {
@@ -344,7 +386,7 @@ absl::StatusOr<PreparedPattern> Worker::Prepare(const store::Pattern& pattern,
   for (const auto& [layer, kept] : impl_->full->layers) all += static_cast<int64_t>(kept.size());
   out.kept_fraction = static_cast<double>(sel.kept_experts) / static_cast<double>(all);
   out.load = load;
-  std::lock_guard lock(impl_->mu);
+  absl::MutexLock lock(&impl_->mu);
   impl_->patterns[out.task] =
       Prepared{std::make_shared<const model::KeptExperts>(std::move(sel.keep)),
                PatternStatus{out.task, out.kept_experts, out.kept_bytes, true}};
@@ -379,38 +421,110 @@ absl::Status Worker::Submit(WorkRequest request, DoneCallback on_done) {
   auto item = std::make_shared<Item>();
   item->start = start;
   item->on_done = std::move(on_done);
-  if (request.task.empty()) {
-    item->mask = impl_->full;
-  } else {
-    std::lock_guard lock(impl_->mu);
-    auto it = impl_->patterns.find(request.task);
-    if (it == impl_->patterns.end()) {
-      return absl::NotFoundError(
-          absl::StrCat("no pattern of task \"", request.task, "\" is prepared on this worker"));
-    }
-    item->mask = it->second.keep;
-  }
-  // Loads happen here, on the caller's thread, never in the scheduler.
-  for (auto& rank : impl_->ranks) {
-    ASSIGN_OR_RETURN(
-        std::unique_ptr<Lease> lease,
-        rank->cache->Acquire(impl_->Share(*item->mask, rank->index), request.deadline));
-    item->leases.push_back(std::move(lease));
-  }
-  item->decoder.emplace(request.options, request.options.seed, impl_->eos);
-  item->request = std::move(request);
   {
-    std::lock_guard lock(impl_->mu);
+    // Admit first: a request refused here has loaded and evicted nothing.
+    absl::MutexLock lock(&impl_->mu);
+    if (request.task.empty()) {
+      item->mask = impl_->full;
+    } else {
+      auto it = impl_->patterns.find(request.task);
+      if (it == impl_->patterns.end()) {
+        return absl::NotFoundError(
+            absl::StrCat("no pattern of task \"", request.task, "\" is prepared on this worker"));
+      }
+      item->mask = it->second.keep;
+    }
     if (impl_->stopping) return absl::UnavailableError("the worker is shutting down");
     RETURN_IF_ERROR(impl_->broken);
-    if (static_cast<int64_t>(impl_->queue.size()) >= impl_->options.max_queue) {
+    if (static_cast<int64_t>(impl_->queue.size()) + impl_->admitting >= impl_->options.max_queue) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "the worker's queue is full (", impl_->options.max_queue, " requests waiting)"));
     }
-    impl_->queue.push_back(item);
+    ++impl_->admitting;
   }
-  impl_->cv.notify_all();
-  return absl::OkStatus();
+  item->decoder.emplace(request.options, request.options.seed, impl_->eos);
+  item->request = std::move(request);
+  // Experts all resident: pinned here, without waiting. Otherwise a loader
+  // thread makes them resident, so the caller (a gRPC reactor) never waits.
+  for (auto& rank : impl_->ranks) {
+    absl::StatusOr<std::unique_ptr<Lease>> lease =
+        rank->cache->TryAcquireResident(impl_->Share(*item->mask, rank->index));
+    if (!lease.ok() || *lease == nullptr) break;
+    item->leases.push_back(*std::move(lease));
+  }
+  if (item->leases.size() == impl_->ranks.size()) {
+    impl_->Enqueue(std::move(item));
+    return absl::OkStatus();
+  }
+  item->leases.clear();
+  return impl_->StartLoader(std::move(item));
+}
+
+absl::Status Worker::Impl::StartLoader(std::shared_ptr<Item> item) {
+  std::vector<std::thread> done;
+  absl::Status status;
+  {
+    absl::MutexLock lock(&mu);
+    for (uint64_t id : loaders_done) {
+      done.push_back(std::move(loaders.at(id)));
+      loaders.erase(id);
+    }
+    loaders_done.clear();
+    if (stopping) {
+      --admitting;
+      status = absl::UnavailableError("the worker is shutting down");
+    } else {
+      const uint64_t id = next_loader++;
+      try {
+        loaders[id] = std::thread([this, item, id] {
+          Load(item);
+          absl::MutexLock lock(&mu);
+          loaders_done.push_back(id);
+        });
+      } catch (const std::system_error& e) {
+        loaders.erase(id);
+        --admitting;
+        status = absl::ResourceExhaustedError(absl::StrCat(
+            "the worker cannot start a thread to load the request's experts: ", e.what()));
+      }
+    }
+  }
+  for (std::thread& t : done) t.join();  // finished already, or about to
+  return status;
+}
+
+void Worker::Impl::Load(std::shared_ptr<Item> item) {
+  for (auto& rank : ranks) {
+    absl::StatusOr<std::unique_ptr<Lease>> lease =
+        rank->cache->Acquire(Share(*item->mask, rank->index), item->request.deadline);
+    if (!lease.ok()) {
+      {
+        absl::MutexLock lock(&mu);
+        --admitting;
+      }
+      item->Finish(lease.status());
+      return;
+    }
+    item->leases.push_back(*std::move(lease));
+  }
+  Enqueue(std::move(item));
+}
+
+void Worker::Impl::Enqueue(std::shared_ptr<Item> item) {
+  absl::Status refused;
+  {
+    absl::MutexLock lock(&mu);
+    --admitting;
+    if (stopping) {
+      refused = absl::UnavailableError("the worker is shutting down");
+    } else if (!broken.ok()) {
+      refused = broken;
+    } else {
+      queue.push_back(std::move(item));
+      return;
+    }
+  }
+  item->Finish(std::move(refused));
 }
 
 void Worker::Impl::Run() {
@@ -418,9 +532,10 @@ void Worker::Impl::Run() {
   std::vector<model::ExpertSet> merged(ranks.size());
   bool dirty = true;
   while (true) {
+    bool any = false;
     {
-      std::unique_lock lock(mu);
-      cv.wait(lock, [&] { return stopping || !queue.empty() || running > 0; });
+      absl::MutexLock lock(&mu);
+      mu.Await(absl::Condition(this, &Impl::SchedulerHasWork));
       if (stopping) break;
       const auto now = Clock::now();
       for (size_t s = 0; s < slots.size(); ++s) {
@@ -437,10 +552,11 @@ void Worker::Impl::Run() {
           dirty = true;
         }
       }
+      any = running > 0;
     }
-    if (running > 0) Step(slots, merged, dirty);
+    if (any) Step(slots, merged, dirty);
   }
-  std::lock_guard lock(mu);
+  absl::MutexLock lock(&mu);
   for (auto& item : slots) {
     if (item != nullptr) item->Finish(absl::UnavailableError("the worker is shutting down"));
   }
@@ -480,7 +596,7 @@ void Worker::Impl::Step(std::vector<std::shared_ptr<Item>>& slots,
     dirty = true;
     {
       // Before Finish: a caller that sees its result also sees it counted out.
-      std::lock_guard lock(mu);
+      absl::MutexLock lock(&mu);
       --running;
     }
     item->Finish(std::move(status));
@@ -492,7 +608,11 @@ void Worker::Impl::Step(std::vector<std::shared_ptr<Item>>& slots,
     model::ForwardOptions ro = fo;
     ro.experts = &merged[r];
     ro.expert_parallel = ranks[r]->group.get();
-    out[r] = ranks[r]->engine->Forward(tokens, ranks[r]->kv.get(), ro);
+    try {
+      out[r] = ranks[r]->engine->Forward(tokens, ranks[r]->kv.get(), ro);
+    } catch (const std::exception& e) {
+      out[r] = LibtorchError("running the step's forward pass", e);
+    }
   };
   for (size_t r = 1; r < ranks.size(); ++r) ranks[r]->Run([&forward, r] { forward(r); });
   forward(0);
@@ -501,8 +621,16 @@ void Worker::Impl::Step(std::vector<std::shared_ptr<Item>>& slots,
   for (size_t r = 1; r < ranks.size() && logits.ok(); ++r) {
     if (!out[r].ok()) logits = out[r].status();
   }
+  at::Tensor rows;
+  if (logits.ok()) {
+    try {
+      rows = logits->cpu();
+    } catch (const std::exception& e) {
+      logits = LibtorchError("reading the step's logits", e);
+    }
+  }
   if (!logits.ok() && ranks.size() > 1) {
-    std::lock_guard lock(mu);
+    absl::MutexLock lock(&mu);
     broken = absl::UnavailableError(
         absl::StrCat("the worker's expert-parallel ranks are out of step after a failed step (",
                      logits.status().message(), "); restart it"));
@@ -513,14 +641,21 @@ void Worker::Impl::Step(std::vector<std::shared_ptr<Item>>& slots,
     }
     return;
   }
-  const at::Tensor rows = logits->cpu();
   const auto now = Clock::now();
   for (size_t s = 0; s < batch; ++s) {
     Item* item = slots[s].get();
     if (item == nullptr) continue;
     item->prefilled = true;
     bool cancelled = false;
-    for (int64_t t : item->decoder->Step(rows[static_cast<int64_t>(s)])) {
+    std::vector<int64_t> final_tokens;
+    try {
+      final_tokens = item->decoder->Step(rows[static_cast<int64_t>(s)]);
+    } catch (const std::exception& e) {
+      // Sampling failed for this sequence alone; the others go on.
+      end(s, LibtorchError("sampling the next token", e));
+      continue;
+    }
+    for (int64_t t : final_tokens) {
       if (!item->time_to_first_token.has_value()) {
         item->time_to_first_token = std::chrono::duration<double>(now - item->start).count();
       }
@@ -570,8 +705,8 @@ WorkerStatus Worker::Status() const {
   s.expert_bytes = impl_->engine->expert_bytes();
   std::vector<std::pair<PatternStatus, std::shared_ptr<const model::KeptExperts>>> patterns;
   {
-    std::lock_guard lock(impl_->mu);
-    s.queued = static_cast<int64_t>(impl_->queue.size());
+    absl::MutexLock lock(&impl_->mu);
+    s.queued = static_cast<int64_t>(impl_->queue.size()) + impl_->admitting;
     s.running = impl_->running;
     for (const auto& [task, p] : impl_->patterns) patterns.emplace_back(p.status, p.keep);
   }

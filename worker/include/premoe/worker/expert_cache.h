@@ -2,58 +2,68 @@
 //
 // A worker's engine is opened with EngineOptions::experts_on_demand: it holds
 // every weight but the routed experts. The cache makes the experts of the
-// patterns it serves resident, loading only those it does not hold yet and
-// evicting the least recently used ones that no in-flight request needs.
-// Several patterns can be resident at once (their union).
+// patterns it serves resident, reading only those it does not hold yet from
+// its ExpertSource and evicting the least recently used ones that no
+// in-flight request needs. Several patterns can be resident at once (their
+// union).
 //
 // In-flight requests hold a Lease: its experts are pinned (never evicted)
 // until the lease is destroyed, and its ExpertSet is what the engine's
 // Forward reads. A forward of a batch merges its requests' sets.
 //
-// Thread safety: every method may be called from any thread. Loads are
-// serialised (one at a time, outside the cache's lock); Acquire of experts
-// that are all resident never waits for a load.
+// Thread safety: every method may be called from any thread. No lock is held
+// while experts are read or while a call waits: loads of different experts
+// run in parallel (two calls that need the same expert read it once, the
+// second waiting for the first's read), and a call waiting for room never
+// holds up another whose experts fit or are resident. Every wait ends at the
+// caller's deadline or at Shutdown.
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "premoe/model/engine.h"
+#include "premoe/worker/expert_source.h"
 
 namespace premoe::worker {
 
 struct ExpertCacheOptions {
-  // Most bytes of routed experts resident at once (engine.expert_bytes()
+  // Most bytes of routed experts resident at once (source.expert_bytes()
   // each). Required: > 0.
   int64_t budget_bytes = 0;
   // Called (under the cache's lock; must not call back into the cache) for
   // every eviction, with (layer, expert). For tests and metrics. Default: none.
   std::function<void(int64_t, int64_t)> on_evict;
-  // Threads that read a Prepare's missing experts, each its share (the copy
+  // Called (under the cache's lock; must not call back into the cache) each
+  // time a call starts to wait for room or for another call's read: a sync
+  // point for tests that must see a call waiting. Default: none.
+  std::function<void()> on_wait;
+  // Threads that read one call's missing experts, each its share (the copy
   // and its page faults are CPU-bound). 0 = the machine's cores, at most 8.
   // Default: 0.
   int32_t load_threads = 0;
-  // Allocate and fault in memory for the whole budget now (CPU), so that
-  // loads only copy: reassembly then runs near memcpy speed, and the
-  // process's RSS is the budget from the start. Without it, memory for an
-  // expert is faulted in when the expert first loads and reused after an
-  // eviction. Default: false.
+  // Ask the source to make memory for the whole budget ready now
+  // (ExpertSource::Reserve), so that loads only copy: reassembly then runs
+  // near memcpy speed, and the process's RSS is the budget from the start.
+  // Default: false.
   bool reserve = false;
+
+  absl::Status Validate() const;
 };
 
 // What one Prepare/Acquire did.
 struct LoadReport {
   int64_t needed_experts = 0;  // experts the request named
-  int64_t loaded_experts = 0;  // of those, read from the checkpoint now
+  int64_t loaded_experts = 0;  // of those, read from the source by this call
   int64_t loaded_bytes = 0;
   int64_t evicted_experts = 0;  // made room for them
   double load_seconds = 0;
@@ -72,7 +82,6 @@ struct CacheStats {
 };
 
 class ExpertCache;
-class ExpertSlots;  // expert_cache.cc: the reused memory experts load into
 
 // Pins a set of experts for one request. Destroy it before the cache.
 class Lease {
@@ -96,26 +105,37 @@ class Lease {
 
 class ExpertCache {
  public:
-  // `engine` must be opened with experts_on_demand and outlive the cache.
-  // INVALID_ARGUMENT for bad options or another kind of engine.
-  static absl::StatusOr<std::unique_ptr<ExpertCache>> Create(const model::Engine* engine,
+  using Deadline = std::optional<std::chrono::steady_clock::time_point>;
+
+  // `source` is not owned and must outlive the cache. INVALID_ARGUMENT for
+  // bad options.
+  static absl::StatusOr<std::unique_ptr<ExpertCache>> Create(const ExpertSource* source,
                                                              ExpertCacheOptions options);
+  ~ExpertCache();
 
   // Makes every expert `keep` names resident (a MoE layer it leaves out
   // means all of that layer's experts; a layer may list fewer than the
   // routing top-k, as an expert-parallel rank's share does), evicting
-  // least-recently-used
-  // unpinned experts to make room. RESOURCE_EXHAUSTED, evicting nothing, when
-  // they cannot fit beside the experts pinned now (or at all); a failed load
-  // leaves what was loaded before it resident.
-  absl::StatusOr<LoadReport> Prepare(const model::KeptExperts& keep);
+  // least-recently-used unpinned experts to make room. RESOURCE_EXHAUSTED,
+  // evicting nothing, when they cannot fit beside the experts pinned now (or
+  // at all); a failed load leaves what was loaded before it resident. Waits
+  // only for reads of its experts that another call has started, until
+  // `deadline` (DEADLINE_EXCEEDED).
+  absl::StatusOr<LoadReport> Prepare(const model::KeptExperts& keep, Deadline deadline = {});
   // As Prepare, then pins them until the lease is destroyed. When they fit
   // the budget but not beside the experts pinned now, waits for leases to
   // end, until `deadline` (DEADLINE_EXCEEDED) or, without one, as long as it
   // takes. RESOURCE_EXHAUSTED at once when they exceed the budget alone.
-  absl::StatusOr<std::unique_ptr<Lease>> Acquire(
-      const model::KeptExperts& keep,
-      std::optional<std::chrono::steady_clock::time_point> deadline = std::nullopt);
+  absl::StatusOr<std::unique_ptr<Lease>> Acquire(const model::KeptExperts& keep,
+                                                 Deadline deadline = {});
+  // Pins `keep`'s experts if every one is resident now; nullptr (pinning
+  // nothing) otherwise. Never reads, evicts or waits. INVALID_ARGUMENT for a
+  // `keep` that does not fit the model.
+  absl::StatusOr<std::unique_ptr<Lease>> TryAcquireResident(const model::KeptExperts& keep);
+
+  // Ends every wait with UNAVAILABLE, now and from now on; loads under way
+  // finish. For an owner about to stop.
+  void Shutdown();
 
   // Whether every expert `keep` names is resident now.
   bool Resident(const model::KeptExperts& keep) const;
@@ -126,36 +146,41 @@ class ExpertCache {
   int64_t expert_bytes() const { return expert_bytes_; }
 
  private:
-  using Key = std::pair<int64_t, int64_t>;
+  using Key = std::pair<int64_t, int64_t>;  // (layer, expert)
   struct Entry {
+    // Null while a call reads it: the entry holds its room in the budget.
     std::shared_ptr<const model::ExpertWeights> weights;
     int64_t pins = 0;
     uint64_t last_use = 0;
   };
-
-  ExpertCache(const model::Engine* engine, ExpertCacheOptions options);
-  std::vector<Key> Keys(const model::KeptExperts& keep) const;
-  // Loads what `keys` lack and, with `pin`, pins all of them; fills `set`.
-  // `wait`: wait (until `deadline`) for pins to be released when needed.
-  absl::Status Ensure(const std::vector<Key>& keys, bool pin, bool wait,
-                      std::optional<std::chrono::steady_clock::time_point> deadline,
+  ExpertCache(const ExpertSource* source, ExpertCacheOptions options);
+  absl::StatusOr<std::vector<Key>> Keys(const model::KeptExperts& keep) const;
+  // Makes `keys` resident and, with `pin`, pins all of them into `set`.
+  // `wait_for_room`: wait (until `deadline`) for leases to end when needed.
+  absl::Status Ensure(const std::vector<Key>& keys, bool pin, bool wait_for_room, Deadline deadline,
                       model::ExpertSet* set, LoadReport* report);
-  // Under mu_: pins (or touches) every key if all are resident.
-  bool TryPinResident(const std::vector<Key>& keys, bool pin, model::ExpertSet* set);
+  // Reads `missing` from the source on up to load_threads_ threads, with mu_
+  // released meanwhile; one result per key.
+  std::vector<absl::StatusOr<std::shared_ptr<const model::ExpertWeights>>> ReadUnlocked(
+      const std::vector<Key>& missing) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Waits on changed_ until it is signalled; DEADLINE_EXCEEDED (naming
+  // `what`) once `deadline` has passed, UNAVAILABLE after Shutdown.
+  absl::Status Wait(Deadline deadline, const char* what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Unpin(const model::ExpertSet& set);
 
   friend class Lease;
-  const model::Engine* engine_;
+  const ExpertSource* const source_;
   const ExpertCacheOptions options_;
   const int64_t expert_bytes_;
-  const std::shared_ptr<ExpertSlots> slots_;
+  const int64_t capacity_;  // experts the budget holds
   const int32_t load_threads_;
-  std::mutex load_mu_;  // one loader at a time; taken before mu_
-  mutable std::mutex mu_;
-  std::condition_variable unpinned_;  // notified when a lease ends
-  std::map<Key, Entry> entries_;
-  uint64_t clock_ = 0;
-  CacheStats totals_;
+  mutable absl::Mutex mu_;
+  // Signalled when an entry finishes loading, fails, is unpinned or evicted.
+  absl::CondVar changed_;
+  std::map<Key, Entry> entries_ ABSL_GUARDED_BY(mu_);
+  uint64_t clock_ ABSL_GUARDED_BY(mu_) = 0;
+  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  CacheStats totals_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace premoe::worker

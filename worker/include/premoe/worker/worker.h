@@ -12,8 +12,8 @@
 // of different patterns share every forward pass.
 //
 // Thread safety: every method may be called from any number of threads.
-// Generate blocks its caller until the request ends; tokens are delivered
-// on the scheduler thread as they become final.
+// Generate blocks its caller until the request ends; Submit never blocks.
+// Tokens are delivered on the scheduler thread as they become final.
 #pragma once
 
 #include <chrono>
@@ -149,11 +149,16 @@ class Worker {
   // queue is full or its experts cannot be made resident; CANCELLED,
   // DEADLINE_EXCEEDED as above; UNAVAILABLE when the worker shuts down.
   absl::StatusOr<WorkResult> Generate(WorkRequest request);
-  // The same, without waiting: a request refused up front returns its error
-  // (and `on_done` is never called); an accepted one returns OK and ends with
-  // exactly one call of `on_done`, on the scheduler thread (so it must not
-  // block or call back into the worker). Makes its experts resident on the
-  // calling thread first.
+  // The same, without waiting: validates and admits the request and
+  // returns. A request refused up front (bad input, NOT_FOUND, a full queue,
+  // shutting down) returns its error, has loaded and evicted nothing, and
+  // `on_done` is never called. An accepted one returns OK and ends with
+  // exactly one call of `on_done`: on the scheduler thread, or on a loader
+  // thread when its experts could not be made resident (RESOURCE_EXHAUSTED,
+  // DEADLINE_EXCEEDED, UNAVAILABLE at shutdown). `on_done` must not block or
+  // call back into the worker. Experts not yet resident are loaded on the
+  // worker's own threads, so Submit never waits for a load or for room; a
+  // request waiting for them counts against max_queue.
   using DoneCallback = std::function<void(absl::StatusOr<WorkResult>)>;
   absl::Status Submit(WorkRequest request, DoneCallback on_done);
 
