@@ -2,11 +2,12 @@
 
 #include <chrono>
 #include <map>
-#include <mutex>
 #include <optional>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
 #include "premoe/model/engine.h"
@@ -47,27 +48,35 @@ struct Matcher::Impl {
     int64_t layers = 1;
     const model::Engine* probe = nullptr;
   };
-  mutable std::mutex mu;
-  mutable uint64_t version = 0;
-  mutable bool known = false;
-  mutable Embedding current;
-  // One probe per embedding depth seen (normally one).
-  mutable std::map<int64_t, std::unique_ptr<model::Engine>> probes;
+  mutable absl::Mutex mu;
+  mutable uint64_t version ABSL_GUARDED_BY(mu) = 0;
+  mutable bool known ABSL_GUARDED_BY(mu) = false;
+  // A thread is reading the store's new version; the others match with the
+  // last known embedding meanwhile instead of waiting.
+  mutable bool refreshing ABSL_GUARDED_BY(mu) = false;
+  mutable Embedding current ABSL_GUARDED_BY(mu);
+  // One probe per embedding depth seen (normally one); never removed, so the
+  // pointers handed out stay valid.
+  mutable std::map<int64_t, std::unique_ptr<model::Engine>> probes ABSL_GUARDED_BY(mu);
 
   absl::StatusOr<const model::Engine*> Probe(int64_t layers) const {
-    auto it = probes.find(layers);
-    if (it != probes.end()) return it->second.get();
+    {
+      absl::MutexLock lock(&mu);
+      auto it = probes.find(layers);
+      if (it != probes.end()) return it->second.get();
+    }
+    // Opened with no lock held: matches at the current depth go on.
     model::EngineOptions eo;
     eo.dtype = options.dtype;
     eo.probe_moe_layers = layers;
     ASSIGN_OR_RETURN(std::unique_ptr<model::Engine> e, model::Engine::Open(options.model_dir, eo));
-    return probes.emplace(layers, std::move(e)).first->second.get();
+    absl::MutexLock lock(&mu);
+    return probes.emplace(layers, std::move(e)).first->second.get();  // keeps a racing twin's
   }
 
-  absl::StatusOr<Embedding> Current() const {
-    ASSIGN_OR_RETURN(store::StoreInfo info, patterns->Info());
-    std::lock_guard lock(mu);
-    if (known && info.version == version) return current;
+  // How the store's patterns are embedded at `info`'s version. Reads the
+  // store and may open a probe: called with no lock held.
+  absl::StatusOr<Embedding> Read(const store::StoreInfo& info) const {
     if (!info.model_fingerprint.empty() && info.model_fingerprint != fingerprint) {
       return absl::FailedPreconditionError(
           absl::StrCat("the pattern store holds patterns of another model (fingerprint ",
@@ -90,10 +99,26 @@ struct Matcher::Impl {
         ASSIGN_OR_RETURN(e.probe, Probe(e.layers));
       }
     }
-    current = e;
-    version = info.version;
-    known = true;
-    return current;
+    return e;
+  }
+
+  absl::StatusOr<Embedding> Current() const {
+    ASSIGN_OR_RETURN(store::StoreInfo info, patterns->Info());
+    {
+      absl::MutexLock lock(&mu);
+      if (known && (info.version == version || refreshing)) return current;
+      refreshing = true;
+    }
+    absl::StatusOr<Embedding> e = Read(info);
+    absl::MutexLock lock(&mu);
+    refreshing = false;
+    if (!e.ok()) return e.status();
+    if (!known || info.version >= version) {
+      current = *e;
+      version = info.version;
+      known = true;
+    }
+    return *e;
   }
 };
 

@@ -1,13 +1,14 @@
 #include "premoe/router/replica.h"
 
 #include <algorithm>
-#include <condition_variable>
 #include <map>
-#include <mutex>
 #include <set>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
 #include "premoe/store/embedded_store.h"
@@ -19,14 +20,16 @@ struct Replica::Impl {
   Options options;
   std::unique_ptr<store::EmbeddedPatternStore> local;
 
-  mutable std::mutex mu;
-  mutable std::condition_variable cv;
-  bool stopping = false;
-  bool synced = false;
-  bool watch_ended = false;
-  uint64_t version = 0;
-  absl::Status last_error = absl::UnavailableError("the first sync has not finished");
+  mutable absl::Mutex mu;
+  bool stopping ABSL_GUARDED_BY(mu) = false;
+  bool synced ABSL_GUARDED_BY(mu) = false;
+  bool watch_ended ABSL_GUARDED_BY(mu) = false;
+  uint64_t version ABSL_GUARDED_BY(mu) = 0;
+  absl::Status last_error ABSL_GUARDED_BY(mu) =
+      absl::UnavailableError("the first sync has not finished");
   std::thread thread;
+
+  bool StoppingOrEnded() const ABSL_SHARED_LOCKS_REQUIRED(mu) { return stopping || watch_ended; }
 
   // Copies `id` from the source (gone meanwhile: nothing to copy).
   absl::Status Copy(uint64_t id) {
@@ -87,31 +90,31 @@ struct Replica::Impl {
   absl::Status SyncAndWatch() {
     ASSIGN_OR_RETURN(uint64_t v, Sync());
     {
-      std::lock_guard lock(mu);
+      absl::MutexLock lock(&mu);
       version = v;
       synced = true;
       watch_ended = false;
       last_error = absl::OkStatus();
     }
-    cv.notify_all();
     PREMOE_LOG_INFO("replica: in sync with the pattern store at version %d", v);
     ASSIGN_OR_RETURN(std::unique_ptr<store::WatchHandle> watch,
                      source->Watch(v, [this](const absl::StatusOr<store::ChangeEvent>& e) {
                        absl::Status s = e.ok() ? Apply(*e) : e.status();
-                       std::lock_guard lock(mu);
+                       absl::MutexLock lock(&mu);
                        if (s.ok()) {
                          version = e->version;
                          return true;
                        }
                        last_error = s;
                        watch_ended = true;
-                       cv.notify_all();
                        return false;
                      }));
-    std::unique_lock lock(mu);
-    cv.wait(lock, [&] { return stopping || watch_ended; });
-    absl::Status ended = stopping ? absl::OkStatus() : last_error;
-    lock.unlock();
+    absl::Status ended;
+    {
+      absl::MutexLock lock(&mu);
+      mu.Await(absl::Condition(this, &Impl::StoppingOrEnded));
+      ended = stopping ? absl::OkStatus() : last_error;
+    }
     watch.reset();
     return ended;
   }
@@ -120,13 +123,12 @@ struct Replica::Impl {
     std::chrono::milliseconds pause = options.retry;
     while (true) {
       absl::Status s = SyncAndWatch();
-      std::unique_lock lock(mu);
+      absl::MutexLock lock(&mu);
       if (stopping) return;
       if (s.ok()) s = absl::UnavailableError("the watch ended");
       last_error = s;
       PREMOE_LOG_WARN("replica: %s; resyncing in %d ms", s.ToString(), pause.count());
-      cv.wait_for(lock, pause, [&] { return stopping; });
-      if (stopping) return;
+      if (mu.AwaitWithTimeout(absl::Condition(&stopping), absl::FromChrono(pause))) return;
       pause = std::min(pause * 2, options.max_retry);
     }
   }
@@ -136,10 +138,9 @@ Replica::Replica(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Replica::~Replica() {
   {
-    std::lock_guard lock(impl_->mu);
+    absl::MutexLock lock(&impl_->mu);
     impl_->stopping = true;
   }
-  impl_->cv.notify_all();
   if (impl_->thread.joinable()) impl_->thread.join();
 }
 
@@ -164,20 +165,17 @@ absl::StatusOr<std::unique_ptr<Replica>> Replica::Start(store::PatternStore* sou
 
 store::PatternStore* Replica::store() { return impl_->local.get(); }
 
-bool Replica::synced() const {
-  std::lock_guard lock(impl_->mu);
-  return impl_->synced;
-}
-
 absl::Status Replica::WaitSynced(std::chrono::milliseconds timeout) const {
-  std::unique_lock lock(impl_->mu);
-  if (impl_->cv.wait_for(lock, timeout, [&] { return impl_->synced; })) return absl::OkStatus();
+  absl::MutexLock lock(&impl_->mu);
+  if (impl_->mu.AwaitWithTimeout(absl::Condition(&impl_->synced), absl::FromChrono(timeout))) {
+    return absl::OkStatus();
+  }
   return absl::DeadlineExceededError(
       absl::StrCat("the pattern replica has not synced: ", impl_->last_error.ToString()));
 }
 
 uint64_t Replica::version() const {
-  std::lock_guard lock(impl_->mu);
+  absl::MutexLock lock(&impl_->mu);
   return impl_->version;
 }
 

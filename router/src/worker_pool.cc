@@ -5,17 +5,19 @@
 #include <sys/socket.h>
 
 #include <algorithm>
-#include <condition_variable>
 #include <iterator>
 #include <map>
-#include <mutex>
 #include <optional>
+#include <set>
 #include <thread>
 #include <tuple>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
 #include "premoe/profiler/selection.h"
@@ -70,15 +72,24 @@ struct Member {
   std::string address;
   bool from_dns = false;
   std::unique_ptr<worker::WorkerClient> client;
-  std::timed_mutex prepare_mu;  // one Prepare at a time per worker
-  // Under the pool's mu:
-  bool reachable = false;
-  bool failed = false;  // a request failed on it since its last good poll
-  std::string last_error = "not polled yet";
-  std::optional<worker::WorkerStatus> status;
-  int64_t in_flight = 0;
-  std::map<std::string, Clock::time_point> last_use;  // prepared name -> last served
-  std::map<std::string, int64_t> prepared_created;    // name -> pattern version we prepared
+
+  mutable absl::Mutex mu;
+  // One Prepare at a time per worker; a flag, not a lock held over the RPC.
+  bool preparing ABSL_GUARDED_BY(mu) = false;
+  bool reachable ABSL_GUARDED_BY(mu) = false;
+  bool failed ABSL_GUARDED_BY(mu) = false;  // a request failed on it since its last good poll
+  std::string last_error ABSL_GUARDED_BY(mu) = "not polled yet";
+  std::optional<worker::WorkerStatus> status ABSL_GUARDED_BY(mu);
+  int64_t in_flight ABSL_GUARDED_BY(mu) = 0;
+  // prepared name -> last served
+  std::map<std::string, Clock::time_point> last_use ABSL_GUARDED_BY(mu);
+  // name -> pattern version we prepared
+  std::map<std::string, int64_t> prepared_created ABSL_GUARDED_BY(mu);
+
+  bool Usable() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    return reachable && !failed && status.has_value();
+  }
+  bool NotPreparing() const ABSL_SHARED_LOCKS_REQUIRED(mu) { return !preparing; }
 };
 
 int64_t CountMissing(const model::KeptExperts& want, const model::KeptExperts& resident) {
@@ -110,13 +121,19 @@ absl::Status WorkerPoolOptions::Validate() const {
 
 struct WorkerPool::Impl {
   WorkerPoolOptions options;
-  mutable std::mutex mu;
-  std::condition_variable cv;
-  bool stopping = false;
-  std::map<std::string, std::shared_ptr<Member>> members;
-  std::mutex dns_mu;  // one resolution at a time; guards next_dns
-  Clock::time_point next_dns{};
+  mutable absl::Mutex mu;
+  bool stopping ABSL_GUARDED_BY(mu) = false;
+  std::map<std::string, std::shared_ptr<Member>> members ABSL_GUARDED_BY(mu);
+  absl::Mutex dns_mu;  // one resolution at a time
+  Clock::time_point next_dns ABSL_GUARDED_BY(dns_mu){};
   std::thread poller;
+
+  std::vector<std::shared_ptr<Member>> Members() const {
+    absl::MutexLock lock(&mu);
+    std::vector<std::shared_ptr<Member>> all;
+    for (const auto& [a, m] : members) all.push_back(m);
+    return all;
+  }
 
   absl::Status AddMember(const std::string& address, bool from_dns) {
     auto m = std::make_shared<Member>();
@@ -125,16 +142,20 @@ struct WorkerPool::Impl {
     worker::WorkerClient::Options co = options.client;
     co.address = address;
     ASSIGN_OR_RETURN(m->client, worker::WorkerClient::Open(co));
-    std::lock_guard lock(mu);
+    absl::MutexLock lock(&mu);
     members.emplace(address, std::move(m));
     return absl::OkStatus();
   }
 
   void RefreshDns() {
     if (options.dns.empty()) return;
-    std::lock_guard dns_lock(dns_mu);
-    if (Clock::now() < next_dns) return;
-    next_dns = Clock::now() + options.dns_interval;
+    {
+      // Claims the next resolution; a caller that finds one under way or
+      // not yet due goes on without waiting.
+      absl::MutexLock dns_lock(&dns_mu);
+      if (Clock::now() < next_dns) return;
+      next_dns = Clock::now() + options.dns_interval;
+    }
     auto hp = SplitHostPort(options.dns);
     absl::StatusOr<std::set<std::string>> found = Resolve(hp->first, hp->second);
     if (!found.ok()) {
@@ -143,7 +164,7 @@ struct WorkerPool::Impl {
     }
     std::vector<std::string> added;
     {
-      std::lock_guard lock(mu);
+      absl::MutexLock lock(&mu);
       for (auto it = members.begin(); it != members.end();) {
         // Assignments hold their member, so one dropped here lives on until
         // its requests end.
@@ -169,14 +190,9 @@ struct WorkerPool::Impl {
 
   void PollAll() {
     RefreshDns();
-    std::vector<std::shared_ptr<Member>> all;
-    {
-      std::lock_guard lock(mu);
-      for (auto& [a, m] : members) all.push_back(m);
-    }
-    for (auto& m : all) {
+    for (auto& m : Members()) {
       absl::StatusOr<worker::RemoteStatus> s = m->client->Status();
-      std::lock_guard lock(mu);
+      absl::MutexLock lock(&m->mu);
       if (s.ok()) {
         if (!m->reachable) PREMOE_LOG_INFO("worker pool: %s is reachable", m->address);
         m->reachable = true;
@@ -194,13 +210,15 @@ struct WorkerPool::Impl {
   }
 
   void Run() {
-    std::unique_lock lock(mu);
-    while (!stopping) {
-      cv.wait_for(lock, options.poll_interval, [&] { return stopping; });
-      if (stopping) break;
-      lock.unlock();
+    while (true) {
+      {
+        absl::MutexLock lock(&mu);
+        if (mu.AwaitWithTimeout(absl::Condition(&stopping),
+                                absl::FromChrono(options.poll_interval))) {
+          return;
+        }
+      }
       PollAll();
-      lock.lock();
     }
   }
 };
@@ -209,10 +227,9 @@ WorkerPool::WorkerPool(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 WorkerPool::~WorkerPool() {
   {
-    std::lock_guard lock(impl_->mu);
+    absl::MutexLock lock(&impl_->mu);
     impl_->stopping = true;
   }
-  impl_->cv.notify_all();
   if (impl_->poller.joinable()) impl_->poller.join();
 }
 
@@ -235,9 +252,26 @@ absl::StatusOr<Assignment> WorkerPool::Assign(
     const store::Pattern* pattern, const std::string& budget, const std::set<std::string>& exclude,
     std::optional<std::chrono::system_clock::time_point> deadline) {
   const std::string name = pattern == nullptr ? "" : absl::StrCat(pattern->task_name, "@", budget);
-  std::optional<profiler::Budget> parsed;
+  const std::vector<std::shared_ptr<Member>> members = impl_->Members();
+
+  // The selection depends on the workers only through their expert size (the
+  // same on every worker of one model): made once per size, with no lock held.
+  std::map<int64_t, profiler::Selection> selections;
   if (pattern != nullptr) {
-    ASSIGN_OR_RETURN(parsed, profiler::Budget::Parse(budget));
+    ASSIGN_OR_RETURN(const profiler::Budget parsed, profiler::Budget::Parse(budget));
+    std::map<int64_t, std::vector<double>> scores;
+    for (const store::LayerScores& l : pattern->layers) {
+      scores[l.layer].assign(l.scores.begin(), l.scores.end());
+    }
+    std::set<int64_t> sizes;
+    for (const auto& m : members) {
+      absl::MutexLock lock(&m->mu);
+      if (m->status.has_value()) sizes.insert(m->status->expert_bytes);
+    }
+    for (int64_t bytes : sizes) {
+      ASSIGN_OR_RETURN(selections[bytes],
+                       profiler::Select(scores, parsed, bytes, impl_->options.top_k));
+    }
   }
 
   struct Candidate {
@@ -245,58 +279,51 @@ absl::StatusOr<Assignment> WorkerPool::Assign(
     std::tuple<bool, bool, bool, int64_t, int64_t> key;  // lower is better
     bool resident = false;
     int64_t kept_experts = 0, kept_bytes = 0;
-    model::KeptExperts keep;
+    const model::KeptExperts* keep = nullptr;
   };
   std::vector<Candidate> candidates;
   std::vector<std::string> unreachable;
   const Clock::time_point now = Clock::now();
-  {
-    std::lock_guard lock(impl_->mu);
-    for (auto& [address, m] : impl_->members) {
-      if (exclude.contains(address)) continue;
-      if (!m->reachable || m->failed || !m->status.has_value()) {
-        unreachable.push_back(absl::StrCat(address, " (", m->last_error, ")"));
-        continue;
-      }
-      const worker::WorkerStatus& s = *m->status;
-      Candidate c;
-      c.member = m;
-      int64_t missing_bytes = 0;
-      if (pattern == nullptr) {
-        c.kept_bytes = s.all_experts_bytes;
-        c.kept_experts = s.expert_bytes > 0 ? s.all_experts_bytes / s.expert_bytes : 0;
-        missing_bytes = s.all_experts_bytes - s.cache.resident_bytes;
-        c.resident = missing_bytes == 0;
-      } else {
-        std::map<int64_t, std::vector<double>> scores;
-        for (const store::LayerScores& l : pattern->layers) {
-          scores[l.layer].assign(l.scores.begin(), l.scores.end());
-        }
-        absl::StatusOr<profiler::Selection> sel =
-            profiler::Select(scores, *parsed, s.expert_bytes, impl_->options.top_k);
-        if (!sel.ok()) return sel.status();
-        c.keep = sel->keep;
-        c.kept_experts = sel->kept_experts;
-        c.kept_bytes = sel->kept_experts * s.expert_bytes;
-        missing_bytes = CountMissing(sel->keep, s.resident) * s.expert_bytes;
-        const auto p = std::find_if(s.patterns.begin(), s.patterns.end(),
-                                    [&](const worker::PatternStatus& p) { return p.task == name; });
-        const auto ours = m->prepared_created.find(name);
-        c.resident =
-            p != s.patterns.end() && p->resident && missing_bytes == 0 &&
-            (ours == m->prepared_created.end() || ours->second == pattern->created_unix_micros);
-      }
-      const int64_t free_bytes = s.cache.budget_bytes - s.cache.resident_bytes;
-      bool evicts_hot = false;
-      if (!c.resident && missing_bytes > free_bytes) {
-        for (const auto& [other, t] : m->last_use) {
-          if (other != name && now - t < impl_->options.hot_window) evicts_hot = true;
-        }
-      }
-      const int64_t load = m->in_flight + s.queued;
-      c.key = {load >= impl_->options.saturation, !c.resident, evicts_hot, missing_bytes, load};
-      candidates.push_back(std::move(c));
+  for (const auto& m : members) {
+    if (exclude.contains(m->address)) continue;
+    absl::MutexLock lock(&m->mu);
+    if (!m->Usable()) {
+      unreachable.push_back(absl::StrCat(m->address, " (", m->last_error, ")"));
+      continue;
     }
+    const worker::WorkerStatus& s = *m->status;
+    Candidate c;
+    c.member = m;
+    int64_t missing_bytes = 0;
+    if (pattern == nullptr) {
+      c.kept_bytes = s.all_experts_bytes;
+      c.kept_experts = s.expert_bytes > 0 ? s.all_experts_bytes / s.expert_bytes : 0;
+      missing_bytes = s.all_experts_bytes - s.cache.resident_bytes;
+      c.resident = missing_bytes == 0;
+    } else {
+      auto sel = selections.find(s.expert_bytes);
+      if (sel == selections.end()) continue;  // its status changed since: next time
+      c.keep = &sel->second.keep;
+      c.kept_experts = sel->second.kept_experts;
+      c.kept_bytes = sel->second.kept_experts * s.expert_bytes;
+      missing_bytes = CountMissing(sel->second.keep, s.resident) * s.expert_bytes;
+      const auto p = std::find_if(s.patterns.begin(), s.patterns.end(),
+                                  [&](const worker::PatternStatus& p) { return p.task == name; });
+      const auto ours = m->prepared_created.find(name);
+      c.resident =
+          p != s.patterns.end() && p->resident && missing_bytes == 0 &&
+          (ours == m->prepared_created.end() || ours->second == pattern->created_unix_micros);
+    }
+    const int64_t free_bytes = s.cache.budget_bytes - s.cache.resident_bytes;
+    bool evicts_hot = false;
+    if (!c.resident && missing_bytes > free_bytes) {
+      for (const auto& [other, t] : m->last_use) {
+        if (other != name && now - t < impl_->options.hot_window) evicts_hot = true;
+      }
+    }
+    const int64_t load = m->in_flight + s.queued;
+    c.key = {load >= impl_->options.saturation, !c.resident, evicts_hot, missing_bytes, load};
+    candidates.push_back(std::move(c));
   }
   if (candidates.empty()) {
     return absl::UnavailableError(
@@ -310,11 +337,6 @@ absl::StatusOr<Assignment> WorkerPool::Assign(
   std::vector<std::string> refused;
   for (Candidate& c : candidates) {
     Member& m = *c.member;
-    {
-      std::lock_guard lock(impl_->mu);
-      ++m.in_flight;
-      m.last_use[name] = now;
-    }
     Assignment a;
     a.address = m.address;
     a.client = m.client.get();
@@ -323,34 +345,40 @@ absl::StatusOr<Assignment> WorkerPool::Assign(
     a.kept_bytes = c.kept_bytes;
     a.hold = c.member;
     {
-      std::lock_guard lock(impl_->mu);
+      absl::MutexLock lock(&m.mu);
+      ++m.in_flight;
+      m.last_use[name] = now;
       a.all_experts_bytes = m.status->all_experts_bytes;
       a.base_bytes = m.status->base_bytes;
     }
     if (pattern == nullptr || c.resident) return a;
     absl::StatusOr<worker::PreparedPattern> prepared;
+    bool turn = false;
     {
-      std::unique_lock<std::timed_mutex> prepare_lock(m.prepare_mu, std::defer_lock);
-      const bool locked = deadline.has_value() ? prepare_lock.try_lock_until(*deadline)
-                                               : (prepare_lock.lock(), true);
-      if (!locked) {
-        prepared = absl::DeadlineExceededError(
-            absl::StrCat("the deadline passed while waiting for another Prepare on ", m.address));
-      } else {
-        store::Pattern named = *pattern;
-        named.task_name = name;
-        prepared = m.client->Prepare(named, budget, deadline);
-      }
+      absl::MutexLock lock(&m.mu);
+      const absl::Condition idle(&m, &Member::NotPreparing);
+      turn = deadline.has_value() ? m.mu.AwaitWithDeadline(idle, absl::FromChrono(*deadline))
+                                  : (m.mu.Await(idle), true);
+      if (turn) m.preparing = true;
+    }
+    if (!turn) {
+      prepared = absl::DeadlineExceededError(
+          absl::StrCat("the deadline passed while waiting for another Prepare on ", m.address));
+    } else {
+      store::Pattern named = *pattern;
+      named.task_name = name;
+      prepared = m.client->Prepare(named, budget, deadline);
     }
     if (prepared.ok()) {
-      std::lock_guard lock(impl_->mu);
+      absl::MutexLock lock(&m.mu);
+      m.preparing = false;
       m.prepared_created[name] = pattern->created_unix_micros;
       // What the worker holds now, until the next poll says it exactly: the
       // next request of this pattern must not prepare it again.
       worker::WorkerStatus& s = *m.status;
       std::erase_if(s.patterns, [&](const worker::PatternStatus& p) { return p.task == name; });
       s.patterns.push_back({name, prepared->kept_experts, prepared->kept_bytes, true});
-      for (const auto& [layer, experts] : c.keep.layers) {
+      for (const auto& [layer, experts] : c.keep->layers) {
         std::vector<int64_t>& have = s.resident.layers[layer];
         std::vector<int64_t> merged;
         std::set_union(have.begin(), have.end(), experts.begin(), experts.end(),
@@ -363,6 +391,10 @@ absl::StatusOr<Assignment> WorkerPool::Assign(
       a.kept_experts = prepared->kept_experts;
       a.kept_bytes = prepared->kept_bytes;
       return a;
+    }
+    if (turn) {
+      absl::MutexLock lock(&m.mu);
+      m.preparing = false;
     }
     const bool caller_out_of_time =
         deadline.has_value() && std::chrono::system_clock::now() >= *deadline;
@@ -385,9 +417,9 @@ absl::StatusOr<Assignment> WorkerPool::Assign(
 }
 
 void WorkerPool::Release(const Assignment& a, bool failed) {
-  std::lock_guard lock(impl_->mu);
   auto m = std::static_pointer_cast<Member>(a.hold);
   if (m == nullptr) return;
+  absl::MutexLock lock(&m->mu);
   --m->in_flight;
   if (failed) {
     m->failed = true;
@@ -395,26 +427,9 @@ void WorkerPool::Release(const Assignment& a, bool failed) {
   }
 }
 
-std::vector<WorkerView> WorkerPool::Workers() const {
-  std::lock_guard lock(impl_->mu);
-  std::vector<WorkerView> out;
-  for (const auto& [address, m] : impl_->members) {
-    WorkerView v;
-    v.address = address;
-    v.reachable = m->reachable && !m->failed;
-    v.in_flight = m->in_flight;
-    v.last_error = m->last_error;
-    if (m->status.has_value()) {
-      for (const auto& p : m->status->patterns) v.prepared.push_back(p.task);
-    }
-    out.push_back(std::move(v));
-  }
-  return out;
-}
-
 bool WorkerPool::AnyReachable() const {
-  std::lock_guard lock(impl_->mu);
-  for (const auto& [address, m] : impl_->members) {
+  for (const auto& m : impl_->Members()) {
+    absl::MutexLock lock(&m->mu);
     if (m->reachable && !m->failed) return true;
   }
   return false;

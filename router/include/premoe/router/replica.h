@@ -44,8 +44,6 @@ class Replica {
 
   // The local copy, to search and read (writing to it is the replica's job).
   store::PatternStore* store();
-  // Whether a full sync has completed (and the watch runs or ran since).
-  bool synced() const;
   // Waits until synced; DEADLINE_EXCEEDED with the last sync error if not
   // by `timeout`.
   absl::Status WaitSynced(std::chrono::milliseconds timeout) const;

@@ -77,14 +77,6 @@ struct Assignment {
   std::shared_ptr<void> hold;
 };
 
-struct WorkerView {
-  std::string address;
-  bool reachable = false;
-  int64_t in_flight = 0;
-  std::vector<std::string> prepared;  // names, resident or not
-  std::string last_error;
-};
-
 class WorkerPool {
  public:
   static absl::StatusOr<std::unique_ptr<WorkerPool>> Open(const WorkerPoolOptions& options);
@@ -103,7 +95,6 @@ class WorkerPool {
   // or broken): it is skipped until a Status poll succeeds again.
   void Release(const Assignment& a, bool failed = false);
 
-  std::vector<WorkerView> Workers() const;
   // Whether a Status poll has reached at least one worker.
   bool AnyReachable() const;
   // Polls every worker now (tests; Open also does once).
