@@ -6,6 +6,10 @@ function(premoe_add_flags target)
     # GCC 12 reports false positives inside std::string (GCC bug 105329).
     target_compile_options(${target} PRIVATE -Wno-restrict)
   endif()
+  if(CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
+    # Checks every ABSL_GUARDED_BY / ABSL_EXCLUSIVE_LOCKS_REQUIRED annotation.
+    target_compile_options(${target} PRIVATE -Wthread-safety)
+  endif()
   if(PREMOE_WERROR)
     target_compile_options(${target} PRIVATE -Werror)
   endif()

@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this):
 #  1. installs whatever is missing (scripts/setup.sh; skips what is there),
-#  2. builds with warnings as errors and runs every test,
+#  2. checks the formatting, builds with warnings as errors and runs every test,
 #  3. builds again with clang, ASan + UBSan and libFuzzer instrumentation, and
-#     runs the unit tests plus a short smoke run of every fuzz target.
+#     -Wthread-safety (every lock annotation checked), as errors, and runs the
+#     unit tests plus a short smoke run of every fuzz target.
 # Environment: JOBS (default 2); PREMOE_SKIP_SANITIZERS=1 skips step 3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-2}
 
 scripts/setup.sh
+
+echo "== format (clang-format, .clang-format)"
+if ! git ls-files '*.cc' '*.h' | xargs clang-format --dry-run --Werror; then
+  echo "test: run clang-format -i on the files above" >&2
+  exit 1
+fi
 
 echo "== build (gcc, -Werror)"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPREMOE_WERROR=ON >/dev/null
