@@ -158,6 +158,7 @@ struct Worker::Impl {
   std::map<std::string, Prepared> patterns;
   std::deque<std::shared_ptr<Item>> queue;
   int64_t running = 0;
+  int64_t cancelled = 0;
   bool stopping = false;
   // world_size > 1: a forward failed on some rank, so the ranks' collectives
   // may be out of step; every later request is refused with this.
@@ -482,6 +483,7 @@ void Worker::Impl::Step(std::vector<std::shared_ptr<Item>>& slots,
       // Before Finish: a caller that sees its result also sees it counted out.
       std::lock_guard lock(mu);
       --running;
+      if (absl::IsCancelled(status)) ++cancelled;
     }
     item->Finish(std::move(status));
   };
@@ -573,6 +575,7 @@ WorkerStatus Worker::Status() const {
     std::lock_guard lock(impl_->mu);
     s.queued = static_cast<int64_t>(impl_->queue.size());
     s.running = impl_->running;
+    s.cancelled = impl_->cancelled;
     for (const auto& [task, p] : impl_->patterns) patterns.emplace_back(p.status, p.keep);
   }
   for (auto& [status, keep] : patterns) {
