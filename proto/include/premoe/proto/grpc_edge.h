@@ -109,7 +109,7 @@ class Server {
  public:
   // Registers `services` (callback or sync), binds and starts serving.
   // INVALID_ARGUMENT for bad options; UNAVAILABLE when the address cannot
-  // be bound.
+  // be bound, including a port another server holds (no SO_REUSEPORT).
   static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options,
                                                        const std::vector<grpc::Service*>& services);
   // Shutdown(0).
