@@ -1,34 +1,42 @@
 // serve_bench: the one-process server (store, router, worker) on loopback
-// under concurrent gRPC clients, full model against pattern-served, in one
-// run. For each mode and client count it reports requests/s, time to first
-// token and per-token latency (p50/p99, as clients see them), and the share
-// of each request's time the router spent matching it (embedding the prompt
-// with the probe plus the index search).
+// under concurrent gRPC streams, full model against pattern-served, in one
+// run. For each mode and stream count it reports requests/s, time to first
+// token and per-token latency (p50/p99, as clients see them), the share of
+// each request's time the router spent matching it (embedding the prompt
+// with the probe plus the index search), and the threads of the process
+// (/proc/self/status, sampled every 5 ms during the round).
 //
 // Modes: "full" asks for every expert (no matching, no pattern); "pattern"
 // lets the router match each prompt to its task's pattern and serve it with
 // that pattern's experts at --budget. Every request decodes exactly
 // --new-tokens tokens (EOS ignored) so the two modes do the same work.
 //
-// usage: serve_bench [--model testbed/model] [--clients 1,4,8]
-//          [--requests 48] [--new-tokens 16] [--budget 50%] [--dtype bf16]
-//          [--repeat 3]
-//          [--json FILE]
+// Each stream is a client thread of this process making blocking calls (a
+// blocking gRPC call adds no thread of gRPC's), so the server's own threads
+// are the process's less the streams: that is the "server threads" column.
+// A round sends max(--requests, streams) requests so that every stream is
+// busy at once.
+//
+// usage: serve_bench --help
 // The markdown goes to stdout, progress to stderr.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "CLI/CLI.hpp"
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 #include "bench/bench_util.h"
 #include "nlohmann/json.hpp"
 #include "premoe/common/file.h"
@@ -59,48 +67,90 @@ double Quantile(std::vector<double> v, double q) {
   return v[std::min(v.size() - 1, static_cast<size_t>(q * static_cast<double>(v.size())))];
 }
 
+// The "Threads:" line of /proc/self/status; 0 if it cannot be read.
+int ProcessThreads() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("Threads:", 0) != 0) continue;
+    int n = 0;
+    return absl::SimpleAtoi(absl::StripAsciiWhitespace(line.substr(8)), &n) ? n : 0;
+  }
+  return 0;
+}
+
+// Samples ProcessThreads() every 5 ms on a thread of its own until
+// destroyed; peak() excludes the sampler itself.
+class ThreadSampler {
+ public:
+  ThreadSampler() : thread_([this] { Run(); }) {}
+  ~ThreadSampler() {
+    stop_.Notify();
+    thread_.join();
+  }
+  int peak() const { return peak_.load() - 1; }
+
+ private:
+  void Run() {
+    do {
+      peak_.store(std::max(peak_.load(), ProcessThreads()));
+    } while (!stop_.WaitForNotificationWithTimeout(absl::Milliseconds(5)));
+  }
+  absl::Notification stop_;
+  std::atomic<int> peak_{0};
+  std::thread thread_;
+};
+
 struct Result {
   std::string mode;
-  int clients = 0;
+  int streams = 0;
   double requests_per_second = 0;
   double ttft_p50 = 0, ttft_p99 = 0, token_p50 = 0, token_p99 = 0;
   double match_share = 0;  // mean over requests of match time / request time
+  int threads_peak = 0;    // the process's, the highest of any round
 };
 
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string model_dir = "testbed/model", json_out, budget = "50%", dtype = "bf16";
-  std::vector<int> clients = {1, 4, 8};
-  int64_t requests = 48, new_tokens = 16;
+  std::vector<int> streams = {1, 4, 8};
+  std::vector<std::string> modes = {"full", "pattern"};
+  int64_t requests = 48, new_tokens = 16, max_batch = 8, max_queue = 0;
   int repeat = 3;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--model") {
-      model_dir = value;
-    } else if (flag == "--json") {
-      json_out = value;
-    } else if (flag == "--budget") {
-      budget = value;
-    } else if (flag == "--dtype") {
-      dtype = value;
-    } else if (flag == "--requests") {
-      (void)absl::SimpleAtoi(value, &requests);
-    } else if (flag == "--repeat") {
-      (void)absl::SimpleAtoi(value, &repeat);
-    } else if (flag == "--new-tokens") {
-      (void)absl::SimpleAtoi(value, &new_tokens);
-    } else if (flag == "--clients") {
-      clients.clear();
-      for (absl::string_view v : absl::StrSplit(value, ',')) {
-        int c = 0;
-        if (!absl::SimpleAtoi(v, &c) || c <= 0) Die(absl::InvalidArgumentError("--clients"));
-        clients.push_back(c);
-      }
-    } else {
-      Die(absl::InvalidArgumentError(absl::StrCat("unknown flag ", flag)));
-    }
-  }
+  CLI::App app{"serve_bench: the one-process server under concurrent gRPC streams"};
+  app.add_option("--model", model_dir, "Model directory")->capture_default_str();
+  app.add_option("--streams,--clients", streams,
+                 "Concurrent streams (client threads) per row, comma-separated")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--modes", modes, "Modes to run, comma-separated: full, pattern")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"full", "pattern"}))
+      ->capture_default_str();
+  app.add_option("--requests", requests, "Requests per round (at least the streams)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--new-tokens", new_tokens, "Tokens each request decodes")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--budget", budget, "Budget of the pattern mode")->capture_default_str();
+  app.add_option("--dtype", dtype, "Worker dtype")->capture_default_str();
+  app.add_option("--repeat", repeat, "Rounds per mode and stream count")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--max-batch", max_batch, "The worker's max batch")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--max-queue", max_queue,
+                 "The worker's queue; 0 = the most streams, so that none is refused")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--json", json_out, "Also write the rows to this JSON file");
+  CLI11_PARSE(app, argc, argv);
+  const int most_streams = *std::max_element(streams.begin(), streams.end());
+  if (max_queue == 0) max_queue = std::max<int64_t>(64, most_streams);
   const std::vector<std::string> tasks = {"add", "reverse", "sort", "caesar", "binary", "brackets"};
 
   // Patterns of the tasks (peu, 32 calibration prompts each) in a store.
@@ -123,7 +173,8 @@ int main(int argc, char** argv) {
   worker::WorkerOptions wo;
   wo.model_dir = model_dir;
   wo.dtype = dtype;
-  wo.max_batch = 8;
+  wo.max_batch = max_batch;
+  wo.max_queue = max_queue;
   auto w = OrDie(worker::Worker::Open(wo));
   auto worker_server = OrDie(worker::WorkerServer::Start({}, w.get(), tokenizer.get()));
   router::RouterOptions ro;
@@ -134,8 +185,9 @@ int main(int argc, char** argv) {
   auto server = OrDie(router::InferenceServer::Start({}, router.get()));
   auto client = OrDie(router::InferenceClient::Open({.address = server->address()}));
 
+  const int64_t most_requests = std::max<int64_t>(requests, most_streams);
   std::vector<std::string> prompts;
-  for (int64_t i = 0; i < requests; ++i) {
+  for (int64_t i = 0; i < most_requests; ++i) {
     const testbed::Task* task = OrDie(testbed::FindTask(tasks[i % tasks.size()]));
     prompts.push_back(OrDie(task->Get(testbed::Split::kEval, i / tasks.size())).prompt);
   }
@@ -160,45 +212,54 @@ int main(int argc, char** argv) {
     *match_share = res.match_seconds / total;
   };
   // Warm up both modes (the pattern mode's first requests load its experts).
-  for (const std::string& p : prompts) {
+  for (size_t i = 0; i < std::min<size_t>(prompts.size(), 48); ++i) {
     double a, b, c;
-    send(p, false, &a, &b, &c);
+    send(prompts[i], false, &a, &b, &c);
   }
   double a, b, c;
   send(prompts[0], true, &a, &b, &c);
+  const int idle_threads = ProcessThreads();
 
   std::vector<Result> results;
-  for (int n : clients) {
+  for (int n : streams) {
+    const size_t count = static_cast<size_t>(std::max<int64_t>(requests, n));
     // The modes alternate, `repeat` rounds each, so that the machine's noise
     // falls on both alike; requests/s is the median round's, latencies are
     // pooled over the rounds.
     std::map<std::string, std::vector<double>> rps, ttft, token, share;
+    std::map<std::string, int> threads_peak;
     for (int round = 0; round < repeat; ++round) {
-      for (const std::string mode : {"full", "pattern"}) {
-        std::fprintf(stderr, "%s, %d clients, round %d\n", mode.c_str(), n, round + 1);
-        std::vector<double> t1(prompts.size()), t2(prompts.size()), t3(prompts.size());
+      for (const std::string& mode : modes) {
+        std::fprintf(stderr, "%s, %d streams, round %d\n", mode.c_str(), n, round + 1);
+        std::vector<double> t1(count), t2(count), t3(count);
         std::atomic<size_t> next{0};
         const auto start = Clock::now();
-        std::vector<std::thread> threads;
-        for (int t = 0; t < n; ++t) {
-          threads.emplace_back([&] {
-            for (size_t i = next++; i < prompts.size(); i = next++) {
-              send(prompts[i], mode == "full", &t1[i], &t2[i], &t3[i]);
-            }
-          });
+        int peak = 0;
+        {
+          ThreadSampler sampler;
+          std::vector<std::thread> threads;
+          for (int t = 0; t < n; ++t) {
+            threads.emplace_back([&] {
+              for (size_t i = next++; i < count; i = next++) {
+                send(prompts[i], mode == "full", &t1[i], &t2[i], &t3[i]);
+              }
+            });
+          }
+          for (auto& t : threads) t.join();
+          peak = sampler.peak();
         }
-        for (auto& t : threads) t.join();
         const double wall = std::chrono::duration<double>(Clock::now() - start).count();
-        rps[mode].push_back(static_cast<double>(prompts.size()) / wall);
+        rps[mode].push_back(static_cast<double>(count) / wall);
         ttft[mode].insert(ttft[mode].end(), t1.begin(), t1.end());
         token[mode].insert(token[mode].end(), t2.begin(), t2.end());
         share[mode].insert(share[mode].end(), t3.begin(), t3.end());
+        threads_peak[mode] = std::max(threads_peak[mode], peak);
       }
     }
-    for (const std::string mode : {"full", "pattern"}) {
+    for (const std::string& mode : modes) {
       Result r;
       r.mode = mode;
-      r.clients = n;
+      r.streams = n;
       r.requests_per_second = Quantile(rps[mode], 0.5);
       r.ttft_p50 = Quantile(ttft[mode], 0.5);
       r.ttft_p99 = Quantile(ttft[mode], 0.99);
@@ -207,6 +268,7 @@ int main(int argc, char** argv) {
       double sum = 0;
       for (double x : share[mode]) sum += x;
       r.match_share = sum / static_cast<double>(share[mode].size());
+      r.threads_peak = threads_peak[mode];
       results.push_back(r);
     }
   }
@@ -216,22 +278,29 @@ int main(int argc, char** argv) {
   const worker::WorkerStatus status = w->Status();
   std::printf("## Serving on loopback: full model against pattern-served (%s)\n\n", budget.c_str());
   std::printf(
-      "%lld requests of %zu tasks per round, %d rounds per row (the modes alternate; "
-      "requests/s is the median round's), %lld new tokens each, %s worker, max batch 8. "
-      "Times in ms.\n\n",
+      "max(%lld, streams) requests of %zu tasks per round, %d rounds per row (the modes "
+      "alternate; requests/s is the median round's), %lld new tokens each, %s worker, max batch "
+      "%lld. Times in ms. Threads: the process's peak during the rows' rounds (%d when idle, "
+      "before the rows); server threads: that less the streams' client threads.\n\n",
       static_cast<long long>(requests), tasks.size(), repeat, static_cast<long long>(new_tokens),
-      dtype.c_str());
+      dtype.c_str(), static_cast<long long>(max_batch), idle_threads);
   std::printf(
-      "| clients | mode | requests/s | TTFT p50 | TTFT p99 | per token p50 | per token p99 "
-      "| matching share | requests/s vs full |\n|---|---|---|---|---|---|---|---|---|\n");
-  for (size_t i = 0; i < results.size(); i += 2) {
-    const Result& full = results[i];
-    for (const Result* r : {&results[i], &results[i + 1]}) {
-      std::printf("| %d | %s | %.1f | %.1f | %.1f | %.2f | %.2f | %.1f%% | %.2f |\n", r->clients,
-                  r->mode.c_str(), r->requests_per_second, 1e3 * r->ttft_p50, 1e3 * r->ttft_p99,
-                  1e3 * r->token_p50, 1e3 * r->token_p99, 100 * r->match_share,
-                  r->requests_per_second / full.requests_per_second);
-    }
+      "| streams | mode | requests/s | TTFT p50 | TTFT p99 | per token p50 | per token p99 "
+      "| matching share | requests/s vs full | threads | server threads |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|\n");
+  std::map<int, double> full_rps;
+  for (const Result& r : results) {
+    if (r.mode == "full") full_rps[r.streams] = r.requests_per_second;
+  }
+  for (const Result& r : results) {
+    const std::string vs_full =
+        full_rps.contains(r.streams)
+            ? absl::StrFormat("%.2f", r.requests_per_second / full_rps[r.streams])
+            : "-";
+    std::printf("| %d | %s | %.1f | %.1f | %.1f | %.2f | %.2f | %.1f%% | %s | %d | %d |\n",
+                r.streams, r.mode.c_str(), r.requests_per_second, 1e3 * r.ttft_p50,
+                1e3 * r.ttft_p99, 1e3 * r.token_p50, 1e3 * r.token_p99, 100 * r.match_share,
+                vs_full.c_str(), r.threads_peak, r.threads_peak - r.streams);
   }
   std::printf("\nThe worker ended with %lld experts resident (%.2f MiB of %.2f MiB).\n",
               static_cast<long long>(status.cache.resident_experts),
@@ -241,13 +310,15 @@ int main(int argc, char** argv) {
     nlohmann::ordered_json j = nlohmann::ordered_json::array();
     for (const Result& r : results) {
       j.push_back({{"mode", r.mode},
-                   {"clients", r.clients},
+                   {"clients", r.streams},
                    {"requests_per_second", r.requests_per_second},
                    {"ttft_p50", r.ttft_p50},
                    {"ttft_p99", r.ttft_p99},
                    {"token_p50", r.token_p50},
                    {"token_p99", r.token_p99},
-                   {"match_share", r.match_share}});
+                   {"match_share", r.match_share},
+                   {"threads_peak", r.threads_peak},
+                   {"server_threads_peak", r.threads_peak - r.streams}});
     }
     if (absl::Status s = common::WriteFileAtomically(json_out, j.dump(2) + "\n"); !s.ok()) Die(s);
   }

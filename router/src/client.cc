@@ -40,8 +40,7 @@ absl::StatusOr<std::unique_ptr<InferenceClient>> InferenceClient::Open(const Opt
 absl::StatusOr<InferenceResult> InferenceClient::Generate(
     const InferenceRequest& request, const std::function<void(const std::string&)>& on_text) {
   grpc::ClientContext ctx;
-  ctx.set_deadline(
-      request.deadline.value_or(std::chrono::system_clock::now() + impl_->options.timeout));
+  rpc::SetDeadline(ctx, request.deadline, impl_->options.timeout);
   v1::InferenceRequest wire;
   ToProto(request, &wire);
   auto reader = impl_->stub->Generate(&ctx, wire);
@@ -64,7 +63,7 @@ absl::StatusOr<InferenceResult> InferenceClient::Generate(
 
 absl::StatusOr<MatchResult> InferenceClient::Match(const std::string& prompt, int32_t k) {
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + impl_->options.timeout);
+  rpc::SetDeadline(ctx, std::nullopt, impl_->options.timeout);
   v1::MatchRequest request;
   request.set_prompt(prompt);
   request.set_k(k);

@@ -1,15 +1,24 @@
+// The premoe.v1.Inference gRPC service over a Router.
+//
+// Callback API throughout; no handler blocks a gRPC thread. Generate is a
+// ServerWriteReactor over Router::GenerateAsync: the router's texts are
+// queued and written one message at a time (what piles up while a write is
+// in flight goes out as one message). OnCancel, or a write that fails,
+// cancels the request's CallCanceller, which cancels the worker call and so
+// the worker's request. Match (a probe forward pass) runs on the server's
+// executor.
 #include "premoe/router/server.h"
 
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
 
-#include <condition_variable>
-#include <map>
-#include <mutex>
+#include <optional>
+#include <string>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "premoe/common/executor.h"
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
 #include "premoe/proto/grpc_edge.h"
@@ -21,138 +30,209 @@ namespace {
 
 constexpr char kServiceName[] = "premoe.v1.Inference";
 
-class Service final : public v1::Inference::Service {
+using rpc::ToGrpcStatus;
+
+absl::Status CheckSize(const google::protobuf::Message& m, int64_t limit) {
+  const int64_t size = static_cast<int64_t>(m.ByteSizeLong());
+  if (size <= limit) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("the request is ", size, " bytes; the limit is ", limit));
+}
+
+// One Generate stream. Lifetime: gRPC holds it until OnDone (after
+// Finish), and the router, once GenerateAsync has been called, until its
+// on_done; whichever lets go last deletes it. The canceller lives here, so
+// it outlives the router's request as Router::GenerateAsync requires.
+class GenerateReactor final : public grpc::ServerWriteReactor<v1::InferenceResponse> {
  public:
-  Service(Router* router, int64_t max_request_bytes)
-      : router_(router), max_request_bytes_(max_request_bytes) {
-    watcher_ = std::thread([this] { Watch(); });
-  }
-  ~Service() override {
+  GenerateReactor(Router* router, int64_t max_request_bytes, grpc::CallbackServerContext* ctx,
+                  const v1::InferenceRequest& wire) {
+    absl::StatusOr<InferenceRequest> request = Parse(max_request_bytes, *ctx, wire);
+    if (!request.ok()) {
+      absl::MutexLock lock(&mu_);
+      FinishLocked(ToGrpcStatus(request.status()));
+      return;
+    }
+    request->canceller = &canceller_;
     {
-      std::lock_guard lock(mu_);
-      stopping_ = true;
+      absl::MutexLock lock(&mu_);
+      ++holders_;  // the router's, until on_done
     }
-    cv_.notify_all();
-    watcher_.join();
-  }
-
-  grpc::Status Generate(grpc::ServerContext* ctx, const v1::InferenceRequest* wire,
-                        grpc::ServerWriter<v1::InferenceResponse>* writer) override {
-    if (absl::Status s = CheckSize(*wire); !s.ok()) return rpc::ToGrpcStatus(s);
-    absl::StatusOr<InferenceRequest> request = FromProto(*wire);
-    if (!request.ok()) return rpc::ToGrpcStatus(request.status());
-    if (ctx->deadline() != std::chrono::system_clock::time_point::max()) {
-      request->deadline = ctx->deadline();
-    }
-    worker::CallCanceller canceller;
-    request->canceller = &canceller;
-    Register(ctx, &canceller);
-    bool write_failed = false;
-    absl::StatusOr<InferenceResult> result =
-        router_->Generate(*request, [&](const std::string& delta) {
-          v1::InferenceResponse m;
-          m.set_text(delta);
-          if (!write_failed && !writer->Write(m)) {
-            write_failed = true;
-            canceller.Cancel();  // the caller is gone
+    router->GenerateAsync(
+        *std::move(request),
+        [this](const std::string& text) {
+          absl::MutexLock lock(&mu_);
+          pending_ += text;
+          PumpLocked();
+        },
+        [this](absl::StatusOr<InferenceResult> result) {
+          {
+            absl::MutexLock lock(&mu_);
+            result_ = std::move(result);
+            PumpLocked();
           }
+          Release();
         });
-    Unregister(ctx);
-    if (!result.ok()) return rpc::ToGrpcStatus(result.status());
-    v1::InferenceResponse last;
-    ToProto(*result, &last);
-    writer->Write(last);
-    return grpc::Status::OK;
   }
 
-  grpc::Status Match(grpc::ServerContext*, const v1::MatchRequest* wire,
-                     v1::MatchResponse* response) override {
-    if (absl::Status s = CheckSize(*wire); !s.ok()) return rpc::ToGrpcStatus(s);
-    if (wire->k() < 0 || wire->k() > 100) {
-      return rpc::ToGrpcStatus(
-          absl::InvalidArgumentError(absl::StrCat("k is ", wire->k(), "; want 0 (3) to 100")));
+  void OnWriteDone(bool ok) override {
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      if (ok) {
+        PumpLocked();
+        return;
+      }
+      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
     }
-    std::vector<ChatMessage> messages;
-    for (const v1::ChatMessage& m : wire->messages()) messages.push_back({m.role(), m.content()});
-    absl::StatusOr<MatchResult> r =
-        router_->Match(wire->prompt(), messages, wire->k() == 0 ? 3 : wire->k());
-    if (!r.ok()) return rpc::ToGrpcStatus(r.status());
-    ToProto(*r, response);
-    return grpc::Status::OK;
+    canceller_.Cancel();  // the caller is gone
+  }
+
+  void OnCancel() override {
+    {
+      absl::MutexLock lock(&mu_);
+      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
+    }
+    // Outside the lock: the router's callbacks take it.
+    canceller_.Cancel();
+  }
+
+  void OnDone() override { Release(); }
+
+ private:
+  static absl::StatusOr<InferenceRequest> Parse(int64_t max_request_bytes,
+                                                const grpc::CallbackServerContext& ctx,
+                                                const v1::InferenceRequest& wire) {
+    RETURN_IF_ERROR(CheckSize(wire, max_request_bytes));
+    ASSIGN_OR_RETURN(InferenceRequest request, FromProto(wire));
+    if (ctx.deadline() != std::chrono::system_clock::time_point::max()) {
+      request.deadline = ctx.deadline();
+    }
+    return request;
+  }
+
+  void Release() {
+    bool last = false;
+    {
+      absl::MutexLock lock(&mu_);
+      last = --holders_ == 0;
+    }
+    if (last) delete this;
+  }
+
+  // Starts the next write: the text not yet sent, else, once the request
+  // has ended, the last message or the error.
+  void PumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (writing_ || finished_) return;
+    if (!pending_.empty()) {
+      message_.Clear();
+      message_.set_text(std::move(pending_));
+      pending_.clear();
+      writing_ = true;
+      StartWrite(&message_);
+      return;
+    }
+    if (!result_.has_value()) return;
+    if (!result_->ok()) {
+      FinishLocked(ToGrpcStatus(result_->status()));
+      return;
+    }
+    message_.Clear();
+    ToProto(**result_, &message_);
+    finished_ = true;
+    StartWriteAndFinish(&message_, grpc::WriteOptions(), grpc::Status::OK);
+  }
+
+  void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_) return;
+    finished_ = true;
+    Finish(status);
+  }
+
+  worker::CallCanceller canceller_;
+  absl::Mutex mu_;
+  int holders_ ABSL_GUARDED_BY(mu_) = 1;      // gRPC's
+  std::string pending_ ABSL_GUARDED_BY(mu_);  // text not yet written
+  std::optional<absl::StatusOr<InferenceResult>> result_ ABSL_GUARDED_BY(mu_);
+  v1::InferenceResponse message_ ABSL_GUARDED_BY(mu_);  // being written while writing_
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+class Service final : public v1::Inference::CallbackService {
+ public:
+  Service(Router* router, int64_t max_request_bytes, common::Executor* executor)
+      : router_(router), max_request_bytes_(max_request_bytes), executor_(executor) {}
+
+  grpc::ServerWriteReactor<v1::InferenceResponse>* Generate(
+      grpc::CallbackServerContext* ctx, const v1::InferenceRequest* wire) override {
+    return new GenerateReactor(router_, max_request_bytes_, ctx, *wire);
+  }
+
+  grpc::ServerUnaryReactor* Match(grpc::CallbackServerContext* ctx, const v1::MatchRequest* wire,
+                                  v1::MatchResponse* response) override {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    absl::Status queued = executor_->Submit([this, reactor, wire, response] {
+      reactor->Finish(ToGrpcStatus(MatchImpl(*wire, response)));
+    });
+    if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
+    return reactor;
   }
 
  private:
-  absl::Status CheckSize(const google::protobuf::Message& m) const {
-    const int64_t size = static_cast<int64_t>(m.ByteSizeLong());
-    if (size <= max_request_bytes_) return absl::OkStatus();
-    return absl::InvalidArgumentError(
-        absl::StrCat("the request is ", size, " bytes; the limit is ", max_request_bytes_));
-  }
-
-  void Register(grpc::ServerContext* ctx, worker::CallCanceller* c) {
-    std::lock_guard lock(mu_);
-    calls_[ctx] = c;
-  }
-  void Unregister(grpc::ServerContext* ctx) {
-    std::lock_guard lock(mu_);
-    calls_.erase(ctx);
-  }
-
-  // The sync API has no cancellation callback: poll the running calls so a
-  // caller that hangs up stops its worker's decoding too.
-  void Watch() {
-    std::unique_lock lock(mu_);
-    while (!stopping_) {
-      cv_.wait_for(lock, std::chrono::milliseconds(50), [&] { return stopping_; });
-      for (auto& [ctx, canceller] : calls_) {
-        if (ctx->IsCancelled()) canceller->Cancel();
-      }
+  absl::Status MatchImpl(const v1::MatchRequest& wire, v1::MatchResponse* response) {
+    RETURN_IF_ERROR(CheckSize(wire, max_request_bytes_));
+    if (wire.k() < 0 || wire.k() > 100) {
+      return absl::InvalidArgumentError(absl::StrCat("k is ", wire.k(), "; want 0 (3) to 100"));
     }
+    std::vector<ChatMessage> messages;
+    for (const v1::ChatMessage& m : wire.messages()) messages.push_back({m.role(), m.content()});
+    ASSIGN_OR_RETURN(MatchResult r,
+                     router_->Match(wire.prompt(), messages, wire.k() == 0 ? 3 : wire.k()));
+    ToProto(r, response);
+    return absl::OkStatus();
   }
 
   Router* router_;
   const int64_t max_request_bytes_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stopping_ = false;
-  std::map<grpc::ServerContext*, worker::CallCanceller*> calls_;
-  std::thread watcher_;
+  common::Executor* executor_;
 };
 
 }  // namespace
 
 absl::Status InferenceServer::Options::Validate() const {
-  if (address.empty() || max_request_bytes <= 0) {
+  if (address.empty() || max_request_bytes <= 0 || executor_threads < 1) {
     return absl::InvalidArgumentError(
-        "InferenceServer::Options: want an address and a positive request limit");
+        "InferenceServer::Options: want an address, a positive request limit and "
+        "executor_threads >= 1");
   }
   return absl::OkStatus();
 }
 
 struct InferenceServer::Impl {
   Router* router = nullptr;
+  // Shutdown stops the server (no call runs any more), then the executor
+  // (runs what is queued).
+  std::unique_ptr<common::Executor> executor;
   std::unique_ptr<Service> service;
-  std::unique_ptr<grpc::Server> server;
-  int port = 0;
-  std::string host;
-  std::mutex mu;
-  std::condition_variable cv;
-  bool shut_down = false;
+  std::unique_ptr<rpc::Server> server;
+
+  absl::Mutex mu;
+  bool shut_down ABSL_GUARDED_BY(mu) = false;
   std::thread health;  // mirrors Router::Ready into the health service
 
   void TrackHealth() {
-    std::unique_lock lock(mu);
     bool last = false;
-    bool first = true;
-    while (!shut_down) {
+    for (bool first = true;; first = false) {
+      // Ready() asks the store and the pool: not under the lock.
       const bool ready = router->Ready();
       if (first || ready != last) {
-        server->GetHealthCheckService()->SetServingStatus(kServiceName, ready);
+        server->SetServing(kServiceName, ready);
         PREMOE_LOG_INFO("router %s", ready ? "ready" : "not ready (no patterns or no worker)");
       }
-      first = false;
       last = ready;
-      cv.wait_for(lock, std::chrono::seconds(1), [&] { return shut_down; });
+      absl::MutexLock lock(&mu);
+      if (mu.AwaitWithTimeout(absl::Condition(&shut_down), absl::Seconds(1))) return;
     }
   }
 };
@@ -166,46 +246,38 @@ absl::StatusOr<std::unique_ptr<InferenceServer>> InferenceServer::Start(const Op
   if (router == nullptr) return absl::InvalidArgumentError("inference server: no router");
   auto impl = std::make_unique<Impl>();
   impl->router = router;
-  impl->service = std::make_unique<Service>(router, options.max_request_bytes);
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.address, grpc::InsecureServerCredentials(), &impl->port);
+  ASSIGN_OR_RETURN(impl->executor, common::Executor::Create({.name = "inference server executor",
+                                                             .threads = options.executor_threads}));
+  impl->service =
+      std::make_unique<Service>(router, options.max_request_bytes, impl->executor.get());
+  rpc::ServerOptions so;
+  so.who = "inference server";
+  so.address = options.address;
   // gRPC's own limit sits above ours, so an oversized request gets our
   // INVALID_ARGUMENT naming the limit rather than a transport error.
-  builder.SetMaxReceiveMessageSize(options.max_request_bytes * 2);
-  builder.RegisterService(impl->service.get());
-  impl->server = builder.BuildAndStart();
-  if (!impl->server || impl->port == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("inference server: cannot listen on ", options.address));
-  }
-  impl->server->GetHealthCheckService()->SetServingStatus(true);
-  impl->host = rpc::DialableHost(options.address);
+  so.max_receive_bytes = options.max_request_bytes * 2;
+  so.reflection = true;
+  ASSIGN_OR_RETURN(impl->server, rpc::Server::Start(so, {impl->service.get()}));
   Impl* raw = impl.get();
   impl->health = std::thread([raw] { raw->TrackHealth(); });
-  PREMOE_LOG_INFO("router serving premoe.v1.Inference on %s:%d", impl->host, impl->port);
+  PREMOE_LOG_INFO("router serving premoe.v1.Inference on %s", impl->server->address());
   return std::unique_ptr<InferenceServer>(new InferenceServer(std::move(impl)));
 }
 
-int InferenceServer::port() const { return impl_->port; }
-std::string InferenceServer::address() const { return absl::StrCat(impl_->host, ":", impl_->port); }
+int InferenceServer::port() const { return impl_->server->port(); }
+std::string InferenceServer::address() const { return impl_->server->address(); }
 
 void InferenceServer::Shutdown() {
   {
-    std::lock_guard lock(impl_->mu);
+    absl::MutexLock lock(&impl_->mu);
     if (impl_->shut_down) return;
     impl_->shut_down = true;
   }
-  impl_->cv.notify_all();
   impl_->health.join();
-  impl_->server->GetHealthCheckService()->SetServingStatus(false);
-  // Streams in flight get a moment, then are cancelled (the watcher passes
-  // that on to their workers).
-  impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
-  impl_->server->Wait();
-  impl_->server.reset();
-  impl_->service.reset();
+  // Streams in flight get a moment, then are cancelled (OnCancel passes that
+  // on to their workers).
+  impl_->server->Shutdown(std::chrono::milliseconds(500));
+  impl_->executor.reset();
 }
 
 }  // namespace premoe::router

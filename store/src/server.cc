@@ -9,7 +9,6 @@
 #include "premoe/store/server.h"
 
 #include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
 
 #include <condition_variable>
 #include <deque>
@@ -17,7 +16,9 @@
 #include <mutex>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
 #include "premoe/proto/grpc_edge.h"
@@ -288,15 +289,13 @@ absl::Status PatternStoreServer::Options::Validate() const {
 }
 
 struct PatternStoreServer::Impl {
-  std::string host;
-  int port = 0;
-  std::mutex mu;
-  // Destroyed in reverse: server first (no new calls), then the executor
-  // (runs what is queued, including reactors' self-deletion), then service.
-  std::unique_ptr<Executor> executor;
+  // Shutdown stops the server (no call runs any more), then the executor
+  // (runs what is queued, including reactors' self-deletion, which lets go
+  // of the store's watches), so the store may go once it returns.
+  absl::Mutex mu;
+  std::unique_ptr<Executor> executor ABSL_GUARDED_BY(mu);
   std::unique_ptr<Service> service;
-  std::unique_ptr<grpc::Server> server;
-  bool shut_down = false;
+  std::unique_ptr<rpc::Server> server;
 };
 
 PatternStoreServer::PatternStoreServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -307,44 +306,33 @@ absl::StatusOr<std::unique_ptr<PatternStoreServer>> PatternStoreServer::Start(
   RETURN_IF_ERROR(options.Validate());
   if (store == nullptr) return absl::InvalidArgumentError("pattern store server: no store");
   auto impl = std::make_unique<Impl>();
-  impl->executor = std::make_unique<Executor>(options.executor_threads);
-  impl->service = std::make_unique<Service>(store, impl->executor.get());
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.address, grpc::InsecureServerCredentials(), &impl->port);
-  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
-  builder.SetMaxSendMessageSize(options.max_message_bytes);
-  builder.RegisterService(impl->service.get());
-  impl->server = builder.BuildAndStart();
-  if (!impl->server || impl->port == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("pattern store server: cannot listen on ", options.address));
+  Executor* executor = new Executor(options.executor_threads);
+  {
+    absl::MutexLock lock(&impl->mu);
+    impl->executor.reset(executor);
   }
-  // The standard health service, by name too for Kubernetes' gRPC probes.
-  impl->server->GetHealthCheckService()->SetServingStatus(true);
-  impl->server->GetHealthCheckService()->SetServingStatus("premoe.v1.PatternStore", true);
-  impl->host = rpc::DialableHost(options.address);
-  PREMOE_LOG_INFO("pattern store serving on %s:%d", impl->host, impl->port);
+  impl->service = std::make_unique<Service>(store, executor);
+  rpc::ServerOptions so;
+  so.who = "pattern store server";
+  so.address = options.address;
+  so.max_receive_bytes = options.max_message_bytes;
+  so.max_send_bytes = options.max_message_bytes;
+  so.serving = {"premoe.v1.PatternStore"};
+  ASSIGN_OR_RETURN(impl->server, rpc::Server::Start(so, {impl->service.get()}));
+  PREMOE_LOG_INFO("pattern store serving on %s", impl->server->address());
   return std::unique_ptr<PatternStoreServer>(new PatternStoreServer(std::move(impl)));
 }
 
-int PatternStoreServer::port() const { return impl_->port; }
+int PatternStoreServer::port() const { return impl_->server->port(); }
 
-std::string PatternStoreServer::address() const {
-  return absl::StrCat(impl_->host, ":", impl_->port);
-}
+std::string PatternStoreServer::address() const { return impl_->server->address(); }
 
 void PatternStoreServer::Shutdown() {
-  std::lock_guard lock(impl_->mu);
-  if (impl_->shut_down) return;
-  impl_->shut_down = true;
-  impl_->server->GetHealthCheckService()->SetServingStatus(false);
   // Watch streams never end by themselves: cancel them (after a moment for
   // unary calls in flight) so that Shutdown returns.
-  impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
-  impl_->server->Wait();
+  absl::MutexLock lock(&impl_->mu);
+  impl_->server->Shutdown(std::chrono::milliseconds(200));
   impl_->executor.reset();
-  impl_->server.reset();
 }
 
 }  // namespace premoe::store

@@ -1,5 +1,11 @@
 #include <cmath>
+#include <set>
+#include <thread>
+#include <vector>
 
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "premoe/common/executor.h"
 #include "premoe/common/file.h"
 #include "premoe/common/hash.h"
 #include "premoe/common/json.h"
@@ -101,6 +107,38 @@ TEST(LoggingTest, RefusesUnknownLevels) {
   EXPECT_FALSE(LogEnabled(LogLevel::kInfo));
   EXPECT_TRUE(LogEnabled(LogLevel::kError));
   EXPECT_OK(InitLogging("info"));
+}
+
+TEST(ExecutorTest, RunsTasksInOrderOnItsOwnThreadsAndRefusesAFullQueue) {
+  EXPECT_THAT(Executor::Create({.threads = 0}), StatusIs(absl::StatusCode::kInvalidArgument, ""));
+  ASSERT_OK_AND_ASSIGN(auto one,
+                       Executor::Create({.name = "test executor", .threads = 1, .max_queued = 3}));
+  // The first task holds the only thread, so the next three queue.
+  absl::Notification started, release;
+  absl::Mutex mu;
+  std::vector<int> order;
+  std::set<std::thread::id> threads;
+  ASSERT_OK(one->Submit([&] {
+    started.Notify();
+    release.WaitForNotification();
+  }));
+  started.WaitForNotification();
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_OK(one->Submit([&, i] {
+      absl::MutexLock lock(&mu);
+      order.push_back(i);
+      threads.insert(std::this_thread::get_id());
+    }));
+  }
+  EXPECT_EQ(one->queued(), 3);
+  EXPECT_THAT(one->Submit([] {}),
+              StatusIs(absl::StatusCode::kResourceExhausted, "test executor is busy"));
+  release.Notify();
+  // The destructor runs what is queued before it returns.
+  one.reset();
+  EXPECT_EQ(order, (std::vector<int>{0, 1, 2}));
+  ASSERT_EQ(threads.size(), 1u);
+  EXPECT_NE(*threads.begin(), std::this_thread::get_id());
 }
 
 }  // namespace

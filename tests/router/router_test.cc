@@ -13,6 +13,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "grpcpp/grpcpp.h"
 #include "premoe/model/engine.h"
 #include "premoe/model/fingerprint.h"
 #include "premoe/profiler/calibration.h"
@@ -28,6 +31,7 @@
 #include "premoe/store/server.h"
 #include "premoe/testbed/tasks.h"
 #include "premoe/tokenizer/tokenizer.h"
+#include "premoe/v1/inference.grpc.pb.h"
 #include "premoe/worker/server.h"
 #include "premoe/worker/worker.h"
 #include "tests/testutil/testutil.h"
@@ -441,6 +445,152 @@ TEST_F(RouterTest, TwoPatternsSpreadOverTwoWorkersInsteadOfThrashing) {
   for (const auto& wk : w.workers) EXPECT_EQ(wk->Status().cache.evictions, 0);
   // A bad budget is the caller's error, not the workers'.
   EXPECT_THAT(pool->Assign(&add, "most"), StatusIs(absl::StatusCode::kInvalidArgument, "most"));
+}
+
+// Until `worker` has no request queued or running.
+void WaitIdle(const worker::Worker& worker) {
+  while (true) {
+    const worker::WorkerStatus s = worker.Status();
+    if (s.queued == 0 && s.running == 0) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+TEST_F(RouterTest, ACallerThatHangsUpCancelsTheWorkersRequest) {
+  Workers w = StartWorkers(1, 0);
+  ASSERT_OK_AND_ASSIGN(auto router, Router::Open(Options(w), store_.get()));
+  ASSERT_OK_AND_ASSIGN(auto server, InferenceServer::Start({}, router.get()));
+  auto stub = v1::Inference::NewStub(
+      grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials()));
+  v1::InferenceRequest request;
+  request.set_prompt(Prompt("add", testbed::Split::kEval, 0));
+  request.mutable_sampling()->set_max_new_tokens(200);
+  request.mutable_sampling()->set_ignore_eos(true);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(2));
+  std::unique_ptr<grpc::ClientReader<v1::InferenceResponse>> reader = stub->Generate(&ctx, request);
+  v1::InferenceResponse first;
+  ASSERT_TRUE(reader->Read(&first));
+  EXPECT_FALSE(first.done());
+  // Hang up 199 tokens before the end.
+  ctx.TryCancel();
+  while (reader->Read(&first)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  // The router cancelled its worker call, and the worker its request.
+  WaitIdle(*w.workers[0]);
+  EXPECT_EQ(w.workers[0]->Status().cancelled, 1);
+
+  // GenerateAsync, cancelled through its canceller, ends the same way.
+  worker::CallCanceller canceller;
+  InferenceRequest r;
+  r.prompt = request.prompt();
+  r.options.max_new_tokens = 200;
+  r.options.stop_at_eos = false;
+  r.canceller = &canceller;
+  absl::Notification done;
+  absl::StatusOr<InferenceResult> result;
+  router->GenerateAsync(
+      r, [&](const std::string&) { canceller.Cancel(); },
+      [&](absl::StatusOr<InferenceResult> res) {
+        result = std::move(res);
+        done.Notify();
+      });
+  done.WaitForNotification();
+  EXPECT_THAT(result, StatusIs(absl::StatusCode::kCancelled, ""));
+  WaitIdle(*w.workers[0]);
+  EXPECT_EQ(w.workers[0]->Status().cancelled, 2);
+}
+
+// Reads one Generate stream to its end and counts it down.
+class CountedStream final : public grpc::ClientReadReactor<v1::InferenceResponse> {
+ public:
+  struct Count {
+    absl::Mutex mu;
+    int left ABSL_GUARDED_BY(mu) = 0;
+    int done ABSL_GUARDED_BY(mu) = 0;  // ended OK with a last message
+  };
+  CountedStream(v1::Inference::Stub* stub, const v1::InferenceRequest& request,
+                std::shared_ptr<Count> count)
+      : request_(request), count_(std::move(count)) {
+    ctx_.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(5));
+    stub->async()->Generate(&ctx_, &request_, this);
+    StartRead(&message_);
+    StartCall();
+  }
+  void OnReadDone(bool ok) override {
+    if (!ok) return;
+    got_last_ = got_last_ || message_.done();
+    StartRead(&message_);
+  }
+  void OnDone(const grpc::Status& status) override {
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    {
+      absl::MutexLock lock(&count_->mu);
+      --count_->left;
+      count_->done += status.ok() && got_last_ ? 1 : 0;
+    }
+    delete this;
+  }
+
+ private:
+  grpc::ClientContext ctx_;
+  v1::InferenceRequest request_;
+  v1::InferenceResponse message_;
+  bool got_last_ = false;
+  std::shared_ptr<Count> count_;
+};
+
+TEST_F(RouterTest, ManyConcurrentStreamsDoNotGrowTheServersThreads) {
+  // One worker whose queue takes every stream at once.
+  worker::WorkerOptions wo;
+  wo.model_dir = ModelDir();
+  wo.dtype = "fp32";
+  wo.max_queue = 512;
+  ASSERT_OK_AND_ASSIGN(auto wk, worker::Worker::Open(wo));
+  ASSERT_OK_AND_ASSIGN(auto worker_server, worker::WorkerServer::Start({}, wk.get(), tokenizer_));
+  RouterOptions o;
+  o.matcher.model_dir = ModelDir();
+  o.workers.addresses = {worker_server->address()};
+  ASSERT_OK_AND_ASSIGN(auto router, Router::Open(o, store_.get()));
+  ASSERT_OK_AND_ASSIGN(auto server, InferenceServer::Start({}, router.get()));
+  auto stub = v1::Inference::NewStub(
+      grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials()));
+  // Opens `n` streams at once (callback client: no thread per call) and
+  // returns the most threads the process had while any was in flight.
+  auto run = [&](int n) {
+    auto count = std::make_shared<CountedStream::Count>();
+    {
+      absl::MutexLock lock(&count->mu);
+      count->left = n;
+    }
+    for (int i = 0; i < n; ++i) {
+      v1::InferenceRequest request;
+      request.set_prompt(Prompt(kTasks[i % 4], testbed::Split::kEval, i / 4));
+      request.mutable_sampling()->set_max_new_tokens(3);
+      request.mutable_sampling()->set_ignore_eos(true);
+      new CountedStream(stub.get(), request, count);
+    }
+    int peak = 0;
+    while (true) {
+      peak = std::max(peak, premoe::testing::ProcessThreads());
+      absl::MutexLock lock(&count->mu);
+      if (count->left == 0) break;
+      count->mu.AwaitWithTimeout(absl::Condition(
+                                     +[](int* left) { return *left == 0; }, &count->left),
+                                 absl::Milliseconds(1));
+    }
+    absl::MutexLock lock(&count->mu);
+    EXPECT_EQ(count->done, n);
+    return peak;
+  };
+  // gRPC starts its pools' threads on demand: let it, then compare.
+  run(256);
+  const int few = run(8);
+  const int many = run(256);
+  // The synchronous servers held a thread per stream in the router and
+  // another in the worker: 496 more.
+  EXPECT_LE(many, few + 8) << "8 streams: " << few << " threads; 256 streams: " << many;
 }
 
 }  // namespace

@@ -94,4 +94,14 @@ std::string ReadFileOrDie(const std::string& path) {
   return ss.str();
 }
 
+int ProcessThreads() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("Threads:", 0) == 0) return std::atoi(line.c_str() + 8);
+  }
+  ADD_FAILURE() << "no Threads line in /proc/self/status";
+  return 0;
+}
+
 }  // namespace premoe::testing

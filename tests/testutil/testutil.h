@@ -76,4 +76,8 @@ absl::StatusOr<std::string> RunPython(const std::string& script,
 void WriteStringToFile(const std::string& path, const std::string& contents);
 std::string ReadFileOrDie(const std::string& path);
 
+// The threads of this process now (the Threads line of /proc/self/status),
+// for tests that a server's threads do not grow with its calls.
+int ProcessThreads();
+
 }  // namespace premoe::testing

@@ -13,6 +13,8 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "premoe/checkpoint/expert_pack.h"
 #include "premoe/model/fingerprint.h"
 #include "premoe/model/repack.h"
@@ -20,7 +22,9 @@
 #include "premoe/profiler/selection.h"
 #include "premoe/testbed/tasks.h"
 #include "premoe/tokenizer/tokenizer.h"
+#include "premoe/worker/client.h"
 #include "premoe/worker/expert_cache.h"
+#include "premoe/worker/server.h"
 #include "tests/testutil/testutil.h"
 
 namespace premoe::worker {
@@ -498,6 +502,110 @@ TEST_F(WorkerTest, RefusalsNameTheProblem) {
   cv.notify_all();
   first.join();
   second.join();
+}
+
+// Until the worker has no request queued or running.
+void WaitIdle(const Worker& worker) {
+  while (true) {
+    const WorkerStatus s = worker.Status();
+    if (s.queued == 0 && s.running == 0) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+TEST_F(WorkerTest, AStreamTheClientCancelsEndsCancelledOnTheWorker) {
+  ASSERT_OK_AND_ASSIGN(auto worker, Worker::Open(Options()));
+  ASSERT_OK_AND_ASSIGN(auto server, WorkerServer::Start({}, worker.get(), tokenizer_));
+  ASSERT_OK_AND_ASSIGN(auto client, WorkerClient::Open({.address = server->address()}));
+  TextRequest r;
+  r.prompt = EvalPrompts("add", 1)[0];
+  r.options.max_new_tokens = 200;
+  r.options.stop_at_eos = false;
+  CallCanceller canceller;
+  r.canceller = &canceller;
+  absl::Notification done;
+  absl::StatusOr<TextResult> result;
+  // Cancels as soon as the first text arrives, 199 tokens before the end.
+  client->StartGenerate(
+      r, [&](const std::string&, const std::vector<int64_t>&) { canceller.Cancel(); },
+      [&](absl::StatusOr<TextResult> res) {
+        result = std::move(res);
+        done.Notify();
+      });
+  done.WaitForNotification();
+  EXPECT_THAT(result, StatusIs(absl::StatusCode::kCancelled, ""));
+  // The worker's request ends CANCELLED (its on_token refused a token), not
+  // after its 200 tokens.
+  WaitIdle(*worker);
+  EXPECT_EQ(worker->Status().cancelled, 1);
+  // A cancelled canceller ends a later call at once, before it is sent.
+  absl::Notification again;
+  client->StartGenerate(r, nullptr, [&](absl::StatusOr<TextResult> res) {
+    EXPECT_THAT(res, StatusIs(absl::StatusCode::kCancelled, "cancelled by the caller"));
+    again.Notify();
+  });
+  again.WaitForNotification();
+  // And the server still serves.
+  r.canceller = nullptr;
+  r.options.max_new_tokens = 4;
+  ASSERT_OK_AND_ASSIGN(TextResult ok, client->Generate(r));
+  EXPECT_EQ(ok.completion_tokens, 4);
+}
+
+TEST_F(WorkerTest, ManyConcurrentStreamsDoNotGrowTheServersThreads) {
+  WorkerOptions o = Options();
+  o.max_queue = 512;
+  ASSERT_OK_AND_ASSIGN(auto worker, Worker::Open(o));
+  ASSERT_OK_AND_ASSIGN(auto server, WorkerServer::Start({}, worker.get(), tokenizer_));
+  ASSERT_OK_AND_ASSIGN(auto client, WorkerClient::Open({.address = server->address()}));
+  const std::vector<std::string> prompts = EvalPrompts("reverse", 8);
+  // Opens `n` streams at once through the callback client (which holds no
+  // thread per call either) and returns the most threads the process had
+  // while any was in flight.
+  auto run = [&](int n) {
+    // Held by the callbacks too, so that none outlives it.
+    struct Left {
+      absl::Mutex mu;
+      int streams ABSL_GUARDED_BY(mu) = 0;
+      int ok ABSL_GUARDED_BY(mu) = 0;
+    };
+    auto left = std::make_shared<Left>();
+    {
+      absl::MutexLock lock(&left->mu);
+      left->streams = n;
+    }
+    for (int i = 0; i < n; ++i) {
+      TextRequest r;
+      r.prompt = prompts[i % prompts.size()];
+      r.options.max_new_tokens = 3;
+      r.options.stop_at_eos = false;
+      client->StartGenerate(r, nullptr, [left](absl::StatusOr<TextResult> res) {
+        EXPECT_TRUE(res.ok()) << res.status();
+        absl::MutexLock lock(&left->mu);
+        --left->streams;
+        left->ok += res.ok() ? 1 : 0;
+      });
+    }
+    int peak = 0;
+    while (true) {
+      peak = std::max(peak, premoe::testing::ProcessThreads());
+      absl::MutexLock lock(&left->mu);
+      if (left->streams == 0) break;
+      left->mu.AwaitWithTimeout(absl::Condition(
+                                    +[](int* streams) { return *streams == 0; }, &left->streams),
+                                absl::Milliseconds(1));
+    }
+    absl::MutexLock lock(&left->mu);
+    EXPECT_EQ(left->ok, n);
+    return peak;
+  };
+  // gRPC starts its pools' threads on demand: let it, then compare.
+  run(256);
+  const int few = run(8);
+  const int many = run(256);
+  // The synchronous server held a thread per stream: 248 more.
+  EXPECT_LE(many, few + 8) << "8 streams: " << few << " threads; 256 streams: " << many;
+  EXPECT_EQ(worker->Status().cancelled, 0);
 }
 
 }  // namespace

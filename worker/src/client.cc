@@ -26,8 +26,11 @@ WorkerClient::WorkerClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) 
 WorkerClient::~WorkerClient() = default;
 
 absl::StatusOr<std::unique_ptr<WorkerClient>> WorkerClient::Open(const Options& options) {
-  if (options.address.empty() || options.max_message_bytes <= 0) {
-    return absl::InvalidArgumentError("WorkerClient::Options: want an address and a message limit");
+  if (options.address.empty() || options.max_message_bytes <= 0 ||
+      options.status_timeout.count() <= 0 || options.prepare_timeout.count() <= 0 ||
+      options.generate_timeout.count() <= 0) {
+    return absl::InvalidArgumentError(
+        "WorkerClient::Options: want an address, a message limit and positive timeouts");
   }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
@@ -38,22 +41,114 @@ absl::StatusOr<std::unique_ptr<WorkerClient>> WorkerClient::Open(const Options& 
 }
 
 void CallCanceller::Cancel() {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   cancelled_ = true;
-  if (context_ != nullptr) static_cast<grpc::ClientContext*>(context_)->TryCancel();
+  // Under the lock, so that the call cannot detach (and free its context)
+  // meanwhile. TryCancel never runs the call's reactions on this thread.
+  if (cancel_) cancel_();
 }
 
 bool CallCanceller::cancelled() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   return cancelled_;
 }
+
+bool CallCanceller::Attach(std::function<void()> cancel) {
+  absl::MutexLock lock(&mu_);
+  if (cancelled_) return false;
+  cancel_ = std::move(cancel);
+  return true;
+}
+
+void CallCanceller::Detach() {
+  absl::MutexLock lock(&mu_);
+  cancel_ = nullptr;
+}
+
+namespace {
+
+// Adds one streamed message to `out`; true when it had text or tokens.
+bool Accumulate(const v1::GenerateResponse& message, TextResult* out, bool* done) {
+  out->text += message.text();
+  out->tokens.insert(out->tokens.end(), message.token_ids().begin(), message.token_ids().end());
+  if (message.done()) {
+    *done = true;
+    out->finish_reason = message.finish_reason();
+    out->prompt_tokens = message.prompt_tokens();
+    out->completion_tokens = message.completion_tokens();
+    out->time_to_first_token = message.time_to_first_token_seconds();
+  }
+  return !message.text().empty() || message.token_ids_size() > 0;
+}
+
+}  // namespace
+
+// One StartGenerate call. Lifetime: created by StartGenerate, deletes itself
+// in OnDone, which gRPC calls exactly once after the call has ended.
+class WorkerClient::GenerateCall final : public grpc::ClientReadReactor<v1::GenerateResponse> {
+ public:
+  GenerateCall(const Impl* impl, CallCanceller* canceller, DeltaCallback on_delta,
+               DoneCallback on_done)
+      : impl_(impl),
+        canceller_(canceller),
+        on_delta_(std::move(on_delta)),
+        on_done_(std::move(on_done)) {}
+
+  void Start(const TextRequest& request) {
+    rpc::SetDeadline(ctx_, request.deadline, impl_->options.generate_timeout);
+    ToProto(request, &wire_);
+    if (canceller_ != nullptr && !canceller_->Attach([this] { ctx_.TryCancel(); })) {
+      DoneCallback done = std::move(on_done_);
+      delete this;
+      done(absl::CancelledError("Generate: cancelled by the caller"));
+      return;
+    }
+    impl_->stub->async()->Generate(&ctx_, &wire_, this);
+    StartRead(&message_);
+    StartCall();
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return;  // the stream has ended: OnDone follows
+    if (Accumulate(message_, &out_, &done_) && on_delta_) {
+      on_delta_(message_.text(), {message_.token_ids().begin(), message_.token_ids().end()});
+    }
+    StartRead(&message_);
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    if (canceller_ != nullptr) canceller_->Detach();
+    absl::StatusOr<TextResult> result = std::move(out_);
+    if (absl::Status s = impl_->Convert(status, "Generate"); !s.ok()) {
+      result = s;
+    } else if (!done_) {
+      result = absl::UnavailableError(
+          absl::StrCat("worker ", impl_->options.address, ": Generate: the stream ended early"));
+    }
+    DoneCallback done = std::move(on_done_);
+    delete this;
+    done(std::move(result));
+  }
+
+ private:
+  const Impl* impl_;
+  CallCanceller* canceller_;
+  DeltaCallback on_delta_;
+  DoneCallback on_done_;
+  grpc::ClientContext ctx_;
+  v1::GenerateRequest wire_;
+  v1::GenerateResponse message_;
+  TextResult out_;
+  bool done_ = false;
+};
 
 absl::StatusOr<PreparedPattern> WorkerClient::Prepare(
     const store::Pattern& pattern, const std::string& budget,
     std::optional<std::chrono::system_clock::time_point> deadline) {
   grpc::ClientContext ctx;
   const auto longest = std::chrono::system_clock::now() + impl_->options.prepare_timeout;
-  ctx.set_deadline(deadline.has_value() ? std::min(*deadline, longest) : longest);
+  rpc::SetDeadline(ctx, deadline.has_value() ? std::min(*deadline, longest) : longest,
+                   impl_->options.prepare_timeout);
   v1::PrepareRequest request;
   PatternToProto(pattern, request.mutable_pattern());
   request.set_budget(budget);
@@ -66,22 +161,18 @@ absl::StatusOr<TextResult> WorkerClient::Generate(
     const TextRequest& request,
     const std::function<void(const std::string&, const std::vector<int64_t>&)>& on_delta) {
   grpc::ClientContext ctx;
-  if (request.deadline.has_value()) ctx.set_deadline(*request.deadline);
+  rpc::SetDeadline(ctx, request.deadline, impl_->options.generate_timeout);
   CallCanceller* canceller = request.canceller;
-  if (canceller != nullptr) {
-    std::lock_guard lock(canceller->mu_);
-    if (canceller->cancelled_) return absl::CancelledError("Generate: cancelled by the caller");
-    canceller->context_ = &ctx;
+  if (canceller != nullptr && !canceller->Attach([&ctx] { ctx.TryCancel(); })) {
+    return absl::CancelledError("Generate: cancelled by the caller");
   }
-  // The context dies with this call: unregister it on every way out.
-  struct Unregister {
+  // The context dies with this call: detach it on every way out.
+  struct Detach {
     CallCanceller* c;
-    ~Unregister() {
-      if (c == nullptr) return;
-      std::lock_guard lock(c->mu_);
-      c->context_ = nullptr;
+    ~Detach() {
+      if (c != nullptr) c->Detach();
     }
-  } unregister{canceller};
+  } detach{canceller};
   v1::GenerateRequest wire;
   ToProto(request, &wire);
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
@@ -90,16 +181,8 @@ absl::StatusOr<TextResult> WorkerClient::Generate(
   v1::GenerateResponse message;
   bool done = false;
   while (reader->Read(&message)) {
-    std::vector<int64_t> tokens(message.token_ids().begin(), message.token_ids().end());
-    out.text += message.text();
-    out.tokens.insert(out.tokens.end(), tokens.begin(), tokens.end());
-    if (on_delta && (!message.text().empty() || !tokens.empty())) on_delta(message.text(), tokens);
-    if (message.done()) {
-      done = true;
-      out.finish_reason = message.finish_reason();
-      out.prompt_tokens = message.prompt_tokens();
-      out.completion_tokens = message.completion_tokens();
-      out.time_to_first_token = message.time_to_first_token_seconds();
+    if (Accumulate(message, &out, &done) && on_delta) {
+      on_delta(message.text(), {message.token_ids().begin(), message.token_ids().end()});
     }
   }
   RETURN_IF_ERROR(impl_->Convert(reader->Finish(), "Generate"));
@@ -110,9 +193,15 @@ absl::StatusOr<TextResult> WorkerClient::Generate(
   return out;
 }
 
+void WorkerClient::StartGenerate(const TextRequest& request, DeltaCallback on_delta,
+                                 DoneCallback on_done) {
+  (new GenerateCall(impl_.get(), request.canceller, std::move(on_delta), std::move(on_done)))
+      ->Start(request);
+}
+
 absl::StatusOr<RemoteStatus> WorkerClient::Status() {
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + impl_->options.status_timeout);
+  rpc::SetDeadline(ctx, std::nullopt, impl_->options.status_timeout);
   v1::WorkerStatusRequest request;
   v1::WorkerStatusResponse response;
   RETURN_IF_ERROR(impl_->Convert(impl_->stub->Status(&ctx, request, &response), "Status"));

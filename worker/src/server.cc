@@ -1,15 +1,26 @@
+// The premoe.v1.Worker gRPC service over a Worker.
+//
+// Callback API throughout; no handler blocks a gRPC thread. Prepare loads
+// experts, so it runs on the server's executor.
+// Generate is a ServerWriteReactor: it admits its request with
+// Worker::Submit and is then fed by the worker's scheduler thread, whose
+// callbacks only queue tokens and start a write when none is in flight; the
+// rest of the queue is written from OnWriteDone, one write at a time. A
+// client that goes away (OnCancel, or a write that fails) makes the next
+// on_token return false, so the worker ends the request CANCELLED at its
+// next step.
 #include "premoe/worker/server.h"
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <deque>
-#include <mutex>
 #include <optional>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "grpcpp/grpcpp.h"
-#include "grpcpp/health_check_service_interface.h"
+#include "premoe/common/executor.h"
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
 #include "premoe/proto/grpc_edge.h"
@@ -22,150 +33,247 @@ namespace {
 
 using rpc::ToGrpcStatus;
 
-// Hands a request's tokens from the scheduler thread to the call's thread.
-struct Channel {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::deque<int64_t> tokens;
-  std::optional<absl::StatusOr<WorkResult>> done;
-  // Set by the call's thread; read by the scheduler's callbacks.
-  std::atomic<bool> cancelled{false};
-  std::atomic<bool> stopped{false};
-};
-
-std::optional<std::chrono::steady_clock::time_point> Deadline(const grpc::ServerContext& ctx) {
+std::optional<std::chrono::steady_clock::time_point> Deadline(
+    const grpc::CallbackServerContext& ctx) {
   const auto deadline = ctx.deadline();
   if (deadline == std::chrono::system_clock::time_point::max()) return std::nullopt;
   return std::chrono::steady_clock::now() + (deadline - std::chrono::system_clock::now());
 }
 
-class Service final : public v1::Worker::Service {
+// One Generate stream. Lifetime: two parties hold it, gRPC (until OnDone,
+// which follows Finish) and, once Submit has admitted the request, the
+// worker (until its on_done); whichever lets go last deletes it, so the
+// worker's callbacks never outlive the object they call into.
+class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
  public:
-  Service(Worker* worker, const tokenizer::Tokenizer* tokenizer, int64_t max_prompt_bytes)
-      : worker_(worker), tokenizer_(tokenizer), max_prompt_bytes_(max_prompt_bytes) {}
-
-  grpc::Status Prepare(grpc::ServerContext*, const v1::PrepareRequest* request,
-                       v1::PrepareResponse* response) override {
-    absl::StatusOr<store::Pattern> pattern = PatternFromProto(request->pattern());
-    if (!pattern.ok()) return ToGrpcStatus(pattern.status());
-    absl::StatusOr<PreparedPattern> prepared = worker_->Prepare(*pattern, request->budget());
-    if (!prepared.ok()) return ToGrpcStatus(prepared.status());
-    ToProto(*prepared, response);
-    return grpc::Status::OK;
+  GenerateReactor(Worker* worker, const tokenizer::Tokenizer* tokenizer, int64_t max_prompt_bytes,
+                  grpc::CallbackServerContext* ctx, const v1::GenerateRequest& request)
+      : tokenizer_(tokenizer) {
+    absl::Status admitted = Admit(worker, max_prompt_bytes, *ctx, request);
+    if (!admitted.ok()) {
+      absl::MutexLock lock(&mu_);
+      FinishLocked(ToGrpcStatus(admitted));
+    }
   }
 
-  grpc::Status Status(grpc::ServerContext*, const v1::WorkerStatusRequest*,
-                      v1::WorkerStatusResponse* response) override {
-    ToProto(worker_->fingerprint(), worker_->Status(), response);
-    return grpc::Status::OK;
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    writing_ = false;
+    if (!ok) {  // the client went away
+      cancelled_ = true;
+      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
+      return;
+    }
+    PumpLocked();
   }
 
-  grpc::Status Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* request,
-                        grpc::ServerWriter<v1::GenerateResponse>* writer) override {
-    return ToGrpcStatus(GenerateImpl(*ctx, *request, *writer));
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
   }
+
+  void OnDone() override { Release(); }
 
  private:
-  absl::Status GenerateImpl(grpc::ServerContext& ctx, const v1::GenerateRequest& request,
-                            grpc::ServerWriter<v1::GenerateResponse>& writer) {
-    if (static_cast<int64_t>(request.prompt().size()) > max_prompt_bytes_) {
+  // Encodes the prompt and hands the request to the worker, which refuses
+  // at once (the error is returned) or takes it and ends it with on_done.
+  absl::Status Admit(Worker* worker, int64_t max_prompt_bytes,
+                     const grpc::CallbackServerContext& ctx, const v1::GenerateRequest& request) {
+    if (static_cast<int64_t>(request.prompt().size()) > max_prompt_bytes) {
       return absl::InvalidArgumentError(absl::StrCat("the prompt has ", request.prompt().size(),
-                                                     " bytes; the limit is ", max_prompt_bytes_));
+                                                     " bytes; the limit is ", max_prompt_bytes));
     }
     ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer_->Encode(request.prompt(), true));
     ASSIGN_OR_RETURN(TextRequest text, FromProto(request));
     for (const std::string& s : text.stop) {
       if (s.empty()) return absl::InvalidArgumentError("a stop string is empty");
     }
+    prompt_tokens_ = static_cast<int64_t>(ids.size());
+    {
+      absl::MutexLock lock(&mu_);
+      stream_.emplace(*tokenizer_, text.stop);
+      ++holders_;  // the worker's, from here until on_done
+    }
     WorkRequest work;
     work.prompt.assign(ids.begin(), ids.end());
     work.task = text.task;
     work.options = text.options;
     work.deadline = Deadline(ctx);
-    auto channel = std::make_shared<Channel>();
-    // The scheduler thread only queues: a slow client never stalls a batch.
-    work.on_token = [channel](int64_t token) {
-      if (channel->cancelled) return false;
-      std::lock_guard lock(channel->mu);
-      channel->tokens.push_back(token);
-      channel->cv.notify_all();
+    // On the scheduler thread: queue, start a write if none is in flight,
+    // never wait.
+    work.on_token = [this](int64_t token) {
+      absl::MutexLock lock(&mu_);
+      if (cancelled_) return false;
+      pending_.push_back(token);
+      PumpLocked();
       return true;
     };
-    // Stop strings are matched here, on the call's thread; the request stops
-    // at the scheduler's next step (the text is cut at the stop string anyway).
-    work.options.stop_requested = [channel](int64_t) { return channel->stopped.load(); };
-    RETURN_IF_ERROR(worker_->Submit(std::move(work), [channel](absl::StatusOr<WorkResult> r) {
-      std::lock_guard lock(channel->mu);
-      channel->done = std::move(r);
-      channel->cv.notify_all();
-    }));
-
-    tokenizer::TextStream stream(*tokenizer_, text.stop);
-    int64_t completion_tokens = 0;
-    while (true) {
-      std::deque<int64_t> tokens;
-      bool finished = false;
+    // Stop strings are matched as the text is decoded; the request stops at
+    // the scheduler's next step (the text is cut at the stop string anyway).
+    work.options.stop_requested = [this](int64_t) { return stopped_.load(); };
+    absl::Status submitted = worker->Submit(std::move(work), [this](absl::StatusOr<WorkResult> r) {
       {
-        std::unique_lock lock(channel->mu);
-        // Wake now and then to notice a client that went away.
-        channel->cv.wait_for(lock, std::chrono::milliseconds(50),
-                             [&] { return !channel->tokens.empty() || channel->done.has_value(); });
-        tokens.swap(channel->tokens);
-        finished = channel->done.has_value();
+        absl::MutexLock lock(&mu_);
+        result_ = std::move(r);
+        PumpLocked();
       }
-      if (ctx.IsCancelled()) channel->cancelled = true;
-      v1::GenerateResponse delta;
-      for (int64_t t : tokens) {
-        if (stream.stopped()) break;
-        delta.add_token_ids(t);
-        delta.mutable_text()->append(stream.Add(t));
-        ++completion_tokens;
-      }
-      if (stream.stopped()) channel->stopped = true;
-      if (!delta.text().empty() || delta.token_ids_size() > 0) {
-        if (!writer.Write(delta)) channel->cancelled = true;
-      }
-      if (finished) break;
+      Release();
+    });
+    if (!submitted.ok()) {
+      absl::MutexLock lock(&mu_);
+      --holders_;  // refused: on_done will never come
     }
-    // The request has ended: its callbacks will not run again.
-    absl::StatusOr<WorkResult> result = std::move(*channel->done);
-    if (channel->cancelled) return absl::CancelledError("the client went away");
-    RETURN_IF_ERROR(result.status());
-    RETURN_IF_ERROR(stream.status());
-    v1::GenerateResponse last;
-    last.set_text(stream.Finish());
+    return submitted;
+  }
+
+  // Lets go of one holder's share; the last one deletes the reactor.
+  void Release() {
+    bool last = false;
+    {
+      absl::MutexLock lock(&mu_);
+      last = --holders_ == 0;
+    }
+    if (last) delete this;
+  }
+
+  // Starts the next write: the tokens not yet sent, as one message, else,
+  // once the request has ended, the last message or the error.
+  void PumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (writing_ || finished_) return;
+    if (!pending_.empty()) {
+      v1::GenerateResponse& delta = message_;
+      delta.Clear();
+      for (int64_t t : pending_) {
+        if (stream_->stopped()) break;
+        delta.add_token_ids(t);
+        delta.mutable_text()->append(stream_->Add(t));
+        ++completion_tokens_;
+      }
+      pending_.clear();
+      if (stream_->stopped()) stopped_ = true;
+      if (!delta.text().empty() || delta.token_ids_size() > 0) {
+        writing_ = true;
+        StartWrite(&message_);
+        return;
+      }
+    }
+    if (!result_.has_value()) return;
+    if (!result_->ok()) {
+      FinishLocked(ToGrpcStatus(result_->status()));
+      return;
+    }
+    if (!stream_->status().ok()) {
+      FinishLocked(ToGrpcStatus(stream_->status()));
+      return;
+    }
+    v1::GenerateResponse& last = message_;
+    last.Clear();
+    last.set_text(stream_->Finish());
     last.set_done(true);
-    last.set_finish_reason(stream.stopped() ? "stop"
-                                            : FinishReasonName(result->generation.finish_reason));
-    last.set_prompt_tokens(static_cast<int64_t>(ids.size()));
-    last.set_completion_tokens(completion_tokens);
-    last.set_time_to_first_token_seconds(result->time_to_first_token);
-    writer.Write(last);
-    return absl::OkStatus();
+    last.set_finish_reason(
+        stream_->stopped() ? "stop" : FinishReasonName((*result_)->generation.finish_reason));
+    last.set_prompt_tokens(prompt_tokens_);
+    last.set_completion_tokens(completion_tokens_);
+    last.set_time_to_first_token_seconds((*result_)->time_to_first_token);
+    finished_ = true;
+    StartWriteAndFinish(&message_, grpc::WriteOptions(), grpc::Status::OK);
+  }
+
+  void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_) return;
+    finished_ = true;
+    Finish(status);
+  }
+
+  const tokenizer::Tokenizer* tokenizer_;
+  int64_t prompt_tokens_ = 0;
+  // Read by the scheduler after each step, without the lock.
+  std::atomic<bool> stopped_{false};
+  absl::Mutex mu_;
+  int holders_ ABSL_GUARDED_BY(mu_) = 1;  // gRPC's
+  std::optional<tokenizer::TextStream> stream_ ABSL_GUARDED_BY(mu_);
+  std::deque<int64_t> pending_ ABSL_GUARDED_BY(mu_);  // generated, not yet written
+  std::optional<absl::StatusOr<WorkResult>> result_ ABSL_GUARDED_BY(mu_);
+  int64_t completion_tokens_ ABSL_GUARDED_BY(mu_) = 0;
+  v1::GenerateResponse message_ ABSL_GUARDED_BY(mu_);  // being written while writing_
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;  // Finish (or StartWriteAndFinish) called
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+class Service final : public v1::Worker::CallbackService {
+ public:
+  Service(Worker* worker, const tokenizer::Tokenizer* tokenizer, int64_t max_prompt_bytes,
+          common::Executor* executor)
+      : worker_(worker),
+        tokenizer_(tokenizer),
+        max_prompt_bytes_(max_prompt_bytes),
+        executor_(executor) {}
+
+  grpc::ServerUnaryReactor* Prepare(grpc::CallbackServerContext* ctx,
+                                    const v1::PrepareRequest* request,
+                                    v1::PrepareResponse* response) override {
+    return Run(ctx, [=, this]() -> absl::Status {
+      ASSIGN_OR_RETURN(store::Pattern pattern, PatternFromProto(request->pattern()));
+      ASSIGN_OR_RETURN(PreparedPattern prepared, worker_->Prepare(pattern, request->budget()));
+      ToProto(prepared, response);
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* Status(grpc::CallbackServerContext* ctx, const v1::WorkerStatusRequest*,
+                                   v1::WorkerStatusResponse* response) override {
+    // Here, not on the executor: Status only copies counters under short
+    // locks (the cache reads experts outside its lock), and routers poll it
+    // every 500 ms, so it must not queue behind a Prepare that loads for
+    // minutes.
+    ToProto(worker_->fingerprint(), worker_->Status(), response);
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
+      grpc::CallbackServerContext* ctx, const v1::GenerateRequest* request) override {
+    return new GenerateReactor(worker_, tokenizer_, max_prompt_bytes_, ctx, *request);
+  }
+
+ private:
+  // Runs `body` on the executor and finishes the call with its status.
+  template <typename Body>
+  grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx, Body body) {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    absl::Status queued = executor_->Submit(
+        [reactor, body = std::move(body)]() mutable { reactor->Finish(ToGrpcStatus(body())); });
+    if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
+    return reactor;
   }
 
   Worker* worker_;
   const tokenizer::Tokenizer* tokenizer_;
-  int64_t max_prompt_bytes_;
+  const int64_t max_prompt_bytes_;
+  common::Executor* executor_;
 };
 
 }  // namespace
 
 absl::Status WorkerServer::Options::Validate() const {
-  if (address.empty() || max_message_bytes <= 0 || max_prompt_bytes <= 0) {
+  if (address.empty() || max_message_bytes <= 0 || max_prompt_bytes <= 0 || executor_threads < 1) {
     return absl::InvalidArgumentError(
-        "WorkerServer::Options: want an address and positive message and prompt limits");
+        "WorkerServer::Options: want an address, positive message and prompt limits and "
+        "executor_threads >= 1");
   }
   return absl::OkStatus();
 }
 
 struct WorkerServer::Impl {
+  // Shutdown stops the server (no call runs any more), then the executor
+  // (runs what is queued), so the worker may go once it returns.
+  absl::Mutex mu;
+  std::unique_ptr<common::Executor> executor ABSL_GUARDED_BY(mu);
   std::unique_ptr<Service> service;
-  std::unique_ptr<grpc::Server> server;
-  int port = 0;
-  std::string host;
-  std::mutex mu;
-  bool shut_down = false;
+  std::unique_ptr<rpc::Server> server;
 };
 
 WorkerServer::WorkerServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -178,39 +286,36 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Start(
     return absl::InvalidArgumentError("worker server: no worker or tokenizer");
   }
   auto impl = std::make_unique<Impl>();
-  impl->service = std::make_unique<Service>(worker, tokenizer, options.max_prompt_bytes);
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.address, grpc::InsecureServerCredentials(), &impl->port);
-  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
-  builder.SetMaxSendMessageSize(options.max_message_bytes);
-  builder.RegisterService(impl->service.get());
-  impl->server = builder.BuildAndStart();
-  if (!impl->server || impl->port == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("worker server: cannot listen on ", options.address));
+  ASSIGN_OR_RETURN(std::unique_ptr<common::Executor> executor,
+                   common::Executor::Create(
+                       {.name = "worker server executor", .threads = options.executor_threads}));
+  impl->service =
+      std::make_unique<Service>(worker, tokenizer, options.max_prompt_bytes, executor.get());
+  {
+    absl::MutexLock lock(&impl->mu);
+    impl->executor = std::move(executor);
   }
-  impl->server->GetHealthCheckService()->SetServingStatus(true);
-  // Kubernetes' gRPC probes ask for the service by name.
-  impl->server->GetHealthCheckService()->SetServingStatus("premoe.v1.Worker", true);
-  impl->host = rpc::DialableHost(options.address);
-  PREMOE_LOG_INFO("worker serving on %s:%d", impl->host, impl->port);
+  rpc::ServerOptions so;
+  so.who = "worker server";
+  so.address = options.address;
+  so.max_receive_bytes = options.max_message_bytes;
+  so.max_send_bytes = options.max_message_bytes;
+  so.serving = {"premoe.v1.Worker"};
+  ASSIGN_OR_RETURN(impl->server, rpc::Server::Start(so, {impl->service.get()}));
+  PREMOE_LOG_INFO("worker serving on %s", impl->server->address());
   return std::unique_ptr<WorkerServer>(new WorkerServer(std::move(impl)));
 }
 
-int WorkerServer::port() const { return impl_->port; }
+int WorkerServer::port() const { return impl_->server->port(); }
 
-std::string WorkerServer::address() const { return absl::StrCat(impl_->host, ":", impl_->port); }
+std::string WorkerServer::address() const { return impl_->server->address(); }
 
 void WorkerServer::Shutdown() {
-  std::lock_guard lock(impl_->mu);
-  if (impl_->shut_down) return;
-  impl_->shut_down = true;
-  impl_->server->GetHealthCheckService()->SetServingStatus(false);
-  // Running Generate calls notice the cancellation within 50 ms.
-  impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
-  impl_->server->Wait();
-  impl_->server.reset();
+  // Streams still running after the grace are cancelled; their requests
+  // end CANCELLED at the worker's next step.
+  absl::MutexLock lock(&impl_->mu);
+  impl_->server->Shutdown(std::chrono::milliseconds(200));
+  impl_->executor.reset();
 }
 
 }  // namespace premoe::worker

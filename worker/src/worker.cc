@@ -172,6 +172,7 @@ struct Worker::Impl {
   // max_queue, so a refused request never loads (or evicts) anything.
   int64_t admitting ABSL_GUARDED_BY(mu) = 0;
   int64_t running ABSL_GUARDED_BY(mu) = 0;
+  int64_t cancelled ABSL_GUARDED_BY(mu) = 0;  // requests ended CANCELLED, ever
   bool stopping ABSL_GUARDED_BY(mu) = false;
   // world_size > 1: a forward failed on some rank, so the ranks' collectives
   // may be out of step; every later request is refused with this.
@@ -598,6 +599,7 @@ void Worker::Impl::Step(std::vector<std::shared_ptr<Item>>& slots,
       // Before Finish: a caller that sees its result also sees it counted out.
       absl::MutexLock lock(&mu);
       --running;
+      if (absl::IsCancelled(status)) ++cancelled;
     }
     item->Finish(std::move(status));
   };
@@ -708,6 +710,7 @@ WorkerStatus Worker::Status() const {
     absl::MutexLock lock(&impl_->mu);
     s.queued = static_cast<int64_t>(impl_->queue.size()) + impl_->admitting;
     s.running = impl_->running;
+    s.cancelled = impl_->cancelled;
     for (const auto& [task, p] : impl_->patterns) patterns.emplace_back(p.status, p.keep);
   }
   for (auto& [status, keep] : patterns) {

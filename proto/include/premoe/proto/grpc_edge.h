@@ -1,18 +1,25 @@
-// What every gRPC edge of premoe (the store's and the worker's servers and
-// clients) does the same way: status conversion, client channels, and the
-// address a server's clients dial.
+// What every gRPC edge of premoe (the store's, the worker's and the router's
+// servers and clients) does the same way: status conversion, listen
+// addresses, starting and stopping a server, client channels and deadlines.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
+#include "grpcpp/impl/service_type.h"
 #include "grpcpp/security/credentials.h"
+#include "grpcpp/server.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "grpcpp/support/status.h"
 
@@ -46,11 +53,90 @@ inline absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(absl::string_v
   return channel;
 }
 
+// A listen or dial address "host:port" taken apart. The host is a name, an
+// IPv4 address or a bracketed IPv6 one ("[::1]:80"; kept with its brackets);
+// the port is 0 to 65535 (0: any free port, for a server).
+struct HostPort {
+  std::string host;
+  int port = 0;
+};
+// INVALID_ARGUMENT, quoting the address, for anything else.
+absl::StatusOr<HostPort> ParseHostPort(absl::string_view address);
+
 // The host clients dial for a server listening on `listen_address`
 // ("host:port"): a wildcard host becomes loopback.
 inline std::string DialableHost(const std::string& listen_address) {
   std::string host = listen_address.substr(0, listen_address.rfind(':'));
   return host == "0.0.0.0" || host == "[::]" ? "127.0.0.1" : host;
 }
+
+// Sets the deadline of a client call: `deadline` when given, else `timeout`
+// from now. Every premoe client call goes through here, so none waits
+// without a deadline.
+inline void SetDeadline(grpc::ClientContext& ctx,
+                        std::optional<std::chrono::system_clock::time_point> deadline,
+                        std::chrono::milliseconds timeout) {
+  ctx.set_deadline(deadline.value_or(std::chrono::system_clock::now() + timeout));
+}
+
+// How a premoe server listens and what it runs beside its services.
+struct ServerOptions {
+  // Names the server in errors and logs ("worker server"). Required.
+  std::string who;
+  // "host:port" to listen on (ParseHostPort). Default "127.0.0.1:0":
+  // loopback, any free port; "0.0.0.0:PORT" serves a cluster.
+  std::string address = "127.0.0.1:0";
+  // Largest message received. Default 4 MiB (gRPC's own default).
+  int32_t max_receive_bytes = 4 << 20;
+  // Largest message sent; 0 = gRPC's default (no limit). Default 0.
+  int32_t max_send_bytes = 0;
+  // Services the standard grpc.health.v1.Health service reports SERVING
+  // from the start, besides "" (the server as a whole), which always is.
+  // Kubernetes' gRPC probes ask by name. Default none.
+  std::vector<std::string> serving;
+  // gRPC server reflection. It is a process-wide gRPC plugin: every server
+  // built after one that asks for it has it too. Default false.
+  bool reflection = false;
+  absl::Status Validate() const;
+};
+
+// A running gRPC server: ServerBuilder, the health service, the bound port
+// and an orderly shutdown, the same for every premoe server.
+//
+// Thread-safe. The services are not owned and must outlive the Server (or
+// its Shutdown).
+class Server {
+ public:
+  // Registers `services` (callback or sync), binds and starts serving.
+  // INVALID_ARGUMENT for bad options; UNAVAILABLE when the address cannot
+  // be bound, including a port another server holds (no SO_REUSEPORT).
+  static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options,
+                                                       const std::vector<grpc::Service*>& services);
+  // Shutdown(0).
+  ~Server();
+
+  // The bound port (the chosen one when the address asked for port 0).
+  int port() const;
+  // "host:port" clients can dial (a wildcard host becomes 127.0.0.1).
+  std::string address() const;
+  // Reports `service` SERVING or NOT_SERVING on the health service. A no-op
+  // once Shutdown has begun (the server then reports NOT_SERVING).
+  void SetServing(const std::string& service, bool serving);
+
+  // Reports NOT_SERVING, stops accepting calls, cancels the calls still
+  // running after `grace`, and returns once every call has ended. Idempotent.
+  void Shutdown(std::chrono::milliseconds grace = std::chrono::milliseconds(0));
+
+ private:
+  Server(std::string who, std::unique_ptr<grpc::Server> server, std::string host, int port);
+
+  const std::string who_;
+  const std::string host_;
+  const int port_;
+  absl::Mutex mu_;
+  bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+  // Null once shut down.
+  std::unique_ptr<grpc::Server> server_ ABSL_GUARDED_BY(mu_);
+};
 
 }  // namespace premoe::rpc

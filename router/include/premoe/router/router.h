@@ -5,7 +5,16 @@
 // anything was streamed. A worker that fails mid-stream ends the request
 // with UNAVAILABLE (the text already sent cannot be taken back).
 //
-// Thread-safe: Generate and Match may run on any number of threads.
+// GenerateAsync holds no thread while a request streams: matching (a probe
+// forward pass) and picking a worker (which may prepare the pattern there)
+// run on the router's own executor, a fixed number of threads, and the
+// stream from the worker is a gRPC callback call. The router's threads are
+// therefore the same for 1 or 1000 streams in flight. Generate is the
+// blocking form of the same path.
+//
+// Thread-safe: Generate, GenerateAsync and Match may run on any number of
+// threads. The destructor waits for the GenerateAsync calls in flight to
+// end (cancel them first to make that quick).
 #pragma once
 
 #include <chrono>
@@ -16,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "premoe/model/engine.h"
 #include "premoe/router/matcher.h"
@@ -42,6 +52,13 @@ struct RouterOptions {
   // stream from a worker whose node vanished) can wait forever. Default
   // 10 min.
   std::chrono::milliseconds request_timeout{600000};
+  // Threads of the router's executor, which matches prompts and assigns
+  // workers; a request needing a Prepare holds one until it is done.
+  // Default 4.
+  int32_t executor_threads = 4;
+  // Requests waiting for the executor beyond which more are refused with
+  // RESOURCE_EXHAUSTED. Default 4096.
+  int64_t max_pending = 4096;
 
   absl::Status Validate() const;
 };
@@ -66,7 +83,9 @@ struct InferenceRequest {
   // Every expert, no pattern.
   bool full_model = false;
   std::optional<std::chrono::system_clock::time_point> deadline;
-  // Cancels the worker call; not owned, may be null.
+  // Cancels the request (its worker call, or the call it would make); not
+  // owned, may be null; must outlive the request's end (GenerateAsync's
+  // on_done).
   worker::CallCanceller* canceller = nullptr;
 };
 
@@ -105,6 +124,13 @@ class Router {
   absl::StatusOr<InferenceResult> Generate(
       const InferenceRequest& request,
       const std::function<void(const std::string&)>& on_text = nullptr);
+  // The same without blocking: returns at once; `on_text` (may be null) gets
+  // each text delta in order, then `on_done` the result, exactly once. They
+  // run on the router's executor or gRPC's threads, one at a time, and must
+  // not block. A full executor queue ends the request RESOURCE_EXHAUSTED.
+  using TextCallback = std::function<void(const std::string&)>;
+  using DoneCallback = absl::AnyInvocable<void(absl::StatusOr<InferenceResult>)>;
+  void GenerateAsync(InferenceRequest request, TextCallback on_text, DoneCallback on_done);
   // The pattern a prompt (or chat) would get.
   absl::StatusOr<MatchResult> Match(const std::string& prompt,
                                     const std::vector<ChatMessage>& messages, int32_t k = 3);
@@ -121,6 +147,7 @@ class Router {
   const Matcher& matcher() const;
 
   struct Impl;
+  struct Call;
 
  private:
   explicit Router(std::unique_ptr<Impl> impl);

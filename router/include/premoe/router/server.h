@@ -6,11 +6,14 @@
 // Limits: a request message over max_request_bytes, a prompt over the
 // router's max_prompt_bytes and max_new_tokens over its limit are refused
 // with INVALID_ARGUMENT naming the limit. The call's deadline passes to the
-// worker; a caller that goes away cancels the worker's call (polled every
-// 50 ms). absl::Status becomes grpc::Status here and only here.
+// worker; a caller that goes away (gRPC's OnCancel) cancels the worker's
+// call, and so the worker's request. absl::Status becomes grpc::Status here
+// and only here.
 //
-// Each Generate call holds a server thread while it streams. Thread-safe;
-// the router must outlive the server.
+// gRPC's callback API over Router::GenerateAsync: no call holds a thread
+// while it streams, so the server's threads do not grow with the number of
+// streams. Match runs on the server's own executor. Thread-safe; the router
+// must outlive the server.
 #pragma once
 
 #include <cstdint>
@@ -29,6 +32,8 @@ class InferenceServer {
     std::string address = "127.0.0.1:0";
     // Largest request message accepted. Default 1 MiB.
     int32_t max_request_bytes = 1 << 20;
+    // Threads that run Match (a probe forward pass). Default 2.
+    int32_t executor_threads = 2;
     absl::Status Validate() const;
   };
 

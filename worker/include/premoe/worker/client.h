@@ -9,32 +9,40 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "premoe/model/engine.h"
 #include "premoe/store/pattern.h"
 #include "premoe/worker/worker.h"
 
 namespace premoe::worker {
 
-// Cancels a running WorkerClient::Generate from another thread (the router
-// cancels a worker call when its own caller goes away). Thread-safe; one
-// per call.
+// Cancels a running WorkerClient::Generate or StartGenerate from another
+// thread (the router cancels a worker call when its own caller goes away).
+// Thread-safe; one per request, which may make several calls one after
+// another (retries): once cancelled, every later call ends CANCELLED at once.
 class CallCanceller {
  public:
-  // Ends the call with CANCELLED (now, or as soon as it starts).
+  // Ends the running call with CANCELLED (now, or as soon as it starts).
   void Cancel();
   bool cancelled() const;
 
  private:
   friend class WorkerClient;
-  mutable std::mutex mu_;
-  bool cancelled_ = false;
-  void* context_ = nullptr;  // the running call's grpc::ClientContext
+  // The running call's way to cancel itself; false (and not kept) when
+  // already cancelled. Detach before the call's context goes away.
+  bool Attach(std::function<void()> cancel);
+  void Detach();
+
+  mutable absl::Mutex mu_;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  std::function<void()> cancel_ ABSL_GUARDED_BY(mu_);
 };
 
 // A text completion request, as a WorkerServer takes it.
@@ -45,7 +53,8 @@ struct TextRequest {
   model::GenerationOptions options;  // stop_requested is not sent
   // Stop strings, matched in the decoded text.
   std::vector<std::string> stop;
-  // Deadline of the call. Default: none.
+  // Deadline of the call. Default: none (then
+  // WorkerClient::Options::generate_timeout).
   std::optional<std::chrono::system_clock::time_point> deadline;
   // Not owned; may be null. Default: none.
   CallCanceller* canceller = nullptr;
@@ -77,6 +86,8 @@ class WorkerClient {
     std::chrono::milliseconds status_timeout{5000};
     // Deadline of Prepare calls (they load experts). Default 10 min.
     std::chrono::milliseconds prepare_timeout{600000};
+    // Deadline of Generate calls whose request brings none. Default 10 min.
+    std::chrono::milliseconds generate_timeout{600000};
   };
   static absl::StatusOr<std::unique_ptr<WorkerClient>> Open(const Options& options);
   ~WorkerClient();
@@ -91,11 +102,20 @@ class WorkerClient {
       const TextRequest& request,
       const std::function<void(const std::string&, const std::vector<int64_t>&)>& on_delta =
           nullptr);
+  // The same call without blocking (gRPC's callback API): returns at once;
+  // `on_delta` (may be null) runs for each message with text or tokens, in
+  // order, and then `on_done` exactly once with what Generate would return.
+  // Both run on gRPC's threads, one at a time, and must not block. The
+  // client, and request.canceller if set, must outlive `on_done`.
+  using DeltaCallback = std::function<void(const std::string&, const std::vector<int64_t>&)>;
+  using DoneCallback = absl::AnyInvocable<void(absl::StatusOr<TextResult>)>;
+  void StartGenerate(const TextRequest& request, DeltaCallback on_delta, DoneCallback on_done);
   absl::StatusOr<RemoteStatus> Status();
 
   struct Impl;
 
  private:
+  class GenerateCall;
   explicit WorkerClient(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

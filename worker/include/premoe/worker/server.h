@@ -5,9 +5,15 @@
 // Prompts arrive as text and are encoded with the model's tokenizer;
 // completions stream back as text deltas (tokenizer::TextStream), with stop
 // strings matched in the decoded text. absl::Status becomes grpc::Status
-// here and only here. Each Generate call holds a server thread while its
-// request runs; the worker's scheduler never waits on a client (tokens are
-// handed over through a queue the call's thread drains).
+// here and only here.
+//
+// gRPC's callback API: no call holds a thread while its request runs, so
+// the server's threads do not grow with the number of streams. Generate
+// submits its request to the worker and is fed by the worker's scheduler
+// thread, which only queues tokens (a slow client never stalls a batch);
+// they are written one message at a time. A client that cancels, or goes
+// away, ends its request CANCELLED at the worker's next step. Prepare runs
+// on the server's own executor.
 //
 // Thread-safe. The worker and tokenizer must outlive the server.
 #pragma once
@@ -33,6 +39,8 @@ class WorkerServer {
     int32_t max_message_bytes = 64 << 20;
     // Longest prompt accepted, in bytes of text. Default 1 MiB.
     int64_t max_prompt_bytes = 1 << 20;
+    // Threads that run Prepare (it loads experts). Default 2.
+    int32_t executor_threads = 2;
     absl::Status Validate() const;
   };
 
@@ -45,7 +53,8 @@ class WorkerServer {
   int port() const;
   // "127.0.0.1:<port>" style address clients can dial.
   std::string address() const;
-  // Stops accepting calls, waits for running ones. Idempotent.
+  // Stops accepting calls, cancels those still running after 200 ms, and
+  // waits for them to end. Idempotent.
   void Shutdown();
 
   struct Impl;

@@ -119,6 +119,9 @@ struct WorkerStatus {
   std::vector<PatternStatus> patterns;
   int64_t queued = 0;
   int64_t running = 0;
+  // Requests that ended CANCELLED (their on_token returned false) since
+  // Open.
+  int64_t cancelled = 0;
   // Weights the engines hold besides the routed experts (summed over ranks).
   int64_t base_bytes = 0;
   // What every routed expert of the model would take, and one of them.
