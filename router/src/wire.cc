@@ -1,6 +1,7 @@
 #include "router/src/wire.h"
 
 #include "premoe/common/status.h"
+#include "premoe/worker/sampling_proto.h"
 
 namespace premoe::router {
 
@@ -11,14 +12,7 @@ void ToProto(const InferenceRequest& in, v1::InferenceRequest* out) {
     w->set_role(m.role);
     w->set_content(m.content);
   }
-  v1::SamplingParams* s = out->mutable_sampling();
-  s->set_temperature(in.options.temperature);
-  s->set_top_p(in.options.top_p);
-  s->set_top_k(in.options.top_k);
-  s->set_seed(in.options.seed);
-  s->set_max_new_tokens(in.options.max_new_tokens);
-  for (const std::string& stop : in.stop) s->add_stop(stop);
-  s->set_ignore_eos(!in.options.stop_at_eos);
+  worker::ToProto(in.options, in.stop, out->mutable_sampling());
   out->set_task(in.task);
   out->set_budget(in.budget);
   out->set_full_model(in.full_model);
@@ -28,15 +22,7 @@ absl::StatusOr<InferenceRequest> FromProto(const v1::InferenceRequest& in) {
   InferenceRequest out;
   out.prompt = in.prompt();
   for (const v1::ChatMessage& m : in.messages()) out.messages.push_back({m.role(), m.content()});
-  const v1::SamplingParams& s = in.sampling();
-  out.options.temperature = s.temperature();
-  out.options.top_p = s.top_p() == 0 ? 1.0 : s.top_p();
-  out.options.top_k = s.top_k();
-  out.options.seed = s.seed();
-  if (s.max_new_tokens() != 0) out.options.max_new_tokens = s.max_new_tokens();
-  out.options.stop_at_eos = !s.ignore_eos();
-  out.stop.assign(s.stop().begin(), s.stop().end());
-  RETURN_IF_ERROR(out.options.Validate());
+  RETURN_IF_ERROR(worker::FromProto(in.sampling(), &out.options, &out.stop));
   out.task = in.task();
   out.budget = in.budget();
   out.full_model = in.full_model();

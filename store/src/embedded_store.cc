@@ -48,8 +48,8 @@
 #include "premoe/common/logging.h"
 #include "premoe/common/mapped_file.h"
 #include "premoe/common/status.h"
+#include "premoe/store/proto_convert.h"
 #include "store/src/little_endian.h"
-#include "store/src/proto_convert.h"
 
 namespace premoe::store {
 namespace {
@@ -608,7 +608,7 @@ struct EmbeddedPatternStore::Impl {
       }
     }
     RETURN_IF_ERROR(FromRocks(it->status(), absl::StrCat("pattern ", id)));
-    return internal::FromProto(record);
+    return FromProto(record);
   }
 
   // Adds the change record and version to `batch`, and removes the change
@@ -616,7 +616,7 @@ struct EmbeddedPatternStore::Impl {
   // oldest change retained once `batch` commits. Caller holds write_mu.
   std::uint64_t AddChange(rocksdb::WriteBatch* batch, const ChangeEvent& event) {
     v1::ChangeEvent proto;
-    internal::ToProto(event, &proto);
+    ToProto(event, &proto);
     batch->Put(changes, EncodeU64(event.version), proto.SerializeAsString());
     batch->Put(meta, kMetaVersion, absl::StrCat(event.version));
     const auto keep = static_cast<std::uint64_t>(options.max_changes_retained);
@@ -697,7 +697,7 @@ class EmbeddedWatch final : public WatchHandle {
               absl::DataLossError(absl::StrCat("change ", DecodeU64(it->key()), " does not parse"));
           break;
         }
-        absl::StatusOr<ChangeEvent> event = internal::FromProto(proto);
+        absl::StatusOr<ChangeEvent> event = FromProto(proto);
         if (event.ok() && event->version != next_) event = Gap(event->version);
         if (!event.ok()) {
           status = event.status();
@@ -909,7 +909,7 @@ absl::StatusOr<PutResult> EmbeddedPatternStore::Put(const Pattern& pattern) {
   }
 
   v1::Pattern record;
-  internal::ToProto(pattern, &record);
+  ToProto(pattern, &record);
   record.set_schema_version(kPatternSchemaVersion);
   if (record.created_unix_micros() == 0) record.set_created_unix_micros(NowMicros());
   const std::size_t bytes = record.ByteSizeLong();

@@ -10,13 +10,10 @@
 #include "absl/strings/str_cat.h"
 #include "premoe/common/status.h"
 #include "premoe/proto/grpc_edge.h"
+#include "premoe/store/proto_convert.h"
 #include "premoe/v1/store.grpc.pb.h"
-#include "store/src/proto_convert.h"
 
 namespace premoe::store {
-
-using internal::FromProto;
-using internal::ToProto;
 
 absl::Status GrpcPatternStoreClient::Options::Validate() const {
   if (address.empty()) return absl::InvalidArgumentError("pattern store client: empty address");

@@ -1,10 +1,10 @@
-#include "store/src/proto_convert.h"
+#include "premoe/store/proto_convert.h"
 
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 
-namespace premoe::store::internal {
+namespace premoe::store {
 
 void ToProto(const Pattern& in, v1::Pattern* out) {
   out->Clear();
@@ -157,13 +157,9 @@ absl::StatusOr<Voting> FromProto(v1::Voting in) {
   }
 }
 
-}  // namespace premoe::store::internal
-
-namespace premoe::store {
-
 std::string EncodePattern(const Pattern& pattern) {
   v1::Pattern proto;
-  internal::ToProto(pattern, &proto);
+  ToProto(pattern, &proto);
   std::string bytes;
   // Deterministic so that equal patterns encode to equal bytes (map order).
   google::protobuf::io::StringOutputStream stream(&bytes);
@@ -180,7 +176,7 @@ absl::StatusOr<Pattern> DecodePattern(absl::string_view bytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("not a premoe.v1.Pattern (", bytes.size(), " bytes do not parse)"));
   }
-  return internal::FromProto(proto);
+  return FromProto(proto);
 }
 
 }  // namespace premoe::store

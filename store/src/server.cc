@@ -10,72 +10,33 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include <condition_variable>
 #include <deque>
-#include <functional>
-#include <mutex>
-#include <thread>
+#include <memory>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "premoe/common/executor.h"
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
 #include "premoe/proto/grpc_edge.h"
+#include "premoe/store/proto_convert.h"
 #include "premoe/v1/store.grpc.pb.h"
-#include "store/src/proto_convert.h"
 
 namespace premoe::store {
 namespace {
 
-using internal::FromProto;
-using internal::ToProto;
 using rpc::ToGrpcStatus;
 
-// A fixed pool of threads running submitted tasks in FIFO order. The
-// destructor runs what is queued, then joins.
-class Executor {
- public:
-  explicit Executor(int threads) {
-    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
-  }
-  ~Executor() {
-    {
-      std::lock_guard lock(mu_);
-      stopping_ = true;
-    }
-    cv_.notify_all();
-    for (auto& t : threads_) t.join();
-  }
-  void Submit(std::function<void()> task) {
-    {
-      std::lock_guard lock(mu_);
-      tasks_.push_back(std::move(task));
-    }
-    cv_.notify_one();
-  }
+using common::Executor;
 
- private:
-  void Run() {
-    for (;;) {
-      std::function<void()> task;
-      {
-        std::unique_lock lock(mu_);
-        cv_.wait(lock, [&] { return stopping_ || !tasks_.empty(); });
-        if (tasks_.empty()) return;
-        task = std::move(tasks_.front());
-        tasks_.pop_front();
-      }
-      task();
-    }
-  }
-
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> tasks_;
-  bool stopping_ = false;
-  std::vector<std::thread> threads_;
-};
+// Runs `task` on `executor`, or here when its queue is full: for work that
+// must happen (a reactor's clean-up), not for requests, which are refused.
+void RunSoon(Executor* executor, absl::AnyInvocable<void()> task) {
+  auto shared = std::make_shared<absl::AnyInvocable<void()>>(std::move(task));
+  if (!executor->Submit([shared] { (*shared)(); }).ok()) (*shared)();
+}
 
 // One Watch stream. Lifetime: gRPC calls OnDone exactly once, after Finish;
 // the object deletes itself there (on the executor, since stopping the store
@@ -85,7 +46,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::ChangeEvent> {
   WatchReactor(PatternStore* store, Executor* executor, std::uint64_t since) : executor_(executor) {
     absl::StatusOr<std::unique_ptr<WatchHandle>> handle =
         store->Watch(since, [this](const absl::StatusOr<ChangeEvent>& e) { return OnChange(e); });
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (!handle.ok()) {
       FinishLocked(ToGrpcStatus(handle.status()));
       return;
@@ -94,10 +55,9 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::ChangeEvent> {
   }
 
   void OnWriteDone(bool ok) override {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     queue_.pop_front();
     writing_ = false;
-    cv_.notify_all();
     if (!ok) {  // the client went away
       done_ = true;
       FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "watch stream broken"));
@@ -107,19 +67,17 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::ChangeEvent> {
   }
 
   void OnCancel() override {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     done_ = true;
-    cv_.notify_all();
     FinishLocked(grpc::Status::CANCELLED);
   }
 
   void OnDone() override {
-    executor_->Submit([this] {
+    RunSoon(executor_, [this] {
       std::unique_ptr<WatchHandle> handle;
       {
-        std::lock_guard lock(mu_);
+        absl::MutexLock lock(&mu_);
         done_ = true;
-        cv_.notify_all();
         handle = std::move(handle_);
       }
       handle.reset();  // joins the store's watch thread
@@ -130,23 +88,29 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::ChangeEvent> {
  private:
   static constexpr std::size_t kMaxQueued = 256;
 
+  bool DoneOrRoom() const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return done_ || queue_.size() < kMaxQueued;
+  }
+
   // On the store's watch thread.
   bool OnChange(const absl::StatusOr<ChangeEvent>& event) {
-    std::unique_lock lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (!event.ok()) {
       final_status_ = ToGrpcStatus(event.status());
       finish_pending_ = true;
       PumpLocked();
       return false;
     }
-    cv_.wait(lock, [&] { return done_ || queue_.size() < kMaxQueued; });
+    // Backpressure: the store's watch thread (not a gRPC thread) waits for
+    // a slow reader.
+    mu_.Await(absl::Condition(this, &WatchReactor::DoneOrRoom));
     if (done_) return false;
     ToProto(*event, &queue_.emplace_back());
     PumpLocked();
     return true;
   }
 
-  void PumpLocked() {
+  void PumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (writing_ || finished_) return;
     if (!queue_.empty()) {
       writing_ = true;
@@ -156,22 +120,22 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::ChangeEvent> {
     }
   }
 
-  void FinishLocked(const grpc::Status& status) {
+  void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finished_) return;
     finished_ = true;
     Finish(status);
   }
 
   Executor* executor_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<v1::ChangeEvent> queue_;  // front() is being written while writing_
-  bool writing_ = false;
-  bool done_ = false;
-  bool finished_ = false;
-  bool finish_pending_ = false;
-  grpc::Status final_status_;
-  std::unique_ptr<WatchHandle> handle_;
+  mutable absl::Mutex mu_;
+  // front() is being written while writing_
+  std::deque<v1::ChangeEvent> queue_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool finish_pending_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status final_status_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<WatchHandle> handle_ ABSL_GUARDED_BY(mu_);
 };
 
 class Service final : public v1::PatternStore::CallbackService {
@@ -265,8 +229,9 @@ class Service final : public v1::PatternStore::CallbackService {
   template <typename Body>
   grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx, Body body) {
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-    executor_->Submit(
+    absl::Status queued = executor_->Submit(
         [reactor, body = std::move(body)]() mutable { reactor->Finish(ToGrpcStatus(body())); });
+    if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
     return reactor;
   }
 
@@ -306,10 +271,13 @@ absl::StatusOr<std::unique_ptr<PatternStoreServer>> PatternStoreServer::Start(
   RETURN_IF_ERROR(options.Validate());
   if (store == nullptr) return absl::InvalidArgumentError("pattern store server: no store");
   auto impl = std::make_unique<Impl>();
-  Executor* executor = new Executor(options.executor_threads);
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<Executor> owned,
+      Executor::Create({.name = "pattern store executor", .threads = options.executor_threads}));
+  Executor* executor = owned.get();
   {
     absl::MutexLock lock(&impl->mu);
-    impl->executor.reset(executor);
+    impl->executor = std::move(owned);
   }
   impl->service = std::make_unique<Service>(store, executor);
   rpc::ServerOptions so;

@@ -150,7 +150,7 @@ absl::StatusOr<PreparedPattern> WorkerClient::Prepare(
   rpc::SetDeadline(ctx, deadline.has_value() ? std::min(*deadline, longest) : longest,
                    impl_->options.prepare_timeout);
   v1::PrepareRequest request;
-  PatternToProto(pattern, request.mutable_pattern());
+  store::ToProto(pattern, request.mutable_pattern());
   request.set_budget(budget);
   v1::PrepareResponse response;
   RETURN_IF_ERROR(impl_->Convert(impl_->stub->Prepare(&ctx, request, &response), "Prepare"));

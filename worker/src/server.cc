@@ -215,7 +215,7 @@ class Service final : public v1::Worker::CallbackService {
                                     const v1::PrepareRequest* request,
                                     v1::PrepareResponse* response) override {
     return Run(ctx, [=, this]() -> absl::Status {
-      ASSIGN_OR_RETURN(store::Pattern pattern, PatternFromProto(request->pattern()));
+      ASSIGN_OR_RETURN(store::Pattern pattern, store::FromProto(request->pattern()));
       ASSIGN_OR_RETURN(PreparedPattern prepared, worker_->Prepare(pattern, request->budget()));
       ToProto(prepared, response);
       return absl::OkStatus();

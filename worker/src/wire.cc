@@ -4,15 +4,6 @@
 
 namespace premoe::worker {
 
-absl::StatusOr<store::Pattern> PatternFromProto(const v1::Pattern& in) {
-  return store::DecodePattern(in.SerializeAsString());
-}
-
-void PatternToProto(const store::Pattern& in, v1::Pattern* out) {
-  // EncodePattern's bytes are a v1::Pattern: this cannot fail.
-  out->ParseFromString(store::EncodePattern(in));
-}
-
 void ToProto(const PreparedPattern& in, v1::PrepareResponse* out) {
   out->set_task_name(in.task);
   out->set_kept_experts(in.kept_experts);
@@ -97,30 +88,38 @@ RemoteStatus FromProto(const v1::WorkerStatusResponse& in) {
 void ToProto(const TextRequest& in, v1::GenerateRequest* out) {
   out->set_prompt(in.prompt);
   out->set_task_name(in.task);
-  v1::SamplingParams* s = out->mutable_sampling();
-  s->set_temperature(in.options.temperature);
-  s->set_top_p(in.options.top_p);
-  s->set_top_k(in.options.top_k);
-  s->set_seed(in.options.seed);
-  s->set_max_new_tokens(in.options.max_new_tokens);
-  for (const std::string& stop : in.stop) s->add_stop(stop);
-  s->set_ignore_eos(!in.options.stop_at_eos);
+  ToProto(in.options, in.stop, out->mutable_sampling());
 }
 
 absl::StatusOr<TextRequest> FromProto(const v1::GenerateRequest& in) {
   TextRequest out;
   out.prompt = in.prompt();
   out.task = in.task_name();
-  const v1::SamplingParams& s = in.sampling();
-  out.options.temperature = s.temperature();
-  out.options.top_p = s.top_p() == 0 ? 1.0 : s.top_p();
-  out.options.top_k = s.top_k();
-  out.options.seed = s.seed();
-  if (s.max_new_tokens() != 0) out.options.max_new_tokens = s.max_new_tokens();
-  out.options.stop_at_eos = !s.ignore_eos();
-  out.stop.assign(s.stop().begin(), s.stop().end());
-  RETURN_IF_ERROR(out.options.Validate());
+  RETURN_IF_ERROR(FromProto(in.sampling(), &out.options, &out.stop));
   return out;
+}
+
+void ToProto(const model::GenerationOptions& options, const std::vector<std::string>& stop,
+             v1::SamplingParams* out) {
+  out->set_temperature(options.temperature);
+  out->set_top_p(options.top_p);
+  out->set_top_k(options.top_k);
+  out->set_seed(options.seed);
+  out->set_max_new_tokens(options.max_new_tokens);
+  for (const std::string& s : stop) out->add_stop(s);
+  out->set_ignore_eos(!options.stop_at_eos);
+}
+
+absl::Status FromProto(const v1::SamplingParams& in, model::GenerationOptions* options,
+                       std::vector<std::string>* stop) {
+  options->temperature = in.temperature();
+  options->top_p = in.top_p() == 0 ? 1.0 : in.top_p();
+  options->top_k = in.top_k();
+  options->seed = in.seed();
+  if (in.max_new_tokens() != 0) options->max_new_tokens = in.max_new_tokens();
+  options->stop_at_eos = !in.ignore_eos();
+  stop->assign(in.stop().begin(), in.stop().end());
+  return options->Validate();
 }
 
 std::string FinishReasonName(model::GenerationResult::FinishReason reason) {

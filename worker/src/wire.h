@@ -6,16 +6,14 @@
 
 #include "absl/status/statusor.h"
 #include "premoe/store/pattern.h"
+#include "premoe/store/proto_convert.h"
 #include "premoe/v1/pattern.pb.h"
 #include "premoe/v1/worker.pb.h"
 #include "premoe/worker/client.h"
+#include "premoe/worker/sampling_proto.h"
 #include "premoe/worker/worker.h"
 
 namespace premoe::worker {
-
-// Through the store's portable encoding, so schema checks apply as anywhere.
-absl::StatusOr<store::Pattern> PatternFromProto(const v1::Pattern& in);
-void PatternToProto(const store::Pattern& in, v1::Pattern* out);
 
 void ToProto(const PreparedPattern& in, v1::PrepareResponse* out);
 PreparedPattern FromProto(const v1::PrepareResponse& in);

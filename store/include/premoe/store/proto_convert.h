@@ -1,5 +1,8 @@
-// Conversions between premoe::store's structs and the premoe.v1 wire types:
-// the one place where both meet. Internal to premoe::store.
+// Conversions between premoe::store's structs and the premoe.v1 wire types
+// it owns (pattern.proto, store.proto): the one place where both meet. For
+// gRPC edges only (the store's own, and a worker receiving a Pattern): a
+// target that includes this links premoe::proto itself. Plain functions;
+// thread-safe.
 #pragma once
 
 #include "absl/status/status.h"
@@ -8,7 +11,7 @@
 #include "premoe/v1/pattern.pb.h"
 #include "premoe/v1/store.pb.h"
 
-namespace premoe::store::internal {
+namespace premoe::store {
 
 void ToProto(const Pattern& in, v1::Pattern* out);
 // FAILED_PRECONDITION for a schema_version newer than this build's.
@@ -32,4 +35,4 @@ StoreInfo FromProto(const v1::StoreInfo& in);
 v1::Voting ToProto(Voting in);
 absl::StatusOr<Voting> FromProto(v1::Voting in);
 
-}  // namespace premoe::store::internal
+}  // namespace premoe::store
