@@ -18,6 +18,7 @@
 #include "absl/strings/str_join.h"
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
+#include "premoe/profiler/pattern.h"
 #include "premoe/profiler/selection.h"
 
 namespace premoe::router {
@@ -268,12 +269,11 @@ absl::StatusOr<Assignment> WorkerPool::Assign(
         missing_bytes = s.all_experts_bytes - s.cache.resident_bytes;
         c.resident = missing_bytes == 0;
       } else {
-        std::map<int64_t, std::vector<double>> scores;
-        for (const store::LayerScores& l : pattern->layers) {
-          scores[l.layer].assign(l.scores.begin(), l.scores.end());
-        }
+        absl::StatusOr<std::map<int64_t, std::vector<double>>> scores =
+            profiler::PatternScores(*pattern);
+        if (!scores.ok()) return scores.status();
         absl::StatusOr<profiler::Selection> sel =
-            profiler::Select(scores, *parsed, s.expert_bytes, impl_->options.top_k);
+            profiler::Select(*scores, *parsed, s.expert_bytes, impl_->options.top_k);
         if (!sel.ok()) return sel.status();
         c.keep = sel->keep;
         c.kept_experts = sel->kept_experts;
