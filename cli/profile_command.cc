@@ -222,7 +222,7 @@ void RegisterProfile(CLI::App& app, int* exit_code) {
       "select",
       "Apply a budget to a pattern: the experts each layer keeps and the memory they take");
   s->add_option("--pattern", sel->pattern, "Pattern file (premoe profile --out)")->required();
-  s->add_option("--budget", sel->budget, "K/M, N%, bytes:SIZE or coverage:F")->required();
+  s->add_option("--budget", sel->budget, kBudgetHelp)->required();
   s->add_option("--model", sel->model, "Model directory (for expert sizes)")->required();
   s->add_option("--mask-out", sel->mask_out,
                 "Write the kept experts as a mask file for --keep / --mask");
