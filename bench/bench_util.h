@@ -12,7 +12,7 @@
 #include "absl/status/statusor.h"
 #include "premoe/model/engine.h"
 #include "premoe/profiler/calibration.h"
-#include "premoe/profiler/scores.h"
+#include "premoe/profiler/pattern.h"
 #include "premoe/store/pattern.h"
 #include "premoe/testbed/tasks.h"
 #include "premoe/tokenizer/tokenizer.h"
@@ -43,18 +43,8 @@ inline store::Pattern ProfileTestbedTask(const model::Engine& engine,
     cal.push_back({s.prompt, s.completion});
   }
   profiler::TaskProfile profile = OrDie(profiler::ProfileTask(engine, tokenizer, cal, options));
-  store::Pattern p;
-  p.task_name = task.name();
-  p.model_fingerprint = fingerprint;
-  p.metric = std::string(profiler::MetricName(options.metric.metric));
-  p.metric_params = options.metric.Params(engine.config().num_routed_experts, engine.top_k());
-  for (const auto& [layer, scores] : profile.scores) {
-    p.layers.push_back({static_cast<int32_t>(layer), {scores.begin(), scores.end()}});
-  }
-  for (const auto& e : profile.embeddings) p.embeddings.push_back({e, ""});
-  p.calibration_samples = profile.samples;
-  p.calibration_tokens = profile.tokens;
-  return p;
+  return OrDie(profiler::MakePattern(engine, cal, options, profile,
+                                     {.task_name = task.name(), .model_fingerprint = fingerprint}));
 }
 
 }  // namespace premoe::bench

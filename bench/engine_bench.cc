@@ -24,16 +24,16 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <map>
 #include <memory>
 #include <random>
 #include <set>
 #include <span>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
-#include "absl/strings/numbers.h"
+#include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -62,43 +62,28 @@ struct Flags {
   std::string child;
 };
 
-bool ParseFlags(int argc, char** argv, Flags* f) {
-  std::map<std::string, int64_t*> ints = {{"--hidden", &f->hidden},
-                                          {"--layers", &f->layers},
-                                          {"--experts", &f->experts},
-                                          {"--top-k", &f->top_k},
-                                          {"--moe-intermediate", &f->moe_inter},
-                                          {"--vocab", &f->vocab},
-                                          {"--heads", &f->heads},
-                                          {"--kv-heads", &f->kv_heads},
-                                          {"--prompt", &f->prompt},
-                                          {"--decode-steps", &f->decode_steps},
-                                          {"--batch", &f->batch},
-                                          {"--threads", &f->threads}};
-  std::map<std::string, std::string*> strs = {
-      {"--dtypes", &f->dtypes}, {"--cache-dir", &f->cache_dir}, {"--child", &f->child}};
-  for (int i = 1; i < argc; ++i) {
-    std::string key = argv[i], value;
-    if (auto eq = key.find('='); eq != std::string::npos) {
-      value = key.substr(eq + 1);
-      key = key.substr(0, eq);
-    } else if (i + 1 < argc) {
-      value = argv[++i];
-    }
-    if (auto it = ints.find(key); it != ints.end()) {
-      if (!absl::SimpleAtoi(value, it->second) || *it->second < 1) {
-        std::fprintf(stderr, "engine_bench: %s wants a positive integer\n", key.c_str());
-        return false;
-      }
-    } else if (auto st = strs.find(key); st != strs.end()) {
-      *st->second = value;
-    } else {
-      std::fprintf(stderr, "engine_bench: unknown flag %s (see the header of engine_bench.cc)\n",
-                   key.c_str());
-      return false;
-    }
+// Every size must be a positive integer; a flag that does not parse stops
+// the run (exit 2) rather than measuring the default.
+void AddFlags(CLI::App& app, Flags* f) {
+  const std::pair<const char*, int64_t*> ints[] = {{"--hidden", &f->hidden},
+                                                   {"--layers", &f->layers},
+                                                   {"--experts", &f->experts},
+                                                   {"--top-k", &f->top_k},
+                                                   {"--moe-intermediate", &f->moe_inter},
+                                                   {"--vocab", &f->vocab},
+                                                   {"--heads", &f->heads},
+                                                   {"--kv-heads", &f->kv_heads},
+                                                   {"--prompt", &f->prompt},
+                                                   {"--decode-steps", &f->decode_steps},
+                                                   {"--batch", &f->batch},
+                                                   {"--threads", &f->threads}};
+  for (const auto& [name, value] : ints) {
+    app.add_option(name, *value)->capture_default_str()->check(CLI::Range(1, 1 << 30));
   }
-  return true;
+  app.add_option("--dtypes", f->dtypes, "Compute dtypes, comma-separated")->capture_default_str();
+  app.add_option("--cache-dir", f->cache_dir, "Where generated checkpoints are kept")
+      ->capture_default_str();
+  app.add_option("--child", f->child, "Internal: run one configuration (bf16:full, fp32:half)");
 }
 
 int64_t ReadRssBytes() { return premoe::common::CurrentRssBytes().value_or(0); }
@@ -370,7 +355,9 @@ struct Result {
 
 int main(int argc, char** argv) {
   Flags f;
-  if (!ParseFlags(argc, argv, &f)) return 2;
+  CLI::App app("engine_bench: prefill and decode throughput of the MoE engine");
+  AddFlags(app, &f);
+  CLI11_PARSE(app, argc, argv);
   if (!f.child.empty()) return RunChild(f);
 
   const auto t0 = Clock::now();

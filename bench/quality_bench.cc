@@ -21,11 +21,10 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
+#include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
 #include "premoe/checkpoint/inspect.h"
 #include "premoe/common/file.h"
@@ -84,21 +83,19 @@ int main(int argc, char** argv) {
   int64_t cal = 100, eval = 200;
   std::vector<std::string> metrics = {"peu",       "tcess", "act_logits", "all_logits",
                                       "frequency", "reap",  "man",        "random"};
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--model")
-      model_dir = value;
-    else if (flag == "--json")
-      json_out = value;
-    else if (flag == "--cal-samples")
-      (void)absl::SimpleAtoi(value, &cal);
-    else if (flag == "--eval-samples")
-      (void)absl::SimpleAtoi(value, &eval);
-    else if (flag == "--metrics")
-      metrics = absl::StrSplit(value, ',');
-    else
-      Die(absl::InvalidArgumentError(absl::StrCat("unknown flag ", flag)));
-  }
+  CLI::App app("quality_bench: every metric's pattern at expert budgets on the testbed");
+  app.add_option("--model", model_dir, "Model directory")->capture_default_str();
+  app.add_option("--cal-samples", cal, "Calibration samples per task's pattern")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 30));
+  app.add_option("--eval-samples", eval, "Eval samples per task")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 30));
+  app.add_option("--json", json_out, "Also write the figures to this JSON file");
+  app.add_option("--metrics", metrics, "Metrics to compare, comma-separated")
+      ->delimiter(',')
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
   auto engine = OrDie(model::Engine::Open(model_dir, {.dtype = "fp32"}));
   auto tokenizer = OrDie(tokenizer::Tokenizer::FromFile(model_dir + "/tokenizer.json"));
   const checkpoint::ModelSummary summary = OrDie(checkpoint::SummarizeModel(model_dir));

@@ -1,4 +1,4 @@
-// reassembly_bench: what the worker's on-demand reassembly costs (issue 7),
+// reassembly_bench: what the worker's on-demand reassembly costs,
 // measured in one run, as ratios to references measured in the same run.
 //
 // usage: reassembly_bench --model DIR [--pattern FILE --pattern FILE]
@@ -31,6 +31,7 @@
 #include <thread>
 #include <vector>
 
+#include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "premoe/checkpoint/expert_pack.h"
@@ -74,30 +75,29 @@ T Check(absl::StatusOr<T> v, const char* what) {
   return *std::move(v);
 }
 
+// Exits 2 with CLI11's message on a flag that does not parse (a mistyped
+// number must not run the default), and 1 on arguments that do not fit.
 Args Parse(int argc, char** argv) {
   Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string key = argv[i];
-    if (i + 1 >= argc) Die("flag " + key + " needs a value");
-    const std::string v = argv[++i];
-    if (key == "--model")
-      a.model = v;
-    else if (key == "--pattern")
-      a.patterns.push_back(v);
-    else if (key == "--budget")
-      a.budget = v;
-    else if (key == "--dtype")
-      a.dtype = v;
-    else if (key == "--requests")
-      a.requests = std::stoi(v);
-    else if (key == "--new-tokens")
-      a.new_tokens = std::stoi(v);
-    else if (key == "--child")
-      a.child_budget = v;
-    else
-      Die("unknown flag " + key + " (see the header of reassembly_bench.cc)");
+  CLI::App app("reassembly_bench: what the worker's on-demand reassembly costs");
+  app.add_option("--model", a.model, "Model directory")->required();
+  app.add_option("--pattern", a.patterns, "Pattern file (premoe profile --out); give two or none")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  app.add_option("--budget", a.budget, "Expert budget of the patterns")->capture_default_str();
+  app.add_option("--dtype", a.dtype, "bf16 or fp32")->capture_default_str();
+  app.add_option("--requests", a.requests, "Requests of the mixed batch (half per pattern)")
+      ->capture_default_str()
+      ->check(CLI::Range(2, 1 << 16));
+  app.add_option("--new-tokens", a.new_tokens, "Tokens decoded per request")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 30));
+  app.add_option("--child", a.child_budget, "Internal: measure one worker's RSS at this budget");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    std::exit(app.exit(e));
   }
-  if (a.model.empty()) Die("--model is required");
   if (!a.patterns.empty() && a.patterns.size() != 2) Die("give two --pattern files or none");
   return a;
 }

@@ -20,10 +20,9 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
+#include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
 #include "bench/bench_util.h"
 #include "nlohmann/json.hpp"
 #include "premoe/common/file.h"
@@ -54,26 +53,21 @@ int main(int argc, char** argv) {
   std::string model_dir = "testbed/model", json_out;
   std::vector<int64_t> cal_sizes = {8, 32, 100}, layer_counts = {1, 2, 4};
   int64_t queries = 100;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--model") {
-      model_dir = value;
-    } else if (flag == "--json") {
-      json_out = value;
-    } else if (flag == "--queries") {
-      (void)absl::SimpleAtoi(value, &queries);
-    } else if (flag == "--cal-samples" || flag == "--layers") {
-      std::vector<int64_t>& list = flag == "--layers" ? layer_counts : cal_sizes;
-      list.clear();
-      for (absl::string_view v : absl::StrSplit(value, ',')) {
-        int64_t n = 0;
-        if (!absl::SimpleAtoi(v, &n) || n <= 0) Die(absl::InvalidArgumentError(flag));
-        list.push_back(n);
-      }
-    } else {
-      Die(absl::InvalidArgumentError(absl::StrCat("unknown flag ", flag)));
-    }
-  }
+  CLI::App app("retrieval_bench: task-adaptive expert retrieval on the testbed's held-out prompts");
+  app.add_option("--model", model_dir, "Model directory")->capture_default_str();
+  app.add_option("--cal-samples", cal_sizes, "Calibration sizes to compare, comma-separated")
+      ->delimiter(',')
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 30));
+  app.add_option("--layers", layer_counts, "Embedding depths (MoE layers) to compare")
+      ->delimiter(',')
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 30));
+  app.add_option("--queries", queries, "Held-out prompts per task")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 30));
+  app.add_option("--json", json_out, "Also write the figures to this JSON file");
+  CLI11_PARSE(app, argc, argv);
   auto engine = OrDie(model::Engine::Open(model_dir, {.dtype = "fp32"}));
   auto tokenizer = OrDie(tokenizer::Tokenizer::FromFile(model_dir + "/tokenizer.json"));
   const std::string fingerprint = OrDie(model::ModelFingerprint(*engine));

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
@@ -44,11 +45,14 @@ std::string RunCommand(const std::string& command) {
 int main(int argc, char** argv) {
   double seconds = 3;
   int repeat = 20;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string flag = argv[i];
-    if (flag == "--seconds") seconds = std::atof(argv[i + 1]);
-    if (flag == "--repeat") repeat = std::atoi(argv[i + 1]);
-  }
+  CLI::App app("tokenizer_bench: encode throughput, premoe against Hugging Face tokenizers");
+  app.add_option("--seconds", seconds, "Time per tokenizer and side; the best pass counts")
+      ->capture_default_str()
+      ->check(CLI::Range(0.001, 86400.0));
+  app.add_option("--repeat", repeat, "Copies of the corpus in the text")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 30));
+  CLI11_PARSE(app, argc, argv);
   const char* src_env = std::getenv("PREMOE_SOURCE_DIR");
   const std::string src = src_env != nullptr ? src_env : ".";
   const char* py_env = std::getenv("PREMOE_PYTHON");

@@ -23,6 +23,10 @@ void RegisterPatterns(CLI::App& app, int* exit_code);
 void RegisterWorker(CLI::App& app, int* exit_code);
 void RegisterServe(CLI::App& app, int* exit_code);  // serve and query
 
+// The help text of every --budget option that selects experts from a
+// pattern (the grammar of premoe/checkpoint/budget.h).
+extern const char kBudgetHelp[];
+
 // The exit code of a finished command: 0, or 1 after printing
 // "premoe <command>: <status>" to stderr.
 int ReportStatus(absl::string_view command, const absl::Status& status);

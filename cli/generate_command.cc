@@ -1,17 +1,11 @@
 // premoe generate: runs one prompt through the MoE engine and streams the
-// completion to stdout as its tokens arrive. The flag parsing, the --keep
-// spec, text stop strings and the router dump live here; the model work is
-// the engine's (premoe/model/engine.h).
-#include <ATen/ATen.h>
-
-#include <charconv>
-#include <cmath>
+// completion to stdout as its tokens arrive. The flags live here; the model
+// work is the engine's (premoe/model/engine.h), the router dump's format
+// premoe/model/router_dump.h's.
 #include <cstdio>
 #include <filesystem>
-#include <limits>
 #include <memory>
 #include <string>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -25,6 +19,7 @@
 #include "premoe/checkpoint/config.h"
 #include "premoe/common/status.h"
 #include "premoe/model/engine.h"
+#include "premoe/model/router_dump.h"
 #include "premoe/tokenizer/text_stream.h"
 #include "premoe/tokenizer/tokenizer.h"
 
@@ -44,76 +39,6 @@ struct GenerateArgs {
   std::string keep;
   std::vector<std::string> stop;
   std::string dump_router_logits;
-};
-
-// Shortest text that reads back as the same float (JSON has no infinities:
-// -inf, the logit of an expert a reduced model did not load, becomes null).
-void AppendFloat(std::string* out, float v) {
-  if (!std::isfinite(v)) {
-    out->append("null");
-    return;
-  }
-  char buf[32];
-  auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), v);
-  out->append(buf, end);
-}
-
-template <typename T>
-void AppendMatrix(std::string* out, const at::Tensor& m) {
-  at::Tensor c = m.cpu().contiguous();
-  const T* p = c.data_ptr<T>();
-  const int64_t rows = c.size(0), cols = c.dim() > 1 ? c.size(1) : 1;
-  out->push_back('[');
-  for (int64_t r = 0; r < rows; ++r) {
-    if (r > 0) out->push_back(',');
-    if (c.dim() > 1) out->push_back('[');
-    for (int64_t j = 0; j < cols; ++j) {
-      if (j > 0) out->push_back(',');
-      if constexpr (std::is_same_v<T, float>) {
-        AppendFloat(out, p[r * cols + j]);
-      } else {
-        absl::StrAppend(out, p[r * cols + j]);
-      }
-    }
-    if (c.dim() > 1) out->push_back(']');
-  }
-  out->push_back(']');
-}
-
-// --dump-router-logits: one JSON object per line per MoE layer per forward
-// pass (the prefill is forward 0, each decode step one more):
-//   {"forward": F, "layer": L, "sequence": [T], "position": [T],
-//    "gate_logits": [[N] x T], "selected_experts": [[K] x T],
-//    "routing_weights": [[K] x T]}
-class JsonlRouterDump final : public model::RouterTap {
- public:
-  explicit JsonlRouterDump(std::FILE* file) : file_(file) {}
-
-  void OnRouter(const model::RouterTapEvent& ev) override {
-    if (ev.layer <= last_layer_) ++forward_;
-    last_layer_ = ev.layer;
-    line_.clear();
-    absl::StrAppend(&line_, "{\"forward\":", forward_, ",\"layer\":", ev.layer, ",\"sequence\":");
-    AppendMatrix<int64_t>(&line_, ev.sequence);
-    line_.append(",\"position\":");
-    AppendMatrix<int64_t>(&line_, ev.position);
-    line_.append(",\"gate_logits\":");
-    AppendMatrix<float>(&line_, ev.gate_logits);
-    line_.append(",\"selected_experts\":");
-    AppendMatrix<int64_t>(&line_, ev.selected_experts);
-    line_.append(",\"routing_weights\":");
-    AppendMatrix<float>(&line_, ev.routing_weights.to(at::kFloat));
-    line_.append("}\n");
-    if (std::fwrite(line_.data(), 1, line_.size(), file_) != line_.size()) failed_ = true;
-  }
-  bool failed() const { return failed_; }
-
- private:
-  std::FILE* file_;
-  int64_t forward_ = -1;
-  int64_t last_layer_ = std::numeric_limits<int64_t>::max();
-  bool failed_ = false;
-  std::string line_;
 };
 
 // Writes each delta of the completion to stdout as soon as it is final.
@@ -149,14 +74,14 @@ absl::Status RunGenerateImpl(const GenerateArgs& args) {
   ASSIGN_OR_RETURN(std::unique_ptr<model::Engine> engine, model::Engine::Open(args.model, options));
 
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> dump_file(nullptr, &std::fclose);
-  std::unique_ptr<JsonlRouterDump> dump;
+  std::unique_ptr<model::JsonlRouterDump> dump;
   if (!args.dump_router_logits.empty()) {
     dump_file.reset(std::fopen(args.dump_router_logits.c_str(), "wb"));
     if (dump_file == nullptr) {
       return absl::NotFoundError(absl::StrCat("--dump-router-logits: cannot open \"",
                                               args.dump_router_logits, "\" for writing"));
     }
-    dump = std::make_unique<JsonlRouterDump>(dump_file.get());
+    dump = std::make_unique<model::JsonlRouterDump>(dump_file.get());
   }
 
   tokenizer::TextStream stream(*tokenizer, args.stop);
@@ -177,7 +102,8 @@ absl::Status RunGenerateImpl(const GenerateArgs& args) {
   RETURN_IF_ERROR(stream.status());
   if (std::ferror(stdout) != 0) return absl::DataLossError("failed to write to stdout");
   if (dump != nullptr) {
-    if (dump->failed() || std::fclose(dump_file.release()) != 0) {
+    RETURN_IF_ERROR(common::WithContext(dump->status(), "--dump-router-logits"));
+    if (std::fclose(dump_file.release()) != 0) {
       return absl::DataLossError(
           absl::StrCat("--dump-router-logits: failed to write \"", args.dump_router_logits, "\""));
     }

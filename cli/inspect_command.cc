@@ -48,7 +48,8 @@ void RegisterInspect(CLI::App& app, int* exit_code) {
   // every other model problem, as "premoe inspect: NOT_FOUND: ..." with exit 1.
   cmd->add_option("--model", args->model, "Model directory: config.json + safetensors")->required();
   cmd->add_option("--budget", args->budgets,
-                  "K/M: top-K routing over M kept experts per MoE layer, e.g. 8/128; repeatable. "
+                  "K/M (top-K routing over M kept experts per MoE layer, e.g. 8/128) or N% "
+                  "(that share of every layer's experts with the model's top-k); repeatable. "
                   "Default: the model's top-k over N, N/2, N/4, ... experts")
       ->take_all();
   cmd->add_flag("--json", args->json, "Print one JSON object (keys: premoe/checkpoint/inspect.h)");

@@ -1,32 +1,23 @@
 #include "cli/keep_spec.h"
 
-#include <optional>
+#include <filesystem>
+#include <system_error>
 #include <utility>
 #include <vector>
 
+#include "absl/algorithm/container.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "premoe/checkpoint/budget.h"
 #include "premoe/checkpoint/config.h"
 #include "premoe/common/file.h"
 #include "premoe/common/json.h"
 #include "premoe/common/status.h"
 
 namespace premoe::cli {
-namespace {
-
-// "K/M" -> (K, M); nullopt when `spec` does not have that form.
-std::optional<std::pair<int64_t, int64_t>> ParseUniform(absl::string_view spec) {
-  std::vector<absl::string_view> parts = absl::StrSplit(spec, '/');
-  int64_t k = 0, m = 0;
-  if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &k) || !absl::SimpleAtoi(parts[1], &m)) {
-    return std::nullopt;
-  }
-  return std::make_pair(k, m);
-}
-
-}  // namespace
-
 absl::StatusOr<KeepSpec> ReadMaskFile(const std::string& path) {
   ASSIGN_OR_RETURN(std::string text, common::ReadFile(path, 64ull << 20));
   ASSIGN_OR_RETURN(nlohmann::json doc, common::ParseJsonStrict(text, path));
@@ -64,16 +55,19 @@ absl::StatusOr<KeepSpec> ReadMaskFile(const std::string& path) {
 }
 
 absl::StatusOr<KeepSpec> ParseKeep(const std::string& spec, const std::string& model_dir) {
-  if (auto uniform = ParseUniform(spec)) {
-    const auto [k, m] = *uniform;
+  absl::string_view count = spec;
+  if (absl::ConsumePrefix(&count, "first:")) {
     ASSIGN_OR_RETURN(checkpoint::ModelConfig config, checkpoint::LoadModelConfig(model_dir));
-    if (k < 1 || m < k || m > config.num_routed_experts) {
+    const int64_t top_k = config.num_experts_per_tok;
+    int64_t m = 0;
+    const bool digits = !count.empty() && count.size() <= 9 &&
+                        absl::c_all_of(count, [](char c) { return absl::ascii_isdigit(c); });
+    if (!digits || !absl::SimpleAtoi(count, &m) || m < top_k || m > config.num_routed_experts) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "--keep ", spec, ": want K/M with 1 <= K <= M <= ", config.num_routed_experts,
-          " (the model's routed experts)"));
+          "--keep \"", absl::CHexEscape(spec), "\": want first:M with the model's top-k ", top_k,
+          " <= M <= ", config.num_routed_experts, " (its routed experts per MoE layer)"));
     }
     KeepSpec out;
-    out.top_k = k;
     std::vector<int64_t> first(m);
     for (int64_t e = 0; e < m; ++e) first[e] = e;
     for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
@@ -81,14 +75,23 @@ absl::StatusOr<KeepSpec> ParseKeep(const std::string& spec, const std::string& m
     }
     return out;
   }
+  // A file of that name wins: "masks/8/16" is a path.
+  if (std::error_code ec;
+      !std::filesystem::exists(spec, ec) && checkpoint::Budget::Parse(spec).ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--keep \"", spec,
+        "\" is a budget, and which experts a budget keeps depends on a task's pattern: give a "
+        "mask file (premoe select --pattern FILE --budget ",
+        spec, " --mask-out MASK) or first:M for the first M experts of every MoE layer"));
+  }
   return ReadMaskFile(spec);
 }
 
 const char kKeepHelp[] =
     "Either a mask file, JSON {\"layers\": {\"<layer>\": [expert ids...]}, \"top_k\": K} "
     "(layers not listed keep every expert; \"top_k\" is optional, default the model's; each "
-    "listed layer must keep at least top-k experts), or K/M: top-K routing over the FIRST M "
-    "experts (ids 0..M-1) of every MoE layer. K/M chooses no experts for a task: it is for "
-    "sizing and speed tests";
+    "listed layer must keep at least top-k experts; premoe select --mask-out writes one), or "
+    "first:M: the first M experts (ids 0..M-1) of every MoE layer with the model's top-k. "
+    "first:M chooses no experts for a task: it is for sizing and speed tests";
 
 }  // namespace premoe::cli

@@ -21,8 +21,11 @@ struct KeepSpec {
 // Range, order and top-k checks are KeptExperts::Validate's, where it is used.
 absl::StatusOr<KeepSpec> ReadMaskFile(const std::string& path);
 
-// "K/M" (top-K routing over the first M experts of every MoE layer of the
-// model in model_dir) or a mask file path.
+// "first:M" (the first M experts, ids 0..M-1, of every MoE layer of the
+// model in model_dir, routed with its top-k; INVALID_ARGUMENT unless top-k
+// <= M <= its routed experts) or a mask file path. A budget spelling
+// ("8/128", "50%", ...) that is not a file is INVALID_ARGUMENT: a budget
+// chooses experts from a pattern's scores, which --keep does not have.
 absl::StatusOr<KeepSpec> ParseKeep(const std::string& spec, const std::string& model_dir);
 
 // The help text of a --keep option.

@@ -16,12 +16,12 @@
 #include "premoe/checkpoint/inspect.h"
 #include "premoe/checkpoint/safetensors.h"
 #include "premoe/common/file.h"
-#include "premoe/common/hash.h"
 #include "premoe/common/process.h"
 #include "premoe/common/status.h"
 #include "premoe/model/engine.h"
 #include "premoe/model/fingerprint.h"
 #include "premoe/profiler/calibration.h"
+#include "premoe/profiler/pattern.h"
 #include "premoe/profiler/selection.h"
 #include "premoe/store/pattern.h"
 #include "premoe/testbed/tasks.h"
@@ -93,24 +93,11 @@ absl::Status RunProfile(const ProfileArgs& args) {
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
-  store::Pattern p;
-  p.task_name = args.task;
-  ASSIGN_OR_RETURN(p.model_fingerprint, model::ModelFingerprint(*engine));
-  p.metric = std::string(profiler::MetricName(metric.metric));
-  p.metric_params = metric.Params(engine->config().num_routed_experts, engine->top_k());
-  for (const auto& [layer, scores] : profile.scores) {
-    p.layers.push_back(
-        {static_cast<int32_t>(layer), std::vector<float>(scores.begin(), scores.end())});
-  }
-  p.calibration_samples = profile.samples;
-  p.calibration_tokens = profile.tokens;
-  for (size_t i = 0; i < profile.embeddings.size(); ++i) {
-    p.embeddings.push_back(
-        {profile.embeddings[i], common::Hasher().Update(samples[i].prompt).HexDigest()});
-  }
-  p.created_unix_micros = std::chrono::duration_cast<std::chrono::microseconds>(
-                              std::chrono::system_clock::now().time_since_epoch())
-                              .count();
+  profiler::PatternOptions pattern;
+  pattern.task_name = args.task;
+  ASSIGN_OR_RETURN(pattern.model_fingerprint, model::ModelFingerprint(*engine));
+  ASSIGN_OR_RETURN(const store::Pattern p,
+                   profiler::MakePattern(*engine, samples, po, profile, pattern));
   if (!args.out.empty()) {
     RETURN_IF_ERROR(common::WriteFileAtomically(args.out, store::EncodePattern(p)));
     std::printf("pattern of task %s (%s, %lld samples, %lld tokens) -> %s\n", p.task_name.c_str(),
@@ -156,9 +143,7 @@ absl::Status RunSelect(const SelectArgs& args) {
   if (summary.expert_layers.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(args.model, " has no MoE layer"));
   }
-  std::map<int64_t, std::vector<double>> scores;
-  for (const auto& l : p.layers)
-    scores[l.layer] = std::vector<double>(l.scores.begin(), l.scores.end());
+  ASSIGN_OR_RETURN(const auto scores, profiler::PatternScores(p, summary.config));
   const int64_t per_expert = summary.expert_layers.front().bytes_per_expert;
   ASSIGN_OR_RETURN(profiler::Selection sel,
                    profiler::Select(scores, budget, per_expert, summary.top_k));
@@ -237,7 +222,7 @@ void RegisterProfile(CLI::App& app, int* exit_code) {
       "select",
       "Apply a budget to a pattern: the experts each layer keeps and the memory they take");
   s->add_option("--pattern", sel->pattern, "Pattern file (premoe profile --out)")->required();
-  s->add_option("--budget", sel->budget, "K/M, N%, bytes:SIZE or coverage:F")->required();
+  s->add_option("--budget", sel->budget, kBudgetHelp)->required();
   s->add_option("--model", sel->model, "Model directory (for expert sizes)")->required();
   s->add_option("--mask-out", sel->mask_out,
                 "Write the kept experts as a mask file for --keep / --mask");

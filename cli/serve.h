@@ -1,4 +1,4 @@
-// premoe serve: the server process in each of its roles (issue 8). Shared by
+// premoe serve: the server process in each of its roles. Shared by
 // `premoe serve` and `premoe worker serve` (= serve --role worker).
 #pragma once
 

@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "cli/commands.h"
 #include "cli/serve.h"
+#include "cli/worker_flags.h"
 #include "nlohmann/json.hpp"
 #include "premoe/common/bytes.h"
 #include "premoe/common/file.h"
@@ -23,6 +24,7 @@
 #include "premoe/store/embedded_store.h"
 #include "premoe/store/grpc_client.h"
 #include "premoe/store/server.h"
+#include "premoe/testbed/queries.h"
 #include "premoe/testbed/tasks.h"
 #include "premoe/tokenizer/tokenizer.h"
 #include "premoe/worker/server.h"
@@ -215,8 +217,7 @@ struct QueryArgs {
   bool json = false;
 };
 
-nlohmann::ordered_json RouteJson(const router::InferenceResult& r) {
-  const router::RouteInfo& x = r.route;
+nlohmann::ordered_json RouteJson(const router::RouteInfo& x) {
   return {{"task", x.task},
           {"decision", x.decision},
           {"similarity", x.similarity},
@@ -238,64 +239,69 @@ std::string Quote(const std::string& s, size_t width) {
 // Sends the testbed tasks' samples through the router and says, for each,
 // where it went and whether the answer is right.
 absl::Status RunTestbedQueries(const QueryArgs& args, router::InferenceClient& client) {
-  ASSIGN_OR_RETURN(std::vector<const testbed::Task*> tasks, testbed::ParseTaskList(args.testbed));
-  ASSIGN_OR_RETURN(testbed::Split split, testbed::ParseSplit(args.split));
+  if (args.samples < 1) return absl::InvalidArgumentError("--samples must be >= 1");
+  testbed::QueryOptions qo;
+  ASSIGN_OR_RETURN(qo.tasks, testbed::ParseTaskList(args.testbed));
+  ASSIGN_OR_RETURN(qo.split, testbed::ParseSplit(args.split));
+  qo.samples = args.samples;
   nlohmann::ordered_json all = nlohmann::ordered_json::array();
-  int64_t total = 0, correct = 0, matched = 0;
+  int64_t matched = 0;
   if (!args.json) {
     std::printf("%-8s %-26s %-18s %-12s %-16s %-14s %s\n", "task", "prompt", "matched (sim)",
                 "experts", "weights", "answer", "correct");
   }
-  for (const testbed::Task* task : tasks) {
-    if (task->kind() != testbed::TaskKind::kExactMatch) continue;
-    for (int64_t i = 0; i < std::min(args.samples, task->size(split)); ++i) {
-      ASSIGN_OR_RETURN(testbed::Sample sample, task->Get(split, i));
-      router::InferenceRequest r;
-      r.prompt = sample.prompt;
-      r.options.max_new_tokens = args.max_new_tokens;
-      r.task = args.task;
-      r.budget = args.budget;
-      r.full_model = args.full_model;
-      ASSIGN_OR_RETURN(router::InferenceResult res, client.Generate(r));
-      const bool ok = res.text.text == sample.completion;
-      ++total;
-      correct += ok ? 1 : 0;
-      matched += res.route.task == task->name() ? 1 : 0;
-      const router::RouteInfo& x = res.route;
-      // What this request's model holds: the worker's other weights plus the
-      // pattern's experts, against the same with every expert.
-      const double reduced = static_cast<double>(x.base_bytes + x.kept_bytes);
-      const double full = static_cast<double>(x.base_bytes + x.all_experts_bytes);
-      if (args.json) {
-        nlohmann::ordered_json j = {
-            {"task", task->name()},    {"prompt", sample.prompt}, {"expected", sample.completion},
-            {"answer", res.text.text}, {"correct", ok},           {"route", RouteJson(res)}};
-        all.push_back(j);
-        continue;
-      }
-      std::printf("%-8s %-26s %-18s %-12s %-16s %-14s %s\n", task->name().c_str(),
-                  Quote(sample.prompt, 26).c_str(),
-                  absl::StrCat(x.task.empty() ? "(full)" : x.task, " (",
-                               absl::StrFormat("%.2f", x.similarity), ")")
-                      .c_str(),
-                  absl::StrFormat("%lld (%.0f%%)", static_cast<long long>(x.kept_experts),
-                                  100 * x.kept_fraction)
-                      .c_str(),
-                  absl::StrFormat("%.1f/%.1f MiB", reduced / kMiB, full / kMiB).c_str(),
-                  Quote(res.text.text, 14).c_str(), ok ? "yes" : "no");
+  // The route of the query being answered, for the line printed once it is scored.
+  router::RouteInfo route;
+  auto ask = [&](const testbed::Task&,
+                 const testbed::Sample& sample) -> absl::StatusOr<std::string> {
+    router::InferenceRequest r;
+    r.prompt = sample.prompt;
+    r.options.max_new_tokens = args.max_new_tokens;
+    r.task = args.task;
+    r.budget = args.budget;
+    r.full_model = args.full_model;
+    ASSIGN_OR_RETURN(router::InferenceResult res, client.Generate(r));
+    route = res.route;
+    return res.text.text;
+  };
+  auto show = [&](const testbed::AnsweredQuery& q) {
+    matched += route.task == q.task->name() ? 1 : 0;
+    if (args.json) {
+      all.push_back({{"task", q.task->name()},
+                     {"prompt", q.sample.prompt},
+                     {"expected", q.sample.completion},
+                     {"answer", q.answer},
+                     {"correct", q.correct},
+                     {"route", RouteJson(route)}});
+      return;
     }
-  }
+    // What this request's model holds: the worker's other weights plus the
+    // pattern's experts, against the same with every expert.
+    const double reduced = static_cast<double>(route.base_bytes + route.kept_bytes);
+    const double full = static_cast<double>(route.base_bytes + route.all_experts_bytes);
+    std::printf("%-8s %-26s %-18s %-12s %-16s %-14s %s\n", q.task->name().c_str(),
+                Quote(q.sample.prompt, 26).c_str(),
+                absl::StrCat(route.task.empty() ? "(full)" : route.task, " (",
+                             absl::StrFormat("%.2f", route.similarity), ")")
+                    .c_str(),
+                absl::StrFormat("%lld (%.0f%%)", static_cast<long long>(route.kept_experts),
+                                100 * route.kept_fraction)
+                    .c_str(),
+                absl::StrFormat("%.1f/%.1f MiB", reduced / kMiB, full / kMiB).c_str(),
+                Quote(q.answer, 14).c_str(), q.correct ? "yes" : "no");
+  };
+  ASSIGN_OR_RETURN(const testbed::QueryTally tally, testbed::AskTestbedQueries(qo, ask, show));
   if (args.json) {
     std::printf("%s\n", nlohmann::ordered_json({{"queries", all},
-                                                {"correct", correct},
+                                                {"correct", tally.correct},
                                                 {"matched_own_task", matched},
-                                                {"total", total}})
+                                                {"total", tally.total}})
                             .dump(2)
                             .c_str());
   } else {
     std::printf("%lld of %lld answers correct; %lld of %lld matched to their own task's pattern\n",
-                static_cast<long long>(correct), static_cast<long long>(total),
-                static_cast<long long>(matched), static_cast<long long>(total));
+                static_cast<long long>(tally.correct), static_cast<long long>(tally.total),
+                static_cast<long long>(matched), static_cast<long long>(tally.total));
   }
   return absl::OkStatus();
 }
@@ -348,7 +354,7 @@ absl::Status RunQuery(const QueryArgs& args) {
                                                 {"finish_reason", res.text.finish_reason},
                                                 {"prompt_tokens", res.text.prompt_tokens},
                                                 {"completion_tokens", res.text.completion_tokens},
-                                                {"route", RouteJson(res)},
+                                                {"route", RouteJson(res.route)},
                                                 {"time_to_first_token", res.time_to_first_token},
                                                 {"match_seconds", res.match_seconds}})
                             .dump(2)
@@ -387,7 +393,7 @@ void RegisterServe(CLI::App& app, int* exit_code) {
   s->add_option("--workers", a->workers, "router: worker addresses")->delimiter(',');
   s->add_option("--workers-dns", a->workers_dns,
                 "router: host:port whose every address is a worker (a headless Service)");
-  s->add_option("--budget", a->budget, "Default expert budget: N%, K/M, bytes:SIZE, coverage:F")
+  s->add_option("--budget", a->budget, absl::StrCat("Default expert budget. ", kBudgetHelp))
       ->capture_default_str();
   s->add_option("--min-similarity", a->min_similarity, "Below it a query falls back")
       ->capture_default_str();
@@ -398,21 +404,7 @@ void RegisterServe(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   s->add_option("--max-new-tokens", a->max_new_tokens, "Largest max_new_tokens accepted")
       ->capture_default_str();
-  s->add_option("--cache", a->cache, "Worker: byte budget of resident experts (default: all)");
-  s->add_option("--dtype", a->dtype, "Worker: bf16 or fp32")->capture_default_str();
-  s->add_option("--expert-pack", a->expert_pack,
-                "Worker: read experts from this pack (premoe repack), not the checkpoint");
-  s->add_flag("--reserve-cache", a->reserve_cache,
-              "Worker: fault in the whole expert cache at start, so loads only copy");
-  s->add_option("--device", a->device, "Worker: cpu, cuda or cuda:N")->capture_default_str();
-  s->add_option("--max-batch", a->max_batch, "Worker: sequences decoded together")
-      ->capture_default_str();
-  s->add_option("--max-queue", a->max_queue, "Worker: requests waiting before refusals")
-      ->capture_default_str();
-  s->add_option("--world-size", a->world_size,
-                "Worker: expert-parallel ranks, each caching its share of the experts (Gloo on "
-                "CPU; with --device cuda, rank r on cuda:r over NCCL)")
-      ->capture_default_str();
+  AddWorkerFlags(*s, *a, "Worker: ");
   s->add_option("--port-file", a->port_file, "Write the bound port here once serving");
   s->callback([a, exit_code] { *exit_code = ReportStatus("serve", RunServe(*a)); });
 
@@ -427,7 +419,8 @@ void RegisterServe(CLI::App& app, int* exit_code) {
   c->add_option("--samples", q->samples, "With --testbed: samples per task")->capture_default_str();
   c->add_option("--split", q->split, "With --testbed: the split")->capture_default_str();
   c->add_option("--task", q->task, "Serve with this task's pattern (skip matching)");
-  c->add_option("--budget", q->budget, "Expert budget (default: the server's)");
+  c->add_option("--budget", q->budget,
+                absl::StrCat("Expert budget (default: the server's). ", kBudgetHelp));
   c->add_flag("--full-model", q->full_model, "Serve with every expert");
   c->add_flag("--match-only", q->match_only, "Only say which pattern the prompt would get");
   c->add_option("--max-new-tokens", q->max_new_tokens, "Most tokens to generate")

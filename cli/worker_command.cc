@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
 #include "cli/serve.h"
+#include "cli/worker_flags.h"
 #include "nlohmann/json.hpp"
 #include "premoe/common/file.h"
 #include "premoe/common/status.h"
@@ -147,22 +148,7 @@ void RegisterWorker(CLI::App& app, int* exit_code) {
       "serve", "Serve premoe.v1.Worker (and grpc.health.v1.Health) until SIGINT or SIGTERM");
   s->add_option("--model", serve->model, "Model directory")->required();
   s->add_option("--listen", serve->listen, "Address to listen on")->capture_default_str();
-  s->add_option("--cache", serve->cache,
-                "Byte budget of resident routed experts, e.g. 64MiB (default: all of them)");
-  s->add_option("--dtype", serve->dtype, "bf16 or fp32")->capture_default_str();
-  s->add_option("--expert-pack", serve->expert_pack,
-                "Read experts from this pack (premoe repack), not the checkpoint");
-  s->add_flag("--reserve-cache", serve->reserve_cache,
-              "Fault in the whole expert cache at start, so loads only copy");
-  s->add_option("--device", serve->device, "cpu, cuda or cuda:N")->capture_default_str();
-  s->add_option("--max-batch", serve->max_batch, "Sequences decoded together")
-      ->capture_default_str();
-  s->add_option("--max-queue", serve->max_queue, "Requests waiting for a slot before refusals")
-      ->capture_default_str();
-  s->add_option("--world-size", serve->world_size,
-                "Expert-parallel ranks (Gloo on CPU; with --device cuda, rank r on cuda:r over "
-                "NCCL)")
-      ->capture_default_str();
+  AddWorkerFlags(*s, *serve, "");
   s->add_option("--port-file", serve->port_file, "Write the bound port here once serving");
   s->callback([serve, exit_code] { *exit_code = ReportStatus("worker serve", RunServe(*serve)); });
 
@@ -170,8 +156,7 @@ void RegisterWorker(CLI::App& app, int* exit_code) {
   CLI::App* p = cmd->add_subcommand("prepare", "Make a pattern's experts resident on a worker");
   p->add_option("--address", prepare->address, "Worker host:port")->required();
   p->add_option("--pattern", prepare->pattern, "Pattern file (premoe profile --out)")->required();
-  p->add_option("--budget", prepare->budget, "K/M, N%, bytes:SIZE or coverage:F")
-      ->capture_default_str();
+  p->add_option("--budget", prepare->budget, kBudgetHelp)->capture_default_str();
   p->callback(
       [prepare, exit_code] { *exit_code = ReportStatus("worker prepare", RunPrepare(*prepare)); });
 

@@ -19,6 +19,7 @@
 #include "absl/strings/strip.h"
 #include "names.h"
 #include "nlohmann/json.hpp"
+#include "premoe/checkpoint/budget.h"
 #include "premoe/checkpoint/expert_tensors.h"
 #include "premoe/checkpoint/safetensors.h"
 #include "premoe/common/logging.h"
@@ -26,6 +27,14 @@
 
 namespace premoe::checkpoint {
 namespace {
+
+// A bytes or coverage budget: its memory is not the checkpoint's to say.
+absl::Status NotUniform(absl::string_view text) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      "budget \"", absl::CHexEscape(text),
+      "\": inspect estimates the memory of K/M and N% budgets; how many experts a bytes or "
+      "coverage budget keeps in each layer depends on a pattern's scores (see premoe select)"));
+}
 
 using internal::ConsumeIndex;
 
@@ -271,7 +280,7 @@ absl::StatusOr<MoeLayerSummary> SummarizeLayer(const ModelConfig& config, int64_
 // while what this finds is prefixed with the model directory by the caller.
 absl::StatusOr<ModelSummary> Analyze(const std::string& model_dir, ModelConfig config,
                                      const Checkpoint* checkpoint,
-                                     const std::vector<ExpertBudget>& budgets) {
+                                     const std::vector<Budget>& budgets) {
   ModelSummary s;
   s.model_dir = model_dir;
   s.config = std::move(config);
@@ -406,8 +415,10 @@ absl::StatusOr<ModelSummary> Analyze(const std::string& model_dir, ModelConfig c
       s.budgets.push_back(memory);
     }
   } else {
-    for (const ExpertBudget& b : budgets) {
-      ASSIGN_OR_RETURN(BudgetMemory memory, EvaluateBudget(s, b));
+    for (const Budget& b : budgets) {
+      ASSIGN_OR_RETURN(const ExpertBudget uniform, UniformBudget(s, b));
+      ASSIGN_OR_RETURN(BudgetMemory memory, EvaluateBudget(s, uniform));
+      memory.asked = b.ToString();
       s.budgets.push_back(memory);
     }
   }
@@ -515,31 +526,14 @@ absl::string_view ExpertLayoutName(ExpertLayout layout) {
 
 std::string ExpertBudget::ToString() const { return absl::StrCat(top_k, "/", kept_experts); }
 
-absl::StatusOr<ExpertBudget> ParseExpertBudget(absl::string_view text) {
-  absl::string_view s = text;
-  ExpertBudget budget;
-  // Leading zeros are harmless here ("08/128"), unlike in tensor names.
-  auto number = [&s]() -> std::optional<int64_t> {
-    size_t n = 0;
-    while (n < s.size() && absl::ascii_isdigit(static_cast<unsigned char>(s[n]))) ++n;
-    if (n == 0 || n > 9) return std::nullopt;
-    int64_t value = 0;
-    for (size_t k = 0; k < n; ++k) value = value * 10 + (s[k] - '0');
-    s.remove_prefix(n);
-    return value;
-  };
-  const std::optional<int64_t> k = number();
-  const bool slash = k.has_value() && absl::ConsumePrefix(&s, "/");
-  const std::optional<int64_t> m = slash ? number() : std::nullopt;
-  if (!m.has_value() || !s.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "budget \"", absl::CHexEscape(text),
-        "\": want K/M, e.g. 8/128 (top-8 routing over 128 kept experts per MoE layer), with "
-        "K and M decimal integers"));
+absl::StatusOr<ExpertBudget> UniformBudget(const ModelSummary& summary, const Budget& budget) {
+  if (!budget.IsUniform()) {
+    return NotUniform(budget.ToString());
   }
-  budget.top_k = *k;
-  budget.kept_experts = *m;
-  return budget;
+  ASSIGN_OR_RETURN(const int64_t kept,
+                   budget.UniformCount(summary.num_routed_experts, summary.top_k));
+  return ExpertBudget{.top_k = budget.kind == Budget::Kind::kUniform ? budget.top_k : summary.top_k,
+                      .kept_experts = kept};
 }
 
 std::vector<ExpertBudget> DefaultBudgets(const ModelSummary& summary) {
@@ -581,6 +575,7 @@ absl::StatusOr<BudgetMemory> EvaluateBudget(const ModelSummary& summary,
   RETURN_IF_ERROR(ValidateBudget(summary, budget));
   BudgetMemory memory;
   memory.budget = budget;
+  memory.asked = budget.ToString();
   memory.kept_fraction =
       static_cast<double>(budget.kept_experts) / static_cast<double>(summary.num_routed_experts);
   memory.weight_bytes = summary.bytes.non_expert;
@@ -597,9 +592,13 @@ absl::StatusOr<BudgetMemory> EvaluateBudget(const ModelSummary& summary,
 absl::StatusOr<ModelSummary> SummarizeModel(const std::string& model_dir,
                                             const InspectOptions& options) {
   // Budget syntax needs no model: refuse a typo before mapping any file.
-  std::vector<ExpertBudget> budgets;
+  std::vector<Budget> budgets;
   for (const std::string& text : options.budgets) {
-    ASSIGN_OR_RETURN(ExpertBudget budget, ParseExpertBudget(text));
+    ASSIGN_OR_RETURN(Budget budget, Budget::Parse(text));
+    if (!budget.IsUniform()) {
+      // Refused before any file is opened, like a typo.
+      return NotUniform(text);
+    }
     budgets.push_back(budget);
   }
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
@@ -649,10 +648,12 @@ std::string FormatModelSummary(const ModelSummary& s) {
   constexpr absl::string_view kBudgetRow = "  %-12s %7s %12s %19s %8s\n";
   absl::StrAppendFormat(&out, kBudgetRow, "budget", "kept", "weights", "bytes", "of full");
   for (const BudgetMemory& b : s.budgets) {
-    absl::StrAppendFormat(&out, kBudgetRow, b.budget.ToString(),
-                          absl::StrFormat("%.1f%%", 100.0 * b.kept_fraction),
-                          RoundedBytes(b.weight_bytes), Grouped(b.weight_bytes),
-                          absl::StrFormat("%.1f%%", 100.0 * b.fraction_of_full));
+    const std::string name = b.budget.ToString();
+    absl::StrAppendFormat(
+        &out, kBudgetRow,
+        b.asked.empty() || b.asked == name ? name : absl::StrCat(b.asked, " (", name, ")"),
+        absl::StrFormat("%.1f%%", 100.0 * b.kept_fraction), RoundedBytes(b.weight_bytes),
+        Grouped(b.weight_bytes), absl::StrFormat("%.1f%%", 100.0 * b.fraction_of_full));
   }
   return out;
 }
@@ -714,6 +715,7 @@ std::string ModelSummaryToJson(const ModelSummary& s) {
   for (const BudgetMemory& b : s.budgets) {
     ojson budget = ojson::object();
     budget["budget"] = b.budget.ToString();
+    budget["asked"] = b.asked.empty() ? b.budget.ToString() : b.asked;
     budget["top_k"] = b.budget.top_k;
     budget["kept_experts"] = b.budget.kept_experts;
     budget["kept_fraction"] = b.kept_fraction;

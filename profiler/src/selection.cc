@@ -5,22 +5,11 @@
 #include <numeric>
 #include <queue>
 
-#include "absl/strings/ascii.h"
-#include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
-#include "absl/strings/strip.h"
-#include "premoe/common/bytes.h"
+#include "premoe/common/status.h"
 
 namespace premoe::profiler {
 namespace {
-
-absl::Status Bad(absl::string_view spec, absl::string_view why) {
-  return absl::InvalidArgumentError(absl::StrCat(
-      "budget \"", spec, "\": ", why,
-      " (want K/M, a percentage like 50%, bytes:SIZE like bytes:2GiB, or coverage:0.9)"));
-}
 
 // Experts of one layer, best first (ties to the lower id).
 std::vector<int64_t> Ranked(const std::vector<double>& s) {
@@ -44,54 +33,6 @@ std::vector<double> Shares(const std::vector<double>& s) {
 }
 
 }  // namespace
-
-absl::StatusOr<Budget> Budget::Parse(absl::string_view spec) {
-  Budget b;
-  absl::string_view rest = spec;
-  if (absl::ConsumePrefix(&rest, "bytes:")) {
-    b.kind = Kind::kBytes;
-    auto bytes = common::ParseByteSize(rest);
-    if (!bytes.ok()) return Bad(spec, "the size must be a positive number");
-    b.bytes = *bytes;
-    return b;
-  }
-  if (absl::ConsumePrefix(&rest, "coverage:")) {
-    b.kind = Kind::kCoverage;
-    if (!absl::SimpleAtod(rest, &b.fraction) || !(b.fraction > 0 && b.fraction <= 1)) {
-      return Bad(spec, "coverage must be in (0, 1]");
-    }
-    return b;
-  }
-  if (absl::ConsumeSuffix(&rest, "%")) {
-    b.kind = Kind::kFraction;
-    double pct = 0;
-    if (!absl::SimpleAtod(rest, &pct) || !(pct > 0 && pct <= 100)) {
-      return Bad(spec, "the percentage must be in (0, 100]");
-    }
-    b.fraction = pct / 100;
-    return b;
-  }
-  const std::vector<absl::string_view> km = absl::StrSplit(spec, '/');
-  if (km.size() == 2 && absl::SimpleAtoi(km[0], &b.top_k) && absl::SimpleAtoi(km[1], &b.count)) {
-    if (b.top_k < 1 || b.count < b.top_k) return Bad(spec, "want 1 <= K <= M");
-    return b;
-  }
-  return Bad(spec, "unrecognised");
-}
-
-std::string Budget::ToString() const {
-  switch (kind) {
-    case Kind::kUniform:
-      return absl::StrCat(top_k, "/", count);
-    case Kind::kFraction:
-      return absl::StrCat(fraction * 100, "%");
-    case Kind::kBytes:
-      return absl::StrCat("bytes:", bytes);
-    case Kind::kCoverage:
-      return absl::StrCat("coverage:", fraction);
-  }
-  return "?";
-}
 
 absl::StatusOr<Selection> Select(const std::map<int64_t, std::vector<double>>& scores,
                                  const Budget& budget, int64_t bytes_per_expert,
@@ -132,8 +73,7 @@ absl::StatusOr<Selection> Select(const std::map<int64_t, std::vector<double>>& s
       for (const auto& [layer, s] : scores) counts[layer] = budget.count;
       break;
     case Budget::Kind::kFraction: {
-      const int64_t m = std::max<int64_t>(
-          sel.top_k, static_cast<int64_t>(std::ceil(budget.fraction * experts - 1e-9)));
+      ASSIGN_OR_RETURN(const int64_t m, budget.UniformCount(experts, sel.top_k));
       for (const auto& [layer, s] : scores) counts[layer] = m;
       break;
     }

@@ -20,6 +20,7 @@
 #include "absl/time/time.h"
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
+#include "premoe/profiler/pattern.h"
 #include "premoe/profiler/selection.h"
 
 namespace premoe::router {
@@ -259,10 +260,7 @@ absl::StatusOr<Assignment> WorkerPool::Assign(
   std::map<int64_t, profiler::Selection> selections;
   if (pattern != nullptr) {
     ASSIGN_OR_RETURN(const profiler::Budget parsed, profiler::Budget::Parse(budget));
-    std::map<int64_t, std::vector<double>> scores;
-    for (const store::LayerScores& l : pattern->layers) {
-      scores[l.layer].assign(l.scores.begin(), l.scores.end());
-    }
+    ASSIGN_OR_RETURN(const auto scores, profiler::PatternScores(*pattern));
     std::set<int64_t> sizes;
     for (const auto& m : members) {
       absl::MutexLock lock(&m->mu);

@@ -233,6 +233,31 @@ TEST_F(InspectReferenceTest, ExplicitBudgetsKeepTheirOrderAndMayLowerTopK) {
   EXPECT_EQ(s.budgets[1].weight_bytes, s.full_weight_bytes);
 }
 
+// "N%" is the model's top-k over ceil(N% of the experts), never fewer than
+// the top-k: the same count Select keeps in every layer.
+TEST_F(InspectReferenceTest, PercentBudgetsResolveToKOverM) {
+  const json& c = Case("deepseek_v3_wide_bf16");  // 16 experts top-4, 2 MoE layers
+  ASSERT_OK_AND_ASSIGN(
+      const ModelSummary s,
+      SummarizeModel(c["path"].get<std::string>(), {.budgets = {"50%", "10%", "30%", "2/8"}}));
+  EXPECT_THAT(Budgets(s), ElementsAre("4/8", "4/4", "4/5", "2/8"));
+  ASSERT_EQ(s.budgets.size(), 4u);
+  EXPECT_EQ(s.budgets[0].asked, "50%");
+  EXPECT_EQ(s.budgets[1].asked, "10%");  // 1.6 experts, raised to the top-k
+  EXPECT_EQ(s.budgets[2].asked, "30%");  // 4.8 experts, rounded up
+  EXPECT_EQ(s.budgets[3].asked, "2/8");
+  const int64_t non_expert = c["expect"]["bytes"]["non_expert"].get<int64_t>();
+  EXPECT_EQ(s.budgets[0].weight_bytes, non_expert + 2 * 8 * 3072);
+  EXPECT_DOUBLE_EQ(s.budgets[0].kept_fraction, 0.5);
+  EXPECT_EQ(s.budgets[1].weight_bytes, non_expert + 2 * 4 * 3072);
+  EXPECT_EQ(s.budgets[2].weight_bytes, non_expert + 2 * 5 * 3072);
+  EXPECT_THAT(FormatModelSummary(s), HasSubstr("  50% (4/8)"));
+  const json j = json::parse(ModelSummaryToJson(s));
+  EXPECT_EQ(j["budgets"][0]["budget"], "4/8");
+  EXPECT_EQ(j["budgets"][0]["asked"], "50%");
+  EXPECT_EQ(j["budgets"][3]["asked"], "2/8");
+}
+
 TEST_F(InspectReferenceTest, BudgetErrorsNameTheBudget) {
   const std::string path = Case("qwen3_moe_per_expert")["path"];  // 4 experts, top-2
   const std::vector<std::pair<std::string, std::string>> kCases = {
@@ -260,7 +285,7 @@ TEST_F(InspectReferenceTest, BudgetErrorsNameTheBudget) {
     SCOPED_TRACE(budget);
     const absl::StatusOr<ModelSummary> s = SummarizeModel(path, {.budgets = {"2/2", budget}});
     EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument, why));
-    const absl::StatusOr<ExpertBudget> parsed = ParseExpertBudget(budget);
+    const absl::StatusOr<Budget> parsed = Budget::Parse(budget);
     const std::string named = parsed.ok() ? absl::StrCat("budget \"", parsed->ToString(), "\"")
                                           : absl::StrCat("budget \"", budget, "\"");
     EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument, named));
@@ -314,21 +339,16 @@ TEST_F(InspectReferenceTest, CommandLinePrintsTheLibrarysJson) {
 
 // ---- Budgets alone -----------------------------------------------------------
 
-TEST(ExpertBudgetTest, ParsesKOverM) {
-  ASSERT_OK_AND_ASSIGN(const ExpertBudget b, ParseExpertBudget("8/128"));
-  EXPECT_EQ(b, (ExpertBudget{.top_k = 8, .kept_experts = 128}));
-  EXPECT_EQ(b.ToString(), "8/128");
-  ASSERT_OK_AND_ASSIGN(const ExpertBudget padded, ParseExpertBudget("08/0128"));
-  EXPECT_EQ(padded, b);
-  ASSERT_OK_AND_ASSIGN(const ExpertBudget big, ParseExpertBudget("999999999/999999999"));
-  EXPECT_EQ(big.kept_experts, 999'999'999);
-}
-
 TEST(ExpertBudgetTest, SyntaxIsCheckedBeforeAnyFileIsOpened) {
   EXPECT_THAT(SummarizeModel("/nonexistent/model", {.budgets = {"8"}}),
               StatusIs(absl::StatusCode::kInvalidArgument, "budget \"8\": want K/M"));
   EXPECT_THAT(SummarizeModel("/nonexistent/model", {.budgets = {"8/128"}}),
               StatusIs(absl::StatusCode::kNotFound, "/nonexistent/model"));
+  // A budget whose per-layer counts need a pattern's scores is refused as early.
+  EXPECT_THAT(SummarizeModel("/nonexistent/model", {.budgets = {"coverage:0.9"}}),
+              StatusIs(absl::StatusCode::kInvalidArgument, "budget \"coverage:0.9\": inspect"));
+  EXPECT_THAT(SummarizeModel("/nonexistent/model", {.budgets = {"bytes:2GiB"}}),
+              StatusIs(absl::StatusCode::kInvalidArgument, "pattern's scores"));
 }
 
 // ---- Hand-made checkpoints -----------------------------------------------------

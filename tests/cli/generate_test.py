@@ -4,7 +4,7 @@ For tiny random checkpoints written by transformers itself
 (scripts/make_tiny_model.py), greedy `premoe generate` must print exactly
 the text that the `tokenizers` library decodes from transformers' greedy
 `generate` tokens for the same prompt (encoded with add_special_tokens=True).
-Also checked: --keep (mask file and K/M), --stop (text stop strings),
+Also checked: --keep (mask file and first:M), --stop (text stop strings),
 --dump-router-logits, and that bad input exits 1 with a message.
 
 usage: generate_test.py --premoe PATH [--arch ARCH ...]
@@ -101,10 +101,10 @@ def test_arch(binary, arch, tmp):
         if n > 0 or arch not in FULL:
             continue
 
-        # A mask file keeping every expert, and K/M keeping all M=N, change nothing.
+        # A mask file keeping every expert, and first:M keeping all M=N, change nothing.
         all_file = write_json(os.path.join(tmp, f"{arch}_all.json"),
                               {"layers": {str(l): list(range(EXPERTS)) for l in layers}})
-        for spec in (all_file, f"{TOP_K}/{EXPERTS}"):
+        for spec in (all_file, f"first:{EXPERTS}"):
             proc = run(binary, model, prompt, "--keep", spec)
             check(proc.returncode == 0 and proc.stdout.decode("utf-8") == want,
                   f"{arch} --keep {spec}: {proc.returncode} {proc.stdout!r} {proc.stderr.decode()}")
@@ -120,8 +120,8 @@ def test_arch(binary, arch, tmp):
         # line per MoE layer per forward (prefill + NEW_TOKENS - 1 decodes,
         # fewer if eos came first).
         dump = os.path.join(tmp, f"{arch}_router.jsonl")
-        proc = run(binary, model, prompt, "--keep", f"{TOP_K}/4", "--dump-router-logits", dump)
-        check(proc.returncode == 0, f"{arch} --keep {TOP_K}/4: {proc.stderr.decode()}")
+        proc = run(binary, model, prompt, "--keep", "first:4", "--dump-router-logits", dump)
+        check(proc.returncode == 0, f"{arch} --keep first:4: {proc.stderr.decode()}")
         with open(dump) as f:
             events = [json.loads(line) for line in f]
         forwards = max(e["forward"] for e in events) + 1
@@ -153,7 +153,9 @@ def test_errors(binary, tmp):
     cases = [
         ("missing model", [os.path.join(tmp, "no_such_model"), "hi"], b"NOT_FOUND"),
         ("empty prompt", [model, ""], b"prompt is empty"),
-        ("bad K/M", [model, "hi", "--keep", "3/99"], b"want K/M"),
+        ("bad first:M", [model, "hi", "--keep", "first:99"], b"want first:M"),
+        ("first:M below top-k", [model, "hi", "--keep", "first:1"], b"top-k 2 <= M <= 8"),
+        ("a budget is no --keep", [model, "hi", "--keep", "2/8"], b"is a budget"),
         ("missing mask file", [model, "hi", "--keep", os.path.join(tmp, "nope.json")], b"nope.json"),
         ("bad mask file", [model, "hi", "--keep", write_json(os.path.join(tmp, "bad.json"), [1])],
          b"\"layers\""),

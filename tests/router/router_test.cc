@@ -19,7 +19,7 @@
 #include "premoe/model/engine.h"
 #include "premoe/model/fingerprint.h"
 #include "premoe/profiler/calibration.h"
-#include "premoe/profiler/scores.h"
+#include "premoe/profiler/pattern.h"
 #include "premoe/profiler/selection.h"
 #include "premoe/router/client.h"
 #include "premoe/router/matcher.h"
@@ -68,7 +68,6 @@ class RouterTest : public ::testing::Test {
     auto fingerprint = model::ModelFingerprint(*reference_);
     ASSERT_TRUE(fingerprint.ok());
     patterns_ = new std::map<std::string, store::Pattern>();
-    const profiler::MetricOptions metric;  // peu
     for (const std::string task : kTasks) {
       std::vector<profiler::CalibrationSample> samples;
       for (int64_t i = 0; i < 16; ++i) {
@@ -78,16 +77,10 @@ class RouterTest : public ::testing::Test {
       }
       auto profile = profiler::ProfileTask(*reference_, *tokenizer_, samples, {});
       ASSERT_TRUE(profile.ok()) << profile.status();
-      store::Pattern p;
-      p.task_name = task;
-      p.model_fingerprint = *fingerprint;
-      p.metric = std::string(profiler::MetricName(metric.metric));
-      p.metric_params = metric.Params(reference_->config().num_routed_experts, reference_->top_k());
-      for (const auto& [layer, scores] : profile->scores) {
-        p.layers.push_back({static_cast<int32_t>(layer), {scores.begin(), scores.end()}});
-      }
-      for (const auto& e : profile->embeddings) p.embeddings.push_back({e, ""});
-      (*patterns_)[task] = p;
+      auto p = profiler::MakePattern(*reference_, samples, {}, *profile,
+                                     {.task_name = task, .model_fingerprint = *fingerprint});
+      ASSERT_TRUE(p.ok()) << p.status();
+      (*patterns_)[task] = *std::move(p);
     }
   }
   static void TearDownTestSuite() {
@@ -108,11 +101,9 @@ class RouterTest : public ::testing::Test {
   // pattern at `budget` (greedy).
   static std::string Reference(const std::string& task, const std::string& budget,
                                const std::string& prompt, int64_t max_new_tokens) {
-    std::map<int64_t, std::vector<double>> scores;
-    for (const auto& l : patterns_->at(task).layers) {
-      scores[l.layer] = std::vector<double>(l.scores.begin(), l.scores.end());
-    }
-    auto sel = profiler::Select(scores, *profiler::Budget::Parse(budget),
+    auto scores = profiler::PatternScores(patterns_->at(task));
+    EXPECT_TRUE(scores.ok()) << scores.status();
+    auto sel = profiler::Select(*scores, *profiler::Budget::Parse(budget),
                                 reference_->expert_bytes(), reference_->top_k());
     EXPECT_TRUE(sel.ok());
     auto ids = tokenizer_->Encode(prompt, true);
@@ -225,9 +216,11 @@ TEST_F(RouterTest, PatternsEmbeddedOverTwoLayersAreMatchedWithATwoLayerProbe) {
     po.embedding_layers = 2;
     ASSERT_OK_AND_ASSIGN(profiler::TaskProfile profile,
                          profiler::ProfileTask(*reference_, *tokenizer_, samples, po));
-    store::Pattern p = patterns_->at(task);
-    p.embeddings.clear();
-    for (const auto& e : profile.embeddings) p.embeddings.push_back({e, ""});
+    ASSERT_OK_AND_ASSIGN(
+        store::Pattern p,
+        profiler::MakePattern(
+            *reference_, samples, po, profile,
+            {.task_name = task, .model_fingerprint = patterns_->at(task).model_fingerprint}));
     ASSERT_OK(two->Put(p).status());
   }
   ASSERT_OK_AND_ASSIGN(auto matcher, Matcher::Open({.model_dir = ModelDir()}, two.get()));

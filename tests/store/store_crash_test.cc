@@ -1,4 +1,4 @@
-// Crash consistency (issue 4): a child process changes the store in a loop
+// Crash consistency: a child process changes the store in a loop
 // and is SIGKILLed at a random moment, 20 times over. After every kill the
 // store reopens and: every acknowledged Put is there, whole and equal to what
 // was put; every acknowledged Delete is gone; nothing else is there except

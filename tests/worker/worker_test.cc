@@ -19,6 +19,7 @@
 #include "premoe/model/fingerprint.h"
 #include "premoe/model/repack.h"
 #include "premoe/profiler/calibration.h"
+#include "premoe/profiler/pattern.h"
 #include "premoe/profiler/selection.h"
 #include "premoe/testbed/tasks.h"
 #include "premoe/tokenizer/tokenizer.h"
@@ -65,14 +66,10 @@ class WorkerTest : public ::testing::Test {
       }
       auto profile = profiler::ProfileTask(*reference_, *tokenizer_, samples, {});
       ASSERT_TRUE(profile.ok()) << profile.status();
-      store::Pattern p;
-      p.task_name = task;
-      p.model_fingerprint = *fingerprint;
-      p.metric = "peu";
-      for (const auto& [layer, scores] : profile->scores) {
-        p.layers.push_back({static_cast<int32_t>(layer), {scores.begin(), scores.end()}});
-      }
-      (*patterns_)[task] = p;
+      auto p = profiler::MakePattern(*reference_, samples, {}, *profile,
+                                     {.task_name = task, .model_fingerprint = *fingerprint});
+      ASSERT_TRUE(p.ok()) << p.status();
+      (*patterns_)[task] = *std::move(p);
     }
   }
   static void TearDownTestSuite() {
@@ -83,14 +80,13 @@ class WorkerTest : public ::testing::Test {
 
   // The experts `task`'s pattern keeps under `budget`, as the worker selects them.
   static model::KeptExperts Keep(const std::string& task, const std::string& budget) {
-    std::map<int64_t, std::vector<double>> scores;
-    for (const auto& l : patterns_->at(task).layers) {
-      scores[l.layer] = std::vector<double>(l.scores.begin(), l.scores.end());
-    }
+    auto scores = profiler::PatternScores(patterns_->at(task));
+    EXPECT_TRUE(scores.ok()) << scores.status();
+    if (!scores.ok()) return {};
     auto b = profiler::Budget::Parse(budget);
     EXPECT_TRUE(b.ok()) << b.status();
     if (!b.ok()) return {};
-    auto sel = profiler::Select(scores, *b, reference_->expert_bytes(), reference_->top_k());
+    auto sel = profiler::Select(*scores, *b, reference_->expert_bytes(), reference_->top_k());
     EXPECT_TRUE(sel.ok()) << sel.status();
     return sel.ok() ? sel->keep : model::KeptExperts{};
   }
@@ -343,7 +339,8 @@ TEST_F(WorkerTest, EvictionNeverTouchesPinnedExperts) {
               StatusIs(absl::StatusCode::kResourceExhausted, "holds 32"));
   EXPECT_EQ(cache->Stats().evictions, before);
   // Once the lease ends, the waiting Acquire goes through.
-  auto waiting = std::async(std::launch::async, [&] { return cache->Acquire(Keep("reverse", "50%")); });
+  auto waiting =
+      std::async(std::launch::async, [&] { return cache->Acquire(Keep("reverse", "50%")); });
   lease->reset();
   ASSERT_OK_AND_ASSIGN(auto waited, waiting.get());
   EXPECT_GT(cache->Stats().evictions, before);

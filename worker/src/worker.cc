@@ -20,6 +20,7 @@
 #include "premoe/model/decoding.h"
 #include "premoe/model/fingerprint.h"
 #include "premoe/profiler/calibration.h"
+#include "premoe/profiler/pattern.h"
 #include "premoe/profiler/selection.h"
 #include "premoe/worker/expert_parallel.h"
 
@@ -346,16 +347,7 @@ absl::StatusOr<PreparedPattern> Worker::Prepare(const store::Pattern& pattern,
         absl::StrCat("pattern of task \"", pattern.task_name, "\" was made for model ",
                      pattern.model_fingerprint, ", but this worker serves ", impl_->fingerprint));
   }
-  std::map<int64_t, std::vector<double>> scores;
-  for (const store::LayerScores& l : pattern.layers) {
-    if (!c.IsMoeLayer(l.layer) || static_cast<int64_t>(l.scores.size()) != c.num_routed_experts ||
-        scores.contains(l.layer)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "pattern of task \"", pattern.task_name, "\": layer ", l.layer, " with ", l.scores.size(),
-          " scores does not fit the model (", c.num_routed_experts, " experts per MoE layer)"));
-    }
-    scores[l.layer] = std::vector<double>(l.scores.begin(), l.scores.end());
-  }
+  ASSIGN_OR_RETURN(const auto scores, profiler::PatternScores(pattern, c));
   ASSIGN_OR_RETURN(profiler::Budget budget, profiler::Budget::Parse(budget_spec));
   ASSIGN_OR_RETURN(profiler::Selection sel,
                    profiler::Select(scores, budget, engine.expert_bytes(), engine.top_k()));

@@ -26,11 +26,16 @@
 //     counted apart as "mtp": premoe does not run them, so they are on disk
 //     but not in any weight-memory figure.
 //
-// Expert budgets: "K/M" means top-K routing over M kept routed experts in every
-// MoE layer (the PreMoe paper's notation: 8/128 keeps half of DeepSeek-R1's
-// 256 experts and routes each token to 8 of them). Its weight memory is
+// Expert budgets (premoe/checkpoint/budget.h): "K/M" means top-K routing over
+// M kept routed experts in every MoE layer (the PreMoe paper's notation: 8/128
+// keeps half of DeepSeek-R1's 256 experts and routes each token to 8 of them),
+// and "N%" keeps that share of every layer's experts (at least the model's
+// top-k) with the model's top-k. Both keep the same count in every layer, so
+// their weight memory follows from the headers alone:
 //   bytes.non_expert + sum over MoE layers l of M * bytes_per_expert(l),
-// so "N/N" with the model's own top-k is the full model (full_weight_bytes).
+// and "N/N" with the model's own top-k is the full model (full_weight_bytes).
+// Bytes and coverage budgets keep per-layer counts that depend on a
+// pattern's scores; inspect refuses them.
 //
 // Thread safety: the functions are pure and may be called concurrently;
 // ModelSummary is a plain value.
@@ -44,6 +49,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "premoe/checkpoint/budget.h"
 #include "premoe/checkpoint/config.h"
 
 namespace premoe::checkpoint {
@@ -57,21 +63,16 @@ enum class ExpertLayout {
 // "per_expert" or "fused".
 absl::string_view ExpertLayoutName(ExpertLayout layout);
 
-// A uniform expert budget "K/M": route each token to `top_k` of the
-// `kept_experts` experts kept in every MoE layer.
+// A uniform expert budget resolved for one model: route each token to
+// `top_k` of the `kept_experts` experts kept in every MoE layer.
 struct ExpertBudget {
   int64_t top_k = 0;
   int64_t kept_experts = 0;
 
-  // "K/M", the form ParseExpertBudget reads.
+  // "K/M", a spelling Budget::Parse reads.
   std::string ToString() const;
   bool operator==(const ExpertBudget&) const = default;
 };
-
-// Parses "K/M": two decimal integers of at most 9 digits, no sign, no spaces.
-// Only the syntax is checked here (K = 0 parses; ValidateBudget refuses it).
-// Errors: INVALID_ARGUMENT `budget "<text>": want K/M, e.g. 8/128 ...`.
-absl::StatusOr<ExpertBudget> ParseExpertBudget(absl::string_view text);
 
 // Parameter or byte counts of a checkpoint, by what the tensors are for.
 // Invariants: total = routed_experts + non_expert + mtp, and
@@ -124,7 +125,11 @@ struct MoeLayerSummary {
 
 // The weight memory of one budget.
 struct BudgetMemory {
+  // The budget as it applies to the model (an "N%" resolved to its K/M).
   ExpertBudget budget;
+  // The budget as asked for (Budget::ToString(), e.g. "50%"); for a K/M
+  // budget or a default one, budget.ToString().
+  std::string asked;
   // kept_experts / num_routed_experts.
   double kept_fraction = 0;
   // bytes.non_expert + sum over MoE layers of kept_experts * bytes_per_expert.
@@ -194,7 +199,8 @@ struct ModelSummary {
 };
 
 struct InspectOptions {
-  // Budgets "K/M" to evaluate. Default: empty, meaning DefaultBudgets().
+  // Budgets to evaluate, "K/M" or "N%" (Budget::Parse). Default: empty,
+  // meaning DefaultBudgets().
   std::vector<std::string> budgets;
 };
 
@@ -204,9 +210,9 @@ struct InspectOptions {
 // Errors:
 //   - those of LoadModelConfig and Checkpoint::Open (NOT_FOUND,
 //     INVALID_ARGUMENT for a malformed file), naming the file;
-//   - INVALID_ARGUMENT naming the budget for a budget ParseExpertBudget
-//     refuses (checked before any file is opened) or ValidateBudget refuses
-//     (then prefixed "<model_dir>: ");
+//   - INVALID_ARGUMENT naming the budget for a budget Budget::Parse refuses,
+//     or a bytes or coverage budget (both checked before any file is
+//     opened), or one ValidateBudget refuses (then prefixed "<model_dir>: ");
 //   - FAILED_PRECONDITION "<model_dir>: ..." naming the tensor when the checkpoint does not
 //     match config.json: a tensor in a layer >= num_hidden_layers (beyond the
 //     MTP layers the config declares); a routed-expert tensor in a layer the
@@ -226,6 +232,12 @@ absl::StatusOr<ModelSummary> SummarizeModel(const std::string& model_dir,
 // M >= top-k, largest first: 8/256 ... 8/8 for DeepSeek-V3, 2/8, 2/4, 2/2 for
 // Mixtral 8x7B. Empty when the model has no MoE layer.
 std::vector<ExpertBudget> DefaultBudgets(const ModelSummary& summary);
+
+// A uniform `budget` (Budget::IsUniform) as it applies to the model: K/M as
+// given, N% as the model's top-k over Budget::UniformCount experts.
+// INVALID_ARGUMENT naming the budget for a bytes or coverage budget. Range
+// checks are ValidateBudget's.
+absl::StatusOr<ExpertBudget> UniformBudget(const ModelSummary& summary, const Budget& budget);
 
 // Whether `budget` is possible for the model: 1 <= K <= the model's top-k
 // (lowering top-k, e.g. 4/64 on a top-8 model, is allowed), K <= M, and
@@ -262,7 +274,8 @@ std::string FormatModelSummary(const ModelSummary& summary);
 //                      "num_experts", "params_per_expert",
 //                      "bytes_per_expert"}],
 //   "full_weight_bytes": int,
-//   "budgets": [{"budget": "K/M", "top_k", "kept_experts": int,
+//   "budgets": [{"budget": "K/M", "asked": the budget as asked ("50%"),
+//                "top_k", "kept_experts": int,
 //                "kept_fraction": number, "weight_bytes": int,
 //                "fraction_of_full": number}].
 // Integers are exact; fractions are doubles in [0, 1].

@@ -9,33 +9,15 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "premoe/checkpoint/budget.h"
 #include "premoe/model/engine.h"
 
 namespace premoe::profiler {
 
-// How many experts to keep. Parsed from:
-//   "K/M"          top-K routing over the M best experts of every layer
-//                  (e.g. "8/128"); K below the model's top-k lowers it
-//   "50%"          that fraction of every layer's experts (rounded up)
-//   "bytes:2GiB"   a budget for all routed experts' weights (B, KiB, MiB,
-//                  GiB, or a plain byte count); layers may keep different
-//                  counts: after every layer's top-k, experts are added in
-//                  order of their share of their layer's score mass
-//   "coverage:0.9" per layer, the fewest best experts holding that share
-//                  of the layer's score mass
-// A layer never keeps fewer experts than the routing top-k.
-struct Budget {
-  enum class Kind { kUniform, kFraction, kBytes, kCoverage };
-  Kind kind = Kind::kUniform;
-  int64_t top_k = 0;    // kUniform: K; 0 elsewhere (the model's)
-  int64_t count = 0;    // kUniform: M
-  double fraction = 0;  // kFraction, kCoverage: in (0, 1]
-  int64_t bytes = 0;    // kBytes
-
-  // INVALID_ARGUMENT naming what is wrong with `spec`.
-  static absl::StatusOr<Budget> Parse(absl::string_view spec);
-  std::string ToString() const;
-};
+// How many experts to keep: "K/M", "N%", "bytes:SIZE" or "coverage:F". The
+// grammar and its meaning are premoe/checkpoint/budget.h's, where inspect's
+// memory estimate reads the same spellings without libtorch.
+using Budget = checkpoint::Budget;
 
 struct Selection {
   model::KeptExperts keep;   // every MoE layer listed

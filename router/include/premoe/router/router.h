@@ -1,4 +1,4 @@
-// Router: the front door's logic (issue 8), without the wire. For each
+// Router: the front door's logic, without the wire. For each
 // request it decides the pattern (named task, nearest match, fallback, or
 // the full model), picks a worker through the WorkerPool, streams the
 // completion from it, and retries on another worker when one fails before

@@ -1,5 +1,5 @@
 // WorkerPool: the workers a router sends requests to, and the choice of one
-// per request (issue 8, scheduling).
+// per request.
 //
 // Workers are listed statically or found through DNS (every address of a
 // Kubernetes headless Service, re-resolved periodically); a background
