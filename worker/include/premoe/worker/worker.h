@@ -1,5 +1,5 @@
 // Worker: serves generation for many expert patterns from one model, holding
-// only the routed experts those patterns keep (issue 7).
+// only the routed experts those patterns keep.
 //
 // The engine holds every weight but the routed experts
 // (EngineOptions::experts_on_demand); an ExpertCache holds the experts of the
