@@ -225,9 +225,9 @@ double MemcpyBandwidth(int threads) {
 
 // Counts, per forward pass, the distinct experts each MoE layer ran: the
 // expert weights that forward had to read.
-class ExpertUnionTap final : public premoe::model::RouterTap {
+class ExpertUnionTap final : public premoe::model::GateTap {
  public:
-  void OnRouter(const premoe::model::RouterTapEvent& ev) override {
+  void OnGate(const premoe::model::GateEvent& ev) override {
     at::Tensor sel = ev.selected_experts.cpu().contiguous();
     const int64_t* p = sel.data_ptr<int64_t>();
     std::set<int64_t> distinct(p, p + sel.numel());

@@ -196,10 +196,10 @@ int main(int argc, char** argv) {
   // Tap cost: prefill of the same calibration tokens with and without the
   // scoring tap (best of 3), and the whole profiling run (which also runs
   // the prompts alone for the match embeddings).
-  class ScoringTap : public model::RouterTap {
+  class ScoringTap : public model::GateTap {
    public:
     explicit ScoringTap(profiler::ScoreAccumulator* acc) : acc_(acc) {}
-    void OnRouter(const model::RouterTapEvent& e) override {
+    void OnGate(const model::GateEvent& e) override {
       if (!acc_->Add(e.layer, {e.gate_logits}).ok()) std::abort();
     }
     profiler::ScoreAccumulator* acc_;
@@ -217,7 +217,7 @@ int main(int argc, char** argv) {
   for (const auto& p : prefill) tokens += static_cast<int64_t>(p.size());
   std::vector<int64_t> layers;
   for (const auto& l : summary.expert_layers) layers.push_back(l.layer);
-  auto run_prefill = [&](model::RouterTap* tap) {
+  auto run_prefill = [&](model::GateTap* tap) {
     const auto a = Clock::now();
     for (size_t b = 0; b < prefill.size(); b += 16) {
       std::vector<std::vector<int64_t>> batch(prefill.begin() + b,

@@ -1,7 +1,7 @@
 // premoe generate: runs one prompt through the MoE engine and streams the
 // completion to stdout as its tokens arrive. The flags live here; the model
 // work is the engine's (premoe/model/engine.h), the router dump's format
-// premoe/model/router_dump.h's.
+// premoe/model/gate_dump.h's.
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -19,7 +19,7 @@
 #include "premoe/checkpoint/config.h"
 #include "premoe/common/status.h"
 #include "premoe/model/engine.h"
-#include "premoe/model/router_dump.h"
+#include "premoe/model/gate_dump.h"
 #include "premoe/tokenizer/text_stream.h"
 #include "premoe/tokenizer/tokenizer.h"
 
@@ -74,14 +74,14 @@ absl::Status RunGenerateImpl(const GenerateArgs& args) {
   ASSIGN_OR_RETURN(std::unique_ptr<model::Engine> engine, model::Engine::Open(args.model, options));
 
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> dump_file(nullptr, &std::fclose);
-  std::unique_ptr<model::JsonlRouterDump> dump;
+  std::unique_ptr<model::JsonlGateDump> dump;
   if (!args.dump_router_logits.empty()) {
     dump_file.reset(std::fopen(args.dump_router_logits.c_str(), "wb"));
     if (dump_file == nullptr) {
       return absl::NotFoundError(absl::StrCat("--dump-router-logits: cannot open \"",
                                               args.dump_router_logits, "\" for writing"));
     }
-    dump = std::make_unique<model::JsonlRouterDump>(dump_file.get());
+    dump = std::make_unique<model::JsonlGateDump>(dump_file.get());
   }
 
   tokenizer::TextStream stream(*tokenizer, args.stop);

@@ -38,13 +38,13 @@ int64_t SampleToken(const at::Tensor& logits, const GenerationOptions& o, std::m
   return ord[keep - 1];
 }
 
-SequenceDecoder::SequenceDecoder(const GenerationOptions& options, uint64_t seed,
+SequenceSampler::SequenceSampler(const GenerationOptions& options, uint64_t seed,
                                  std::vector<int64_t> eos)
     : options_(options), eos_(std::move(eos)), rng_(seed) {
   for (const auto& s : options_.stop_sequences) max_stop_ = std::max(max_stop_, s.size());
 }
 
-std::vector<int64_t> SequenceDecoder::Emit(bool final) {
+std::vector<int64_t> SequenceSampler::Emit(bool final) {
   // Until the end, the last max_stop - 1 tokens could still begin a stop
   // sequence that a later token completes.
   const size_t hold = final || max_stop_ == 0 ? 0 : max_stop_ - 1;
@@ -53,7 +53,7 @@ std::vector<int64_t> SequenceDecoder::Emit(bool final) {
   return out;
 }
 
-std::vector<int64_t> SequenceDecoder::Step(const at::Tensor& logits) {
+std::vector<int64_t> SequenceSampler::Step(const at::Tensor& logits) {
   const int64_t token = SampleToken(logits.cpu(), options_, rng_);
   last_ = token;
   using Reason = GenerationResult::FinishReason;
@@ -73,7 +73,7 @@ std::vector<int64_t> SequenceDecoder::Step(const at::Tensor& logits) {
   return Emit(false);
 }
 
-std::vector<int64_t> SequenceDecoder::Stop(GenerationResult::FinishReason reason) {
+std::vector<int64_t> SequenceSampler::Stop(GenerationResult::FinishReason reason) {
   finished_ = true;
   result_.finish_reason = reason;
   return Emit(true);

@@ -335,22 +335,6 @@ class EngineImpl final : public Engine {
            static_cast<int64_t>(c10::elementSize(dtype_));
   }
 
-  absl::StatusOr<std::shared_ptr<const ExpertWeights>> LoadExpert(int64_t layer,
-                                                                  int64_t expert) const override {
-    // LoadExpertInto checks the engine, the layer and the expert.
-    try {
-      const int64_t h = config_.hidden_size, inter = config_.moe_intermediate_size;
-      const auto opts = at::TensorOptions().dtype(dtype_).device(device_);
-      auto out = std::make_shared<ExpertWeights>();
-      out->gate_up = at::empty({2 * inter, h}, opts);
-      out->down = at::empty({h, inter}, opts);
-      RETURN_IF_ERROR(LoadExpertInto(layer, expert, *out));
-      return std::shared_ptr<const ExpertWeights>(std::move(out));
-    } catch (const std::exception& e) {  // allocation (c10::Error derives from it)
-      return absl::ResourceExhaustedError(absl::StrCat("LoadExpert: ", e.what()));
-    }
-  }
-
   absl::Status LoadExpertInto(int64_t layer, int64_t expert,
                               const ExpertWeights& into) const override {
     if (!options_.experts_on_demand) {
@@ -508,7 +492,7 @@ class EngineImpl final : public Engine {
 
   absl::StatusOr<std::vector<GenerationResult>> Generate(
       const std::vector<GenerationRequest>& requests, const GenerationOptions& options,
-      RouterTap* tap, const std::function<void(int64_t, int64_t)>& on_token) const override;
+      GateTap* tap, const std::function<void(int64_t, int64_t)>& on_token) const override;
 
  private:
   absl::Status CheckResident(absl::string_view what) const {
@@ -885,7 +869,7 @@ class EngineImpl final : public Engine {
     at::Tensor allowed = AllowedExperts(bt, layer, options);
     auto [idx, w] = Route(logits, allowed, moe);
     auto tap_event = [&, &idx = idx, &w = w] {
-      RouterTapEvent ev;
+      GateEvent ev;
       ev.layer = layer;
       ev.sequence = bt.seq;
       ev.position = bt.pos;
@@ -896,7 +880,7 @@ class EngineImpl final : public Engine {
     };
     if (options_.probe_moe_layers > 0 && layer == probe_layer_) {
       // Nothing after this layer runs, so its output is never read.
-      if (options.tap != nullptr) options.tap->OnRouter(tap_event());
+      if (options.tap != nullptr) options.tap->OnGate(tap_event());
       return at::zeros_like(x);
     }
 
@@ -957,14 +941,14 @@ class EngineImpl final : public Engine {
     }
 
     if (options.tap != nullptr) {
-      RouterTapEvent ev = tap_event();
+      GateEvent ev = tap_event();
       if (options.tap->WantsExpertNorms()) {
         at::Tensor norms_sorted = ys.to(at::kFloat).norm(2, {-1});
         at::Tensor norms = at::empty_like(norms_sorted);
         norms.index_copy_(0, order, norms_sorted);
         ev.expert_norms = norms.view({t, k});
       }
-      options.tap->OnRouter(ev);
+      options.tap->OnGate(ev);
     }
 
     if (moe.has_shared) {
@@ -1101,8 +1085,8 @@ class EngineImpl final : public Engine {
 // ---- Generation ----------------------------------------------------------------
 
 absl::StatusOr<std::vector<GenerationResult>> EngineImpl::Generate(
-    const std::vector<GenerationRequest>& requests, const GenerationOptions& options,
-    RouterTap* tap, const std::function<void(int64_t, int64_t)>& on_token) const {
+    const std::vector<GenerationRequest>& requests, const GenerationOptions& options, GateTap* tap,
+    const std::function<void(int64_t, int64_t)>& on_token) const {
   RETURN_IF_ERROR(CheckResident("Generate"));
   RETURN_IF_ERROR(CheckOwnsExperts("Generate"));
   RETURN_IF_ERROR(options.Validate());
@@ -1137,10 +1121,10 @@ absl::StatusOr<std::vector<GenerationResult>> EngineImpl::Generate(
   if (any_mask) {
     for (const auto& r : requests) fo.masks.push_back(r.mask);
   }
-  std::vector<SequenceDecoder> decoders;
+  std::vector<SequenceSampler> samplers;
   std::vector<std::vector<int64_t>> step(batch);
   for (int64_t i = 0; i < batch; ++i) {
-    decoders.emplace_back(options, options.seed + static_cast<uint64_t>(i), eos_);
+    samplers.emplace_back(options, options.seed + static_cast<uint64_t>(i), eos_);
     step[i] = requests[i].prompt;
   }
   auto stream = [&](int64_t i, const std::vector<int64_t>& tokens) {
@@ -1155,7 +1139,7 @@ absl::StatusOr<std::vector<GenerationResult>> EngineImpl::Generate(
       ASSIGN_OR_RETURN(at::Tensor logits, Forward(step, cache.get(), fo));
       logits = logits.cpu();
       for (int64_t i = 0; i < batch; ++i) {
-        SequenceDecoder& d = decoders[i];
+        SequenceSampler& d = samplers[i];
         step[i].clear();
         if (d.finished()) continue;
         stream(i, d.Step(logits[i]));
@@ -1175,7 +1159,7 @@ absl::StatusOr<std::vector<GenerationResult>> EngineImpl::Generate(
     return absl::InternalError(absl::StrCat("Generate: ", e.what()));
   }
   std::vector<GenerationResult> results;
-  for (const SequenceDecoder& d : decoders) results.push_back(d.result());
+  for (const SequenceSampler& d : samplers) results.push_back(d.result());
   return results;
 }
 

@@ -20,17 +20,17 @@ namespace {
 
 // Feeds every MoE layer's routing to the accumulator; the logits of the
 // layers in `keep` are also kept per sequence, for the match embeddings.
-class AccumulatingTap final : public model::RouterTap {
+class AccumulatingTap final : public model::GateTap {
  public:
   // `on_layer` (may be empty) runs after each MoE layer.
   AccumulatingTap(ScoreAccumulator* acc, std::vector<int64_t> keep,
                   std::function<void()> on_layer = nullptr)
       : acc_(acc), keep_(std::move(keep)), on_layer_(std::move(on_layer)) {}
   bool WantsExpertNorms() const override { return acc_ != nullptr && acc_->NeedsExpertNorms(); }
-  void OnRouter(const model::RouterTapEvent& ev) override {
+  void OnGate(const model::GateEvent& ev) override {
     if (!status_.ok()) return;
     if (acc_ != nullptr) {
-      RouterBatch b{ev.gate_logits, ev.selected_experts, ev.routing_weights, ev.expert_norms};
+      GateBatch b{ev.gate_logits, ev.selected_experts, ev.routing_weights, ev.expert_norms};
       status_ = acc_->Add(ev.layer, b);
     }
     if (on_layer_) on_layer_();
@@ -141,7 +141,7 @@ absl::StatusOr<std::vector<float>> MatchEmbedding(const std::vector<at::Tensor>&
     }
     ASSIGN_OR_RETURN(ScoreAccumulator acc,
                      ScoreAccumulator::Create(logit_metric, {0}, logits.size(1), model_top_k));
-    RETURN_IF_ERROR(acc.Add(0, RouterBatch{logits}));
+    RETURN_IF_ERROR(acc.Add(0, GateBatch{logits}));
     ASSIGN_OR_RETURN(auto scores, acc.Scores());
     const std::vector<double>& m = scores.at(0);
     double norm = 0;

@@ -11,11 +11,9 @@ namespace {
 
 // Keeps the logits of the embedding's layers (the event's tensors die with
 // the callback).
-class GateTap final : public model::RouterTap {
+class FirstGateTap final : public model::GateTap {
  public:
-  void OnRouter(const model::RouterTapEvent& ev) override {
-    logits_.push_back(ev.gate_logits.cpu());
-  }
+  void OnGate(const model::GateEvent& ev) override { logits_.push_back(ev.gate_logits.cpu()); }
   const std::vector<at::Tensor>& logits() const { return logits_; }
 
  private:
@@ -37,7 +35,7 @@ absl::StatusOr<std::vector<float>> EmbedPrompt(const model::Engine& engine,
         "the prompt's ", ids.size(), " tokens exceed the context of ", engine.max_context()));
   }
   // Only MoE layers reach the tap, so it sees exactly the embedding's layers.
-  GateTap tap;
+  FirstGateTap tap;
   model::ForwardOptions fo;
   fo.tap = &tap;
   fo.last_layer = last;  // nothing after the last embedding gate matters

@@ -231,7 +231,7 @@ void ScoreAccumulator::Flush() {
   }
 }
 
-absl::Status ScoreAccumulator::Add(int64_t layer_id, const RouterBatch& b) {
+absl::Status ScoreAccumulator::Add(int64_t layer_id, const GateBatch& b) {
   auto it = layers_.find(layer_id);
   if (it == layers_.end()) {
     return absl::InvalidArgumentError(absl::StrCat("layer ", layer_id, " is not a MoE layer"));

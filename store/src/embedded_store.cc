@@ -8,17 +8,21 @@
 //   claims a version only once RocksDB cannot lose it (synced), because
 //   RocksDB recovers a prefix of its writes: if it still holds that version,
 //   it holds exactly the state the snapshot was taken of.
-// - Writers are serialised by write_mu_ (versions must be gap-free and in
-//   commit order for Watch); readers share state_mu_ with the in-memory index
-//   and catalog, so Search never waits on an fsync.
+// - Writers are serialised by write_mu (versions must be gap-free and in
+//   commit order for Watch); readers of the catalog share state_mu, so they
+//   never wait on an fsync.
+// - Search takes no lock at all: the index is kept twice (left-right). A
+//   writer changes the copy no search reads, makes it current, waits for the
+//   searches still in the other copy, then applies the same change there. A
+//   search costs two atomic increments and never waits for a writer, however
+//   slow the writer's index update (an HNSW insert takes milliseconds); the
+//   price is twice the index memory and each change applied twice.
 // - Watch reads the `changes` column family, not an in-memory queue: a
 //   watcher that falls behind or resumes after a restart sees exactly the
 //   committed sequence, once each.
 #include "premoe/store/embedded_store.h"
 
-#include <faiss/IndexFlat.h>
 #include <faiss/IndexHNSW.h>
-#include <faiss/IndexIDMap.h>
 #include <faiss/impl/io.h>
 #include <faiss/index_io.h>
 #include <omp.h>
@@ -32,14 +36,15 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <cstring>
 #include <filesystem>
-#include <mutex>
 #include <optional>
 #include <thread>
+#include <type_traits>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -49,6 +54,7 @@
 #include "premoe/common/mapped_file.h"
 #include "premoe/common/status.h"
 #include "premoe/store/proto_convert.h"
+#include "store/src/flat_index.h"
 #include "store/src/little_endian.h"
 
 namespace premoe::store {
@@ -79,12 +85,14 @@ constexpr const char* kMetaNextId = "next_id";
 
 // The index snapshot, a file beside RocksDB's (little-endian):
 //   magic "\x89pmindex" | u32 format | u32 kind (0 flat, 1 hnsw) | u32 hnsw_m
-//   (0 for flat) | u32 dim | u64 store version | u64 FAISS ntotal
-//   | hnsw only: ntotal x i64 label_to_key (-1 = deleted)
-//   | faiss::write_index bytes | 32 hex digits: XXH3-128 of all that precedes.
+//   (0 for flat) | u32 dim | u64 store version | u64 ntotal (vectors held)
+//   | flat: ntotal x u64 embedding key, ntotal x dim f32 rows
+//   | hnsw: ntotal x i64 label_to_key (-1 = deleted), faiss::write_index bytes
+//   | 32 hex digits: XXH3-128 of all that precedes.
+// Format 1 held a FAISS flat index; it is refused, and the index rebuilt.
 constexpr char kSnapshotFile[] = "index.snapshot";
 constexpr char kSnapshotMagic[8] = {'\x89', 'p', 'm', 'i', 'n', 'd', 'e', 'x'};
-constexpr std::uint32_t kSnapshotFormat = 1;
+constexpr std::uint32_t kSnapshotFormat = 2;
 constexpr std::size_t kSnapshotHeaderBytes = sizeof kSnapshotMagic + 4 * 4 + 2 * 8;
 constexpr std::size_t kSnapshotDigestBytes = 32;
 
@@ -207,11 +215,31 @@ std::int64_t NowMicros() {
 // Shared by the store and its watches, so that a WatchHandle outliving the
 // store (a contract violation, but cheap to survive) touches no freed memory.
 struct WatchHub {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::uint64_t published_version = 0;  // guarded by mu
-  bool closing = false;                 // guarded by mu
-  int running = 0;                      // watch threads inside Run(); guarded by mu
+  absl::Mutex mu;
+  std::uint64_t published_version ABSL_GUARDED_BY(mu) = 0;
+  bool closing ABSL_GUARDED_BY(mu) = false;
+  int running ABSL_GUARDED_BY(mu) = 0;  // watch threads inside Run()
+};
+
+// One copy of what Search reads: the index and, with it, who owns each of
+// its vectors. Flat: FlatIndex (exact; rows carry their embedding keys).
+// HNSW: FAISS's, whose internal ids are positions; label_to_key maps them to
+// embedding keys, -1 for deleted ones (HNSW cannot remove), key_to_label the
+// live ones. At most one of the two exists (neither before the first Put).
+struct IndexCopy {
+  std::unique_ptr<FlatIndex> flat;
+  std::unique_ptr<faiss::IndexHNSWFlat> hnsw;
+  std::vector<std::int64_t> label_to_key;                         // hnsw
+  absl::flat_hash_map<std::uint64_t, std::int64_t> key_to_label;  // hnsw
+  std::int64_t tombstones = 0;                                    // hnsw
+  absl::flat_hash_map<std::uint64_t, std::string> task_names;     // pattern id -> task
+
+  // Vectors held, deleted HNSW ones included.
+  std::int64_t total() const { return flat ? flat->size() : hnsw ? hnsw->ntotal : 0; }
+  std::int64_t live() const { return total() - tombstones; }
+  std::int32_t dim() const {
+    return flat ? flat->dim() : hnsw ? static_cast<std::int32_t>(hnsw->d) : 0;
+  }
 };
 
 }  // namespace
@@ -259,8 +287,8 @@ struct EmbeddedPatternStore::Impl {
 
   // Serialises Put and Delete. Fields below marked "writer" change only under
   // write_mu *and* state_mu (exclusive), so a writer may read them holding
-  // write_mu alone.
-  std::mutex write_mu;
+  // write_mu alone (which the annotations cannot say).
+  absl::Mutex write_mu;
   // absl::Mutex, not std::shared_mutex: glibc's rwlock prefers readers, so a
   // steady stream of Searches (the router's normal load) starved writers
   // (measured: 3 spinning readers slowed 108 changes from 1 s to 33 s).
@@ -276,32 +304,31 @@ struct EmbeddedPatternStore::Impl {
   absl::flat_hash_map<std::uint64_t, Entry> catalog;        // writer
   absl::flat_hash_map<std::string, std::uint64_t> by_task;  // writer
 
-  // The index. Flat: IndexIDMap2 whose ids are embedding keys. HNSW: its
-  // internal ids are positions; label_to_key maps them to embedding keys, -1
-  // for deleted ones (HNSW cannot remove), key_to_label the live ones.
-  std::unique_ptr<faiss::Index> index;                            // writer
-  std::vector<std::int64_t> label_to_key;                         // writer (hnsw)
-  absl::flat_hash_map<std::uint64_t, std::int64_t> key_to_label;  // writer (hnsw)
-  std::int64_t tombstones = 0;                                    // writer (hnsw)
+  // The index, twice (left-right, see the top of this file). copies[current]
+  // is what searches enter; the other has no reader once a change is done.
+  // Both change only under write_mu, and are equal between changes.
+  IndexCopy copies[2];
+  std::atomic<int> current{0};
+  mutable std::atomic<std::int64_t> readers[2]{};
 
   // Oldest change still in the change log (version + 1 when it is empty).
-  // Only writers use it: write_mu suffices.
-  std::uint64_t first_change = 1;
+  std::uint64_t first_change ABSL_GUARDED_BY(write_mu) = 1;
   // The version of the index snapshot on disk, when this process wrote or
-  // loaded it; changes since this process last wrote one. write_mu.
-  std::optional<std::uint64_t> snapshot_version;
-  std::int64_t changes_since_snapshot = 0;
+  // loaded it; changes since this process last wrote one.
+  std::optional<std::uint64_t> snapshot_version ABSL_GUARDED_BY(write_mu);
+  std::int64_t changes_since_snapshot ABSL_GUARDED_BY(write_mu) = 0;
   // How Open made the index ("snapshot" or "rebuilt") and how long it took.
   std::string index_source;
   std::int64_t index_open_micros = 0;
 
   ~Impl() {
     {
-      std::unique_lock lock(hub->mu);
+      absl::MutexLock lock(&hub->mu);
       hub->closing = true;
-      hub->cv.notify_all();
       // Watches still running read the database: let them leave first.
-      hub->cv.wait(lock, [&] { return hub->running == 0; });
+      hub->mu.Await(absl::Condition(
+          +[](WatchHub* h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(h->mu) { return h->running == 0; },
+          hub.get()));
     }
     for (auto* h : handles) db->DestroyColumnFamilyHandle(h);
     handles.clear();
@@ -313,70 +340,143 @@ struct EmbeddedPatternStore::Impl {
 
   bool hnsw() const { return options.index == "hnsw"; }
 
-  absl::StatusOr<std::unique_ptr<faiss::Index>> NewIndex(std::int32_t d) const {
-    std::unique_ptr<faiss::Index> out;
+  absl::StatusOr<std::unique_ptr<faiss::IndexHNSWFlat>> NewHnsw(std::int32_t d) const {
+    std::unique_ptr<faiss::IndexHNSWFlat> out;
     RETURN_IF_ERROR(FaissCall("create index", [&] {
-      if (hnsw()) {
-        auto h =
-            std::make_unique<faiss::IndexHNSWFlat>(d, options.hnsw_m, faiss::METRIC_INNER_PRODUCT);
-        h->hnsw.efSearch = options.hnsw_ef_search;
-        out = std::move(h);
-      } else {
-        auto idmap = std::make_unique<faiss::IndexIDMap2>(new faiss::IndexFlatIP(d));
-        idmap->own_fields = true;
-        out = std::move(idmap);
-      }
+      out = std::make_unique<faiss::IndexHNSWFlat>(d, options.hnsw_m, faiss::METRIC_INNER_PRODUCT);
+      out->hnsw.efSearch = options.hnsw_ef_search;
     }));
     return out;
   }
 
-  // Adds unit vectors (n x dim, row-major) under embedding keys. Caller holds
-  // state_mu exclusively.
-  absl::Status IndexAdd(const std::vector<float>& vectors, const std::vector<std::uint64_t>& keys) {
+  // The copy writers read: the current one (both are equal between changes).
+  const IndexCopy& writer_copy() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu) {
+    return copies[current.load()];
+  }
+
+  // A search's entry into the current copy; LeaveCopy(side) when done.
+  // seq_cst: the re-check pairs with the writer's store of `current`, so a
+  // writer that saw no reader of a copy knows none will enter it.
+  int EnterCopy() const {
+    for (;;) {
+      const int side = current.load();
+      readers[side].fetch_add(1);
+      if (current.load() == side) return side;
+      LeaveCopy(side);
+    }
+  }
+  void LeaveCopy(int side) const {
+    if (readers[side].fetch_sub(1) == 1) readers[side].notify_all();
+  }
+
+  // Makes copies[side] current and waits until no search is left in the
+  // other.
+  void Switch(int side) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu) {
+    current.store(side);
+    std::atomic<std::int64_t>& left = readers[1 - side];
+    for (std::int64_t n; (n = left.load()) != 0;) left.wait(n);
+  }
+
+  // Applies `change` to both copies, the idle one first. A change that fails
+  // (or asks for a rebuild with ABORTED, as HNSW compaction does) leaves its
+  // copy in no known state: the index is rebuilt from RocksDB instead.
+  absl::Status ChangeIndex(const std::function<absl::Status(IndexCopy&)>& change)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu) {
+    const int old = current.load();
+    absl::Status status = change(copies[1 - old]);
+    if (!status.ok()) return RebuildIndex(status);
+    Switch(1 - old);
+    status = change(copies[old]);
+    if (!status.ok()) return RebuildIndex(status);
+    return absl::OkStatus();
+  }
+
+  // Rebuilds the idle copy from RocksDB, makes it current and copies it
+  // over the other. `why` is logged unless it is ABORTED (a planned rebuild).
+  absl::Status RebuildIndex(const absl::Status& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu) {
+    if (!absl::IsAborted(why)) {
+      PREMOE_LOG_ERROR("pattern store %s: %s; rebuilding the index", options.path, why.ToString());
+    }
+    auto counted = catalog;  // a writer reads the catalog under write_mu alone
+    const int idle = 1 - current.load();
+    ASSIGN_OR_RETURN(copies[idle], BuildCopy(counted));
+    Switch(idle);
+    ASSIGN_OR_RETURN(copies[1 - idle], CloneCopy(copies[idle]));
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<IndexCopy> CloneCopy(const IndexCopy& from) const {
+    IndexCopy out;
+    if (from.flat) {
+      RETURN_IF_ERROR(
+          FaissCall("clone", [&] { out.flat = std::make_unique<FlatIndex>(*from.flat); }));
+    }
+    if (from.hnsw) {
+      // Through FAISS's own format: clone_index (1.7) does not copy an
+      // IndexHNSWFlat as one.
+      RETURN_IF_ERROR(FaissCall("clone", [&] {
+        faiss::VectorIOWriter writer;
+        faiss::write_index(from.hnsw.get(), &writer);
+        faiss::VectorIOReader reader;
+        reader.data = std::move(writer.data);
+        std::unique_ptr<faiss::Index> read(faiss::read_index(&reader));
+        out.hnsw.reset(dynamic_cast<faiss::IndexHNSWFlat*>(read.get()));
+        if (!out.hnsw) throw std::runtime_error("the copy is not an IndexHNSWFlat");
+        read.release();
+        out.hnsw->hnsw.efSearch = from.hnsw->hnsw.efSearch;
+      }));
+    }
+    out.label_to_key = from.label_to_key;
+    out.key_to_label = from.key_to_label;
+    out.tombstones = from.tombstones;
+    out.task_names = from.task_names;
+    return out;
+  }
+
+  // Adds unit vectors (n x d, row-major) under embedding keys.
+  absl::Status IndexAdd(IndexCopy& c, std::int32_t d, const std::vector<float>& vectors,
+                        const std::vector<std::uint64_t>& keys) const {
     if (keys.empty()) return absl::OkStatus();
-    if (!index) {
-      ASSIGN_OR_RETURN(index, NewIndex(dim));
+    if (!hnsw()) {
+      return FaissCall("add", [&] {  // only allocation can throw
+        if (!c.flat) c.flat = std::make_unique<FlatIndex>(d);
+        c.flat->Add(vectors, keys);
+      });
+    }
+    if (!c.hnsw) {
+      ASSIGN_OR_RETURN(c.hnsw, NewHnsw(d));
     }
     const auto n = static_cast<idx_t>(keys.size());
-    if (hnsw()) {
-      const std::int64_t first = index->ntotal;
-      RETURN_IF_ERROR(FaissCall("add", [&] { index->add(n, vectors.data()); }));
-      for (idx_t i = 0; i < n; ++i) {
-        label_to_key.push_back(static_cast<std::int64_t>(keys[i]));
-        key_to_label[keys[i]] = first + i;
-      }
-      return absl::OkStatus();
+    const std::int64_t first = c.hnsw->ntotal;
+    RETURN_IF_ERROR(FaissCall("add", [&] { c.hnsw->add(n, vectors.data()); }));
+    for (idx_t i = 0; i < n; ++i) {
+      c.label_to_key.push_back(static_cast<std::int64_t>(keys[i]));
+      c.key_to_label[keys[i]] = first + i;
     }
-    std::vector<idx_t> ids(keys.begin(), keys.end());
-    return FaissCall("add", [&] { index->add_with_ids(n, vectors.data(), ids.data()); });
+    return absl::OkStatus();
   }
 
   // Removes the embeddings [EmbeddingKey(id, 0), EmbeddingKey(id, count)).
-  // Caller holds state_mu exclusively.
-  absl::Status IndexRemove(std::uint64_t id, std::uint32_t count) {
-    if (count == 0 || !index) return absl::OkStatus();
-    if (hnsw()) {
-      for (std::uint32_t i = 0; i < count; ++i) {
-        auto it = key_to_label.find(EmbeddingKey(id, i));
-        if (it == key_to_label.end()) continue;
-        label_to_key[it->second] = -1;
-        key_to_label.erase(it);
-        ++tombstones;
-      }
+  absl::Status IndexRemove(IndexCopy& c, std::uint64_t id, std::uint32_t count) const {
+    if (count == 0) return absl::OkStatus();
+    if (c.flat) {
+      c.flat->RemoveRange(EmbeddingKey(id, 0), EmbeddingKey(id, count));
       return absl::OkStatus();
     }
-    faiss::IDSelectorRange range(static_cast<idx_t>(EmbeddingKey(id, 0)),
-                                 static_cast<idx_t>(EmbeddingKey(id, count)));
-    return FaissCall("remove", [&] { index->remove_ids(range); });
+    if (c.hnsw) {
+      for (std::uint32_t i = 0; i < count; ++i) {
+        auto it = c.key_to_label.find(EmbeddingKey(id, i));
+        if (it == c.key_to_label.end()) continue;
+        c.label_to_key[it->second] = -1;
+        c.key_to_label.erase(it);
+        ++c.tombstones;
+      }
+    }
+    return absl::OkStatus();
   }
 
-  // Empties the index and reloads the catalog (with no embeddings counted)
-  // from RocksDB. Caller holds state_mu exclusively (or is Open).
+  // Reloads the catalog (with no embeddings counted) from RocksDB. Open only.
   absl::Status ResetFromCatalog() {
-    index.reset();
-    label_to_key.clear();
-    key_to_label.clear();
-    tombstones = 0;
     catalog.clear();
     by_task.clear();
     std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), patterns));
@@ -392,11 +492,14 @@ struct EmbeddedPatternStore::Impl {
     return FromRocks(it->status(), options.path);
   }
 
-  // Rebuilds catalog and index from RocksDB (Open, HNSW compaction, and
-  // recovery from a failed index update). Caller holds state_mu exclusively
-  // (or is Open).
-  absl::Status Rebuild() {
-    RETURN_IF_ERROR(ResetFromCatalog());
+  // An index copy of RocksDB's embeddings, each checked against `catalog`,
+  // whose entries' num_embeddings it sets.
+  absl::StatusOr<IndexCopy> BuildCopy(absl::flat_hash_map<std::uint64_t, Entry>& entries) const {
+    IndexCopy out;
+    for (auto& [id, entry] : entries) {
+      entry.num_embeddings = 0;
+      out.task_names[id] = entry.task_name;
+    }
     std::vector<float> vectors;
     std::vector<std::uint64_t> keys;
     std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), embeddings));
@@ -407,8 +510,8 @@ struct EmbeddedPatternStore::Impl {
         return absl::DataLossError(
             absl::StrCat(options.path, ": embedding ", key, " does not parse"));
       }
-      auto entry = catalog.find(key >> kEmbeddingIndexBits);
-      if (entry == catalog.end()) {
+      auto entry = entries.find(key >> kEmbeddingIndexBits);
+      if (entry == entries.end()) {
         return absl::DataLossError(
             absl::StrCat(options.path, ": embedding ", key, " belongs to no pattern"));
       }
@@ -425,16 +528,18 @@ struct EmbeddedPatternStore::Impl {
       keys.push_back(key);
     }
     RETURN_IF_ERROR(FromRocks(it->status(), options.path));
-    return IndexAdd(vectors, keys);
+    RETURN_IF_ERROR(IndexAdd(out, dim, vectors, keys));
+    return out;
   }
 
   std::string SnapshotPath() const {
     return (std::filesystem::path(options.path) / kSnapshotFile).string();
   }
 
-  // Writes the snapshot of the index at the current version. Caller holds
-  // write_mu, so nothing changes underneath (searches may go on).
-  absl::Status WriteSnapshot() {
+  // Writes the snapshot of the index at the current version. write_mu: so
+  // nothing changes underneath (searches may go on).
+  absl::Status WriteSnapshot() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu) {
+    const IndexCopy& c = writer_copy();
     // See the top of this file: the version must be durable first.
     if (!options.sync) RETURN_IF_ERROR(FromRocks(db->SyncWAL(), options.path));
     ASSIGN_OR_RETURN(std::unique_ptr<common::AtomicFileWriter> file,
@@ -446,16 +551,24 @@ struct EmbeddedPatternStore::Impl {
     AppendLittleEndian<std::uint32_t>(&header, hnsw() ? options.hnsw_m : 0);
     AppendLittleEndian<std::uint32_t>(&header, dim);
     AppendLittleEndian<std::uint64_t>(&header, version);
-    AppendLittleEndian<std::uint64_t>(&header, index->ntotal);
+    AppendLittleEndian<std::uint64_t>(&header, c.total());
     RETURN_IF_ERROR(sink.Append(header));
-    if (hnsw()) {
-      RETURN_IF_ERROR(sink.Append({reinterpret_cast<const char*>(label_to_key.data()),
-                                   label_to_key.size() * sizeof(std::int64_t)}));
+    // Raw arrays: this file is only read back on hosts of the writer's byte
+    // order (the same machine's store), like FAISS's own format.
+    auto append = [&](const auto& values) {
+      return sink.Append(
+          {reinterpret_cast<const char*>(values.data()), values.size() * sizeof(values[0])});
+    };
+    if (c.flat) {
+      RETURN_IF_ERROR(append(c.flat->keys()));
+      RETURN_IF_ERROR(append(c.flat->rows()));
+    } else {
+      RETURN_IF_ERROR(append(c.label_to_key));
+      const absl::Status written =
+          FaissCall("write_index", [&] { faiss::write_index(c.hnsw.get(), &sink); });
+      RETURN_IF_ERROR(sink.status());
+      RETURN_IF_ERROR(written);
     }
-    const absl::Status written =
-        FaissCall("write_index", [&] { faiss::write_index(index.get(), &sink); });
-    RETURN_IF_ERROR(sink.status());
-    RETURN_IF_ERROR(written);
     RETURN_IF_ERROR(sink.Commit());
     snapshot_version = version;
     changes_since_snapshot = 0;
@@ -463,28 +576,29 @@ struct EmbeddedPatternStore::Impl {
   }
 
   // WriteSnapshot where a failure must not fail the caller: the snapshot
-  // only spares the next Open a rebuild. Caller holds write_mu.
-  void SaveSnapshot() {
-    if (!options.index_snapshot || !index || snapshot_version == version) return;
+  // only spares the next Open a rebuild.
+  void SaveSnapshot() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu) {
+    if (!options.index_snapshot || writer_copy().total() == 0 || snapshot_version == version) {
+      return;
+    }
     if (absl::Status s = WriteSnapshot(); !s.ok()) {
       PREMOE_LOG_WARN("pattern store %s: index snapshot not written: %s", options.path,
                       s.ToString());
     }
   }
 
-  // After a committed change. Caller holds write_mu.
-  void AfterChange() {
+  // After a committed change.
+  void AfterChange() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu) {
     if (options.snapshot_every_changes > 0 &&
         ++changes_since_snapshot >= options.snapshot_every_changes) {
       SaveSnapshot();
     }
   }
 
-  // Loads the index from the snapshot, refusing one that does not reflect
-  // RocksDB's current version under these options: any error means "rebuild
-  // instead". Open only.
-  absl::Status LoadSnapshot() {
-    RETURN_IF_ERROR(ResetFromCatalog());
+  // Loads the index from the snapshot into `c`, refusing one that does not
+  // reflect RocksDB's current version under these options: any error means
+  // "rebuild instead". Open only, after ResetFromCatalog.
+  absl::Status LoadSnapshot(IndexCopy& c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu) {
     ASSIGN_OR_RETURN(std::shared_ptr<const common::MappedFile> file,
                      common::MappedFile::Open(SnapshotPath()));
     const std::uint8_t* data = file->data().data();
@@ -524,30 +638,79 @@ struct EmbeddedPatternStore::Impl {
           "it holds another index (kind ", kind, ", hnsw_m ", hnsw_m, ", dim ", snapshot_dim, ")"));
     }
     std::size_t pos = kSnapshotHeaderBytes;
-    if (hnsw()) {
-      if ((body - pos) / sizeof(std::int64_t) < ntotal) return absl::DataLossError("truncated");
-      label_to_key.resize(ntotal);
-      std::memcpy(label_to_key.data(), data + pos, ntotal * sizeof(std::int64_t));
-      pos += ntotal * sizeof(std::int64_t);
-    }
-    SpanSource source(data + pos, body - pos);
-    RETURN_IF_ERROR(FaissCall("read_index", [&] { index.reset(faiss::read_index(&source)); }));
-    if (source.left() != 0 || static_cast<std::uint64_t>(index->ntotal) != ntotal ||
-        index->d != dim || index->metric_type != faiss::METRIC_INNER_PRODUCT) {
-      return absl::DataLossError("the FAISS index disagrees with the snapshot's header");
-    }
-    std::span<const std::int64_t> keys = label_to_key;
-    if (auto* h = dynamic_cast<faiss::IndexHNSWFlat*>(index.get()); hnsw() && h != nullptr) {
-      h->hnsw.efSearch = options.hnsw_ef_search;
-    } else if (auto* m = dynamic_cast<faiss::IndexIDMap2*>(index.get());
-               !hnsw() && m != nullptr && dynamic_cast<faiss::IndexFlatIP*>(m->index) != nullptr) {
-      keys = m->id_map;
+    // Sizes from the header are checked against the bytes there are before
+    // anything is allocated for them.
+    auto take = [&](auto& values, std::uint64_t count) -> absl::Status {
+      using T = typename std::remove_reference_t<decltype(values)>::value_type;
+      if ((body - pos) / sizeof(T) < count) return absl::DataLossError("truncated");
+      values.resize(count);
+      std::memcpy(values.data(), data + pos, count * sizeof(T));
+      pos += count * sizeof(T);
+      return absl::OkStatus();
+    };
+    std::vector<std::int64_t> flat_keys;
+    std::span<const std::int64_t> keys;
+    if (!hnsw()) {
+      std::vector<std::uint64_t> key_values;
+      std::vector<float> rows;
+      RETURN_IF_ERROR(take(key_values, ntotal));
+      if (dim == 0 || ntotal > (body - pos) / sizeof(float) / static_cast<std::uint64_t>(dim)) {
+        return absl::DataLossError("truncated");
+      }
+      RETURN_IF_ERROR(take(rows, ntotal * static_cast<std::uint64_t>(dim)));
+      if (pos != body) return absl::DataLossError("bytes after the flat index");
+      // What a rebuild gives: each pattern's embeddings keyed 0..n-1, once
+      // each, as unit vectors. Checked, since a flipped bit under a valid
+      // checksum (or a bug) would otherwise serve wrong matches.
+      absl::flat_hash_map<std::uint64_t, std::pair<std::uint64_t, std::uint64_t>>
+          seen;  // count, max
+      absl::flat_hash_set<std::uint64_t> unique(key_values.begin(), key_values.end());
+      if (unique.size() != key_values.size()) return absl::DataLossError("a key appears twice");
+      for (std::uint64_t key : key_values) {
+        auto& [count, max] = seen[key >> kEmbeddingIndexBits];
+        ++count;
+        max = std::max(max, key & ((std::uint64_t{1} << kEmbeddingIndexBits) - 1));
+      }
+      for (const auto& [id, count_max] : seen) {
+        if (count_max.second + 1 != count_max.first) {
+          return absl::DataLossError(absl::StrCat("pattern ", id, "'s embedding keys have gaps"));
+        }
+      }
+      for (std::uint64_t r = 0; r < ntotal; ++r) {
+        double norm2 = 0;
+        for (std::int32_t d = 0; d < dim; ++d) {
+          const double x = rows[r * dim + d];
+          norm2 += x * x;
+        }
+        if (!(std::abs(norm2 - 1) < 1e-4)) {
+          return absl::DataLossError(absl::StrCat("row ", r, " is not a unit vector"));
+        }
+      }
+      RETURN_IF_ERROR(FaissCall("load", [&] {  // only allocation can throw
+        c.flat = std::make_unique<FlatIndex>(dim);
+        c.flat->Add(rows, key_values);
+      }));
+      flat_keys.assign(key_values.begin(), key_values.end());
+      keys = flat_keys;
     } else {
-      return absl::DataLossError("the FAISS index is not of the snapshot's kind");
+      RETURN_IF_ERROR(take(c.label_to_key, ntotal));
+      SpanSource source(data + pos, body - pos);
+      std::unique_ptr<faiss::Index> read;
+      RETURN_IF_ERROR(FaissCall("read_index", [&] { read.reset(faiss::read_index(&source)); }));
+      c.hnsw.reset(dynamic_cast<faiss::IndexHNSWFlat*>(read.get()));
+      if (c.hnsw == nullptr) return absl::DataLossError("the FAISS index is not HNSW");
+      read.release();
+      if (source.left() != 0 || static_cast<std::uint64_t>(c.hnsw->ntotal) != ntotal ||
+          c.hnsw->d != dim || c.hnsw->metric_type != faiss::METRIC_INNER_PRODUCT) {
+        return absl::DataLossError("the FAISS index disagrees with the snapshot's header");
+      }
+      c.hnsw->hnsw.efSearch = options.hnsw_ef_search;
+      keys = c.label_to_key;
     }
     for (std::size_t label = 0; label < keys.size(); ++label) {
       if (keys[label] < 0) {
-        ++tombstones;
+        if (!hnsw()) return absl::DataLossError("a flat index holds a deleted key");
+        ++c.tombstones;
         continue;
       }
       const auto key = static_cast<std::uint64_t>(keys[label]);
@@ -556,8 +719,9 @@ struct EmbeddedPatternStore::Impl {
         return absl::DataLossError(absl::StrCat("embedding ", key, " belongs to no pattern"));
       }
       ++entry->second.num_embeddings;
-      if (hnsw()) key_to_label[key] = static_cast<std::int64_t>(label);
+      if (hnsw()) c.key_to_label[key] = static_cast<std::int64_t>(label);
     }
+    for (const auto& [id, entry] : catalog) c.task_names[id] = entry.task_name;
     snapshot_version = version;
     return absl::OkStatus();
   }
@@ -570,11 +734,9 @@ struct EmbeddedPatternStore::Impl {
     return value;
   }
 
-  absl::Status Publish(std::uint64_t v) {
-    std::lock_guard lock(hub->mu);
+  void Publish(std::uint64_t v) {
+    absl::MutexLock lock(&hub->mu);
     hub->published_version = v;
-    hub->cv.notify_all();
-    return absl::OkStatus();
   }
 
   // Reads pattern `id` and its embeddings from one snapshot.
@@ -613,8 +775,9 @@ struct EmbeddedPatternStore::Impl {
 
   // Adds the change record and version to `batch`, and removes the change
   // log entries that fall out of Options::max_changes_retained. Returns the
-  // oldest change retained once `batch` commits. Caller holds write_mu.
-  std::uint64_t AddChange(rocksdb::WriteBatch* batch, const ChangeEvent& event) {
+  // oldest change retained once `batch` commits.
+  std::uint64_t AddChange(rocksdb::WriteBatch* batch, const ChangeEvent& event)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu) {
     v1::ChangeEvent proto;
     ToProto(event, &proto);
     batch->Put(changes, EncodeU64(event.version), proto.SerializeAsString());
@@ -644,7 +807,7 @@ class EmbeddedWatch final : public WatchHandle {
   EmbeddedWatch(EmbeddedPatternStore::Impl* impl, std::uint64_t since, WatchCallback callback)
       : impl_(impl), hub_(impl->hub), next_(since + 1), callback_(std::move(callback)) {
     {
-      std::lock_guard lock(hub_->mu);
+      absl::MutexLock lock(&hub_->mu);
       ++hub_->running;
     }
     thread_ = std::thread([this] { Run(); });
@@ -653,9 +816,8 @@ class EmbeddedWatch final : public WatchHandle {
 
   void Cancel() override {
     {
-      std::lock_guard lock(hub_->mu);
+      absl::MutexLock lock(&hub_->mu);
       cancelled_ = true;
-      hub_->cv.notify_all();
     }
     if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
   }
@@ -663,25 +825,28 @@ class EmbeddedWatch final : public WatchHandle {
  private:
   void Run() {
     Loop();
-    std::lock_guard lock(hub_->mu);
+    absl::MutexLock lock(&hub_->mu);
     --hub_->running;
-    hub_->cv.notify_all();
+  }
+
+  bool Woken() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(hub_->mu) {
+    return cancelled_ || hub_->closing || hub_->published_version >= next_;
   }
 
   void Loop() {
     for (;;) {
       std::uint64_t target;
+      bool closing;
       {
-        std::unique_lock lock(hub_->mu);
-        hub_->cv.wait(
-            lock, [&] { return cancelled_ || hub_->closing || hub_->published_version >= next_; });
+        absl::MutexLock lock(&hub_->mu);
+        hub_->mu.Await(absl::Condition(this, &EmbeddedWatch::Woken));
         if (cancelled_) return;
-        if (hub_->closing) {
-          lock.unlock();
-          callback_(absl::CancelledError("pattern store closed"));
-          return;
-        }
+        closing = hub_->closing;
         target = hub_->published_version;
+      }
+      if (closing) {
+        callback_(absl::CancelledError("pattern store closed"));
+        return;
       }
       // Every version <= target is committed to `changes`; read them in order.
       rocksdb::ReadOptions ro;
@@ -704,7 +869,7 @@ class EmbeddedWatch final : public WatchHandle {
           break;
         }
         {
-          std::lock_guard lock(hub_->mu);
+          absl::MutexLock lock(&hub_->mu);
           if (cancelled_) return;
         }
         if (!callback_(event)) return;
@@ -743,7 +908,7 @@ class EmbeddedWatch final : public WatchHandle {
   std::shared_ptr<WatchHub> hub_;
   std::uint64_t next_;
   WatchCallback callback_;
-  bool cancelled_ = false;  // guarded by hub_->mu
+  bool cancelled_ ABSL_GUARDED_BY(hub_->mu) = false;
   std::thread thread_;
 };
 
@@ -752,7 +917,7 @@ class EmbeddedWatch final : public WatchHandle {
 EmbeddedPatternStore::EmbeddedPatternStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 EmbeddedPatternStore::~EmbeddedPatternStore() {
-  std::lock_guard write_lock(impl_->write_mu);
+  absl::MutexLock write_lock(&impl_->write_mu);
   impl_->SaveSnapshot();
 }
 
@@ -838,6 +1003,8 @@ absl::StatusOr<std::unique_ptr<EmbeddedPatternStore>> EmbeddedPatternStore::Open
     return absl::DataLossError(absl::StrCat(path, ": next id \"", next_id, "\" is not a number"));
   }
   if (init.Count() > 0) RETURN_IF_ERROR(impl->Commit(&init, "initialising meta"));
+  // Uncontended: nothing else sees the store yet; held for the annotations.
+  absl::MutexLock write_lock(&impl->write_mu);
   {
     std::unique_ptr<rocksdb::Iterator> it(
         impl->db->NewIterator(rocksdb::ReadOptions(), impl->changes));
@@ -855,8 +1022,10 @@ absl::StatusOr<std::unique_ptr<EmbeddedPatternStore>> EmbeddedPatternStore::Open
     }
   }
   const auto start = std::chrono::steady_clock::now();
+  RETURN_IF_ERROR(impl->ResetFromCatalog());
+  IndexCopy& first = impl->copies[0];
   absl::Status loaded = impl->options.index_snapshot
-                            ? impl->LoadSnapshot()
+                            ? impl->LoadSnapshot(first)
                             : absl::NotFoundError("Options::index_snapshot is off");
   impl->index_source = loaded.ok() ? "snapshot" : "rebuilt";
   if (!loaded.ok()) {
@@ -864,14 +1033,16 @@ absl::StatusOr<std::unique_ptr<EmbeddedPatternStore>> EmbeddedPatternStore::Open
       PREMOE_LOG_INFO("pattern store %s: index snapshot not used (%s); rebuilding", path,
                       loaded.ToString());
     }
-    RETURN_IF_ERROR(impl->Rebuild());
+    RETURN_IF_ERROR(impl->ResetFromCatalog());
+    ASSIGN_OR_RETURN(first, impl->BuildCopy(impl->catalog));
   }
+  ASSIGN_OR_RETURN(impl->copies[1], impl->CloneCopy(first));
   impl->index_open_micros = std::chrono::duration_cast<std::chrono::microseconds>(
                                 std::chrono::steady_clock::now() - start)
                                 .count();
   PREMOE_LOG_DEBUG("pattern store %s: %d patterns, index %s in %.1f ms", path, impl->catalog.size(),
                    impl->index_source, impl->index_open_micros / 1000.0);
-  impl->hub->published_version = impl->version;
+  impl->Publish(impl->version);
   return std::unique_ptr<EmbeddedPatternStore>(new EmbeddedPatternStore(std::move(impl)));
 }
 
@@ -919,7 +1090,7 @@ absl::StatusOr<PutResult> EmbeddedPatternStore::Put(const Pattern& pattern) {
                      s.options.max_record_bytes, " (Options::max_record_bytes)"));
   }
 
-  std::lock_guard write_lock(s.write_mu);
+  absl::MutexLock write_lock(&s.write_mu);
   if (!s.fingerprint.empty() && s.fingerprint != pattern.model_fingerprint) {
     return absl::FailedPreconditionError(
         absl::StrCat(where, " is for model ", pattern.model_fingerprint,
@@ -976,17 +1147,16 @@ absl::StatusOr<PutResult> EmbeddedPatternStore::Put(const Pattern& pattern) {
     if (!replace) s.next_id = id + 1;
     s.catalog[id] = {pattern.task_name, static_cast<std::uint32_t>(keys.size())};
     s.by_task[pattern.task_name] = id;
-    absl::Status index_status = s.IndexRemove(id, old_count);
-    if (index_status.ok()) index_status = s.IndexAdd(unit_vectors, keys);
-    if (!index_status.ok()) {
-      // The change is committed; bring the index back in line with RocksDB.
-      PREMOE_LOG_ERROR("pattern store %s: %s; rebuilding the index", s.options.path,
-                       index_status.ToString());
-      RETURN_IF_ERROR(s.Rebuild());
-    }
   }
+  // The change is committed; a failure here rebuilds the index from RocksDB.
+  RETURN_IF_ERROR(s.ChangeIndex([&](IndexCopy& c) {
+    RETURN_IF_ERROR(s.IndexRemove(c, id, old_count));
+    RETURN_IF_ERROR(s.IndexAdd(c, dim, unit_vectors, keys));
+    c.task_names[id] = pattern.task_name;
+    return absl::OkStatus();
+  }));
   s.AfterChange();
-  RETURN_IF_ERROR(s.Publish(event.version));
+  s.Publish(event.version);
   return PutResult{id, event.version};
 }
 
@@ -1058,7 +1228,7 @@ absl::StatusOr<ListPage> EmbeddedPatternStore::List(const ListRequest& request) 
 
 absl::StatusOr<std::uint64_t> EmbeddedPatternStore::Delete(std::uint64_t id) {
   Impl& s = *impl_;
-  std::lock_guard write_lock(s.write_mu);
+  absl::MutexLock write_lock(&s.write_mu);
   auto entry = s.catalog.find(id);
   if (entry == s.catalog.end()) return absl::NotFoundError(absl::StrCat("no pattern with id ", id));
   const std::string task_name = entry->second.task_name;
@@ -1077,22 +1247,18 @@ absl::StatusOr<std::uint64_t> EmbeddedPatternStore::Delete(std::uint64_t id) {
     s.version = event.version;
     s.catalog.erase(id);
     s.by_task.erase(task_name);
-    absl::Status index_status = s.IndexRemove(id, count);
-    // HNSW cannot remove: compact once deleted vectors are half the index.
-    if (index_status.ok() && s.hnsw() && s.index && s.tombstones > 1024 &&
-        s.tombstones * 2 > s.index->ntotal) {
-      index_status = absl::AbortedError("compacting tombstones");
-    }
-    if (!index_status.ok()) {
-      if (!absl::IsAborted(index_status)) {
-        PREMOE_LOG_ERROR("pattern store %s: %s; rebuilding the index", s.options.path,
-                         index_status.ToString());
-      }
-      RETURN_IF_ERROR(s.Rebuild());
-    }
   }
+  RETURN_IF_ERROR(s.ChangeIndex([&](IndexCopy& c) {
+    RETURN_IF_ERROR(s.IndexRemove(c, id, count));
+    c.task_names.erase(id);
+    // HNSW cannot remove: compact once deleted vectors are half the index.
+    if (c.tombstones > 1024 && c.tombstones * 2 > c.total()) {
+      return absl::AbortedError("compacting tombstones");
+    }
+    return absl::OkStatus();
+  }));
   s.AfterChange();
-  RETURN_IF_ERROR(s.Publish(event.version));
+  s.Publish(event.version);
   return event.version;
 }
 
@@ -1107,21 +1273,23 @@ absl::StatusOr<std::vector<SearchMatch>> EmbeddedPatternStore::Search(
         absl::StrCat("search candidates must be >= 0 (got ", options.candidates, ")"));
   }
   const Impl& s = *impl_;
-  absl::ReaderMutexLock lock(&s.state_mu);
-  if (s.dim == 0 || !s.index || s.index->ntotal == 0) return std::vector<SearchMatch>();
-  if (static_cast<std::int32_t>(embedding.size()) != s.dim) {
+  const int side = s.EnterCopy();
+  absl::Cleanup leave = [&] { s.LeaveCopy(side); };
+  const IndexCopy& c = s.copies[side];
+  if (c.live() == 0) return std::vector<SearchMatch>();
+  if (static_cast<std::int64_t>(embedding.size()) != c.dim()) {
     return absl::InvalidArgumentError(absl::StrCat("query embedding has dimension ",
-                                                   embedding.size(), ", the store's is ", s.dim));
+                                                   embedding.size(), ", the store's is ", c.dim()));
   }
   ASSIGN_OR_RETURN(std::vector<float> query, Normalized(embedding, "query embedding"));
   // One query gains nothing from an OpenMP team, and on a loaded machine the
   // team's spin-waits cost milliseconds (measured: flat 10k p50 8 ms with the
   // default team). Concurrency comes from concurrent Searches instead. This
-  // sets only the calling thread's OpenMP default.
-  omp_set_num_threads(1);
+  // sets only the calling thread's OpenMP default (HNSW is FAISS's).
+  if (c.hnsw) omp_set_num_threads(1);
 
-  const std::int64_t ntotal = s.index->ntotal;
-  const std::int64_t live = ntotal - s.tombstones;
+  const std::int64_t ntotal = c.total();
+  const std::int64_t live = c.live();
   const bool vote = options.voting != Voting::kMax;
   const std::int64_t candidates = options.candidates == 0 ? kDefaultCandidates : options.candidates;
   std::int64_t want = vote ? candidates : std::max<std::int64_t>(4 * options.k, 16);
@@ -1133,22 +1301,32 @@ absl::StatusOr<std::vector<SearchMatch>> EmbeddedPatternStore::Search(
   };
   absl::flat_hash_map<std::uint64_t, Tally> tally;
   for (;;) {
-    const std::int64_t fetch = std::min(ntotal, want + s.tombstones);
-    std::vector<float> sims(fetch);
-    std::vector<idx_t> labels(fetch);
-    RETURN_IF_ERROR(FaissCall(
-        "search", [&] { s.index->search(1, query.data(), fetch, sims.data(), labels.data()); }));
+    const std::int64_t fetch = std::min(ntotal, want + c.tombstones);
+    std::vector<std::pair<float, std::int64_t>> nearest;  // (similarity, key; -1: deleted)
+    if (c.flat) {
+      RETURN_IF_ERROR(FaissCall("search", [&] {  // only allocation can throw
+        for (const auto& [sim, key] : c.flat->Search(query, fetch)) {
+          nearest.emplace_back(sim, static_cast<std::int64_t>(key));
+        }
+      }));
+    } else {
+      std::vector<float> sims(fetch);
+      std::vector<idx_t> labels(fetch);
+      RETURN_IF_ERROR(FaissCall(
+          "search", [&] { c.hnsw->search(1, query.data(), fetch, sims.data(), labels.data()); }));
+      for (std::int64_t i = 0; i < fetch; ++i) {
+        if (labels[i] >= 0) nearest.emplace_back(sims[i], c.label_to_key[labels[i]]);
+      }
+    }
     tally.clear();
     std::int64_t taken = 0;
-    for (std::int64_t i = 0; i < fetch && taken < want; ++i) {
-      if (labels[i] < 0) continue;
-      std::int64_t key = labels[i];
-      if (s.hnsw()) key = s.label_to_key[labels[i]];
+    for (const auto& [sim, key] : nearest) {
+      if (taken >= want) break;
       if (key < 0) continue;  // deleted (HNSW tombstone)
       ++taken;
       Tally& t = tally[static_cast<std::uint64_t>(key) >> kEmbeddingIndexBits];
-      t.best = std::max(t.best, sims[i]);
-      t.sum += sims[i];
+      t.best = std::max(t.best, sim);
+      t.sum += sim;
       ++t.votes;
     }
     // kMax is exact only once k distinct patterns are in (or nothing is left).
@@ -1159,9 +1337,9 @@ absl::StatusOr<std::vector<SearchMatch>> EmbeddedPatternStore::Search(
   std::vector<SearchMatch> matches;
   matches.reserve(tally.size());
   for (const auto& [id, t] : tally) {
-    auto entry = s.catalog.find(id);
-    if (entry == s.catalog.end()) continue;
-    SearchMatch m{id, entry->second.task_name, t.best, t.votes};
+    auto name = c.task_names.find(id);
+    if (name == c.task_names.end()) continue;
+    SearchMatch m{id, name->second, t.best, t.votes};
     if (options.voting == Voting::kMean) m.similarity = static_cast<float>(t.sum / t.votes);
     matches.push_back(std::move(m));
   }
@@ -1200,8 +1378,9 @@ absl::Status EmbeddedPatternStore::Verify() {
   Impl& s = *impl_;
   // Writers hold write_mu across commit and index update: take it so that
   // RocksDB and the index are compared at one point in time.
-  std::lock_guard write_lock(s.write_mu);
+  absl::MutexLock write_lock(&s.write_mu);
   absl::ReaderMutexLock lock(&s.state_mu);
+  const IndexCopy& c = s.writer_copy();
   auto fail = [&](auto&&... parts) {
     return absl::DataLossError(absl::StrCat(s.options.path, ": ", parts...));
   };
@@ -1233,6 +1412,11 @@ absl::Status EmbeddedPatternStore::Verify() {
   if (s.catalog.size() != patterns.size()) {
     return fail("catalog has ", s.catalog.size(), " patterns, RocksDB ", patterns.size());
   }
+  absl::flat_hash_map<std::uint64_t, std::int64_t> flat_rows;  // key -> row
+  for (std::int64_t r = 0; c.flat && r < c.flat->size(); ++r) flat_rows[c.flat->key(r)] = r;
+  if (static_cast<std::int64_t>(flat_rows.size()) != (c.flat ? c.flat->size() : 0)) {
+    return fail("the flat index holds a key twice");
+  }
   std::int64_t count = 0;
   it.reset(s.db->NewIterator(rocksdb::ReadOptions(), s.embeddings));
   std::vector<float> stored(s.dim);
@@ -1249,15 +1433,17 @@ absl::Status EmbeddedPatternStore::Verify() {
     ASSIGN_OR_RETURN(std::vector<float> unit,
                      Normalized({e.values().data(), static_cast<std::size_t>(e.values_size())},
                                 "stored embedding"));
-    std::int64_t label = static_cast<std::int64_t>(key);
-    if (s.hnsw()) {
-      auto l = s.key_to_label.find(key);
-      if (l == s.key_to_label.end()) return fail("embedding ", key, " is not in the index");
-      label = l->second;
+    auto l = c.hnsw ? c.key_to_label.find(key) : flat_rows.find(key);
+    if (l == (c.hnsw ? c.key_to_label.end() : flat_rows.end())) {
+      return fail("embedding ", key, " is not in the index");
     }
     absl::Status st = FaissCall("reconstruct", [&] {
-      if (!s.index) throw std::runtime_error("no index");
-      s.index->reconstruct(label, stored.data());
+      if (c.hnsw) {
+        c.hnsw->reconstruct(l->second, stored.data());
+      } else {
+        std::span<const float> row = c.flat->row(l->second);
+        std::copy(row.begin(), row.end(), stored.begin());
+      }
     });
     if (!st.ok()) return fail("embedding ", key, " is not in the index (", st.message(), ")");
     for (std::int32_t d = 0; d < s.dim; ++d) {
@@ -1267,8 +1453,14 @@ absl::Status EmbeddedPatternStore::Verify() {
     }
   }
   RETURN_IF_ERROR(FromRocks(it->status(), "verify"));
-  const std::int64_t indexed = s.index ? s.index->ntotal - s.tombstones : 0;
+  const std::int64_t indexed = c.live();
   if (indexed != count) return fail("index holds ", indexed, " embeddings, RocksDB ", count);
+  // The other copy must say the same (left-right: both change together).
+  const IndexCopy& other = s.copies[1 - s.current.load()];
+  const std::int64_t other_indexed = other.live();
+  if (other_indexed != indexed || other.task_names != c.task_names) {
+    return fail("the two index copies differ (", indexed, " and ", other_indexed, " embeddings)");
+  }
   return absl::OkStatus();
 }
 

@@ -4,10 +4,10 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include <mutex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "premoe/common/status.h"
 #include "premoe/proto/grpc_edge.h"
 #include "premoe/store/proto_convert.h"
@@ -60,7 +60,7 @@ class GrpcWatch final : public WatchHandle {
 
   void Cancel() override {
     {
-      std::lock_guard lock(mu_);
+      absl::MutexLock lock(&mu_);
       cancelled_ = true;
       if (ctx_) ctx_->TryCancel();
     }
@@ -73,10 +73,11 @@ class GrpcWatch final : public WatchHandle {
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + client_->options.watch_timeout);
       {
-        std::lock_guard lock(mu_);
+        absl::MutexLock lock(&mu_);
         if (cancelled_) return;
         ctx_ = &ctx;
       }
+      if (client_->options.on_watch_stream) client_->options.on_watch_stream(last_);
       v1::WatchRequest request;
       request.set_since_version(last_);
       std::unique_ptr<grpc::ClientReader<v1::ChangeEvent>> reader =
@@ -101,7 +102,7 @@ class GrpcWatch final : public WatchHandle {
       const grpc::Status status = reader->Finish();
       bool cancelled;
       {
-        std::lock_guard lock(mu_);
+        absl::MutexLock lock(&mu_);
         ctx_ = nullptr;
         cancelled = cancelled_;
       }
@@ -120,9 +121,9 @@ class GrpcWatch final : public WatchHandle {
   const GrpcPatternStoreClient::Impl* client_;
   std::uint64_t last_;
   WatchCallback callback_;
-  std::mutex mu_;
-  bool cancelled_ = false;              // guarded by mu_
-  grpc::ClientContext* ctx_ = nullptr;  // guarded by mu_
+  absl::Mutex mu_;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::ClientContext* ctx_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::thread thread_;
 };
 

@@ -15,7 +15,7 @@ namespace premoe::testbed {
 namespace {
 
 // Accumulates per-layer expert selection counts of one task.
-class CountingTap final : public model::RouterTap {
+class CountingTap final : public model::GateTap {
  public:
   CountingTap(const std::vector<int64_t>& layers, int64_t experts) {
     for (size_t i = 0; i < layers.size(); ++i) {
@@ -24,7 +24,7 @@ class CountingTap final : public model::RouterTap {
     }
     experts_ = experts;
   }
-  void OnRouter(const model::RouterTapEvent& ev) override {
+  void OnGate(const model::GateEvent& ev) override {
     counts_[slot_.at(ev.layer)] +=
         at::bincount(ev.selected_experts.reshape({-1}).cpu(), {}, experts_);
   }

@@ -137,10 +137,10 @@ absl::StatusOr<Sequence> MakeSequence(const Task& task, const Sample& sample, in
 }
 
 // Collects each MoE layer's load-balancing term during a forward pass.
-class AuxLossTap final : public model::RouterTap {
+class AuxLossTap final : public model::GateTap {
  public:
   explicit AuxLossTap(int64_t experts) : experts_(experts) {}
-  void OnRouter(const model::RouterTapEvent& ev) override {
+  void OnGate(const model::GateEvent& ev) override {
     const at::Tensor probs = at::softmax(ev.gate_logits, -1).mean(0);  // [N], differentiable
     const at::Tensor counts =
         at::bincount(ev.selected_experts.reshape({-1}), {}, experts_).to(at::kFloat);

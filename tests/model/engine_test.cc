@@ -19,6 +19,7 @@
 #include "premoe/checkpoint/expert_pack.h"
 #include "premoe/checkpoint/safetensors.h"
 #include "premoe/model/repack.h"
+#include "tests/testutil/load_expert.h"
 #include "tests/testutil/testutil.h"
 
 namespace premoe::model {
@@ -97,7 +98,7 @@ std::unique_ptr<Engine> OpenEngine(const std::string& c, EngineOptions options =
 }
 
 at::Tensor AllLogits(const Engine& engine, const std::vector<int64_t>& prompt,
-                     RouterTap* tap = nullptr, const KeptExperts* mask = nullptr) {
+                     GateTap* tap = nullptr, const KeptExperts* mask = nullptr) {
   ForwardOptions fo;
   fo.all_logits = true;
   fo.tap = tap;
@@ -108,12 +109,12 @@ at::Tensor AllLogits(const Engine& engine, const std::vector<int64_t>& prompt,
 }
 
 // Records every tap event (copied).
-class RecordingTap : public RouterTap {
+class RecordingTap : public GateTap {
  public:
   explicit RecordingTap(bool norms = false) : norms_(norms) {}
   bool WantsExpertNorms() const override { return norms_; }
-  void OnRouter(const RouterTapEvent& e) override {
-    RouterTapEvent copy;
+  void OnGate(const GateEvent& e) override {
+    GateEvent copy;
     copy.layer = e.layer;
     copy.sequence = e.sequence.clone();
     copy.position = e.position.clone();
@@ -123,7 +124,7 @@ class RecordingTap : public RouterTap {
     if (e.expert_norms.defined()) copy.expert_norms = e.expert_norms.clone();
     events.push_back(copy);
   }
-  std::vector<RouterTapEvent> events;
+  std::vector<GateEvent> events;
 
  private:
   bool norms_;
@@ -153,7 +154,7 @@ TEST_P(EngineParityTest, Fp32LogitsAndRouterMatchTransformers) {
     EXPECT_GT(ref.Get(absl::StrCat("logits_", p)).abs().max().item<double>(), 0.5)
         << "reference logits too small to make the comparison meaningful";
     ASSERT_EQ(static_cast<int64_t>(tap.events.size()), engine->config().NumMoeLayers());
-    for (const RouterTapEvent& e : tap.events) {
+    for (const GateEvent& e : tap.events) {
       SCOPED_TRACE(absl::StrCat("layer ", e.layer));
       const std::string suffix = absl::StrCat(p, "_", e.layer);
       ASSERT_TRUE(ref.Has("router_" + suffix));
@@ -238,7 +239,7 @@ TEST_P(EngineParityTest, BatchEqualsRequestsOneByOne) {
   }
   EXPECT_EQ(batch_cache->length(1), prompts[1].size() + 2);
   // The tap sees only real tokens, tagged with their sequence and position.
-  const RouterTapEvent& e = batch_tap.events.front();
+  const GateEvent& e = batch_tap.events.front();
   EXPECT_EQ(e.sequence.size(0), static_cast<int64_t>(5 + 11 + 1));
   EXPECT_EQ(e.position[5].item<int64_t>(), 0);
   EXPECT_EQ(e.sequence[5].item<int64_t>(), 1);
@@ -293,7 +294,7 @@ TEST_P(EngineParityTest, StreamedEqualsResidentBitForBit) {
       EXPECT_TRUE(at::equal(want, got));
       ASSERT_EQ(want_tap.events.size(), got_tap.events.size());
       for (size_t i = 0; i < want_tap.events.size(); ++i) {
-        const RouterTapEvent &w = want_tap.events[i], &g = got_tap.events[i];
+        const GateEvent &w = want_tap.events[i], &g = got_tap.events[i];
         EXPECT_EQ(w.layer, g.layer);
         EXPECT_TRUE(at::equal(w.gate_logits, g.gate_logits)) << "layer " << w.layer;
         EXPECT_TRUE(at::equal(w.selected_experts, g.selected_experts)) << "layer " << w.layer;
@@ -373,7 +374,7 @@ TEST_P(EngineParityTest, ProbeRoutesTheFirstMoeLayersLikeTheWholeModel) {
       EXPECT_FALSE(none.defined());
       ASSERT_EQ(got.events.size(), static_cast<size_t>(p));
       for (int64_t i = 0; i < p; ++i) {
-        const RouterTapEvent* w = nullptr;
+        const GateEvent* w = nullptr;
         for (const auto& ev : want.events) {
           if (ev.layer == moe[i]) w = &ev;
         }
@@ -429,7 +430,8 @@ TEST_P(EngineParityTest, ExpertsOnDemandEqualResidentUnderMasks) {
     even.Set(l, evens);
     odd.Set(l, odds);
     for (int64_t e = 0; e < c.num_routed_experts; ++e) {
-      ASSERT_OK_AND_ASSIGN(std::shared_ptr<const ExpertWeights> x, on_demand->LoadExpert(l, e));
+      ASSERT_OK_AND_ASSIGN(std::shared_ptr<const ExpertWeights> x,
+                           premoe::testing::LoadExpert(*on_demand, l, e));
       EXPECT_EQ(x->gate_up.nbytes() + x->down.nbytes(),
                 static_cast<size_t>(on_demand->expert_bytes()));
       set.experts[std::pair{l, e}] = x;
@@ -472,12 +474,12 @@ TEST_P(EngineParityTest, ExpertsOnDemandEqualResidentUnderMasks) {
   EXPECT_OK(on_demand->Forward(prompts, nullptr, fo).status());  // only odd experts were removed
   EXPECT_THAT(on_demand->Generate({{prompts[0], &even}}, {}),
               StatusIs(absl::StatusCode::kFailedPrecondition, "on demand"));
-  EXPECT_THAT(resident->LoadExpert(first_moe, 0),
+  EXPECT_THAT(premoe::testing::LoadExpert(*resident, first_moe, 0),
               StatusIs(absl::StatusCode::kFailedPrecondition, "experts_on_demand"));
-  EXPECT_THAT(on_demand->LoadExpert(first_moe, c.num_routed_experts),
+  EXPECT_THAT(premoe::testing::LoadExpert(*on_demand, first_moe, c.num_routed_experts),
               StatusIs(absl::StatusCode::kInvalidArgument, "outside"));
   if (first_moe > 0) {
-    EXPECT_THAT(on_demand->LoadExpert(0, 0),
+    EXPECT_THAT(premoe::testing::LoadExpert(*on_demand, 0, 0),
                 StatusIs(absl::StatusCode::kInvalidArgument, "not a MoE layer"));
   }
 }
@@ -506,8 +508,8 @@ TEST_P(EngineParityTest, ExpertPackLoadsTheCheckpointsExperts) {
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
       if (!c.IsMoeLayer(static_cast<int>(l))) continue;
       for (int64_t e = 0; e < c.num_routed_experts; ++e) {
-        ASSERT_OK_AND_ASSIGN(auto want, from_checkpoint->LoadExpert(l, e));
-        ASSERT_OK_AND_ASSIGN(auto got, from_pack->LoadExpert(l, e));
+        ASSERT_OK_AND_ASSIGN(auto want, premoe::testing::LoadExpert(*from_checkpoint, l, e));
+        ASSERT_OK_AND_ASSIGN(auto got, premoe::testing::LoadExpert(*from_pack, l, e));
         EXPECT_TRUE(at::equal(want->gate_up, got->gate_up)) << l << "/" << e;
         EXPECT_TRUE(at::equal(want->down, got->down)) << l << "/" << e;
         // Into reused memory, as the worker's cache loads.
@@ -810,7 +812,7 @@ TEST(EngineMaskTest, MaskedRoutingEqualsSlicingTheGate) {
   keep.Set(3, {0, 2, 5, 7});
   RecordingTap tap;
   AllLogits(*engine, ref.Ids("prompt_2"), &tap, &keep);
-  for (const RouterTapEvent& e : tap.events) {
+  for (const GateEvent& e : tap.events) {
     const std::vector<int64_t>* kept = keep.Find(e.layer);
     if (kept == nullptr) continue;
     at::Tensor cols = at::tensor(*kept, at::TensorOptions().dtype(at::kLong));

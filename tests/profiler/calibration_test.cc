@@ -41,9 +41,9 @@ class CalibrationTest : public ::testing::Test {
 premoe::testing::TempDir* CalibrationTest::dir_ = nullptr;
 
 // Records each MoE layer's gate logits per sequence.
-class LogitTap : public model::RouterTap {
+class LogitTap : public model::GateTap {
  public:
-  void OnRouter(const model::RouterTapEvent& e) override {
+  void OnGate(const model::GateEvent& e) override {
     logits[e.layer].push_back(e.gate_logits.clone());
   }
   std::map<int64_t, std::vector<at::Tensor>> logits;

@@ -19,13 +19,13 @@ using ::testing::ElementsAre;
 // Two tokens, four experts, top-2 routing.
 //   token 0: s = [ 2.0, 1.0, 0.0, -1.0]   top-2 {0, 1}
 //   token 1: s = [-1.0, 0.5, 3.0,  0.0]   top-2 {2, 1}
-RouterBatch TwoTokens() {
-  RouterBatch b;
+GateBatch TwoTokens() {
+  GateBatch b;
   b.gate_logits = at::tensor(std::vector<float>{2, 1, 0, -1, -1, 0.5, 3, 0}).view({2, 4});
   return b;
 }
 
-std::vector<double> ScoresOf(const std::string& spec, const std::vector<RouterBatch>& tasks) {
+std::vector<double> ScoresOf(const std::string& spec, const std::vector<GateBatch>& tasks) {
   auto options = MetricOptions::Parse(spec);
   EXPECT_TRUE(options.ok()) << options.status();
   if (!options.ok()) return {};
@@ -80,7 +80,7 @@ TEST(ScoresTest, PeuThresholdIsTheMeanTopProbabilityOfTheTask) {
                           DoubleNear((1.0 + std::max(0.5, Sigmoid(0.5))) / 2, kTol),
                           DoubleNear(3.0 / 2, kTol), DoubleNear(0.0, kTol)));
   // Negative logits of selected experts count positively under max(s, sigmoid(s)).
-  RouterBatch neg;
+  GateBatch neg;
   neg.gate_logits = at::tensor(std::vector<float>{-1, -2, -3, -4}).view({1, 4});
   EXPECT_THAT(ScoresOf("peu:r=0", {neg}),
               ElementsAre(DoubleNear(Sigmoid(-1), kTol), DoubleNear(Sigmoid(-2), kTol),
@@ -90,7 +90,7 @@ TEST(ScoresTest, PeuThresholdIsTheMeanTopProbabilityOfTheTask) {
 TEST(ScoresTest, GeneralistPoolsTokensWithAThresholdPerTask) {
   // Task A: token 1 only (r = its own top probability, so it passes).
   // Task B: token 0 only (likewise). Pooled: mean over both tokens.
-  RouterBatch a, b;
+  GateBatch a, b;
   a.gate_logits = TwoTokens().gate_logits.narrow(0, 1, 1).clone();
   b.gate_logits = TwoTokens().gate_logits.narrow(0, 0, 1).clone();
   const double f2 = 2.0, f3 = 3.0;  // max(s, sigmoid(s)) of the top experts
@@ -102,7 +102,7 @@ TEST(ScoresTest, GeneralistPoolsTokensWithAThresholdPerTask) {
 }
 
 TEST(ScoresTest, ReapAndManAverageOverRoutedTokens) {
-  RouterBatch b = TwoTokens();
+  GateBatch b = TwoTokens();
   b.selected_experts = at::tensor(std::vector<int64_t>{0, 1, 2, 1}).view({2, 2});
   b.routing_weights = at::tensor(std::vector<float>{0.7f, 0.3f, 0.9f, 0.1f}).view({2, 2});
   b.expert_norms = at::tensor(std::vector<float>{2.0f, 4.0f, 1.0f, 6.0f}).view({2, 2});
@@ -188,10 +188,10 @@ TEST(ScoreAccumulatorTest, RefusesBadInput) {
   ASSERT_OK_AND_ASSIGN(ScoreAccumulator acc,
                        ScoreAccumulator::Create(*MetricOptions::Parse("peu"), {1, 3}, 4, 2));
   EXPECT_THAT(acc.Add(2, TwoTokens()), StatusIs(absl::StatusCode::kInvalidArgument, "not a MoE"));
-  RouterBatch wrong;
+  GateBatch wrong;
   wrong.gate_logits = at::zeros({2, 5});
   EXPECT_THAT(acc.Add(1, wrong), StatusIs(absl::StatusCode::kInvalidArgument, "[T, 4]"));
-  RouterBatch inf = TwoTokens();
+  GateBatch inf = TwoTokens();
   inf.gate_logits[0][3] = -INFINITY;
   EXPECT_THAT(acc.Add(1, inf), StatusIs(absl::StatusCode::kInvalidArgument, "reduced model"));
   ASSERT_OK(acc.Add(1, TwoTokens()));

@@ -44,6 +44,7 @@ TEST(ServerTest, ListensOnAFreePortRefusesABusyOneAndShutsDownOnce) {
     absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
         MakeChannel("test", server->address(), 1 << 20);
     EXPECT_TRUE(channel.ok()) << channel.status();
+    if (!channel.ok()) return false;
     return (*channel)->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(5));
   };
   EXPECT_TRUE(connects(std::chrono::seconds(30)));

@@ -16,6 +16,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "grpcpp/grpcpp.h"
+#include "premoe/common/status.h"
 #include "premoe/model/engine.h"
 #include "premoe/model/fingerprint.h"
 #include "premoe/profiler/calibration.h"
@@ -46,9 +47,15 @@ std::string ModelDir() { return premoe::testing::SourceDir() + "/testbed/model";
 
 std::string Prompt(const std::string& task, testbed::Split split, int64_t i) {
   auto t = testbed::FindTask(task);
-  EXPECT_TRUE(t.ok());
+  if (!t.ok()) {
+    ADD_FAILURE() << t.status();
+    return "";
+  }
   auto s = (*t)->Get(split, i);
-  EXPECT_TRUE(s.ok());
+  if (!s.ok()) {
+    ADD_FAILURE() << s.status();
+    return "";
+  }
   return s->prompt;
 }
 
@@ -101,20 +108,24 @@ class RouterTest : public ::testing::Test {
   // pattern at `budget` (greedy).
   static std::string Reference(const std::string& task, const std::string& budget,
                                const std::string& prompt, int64_t max_new_tokens) {
-    auto scores = profiler::PatternScores(patterns_->at(task));
-    EXPECT_TRUE(scores.ok()) << scores.status();
-    auto sel = profiler::Select(*scores, *profiler::Budget::Parse(budget),
-                                reference_->expert_bytes(), reference_->top_k());
-    EXPECT_TRUE(sel.ok());
-    auto ids = tokenizer_->Encode(prompt, true);
-    model::GenerationOptions go;
-    go.max_new_tokens = max_new_tokens;
-    auto out =
-        reference_->Generate({{std::vector<int64_t>(ids->begin(), ids->end()), &sel->keep}}, go);
-    EXPECT_TRUE(out.ok()) << out.status();
-    std::vector<int32_t> tokens(out->at(0).tokens.begin(), out->at(0).tokens.end());
-    auto text = tokenizer_->Decode(tokens, /*skip_special_tokens=*/true);
-    EXPECT_TRUE(text.ok());
+    auto text = [&]() -> absl::StatusOr<std::string> {
+      ASSIGN_OR_RETURN(auto scores, profiler::PatternScores(patterns_->at(task)));
+      ASSIGN_OR_RETURN(auto parsed, profiler::Budget::Parse(budget));
+      ASSIGN_OR_RETURN(auto sel, profiler::Select(scores, parsed, reference_->expert_bytes(),
+                                                  reference_->top_k()));
+      ASSIGN_OR_RETURN(auto ids, tokenizer_->Encode(prompt, true));
+      model::GenerationOptions go;
+      go.max_new_tokens = max_new_tokens;
+      ASSIGN_OR_RETURN(
+          auto out,
+          reference_->Generate({{std::vector<int64_t>(ids.begin(), ids.end()), &sel.keep}}, go));
+      std::vector<int32_t> tokens(out.at(0).tokens.begin(), out.at(0).tokens.end());
+      return tokenizer_->Decode(tokens, /*skip_special_tokens=*/true);
+    }();
+    if (!text.ok()) {
+      ADD_FAILURE() << "reference for " << task << ": " << text.status();
+      return "";
+    }
     return *text;
   }
 
@@ -132,9 +143,15 @@ class RouterTest : public ::testing::Test {
       o.dtype = "fp32";
       o.cache_bytes = cache_bytes;
       auto wk = worker::Worker::Open(o);
-      EXPECT_TRUE(wk.ok()) << wk.status();
+      if (!wk.ok()) {
+        ADD_FAILURE() << wk.status();
+        return w;
+      }
       auto server = worker::WorkerServer::Start({}, wk->get(), tokenizer_);
-      EXPECT_TRUE(server.ok()) << server.status();
+      if (!server.ok()) {
+        ADD_FAILURE() << server.status();
+        return w;
+      }
       w.addresses.push_back((*server)->address());
       w.workers.push_back(std::move(*wk));
       w.servers.push_back(std::move(*server));
@@ -254,7 +271,10 @@ TEST_F(RouterTest, ReplicaFollowsARemoteStore) {
   auto tasks = [&] {
     std::vector<std::string> out;
     auto page = replica->store()->List({});
-    EXPECT_TRUE(page.ok());
+    if (!page.ok()) {
+      ADD_FAILURE() << page.status();
+      return out;
+    }
     for (const auto& s : page->patterns) out.push_back(s.task_name);
     std::sort(out.begin(), out.end());
     return out;

@@ -60,6 +60,7 @@ class ArchiveTest : public ::testing::Test {
   std::string Write(const std::vector<Pattern>& patterns) {
     auto writer = PatternArchiveWriter::Create(path_);
     EXPECT_TRUE(writer.ok()) << writer.status();
+    if (!writer.ok()) return "";
     for (const Pattern& p : patterns) EXPECT_OK((*writer)->Add(p));
     EXPECT_OK((*writer)->Commit());
     return ReadFileOrDie(path_);

@@ -11,6 +11,7 @@
 #include <set>
 #include <thread>
 
+#include "absl/synchronization/mutex.h"
 #include "premoe/common/status.h"
 #include "premoe/store/embedded_store.h"
 #include "premoe/store/grpc_client.h"
@@ -42,6 +43,8 @@ class EmbeddedFlat {
   absl::Status Reopen() { return Open(options_); }
   PatternStore& store() { return *embedded_; }
   EmbeddedPatternStore& embedded() { return *embedded_; }
+  // Waits until every watch stream has been re-opened once (gRPC only).
+  bool AwaitWatchReopen() { return true; }
 
  protected:
   EmbeddedPatternStore::Options options_;
@@ -67,15 +70,33 @@ class Grpc {
     client_options.address = server_->address();
     client_options.rpc_timeout = std::chrono::seconds(10);
     // Short, so the tests also cover the transparent re-open of streams.
-    client_options.watch_timeout = std::chrono::milliseconds(700);
+    client_options.watch_timeout = std::chrono::milliseconds(300);
+    client_options.on_watch_stream = [this](std::uint64_t) {
+      absl::MutexLock lock(&mu_);
+      ++streams_opened_;
+    };
     ASSIGN_OR_RETURN(client_, GrpcPatternStoreClient::Open(client_options));
     return absl::OkStatus();
   }
   absl::Status Reopen() { return Open(options_); }
   PatternStore& store() { return *client_; }
   EmbeddedPatternStore& embedded() { return *embedded_; }
+  // Waits (up to 10 s) for the next stream to open: with one watch
+  // running, until its stream was re-opened.
+  bool AwaitWatchReopen() {
+    absl::MutexLock lock(&mu_);
+    want_opened_ = streams_opened_ + 1;
+    return mu_.AwaitWithTimeout(absl::Condition(this, &Grpc::Reopened), absl::Seconds(10));
+  }
 
  private:
+  bool Reopened() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return streams_opened_ >= want_opened_;
+  }
+
+  absl::Mutex mu_;
+  int streams_opened_ ABSL_GUARDED_BY(mu_) = 0;
+  int want_opened_ ABSL_GUARDED_BY(mu_) = 0;
   EmbeddedPatternStore::Options options_;
   std::unique_ptr<EmbeddedPatternStore> embedded_;
   std::unique_ptr<PatternStoreServer> server_;
@@ -322,6 +343,40 @@ TYPED_TEST(PatternStoreTest, SearchOfAnEmptyStoreFindsNothing) {
   EXPECT_TRUE(m.empty());
 }
 
+// Searches while other patterns are replaced and deleted: each sees a whole
+// index (the unchanging pattern first, exactly), never a change half applied.
+TYPED_TEST(PatternStoreTest, SearchesDuringWritesSeeAWholeIndex) {
+  const std::vector<float> fixed = {1, 0, 0, 0, 0, 0, 0, 0};
+  this->MustPut(PatternWithEmbeddings("fixed", {fixed}));
+  std::atomic<bool> stop{false};
+  std::atomic<int> writes{0};
+  std::thread writer([&] {
+    for (int i = 0; !stop.load(); ++i) {
+      const std::uint64_t id = this->MustPut(MakePattern("other" + std::to_string(i % 5), i, 8, 4));
+      if (i % 3 == 2) EXPECT_OK(this->store().Delete(id).status());
+      writes.fetch_add(1);
+    }
+  });
+  int searches = 0, wrong = 0;
+  for (; searches < 200 || writes.load() < 30; ++searches) {
+    absl::StatusOr<std::vector<SearchMatch>> m = this->store().Search(fixed, {.k = 3});
+    if (!m.ok() || m->empty() || (*m)[0].task_name != "fixed" ||
+        std::abs((*m)[0].similarity - 1.0f) > 1e-6f) {
+      ++wrong;
+      ADD_FAILURE() << "search " << searches << ": "
+                    << (m.ok() ? (m->empty() ? "nothing" : (*m)[0].task_name)
+                               : m.status().ToString());
+      if (wrong > 5) break;
+    }
+    if (searches > 100'000) break;
+  }
+  stop.store(true);
+  writer.join();
+  EXPECT_EQ(wrong, 0);
+  EXPECT_GE(writes.load(), 30);
+  EXPECT_OK(this->backend_.embedded().Verify());
+}
+
 TYPED_TEST(PatternStoreTest, SearchRejectsBadQueries) {
   PutSearchFixture(this);
   const std::vector<float> three = {1, 0, 0};
@@ -440,14 +495,17 @@ TYPED_TEST(PatternStoreTest, WatchDeliversLiveChangesExactlyOnceInOrder) {
     });
   }
   for (auto& w : writers) w.join();
-  // Longer than the gRPC client's stream deadline: re-opening loses nothing.
-  std::this_thread::sleep_for(std::chrono::milliseconds(900));
+  // Past the gRPC client's stream deadline: re-opening loses nothing.
+  ASSERT_TRUE(this->backend_.AwaitWatchReopen());
   this->MustPut(MakePattern("last", 0));
+  // Events arrive in order, so a repeated or extra one would come before
+  // the sentinel.
+  this->MustPut(MakePattern("sentinel", 0));
   const std::size_t total = kThreads * kPerThread + 1;
-  std::vector<ChangeEvent> events = collector.Wait(total);
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // nothing extra arrives
-  events = collector.events();
-  ASSERT_EQ(events.size(), total);
+  std::vector<ChangeEvent> events = collector.Wait(total + 1);
+  ASSERT_EQ(events.size(), total + 1);
+  EXPECT_EQ(events.back().task_name, "sentinel");
+  events.pop_back();
   for (std::size_t i = 0; i < events.size(); ++i) EXPECT_EQ(events[i].version, i + 1);
   EXPECT_EQ(events.back().task_name, "last");
 }

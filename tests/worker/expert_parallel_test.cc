@@ -8,6 +8,7 @@
 
 #include "premoe/testbed/tasks.h"
 #include "premoe/tokenizer/tokenizer.h"
+#include "tests/testutil/load_expert.h"
 #include "tests/testutil/testutil.h"
 
 namespace premoe::worker {
@@ -90,7 +91,7 @@ TEST(ExpertParallelTest, RanksHoldingHalfTheExpertsEachMatchTheWholeModel) {
     for (const auto& [layer, experts] : all.layers) {
       for (int64_t e : experts) {
         if (!group.Owns(e)) continue;
-        auto w = on_demand->LoadExpert(layer, e);
+        auto w = premoe::testing::LoadExpert(*on_demand, layer, e);
         ASSERT_TRUE(w.ok()) << w.status();
         mine.experts[{layer, e}] = *w;
       }

@@ -336,11 +336,11 @@ absl::Status Regex::FindAll(absl::string_view text, std::vector<Match>* out) con
   return status;
 }
 
-absl::StatusOr<Pattern> Pattern::FromJson(const json& j, absl::string_view where) {
+absl::StatusOr<TextPattern> TextPattern::FromJson(const json& j, absl::string_view where) {
   if (!j.is_object() || j.size() != 1) {
     return Invalid(where, "pattern must be {\"String\": ...} or {\"Regex\": ...}");
   }
-  Pattern p;
+  TextPattern p;
   if (auto it = j.find("String"); it != j.end() && it->is_string()) {
     p.literal_ = it->get<std::string>();
     return p;
@@ -352,7 +352,7 @@ absl::StatusOr<Pattern> Pattern::FromJson(const json& j, absl::string_view where
   return Invalid(where, "pattern must be {\"String\": ...} or {\"Regex\": ...}");
 }
 
-absl::Status Pattern::FindAll(absl::string_view text, std::vector<Match>* out) const {
+absl::Status TextPattern::FindAll(absl::string_view text, std::vector<Match>* out) const {
   if (regex_ != nullptr) return regex_->FindAll(text, out);
   if (literal_.empty()) return absl::OkStatus();
   size_t pos = 0;
@@ -437,7 +437,7 @@ class PrependNormalizer : public Normalizer {
 
 class ReplaceNormalizer : public Normalizer {
  public:
-  ReplaceNormalizer(Pattern pattern, std::string content)
+  ReplaceNormalizer(TextPattern pattern, std::string content)
       : pattern_(std::move(pattern)), content_(std::move(content)) {}
   absl::Status Normalize(std::string* text) const override {
     if (pattern_.is_string()) {
@@ -459,7 +459,7 @@ class ReplaceNormalizer : public Normalizer {
   }
 
  private:
-  Pattern pattern_;
+  TextPattern pattern_;
   std::string content_;
 };
 
@@ -520,7 +520,7 @@ absl::StatusOr<std::unique_ptr<Normalizer>> MakeNormalizer(const json& j) {
   }
   if (type == "Replace") {
     if (!j.contains("pattern")) return Invalid(where, "missing field \"pattern\"");
-    ASSIGN_OR_RETURN(Pattern pattern, Pattern::FromJson(j["pattern"], where));
+    ASSIGN_OR_RETURN(TextPattern pattern, TextPattern::FromJson(j["pattern"], where));
     ASSIGN_OR_RETURN(std::string content, GetString(j, "content", where));
     return std::make_unique<ReplaceNormalizer>(std::move(pattern), std::move(content));
   }
@@ -643,7 +643,7 @@ class SequencePreTokenizer : public PreTokenizer {
 
 class SplitPreTokenizer : public PreTokenizer {
  public:
-  SplitPreTokenizer(Pattern pattern, Behavior behavior, bool invert)
+  SplitPreTokenizer(TextPattern pattern, Behavior behavior, bool invert)
       : pattern_(std::move(pattern)), behavior_(behavior), invert_(invert) {}
   absl::Status Split(std::vector<Piece>* pieces) const override {
     std::vector<Piece> out;
@@ -659,7 +659,7 @@ class SplitPreTokenizer : public PreTokenizer {
   }
 
  private:
-  Pattern pattern_;
+  TextPattern pattern_;
   Behavior behavior_;
   bool invert_;
 };
@@ -748,7 +748,7 @@ class MetaspacePreTokenizer : public PreTokenizer {
  public:
   MetaspacePreTokenizer(std::string replacement, PrependScheme scheme, bool split)
       : replacement_(std::move(replacement)), scheme_(scheme), split_(split) {
-    split_pattern_ = *Pattern::FromJson(json{{"String", replacement_}}, "");
+    split_pattern_ = *TextPattern::FromJson(json{{"String", replacement_}}, "");
   }
   absl::Status Split(std::vector<Piece>* pieces) const override {
     std::vector<Piece> out;
@@ -776,7 +776,7 @@ class MetaspacePreTokenizer : public PreTokenizer {
   std::string replacement_;
   PrependScheme scheme_;
   bool split_;
-  Pattern split_pattern_;
+  TextPattern split_pattern_;
 };
 
 }  // namespace
@@ -796,7 +796,7 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> MakePreTokenizer(const json& j) {
   }
   if (type == "Split") {
     if (!j.contains("pattern")) return Invalid(where, "missing field \"pattern\"");
-    ASSIGN_OR_RETURN(Pattern pattern, Pattern::FromJson(j["pattern"], where));
+    ASSIGN_OR_RETURN(TextPattern pattern, TextPattern::FromJson(j["pattern"], where));
     ASSIGN_OR_RETURN(std::string behavior_name, GetString(j, "behavior", where));
     ASSIGN_OR_RETURN(Behavior behavior, ParseBehavior(behavior_name, where));
     ASSIGN_OR_RETURN(bool invert, GetBool(j, "invert", where, false));
@@ -1189,7 +1189,7 @@ class ByteLevelDecoder : public Decoder {
 
 class ReplaceDecoder : public Decoder {
  public:
-  ReplaceDecoder(Pattern pattern, std::string content)
+  ReplaceDecoder(TextPattern pattern, std::string content)
       : pattern_(std::move(pattern)), content_(std::move(content)) {}
   absl::Status DecodeChain(std::vector<std::string>* tokens) const override {
     std::vector<Match> found;
@@ -1214,7 +1214,7 @@ class ReplaceDecoder : public Decoder {
   }
 
  private:
-  Pattern pattern_;
+  TextPattern pattern_;
   std::string content_;
 };
 
@@ -1353,7 +1353,7 @@ absl::StatusOr<std::unique_ptr<Decoder>> MakeDecoder(const json& j) {
   if (type == "Fuse") return std::make_unique<FuseDecoder>();
   if (type == "Replace") {
     if (!j.contains("pattern")) return Invalid(where, "missing field \"pattern\"");
-    ASSIGN_OR_RETURN(Pattern pattern, Pattern::FromJson(j["pattern"], where));
+    ASSIGN_OR_RETURN(TextPattern pattern, TextPattern::FromJson(j["pattern"], where));
     ASSIGN_OR_RETURN(std::string content, GetString(j, "content", where));
     return std::make_unique<ReplaceDecoder>(std::move(pattern), std::move(content));
   }

@@ -60,9 +60,9 @@ class Regex {
 };
 
 // A `pattern` field: {"String": s} or {"Regex": r}.
-class Pattern {
+class TextPattern {
  public:
-  static absl::StatusOr<Pattern> FromJson(const json& j, absl::string_view where);
+  static absl::StatusOr<TextPattern> FromJson(const json& j, absl::string_view where);
   absl::Status FindAll(absl::string_view text, std::vector<Match>* out) const;
   bool is_string() const { return regex_ == nullptr; }
   const std::string& literal() const { return literal_; }

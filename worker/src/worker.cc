@@ -64,7 +64,7 @@ struct Item {
   std::shared_ptr<const model::KeptExperts> mask;
   // One per rank: the rank's share of the mask's experts, pinned.
   std::vector<std::unique_ptr<Lease>> leases;
-  std::optional<model::SequenceDecoder> decoder;
+  std::optional<model::SequenceSampler> sampler;
   bool prefilled = false;
   Clock::time_point start;
   std::optional<double> time_to_first_token;
@@ -80,7 +80,7 @@ struct Item {
       return;
     }
     WorkResult out;
-    out.generation = decoder->result();
+    out.generation = sampler->result();
     out.task = request.task;
     out.time_to_first_token =
         time_to_first_token.value_or(std::chrono::duration<double>(Clock::now() - start).count());
@@ -435,7 +435,7 @@ absl::Status Worker::Submit(WorkRequest request, DoneCallback on_done) {
     }
     ++impl_->admitting;
   }
-  item->decoder.emplace(request.options, request.options.seed, impl_->eos);
+  item->sampler.emplace(request.options, request.options.seed, impl_->eos);
   item->request = std::move(request);
   // Experts all resident: pinned here, without waiting. Otherwise a loader
   // thread makes them resident, so the caller (a gRPC reactor) never waits.
@@ -581,7 +581,7 @@ void Worker::Impl::Step(std::vector<std::shared_ptr<Item>>& slots,
     const auto& item = slots[s];
     if (item == nullptr) continue;
     tokens[s] =
-        item->prefilled ? std::vector<int64_t>{item->decoder->next_input()} : item->request.prompt;
+        item->prefilled ? std::vector<int64_t>{item->sampler->next_input()} : item->request.prompt;
     fo.masks[s] = item->mask.get();
   }
   auto end = [&](size_t s, absl::Status status) {
@@ -643,7 +643,7 @@ void Worker::Impl::Step(std::vector<std::shared_ptr<Item>>& slots,
     bool cancelled = false;
     std::vector<int64_t> final_tokens;
     try {
-      final_tokens = item->decoder->Step(rows[static_cast<int64_t>(s)]);
+      final_tokens = item->sampler->Step(rows[static_cast<int64_t>(s)]);
     } catch (const std::exception& e) {
       // Sampling failed for this sequence alone; the others go on.
       end(s, LibtorchError("sampling the next token", e));
@@ -659,14 +659,14 @@ void Worker::Impl::Step(std::vector<std::shared_ptr<Item>>& slots,
       }
     }
     const auto& stop = item->request.options.stop_requested;
-    if (!cancelled && !item->decoder->finished() && stop && stop(0)) {
-      for (int64_t t : item->decoder->Stop(model::GenerationResult::FinishReason::kStopSequence)) {
+    if (!cancelled && !item->sampler->finished() && stop && stop(0)) {
+      for (int64_t t : item->sampler->Stop(model::GenerationResult::FinishReason::kStopSequence)) {
         if (item->request.on_token && !item->request.on_token(t)) cancelled = true;
       }
     }
     if (cancelled) {
       end(s, absl::CancelledError("the request was cancelled"));
-    } else if (item->decoder->finished()) {
+    } else if (item->sampler->finished()) {
       end(s, absl::OkStatus());
     } else if (item->Expired(now)) {
       end(s, absl::DeadlineExceededError("the deadline passed while generating"));

@@ -1,7 +1,7 @@
 // Per-request decoding: sampling the next token from logits, stopping at eos,
 // stop sequences or max_new_tokens, and holding back tokens that could start
 // a stop sequence until they are known to be final. Engine::Generate and the
-// worker's continuous-batching scheduler both drive one SequenceDecoder per
+// worker's continuous-batching scheduler both drive one SequenceSampler per
 // request, so a request decodes the same tokens alone, in a static batch, or
 // joined mid-flight.
 //
@@ -18,13 +18,13 @@
 
 namespace premoe::model {
 
-class SequenceDecoder {
+class SequenceSampler {
  public:
   // `options` must pass Validate() (its stop_requested is not used here: the
   // caller asks and calls Stop). `seed` seeds this request's sampler
   // (Generate uses options.seed + request index). `eos` ends the request
   // when options.stop_at_eos.
-  SequenceDecoder(const GenerationOptions& options, uint64_t seed, std::vector<int64_t> eos);
+  SequenceSampler(const GenerationOptions& options, uint64_t seed, std::vector<int64_t> eos);
 
   // Samples the next token from `logits` [V] fp32 (any device) and applies
   // the stop rules. Returns the tokens that became final and may be streamed

@@ -1,6 +1,6 @@
 // The MoE inference engine: runs a Hugging Face-format checkpoint of one of
 // the architectures in config.h with libtorch (plain ATen ops on the weight
-// tensors), with a KV cache, batched prefill/decode, router taps, per-request
+// tensors), with a KV cache, batched prefill/decode, gate taps, per-request
 // expert masks and reduced models.
 //
 // Numerics follow transformers 5.24's modeling code for each model_type:
@@ -86,7 +86,7 @@ struct KeptExperts {
 };
 
 // One routed expert's weights, in the engine's compute dtype on its device,
-// as Engine::LoadExpert makes them for an on-demand engine
+// as Engine::LoadExpertInto fills them for an on-demand engine
 // (EngineOptions::experts_on_demand). Immutable once made; shared between
 // whoever holds it (a cache, the ExpertSets of forwards in flight).
 struct ExpertWeights {
@@ -113,7 +113,7 @@ struct ExpertSet {
 // (an all-reduce), so each rank holds the layer's whole output. Shared
 // experts are added after the sum, once. Implemented over c10d by
 // premoe::worker (Gloo on CPU, NCCL on GPUs); the engine sees only this.
-// A router tap's expert_norms read 0 for experts other ranks compute. Not
+// A gate tap's expert_norms read 0 for experts other ranks compute. Not
 // thread-safe: one forward at a time per object, and every rank must make the
 // same calls in the same order.
 class ExpertParallel {
@@ -128,12 +128,12 @@ class ExpertParallel {
   virtual absl::Status AllReduceSum(at::Tensor& partial) = 0;
 };
 
-// What a router tap sees for one MoE layer of one forward pass. The tensors
-// are valid during the callback only (copy what you keep); they live on the
-// engine's device. T is the number of tokens of the forward pass (packed:
-// every sequence's new tokens, in sequence order), N = num_routed_experts,
-// K = the engine's top-k.
-struct RouterTapEvent {
+// What a gate tap sees for one MoE layer (the MoE gate, often called the
+// "router" in model code; premoe::router is the service that matches queries) of one forward pass.
+// The tensors are valid during the callback only (copy what you keep); they live on the engine's
+// device. T is the number of tokens of the forward pass (packed: every sequence's new tokens, in
+// sequence order), N = num_routed_experts, K = the engine's top-k.
+struct GateEvent {
   // Decoder layer index.
   int64_t layer = 0;
   // [T] int64: for each token, its sequence's index in the batch.
@@ -149,20 +149,20 @@ struct RouterTapEvent {
   // (after normalisation and routed_scaling_factor).
   at::Tensor routing_weights;
   // [T, K] fp32: L2 norm of each selected expert's output (before the routing
-  // weight); undefined unless RouterTap::WantsExpertNorms().
+  // weight); undefined unless GateTap::WantsExpertNorms().
   at::Tensor expert_norms;
 };
 
-// Receives router activity. Called on the thread running Forward/Generate,
+// Receives gate activity. Called on the thread running Forward/Generate,
 // once per MoE layer per forward pass, in layer order. When no tap is set the
 // engine computes nothing for taps.
-class RouterTap {
+class GateTap {
  public:
-  virtual ~RouterTap() = default;
-  // Whether to compute RouterTapEvent::expert_norms (costs one norm per
+  virtual ~GateTap() = default;
+  // Whether to compute GateEvent::expert_norms (costs one norm per
   // selected expert output). Default: false.
   virtual bool WantsExpertNorms() const { return false; }
-  virtual void OnRouter(const RouterTapEvent& event) = 0;
+  virtual void OnGate(const GateEvent& event) = 0;
 };
 
 struct EngineOptions {
@@ -202,7 +202,7 @@ struct EngineOptions {
   // On-demand experts, for a worker that keeps only some experts resident
   // and changes which at run time: Open loads every weight but the routed
   // experts (routers whole; weight_bytes() counts what it holds), keeps the
-  // checkpoint mapped, and LoadExpert reads one expert when asked. Every
+  // checkpoint mapped, and LoadExpertInto reads one expert when asked. Every
   // Forward must carry ForwardOptions::experts and a mask for every sequence
   // with new tokens, each keeping only experts in that set (a layer a mask
   // leaves out keeps all its experts, so all must be in the set). Results
@@ -257,7 +257,7 @@ class KvCache {
 
 struct ForwardOptions {
   // Called per MoE layer; not owned; may be null. Default: null.
-  RouterTap* tap = nullptr;
+  GateTap* tap = nullptr;
   // Per sequence of the batch, its expert mask (not owned; null = no mask).
   // Empty, or one entry per sequence. Each must pass KeptExperts::Validate.
   std::vector<const KeptExperts*> masks;
@@ -360,20 +360,16 @@ class Engine {
   virtual int64_t expert_bytes() const = 0;
 
   // Reads routed expert `expert` of MoE layer `layer` from the checkpoint
-  // into the compute dtype on the engine's device, releasing the mapped pages
-  // it read. On-demand engines only (FAILED_PRECONDITION otherwise);
-  // INVALID_ARGUMENT for a layer that is not MoE or an expert out of range.
-  // Thread-safe, also against Forward.
-  virtual absl::StatusOr<std::shared_ptr<const ExpertWeights>> LoadExpert(int64_t layer,
-                                                                          int64_t expert) const = 0;
-  // As LoadExpert, into memory the caller owns and reuses (a cache's slots):
-  // `into.gate_up` [2I, H] and `into.down` [H, I], contiguous, of the
-  // compute dtype, on the engine's device. On CPU the bytes go straight from
-  // the file (pread) into them where no conversion is needed. On CUDA they
-  // are staged in pinned host memory and copied on a side stream, so the
-  // compute stream is not held up; the call returns once they have landed.
-  // INVALID_ARGUMENT for tensors of the wrong shape, dtype or device.
-  // Thread-safe, also against Forward.
+  // (or the expert pack) into memory the caller owns and reuses (a cache's
+  // slots), releasing the mapped pages it read: `into.gate_up` [2I, H] and
+  // `into.down` [H, I], contiguous, of the compute dtype, on the engine's
+  // device. On CPU the bytes go straight from the file (pread) into them
+  // where no conversion is needed. On CUDA they are staged in pinned host
+  // memory and copied on a side stream, so the compute stream is not held
+  // up; the call returns once they have landed.
+  // On-demand engines only (FAILED_PRECONDITION otherwise); INVALID_ARGUMENT
+  // for a layer that is not MoE, an expert out of range, or tensors of the
+  // wrong shape, dtype or device. Thread-safe, also against Forward.
   virtual absl::Status LoadExpertInto(int64_t layer, int64_t expert,
                                       const ExpertWeights& into) const = 0;
 
@@ -425,7 +421,7 @@ class Engine {
   // prompt + max_new_tokens over max_context(), bad options.
   virtual absl::StatusOr<std::vector<GenerationResult>> Generate(
       const std::vector<GenerationRequest>& requests, const GenerationOptions& options,
-      RouterTap* tap = nullptr,
+      GateTap* tap = nullptr,
       const std::function<void(int64_t, int64_t)>& on_token = nullptr) const = 0;
 };
 

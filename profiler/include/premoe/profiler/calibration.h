@@ -1,5 +1,5 @@
 // The calibration runner: runs a task's calibration samples through the
-// engine, feeds the router taps to a ScoreAccumulator, and computes the match
+// engine, feeds the gate taps to a ScoreAccumulator, and computes the match
 // embeddings of the samples' prompts (DESIGN.md §3).
 #pragma once
 

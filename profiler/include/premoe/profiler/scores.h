@@ -72,8 +72,8 @@ struct MetricOptions {
   absl::Status Validate() const;
 };
 
-// What one MoE layer's router did for T tokens (a RouterTapEvent's fields).
-struct RouterBatch {
+// What one MoE layer's router did for T tokens (a GateEvent's fields).
+struct GateBatch {
   // [T, N] fp32 raw gate logits. Required.
   at::Tensor gate_logits;
   // [T, Kr] int64 experts the model selected and [T, Kr] fp32 their routing
@@ -103,9 +103,9 @@ class ScoreAccumulator {
 
   // Adds T tokens of `layer`. INVALID_ARGUMENT for an unknown layer, wrong
   // shapes or dtypes, missing norms for reap/man, or non-finite logits.
-  absl::Status Add(int64_t layer, const RouterBatch& batch);
+  absl::Status Add(int64_t layer, const GateBatch& batch);
 
-  // Whether reap/man need RouterBatch::expert_norms (RouterTap::WantsExpertNorms).
+  // Whether reap/man need GateBatch::expert_norms (GateTap::WantsExpertNorms).
   bool NeedsExpertNorms() const;
 
   // Per MoE layer, the N scores. FAILED_PRECONDITION when a layer saw no

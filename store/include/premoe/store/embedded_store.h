@@ -17,7 +17,9 @@
 // range and doubles as the FAISS id (at most 2^20 embeddings per pattern).
 //
 // Thread-safe (see PatternStore). Writes are serialised; reads (Get, List,
-// Search) run concurrently with each other and with writes.
+// Search) run concurrently with each other and with writes. Search takes no
+// lock and never waits for a writer: the index is held twice (left-right),
+// so it costs twice the index memory, and each change is applied to both.
 #pragma once
 
 #include <cstdint>

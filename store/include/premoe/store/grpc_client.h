@@ -10,6 +10,8 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -32,6 +34,10 @@ class GrpcPatternStoreClient final : public PatternStore {
     // Largest message sent or received. Default 128 MiB (above the store's
     // default 64 MiB record limit).
     std::int32_t max_message_bytes = 128 << 20;
+    // Called on a watch's thread each time it opens its stream (first and
+    // every re-open), with the version it resumes after; for metrics and
+    // tests. Must not block or call back into the watch. Default: none.
+    std::function<void(std::uint64_t since_version)> on_watch_stream;
     absl::Status Validate() const;
   };
 

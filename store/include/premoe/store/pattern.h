@@ -38,7 +38,7 @@ struct MatchEmbedding {
   bool operator==(const MatchEmbedding&) const = default;
 };
 
-// A task's expert pattern (issue 6's record). Fields mirror premoe.v1.Pattern.
+// A task's expert pattern. Fields mirror premoe.v1.Pattern.
 struct Pattern {
   std::uint32_t schema_version = kPatternSchemaVersion;
   // Assigned by the store on Put; ignored on input (0 = not stored yet).

@@ -1,4 +1,4 @@
-// PatternStore: the one interface to the expert-pattern store (issue 4), with
+// PatternStore: the one interface to the expert-pattern store, with
 // two implementations that pass the same test suite:
 //   EmbeddedPatternStore   (embedded_store.h) RocksDB + FAISS in this process;
 //   GrpcPatternStoreClient (grpc_client.h)    a remote premoe.v1.PatternStore.

@@ -1,4 +1,4 @@
-#include "premoe/model/router_dump.h"
+#include "premoe/model/gate_dump.h"
 
 #include <ATen/ATen.h>
 
@@ -47,7 +47,7 @@ void AppendMatrix(std::string* out, const at::Tensor& m) {
 
 }  // namespace
 
-std::string RouterEventJson(const RouterTapEvent& ev, int64_t forward) {
+std::string GateEventJson(const GateEvent& ev, int64_t forward) {
   std::string line;
   absl::StrAppend(&line, "{\"forward\":", forward, ",\"layer\":", ev.layer, ",\"sequence\":");
   AppendMatrix<int64_t>(&line, ev.sequence);
@@ -63,7 +63,7 @@ std::string RouterEventJson(const RouterTapEvent& ev, int64_t forward) {
   return line;
 }
 
-void JsonlRouterDump::OnRouter(const RouterTapEvent& ev) {
+void JsonlGateDump::OnGate(const GateEvent& ev) {
   if (ev.layer <= last_layer_) ++forward_;
   last_layer_ = ev.layer;
   if (!status_.ok()) return;
@@ -71,7 +71,7 @@ void JsonlRouterDump::OnRouter(const RouterTapEvent& ev) {
   // A tap cannot return a Status, and no libtorch exception may leave the
   // library: keep the first failure for status().
   try {
-    line = RouterEventJson(ev, forward_);
+    line = GateEventJson(ev, forward_);
   } catch (const std::exception& e) {
     status_ = absl::InternalError(absl::StrCat("router dump, layer ", ev.layer, ": ", e.what()));
     return;

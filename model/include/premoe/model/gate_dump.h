@@ -25,20 +25,20 @@ namespace premoe::model {
 // One line of the dump (with its trailing '\n') for `event` of forward pass
 // `forward`. The tensors may be on any device; routing_weights of any
 // floating dtype. Throws what libtorch throws for malformed tensors
-// (RouterEventJsonl below catches it).
-std::string RouterEventJson(const RouterTapEvent& event, int64_t forward);
+// (GateEventJsonl below catches it).
+std::string GateEventJson(const GateEvent& event, int64_t forward);
 
-// A RouterTap that writes every event to a file as RouterEventJson lines,
+// A GateTap that writes every event to a file as GateEventJson lines,
 // counting forward passes from the layer order (a layer no later than the
 // previous one starts the next pass). Not thread-safe, as taps are called on
 // the one thread running Forward/Generate.
-class JsonlRouterDump final : public RouterTap {
+class JsonlGateDump final : public GateTap {
  public:
   // `file` is not owned and must outlive the dump; the caller closes it
   // (and checks that close, which may be where a write fails).
-  explicit JsonlRouterDump(std::FILE* file) : file_(file) {}
+  explicit JsonlGateDump(std::FILE* file) : file_(file) {}
 
-  void OnRouter(const RouterTapEvent& event) override;
+  void OnGate(const GateEvent& event) override;
 
   // OK, or the first failure: DATA_LOSS for a short write, INTERNAL for a
   // tensor libtorch refused. Events after a failure are not written.

@@ -1,5 +1,5 @@
 // The --dump-router-logits line format, on hand-made router events.
-#include "premoe/model/router_dump.h"
+#include "premoe/model/gate_dump.h"
 
 #include <ATen/ATen.h>
 
@@ -17,9 +17,9 @@ using ::premoe::testing::TempDir;
 
 // Two tokens of one sequence through layer `layer` of a 3-expert top-1 model
 // whose expert 2 is not loaded.
-RouterTapEvent Event(int64_t layer) {
+GateEvent Event(int64_t layer) {
   const float inf = std::numeric_limits<float>::infinity();
-  RouterTapEvent e;
+  GateEvent e;
   e.layer = layer;
   e.sequence = at::tensor({0, 0}, at::kLong);
   e.position = at::tensor({4, 5}, at::kLong);
@@ -30,42 +30,42 @@ RouterTapEvent Event(int64_t layer) {
   return e;
 }
 
-TEST(RouterDumpTest, OneLineHoldsTheEventWithNullForMissingExperts) {
-  EXPECT_EQ(RouterEventJson(Event(3), 7),
+TEST(GateDumpTest, OneLineHoldsTheEventWithNullForMissingExperts) {
+  EXPECT_EQ(GateEventJson(Event(3), 7),
             "{\"forward\":7,\"layer\":3,\"sequence\":[0,0],\"position\":[4,5],"
             "\"gate_logits\":[[1.5,-0.25,null],[0.1,3,null]],"
             "\"selected_experts\":[[0],[1]],\"routing_weights\":[[1],[0.5]]}\n");
 }
 
-TEST(RouterDumpTest, ForwardPassesAreCountedFromTheLayerOrder) {
+TEST(GateDumpTest, ForwardPassesAreCountedFromTheLayerOrder) {
   TempDir dir;
   const std::string path = dir.Join("dump.jsonl");
   std::FILE* f = std::fopen(path.c_str(), "wb");
   ASSERT_NE(f, nullptr);
-  JsonlRouterDump dump(f);
-  for (int64_t layer : {1, 3, 1, 3, 3}) dump.OnRouter(Event(layer));
+  JsonlGateDump dump(f);
+  for (int64_t layer : {1, 3, 1, 3, 3}) dump.OnGate(Event(layer));
   ASSERT_OK(dump.status());
   ASSERT_EQ(std::fclose(f), 0);
-  EXPECT_EQ(ReadFileOrDie(path), RouterEventJson(Event(1), 0) + RouterEventJson(Event(3), 0) +
-                                     RouterEventJson(Event(1), 1) + RouterEventJson(Event(3), 1) +
-                                     RouterEventJson(Event(3), 2));
+  EXPECT_EQ(ReadFileOrDie(path), GateEventJson(Event(1), 0) + GateEventJson(Event(3), 0) +
+                                     GateEventJson(Event(1), 1) + GateEventJson(Event(3), 1) +
+                                     GateEventJson(Event(3), 2));
 }
 
-TEST(RouterDumpTest, AFailedWriteIsDataLoss) {
+TEST(GateDumpTest, AFailedWriteIsDataLoss) {
   std::FILE* f = std::fopen("/dev/full", "wb");
   if (f == nullptr) GTEST_SKIP() << "no /dev/full";
   std::setvbuf(f, nullptr, _IONBF, 0);  // fail on the write, not at close
-  JsonlRouterDump dump(f);
-  dump.OnRouter(Event(0));
+  JsonlGateDump dump(f);
+  dump.OnGate(Event(0));
   EXPECT_THAT(dump.status(), premoe::testing::StatusIs(absl::StatusCode::kDataLoss, "layer 0"));
   std::fclose(f);
 }
 
-TEST(RouterDumpTest, ATensorLibtorchRefusesIsAnErrorNotAnException) {
-  JsonlRouterDump dump(stdout);
-  RouterTapEvent e = Event(0);
+TEST(GateDumpTest, ATensorLibtorchRefusesIsAnErrorNotAnException) {
+  JsonlGateDump dump(stdout);
+  GateEvent e = Event(0);
   e.sequence = at::Tensor();  // undefined
-  dump.OnRouter(e);
+  dump.OnGate(e);
   EXPECT_THAT(dump.status(), premoe::testing::StatusIs(absl::StatusCode::kInternal, "layer 0"));
 }
 
