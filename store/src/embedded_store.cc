@@ -1,8 +1,9 @@
-// EmbeddedPatternStore: RocksDB (truth) + FAISS (derived index).
+// EmbeddedPatternStore: RocksDB (truth) + a derived index (FlatIndex or
+// FAISS HNSW).
 //
 // Why the shape:
 // - One WriteBatch per change over all column families, so a crash leaves a
-//   change whole or absent. The FAISS index is derived state: Open rebuilds
+//   change whole or absent. The index is derived state: Open rebuilds
 //   it from RocksDB unless a snapshot provably reflects RocksDB's current
 //   version, so it cannot disagree with RocksDB after a crash. A snapshot
 //   claims a version only once RocksDB cannot lose it (synced), because

@@ -1,7 +1,6 @@
 #include "store/src/flat_index.h"
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <functional>
 #include <queue>
@@ -13,109 +12,60 @@
 namespace premoe::store {
 namespace {
 
-// IEEE binary16, round to nearest even. Inputs are components of unit
-// vectors (finite, |x| <= 1); the error bound uses the decoded value, so
-// the rounding mode only affects how tight the bound is.
-std::uint16_t FloatToHalf(float f) {
-  const auto x = std::bit_cast<std::uint32_t>(f);
-  const std::uint32_t sign = (x >> 16) & 0x8000u;
-  const std::int32_t exp = static_cast<std::int32_t>((x >> 23) & 0xffu) - 127 + 15;
-  std::uint32_t man = x & 0x7fffffu;
-  if (((x >> 23) & 0xffu) == 0xffu)
-    return static_cast<std::uint16_t>(sign | 0x7c00u | (man ? 0x200u : 0u));
-  if (exp >= 31) return static_cast<std::uint16_t>(sign | 0x7c00u);
-  if (exp <= 0) {  // subnormal half
-    if (exp < -10) return static_cast<std::uint16_t>(sign);
-    man |= 0x800000u;
-    const int shift = 14 - exp;
-    std::uint32_t h = man >> shift;
-    const std::uint32_t rem = man & ((1u << shift) - 1), half = 1u << (shift - 1);
-    if (rem > half || (rem == half && (h & 1u))) ++h;
-    return static_cast<std::uint16_t>(sign | h);
-  }
-  std::uint32_t h = (static_cast<std::uint32_t>(exp) << 10) | (man >> 13);
-  const std::uint32_t rem = man & 0x1fffu;
-  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;  // a carry into the exponent is right
-  return static_cast<std::uint16_t>(sign | h);
-}
-
-float HalfToFloat(std::uint16_t h) {
-  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
-  std::uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
-  std::uint32_t bits;
-  if (exp == 0) {
-    if (man == 0) {
-      bits = sign;
-    } else {  // subnormal: normalise
-      int e = -1;
-      do {
-        ++e;
-        man <<= 1;
-      } while ((man & 0x400u) == 0);
-      bits = sign | (static_cast<std::uint32_t>(127 - 15 - e) << 23) | ((man & 0x3ffu) << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (man << 13);
-  } else {
-    bits = sign | ((exp + 112) << 23) | (man << 13);
-  }
-  return std::bit_cast<float>(bits);
-}
-
-// out[i] = <rows[i], q> over n fp16 rows of `dim`, accumulated in fp32.
-void ScanPortable(const std::uint16_t* rows, std::int64_t n, std::int32_t dim, const float* q,
-                  float* out) {
+// out[i] = scale[i] * <codes[i], q> over n int8 rows of `dim`, in fp32.
+void ScanPortable(const std::int8_t* codes, const float* scale, std::int64_t n, std::int32_t dim,
+                  const float* q, float* out) {
   for (std::int64_t i = 0; i < n; ++i) {
-    const std::uint16_t* r = rows + i * dim;
+    const std::int8_t* c = codes + i * dim;
     float dot = 0;
-    for (std::int32_t d = 0; d < dim; ++d) dot += HalfToFloat(r[d]) * q[d];
-    out[i] = dot;
+    for (std::int32_t d = 0; d < dim; ++d) dot += static_cast<float>(c[d]) * q[d];
+    out[i] = dot * scale[i];
   }
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx2,fma,f16c"))) void ScanAvx2(const std::uint16_t* rows, std::int64_t n,
-                                                       std::int32_t dim, const float* q,
-                                                       float* out) {
+__attribute__((target("avx2,fma"))) void ScanAvx2(const std::int8_t* codes, const float* scale,
+                                                  std::int64_t n, std::int32_t dim, const float* q,
+                                                  float* out) {
   const std::int32_t vec = dim / 8 * 8;
   for (std::int64_t i = 0; i < n; ++i) {
-    const std::uint16_t* r = rows + i * dim;
+    const std::int8_t* c = codes + i * dim;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     std::int32_t d = 0;
     for (; d + 16 <= vec; d += 16) {
-      const __m256 a = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + d)));
-      const __m256 b =
-          _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + d + 8)));
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + d));
+      const __m256 a = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
+      const __m256 b = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8)));
       acc0 = _mm256_fmadd_ps(a, _mm256_loadu_ps(q + d), acc0);
       acc1 = _mm256_fmadd_ps(b, _mm256_loadu_ps(q + d + 8), acc1);
     }
     for (; d < vec; d += 8) {
-      const __m256 a = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + d)));
-      acc0 = _mm256_fmadd_ps(a, _mm256_loadu_ps(q + d), acc0);
+      const __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + d));
+      acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), _mm256_loadu_ps(q + d),
+                             acc0);
     }
     const __m256 acc = _mm256_add_ps(acc0, acc1);
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
     s = _mm_hadd_ps(s, s);
     s = _mm_hadd_ps(s, s);
     float dot = _mm_cvtss_f32(s);
-    for (; d < dim; ++d) dot += HalfToFloat(r[d]) * q[d];
-    out[i] = dot;
+    for (; d < dim; ++d) dot += static_cast<float>(c[d]) * q[d];
+    out[i] = dot * scale[i];
   }
 }
 
-// F16C is not asked for: every x86 CPU with AVX2 has it (and clang 14's
-// __builtin_cpu_supports does not know its name).
 bool HasAvx2() {
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return has;
 }
 #endif
 
-void Scan(const std::uint16_t* rows, std::int64_t n, std::int32_t dim, const float* q, float* out) {
+void Scan(const std::int8_t* codes, const float* scale, std::int64_t n, std::int32_t dim,
+          const float* q, float* out) {
 #if defined(__x86_64__)
-  if (HasAvx2()) return ScanAvx2(rows, n, dim, q, out);
+  if (HasAvx2()) return ScanAvx2(codes, scale, n, dim, q, out);
 #endif
-  ScanPortable(rows, n, dim, q, out);
+  ScanPortable(codes, scale, n, dim, q, out);
 }
 
 }  // namespace
@@ -124,14 +74,18 @@ void FlatIndex::Add(std::span<const float> rows, std::span<const std::uint64_t> 
   rows_.insert(rows_.end(), rows.begin(), rows.end());
   keys_.insert(keys_.end(), keys.begin(), keys.end());
   for (std::size_t i = 0; i < keys.size(); ++i) {
+    const float* x = rows.data() + i * dim_;
+    float max = 0;
+    for (std::int32_t d = 0; d < dim_; ++d) max = std::max(max, std::abs(x[d]));
+    const float scale = max / 127;
     double err2 = 0;
     for (std::int32_t d = 0; d < dim_; ++d) {
-      const float x = rows[i * dim_ + d];
-      const std::uint16_t h = FloatToHalf(x);
-      half_.push_back(h);
-      const double e = static_cast<double>(x) - HalfToFloat(h);
+      const long c = scale > 0 ? std::clamp(std::lrint(x[d] / scale), -127L, 127L) : 0L;
+      codes_.push_back(static_cast<std::int8_t>(c));
+      const double e = static_cast<double>(x[d]) - static_cast<double>(scale) * c;
       err2 += e * e;
     }
+    scale_.push_back(scale);
     // Rounded up, so the bound stays a bound in fp32.
     error_.push_back(std::nextafter(static_cast<float>(std::sqrt(err2)), 1.0f));
   }
@@ -150,12 +104,14 @@ std::int64_t FlatIndex::RemoveRange(std::uint64_t lo, std::uint64_t hi) {
     const std::int64_t last = size() - 1;
     if (i != last) {
       std::copy_n(rows_.begin() + last * dim_, dim_, rows_.begin() + i * dim_);
-      std::copy_n(half_.begin() + last * dim_, dim_, half_.begin() + i * dim_);
+      std::copy_n(codes_.begin() + last * dim_, dim_, codes_.begin() + i * dim_);
+      scale_[i] = scale_[last];
       error_[i] = error_[last];
       keys_[i] = keys_[last];
     }
     rows_.resize(rows_.size() - dim_);
-    half_.resize(half_.size() - dim_);
+    codes_.resize(codes_.size() - dim_);
+    scale_.pop_back();
     error_.pop_back();
     keys_.pop_back();
     ++removed;
@@ -171,7 +127,7 @@ std::vector<std::pair<float, std::uint64_t>> FlatIndex::Search(std::span<const f
   // Reused: a fresh 4n-byte buffer per call would be an mmap and page faults.
   thread_local std::vector<float> approx;
   approx.resize(n);
-  Scan(half_.data(), n, dim_, query.data(), approx.data());
+  Scan(codes_.data(), scale_.data(), n, dim_, query.data(), approx.data());
   // Both scores accumulate in floating point; |<q, x>| <= 1 bounds each
   // sum's rounding by about dim x 2^-24. Generous, and still tiny.
   const float slack = 4e-7f * static_cast<float>(dim_);

@@ -41,7 +41,7 @@ std::vector<float> Similarities(const std::vector<std::pair<float, std::uint64_t
 }
 
 // Rows crowded around one direction (similarities within ~1e-4 of each
-// other), where fp16 scores alone would rank wrongly: the rescoring must
+// other), where int8 scores alone would rank wrongly: the rescoring must
 // still give the exact top-k, for dims with and without a SIMD tail.
 TEST(FlatIndexTest, NearTiesGiveTheExactTopK) {
   for (int dim : {128, 100, 7}) {

@@ -1,5 +1,6 @@
 // EmbeddedPatternStore: the pattern store in this process. RocksDB is the
-// source of truth; FAISS indexes the L2-normalised match embeddings. Open
+// source of truth; an index over the L2-normalised match embeddings (the
+// store's own exact flat index, or FAISS's HNSW) is derived from it. Open
 // loads the index from a snapshot only when the snapshot provably reflects
 // RocksDB's current state (see Options::index_snapshot), and otherwise
 // rebuilds it from RocksDB, so no crash can leave the two apart.
@@ -54,10 +55,12 @@ class EmbeddedPatternStore final : public PatternStore {
     std::string model_fingerprint;
     // Match-embedding dimension. Default 0: fixed by the first embedding put.
     std::int32_t embedding_dim = 0;
-    // Index kind. Default "flat" (exact inner product: IndexIDMap2 over
-    // IndexFlatIP). "hnsw" (IndexHNSWFlat, inner product) for large stores:
-    // approximate, faster at 100k+ embeddings; deletes leave tombstones that
-    // are filtered out and compacted by a rebuild when they pass half the index.
+    // Index kind. Default "flat": exact inner product (an int8 scan, then
+    // the rows its error bounds cannot rule out rescored in fp32; 5 bytes
+    // per dimension per embedding in each of the two copies). "hnsw" (FAISS's
+    // IndexHNSWFlat, inner product): approximate, with inserts about 100x
+    // slower; deletes leave tombstones that are filtered out and compacted by
+    // a rebuild when they pass half the index. See docs/store.md.
     std::string index = "flat";
     // HNSW graph degree (M) and search breadth (efSearch). Defaults 32, 64.
     std::int32_t hnsw_m = 32;
