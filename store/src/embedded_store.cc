@@ -493,8 +493,8 @@ struct EmbeddedPatternStore::Impl {
     return FromRocks(it->status(), options.path);
   }
 
-  // An index copy of RocksDB's embeddings, each checked against `catalog`,
-  // whose entries' num_embeddings it sets.
+  // An index copy of RocksDB's embeddings, each checked against `entries`
+  // (a catalog), whose num_embeddings it sets.
   absl::StatusOr<IndexCopy> BuildCopy(absl::flat_hash_map<std::uint64_t, Entry>& entries) const {
     IndexCopy out;
     for (auto& [id, entry] : entries) {
