@@ -43,7 +43,7 @@ class EmbeddedFlat {
   absl::Status Reopen() { return Open(options_); }
   PatternStore& store() { return *embedded_; }
   EmbeddedPatternStore& embedded() { return *embedded_; }
-  // Waits until every watch stream has been re-opened once (gRPC only).
+  // Embedded watches have no streams to re-open.
   bool AwaitWatchReopen() { return true; }
 
  protected:
