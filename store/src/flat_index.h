@@ -2,15 +2,13 @@
 // time (the router's Search). Internal to premoe::store.
 //
 // Why not faiss::IndexFlatIP: one query over n rows is bound by the bytes it
-// reads, and FAISS reads n x d fp32 with generic SIMD (Debian's build). At
-// 100k x 128, with p50 (p99) in ms on the 2-core dev machine: FAISS 13.7
-// (15.5), an AVX2 scan of the same floats 7.5 (9.9), of fp16 copies 3.6
-// (5.0), of int8 copies 2.2 (2.9). So the scan reads int8 rows with one
-// scale each (a quarter of the bytes), and each row keeps the exact L2 norm
-// of its rounding error. With a unit query, Cauchy-Schwarz bounds how far a
-// row's int8 score can be from its fp32 score; the rows whose upper bounds
-// reach the k-th best lower bound are rescored from the fp32 rows. The
-// result is therefore the exact top-k, not an approximation.
+// reads, and FAISS reads n x d fp32 (with no FMA code in Debian's build).
+// So the scan reads int8 rows with one scale each (a quarter of the bytes),
+// and each row keeps the exact L2 norm of its rounding error. With a unit
+// query, Cauchy-Schwarz bounds how far a row's int8 score can be from its
+// fp32 score; the rows whose upper bounds reach the k-th best lower bound
+// are rescored from the fp32 rows. The result is therefore the exact top-k,
+// not an approximation. docs/store.md has the figures (bench/store_bench).
 //
 // A plain value: not thread-safe for writes; concurrent const calls
 // (Search) are safe.
