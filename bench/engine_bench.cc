@@ -6,7 +6,11 @@
 // usage: engine_bench [--hidden 2048] [--layers 16] [--experts 64] [--top-k 4]
 //          [--moe-intermediate 512] [--vocab 32000] [--heads 16] [--kv-heads 4]
 //          [--prompt 128] [--decode-steps 16] [--batch 8] [--threads N]
-//          [--dtypes bf16,fp32] [--cache-dir /tmp/premoe_bench_model]
+//          [--dtypes bf16,fp32] [--reference] [--cache-dir /tmp/premoe_bench_model]
+//
+// --reference (default on) also runs each dtype's full model with
+// EngineOptions::cpu_kernels off: every op through libtorch, the engine's
+// numerics reference, measured in the same run as the speed it is compared to.
 //
 // The checkpoint (random bf16 weights, one safetensors shard per layer) is
 // written once per size under --cache-dir and reused. Each engine
@@ -34,6 +38,7 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -56,6 +61,7 @@ struct Flags {
   int64_t prompt = 128, decode_steps = 16, batch = 8;
   int64_t threads = std::max(1u, std::thread::hardware_concurrency());
   std::string dtypes = "bf16,fp32";
+  bool reference = true;
   std::string cache_dir = "/tmp/premoe_bench_model";
   // Child mode: run one configuration ("bf16:full", "fp32:half") and print
   // one RESULT line.
@@ -81,9 +87,13 @@ void AddFlags(CLI::App& app, Flags* f) {
     app.add_option(name, *value)->capture_default_str()->check(CLI::Range(1, 1 << 30));
   }
   app.add_option("--dtypes", f->dtypes, "Compute dtypes, comma-separated")->capture_default_str();
+  app.add_option("--reference", f->reference,
+                 "Also run each full model with every op through libtorch")
+      ->capture_default_str();
   app.add_option("--cache-dir", f->cache_dir, "Where generated checkpoints are kept")
       ->capture_default_str();
-  app.add_option("--child", f->child, "Internal: run one configuration (bf16:full, fp32:half)");
+  app.add_option("--child", f->child,
+                 "Internal: run one configuration (bf16:full, fp32:half, bf16:full:libtorch)");
 }
 
 int64_t ReadRssBytes() { return premoe::common::CurrentRssBytes().value_or(0); }
@@ -241,12 +251,14 @@ int RunChild(const Flags& f) {
   const std::vector<std::string> parts = absl::StrSplit(f.child, ':');
   const std::string dtype = parts[0];
   const bool half = parts.size() > 1 && parts[1] == "half";
+  const bool libtorch = parts.size() > 2 && parts[2] == "libtorch";
   at::set_num_threads(static_cast<int>(f.threads));
   (void)at::ones({8}).sum();  // libtorch initialised before the baseline RSS
   const int64_t rss_base = ReadRssBytes();
 
   EngineOptions options;
   options.dtype = dtype;
+  options.cpu_kernels = !libtorch;
   if (half) {
     // The first half of every layer's experts: no pattern exists yet, and
     // for random weights any half is as good as another.
@@ -381,7 +393,9 @@ int main(int argc, char** argv) {
 
   std::vector<Result> results;
   for (absl::string_view dtype : absl::StrSplit(f.dtypes, ',')) {
-    for (const char* variant : {"full", "half"}) {
+    std::vector<std::string> variants = {"full", "half"};
+    if (f.reference) variants.push_back("full:libtorch");
+    for (const std::string& variant : variants) {
       const std::string config = absl::StrCat(dtype, ":", variant);
       std::fprintf(stderr, "running %s...\n", config.c_str());
       std::string cmd = absl::StrCat("'/proc/", getpid(), "/exe'");
@@ -418,23 +432,34 @@ int main(int argc, char** argv) {
       params / 1e9, f.threads, f.prompt, f.decode_steps, f.prompt, memcpy1 / 1e9, memcpy_t / 1e9,
       f.threads);
   std::printf(
-      "| model | weights GB | RSS loaded GB (overhead) | prefill tok/s | decode b1 tok/s | "
-      "b1 weight GB/s (/memcpy) | decode b%ld tok/s | b%ld weight GB/s (/memcpy) | "
-      "RSS decoding b%ld GB (over weights+KV) |\n",
+      "| model | weights GB | load s | RSS loaded GB (overhead) | prefill tok/s | "
+      "decode b1 tok/s | b1 weight GB/s (/memcpy) | decode b%ld tok/s | "
+      "b%ld weight GB/s (/memcpy) | RSS decoding b%ld GB (over weights+KV) |\n",
       f.batch, f.batch, f.batch);
-  std::printf("|---|---|---|---|---|---|---|---|---|\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Result& r : results) {
     const double over = static_cast<double>(r.rss_loaded - r.weights) / r.weights;
     const double over_d = static_cast<double>(r.rss_decode - r.weights - r.kv_bytes) / r.weights;
     std::printf(
-        "| %s | %.2f | %.2f (%+.1f%%) | %.1f | %.2f | %.2f (%.2f) | %.2f | %.2f (%.2f) | "
+        "| %s | %.2f | %.1f | %.2f (%+.1f%%) | %.1f | %.2f | %.2f (%.2f) | %.2f | %.2f (%.2f) | "
         "%.2f (%+.1f%%) |\n",
-        r.config.c_str(), r.weights / 1e9, r.rss_loaded / 1e9, 100 * over, r.prefill, r.d1,
-        r.bw1 / 1e9, r.bw1 / memcpy_t, r.db, r.bwb / 1e9, r.bwb / memcpy_t, r.rss_decode / 1e9,
-        100 * over_d);
+        r.config.c_str(), r.weights / 1e9, r.load_s, r.rss_loaded / 1e9, 100 * over, r.prefill,
+        r.d1, r.bw1 / 1e9, r.bw1 / memcpy_t, r.db, r.bwb / 1e9, r.bwb / memcpy_t,
+        r.rss_decode / 1e9, 100 * over_d);
+  }
+  for (const Result& r : results) {
+    if (!absl::EndsWith(r.config, ":full:libtorch")) continue;
+    const std::string fast = r.config.substr(0, r.config.size() - std::strlen(":libtorch"));
+    for (const Result& q : results) {
+      if (q.config != fast) continue;
+      std::printf(
+          "\n%s against the same model with every op through libtorch (%s): prefill %.2fx, "
+          "decode b1 %.2fx, decode b%ld %.2fx.",
+          fast.c_str(), r.config.c_str(), q.prefill / r.prefill, q.d1 / r.d1, f.batch, q.db / r.db);
+    }
   }
   std::printf(
-      "\nRSS overhead counts everything beyond the weights, libtorch's own ~%.2f GB "
+      "\n\nRSS overhead counts everything beyond the weights, libtorch's own ~%.2f GB "
       "included. Weight GB/s: bytes of the weights each forward reads (all but the "
       "embedding table and the routed experts no token of the step selected) x forwards/s; "
       "a batch-1 token of %s reads %.2f GB.\n",

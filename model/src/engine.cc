@@ -16,8 +16,10 @@
 #include <random>
 #include <stdexcept>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "cpu_matvec.h"
 #include "engine_weights.h"
 #include "premoe/checkpoint/expert_pack.h"
 #include "premoe/common/status.h"
@@ -151,13 +153,29 @@ using internal::MoeWeights;
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
+// Products with at most this many activation rows take cpu_matvec's kernel
+// (EngineOptions::cpu_kernels): there the weights' bytes, not arithmetic,
+// bound the time, and each row of weights is streamed once for all of them.
+// Larger products go to libtorch's GEMM, except bf16 ones on CPUs without
+// native bf16 arithmetic, where libtorch's bf16 GEMM is a scalar-order dot
+// loop several times slower than the kernel (internal::MatvecNativeBf16).
+constexpr int64_t kMatvecMaxRows = 16;
+
+using internal::MatvecJob;
+using internal::WeightType;
+
+bool MatvecWeight(const at::Tensor& w) {
+  return w.dim() == 2 && w.is_cpu() && w.is_contiguous() && !w.requires_grad() &&
+         (w.scalar_type() == at::kBFloat16 || w.scalar_type() == at::kFloat);
+}
+
+WeightType MatvecType(const at::Tensor& w) {
+  return w.scalar_type() == at::kBFloat16 ? WeightType::kBF16 : WeightType::kF32;
+}
+
 bool IsDeepseek(const checkpoint::ModelConfig& c) {
   return c.architecture == checkpoint::Architecture::kDeepseekV2 ||
          c.architecture == checkpoint::Architecture::kDeepseekV3;
-}
-
-at::Tensor Lin(const at::Tensor& x, const Linear& l) {
-  return l.b.defined() ? at::linear(x, l.w, l.b) : at::linear(x, l.w);
 }
 
 // HF RMSNorm: normalise in fp32, cast back, then multiply by the weight.
@@ -166,13 +184,6 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps) {
   at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
   xf = xf * at::rsqrt(var + eps);
   return w * xf.to(x.scalar_type());
-}
-
-at::Tensor Mlp(const at::Tensor& x, const MlpWeights& m) {
-  at::Tensor gu = Lin(x, m.gate_up);
-  at::Tensor act =
-      at::silu(gu.narrow(-1, 0, m.intermediate)) * gu.narrow(-1, m.intermediate, m.intermediate);
-  return Lin(act, m.down);
 }
 
 // Inverse RoPE frequencies [dim/2] fp32 and the cos/sin scale, as
@@ -308,6 +319,11 @@ class EngineImpl final : public Engine {
         device_(device),
         checkpoint_(std::move(checkpoint)) {
     top_k_ = options_.top_k > 0 ? options_.top_k : config_.num_experts_per_tok;
+    if (device_.is_cpu() && options_.cpu_kernels && !options_.trainable) {
+      matvec_rows_ = dtype_ == at::kBFloat16 && !internal::MatvecNativeBf16()
+                         ? std::numeric_limits<int64_t>::max()
+                         : kMatvecMaxRows;
+    }
     max_context_ =
         options_.max_context > 0 ? options_.max_context : config_.max_position_embeddings;
     static_rope_ = ComputeRope(config_, 0);
@@ -685,6 +701,56 @@ class EngineImpl final : public Engine {
     return bt.window_masks.emplace(*window, m).first->second;
   }
 
+  // x [M, in] times each of `ls` ([out_i, in] weights): [M, out_i] each, in
+  // `out` dtype (default: x's). One cpu_matvec call for all of them when M
+  // is small, else one at::linear each.
+  absl::InlinedVector<at::Tensor, 3> Linears(
+      const at::Tensor& x, std::initializer_list<const Linear*> ls,
+      std::optional<at::ScalarType> out = std::nullopt) const {
+    const at::ScalarType out_dtype = out.value_or(x.scalar_type());
+    absl::InlinedVector<at::Tensor, 3> ys;
+    bool fast = x.dim() == 2 && x.size(0) <= matvec_rows_ && !x.requires_grad();
+    for (const Linear* l : ls) fast = fast && MatvecWeight(l->w);
+    if (!fast) {
+      for (const Linear* l : ls) {
+        at::Tensor y = l->b.defined() ? at::linear(x, l->w, l->b) : at::linear(x, l->w);
+        ys.push_back(y.scalar_type() == out_dtype ? y : y.to(out_dtype));
+      }
+      return ys;
+    }
+    const at::Tensor xf = x.to(at::kFloat).contiguous();
+    const int64_t m = xf.size(0), in = xf.size(1);
+    absl::InlinedVector<const float*, kMatvecMaxRows> x_rows(m);
+    for (int64_t i = 0; i < m; ++i) x_rows[i] = xf.const_data_ptr<float>() + i * in;
+    absl::InlinedVector<float*, 3 * kMatvecMaxRows> y_rows(m * ls.size());
+    absl::InlinedVector<MatvecJob, 3> jobs;
+    for (const Linear* l : ls) {
+      const int64_t n = l->w.size(0);
+      at::Tensor y = at::empty({m, n}, xf.options());
+      float** rows = y_rows.data() + jobs.size() * m;
+      for (int64_t i = 0; i < m; ++i) rows[i] = y.data_ptr<float>() + i * n;
+      jobs.push_back({l->w.const_data_ptr(), MatvecType(l->w), n, in, in, x_rows.data(), rows, m});
+      ys.push_back(std::move(y));
+    }
+    internal::RunMatvecs(jobs);
+    size_t i = 0;
+    for (const Linear* l : ls) {
+      at::Tensor& y = ys[i++];
+      if (l->b.defined()) y.add_(l->b);
+      if (out_dtype != at::kFloat) y = y.to(out_dtype);
+    }
+    return ys;
+  }
+
+  at::Tensor Lin(const at::Tensor& x, const Linear& l) const { return Linears(x, {&l})[0]; }
+
+  at::Tensor Mlp(const at::Tensor& x, const MlpWeights& m) const {
+    at::Tensor gu = Lin(x, m.gate_up);
+    at::Tensor act =
+        at::silu(gu.narrow(-1, 0, m.intermediate)) * gu.narrow(-1, m.intermediate, m.intermediate);
+    return Lin(act, m.down);
+  }
+
   // q [Ba, s, H, Dq]; k [Ba, Hkv, L, Dq]; v [Ba, Hkv, L, Dv]; mask [Ba, s, L].
   // Returns [Ba, s, H * Dv]. Query heads are grouped by their KV head (HF's
   // repeat_kv order: q head h uses kv head h / G) so keys are never copied.
@@ -720,7 +786,8 @@ class EngineImpl final : public Engine {
     const checkpoint::ModelConfig& c = config_;
     const int64_t t = bt.tokens, nh = c.num_attention_heads, nkv = c.num_key_value_heads,
                   d = c.head_dim;
-    at::Tensor q = Lin(x, a.q), k = Lin(x, a.k), v = Lin(x, a.v);
+    auto qkv = Linears(x, {&a.q, &a.k, &a.v});
+    at::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
     if (c.qk_norm == checkpoint::QkNorm::kFull) {
       q = RmsNorm(q, a.q_norm, c.rms_norm_eps);
       k = RmsNorm(k, a.k_norm, c.rms_norm_eps);
@@ -858,8 +925,7 @@ class EngineImpl final : public Engine {
 
   at::Tensor MoeBlock(const at::Tensor& x, int64_t layer, const MoeWeights& moe, const Batch& bt,
                       const ForwardOptions& options) const {
-    const int64_t t = bt.tokens, n = config_.num_routed_experts, k = top_k_,
-                  inter = config_.moe_intermediate_size;
+    const int64_t t = bt.tokens, n = config_.num_routed_experts;
     at::Tensor logits = at::linear(x.to(at::kFloat), moe.gate);  // [T, N_loaded]
     if (!moe.all_loaded) {
       at::Tensor full = at::full({t, n}, kNegInf, logits.options());
@@ -884,8 +950,141 @@ class EngineImpl final : public Engine {
       return at::zeros_like(x);
     }
 
-    // Group the T*K (token, expert) pairs by expert: one matmul per active
-    // expert over its tokens, then index_add back.
+    const bool want_norms = options.tap != nullptr && options.tap->WantsExpertNorms();
+    at::Tensor norms;  // [T, K] fp32, when want_norms
+    at::Tensor out;
+    if (t <= matvec_rows_ && !x.requires_grad()) {
+      out = RoutedExpertsMatvec(x, layer, moe, idx, w, options, want_norms ? &norms : nullptr);
+    }
+    if (!out.defined()) {
+      out = RoutedExpertsLibtorch(x, layer, moe, idx, w, options, want_norms ? &norms : nullptr);
+    }
+    if (ExpertParallel* ep = options.expert_parallel) {
+      if (absl::Status s = ep->AllReduceSum(out); !s.ok()) {
+        throw std::runtime_error(absl::StrCat("expert-parallel all-reduce: ", s.ToString()));
+      }
+    }
+
+    if (options.tap != nullptr) {
+      GateEvent ev = tap_event();
+      if (want_norms) ev.expert_norms = norms;
+      options.tap->OnGate(ev);
+    }
+
+    if (moe.has_shared) {
+      at::Tensor shared = Mlp(x, moe.shared);
+      if (moe.shared_gate.defined()) shared = at::sigmoid(at::linear(x, moe.shared_gate)) * shared;
+      out = out + shared;
+    }
+    return out;
+  }
+
+  // The gate_up [2I, H] and down [H, I] weights of routed expert `e` (a
+  // global id) of `layer`: the resident stack's rows or the forward's set.
+  std::pair<at::Tensor, at::Tensor> ExpertTensors(int64_t layer, const MoeWeights& moe, int64_t e,
+                                                  const ForwardOptions& options) const {
+    if (options_.experts_on_demand) {
+      const ExpertWeights* x = options.experts->Find(layer, e);  // checked in CheckExpertSet
+      if (x == nullptr) throw std::logic_error("a routed expert is missing from the ExpertSet");
+      return {x->gate_up, x->down};
+    }
+    const int64_t local =
+        moe.all_loaded
+            ? e
+            : std::lower_bound(moe.loaded.begin(), moe.loaded.end(), e) - moe.loaded.begin();
+    return {moe.gate_up[local], moe.down[local]};
+  }
+
+  // Routed experts for few tokens (cpu_matvec). Every (token, slot) pair's
+  // gate_up product runs in one call, SiLU, every down product in another;
+  // then each token sums its slots' outputs in slot order in fp32, so a
+  // token's result does not depend on the rest of the batch. Returns [T, H]
+  // in x's dtype, or an undefined tensor when an expert's tensors do not suit
+  // the kernel (the caller then takes the libtorch path). A rank of an
+  // expert-parallel group leaves other ranks' experts at zero.
+  at::Tensor RoutedExpertsMatvec(const at::Tensor& x, int64_t layer, const MoeWeights& moe,
+                                 const at::Tensor& idx, const at::Tensor& w,
+                                 const ForwardOptions& options, at::Tensor* norms) const {
+    const int64_t t = x.size(0), k = idx.size(1), h = x.size(1),
+                  inter = config_.moe_intermediate_size, pairs = t * k;
+    const at::Tensor ids = idx.contiguous();
+    const at::Tensor weights = w.to(at::kFloat).contiguous();
+    const int64_t* id = ids.const_data_ptr<int64_t>();
+    ExpertParallel* ep = options.expert_parallel;
+
+    // Pairs grouped by expert, experts in id order.
+    absl::InlinedVector<int64_t, 4 * kMatvecMaxRows> order(pairs);
+    for (int64_t p = 0; p < pairs; ++p) order[p] = p;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t a, int64_t b) { return id[a] < id[b]; });
+
+    const at::Tensor xf = x.to(at::kFloat).contiguous();
+    // Rows of pairs whose expert another rank owns stay zero.
+    auto make = [&](int64_t cols) {
+      return ep != nullptr ? at::zeros({pairs, cols}, xf.options())
+                           : at::empty({pairs, cols}, xf.options());
+    };
+    at::Tensor gu = make(2 * inter), down = make(h);
+    absl::InlinedVector<const float*, 4 * kMatvecMaxRows> gu_in(pairs), down_in(pairs);
+    absl::InlinedVector<float*, 4 * kMatvecMaxRows> gu_out(pairs), down_out(pairs);
+    absl::InlinedVector<MatvecJob, 4 * kMatvecMaxRows> gu_jobs, down_jobs;
+    absl::InlinedVector<at::Tensor, 8 * kMatvecMaxRows> keep_alive;
+    at::Tensor act;  // filled between the two calls; down_in points into it
+    for (int64_t i = 0; i < pairs;) {
+      const int64_t e = id[order[i]];
+      int64_t end = i;
+      while (end < pairs && id[order[end]] == e) ++end;
+      if (ep != nullptr && !ep->Owns(e)) {
+        i = end;
+        continue;
+      }
+      auto [g, d] = ExpertTensors(layer, moe, e, options);
+      if (!MatvecWeight(g) || !MatvecWeight(d)) return at::Tensor();
+      for (int64_t r = i; r < end; ++r) {
+        const int64_t p = order[r];
+        gu_in[r] = xf.const_data_ptr<float>() + (p / k) * h;
+        gu_out[r] = gu.data_ptr<float>() + p * 2 * inter;
+        down_out[r] = down.data_ptr<float>() + p * h;
+      }
+      gu_jobs.push_back({g.const_data_ptr(), MatvecType(g), 2 * inter, h, h, gu_in.data() + i,
+                         gu_out.data() + i, end - i});
+      down_jobs.push_back({d.const_data_ptr(), MatvecType(d), h, inter, inter, down_in.data() + i,
+                           down_out.data() + i, end - i});
+      keep_alive.push_back(std::move(g));
+      keep_alive.push_back(std::move(d));
+      i = end;
+    }
+    internal::RunMatvecs(gu_jobs);
+    act = at::silu(gu.narrow(1, 0, inter)) * gu.narrow(1, inter, inter);  // [pairs, I]
+    for (int64_t r = 0; r < pairs; ++r) {
+      down_in[r] = act.const_data_ptr<float>() + order[r] * inter;
+    }
+    internal::RunMatvecs(down_jobs);
+
+    at::Tensor out = at::zeros({t, h}, xf.options());
+    const float* ys = down.const_data_ptr<float>();
+    const float* wt = weights.const_data_ptr<float>();
+    for (int64_t tok = 0; tok < t; ++tok) {
+      float* o = out.data_ptr<float>() + tok * h;
+      for (int64_t slot = 0; slot < k; ++slot) {
+        const int64_t p = tok * k + slot;
+        const float c = wt[p];
+        const float* y = ys + p * h;
+        for (int64_t j = 0; j < h; ++j) o[j] += c * y[j];
+      }
+    }
+    if (norms != nullptr) *norms = down.norm(2, {-1}).view({t, k});
+    return out.to(x.scalar_type());
+  }
+
+  // Routed experts through libtorch, for any batch: the T*K (token, expert)
+  // pairs grouped by expert, one matmul chain per active expert over its
+  // tokens, then index_add back. Returns [T, H] in x's dtype.
+  at::Tensor RoutedExpertsLibtorch(const at::Tensor& x, int64_t layer, const MoeWeights& moe,
+                                   const at::Tensor& idx, const at::Tensor& w,
+                                   const ForwardOptions& options, at::Tensor* norms) const {
+    const int64_t t = x.size(0), n = config_.num_routed_experts, k = top_k_,
+                  inter = config_.moe_intermediate_size;
     at::Tensor flat = idx.reshape({-1});
     at::Tensor local = flat;
     if (!moe.all_loaded) {
@@ -914,16 +1113,7 @@ class EngineImpl final : public Engine {
         offset += cnt[e];
         continue;
       }
-      at::Tensor gate_up, down;
-      if (options_.experts_on_demand) {
-        const ExpertWeights* x = options.experts->Find(layer, e);  // checked in CheckExpertSet
-        if (x == nullptr) throw std::logic_error("a routed expert is missing from the ExpertSet");
-        gate_up = x->gate_up;
-        down = x->down;
-      } else {
-        gate_up = moe.gate_up[e];
-        down = moe.down[e];
-      }
+      auto [gate_up, down] = ExpertTensors(layer, moe, moe.loaded[e], options);
       at::Tensor chunk = xs.narrow(0, offset, cnt[e]);
       at::Tensor gu = at::linear(chunk, gate_up);
       at::Tensor act = at::silu(gu.narrow(-1, 0, inter)) * gu.narrow(-1, inter, inter);
@@ -934,27 +1124,11 @@ class EngineImpl final : public Engine {
     at::Tensor w_sorted = w.reshape({-1}).index_select(0, order).unsqueeze(-1);
     at::Tensor out = at::zeros_like(x);
     out.index_add_(0, token_of, (ys.to(at::kFloat) * w_sorted).to(x.scalar_type()));
-    if (ep != nullptr) {
-      if (absl::Status s = ep->AllReduceSum(out); !s.ok()) {
-        throw std::runtime_error(absl::StrCat("expert-parallel all-reduce: ", s.ToString()));
-      }
-    }
-
-    if (options.tap != nullptr) {
-      GateEvent ev = tap_event();
-      if (options.tap->WantsExpertNorms()) {
-        at::Tensor norms_sorted = ys.to(at::kFloat).norm(2, {-1});
-        at::Tensor norms = at::empty_like(norms_sorted);
-        norms.index_copy_(0, order, norms_sorted);
-        ev.expert_norms = norms.view({t, k});
-      }
-      options.tap->OnGate(ev);
-    }
-
-    if (moe.has_shared) {
-      at::Tensor shared = Mlp(x, moe.shared);
-      if (moe.shared_gate.defined()) shared = at::sigmoid(at::linear(x, moe.shared_gate)) * shared;
-      out = out + shared;
+    if (norms != nullptr) {
+      at::Tensor norms_sorted = ys.to(at::kFloat).norm(2, {-1});
+      *norms = at::empty_like(norms_sorted);
+      norms->index_copy_(0, order, norms_sorted);
+      *norms = norms->view({t, k});
     }
     return out;
   }
@@ -1005,9 +1179,10 @@ class EngineImpl final : public Engine {
       RETURN_IF_ERROR(internal::LoadHead(*checkpoint_, config_, dtype_, device_, nullptr,
                                          &final_norm, &lm_head, nullptr, /*release=*/true));
     }
+    const Linear head{lm_head, at::Tensor()};
     if (options.all_logits) {
       h = RmsNorm(h, final_norm, eps);
-      return at::linear(h, lm_head).to(at::kFloat);
+      return Linears(h, {&head}, at::kFloat)[0];
     }
     // Only each sequence's last new token reaches the lm_head.
     std::vector<int64_t> last;
@@ -1018,7 +1193,7 @@ class EngineImpl final : public Engine {
     }
     at::Tensor rows =
         h.index_select(0, at::tensor(last, at::TensorOptions().dtype(at::kLong)).to(device_));
-    at::Tensor logits = at::linear(RmsNorm(rows, final_norm, eps), lm_head).to(at::kFloat);
+    at::Tensor logits = Linears(RmsNorm(rows, final_norm, eps), {&head}, at::kFloat)[0];
     if (bt.all_active) return logits;
     at::Tensor out =
         at::zeros({static_cast<int64_t>(tokens.size()), config_.vocab_size}, logits.options());
@@ -1074,6 +1249,9 @@ class EngineImpl final : public Engine {
   std::unique_ptr<const checkpoint::ExpertPack>
       pack_;  // options_.expert_pack, opened by OpenExpertPack
   int64_t top_k_ = 0;
+  // Products of at most this many rows take cpu_matvec (0: none; see
+  // kMatvecMaxRows and EngineOptions::cpu_kernels).
+  int64_t matvec_rows_ = 0;
   // The probe_moe_layers-th MoE layer: where a probe engine stops.
   int64_t probe_layer_ = 0;
   int64_t max_context_ = 0;

@@ -65,6 +65,20 @@ void PopulateForRead(const void* data, size_t size) {
 #endif
 }
 
+// Faults in fresh memory about to be written whole (MADV_POPULATE_WRITE,
+// Linux 5.14+): one call instead of a fault per page as the copy reaches it.
+void PopulateForWrite(const at::Tensor& t) {
+#if defined(MADV_POPULATE_WRITE)
+  static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t data = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t begin = (data + page - 1) & ~(page - 1);
+  const uintptr_t end = (data + t.nbytes()) & ~(page - 1);
+  if (end > begin) (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
+#else
+  (void)t;
+#endif
+}
+
 class Loader {
  public:
   // `names` (may be null) receives every loaded tensor under its HF name.
@@ -372,10 +386,13 @@ absl::Status LoadMoeExperts(Loader& ld, const checkpoint::ModelConfig& c, int64_
   if (routed) {
     m.gate_up = at::empty({e_loaded, 2 * inter, h}, at::TensorOptions().dtype(ld.dtype()));
     m.down = at::empty({e_loaded, h, inter}, at::TensorOptions().dtype(ld.dtype()));
+    PopulateForWrite(m.gate_up);
+    PopulateForWrite(m.down);
+    // Straight from the file into the stack (pread where the dtypes agree):
+    // no mapped pages join the RSS beside the copy, and nothing is copied twice.
     for (int64_t i = 0; i < e_loaded; ++i) {
-      ASSIGN_OR_RETURN(auto expert, ReadExpert(ld, c, layer, block, m.loaded[i]));
-      m.gate_up[i].copy_(expert.first);
-      m.down[i].copy_(expert.second);
+      at::Tensor gate_up = m.gate_up[i], down = m.down[i];
+      RETURN_IF_ERROR(LoadExpertInto(ld.checkpoint(), c, layer, m.loaded[i], gate_up, down));
     }
     m.gate_up = m.gate_up.to(ld.device());
     m.down = m.down.to(ld.device());
@@ -538,11 +555,12 @@ absl::StatusOr<ModelWeights> LoadWeights(const checkpoint::Checkpoint& checkpoin
                                          at::ScalarType dtype, at::Device device,
                                          bool routed_experts) {
   ModelWeights w;
-  // Without its routed experts the engine keeps the checkpoint open to load
-  // them later: drop the pages of what it copied now, or they stay in its RSS.
-  Loader ld(checkpoint, c, dtype, device, &w.by_name, /*release=*/!routed_experts);
+  // Each tensor's mapped pages are dropped once copied: the RSS then never
+  // holds a weight twice, and an engine that keeps the checkpoint open (to
+  // load experts later) keeps none of it resident.
+  Loader ld(checkpoint, c, dtype, device, &w.by_name, /*release=*/true);
   RETURN_IF_ERROR(LoadHead(checkpoint, c, dtype, device, &w.embed, &w.final_norm, &w.lm_head,
-                           &w.by_name, /*release=*/!routed_experts));
+                           &w.by_name, /*release=*/true));
   RETURN_IF_ERROR(LoadRouters(ld, c, keep, w));
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     RETURN_IF_ERROR(LoadLayerBody(ld, c, l, routed_experts, w.layers[l]));

@@ -189,6 +189,70 @@ TEST_P(EngineParityTest, Bf16LogitsWithinTolerance) {
   }
 }
 
+// premoe's kernel (EngineOptions::cpu_kernels: every product with at most 16
+// activation rows, and in bf16 on CPUs without native bf16 every product)
+// against libtorch's ops on the same weights, through a prefill alone, a
+// batched prefill (over 16 rows) and batched decode steps. In fp32 the two agree within the parity
+// tolerance and route identically. In bf16 they round differently (the
+// kernel keeps fp32 between the expert products and the combine, where
+// libtorch rounds to bf16 each time), so each is measured against the fp32
+// engine: the kernel's error must be no larger than libtorch's (with 10% to
+// spare), and both within the bf16 parity tolerance of 5% of the mean |logit|.
+TEST_P(EngineParityTest, CpuKernelsMatchLibtorch) {
+  Reference ref(GetParam());
+  auto open = [&](const std::string& dtype, bool kernels) {
+    EngineOptions options;
+    options.dtype = dtype;
+    options.cpu_kernels = kernels;
+    return OpenEngine(GetParam(), options);
+  };
+  auto fast = open("fp32", true), libtorch = open("fp32", false);
+  auto fast_bf16 = open("bf16", true), libtorch_bf16 = open("bf16", false);
+  ASSERT_TRUE(fast && libtorch && fast_bf16 && libtorch_bf16);
+  const std::vector<const Engine*> engines = {fast.get(), libtorch.get(), fast_bf16.get(),
+                                              libtorch_bf16.get()};
+
+  std::vector<std::vector<std::vector<int64_t>>> steps = {{ref.Ids("prompt_2"), {}},
+                                                          {{5}, ref.Ids("prompt_1")},
+                                                          {{7}, {9}},
+                                                          {{3, 4}, {}},
+                                                          {{1}, {200}}};
+  std::vector<std::unique_ptr<KvCache>> caches;
+  for (const Engine* e : engines) {
+    ASSERT_OK_AND_ASSIGN(auto cache, e->NewCache(2, 32));
+    caches.push_back(std::move(cache));
+  }
+  double fast_err = 0, libtorch_err = 0, magnitude = 0;
+  for (size_t s = 0; s < steps.size(); ++s) {
+    SCOPED_TRACE(::testing::Message() << "step " << s);
+    std::vector<at::Tensor> logits;
+    std::vector<RecordingTap> taps(engines.size(), RecordingTap(true));
+    for (size_t i = 0; i < engines.size(); ++i) {
+      ForwardOptions fo;
+      fo.tap = &taps[i];
+      ASSERT_OK_AND_ASSIGN(at::Tensor l, engines[i]->Forward(steps[s], caches[i].get(), fo));
+      logits.push_back(l);
+    }
+    EXPECT_LT(MaxAbsDiff(logits[0], logits[1]), kFp32Tolerance);
+    ASSERT_EQ(taps[0].events.size(), taps[1].events.size());
+    for (size_t i = 0; i < taps[0].events.size(); ++i) {
+      const GateEvent &g = taps[0].events[i], &w = taps[1].events[i];
+      EXPECT_TRUE(at::equal(SortByExpert(g.selected_experts, g.routing_weights).first,
+                            SortByExpert(w.selected_experts, w.routing_weights).first))
+          << "layer " << g.layer;
+      EXPECT_LT(MaxAbsDiff(g.expert_norms, w.expert_norms), kFp32Tolerance) << "layer " << g.layer;
+    }
+    fast_err += (logits[2] - logits[1]).abs().sum().item<double>();
+    libtorch_err += (logits[3] - logits[1]).abs().sum().item<double>();
+    magnitude += logits[1].abs().sum().item<double>();
+  }
+  EXPECT_LE(fast_err, 1.1 * libtorch_err);
+  EXPECT_LT(fast_err, 0.05 * magnitude);
+  EXPECT_LT(libtorch_err, 0.05 * magnitude);
+  std::printf("%s bf16 error against fp32: kernel %.4f, libtorch %.4f of the mean |logit|\n",
+              GetParam().c_str(), fast_err / magnitude, libtorch_err / magnitude);
+}
+
 TEST_P(EngineParityTest, KvCacheDecodeEqualsFullRecompute) {
   auto engine = OpenEngine(GetParam());
   ASSERT_NE(engine, nullptr);

@@ -227,6 +227,15 @@ struct EngineOptions {
   // few layers of a model of hundreds. Not with keep, trainable, streamed or
   // experts_on_demand. Default: 0 (not a probe).
   int64_t probe_moe_layers = 0;
+  // On the CPU, products with at most 16 activation rows (decode steps,
+  // short prompts) and their MoE experts run in premoe's own kernel
+  // (model/src/cpu_matvec.h: one parallel region per group of products,
+  // bf16 converted in registers, fp32 accumulation in an order independent
+  // of the batch), not one libtorch op each; in bf16 on a CPU without native
+  // bf16 arithmetic (no AVX512-BF16), products of every size do. false runs
+  // every op through libtorch: the reference the kernel is tested against.
+  // Ignored on CUDA and for trainable engines. Default: true.
+  bool cpu_kernels = true;
 
   // INVALID_ARGUMENT for an unknown dtype or device string, top_k < 0,
   // max_context < 0, probe_moe_layers < 0, trainable without fp32, or two of

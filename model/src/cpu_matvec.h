@@ -1,0 +1,57 @@
+// Small-batch matrix products on the CPU: the decode path's kernel.
+//
+// A decode step multiplies a handful of activation rows (1-16 tokens) by
+// every weight matrix it touches. libtorch runs each such product as its own
+// op: a dispatch, an allocation, a parallel region and, for bf16 on CPUs
+// without native bf16 dot products, a conversion pass, per matrix, so a MoE
+// layer with 4 experts costs a dozen regions for 12 MB of reads. Here one call
+// takes a list of products, splits their rows among libtorch's intra-op
+// threads in one parallel region, and streams each weight row once for all
+// the activation rows that use it, converting bf16 in registers.
+//
+// Numerics: each output is a dot product accumulated in fp32 in an order
+// that depends only on K (eight lanes over k, then the lanes summed in a
+// fixed order), never on M, on which other products share the call, or on
+// the thread count. So a token's result is the same alone or in any batch,
+// and two engines running the same products agree bit for bit.
+#ifndef PREMOE_MODEL_SRC_CPU_MATVEC_H_
+#define PREMOE_MODEL_SRC_CPU_MATVEC_H_
+
+#include <cstdint>
+#include <span>
+
+namespace premoe::model::internal {
+
+enum class WeightType { kF32, kBF16 };
+
+// Y[m][n] = sum_k X[m][k] * W[n][k] for m < rows, n < out. Borrowed pointers;
+// the caller keeps every buffer alive for the call. X rows and Y rows are
+// given one pointer per row (so a product reads a gathered subset of a
+// batch's tokens and writes anywhere); Y rows must not overlap each other or
+// another job's.
+struct MatvecJob {
+  const void* w = nullptr;  // [out, in] row-major, `ldw` elements between rows
+  WeightType type = WeightType::kBF16;
+  int64_t out = 0, in = 0, ldw = 0;
+  const float* const* x = nullptr;  // rows pointers, each to `in` floats
+  float* const* y = nullptr;        // rows pointers, each to `out` floats
+  int64_t rows = 0;
+};
+
+// Runs every job (any number, any sizes) in one parallel region of
+// at::get_num_threads() threads (GCC builds; a build by another compiler
+// runs them on the calling thread), work split by bytes of weight read.
+// Thread-safe: concurrent calls share nothing but the thread pool.
+void RunMatvecs(std::span<const MatvecJob> jobs);
+
+// Whether RunMatvecs uses the AVX2+FMA kernel on this CPU (else portable
+// code with the same summation order).
+bool MatvecUsesAvx2();
+
+// Whether this CPU multiplies bf16 natively (AVX512-BF16, which every AMX
+// CPU has too): there libtorch's bf16 GEMM (oneDNN) is fast for large products.
+bool MatvecNativeBf16();
+
+}  // namespace premoe::model::internal
+
+#endif  // PREMOE_MODEL_SRC_CPU_MATVEC_H_

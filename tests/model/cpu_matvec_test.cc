@@ -1,0 +1,160 @@
+// cpu_matvec against a double-precision reference, and the property the
+// engine relies on: a row's result does not depend on the batch around it.
+#include "model/src/cpu_matvec.h"
+
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace premoe::model::internal {
+namespace {
+
+uint16_t ToBf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  return static_cast<uint16_t>((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);  // nearest even
+}
+
+float FromBf16(uint16_t v) {
+  const uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+// A weight matrix [out, ldw] in one type, with its values as float.
+struct Weights {
+  WeightType type;
+  int64_t out, in, ldw;
+  std::vector<float> f32;
+  std::vector<uint16_t> bf16;
+  float At(int64_t n, int64_t k) const {
+    return type == WeightType::kF32 ? f32[n * ldw + k] : FromBf16(bf16[n * ldw + k]);
+  }
+  const void* data() const {
+    return type == WeightType::kF32 ? static_cast<const void*>(f32.data()) : bf16.data();
+  }
+};
+
+Weights RandomWeights(WeightType type, int64_t out, int64_t in, int64_t ldw, std::mt19937& rng) {
+  std::normal_distribution<float> d;
+  Weights w{type, out, in, ldw, {}, {}};
+  std::vector<float> v(out * ldw);
+  for (float& x : v) x = d(rng);
+  if (type == WeightType::kF32) {
+    w.f32 = v;
+  } else {
+    for (float x : v) w.bf16.push_back(ToBf16(x));
+  }
+  return w;
+}
+
+std::vector<std::vector<float>> RandomRows(int64_t rows, int64_t in, std::mt19937& rng) {
+  std::normal_distribution<float> d;
+  std::vector<std::vector<float>> x(rows, std::vector<float>(in));
+  for (auto& r : x) {
+    for (float& v : r) v = d(rng);
+  }
+  return x;
+}
+
+// Y = X W^T for every row of x, through one job.
+std::vector<std::vector<float>> Multiply(const Weights& w,
+                                         const std::vector<std::vector<float>>& x) {
+  std::vector<std::vector<float>> y(x.size(), std::vector<float>(w.out, NAN));
+  std::vector<const float*> xr;
+  std::vector<float*> yr;
+  for (size_t m = 0; m < x.size(); ++m) {
+    xr.push_back(x[m].data());
+    yr.push_back(y[m].data());
+  }
+  const MatvecJob job{w.data(), w.type,    w.out,     w.in,
+                      w.ldw,    xr.data(), yr.data(), static_cast<int64_t>(x.size())};
+  RunMatvecs({&job, 1});
+  return y;
+}
+
+TEST(CpuMatvecTest, EqualsADoublePrecisionProduct) {
+  std::mt19937 rng(7);
+  for (WeightType type : {WeightType::kF32, WeightType::kBF16}) {
+    for (int64_t out : {1, 3, 4, 7, 33}) {
+      for (int64_t in : {1, 7, 8, 9, 64, 515}) {
+        for (int64_t rows : {1, 2, 3, 5, 16}) {
+          SCOPED_TRACE(::testing::Message() << "type " << static_cast<int>(type) << " out " << out
+                                            << " in " << in << " rows " << rows);
+          const int64_t ldw = in + (out % 2);  // rows with padding between them too
+          const Weights w = RandomWeights(type, out, in, ldw, rng);
+          const auto x = RandomRows(rows, in, rng);
+          const auto y = Multiply(w, x);
+          for (int64_t m = 0; m < rows; ++m) {
+            for (int64_t n = 0; n < out; ++n) {
+              double want = 0, magnitude = 0;
+              for (int64_t k = 0; k < in; ++k) {
+                want += static_cast<double>(w.At(n, k)) * x[m][k];
+                magnitude += std::abs(static_cast<double>(w.At(n, k)) * x[m][k]);
+              }
+              // fp32 summation of `in` terms: |error| <= in * 2^-24 * sum |terms|.
+              const double bound = static_cast<double>(in) * 6e-8 * magnitude + 1e-30;
+              ASSERT_LE(std::abs(y[m][n] - want), bound) << "row " << m << " output " << n;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(CpuMatvecTest, ARowsResultIsTheSameAloneInABatchAndOnAnyThreadCount) {
+  std::mt19937 rng(11);
+  const int threads = at::get_num_threads();
+  for (WeightType type : {WeightType::kF32, WeightType::kBF16}) {
+    // Large enough to be split among threads (over 256 KiB of weights).
+    const Weights w = RandomWeights(type, 301, 1029, 1029, rng);
+    const auto x = RandomRows(9, 1029, rng);
+    const auto batch = Multiply(w, x);
+    for (int t : {1, 2, 3}) {
+      at::set_num_threads(t);
+      for (size_t m = 0; m < x.size(); ++m) {
+        const auto alone = Multiply(w, {x[m]});
+        ASSERT_EQ(alone[0], batch[m]) << "row " << m << ", " << t << " threads";
+      }
+    }
+    at::set_num_threads(threads);
+  }
+}
+
+TEST(CpuMatvecTest, ManyJobsInOneCallEqualEachAlone) {
+  std::mt19937 rng(3);
+  std::vector<Weights> ws;
+  std::vector<std::vector<std::vector<float>>> xs, ys;
+  for (int i = 0; i < 7; ++i) {
+    const WeightType type = i % 2 == 0 ? WeightType::kBF16 : WeightType::kF32;
+    ws.push_back(RandomWeights(type, 50 + 61 * i, 200 + 33 * i, 200 + 33 * i, rng));
+    xs.push_back(RandomRows(1 + i % 3, 200 + 33 * i, rng));
+    ys.emplace_back(xs.back().size(), std::vector<float>(ws.back().out, NAN));
+  }
+  std::vector<std::vector<const float*>> xr(ws.size());
+  std::vector<std::vector<float*>> yr(ws.size());
+  std::vector<MatvecJob> jobs;
+  for (size_t i = 0; i < ws.size(); ++i) {
+    for (size_t m = 0; m < xs[i].size(); ++m) {
+      xr[i].push_back(xs[i][m].data());
+      yr[i].push_back(ys[i][m].data());
+    }
+    jobs.push_back({ws[i].data(), ws[i].type, ws[i].out, ws[i].in, ws[i].ldw, xr[i].data(),
+                    yr[i].data(), static_cast<int64_t>(xs[i].size())});
+  }
+  // An empty job (no rows) is allowed and writes nothing.
+  jobs.push_back({ws[0].data(), ws[0].type, ws[0].out, ws[0].in, ws[0].ldw, nullptr, nullptr, 0});
+  RunMatvecs(jobs);
+  for (size_t i = 0; i < ws.size(); ++i) EXPECT_EQ(ys[i], Multiply(ws[i], xs[i])) << "job " << i;
+}
+
+}  // namespace
+}  // namespace premoe::model::internal
