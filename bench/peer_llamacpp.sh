@@ -15,8 +15,8 @@
 # environment: THREADS (default: nproc), ROUNDS (3), PEER_DIR
 #   (/tmp/premoe_peer: llama.cpp's sources, build and the GGUF file),
 #   LLAMA_CPP_PYTHON_VERSION (0.3.36), ENGINE_BENCH (build/bench/engine_bench),
-#   ENGINE_BENCH_ARGS (extra engine_bench flags; the model sizes must stay its
-#   defaults, which the GGUF file is converted from).
+#   ENGINE_BENCH_ARGS (extra engine_bench flags, e.g. "--layers 4") with
+#   PEER_MODEL_DIR (the checkpoint those flags make, which is converted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -26,7 +26,7 @@ PEER_DIR=${PEER_DIR:-/tmp/premoe_peer}
 VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
 ENGINE_BENCH=${ENGINE_BENCH:-$ROOT/build/bench/engine_bench}
 PY=$ROOT/.venv/bin/python
-MODEL_DIR=/tmp/premoe_bench_model/qwen3_moe_h2048_l16_e64_k4_i512_v32000_a16x4
+MODEL_DIR=${PEER_MODEL_DIR:-/tmp/premoe_bench_model/qwen3_moe_h2048_l16_e64_k4_i512_v32000_a16x4}
 PROMPT=128
 STEPS=16
 BATCH=8
@@ -64,7 +64,7 @@ fi
 # tokenizer has no known hash, so the conversion records Qwen2's (the
 # byte-level regex this tokenizer also uses). Both engines are fed token ids,
 # never text, so the vocabulary does not touch the measurement.
-GGUF=$PEER_DIR/qwen3_moe_bf16.gguf
+GGUF=$PEER_DIR/$(basename "$MODEL_DIR")_bf16.gguf
 if [ ! -f "$GGUF" ]; then
   echo "== converting to GGUF (bf16)" >&2
   HF=$PEER_DIR/hf
