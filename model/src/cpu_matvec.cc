@@ -1,7 +1,10 @@
 #include "cpu_matvec.h"
 
 #include <ATen/Parallel.h>
+
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstring>
@@ -67,6 +70,7 @@ void TilePortable(const MatvecJob& j, int64_t n0, int64_t m0) {
   }
 }
 
+#if defined(__x86_64__)
 // ---- AVX2 + FMA ------------------------------------------------------------------
 
 template <WeightType T>
@@ -128,6 +132,14 @@ __attribute__((target("avx2,fma"))) void TileAvx2(const MatvecJob& j, int64_t n0
 }
 
 bool DetectAvx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+#else
+// Other CPUs run the portable tiles (TileAvx2 is never reached there).
+template <WeightType T, int R, int MB>
+void TileAvx2(const MatvecJob& j, int64_t n0, int64_t m0) {
+  TilePortable<T, R, MB>(j, n0, m0);
+}
+bool DetectAvx2() { return false; }
+#endif
 
 // Rows [n_begin, n_end) of job j: four weight rows at a time, applied to two
 // activation rows at a time while they sit in L1.
@@ -174,8 +186,12 @@ bool MatvecUsesAvx2() {
 }
 
 bool MatvecNativeBf16() {
+#if defined(__x86_64__)
   static const bool bf16 = __builtin_cpu_supports("avx512bf16");
   return bf16;
+#else
+  return true;  // no measurement elsewhere: keep libtorch's GEMM for large products
+#endif
 }
 
 void RunMatvecs(std::span<const MatvecJob> jobs) {

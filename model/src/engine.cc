@@ -995,7 +995,7 @@ class EngineImpl final : public Engine {
     return {moe.gate_up[local], moe.down[local]};
   }
 
-  // Routed experts for few tokens (cpu_matvec). Every (token, slot) pair's
+  // Routed experts through cpu_matvec. Every (token, slot) pair's
   // gate_up product runs in one call, SiLU, every down product in another;
   // then each token sums its slots' outputs in slot order in fp32, so a
   // token's result does not depend on the rest of the batch. Returns [T, H]
@@ -1029,7 +1029,6 @@ class EngineImpl final : public Engine {
     absl::InlinedVector<float*, 4 * kMatvecMaxRows> gu_out(pairs), down_out(pairs);
     absl::InlinedVector<MatvecJob, 4 * kMatvecMaxRows> gu_jobs, down_jobs;
     absl::InlinedVector<at::Tensor, 8 * kMatvecMaxRows> keep_alive;
-    at::Tensor act;  // filled between the two calls; down_in points into it
     for (int64_t i = 0; i < pairs;) {
       const int64_t e = id[order[i]];
       int64_t end = i;
@@ -1055,7 +1054,7 @@ class EngineImpl final : public Engine {
       i = end;
     }
     internal::RunMatvecs(gu_jobs);
-    act = at::silu(gu.narrow(1, 0, inter)) * gu.narrow(1, inter, inter);  // [pairs, I]
+    const at::Tensor act = at::silu(gu.narrow(1, 0, inter)) * gu.narrow(1, inter, inter);
     for (int64_t r = 0; r < pairs; ++r) {
       down_in[r] = act.const_data_ptr<float>() + order[r] * inter;
     }
