@@ -122,15 +122,19 @@ for round in $(seq 1 "$ROUNDS"); do
     fi
     out=$(run_measured "$LLAMA_BUILD/bin/llama-batched-bench" -m "$GGUF" -t "$THREADS" -c 2048 \
       -b 2048 -ub 512 -npp $PROMPT -ntg $STEPS -npl 1,$BATCH --output-format jsonl 2>&1)
+    # (jsonl for the speeds; "load time" is parsed when llama_perf prints it)
     echo "$out" | "$PY" -c '
 import json, re, sys
 text = sys.stdin.read()
 rows = [json.loads(l) for l in text.splitlines() if l.startswith("{")]
-load_ms = float(re.search(r"load time =\s*([0-9.]+) ms", text).group(1))
+# batched-bench prints the llama_perf load time in its md output only.
+m = re.search(r"load time =\s*([0-9.]+) ms", text)
+load_ms = float(m.group(1)) if m else float("nan")
 peak, avg = re.search(r"PEAK_RSS_KB (\d+) LOAD (\S+)", text).groups()
 b1 = [r for r in rows if r["pl"] == 1][0]; bn = [r for r in rows if r["pl"] > 1][0]
-print(f"llama.cpp {sys.argv[1]} prefill {b1[\"speed_pp\"]} d1 {b1[\"speed_tg\"]} "
-      f"dn {bn[\"speed_tg\"]} load_s {load_ms / 1000} peak_gb {int(peak) / 1e6} load {avg}")
+prefill, d1, dn = b1["speed_pp"], b1["speed_tg"], bn["speed_tg"]
+print(f"llama.cpp {sys.argv[1]} prefill {prefill} d1 {d1} dn {dn} load_s {load_ms / 1000} "
+      f"peak_gb {int(peak) / 1e6} load {avg}")
 ' $cache >>"$RESULTS"
     [ $cache = cold ] && drop_caches
     out=$(run_measured "$ENGINE_BENCH" --child bf16:full --threads "$THREADS" --prompt $PROMPT \
@@ -163,7 +167,7 @@ def med(engine, cache, key):
     return statistics.median(v) if v else None
 def loads(engine, cache):
     return "/".join(r["load"] for r in rows.get((engine, cache), []))
-print(f"\nqwen3_moe bf16 (engine_bench's default checkpoint), {threads} threads each, "
+print(f"\nqwen3_moe bf16 (the engine_bench checkpoint), {threads} threads each, "
       f"medians of {len(rows[('premoe', 'warm')])} alternating rounds; load averages at the start "
       "of each run (premoe; llama.cpp).\n")
 print("| | premoe | llama.cpp | premoe / llama.cpp | load avg |")
@@ -176,7 +180,7 @@ for label, key, cache, higher in [
         ("load, page cache cold (s)", "load_s", "cold", False),
         ("peak RSS (GB)", "peak_gb", "warm", False)]:
     a, b = med("premoe", cache, key), med("llama.cpp", cache, key)
-    if a is None or b is None:
+    if a is None or b is None or a != a or b != b:
         print(f"| {label} | not measured | | | |")
         continue
     print(f"| {label} | {a:.2f} | {b:.2f} | {a / b:.2f} | {loads('premoe', cache)}; "
