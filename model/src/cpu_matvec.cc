@@ -7,6 +7,7 @@
 #endif
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "absl/container/inlined_vector.h"
@@ -33,9 +34,31 @@ template <WeightType T>
 inline float WeightAt(const void* w, int64_t i) {
   if constexpr (T == WeightType::kBF16) {
     return Bf16ToFloat(static_cast<const uint16_t*>(w)[i]);
+  } else if constexpr (T == WeightType::kInt8) {
+    return static_cast<float>(static_cast<const int8_t*>(w)[i]);
   } else {
     return static_cast<const float*>(w)[i];
   }
+}
+
+// An int8 row's sum times its scale; dense sums as they are.
+template <WeightType T>
+inline float Scaled(const MatvecJob& j, int64_t n, float s) {
+  if constexpr (T == WeightType::kInt8) {
+    return s * static_cast<const float*>(j.scales)[n];
+  } else {
+    return s;
+  }
+}
+
+// Input k of row n of an int4 matrix (checkpoint/quant.h's layout).
+inline float Int4At(const MatvecJob& j, int64_t n, int64_t k) {
+  const uint8_t byte = static_cast<const uint8_t*>(j.w)[n * (j.in / 2) + k / 16 * 8 + k % 8];
+  return static_cast<float>(k % 16 < 8 ? byte & 0xF : byte >> 4);
+}
+
+inline float Int4Param(const void* p, const MatvecJob& j, int64_t n, int64_t g) {
+  return Bf16ToFloat(static_cast<const uint16_t*>(p)[n * (j.in / j.group) + g]);
 }
 
 // ---- Portable: the AVX2 kernel's summation order, lane by lane ----------------
@@ -65,7 +88,37 @@ void TilePortable(const MatvecJob& j, int64_t n0, int64_t m0) {
       for (int64_t k = k8; k < j.in; ++k) {
         s += WeightAt<T>(j.w, (n0 + r) * j.ldw + k) * j.x[m0 + mb][k];
       }
-      j.y[m0 + mb][n0 + r] = s;
+      j.y[m0 + mb][n0 + r] = Scaled<T>(j, n0 + r, s);
+    }
+  }
+}
+
+// int4: whole 16-input blocks (in % group == 0, group % 16 == 0), weights
+// dequantized as fma(q, scale, min), low nibbles into the even set and high
+// nibbles into the odd one, as in the AVX2 tile.
+template <int R, int MB>
+void TileInt4Portable(const MatvecJob& j, int64_t n0, int64_t m0) {
+  float acc[R][MB][2][8] = {};
+  for (int64_t k = 0; k < j.in; k += 16) {
+    const int64_t g = k / j.group;
+    for (int r = 0; r < R; ++r) {
+      const float scale = Int4Param(j.scales, j, n0 + r, g);
+      const float min = Int4Param(j.mins, j, n0 + r, g);
+      for (int set = 0; set < 2; ++set) {
+        for (int l = 0; l < 8; ++l) {
+          const float w = std::fma(Int4At(j, n0 + r, k + 8 * set + l), scale, min);
+          for (int mb = 0; mb < MB; ++mb) {
+            acc[r][mb][set][l] += w * j.x[m0 + mb][k + 8 * set + l];
+          }
+        }
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int mb = 0; mb < MB; ++mb) {
+      float a[8];
+      for (int l = 0; l < 8; ++l) a[l] = acc[r][mb][0][l] + acc[r][mb][1][l];
+      j.y[m0 + mb][n0 + r] = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
     }
   }
 }
@@ -79,6 +132,10 @@ __attribute__((target("avx2,fma"))) inline __m256 Load8(const void* w, int64_t i
     const __m128i v =
         _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + i));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+  } else if constexpr (T == WeightType::kInt8) {
+    const __m128i v =
+        _mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const int8_t*>(w) + i));
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
   } else {
     return _mm256_loadu_ps(static_cast<const float*>(w) + i);
   }
@@ -126,7 +183,51 @@ __attribute__((target("avx2,fma"))) void TileAvx2(const MatvecJob& j, int64_t n0
     for (int mb = 0; mb < MB; ++mb) {
       float s = HorizontalSum(_mm256_add_ps(even[r][mb], odd[r][mb]));
       for (int64_t k = k8; k < j.in; ++k) s += WeightAt<T>(j.w, (n0 + r) * j.ldw + k) * xs[mb][k];
-      j.y[m0 + mb][n0 + r] = s;
+      j.y[m0 + mb][n0 + r] = Scaled<T>(j, n0 + r, s);
+    }
+  }
+}
+
+template <int R, int MB>
+__attribute__((target("avx2,fma"))) void TileInt4Avx2(const MatvecJob& j, int64_t n0, int64_t m0) {
+  __m256 even[R][MB], odd[R][MB];
+  for (int r = 0; r < R; ++r) {
+    for (int mb = 0; mb < MB; ++mb) even[r][mb] = odd[r][mb] = _mm256_setzero_ps();
+  }
+  const float* xs[MB];
+  for (int mb = 0; mb < MB; ++mb) xs[mb] = j.x[m0 + mb];
+  const auto* q = static_cast<const uint8_t*>(j.w);
+  const int64_t row_bytes = j.in / 2;
+  const __m256i nibble = _mm256_set1_epi32(0xF);
+  for (int64_t g0 = 0; g0 < j.in; g0 += j.group) {
+    __m256 scale[R], min[R];
+    for (int r = 0; r < R; ++r) {
+      scale[r] = _mm256_set1_ps(Int4Param(j.scales, j, n0 + r, g0 / j.group));
+      min[r] = _mm256_set1_ps(Int4Param(j.mins, j, n0 + r, g0 / j.group));
+    }
+    for (int64_t k = g0; k < g0 + j.group; k += 16) {
+      __m256 xlo[MB], xhi[MB];
+      for (int mb = 0; mb < MB; ++mb) {
+        xlo[mb] = _mm256_loadu_ps(xs[mb] + k);
+        xhi[mb] = _mm256_loadu_ps(xs[mb] + k + 8);
+      }
+      for (int r = 0; r < R; ++r) {
+        const __m256i b = _mm256_cvtepu8_epi32(
+            _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + (n0 + r) * row_bytes + k / 2)));
+        const __m256 lo =
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(b, nibble)), scale[r], min[r]);
+        const __m256 hi =
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4)), scale[r], min[r]);
+        for (int mb = 0; mb < MB; ++mb) {
+          even[r][mb] = _mm256_fmadd_ps(lo, xlo[mb], even[r][mb]);
+          odd[r][mb] = _mm256_fmadd_ps(hi, xhi[mb], odd[r][mb]);
+        }
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int mb = 0; mb < MB; ++mb) {
+      j.y[m0 + mb][n0 + r] = HorizontalSum(_mm256_add_ps(even[r][mb], odd[r][mb]));
     }
   }
 }
@@ -138,8 +239,22 @@ template <WeightType T, int R, int MB>
 void TileAvx2(const MatvecJob& j, int64_t n0, int64_t m0) {
   TilePortable<T, R, MB>(j, n0, m0);
 }
+template <int R, int MB>
+void TileInt4Avx2(const MatvecJob& j, int64_t n0, int64_t m0) {
+  TileInt4Portable<R, MB>(j, n0, m0);
+}
 bool DetectAvx2() { return false; }
 #endif
+
+// One tile of R weight rows by MB activation rows, in the kernel for T.
+template <WeightType T, int R, int MB>
+inline void Tile(const MatvecJob& j, int64_t n0, int64_t m0, bool avx2) {
+  if constexpr (T == WeightType::kInt4) {
+    avx2 ? TileInt4Avx2<R, MB>(j, n0, m0) : TileInt4Portable<R, MB>(j, n0, m0);
+  } else {
+    avx2 ? TileAvx2<T, R, MB>(j, n0, m0) : TilePortable<T, R, MB>(j, n0, m0);
+  }
+}
 
 // Rows [n_begin, n_end) of job j: four weight rows at a time, applied to two
 // activation rows at a time while they sit in L1.
@@ -153,29 +268,37 @@ void RunRows(const MatvecJob& j, int64_t n_begin, int64_t n_end, bool avx2) {
         // Sixteen accumulators at most: four rows for one activation row,
         // two for two.
         if (pair) {
-          for (int64_t h = n; h < n + kTileRows; h += 2) {
-            avx2 ? TileAvx2<T, 2, 2>(j, h, m) : TilePortable<T, 2, 2>(j, h, m);
-          }
+          for (int64_t h = n; h < n + kTileRows; h += 2) Tile<T, 2, 2>(j, h, m, avx2);
         } else {
-          avx2 ? TileAvx2<T, 4, 1>(j, n, m) : TilePortable<T, 4, 1>(j, n, m);
+          Tile<T, 4, 1>(j, n, m, avx2);
         }
         continue;
       }
       for (int64_t r = n; r < n_end; ++r) {
-        if (avx2) {
-          pair ? TileAvx2<T, 1, 2>(j, r, m) : TileAvx2<T, 1, 1>(j, r, m);
-        } else {
-          pair ? TilePortable<T, 1, 2>(j, r, m) : TilePortable<T, 1, 1>(j, r, m);
-        }
+        pair ? Tile<T, 1, 2>(j, r, m, avx2) : Tile<T, 1, 1>(j, r, m, avx2);
       }
     }
   }
 }
 
+// Bytes of weight (scales included) per element.
+double ElementBytes(const MatvecJob& j) {
+  switch (j.type) {
+    case WeightType::kF32:
+      return 4;
+    case WeightType::kBF16:
+      return 2;
+    case WeightType::kInt8:
+      return 1;
+    case WeightType::kInt4:
+      return 0.5 + 4.0 / static_cast<double>(j.group);
+  }
+  return 2;
+}
+
 // Work of one weight row: its bytes, plus a little per activation row.
 double RowCost(const MatvecJob& j) {
-  const double bytes = j.type == WeightType::kBF16 ? 2.0 : 4.0;
-  return static_cast<double>(j.in) * (bytes + 0.5 * static_cast<double>(j.rows));
+  return static_cast<double>(j.in) * (ElementBytes(j) + 0.5 * static_cast<double>(j.rows));
 }
 
 }  // namespace
@@ -201,7 +324,7 @@ void RunMatvecs(std::span<const MatvecJob> jobs) {
   for (size_t i = 0; i < jobs.size(); ++i) {
     const MatvecJob& j = jobs[i];
     start[i + 1] = start[i] + (j.rows > 0 ? RowCost(j) * static_cast<double>(j.out) : 0.0);
-    bytes += static_cast<double>(j.out * j.in) * (j.type == WeightType::kBF16 ? 2 : 4);
+    bytes += static_cast<double>(j.out * j.in) * ElementBytes(j);
   }
   const double total = start.back();
   if (total == 0) return;
@@ -224,10 +347,19 @@ void RunMatvecs(std::span<const MatvecJob> jobs) {
       if (j.rows == 0) continue;
       const int64_t begin = cut(i, t), end = cut(i, t + 1);
       if (begin >= end) continue;
-      if (j.type == WeightType::kBF16) {
-        RunRows<WeightType::kBF16>(j, begin, end, avx2);
-      } else {
-        RunRows<WeightType::kF32>(j, begin, end, avx2);
+      switch (j.type) {
+        case WeightType::kF32:
+          RunRows<WeightType::kF32>(j, begin, end, avx2);
+          break;
+        case WeightType::kBF16:
+          RunRows<WeightType::kBF16>(j, begin, end, avx2);
+          break;
+        case WeightType::kInt8:
+          RunRows<WeightType::kInt8>(j, begin, end, avx2);
+          break;
+        case WeightType::kInt4:
+          RunRows<WeightType::kInt4>(j, begin, end, avx2);
+          break;
       }
     }
   };

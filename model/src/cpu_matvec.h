@@ -22,7 +22,11 @@
 
 namespace premoe::model::internal {
 
-enum class WeightType { kF32, kBF16 };
+// kInt8 and kInt4 are checkpoint::QuantFormat's layouts (premoe/checkpoint/
+// quant.h): the kernel dequantizes in registers exactly as Dequantize does
+// (int4: fma(q, scale, min)) and sums in the same order as for dense types;
+// an int8 row's sum is multiplied by its scale at the end.
+enum class WeightType { kF32, kBF16, kInt8, kInt4 };
 
 // Y[m][n] = sum_k X[m][k] * W[n][k] for m < rows, n < out. Borrowed pointers;
 // the caller keeps every buffer alive for the call. X rows and Y rows are
@@ -32,10 +36,15 @@ enum class WeightType { kF32, kBF16 };
 struct MatvecJob {
   const void* w = nullptr;  // [out, in] row-major, `ldw` elements between rows
   WeightType type = WeightType::kBF16;
-  int64_t out = 0, in = 0, ldw = 0;
-  const float* const* x = nullptr;  // rows pointers, each to `in` floats
-  float* const* y = nullptr;        // rows pointers, each to `out` floats
+  int64_t out = 0, in = 0, ldw = 0;  // quantized types: ldw == in
+  const float* const* x = nullptr;   // rows pointers, each to `in` floats
+  float* const* y = nullptr;         // rows pointers, each to `out` floats
   int64_t rows = 0;
+  // kInt8: float [out]. kInt4: bf16 (uint16) [out][in / group] each, and
+  // `group` (a multiple of 16 dividing `in`). Unused for dense types.
+  const void* scales = nullptr;
+  const void* mins = nullptr;
+  int64_t group = 0;
 };
 
 // Runs every job (any number, any sizes) in one parallel region of

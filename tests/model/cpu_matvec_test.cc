@@ -1,7 +1,10 @@
 // cpu_matvec against a double-precision reference, and the property the
 // engine relies on: a row's result does not depend on the batch around it.
+// Quantized weights against the product of their dequantized values
+// (checkpoint::Dequantize) and against ATen's own int8 and int4 kernels.
 #include "model/src/cpu_matvec.h"
 
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <cmath>
@@ -10,7 +13,9 @@
 #include <random>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "gtest/gtest.h"
+#include "premoe/checkpoint/quant.h"
 
 namespace premoe::model::internal {
 namespace {
@@ -154,6 +159,164 @@ TEST(CpuMatvecTest, ManyJobsInOneCallEqualEachAlone) {
   jobs.push_back({ws[0].data(), ws[0].type, ws[0].out, ws[0].in, ws[0].ldw, nullptr, nullptr, 0});
   RunMatvecs(jobs);
   for (size_t i = 0; i < ws.size(); ++i) EXPECT_EQ(ys[i], Multiply(ws[i], xs[i])) << "job " << i;
+}
+
+// A quantized [out, in] matrix: its buffer and its dequantized values.
+struct Quantized {
+  checkpoint::QuantFormat format;
+  int64_t out, in;
+  std::vector<float> source;  // what was quantized
+  std::vector<float> values;  // Dequantize(buffer)
+  std::vector<std::byte> buffer;
+  checkpoint::QuantizedView view() const {
+    return checkpoint::ViewQuantized(format, out, in, buffer.data());
+  }
+  MatvecJob Job(const float* const* x, float* const* y, int64_t rows) const {
+    const checkpoint::QuantizedView v = view();
+    MatvecJob j{
+        v.q, format.type == checkpoint::QuantType::kInt8 ? WeightType::kInt8 : WeightType::kInt4,
+        out, in,
+        in,  x,
+        y,   rows};
+    j.scales = v.scales;
+    j.mins = v.mins;
+    j.group = format.group;
+    return j;
+  }
+};
+
+Quantized RandomQuantized(absl::string_view spelling, int64_t out, int64_t in, std::mt19937& rng) {
+  Quantized w{*checkpoint::QuantFormat::Parse(spelling), out, in, {}, {}, {}};
+  std::normal_distribution<float> d;
+  w.source.resize(out * in);
+  for (float& v : w.source) v = d(rng);
+  w.buffer.resize(w.format.Bytes(out, in, 0));
+  EXPECT_TRUE(checkpoint::Quantize(w.format, "w", w.source.data(), out, in, w.buffer).ok());
+  w.values.resize(out * in);
+  checkpoint::Dequantize(w.format, out, in, w.buffer.data(), w.values.data());
+  return w;
+}
+
+std::vector<std::vector<float>> Multiply(const Quantized& w,
+                                         const std::vector<std::vector<float>>& x) {
+  std::vector<std::vector<float>> y(x.size(), std::vector<float>(w.out, NAN));
+  std::vector<const float*> xr;
+  std::vector<float*> yr;
+  for (size_t m = 0; m < x.size(); ++m) {
+    xr.push_back(x[m].data());
+    yr.push_back(y[m].data());
+  }
+  const MatvecJob job = w.Job(xr.data(), yr.data(), static_cast<int64_t>(x.size()));
+  RunMatvecs({&job, 1});
+  return y;
+}
+
+TEST(CpuMatvecTest, QuantizedEqualsTheProductOfItsDequantizedValues) {
+  std::mt19937 rng(5);
+  for (const char* spelling : {"int8", "int4:g16", "int4:g32", "int4:g128"}) {
+    const bool int4 = spelling[3] == '4';
+    for (int64_t out : {1, 3, 4, 7, 33}) {
+      const std::vector<int64_t> ins =
+          int4 ? std::vector<int64_t>{128, 256, 384} : std::vector<int64_t>{1, 7, 8, 9, 64, 515};
+      for (int64_t in : ins) {
+        for (int64_t rows : {1, 2, 3, 16}) {
+          SCOPED_TRACE(::testing::Message()
+                       << spelling << " out " << out << " in " << in << " rows " << rows);
+          const Quantized w = RandomQuantized(spelling, out, in, rng);
+          const auto x = RandomRows(rows, in, rng);
+          const auto y = Multiply(w, x);
+          for (int64_t m = 0; m < rows; ++m) {
+            for (int64_t n = 0; n < out; ++n) {
+              double want = 0, magnitude = 0;
+              for (int64_t k = 0; k < in; ++k) {
+                want += static_cast<double>(w.values[n * in + k]) * x[m][k];
+                magnitude += std::abs(static_cast<double>(w.values[n * in + k]) * x[m][k]);
+              }
+              // As for dense weights, plus int8's final multiply by the scale.
+              const double bound = static_cast<double>(in + 2) * 6e-8 * magnitude + 1e-30;
+              ASSERT_LE(std::abs(y[m][n] - want), bound) << "row " << m << " output " << n;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(CpuMatvecTest, QuantizedMatchesATensKernels) {
+  std::mt19937 rng(13);
+  for (const char* spelling : {"int8", "int4:g32", "int4:g64", "int4:g128"}) {
+    SCOPED_TRACE(spelling);
+    const int64_t out = 48, in = 256, rows = 5;  // ATen's int4 packing wants out % 16 == 0
+    const Quantized w = RandomQuantized(spelling, out, in, rng);
+    const auto x = RandomRows(rows, in, rng);
+    const auto y = Multiply(w, x);
+    at::Tensor xt = at::empty({rows, in}, at::kFloat);
+    for (int64_t m = 0; m < rows; ++m) {
+      std::memcpy(xt[m].data_ptr<float>(), x[m].data(), in * sizeof(float));
+    }
+    at::Tensor want;
+    const checkpoint::QuantizedView v = w.view();
+    if (w.format.type == checkpoint::QuantType::kInt8) {
+      const at::Tensor q = at::from_blob(const_cast<void*>(v.q), {out, in}, at::kChar).clone();
+      const at::Tensor scales =
+          at::from_blob(const_cast<void*>(v.scales), {out}, at::kFloat).clone();
+      want = at::_weight_int8pack_mm(xt, q, scales);
+    } else {
+      // ATen's int4: w = (q - 8) * scale + zero, q as int32 [out, in], scales
+      // and zeros as [in / group, out, 2].
+      const int64_t g = w.format.group, groups = in / g;
+      at::Tensor q = at::empty({out, in}, at::kInt);
+      at::Tensor sz = at::empty({groups, out, 2}, at::kFloat);
+      const auto* bytes = static_cast<const uint8_t*>(v.q);
+      const auto* scales = static_cast<const uint16_t*>(v.scales);
+      const auto* mins = static_cast<const uint16_t*>(v.mins);
+      auto qa = q.accessor<int32_t, 2>();
+      auto sza = sz.accessor<float, 3>();
+      for (int64_t n = 0; n < out; ++n) {
+        for (int64_t k = 0; k < in; ++k) {
+          const uint8_t b = bytes[n * in / 2 + k / 16 * 8 + k % 8];
+          qa[n][k] = k % 16 < 8 ? b & 0xF : b >> 4;
+        }
+        for (int64_t gi = 0; gi < groups; ++gi) {
+          const float scale = FromBf16(scales[n * groups + gi]);
+          sza[gi][n][0] = scale;
+          sza[gi][n][1] = FromBf16(mins[n * groups + gi]) + 8 * scale;
+        }
+      }
+      want =
+          at::_weight_int4pack_mm_for_cpu(xt, at::_convert_weight_to_int4pack_for_cpu(q, 2), g, sz);
+    }
+    ASSERT_EQ(want.sizes(), (at::IntArrayRef{rows, out}));
+    auto wa = want.accessor<float, 2>();
+    for (int64_t m = 0; m < rows; ++m) {
+      for (int64_t n = 0; n < out; ++n) {
+        double magnitude = 0;
+        for (int64_t k = 0; k < in; ++k) magnitude += std::abs(w.values[n * in + k] * x[m][k]);
+        // Different summation orders (and ATen's own rounding of the zero
+        // point): far below the size of a misplaced nibble or scale.
+        ASSERT_NEAR(y[m][n], wa[m][n], 1e-5 * magnitude) << "row " << m << " output " << n;
+      }
+    }
+  }
+}
+
+TEST(CpuMatvecTest, AQuantizedRowsResultIsTheSameAloneInABatchAndOnAnyThreadCount) {
+  std::mt19937 rng(17);
+  const int threads = at::get_num_threads();
+  for (const char* spelling : {"int8", "int4:g64"}) {
+    SCOPED_TRACE(spelling);
+    const Quantized w = RandomQuantized(spelling, 1001, 1024, rng);  // over 256 KiB: split
+    const auto x = RandomRows(9, 1024, rng);
+    const auto batch = Multiply(w, x);
+    for (int t : {1, 2, 3}) {
+      at::set_num_threads(t);
+      for (size_t m = 0; m < x.size(); ++m) {
+        ASSERT_EQ(Multiply(w, {x[m]})[0], batch[m]) << "row " << m << ", " << t << " threads";
+      }
+    }
+    at::set_num_threads(threads);
+  }
 }
 
 }  // namespace
