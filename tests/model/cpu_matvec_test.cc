@@ -45,6 +45,9 @@ struct Weights {
   const void* data() const {
     return type == WeightType::kF32 ? static_cast<const void*>(f32.data()) : bf16.data();
   }
+  MatvecJob Job(const float* const* x, float* const* y, int64_t rows) const {
+    return {data(), type, out, in, ldw, x, y, rows};
+  }
 };
 
 Weights RandomWeights(WeightType type, int64_t out, int64_t in, int64_t ldw, std::mt19937& rng) {
@@ -69,9 +72,9 @@ std::vector<std::vector<float>> RandomRows(int64_t rows, int64_t in, std::mt1993
   return x;
 }
 
-// Y = X W^T for every row of x, through one job.
-std::vector<std::vector<float>> Multiply(const Weights& w,
-                                         const std::vector<std::vector<float>>& x) {
+// Y = X W^T for every row of x, through one job (w: Weights or Quantized).
+template <typename W>
+std::vector<std::vector<float>> Multiply(const W& w, const std::vector<std::vector<float>>& x) {
   std::vector<std::vector<float>> y(x.size(), std::vector<float>(w.out, NAN));
   std::vector<const float*> xr;
   std::vector<float*> yr;
@@ -79,8 +82,7 @@ std::vector<std::vector<float>> Multiply(const Weights& w,
     xr.push_back(x[m].data());
     yr.push_back(y[m].data());
   }
-  const MatvecJob job{w.data(), w.type,    w.out,     w.in,
-                      w.ldw,    xr.data(), yr.data(), static_cast<int64_t>(x.size())};
+  const MatvecJob job = w.Job(xr.data(), yr.data(), static_cast<int64_t>(x.size()));
   RunMatvecs({&job, 1});
   return y;
 }
@@ -195,20 +197,6 @@ Quantized RandomQuantized(absl::string_view spelling, int64_t out, int64_t in, s
   w.values.resize(out * in);
   checkpoint::Dequantize(w.format, out, in, w.buffer.data(), w.values.data());
   return w;
-}
-
-std::vector<std::vector<float>> Multiply(const Quantized& w,
-                                         const std::vector<std::vector<float>>& x) {
-  std::vector<std::vector<float>> y(x.size(), std::vector<float>(w.out, NAN));
-  std::vector<const float*> xr;
-  std::vector<float*> yr;
-  for (size_t m = 0; m < x.size(); ++m) {
-    xr.push_back(x[m].data());
-    yr.push_back(y[m].data());
-  }
-  const MatvecJob job = w.Job(xr.data(), yr.data(), static_cast<int64_t>(x.size()));
-  RunMatvecs({&job, 1});
-  return y;
 }
 
 TEST(CpuMatvecTest, QuantizedEqualsTheProductOfItsDequantizedValues) {
