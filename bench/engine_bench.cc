@@ -1,12 +1,14 @@
 // engine_bench: prefill and decode throughput of the MoE engine on a generated
 // qwen3_moe checkpoint of realistic proportions, for bf16 and fp32, full and
-// 50% reduced, with the achieved weight bandwidth as a fraction of memcpy
-// bandwidth measured in the same run, and RSS next to weight bytes.
+// 50% reduced, with routed experts dense or quantized (--quants), with the
+// achieved weight bandwidth as a fraction of memcpy bandwidth measured in the
+// same run, the bytes each decoded token reads, and RSS next to weight bytes.
 //
 // usage: engine_bench [--hidden 2048] [--layers 16] [--experts 64] [--top-k 4]
 //          [--moe-intermediate 512] [--vocab 32000] [--heads 16] [--kv-heads 4]
 //          [--prompt 128] [--decode-steps 16] [--batch 8] [--threads N]
-//          [--dtypes bf16,fp32] [--reference] [--cache-dir /tmp/premoe_bench_model]
+//          [--dtypes bf16,fp32] [--quants none,int8,int4] [--reference]
+//          [--cache-dir /tmp/premoe_bench_model]
 //
 // --reference (default on) also runs each dtype's full model with
 // EngineOptions::cpu_kernels off: every op through libtorch, the engine's
@@ -61,10 +63,11 @@ struct Flags {
   int64_t prompt = 128, decode_steps = 16, batch = 8;
   int64_t threads = std::max(1u, std::thread::hardware_concurrency());
   std::string dtypes = "bf16,fp32";
+  std::string quants = "none,int8,int4";
   bool reference = true;
   std::string cache_dir = "/tmp/premoe_bench_model";
-  // Child mode: run one configuration ("bf16:full", "fp32:half") and print
-  // one RESULT line.
+  // Child mode: run one configuration ("bf16:full", "fp32:half",
+  // "bf16:full:libtorch", "bf16:half+int4:g128") and print one RESULT line.
   std::string child;
 };
 
@@ -87,6 +90,10 @@ void AddFlags(CLI::App& app, Flags* f) {
     app.add_option(name, *value)->capture_default_str()->check(CLI::Range(1, 1 << 30));
   }
   app.add_option("--dtypes", f->dtypes, "Compute dtypes, comma-separated")->capture_default_str();
+  app.add_option("--quants", f->quants,
+                 "Routed expert formats (EngineOptions::expert_quant), comma-separated; the "
+                 "quantized ones run with the first dtype only")
+      ->capture_default_str();
   app.add_option("--reference", f->reference,
                  "Also run each full model with every op through libtorch")
       ->capture_default_str();
@@ -248,7 +255,8 @@ class ExpertUnionTap final : public premoe::model::GateTap {
 
 int RunChild(const Flags& f) {
   using namespace premoe::model;
-  const std::vector<std::string> parts = absl::StrSplit(f.child, ':');
+  const std::pair<std::string, std::string> config_quant = absl::StrSplit(f.child, '+');
+  const std::vector<std::string> parts = absl::StrSplit(config_quant.first, ':');
   const std::string dtype = parts[0];
   const bool half = parts.size() > 1 && parts[1] == "half";
   const bool libtorch = parts.size() > 2 && parts[2] == "libtorch";
@@ -259,6 +267,7 @@ int RunChild(const Flags& f) {
   EngineOptions options;
   options.dtype = dtype;
   options.cpu_kernels = !libtorch;
+  if (!config_quant.second.empty()) options.expert_quant = config_quant.second;
   if (half) {
     // The first half of every layer's experts: no pattern exists yet, and
     // for random weights any half is as good as another.
@@ -278,7 +287,8 @@ int RunChild(const Flags& f) {
   const int64_t weights = engine->weight_bytes();
   const int64_t elem = dtype == "fp32" ? 4 : 2;
   const int64_t experts_loaded = f.layers * (half ? f.experts / 2 : f.experts);
-  const int64_t expert_bytes = 3 * f.hidden * f.moe_inter * elem;
+  // As held: quantized experts count their scales.
+  const int64_t expert_bytes = engine->expert_bytes();
   // A token reads every weight but the embedding table (one row) and the
   // routed experts it is not sent to.
   const int64_t dense_bytes = weights - experts_loaded * expert_bytes - f.vocab * f.hidden * elem;
@@ -392,11 +402,22 @@ int main(int argc, char** argv) {
                memcpy_t / 1e9, f.threads);
 
   std::vector<Result> results;
-  for (absl::string_view dtype : absl::StrSplit(f.dtypes, ',')) {
-    std::vector<std::string> variants = {"full", "half"};
-    if (f.reference) variants.push_back("full:libtorch");
-    for (const std::string& variant : variants) {
-      const std::string config = absl::StrCat(dtype, ":", variant);
+  std::vector<std::string> configs;
+  const std::vector<std::string> dtypes = absl::StrSplit(f.dtypes, ',');
+  for (const std::string& dtype : dtypes) {
+    for (absl::string_view quant : absl::StrSplit(f.quants, ',')) {
+      if (quant == "none") {
+        configs.push_back(dtype + ":full");
+        configs.push_back(dtype + ":half");
+        if (f.reference) configs.push_back(dtype + ":full:libtorch");
+      } else if (dtype == dtypes.front()) {
+        configs.push_back(absl::StrCat(dtype, ":full+", quant));
+        configs.push_back(absl::StrCat(dtype, ":half+", quant));
+      }
+    }
+  }
+  {
+    for (const std::string& config : configs) {
       std::fprintf(stderr, "running %s...\n", config.c_str());
       std::string cmd = absl::StrCat("'/proc/", getpid(), "/exe'");
       for (int i = 1; i < argc; ++i) absl::StrAppend(&cmd, " '", argv[i], "'");
@@ -407,8 +428,8 @@ int main(int argc, char** argv) {
       Result r;
       bool got = false;
       while (std::fgets(line, sizeof(line), pipe) != nullptr) {
-        char name[64];
-        if (std::sscanf(line, "RESULT %63s %ld %ld %ld %ld %lf %lf %lf %lf %lf %ld %ld %lf", name,
+        char name[128];
+        if (std::sscanf(line, "RESULT %127s %ld %ld %ld %ld %lf %lf %lf %lf %lf %ld %ld %lf", name,
                         &r.weights, &r.rss_base, &r.rss_loaded, &r.rss_decode, &r.prefill, &r.d1,
                         &r.bw1, &r.db, &r.bwb, &r.kv_bytes, &r.token_bytes, &r.load_s) == 13) {
           r.config = name;
@@ -434,18 +455,34 @@ int main(int argc, char** argv) {
   std::printf(
       "| model | weights GB | load s | RSS loaded GB (overhead) | prefill tok/s | "
       "decode b1 tok/s | b1 weight GB/s (/memcpy) | decode b%ld tok/s | "
-      "b%ld weight GB/s (/memcpy) | RSS decoding b%ld GB (over weights+KV) |\n",
+      "b%ld weight GB/s (/memcpy) | RSS decoding b%ld GB (over weights+KV) | "
+      "GB read per b1 token |\n",
       f.batch, f.batch, f.batch);
-  std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Result& r : results) {
     const double over = static_cast<double>(r.rss_loaded - r.weights) / r.weights;
     const double over_d = static_cast<double>(r.rss_decode - r.weights - r.kv_bytes) / r.weights;
     std::printf(
         "| %s | %.2f | %.1f | %.2f (%+.1f%%) | %.1f | %.2f | %.2f (%.2f) | %.2f | %.2f (%.2f) | "
-        "%.2f (%+.1f%%) |\n",
+        "%.2f (%+.1f%%) | %.3f |\n",
         r.config.c_str(), r.weights / 1e9, r.load_s, r.rss_loaded / 1e9, 100 * over, r.prefill,
         r.d1, r.bw1 / 1e9, r.bw1 / memcpy_t, r.db, r.bwb / 1e9, r.bwb / memcpy_t,
-        r.rss_decode / 1e9, 100 * over_d);
+        r.rss_decode / 1e9, 100 * over_d, r.token_bytes / 1e9);
+  }
+  // Each quantized configuration against the same model dense, same run.
+  for (const Result& q : results) {
+    const size_t plus = q.config.find('+');
+    if (plus == std::string::npos) continue;
+    for (const Result& r : results) {
+      if (r.config != q.config.substr(0, plus)) continue;
+      std::printf(
+          "\n%s against %s: bytes read per token %.2f, weights held %.2f, RSS %.2f; prefill "
+          "%.2fx, decode b1 %.2fx, decode b%ld %.2fx.",
+          q.config.c_str(), r.config.c_str(), static_cast<double>(q.token_bytes) / r.token_bytes,
+          static_cast<double>(q.weights) / r.weights,
+          static_cast<double>(q.rss_decode) / r.rss_decode, q.prefill / r.prefill, q.d1 / r.d1,
+          f.batch, q.db / r.db);
+    }
   }
   for (const Result& r : results) {
     if (!absl::EndsWith(r.config, ":full:libtorch")) continue;

@@ -9,8 +9,17 @@
 // A task's score is exact match for the generation tasks and next-token
 // accuracy for the text tasks; retention = pruned average / full average.
 //
+// Then memory against quality: for every expert format (--formats) and every
+// budget (full, 50%, 75% and a byte budget of 3/8 of the unquantized
+// experts' bytes, so a smaller format keeps more experts in the same bytes),
+// the peu patterns' average score and retention against the full
+// unquantized model, the bytes held, the text tasks' perplexity, and the
+// fraction of calibration tokens whose greedy choice differs from the full
+// unquantized model's.
+//
 // usage: quality_bench [--model testbed/model] [--cal-samples 100]
 //          [--eval-samples 200] [--json FILE] [--metrics peu,tcess,...]
+//          [--formats none,int8,int4:g128,int4:g32] [--formats-only]
 // The markdown table goes to stdout, progress to stderr.
 #include <ATen/ATen.h>
 
@@ -68,12 +77,139 @@ std::vector<profiler::CalibrationSample> Calibration(const testbed::Task& t, int
   return out;
 }
 
-double Score(const Setup& s, const testbed::Task& t, const model::KeptExperts* mask) {
+testbed::TaskScore Evaluate(const model::Engine& engine, const Setup& s, const testbed::Task& t,
+                            const model::KeptExperts* mask) {
   testbed::EvalOptions eo;
   eo.samples = s.eval_samples;
   eo.mask = mask;
-  testbed::EvalReport r = OrDie(testbed::Evaluate(*s.engine, *s.tokenizer, {&t}, eo));
-  return Primary(r.tasks.front());
+  testbed::EvalReport r = OrDie(testbed::Evaluate(engine, *s.tokenizer, {&t}, eo));
+  return r.tasks.front();
+}
+
+double Score(const Setup& s, const testbed::Task& t, const model::KeptExperts* mask) {
+  return Primary(Evaluate(*s.engine, s, t, mask));
+}
+
+// Greedy next-token choices of `engine` over `texts` (each with its task's
+// mask, or none), one row of argmaxes per text.
+std::vector<at::Tensor> Argmaxes(const model::Engine& engine,
+                                 const std::vector<std::vector<int64_t>>& texts,
+                                 const std::vector<const model::KeptExperts*>& masks) {
+  std::vector<at::Tensor> out;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    model::ForwardOptions fo;
+    fo.all_logits = true;
+    if (masks[i] != nullptr) fo.masks = {masks[i]};
+    out.push_back(OrDie(engine.Forward({texts[i]}, nullptr, fo)).argmax(-1));
+  }
+  return out;
+}
+
+constexpr double kMiB = 1 << 20;
+
+// The memory x quality table (see the top of the file). Returns its rows
+// for the JSON and appends the markdown to `table`.
+nlohmann::ordered_json FormatTable(const std::string& model_dir, const std::string& dtype,
+                                   const Setup& setup, const std::vector<std::string>& formats,
+                                   const std::vector<profiler::TaskProfile>& peu,
+                                   std::string* table) {
+  const std::vector<const testbed::Task*>& tasks = testbed::AllTasks();
+  const int64_t n = setup.engine->config().num_routed_experts, k = setup.engine->top_k();
+  const int64_t layers = setup.engine->config().NumMoeLayers();
+  const std::vector<std::pair<std::string, std::string>> budgets = {
+      {"full", ""},
+      {"50%", absl::StrCat(k, "/", n / 2)},
+      {"75%", absl::StrCat(k, "/", n / 4)},
+      {"bytes 3/8", absl::StrCat("bytes:", setup.full_expert_bytes * 3 / 8, "B")}};
+  // Greedy choices are compared on calibration texts (prompt + completion),
+  // 8 per task, each under its own task's pattern.
+  std::vector<std::vector<int64_t>> texts;
+  std::vector<size_t> text_task;
+  for (size_t ti = 0; ti < tasks.size(); ++ti) {
+    for (const auto& c : Calibration(*tasks[ti], 8)) {
+      auto ids = OrDie(setup.tokenizer->Encode(c.prompt + c.completion, true));
+      texts.emplace_back(ids.begin(), ids.end());
+      text_task.push_back(ti);
+    }
+  }
+  nlohmann::ordered_json rows = nlohmann::json::array();
+  absl::StrAppend(table,
+                  "| experts | budget | experts kept | expert MiB | all weights MiB | average | "
+                  "retention | text perplexity | greedy tokens changed |\n"
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+  std::vector<at::Tensor> reference;  // the full unquantized model's choices
+  double reference_avg = 0;
+  for (const std::string& format : formats) {
+    model::EngineOptions eo;
+    eo.dtype = dtype;
+    eo.expert_quant = format;
+    auto engine = OrDie(model::Engine::Open(model_dir, eo));
+    const int64_t expert_bytes = engine->expert_bytes();
+    const int64_t non_expert = engine->weight_bytes() - n * layers * expert_bytes;
+    for (const auto& [label, spec] : budgets) {
+      std::vector<model::KeptExperts> keeps(tasks.size());
+      int64_t kept = n * layers;  // per task, averaged below
+      if (!spec.empty()) {
+        const profiler::Budget budget = OrDie(profiler::Budget::Parse(spec));
+        kept = 0;
+        for (size_t ti = 0; ti < tasks.size(); ++ti) {
+          const profiler::Selection sel =
+              OrDie(profiler::Select(peu[ti].scores, budget, expert_bytes, k));
+          keeps[ti] = sel.keep;
+          kept += sel.kept_experts;
+        }
+        kept /= static_cast<int64_t>(tasks.size());
+      }
+      double avg = 0, ppl = 0;
+      int text_tasks = 0;
+      std::vector<double> scores;
+      for (size_t ti = 0; ti < tasks.size(); ++ti) {
+        const testbed::TaskScore score =
+            Evaluate(*engine, setup, *tasks[ti], spec.empty() ? nullptr : &keeps[ti]);
+        scores.push_back(Primary(score));
+        avg += Primary(score) / static_cast<double>(tasks.size());
+        if (score.kind == testbed::TaskKind::kText) {
+          ppl += score.perplexity;
+          ++text_tasks;
+        }
+      }
+      if (text_tasks > 0) ppl /= text_tasks;
+      std::vector<const model::KeptExperts*> masks;
+      for (size_t ti : text_task) masks.push_back(spec.empty() ? nullptr : &keeps[ti]);
+      const std::vector<at::Tensor> choices = Argmaxes(*engine, texts, masks);
+      if (reference.empty()) {
+        reference = choices;
+        reference_avg = avg;
+      }
+      int64_t changed = 0, tokens = 0;
+      for (size_t i = 0; i < choices.size(); ++i) {
+        changed += choices[i].ne(reference[i]).sum().item<int64_t>();
+        tokens += choices[i].numel();
+      }
+      const double held = static_cast<double>(kept * expert_bytes);
+      const double retention = reference_avg > 0 ? avg / reference_avg : 0;
+      const double changed_fraction = static_cast<double>(changed) / static_cast<double>(tokens);
+      std::fprintf(stderr, "%-10s %-9s experts %.2f MiB average %.3f retention %.3f\n",
+                   format.c_str(), label.c_str(), held / kMiB, avg, retention);
+      absl::StrAppendFormat(
+          table, "| %s | %s | %d of %d | %.2f | %.2f | **%.1f** | %.1f%% | %.3f | %.2f%% |\n",
+          format, label, kept, n * layers, held / kMiB,
+          (static_cast<double>(non_expert) + held) / kMiB, 100 * avg, 100 * retention, ppl,
+          100 * changed_fraction);
+      rows.push_back({{"format", format},
+                      {"budget", label},
+                      {"spec", spec},
+                      {"kept_experts", kept},
+                      {"expert_bytes", kept * expert_bytes},
+                      {"weight_bytes", non_expert + kept * expert_bytes},
+                      {"scores", scores},
+                      {"average", avg},
+                      {"retention", retention},
+                      {"text_perplexity", ppl},
+                      {"greedy_changed", changed_fraction}});
+    }
+  }
+  return rows;
 }
 
 }  // namespace
@@ -83,6 +219,9 @@ int main(int argc, char** argv) {
   int64_t cal = 100, eval = 200;
   std::vector<std::string> metrics = {"peu",       "tcess", "act_logits", "all_logits",
                                       "frequency", "reap",  "man",        "random"};
+  std::vector<std::string> formats = {"none", "int8", "int4:g128", "int4:g32"};
+  std::string dtype = "fp32";
+  bool formats_only = false;
   CLI::App app("quality_bench: every metric's pattern at expert budgets on the testbed");
   app.add_option("--model", model_dir, "Model directory")->capture_default_str();
   app.add_option("--cal-samples", cal, "Calibration samples per task's pattern")
@@ -95,8 +234,16 @@ int main(int argc, char** argv) {
   app.add_option("--metrics", metrics, "Metrics to compare, comma-separated")
       ->delimiter(',')
       ->capture_default_str();
+  app.add_option("--formats", formats,
+                 "Expert formats of the memory x quality table (EngineOptions::expert_quant), the "
+                 "first the reference")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--dtype", dtype, "Compute dtype: fp32 or bf16")->capture_default_str();
+  app.add_flag("--formats-only", formats_only,
+               "Only the memory x quality table (no metric table, sweep or throughput)");
   CLI11_PARSE(app, argc, argv);
-  auto engine = OrDie(model::Engine::Open(model_dir, {.dtype = "fp32"}));
+  auto engine = OrDie(model::Engine::Open(model_dir, {.dtype = dtype}));
   auto tokenizer = OrDie(tokenizer::Tokenizer::FromFile(model_dir + "/tokenizer.json"));
   const checkpoint::ModelSummary summary = OrDie(checkpoint::SummarizeModel(model_dir));
   const int64_t n = engine->config().num_routed_experts, k = engine->top_k();
@@ -123,6 +270,28 @@ int main(int argc, char** argv) {
   for (const auto* t : tasks) names.push_back(t->name());
   out["tasks"] = names;
 
+  // Profiles: per metric, per task.
+  auto profile = [&](const std::string& metric, const testbed::Task& t, int64_t samples) {
+    profiler::ProfileOptions po;
+    po.metric = OrDie(profiler::MetricOptions::Parse(metric));
+    return OrDie(profiler::ProfileTask(*engine, *tokenizer, Calibration(t, samples), po));
+  };
+  if (!formats.empty()) {
+    std::vector<profiler::TaskProfile> peu;
+    for (const auto* t : tasks) peu.push_back(profile("peu", *t, cal));
+    std::string table;
+    out["formats"] = FormatTable(model_dir, dtype, setup, formats, peu, &table);
+    std::printf(
+        "## Memory against quality: expert formats x budgets (peu patterns, %s compute)\n\n%s\n",
+        dtype.c_str(), table.c_str());
+  }
+  if (formats_only) {
+    if (!json_out.empty()) {
+      if (auto s = common::WriteFileAtomically(json_out, out.dump(1) + "\n"); !s.ok()) Die(s);
+    }
+    return 0;
+  }
+
   std::vector<double> full;
   for (const auto* t : tasks) full.push_back(Score(setup, *t, nullptr));
   double full_avg = 0;
@@ -130,12 +299,6 @@ int main(int argc, char** argv) {
   out["full"] = full;
   std::fprintf(stderr, "full model: average %.3f\n", full_avg);
 
-  // Profiles: per metric, per task.
-  auto profile = [&](const std::string& metric, const testbed::Task& t, int64_t samples) {
-    profiler::ProfileOptions po;
-    po.metric = OrDie(profiler::MetricOptions::Parse(metric));
-    return OrDie(profiler::ProfileTask(*engine, *tokenizer, Calibration(t, samples), po));
-  };
   nlohmann::ordered_json rows = nlohmann::json::array();
   std::string table = absl::StrCat("| metric | budget | ", absl::StrJoin(names, " | "),
                                    " | average | retention |\n|---|---|");

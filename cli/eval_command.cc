@@ -26,6 +26,7 @@ struct EvalArgs {
   std::string keep;
   std::string mask;
   std::string dtype = "fp32";
+  std::string quant = "none";
   bool json = false;
   std::string json_out;
 };
@@ -40,6 +41,7 @@ absl::Status RunEvalImpl(const EvalArgs& args) {
                    tokenizer::Tokenizer::FromFile(args.model + "/tokenizer.json"));
   model::EngineOptions options;
   options.dtype = args.dtype;
+  options.expert_quant = args.quant;
   KeepSpec mask;
   if (!args.keep.empty()) {
     ASSIGN_OR_RETURN(KeepSpec spec, ParseKeep(args.keep, args.model));
@@ -97,6 +99,9 @@ void RegisterEval(CLI::App& app, int* exit_code) {
                   "--keep); gives the same scores as --keep with the same spec")
       ->excludes(keep);
   cmd->add_option("--dtype", args->dtype, "Compute dtype: fp32 or bf16")->capture_default_str();
+  cmd->add_option("--quant", args->quant,
+                  "How routed experts are held: none (the dtype), int8, int4 or int4:gN")
+      ->capture_default_str();
   cmd->add_flag("--json", args->json, "Machine-readable output (stable keys)");
   cmd->add_option("--json-out", args->json_out,
                   "Also write the --json form to this file (one run, both forms)");

@@ -35,6 +35,7 @@ struct GenerateArgs {
   int64_t top_k = 0;
   uint64_t seed = 0;
   std::string dtype = "bf16";
+  std::string quant = "none";
   std::string device = "cpu";
   std::string keep;
   std::vector<std::string> stop;
@@ -65,6 +66,7 @@ absl::Status RunGenerateImpl(const GenerateArgs& args) {
 
   model::EngineOptions options;
   options.dtype = args.dtype;
+  options.expert_quant = args.quant;
   options.device = args.device;
   if (!args.keep.empty()) {
     ASSIGN_OR_RETURN(KeepSpec spec, ParseKeep(args.keep, args.model));
@@ -155,6 +157,9 @@ void RegisterGenerate(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_option("--seed", args->seed, "Sampler seed")->capture_default_str();
   cmd->add_option("--dtype", args->dtype, "Compute dtype: bf16 or fp32")->capture_default_str();
+  cmd->add_option("--quant", args->quant,
+                  "How routed experts are held: none (the dtype), int8, int4 or int4:gN")
+      ->capture_default_str();
   cmd->add_option("--device", args->device, "cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--keep", args->keep,
                   absl::StrCat("Load only some routed experts (a reduced model). ", kKeepHelp));

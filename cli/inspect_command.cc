@@ -1,6 +1,7 @@
 // premoe inspect: what a MoE checkpoint holds and how much weight memory it
-// needs at expert budgets. Reads config.json and the safetensors headers only,
-// so it is instant even on a 700 GB model.
+// needs at expert budgets, on disk and as an engine holds it in each expert
+// format. Reads config.json and the safetensors headers only, so it is
+// instant even on a 700 GB model.
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -15,12 +16,16 @@ namespace {
 struct InspectArgs {
   std::string model;
   std::vector<std::string> budgets;
+  std::string dtype = "bf16";
+  std::vector<std::string> quants;
   bool json = false;
 };
 
 int RunInspect(const InspectArgs& args) {
   checkpoint::InspectOptions options;
   options.budgets = args.budgets;
+  options.dtype = args.dtype;
+  options.quants = args.quants;
   const absl::StatusOr<checkpoint::ModelSummary> summary =
       checkpoint::SummarizeModel(args.model, options);
   if (!summary.ok()) {
@@ -52,6 +57,12 @@ void RegisterInspect(CLI::App& app, int* exit_code) {
                   "(that share of every layer's experts with the model's top-k); repeatable. "
                   "Default: the model's top-k over N, N/2, N/4, ... experts")
       ->take_all();
+  cmd->add_option("--dtype", args->dtype, "The serving engine's compute dtype: bf16 or fp32")
+      ->capture_default_str();
+  cmd->add_option("--quant", args->quants,
+                  "Routed expert formats to size as held (none, int8, int4, int4:gN), "
+                  "comma-separated. Default: none (the dtype)")
+      ->delimiter(',');
   cmd->add_flag("--json", args->json, "Print one JSON object (keys: premoe/checkpoint/inspect.h)");
   cmd->callback([args, exit_code] { *exit_code = RunInspect(*args); });
 }

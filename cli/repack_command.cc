@@ -1,5 +1,6 @@
 // premoe repack: write a model's routed experts as an expert pack (one
-// page-aligned slot per expert in the engine's layout and dtype), which a
+// page-aligned slot per expert in the engine's layout, dtype or quantized
+// format), which a
 // worker reads with --expert-pack; or check one.
 #include <chrono>
 #include <cstdio>
@@ -21,6 +22,7 @@ struct RepackArgs {
   std::string model;
   std::string out;
   std::string dtype = "bf16";
+  std::string quant = "none";
   std::string check;
 };
 
@@ -30,7 +32,8 @@ absl::Status RunRepack(const RepackArgs& args) {
     if (!args.model.empty()) {
       ASSIGN_OR_RETURN(checkpoint::ModelConfig config, checkpoint::LoadModelConfig(args.model));
       ASSIGN_OR_RETURN(auto checkpoint, checkpoint::Checkpoint::Open(args.model));
-      RETURN_IF_ERROR(pack->CheckFits(*checkpoint, config, pack->header().dtype));
+      RETURN_IF_ERROR(
+          pack->CheckFits(*checkpoint, config, pack->header().dtype, pack->header().quant));
     }
     ProgressBar bar("check");
     RETURN_IF_ERROR(pack->Verify([&](int64_t done, int64_t total) {
@@ -40,9 +43,10 @@ absl::Status RunRepack(const RepackArgs& args) {
     bar.Done();
     const checkpoint::ExpertPackHeader& h = pack->header();
     std::printf(
-        "%s: %zu MoE layers x %lld experts, %s, %lld bytes each: every checksum matches%s\n",
+        "%s: %zu MoE layers x %lld experts, %s (%s), %lld bytes each: every checksum matches%s\n",
         args.check.c_str(), h.layers.size(), static_cast<long long>(h.experts), h.dtype.c_str(),
-        static_cast<long long>(h.slot_bytes), args.model.empty() ? "" : ", and it fits the model");
+        h.quant.ToString().c_str(), static_cast<long long>(h.slot_bytes),
+        args.model.empty() ? "" : ", and it fits the model");
     return absl::OkStatus();
   }
   if (args.model.empty() || args.out.empty()) {
@@ -51,6 +55,7 @@ absl::Status RunRepack(const RepackArgs& args) {
   ProgressBar bar("repack");
   model::ExpertPackWriteOptions options;
   options.dtype = args.dtype;
+  options.quant = args.quant;
   options.on_progress = [&](int64_t done, int64_t total) {
     bar.Update(static_cast<double>(done) / static_cast<double>(total),
                absl::StrCat(done, "/", total, " MoE layers"));
@@ -60,9 +65,9 @@ absl::Status RunRepack(const RepackArgs& args) {
   bar.Done();
   ASSIGN_OR_RETURN(auto pack, checkpoint::ExpertPack::Open(args.out));
   const checkpoint::ExpertPackHeader& h = pack->header();
-  std::printf("wrote %s: %zu MoE layers x %lld experts, %s, %lld bytes each, in %.1f s\n",
+  std::printf("wrote %s: %zu MoE layers x %lld experts, %s (%s), %lld bytes each, in %.1f s\n",
               args.out.c_str(), h.layers.size(), static_cast<long long>(h.experts), h.dtype.c_str(),
-              static_cast<long long>(h.slot_bytes),
+              h.quant.ToString().c_str(), static_cast<long long>(h.slot_bytes),
               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   return absl::OkStatus();
 }
@@ -78,6 +83,10 @@ void RegisterRepack(CLI::App& app, int* exit_code) {
   cmd->add_option("--model", args->model, "Model directory");
   cmd->add_option("--out", args->out, "Pack file to write (atomically)");
   cmd->add_option("--dtype", args->dtype, "The serving engine's dtype: bf16 or fp32")
+      ->capture_default_str();
+  cmd->add_option("--quant", args->quant,
+                  "How the experts are held: none (the dtype), int8, int4 or int4:gN (N in "
+                  "16..256); serve the pack with the same --quant")
       ->capture_default_str();
   cmd->add_option("--check", args->check,
                   "Verify this pack's checksums (and, with --model, that it fits the model)");

@@ -39,6 +39,7 @@ struct ServeArgs {
   std::string dtype = "bf16";
   std::string device = "cpu";
   std::string expert_pack;
+  std::string quant = "none";
   bool reserve_cache = false;
   int64_t max_batch = 8;
   int64_t max_queue = 64;

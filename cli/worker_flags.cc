@@ -14,6 +14,12 @@ void AddWorkerFlags(CLI::App& cmd, ServeArgs& args, absl::string_view p) {
   cmd.add_option(
       "--expert-pack", args.expert_pack,
       absl::StrCat(p, "Read experts from this pack (premoe repack), not the checkpoint"));
+  cmd.add_option(
+         "--quant", args.quant,
+         absl::StrCat(p,
+                      "How routed experts are held: none (the dtype), int8, int4 or int4:gN "
+                      "(N in 16..256); CPU only"))
+      ->capture_default_str();
   cmd.add_flag("--reserve-cache", args.reserve_cache,
                absl::StrCat(p, "Fault in the whole expert cache at start, so loads only copy"));
   cmd.add_option("--device", args.device, absl::StrCat(p, "cpu, cuda or cuda:N"))

@@ -9,7 +9,7 @@
 
 namespace premoe::cli {
 
-// Adds --cache, --dtype, --expert-pack, --reserve-cache, --device,
+// Adds --cache, --dtype, --expert-pack, --quant, --reserve-cache, --device,
 // --max-batch, --max-queue and --world-size to `cmd`, bound to `args`
 // (which must outlive the parse). Every help text starts with `help_prefix`,
 // e.g. "Worker: " where the command serves other roles too; empty for none.

@@ -76,8 +76,10 @@ absl::StatusOr<std::unique_ptr<ExpertPackWriter>> ExpertPackWriter::Create(const
     return absl::InvalidArgumentError(
         absl::StrCat(path, ": an expert pack needs MoE layers with routed experts"));
   }
-  h.version = 1;
-  h.slot_bytes = 3 * h.intermediate * h.hidden * element;
+  h.version = 2;
+  ASSIGN_OR_RETURN(const ExpertSlotLayout layout,
+                   ExpertSlotLayout::For(h.quant, h.hidden, h.intermediate, element, path));
+  h.slot_bytes = layout.bytes;
   h.slot_stride = RoundUp(h.slot_bytes, kAlign);
   h.data_offset = kAlign;
   h.checksums.clear();
@@ -116,6 +118,8 @@ absl::Status ExpertPackWriter::Commit() {
   j["format"] = "premoe-expert-pack";
   j["version"] = h.version;
   j["dtype"] = h.dtype;
+  j["quant"] = h.quant.ToString();
+  j["quant_layout"] = QuantFormat::kLayoutVersion;
   j["hidden"] = h.hidden;
   j["intermediate"] = h.intermediate;
   j["layers"] = h.layers;
@@ -138,8 +142,11 @@ absl::Status ExpertPackWriter::Commit() {
 }
 
 ExpertPack::ExpertPack(std::string path, std::shared_ptr<const common::MappedFile> file,
-                       ExpertPackHeader header)
-    : path_(std::move(path)), file_(std::move(file)), header_(std::move(header)) {}
+                       ExpertPackHeader header, ExpertSlotLayout layout)
+    : path_(std::move(path)),
+      file_(std::move(file)),
+      header_(std::move(header)),
+      layout_(std::move(layout)) {}
 
 ExpertPack::~ExpertPack() = default;
 
@@ -171,8 +178,21 @@ absl::StatusOr<std::unique_ptr<const ExpertPack>> ExpertPack::Open(const std::st
       return bad("footer format is not premoe-expert-pack");
     }
     h.version = j.at("version").get<int64_t>();
-    if (h.version != 1) return bad(absl::StrCat("version ", h.version, " (this premoe reads 1)"));
+    if (h.version != 1 && h.version != 2) {
+      return bad(absl::StrCat("version ", h.version, " (this premoe reads 1 and 2)"));
+    }
     h.dtype = j.at("dtype").get<std::string>();
+    if (h.version >= 2) {
+      const int64_t quant_layout = j.at("quant_layout").get<int64_t>();
+      if (quant_layout != QuantFormat::kLayoutVersion) {
+        return bad(absl::StrCat("its quantized layout is version ", quant_layout,
+                                "; this premoe reads version ", QuantFormat::kLayoutVersion,
+                                " (re-run premoe repack)"));
+      }
+      absl::StatusOr<QuantFormat> quant = QuantFormat::Parse(j.at("quant").get<std::string>());
+      if (!quant.ok()) return bad(quant.status().message());
+      h.quant = *quant;
+    }
     h.hidden = j.at("hidden").get<int64_t>();
     h.intermediate = j.at("intermediate").get<int64_t>();
     h.layers = j.at("layers").get<std::vector<int64_t>>();
@@ -200,8 +220,11 @@ absl::StatusOr<std::unique_ptr<const ExpertPack>> ExpertPack::Open(const std::st
       std::adjacent_find(h.layers.begin(), h.layers.end()) != h.layers.end()) {
     return bad("implausible shape");
   }
+  const absl::StatusOr<ExpertSlotLayout> layout =
+      ExpertSlotLayout::For(h.quant, h.hidden, h.intermediate, *element, path);
+  if (!layout.ok()) return bad(layout.status().message());
   const int64_t slots = static_cast<int64_t>(h.layers.size()) * h.experts;
-  if (h.slot_bytes != 3 * h.intermediate * h.hidden * *element || h.slot_stride < h.slot_bytes ||
+  if (h.slot_bytes != layout->bytes || h.slot_stride < h.slot_bytes ||
       h.slot_stride % kAlign != 0 || h.data_offset != kAlign ||
       static_cast<int64_t>(h.checksums.size()) != slots) {
     return bad("slot sizes or checksum count disagree with the shape");
@@ -214,11 +237,12 @@ absl::StatusOr<std::unique_ptr<const ExpertPack>> ExpertPack::Open(const std::st
     return bad(absl::StrCat("the file holds ", footer_at - h.data_offset, " bytes of slots, not ",
                             slots, " slots of ", h.slot_stride, " bytes"));
   }
-  return std::unique_ptr<const ExpertPack>(new ExpertPack(path, std::move(file), std::move(h)));
+  return std::unique_ptr<const ExpertPack>(
+      new ExpertPack(path, std::move(file), std::move(h), *layout));
 }
 
 absl::Status ExpertPack::CheckFits(const Checkpoint& checkpoint, const ModelConfig& config,
-                                   const std::string& dtype) const {
+                                   const std::string& dtype, const QuantFormat& quant) const {
   auto differs = [&](absl::string_view what) {
     return absl::FailedPreconditionError(absl::StrCat(
         path_, ": this expert pack does not fit the model: ", what, "; re-run premoe repack"));
@@ -226,6 +250,11 @@ absl::Status ExpertPack::CheckFits(const Checkpoint& checkpoint, const ModelConf
   if (header_.dtype != dtype) {
     return differs(
         absl::StrCat("it holds ", header_.dtype, " experts, the engine computes in ", dtype));
+  }
+  if (header_.quant.ToString() != quant.ToString()) {
+    return differs(absl::StrCat("it holds experts as ", header_.quant.ToString(),
+                                " (layout version ", QuantFormat::kLayoutVersion,
+                                "), the engine holds them as ", quant.ToString()));
   }
   if (header_.hidden != config.hidden_size ||
       header_.intermediate != config.moe_intermediate_size ||
@@ -256,16 +285,19 @@ absl::StatusOr<int64_t> ExpertPack::SlotIndex(int64_t layer, int64_t expert) con
 absl::Status ExpertPack::Read(int64_t layer, int64_t expert, std::span<uint8_t> gate_up,
                               std::span<uint8_t> down) const {
   ASSIGN_OR_RETURN(const int64_t slot, SlotIndex(layer, expert));
-  if (static_cast<int64_t>(gate_up.size()) * 3 != header_.slot_bytes * 2 ||
-      static_cast<int64_t>(down.size()) * 3 != header_.slot_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path_, ": an expert's gate_up and down are ", header_.slot_bytes * 2 / 3, " and ",
-        header_.slot_bytes / 3, " bytes, not ", gate_up.size(), " and ", down.size()));
+  if (static_cast<int64_t>(gate_up.size()) != layout_.gate_up_bytes ||
+      static_cast<int64_t>(down.size()) != layout_.down_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path_, ": an expert's gate_up and down are ", layout_.gate_up_bytes, " and ",
+                     layout_.down_bytes, " bytes, not ", gate_up.size(), " and ", down.size()));
   }
   const uint64_t at = static_cast<uint64_t>(header_.data_offset) +
                       static_cast<uint64_t>(slot) * static_cast<uint64_t>(header_.slot_stride);
+  if (down.data() == gate_up.data() + layout_.down_offset) {
+    return file_->ReadAt(at, std::span<uint8_t>(gate_up.data(), layout_.bytes));
+  }
   RETURN_IF_ERROR(file_->ReadAt(at, gate_up));
-  return file_->ReadAt(at + gate_up.size(), down);
+  return file_->ReadAt(at + layout_.down_offset, down);
 }
 
 absl::Status ExpertPack::Verify(const std::function<void(int64_t, int64_t)>& on_progress) const {

@@ -21,6 +21,7 @@
 #include "nlohmann/json.hpp"
 #include "premoe/checkpoint/budget.h"
 #include "premoe/checkpoint/expert_tensors.h"
+#include "premoe/checkpoint/quant.h"
 #include "premoe/checkpoint/safetensors.h"
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
@@ -570,6 +571,36 @@ absl::Status ValidateBudget(const ModelSummary& summary, const ExpertBudget& bud
   return absl::OkStatus();
 }
 
+namespace {
+
+// The held figures (see inspect.h) of every budget of `s`.
+absl::Status AddHeldMemory(const std::string& dtype, const std::vector<QuantFormat>& quants,
+                           ModelSummary& s) {
+  const int64_t element = dtype == "fp32" ? 4 : 2;
+  s.held_dtype = dtype;
+  // Routers stay fp32 whatever the compute dtype; the rest takes its size.
+  s.held_non_expert_bytes = s.params.non_expert * element + s.params.routers * (4 - element);
+  s.held_expert_bytes.clear();
+  for (BudgetMemory& b : s.budgets) b.held_bytes.clear();
+  for (const QuantFormat& q : quants) {
+    int64_t expert = 0;
+    if (!s.expert_layers.empty()) {
+      ASSIGN_OR_RETURN(const ExpertSlotLayout layout,
+                       ExpertSlotLayout::For(q, s.hidden_size, s.moe_intermediate_size, element));
+      expert = layout.bytes;
+    }
+    s.held_expert_bytes.emplace_back(q.ToString(), expert);
+    for (BudgetMemory& b : s.budgets) {
+      b.held_bytes.emplace_back(
+          q.ToString(), s.held_non_expert_bytes + static_cast<int64_t>(s.expert_layers.size()) *
+                                                      b.budget.kept_experts * expert);
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<BudgetMemory> EvaluateBudget(const ModelSummary& summary,
                                             const ExpertBudget& budget) {
   RETURN_IF_ERROR(ValidateBudget(summary, budget));
@@ -601,10 +632,23 @@ absl::StatusOr<ModelSummary> SummarizeModel(const std::string& model_dir,
     }
     budgets.push_back(budget);
   }
+  if (options.dtype != "bf16" && options.dtype != "fp32") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("dtype must be \"bf16\" or \"fp32\", got \"", options.dtype, "\""));
+  }
+  std::vector<QuantFormat> quants;
+  for (const std::string& text : options.quants) {
+    ASSIGN_OR_RETURN(QuantFormat q, QuantFormat::Parse(text));
+    quants.push_back(q);
+  }
+  if (quants.empty()) quants.push_back(QuantFormat{});
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
   ASSIGN_OR_RETURN(std::unique_ptr<const Checkpoint> checkpoint, Checkpoint::Open(model_dir));
-  return common::WithContext(Analyze(model_dir, std::move(config), checkpoint.get(), budgets),
-                             model_dir);
+  ASSIGN_OR_RETURN(ModelSummary s, common::WithContext(Analyze(model_dir, std::move(config),
+                                                               checkpoint.get(), budgets),
+                                                       model_dir));
+  RETURN_IF_ERROR(common::WithContext(AddHeldMemory(options.dtype, quants, s), model_dir));
+  return s;
 }
 
 std::string FormatModelSummary(const ModelSummary& s) {
@@ -654,6 +698,26 @@ std::string FormatModelSummary(const ModelSummary& s) {
         b.asked.empty() || b.asked == name ? name : absl::StrCat(b.asked, " (", name, ")"),
         absl::StrFormat("%.1f%%", 100.0 * b.kept_fraction), RoundedBytes(b.weight_bytes),
         Grouped(b.weight_bytes), absl::StrFormat("%.1f%%", 100.0 * b.fraction_of_full));
+  }
+  if (s.held_expert_bytes.empty()) return out;
+  absl::StrAppendFormat(&out,
+                        "\nweight memory as premoe holds it (%s compute, routers fp32; routed "
+                        "experts as each format holds them)\n  %-12s",
+                        s.held_dtype, "budget");
+  for (const auto& [quant, bytes] : s.held_expert_bytes) {
+    absl::StrAppendFormat(&out, " %12s", quant);
+  }
+  absl::StrAppendFormat(&out, "\n  %-12s", "one expert");
+  for (const auto& [quant, bytes] : s.held_expert_bytes) {
+    absl::StrAppendFormat(&out, " %12s", RoundedBytes(bytes));
+  }
+  out.push_back('\n');
+  for (const BudgetMemory& b : s.budgets) {
+    absl::StrAppendFormat(&out, "  %-12s", b.budget.ToString());
+    for (const auto& [quant, bytes] : b.held_bytes) {
+      absl::StrAppendFormat(&out, " %12s", RoundedBytes(bytes));
+    }
+    out.push_back('\n');
   }
   return out;
 }
@@ -721,8 +785,16 @@ std::string ModelSummaryToJson(const ModelSummary& s) {
     budget["kept_fraction"] = b.kept_fraction;
     budget["weight_bytes"] = b.weight_bytes;
     budget["fraction_of_full"] = b.fraction_of_full;
+    budget["held_bytes"] = ojson::object();
+    for (const auto& [quant, bytes] : b.held_bytes) budget["held_bytes"][quant] = bytes;
     j["budgets"].push_back(std::move(budget));
   }
+  ojson held = ojson::object();
+  held["dtype"] = s.held_dtype;
+  held["non_expert_bytes"] = s.held_non_expert_bytes;
+  held["expert_bytes"] = ojson::object();
+  for (const auto& [quant, bytes] : s.held_expert_bytes) held["expert_bytes"][quant] = bytes;
+  j["held"] = std::move(held);
   // Paths and tensor-derived strings may hold bytes that are not UTF-8
   // (a model directory's name); dump() would throw on them.
   return j.dump(-1, ' ', false, ojson::error_handler_t::replace) + "\n";

@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "premoe/common/status.h"
 
 namespace premoe::checkpoint {
 namespace {
@@ -99,6 +100,22 @@ int64_t QuantFormat::Bytes(int64_t out, int64_t in, int64_t dense_element_bytes)
       return out * in / 2 + 2 * out * (in / group) * 2;
   }
   return 0;
+}
+
+absl::StatusOr<ExpertSlotLayout> ExpertSlotLayout::For(const QuantFormat& format, int64_t hidden,
+                                                       int64_t intermediate,
+                                                       int64_t dense_element_bytes,
+                                                       absl::string_view what) {
+  RETURN_IF_ERROR(format.CheckShape(absl::StrCat(what, " gate_up"), 2 * intermediate, hidden));
+  RETURN_IF_ERROR(format.CheckShape(absl::StrCat(what, " down"), hidden, intermediate));
+  ExpertSlotLayout l;
+  l.format = format;
+  l.gate_up_bytes = format.Bytes(2 * intermediate, hidden, dense_element_bytes);
+  l.down_offset = format.quantized() ? (l.gate_up_bytes + 63) / 64 * 64 : l.gate_up_bytes;
+  l.down_bytes = format.Bytes(hidden, intermediate, dense_element_bytes);
+  l.bytes = l.down_offset + l.down_bytes;
+  if (format.quantized()) l.bytes = (l.bytes + 63) / 64 * 64;
+  return l;
 }
 
 QuantizedView ViewQuantized(const QuantFormat& format, int64_t out, int64_t in,

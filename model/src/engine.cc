@@ -17,8 +17,10 @@
 #include <stdexcept>
 
 #include "absl/container/inlined_vector.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "cpu_matvec.h"
 #include "engine_weights.h"
 #include "premoe/checkpoint/expert_pack.h"
@@ -119,6 +121,25 @@ absl::Status EngineOptions::Validate() const {
   }
   if (trainable && !keep.empty()) {
     return absl::InvalidArgumentError("EngineOptions.trainable needs the full model (empty keep)");
+  }
+  absl::StatusOr<checkpoint::QuantFormat> quant = checkpoint::QuantFormat::Parse(expert_quant);
+  if (!quant.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("EngineOptions.expert_quant: ", quant.status().message()));
+  }
+  if (quant->quantized()) {
+    if (trainable || streamed || probe_moe_layers > 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "EngineOptions.expert_quant ", quant->ToString(),
+          " is for serving engines (resident, reduced or on-demand), not trainable, streamed or "
+          "probe ones"));
+    }
+    if (device != "cpu") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("EngineOptions.expert_quant ", quant->ToString(),
+                       ": quantized experts run on the CPU only in this build, not on ", device,
+                       "; serve bf16 experts there (expert_quant none)"));
+    }
   }
   return absl::OkStatus();
 }
@@ -311,13 +332,15 @@ class EngineImpl final : public Engine {
   // `checkpoint` is kept for streamed and on-demand engines (null otherwise).
   EngineImpl(checkpoint::ModelConfig config, EngineOptions options, ModelWeights weights,
              at::ScalarType dtype, at::Device device,
-             std::shared_ptr<const checkpoint::Checkpoint> checkpoint)
+             std::shared_ptr<const checkpoint::Checkpoint> checkpoint,
+             checkpoint::ExpertSlotLayout expert_layout)
       : config_(std::move(config)),
         options_(std::move(options)),
         w_(std::move(weights)),
         dtype_(dtype),
         device_(device),
-        checkpoint_(std::move(checkpoint)) {
+        checkpoint_(std::move(checkpoint)),
+        expert_layout_(std::move(expert_layout)) {
     top_k_ = options_.top_k > 0 ? options_.top_k : config_.num_experts_per_tok;
     if (device_.is_cpu() && options_.cpu_kernels && !options_.trainable) {
       matvec_rows_ = dtype_ == at::kBFloat16 && !internal::MatvecNativeBf16()
@@ -346,10 +369,8 @@ class EngineImpl final : public Engine {
   int64_t top_k() const override { return top_k_; }
   int64_t max_context() const override { return max_context_; }
   int64_t weight_bytes() const override { return w_.bytes; }
-  int64_t expert_bytes() const override {
-    return 3 * config_.moe_intermediate_size * config_.hidden_size *
-           static_cast<int64_t>(c10::elementSize(dtype_));
-  }
+  int64_t expert_bytes() const override { return expert_layout_.bytes; }
+  const checkpoint::ExpertSlotLayout& expert_layout() const override { return expert_layout_; }
 
   absl::Status LoadExpertInto(int64_t layer, int64_t expert,
                               const ExpertWeights& into) const override {
@@ -366,14 +387,24 @@ class EngineImpl final : public Engine {
           "LoadExpertInto: expert ", expert, " is outside [0, ", config_.num_routed_experts, ")"));
     }
     const int64_t h = config_.hidden_size, inter = config_.moe_intermediate_size;
+    const bool quantized = expert_layout_.format.quantized();
+    const at::ScalarType held = quantized ? at::kByte : dtype_;
     auto fits = [&](const at::Tensor& t, std::vector<int64_t> shape) {
-      return t.defined() && t.sizes().vec() == shape && t.scalar_type() == dtype_ &&
-             t.device() == device_ && t.is_contiguous();
+      return t.defined() && t.sizes().vec() == shape && t.scalar_type() == held &&
+             t.device() == device_ && t.is_contiguous() &&
+             reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
     };
-    if (!fits(into.gate_up, {2 * inter, h}) || !fits(into.down, {h, inter})) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "LoadExpertInto: the destination must be gate_up [", 2 * inter, ", ", h, "] and down [",
-          h, ", ", inter, "], contiguous ", at::toString(dtype_), " on ", device_.str()));
+    const std::vector<int64_t> gu_shape = quantized
+                                              ? std::vector<int64_t>{expert_layout_.gate_up_bytes}
+                                              : std::vector<int64_t>{2 * inter, h};
+    const std::vector<int64_t> d_shape = quantized ? std::vector<int64_t>{expert_layout_.down_bytes}
+                                                   : std::vector<int64_t>{h, inter};
+    if (!fits(into.gate_up, gu_shape) || !fits(into.down, d_shape)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("LoadExpertInto: the destination must be gate_up [",
+                       absl::StrJoin(gu_shape, ", "), "] and down [", absl::StrJoin(d_shape, ", "),
+                       "], contiguous, 16-byte aligned ", at::toString(held), " on ", device_.str(),
+                       " (experts held as ", expert_layout_.format.ToString(), ")"));
     }
     try {
       if (device_.is_cpu()) return ReadExpertBytes(layer, expert, into.gate_up, into.down);
@@ -390,12 +421,17 @@ class EngineImpl final : public Engine {
   absl::Status OpenExpertPack() {
     if (options_.expert_pack.empty()) return absl::OkStatus();
     ASSIGN_OR_RETURN(pack_, checkpoint::ExpertPack::Open(options_.expert_pack));
-    return pack_->CheckFits(*checkpoint_, config_, options_.dtype);
+    return pack_->CheckFits(*checkpoint_, config_, options_.dtype, expert_layout_.format);
   }
 
   absl::StatusOr<at::Tensor> Weight(const std::string& name) const override {
     auto it = w_.by_name.find(name);
     if (it == w_.by_name.end()) {
+      if (expert_layout_.format.quantized() && absl::StrContains(name, "experts.")) {
+        return absl::NotFoundError(absl::StrCat("the engine holds routed experts as ",
+                                                expert_layout_.format.ToString(),
+                                                ", not as the tensor \"", name, "\""));
+      }
       return absl::NotFoundError(absl::StrCat("the engine holds no weight named \"", name, "\""));
     }
     return it->second;
@@ -408,6 +444,11 @@ class EngineImpl final : public Engine {
   absl::Status SaveWeights(const std::string& path) const override {
     RETURN_IF_ERROR(CheckResident("SaveWeights"));
     RETURN_IF_ERROR(CheckOwnsExperts("SaveWeights"));
+    if (expert_layout_.format.quantized()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("SaveWeights: the routed experts are held as ",
+                       expert_layout_.format.ToString(), "; a checkpoint holds them dense"));
+    }
     for (const auto& L : w_.layers) {
       if (L.is_moe && !L.moe.all_loaded) {
         return absl::InvalidArgumentError(
@@ -953,7 +994,11 @@ class EngineImpl final : public Engine {
     const bool want_norms = options.tap != nullptr && options.tap->WantsExpertNorms();
     at::Tensor norms;  // [T, K] fp32, when want_norms
     at::Tensor out;
-    if (t <= matvec_rows_ && !x.requires_grad()) {
+    // Quantized experts take the kernel at every batch size: it dequantizes
+    // in registers once per weight row for all the rows of the product,
+    // where libtorch would need a dense copy of each expert.
+    if ((t <= matvec_rows_ || (matvec_rows_ > 0 && expert_layout_.format.quantized())) &&
+        !x.requires_grad()) {
       out = RoutedExpertsMatvec(x, layer, moe, idx, w, options, want_norms ? &norms : nullptr);
     }
     if (!out.defined()) {
@@ -993,6 +1038,30 @@ class EngineImpl final : public Engine {
             ? e
             : std::lower_bound(moe.loaded.begin(), moe.loaded.end(), e) - moe.loaded.begin();
     return {moe.gate_up[local], moe.down[local]};
+  }
+
+  // The weight half of a cpu_matvec job for one expert matrix [out, in]
+  // held in the engine's expert format; false when the kernel cannot take
+  // it (a dense tensor of another dtype or layout).
+  bool ExpertJob(const at::Tensor& t, int64_t out, int64_t in, MatvecJob& job) const {
+    const checkpoint::QuantFormat& q = expert_layout_.format;
+    job.out = out;
+    job.in = in;
+    job.ldw = in;
+    if (!q.quantized()) {
+      if (!MatvecWeight(t)) return false;
+      job.w = t.const_data_ptr();
+      job.type = MatvecType(t);
+      return true;
+    }
+    const checkpoint::QuantizedView v =
+        checkpoint::ViewQuantized(q, out, in, static_cast<const std::byte*>(t.const_data_ptr()));
+    job.w = v.q;
+    job.type = q.type == checkpoint::QuantType::kInt8 ? WeightType::kInt8 : WeightType::kInt4;
+    job.scales = v.scales;
+    job.mins = v.mins;
+    job.group = q.group;
+    return true;
   }
 
   // Routed experts through cpu_matvec. Every (token, slot) pair's
@@ -1038,17 +1107,22 @@ class EngineImpl final : public Engine {
         continue;
       }
       auto [g, d] = ExpertTensors(layer, moe, e, options);
-      if (!MatvecWeight(g) || !MatvecWeight(d)) return at::Tensor();
+      MatvecJob gj, dj;
+      if (!ExpertJob(g, 2 * inter, h, gj) || !ExpertJob(d, h, inter, dj)) return at::Tensor();
       for (int64_t r = i; r < end; ++r) {
         const int64_t p = order[r];
         gu_in[r] = xf.const_data_ptr<float>() + (p / k) * h;
         gu_out[r] = gu.data_ptr<float>() + p * 2 * inter;
         down_out[r] = down.data_ptr<float>() + p * h;
       }
-      gu_jobs.push_back({g.const_data_ptr(), MatvecType(g), 2 * inter, h, h, gu_in.data() + i,
-                         gu_out.data() + i, end - i});
-      down_jobs.push_back({d.const_data_ptr(), MatvecType(d), h, inter, inter, down_in.data() + i,
-                           down_out.data() + i, end - i});
+      gj.x = gu_in.data() + i;
+      gj.y = gu_out.data() + i;
+      gj.rows = end - i;
+      dj.x = down_in.data() + i;
+      dj.y = down_out.data() + i;
+      dj.rows = end - i;
+      gu_jobs.push_back(gj);
+      down_jobs.push_back(dj);
       keep_alive.push_back(std::move(g));
       keep_alive.push_back(std::move(d));
       i = end;
@@ -1113,6 +1187,12 @@ class EngineImpl final : public Engine {
         continue;
       }
       auto [gate_up, down] = ExpertTensors(layer, moe, moe.loaded[e], options);
+      if (const checkpoint::QuantFormat& q = expert_layout_.format; q.quantized()) {
+        // The reference path: a dense copy of the expert, as the kernel's
+        // registers see it.
+        gate_up = internal::DequantizeMatrix(q, gate_up, 2 * inter, x.size(1), x.scalar_type());
+        down = internal::DequantizeMatrix(q, down, x.size(1), inter, x.scalar_type());
+      }
       at::Tensor chunk = xs.narrow(0, offset, cnt[e]);
       at::Tensor gu = at::linear(chunk, gate_up);
       at::Tensor act = at::silu(gu.narrow(-1, 0, inter)) * gu.narrow(-1, inter, inter);
@@ -1209,7 +1289,9 @@ class EngineImpl final : public Engine {
           std::span<uint8_t>(static_cast<uint8_t*>(gate_up.data_ptr()), gate_up.nbytes()),
           std::span<uint8_t>(static_cast<uint8_t*>(down.data_ptr()), down.nbytes()));
     }
-    return internal::LoadExpertInto(*checkpoint_, config_, layer, expert, gate_up, down);
+    return internal::LoadExpertBytes(*checkpoint_, config_, layer, expert, expert_layout_, dtype_,
+                                     static_cast<std::byte*>(gate_up.data_ptr()),
+                                     static_cast<std::byte*>(down.data_ptr()));
   }
 
   absl::Status CopyExpertToDevice(int64_t layer, int64_t expert, const ExpertWeights& into) const {
@@ -1217,7 +1299,7 @@ class EngineImpl final : public Engine {
     // Pinned staging (from the caching host allocator, so it is reused), then
     // an asynchronous copy on a pool stream: the compute stream keeps running
     // forwards of the experts already resident.
-    const auto pinned = at::TensorOptions().dtype(dtype_).pinned_memory(true);
+    const auto pinned = at::TensorOptions().dtype(into.gate_up.scalar_type()).pinned_memory(true);
     at::Tensor gate_up = at::empty(into.gate_up.sizes(), pinned);
     at::Tensor down = at::empty(into.down.sizes(), pinned);
     RETURN_IF_ERROR(ReadExpertBytes(layer, expert, gate_up, down));
@@ -1247,6 +1329,7 @@ class EngineImpl final : public Engine {
   std::shared_ptr<const checkpoint::Checkpoint> checkpoint_;
   std::unique_ptr<const checkpoint::ExpertPack>
       pack_;  // options_.expert_pack, opened by OpenExpertPack
+  checkpoint::ExpertSlotLayout expert_layout_;
   int64_t top_k_ = 0;
   // Products of at most this many rows take cpu_matvec (0: none; see
   // kMatvecMaxRows and EngineOptions::cpu_kernels).
@@ -1355,6 +1438,14 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const std::string& model_di
   RETURN_IF_ERROR(options.keep.Validate(config, top_k));
   ASSIGN_OR_RETURN(std::unique_ptr<const checkpoint::Checkpoint> checkpoint,
                    checkpoint::Checkpoint::Open(model_dir));
+  ASSIGN_OR_RETURN(const checkpoint::QuantFormat quant,
+                   checkpoint::QuantFormat::Parse(options.expert_quant));
+  checkpoint::ExpertSlotLayout layout;
+  if (config.num_routed_experts > 0) {
+    ASSIGN_OR_RETURN(layout, checkpoint::ExpertSlotLayout::For(
+                                 quant, config.hidden_size, config.moe_intermediate_size,
+                                 options.dtype == "fp32" ? 4 : 2, model_dir + ": routed expert"));
+  }
   try {
     const at::ScalarType dtype = options.dtype == "fp32" ? at::kFloat : at::kBFloat16;
     const at::Device device(options.device);
@@ -1377,24 +1468,26 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const std::string& model_di
       }
       ASSIGN_OR_RETURN(internal::ModelWeights weights,
                        internal::LoadProbeWeights(*checkpoint, config, last, dtype, device));
-      return std::unique_ptr<Engine>(
-          new EngineImpl(std::move(config), options, std::move(weights), dtype, device, nullptr));
+      return std::unique_ptr<Engine>(new EngineImpl(std::move(config), options, std::move(weights),
+                                                    dtype, device, nullptr, std::move(layout)));
     }
     if (options.streamed) {
       ASSIGN_OR_RETURN(
           internal::ModelWeights routers,
           internal::LoadRouterWeights(*checkpoint, config, options.keep, dtype, device));
       return std::unique_ptr<Engine>(new EngineImpl(std::move(config), options, std::move(routers),
-                                                    dtype, device, std::move(checkpoint)));
+                                                    dtype, device, std::move(checkpoint),
+                                                    std::move(layout)));
     }
     const bool on_demand = options.experts_on_demand;
     ASSIGN_OR_RETURN(internal::ModelWeights weights,
                      internal::LoadWeights(*checkpoint, config, options.keep, dtype, device,
-                                           /*routed_experts=*/!on_demand));
+                                           /*routed_experts=*/!on_demand, quant));
     std::shared_ptr<const checkpoint::Checkpoint> kept_checkpoint;
     if (on_demand) kept_checkpoint = std::move(checkpoint);
-    auto engine = std::make_unique<EngineImpl>(std::move(config), options, std::move(weights),
-                                               dtype, device, std::move(kept_checkpoint));
+    auto engine =
+        std::make_unique<EngineImpl>(std::move(config), options, std::move(weights), dtype, device,
+                                     std::move(kept_checkpoint), std::move(layout));
     RETURN_IF_ERROR(engine->OpenExpertPack());
     return std::unique_ptr<Engine>(std::move(engine));
   } catch (const c10::Error& e) {

@@ -379,11 +379,27 @@ absl::StatusOr<std::pair<at::Tensor, at::Tensor>> ReadExpert(Loader& ld,
 // the routed experts (unless `routed` is false: on-demand engines) and the
 // shared ones.
 absl::Status LoadMoeExperts(Loader& ld, const checkpoint::ModelConfig& c, int64_t layer,
-                            const std::string& lp, bool routed, MoeWeights& m) {
+                            const std::string& lp, bool routed,
+                            const checkpoint::QuantFormat& quant, MoeWeights& m) {
   const int64_t h = c.hidden_size, inter = c.moe_intermediate_size;
   const std::string block = MoeBlockPrefix(ld, c, lp);
   const int64_t e_loaded = static_cast<int64_t>(m.loaded.size());
-  if (routed) {
+  m.quant = quant;
+  if (routed && quant.quantized()) {
+    ASSIGN_OR_RETURN(const checkpoint::ExpertSlotLayout layout,
+                     checkpoint::ExpertSlotLayout::For(quant, h, inter, 4, block + "experts"));
+    const at::Tensor stack = at::empty({e_loaded, layout.bytes}, at::kByte);
+    PopulateForWrite(stack);
+    m.gate_up = stack.narrow(1, 0, layout.gate_up_bytes);
+    m.down = stack.narrow(1, layout.down_offset, layout.down_bytes);
+    // One expert at a time through fp32: the peak beside the stacks is one
+    // expert, never a dense copy of the layer.
+    for (int64_t i = 0; i < e_loaded; ++i) {
+      RETURN_IF_ERROR(LoadExpertBytes(ld.checkpoint(), c, layer, m.loaded[i], layout, ld.dtype(),
+                                      static_cast<std::byte*>(m.gate_up[i].data_ptr()),
+                                      static_cast<std::byte*>(m.down[i].data_ptr())));
+    }
+  } else if (routed) {
     m.gate_up = at::empty({e_loaded, 2 * inter, h}, at::TensorOptions().dtype(ld.dtype()));
     m.down = at::empty({e_loaded, h, inter}, at::TensorOptions().dtype(ld.dtype()));
     PopulateForWrite(m.gate_up);
@@ -508,13 +524,13 @@ std::string LayerPrefix(const checkpoint::Checkpoint& checkpoint, int64_t layer)
 
 // Everything of layer `l` but a MoE layer's router (which `L.moe` must hold).
 absl::Status LoadLayerBody(Loader& ld, const checkpoint::ModelConfig& c, int64_t l, bool routed,
-                           LayerWeights& L) {
+                           LayerWeights& L, const checkpoint::QuantFormat& quant = {}) {
   const int64_t h = c.hidden_size;
   const std::string lp = LayerPrefix(ld.checkpoint(), l);
   ASSIGN_OR_RETURN(L.input_norm, ld.Load(lp + "input_layernorm.weight", {h}));
   ASSIGN_OR_RETURN(L.post_norm, ld.Load(lp + "post_attention_layernorm.weight", {h}));
   RETURN_IF_ERROR(LoadAttention(ld, c, lp + "self_attn.", L.attn));
-  if (L.is_moe) return LoadMoeExperts(ld, c, l, lp, routed, L.moe);
+  if (L.is_moe) return LoadMoeExperts(ld, c, l, lp, routed, quant, L.moe);
   const bool bias = IsDeepseek(c) && c.mlp_bias;
   ASSIGN_OR_RETURN(L.mlp, ld.LoadMlp(lp + "mlp", c.intermediate_size, bias));
   return absl::OkStatus();
@@ -535,15 +551,24 @@ absl::Status LoadRouters(Loader& ld, const checkpoint::ModelConfig& c, const Kep
 }
 
 // Bytes of w's tensors, each storage once (views and the tied lm_head share
-// storage); a reduced model's gates are held but not registered by name.
+// storage); a reduced model's gates and quantized experts are held but not
+// registered by name.
 int64_t CountBytes(const ModelWeights& w) {
   int64_t bytes = 0;
   absl::flat_hash_set<const void*> seen;
-  for (const auto& [name, t] : w.by_name) {
-    if (seen.insert(t.storage().data()).second) bytes += static_cast<int64_t>(t.storage().nbytes());
-  }
+  auto add = [&](const at::Tensor& t) {
+    if (t.defined() && seen.insert(t.storage().data()).second) {
+      bytes += static_cast<int64_t>(t.storage().nbytes());
+    }
+  };
+  for (const auto& [name, t] : w.by_name) add(t);
   for (const auto& L : w.layers) {
-    if (L.is_moe && !L.moe.all_loaded) bytes += static_cast<int64_t>(L.moe.gate.nbytes());
+    if (!L.is_moe) continue;
+    if (!L.moe.all_loaded) bytes += static_cast<int64_t>(L.moe.gate.nbytes());
+    if (L.moe.quant.quantized()) {
+      add(L.moe.gate_up);
+      add(L.moe.down);
+    }
   }
   return bytes;
 }
@@ -553,7 +578,13 @@ int64_t CountBytes(const ModelWeights& w) {
 absl::StatusOr<ModelWeights> LoadWeights(const checkpoint::Checkpoint& checkpoint,
                                          const checkpoint::ModelConfig& c, const KeptExperts& keep,
                                          at::ScalarType dtype, at::Device device,
-                                         bool routed_experts) {
+                                         bool routed_experts,
+                                         const checkpoint::QuantFormat& expert_quant) {
+  if (expert_quant.quantized() && !device.is_cpu()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("quantized routed experts (", expert_quant.ToString(),
+                     ") run on the CPU only; device ", device.str(), " holds them dense"));
+  }
   ModelWeights w;
   // Each tensor's mapped pages are dropped once copied: the RSS then never
   // holds a weight twice, and an engine that keeps the checkpoint open (to
@@ -563,7 +594,7 @@ absl::StatusOr<ModelWeights> LoadWeights(const checkpoint::Checkpoint& checkpoin
                            &w.by_name, /*release=*/true));
   RETURN_IF_ERROR(LoadRouters(ld, c, keep, w));
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    RETURN_IF_ERROR(LoadLayerBody(ld, c, l, routed_experts, w.layers[l]));
+    RETURN_IF_ERROR(LoadLayerBody(ld, c, l, routed_experts, w.layers[l], expert_quant));
   }
   w.bytes = CountBytes(w);
   return w;
@@ -653,6 +684,41 @@ absl::Status LoadExpertInto(const checkpoint::Checkpoint& checkpoint,
   gate_up.copy_(weights.first);
   down.copy_(weights.second);
   return absl::OkStatus();
+}
+
+absl::Status LoadExpertBytes(const checkpoint::Checkpoint& checkpoint,
+                             const checkpoint::ModelConfig& c, int64_t layer, int64_t expert,
+                             const checkpoint::ExpertSlotLayout& layout, at::ScalarType dtype,
+                             std::byte* gate_up, std::byte* down) {
+  const int64_t h = c.hidden_size, inter = c.moe_intermediate_size;
+  const checkpoint::QuantFormat& q = layout.format;
+  const at::ScalarType read_as = q.quantized() ? at::kFloat : dtype;
+  at::Tensor gu, dn;
+  if (q.quantized()) {
+    gu = at::empty({2 * inter, h}, at::TensorOptions().dtype(at::kFloat));
+    dn = at::empty({h, inter}, at::TensorOptions().dtype(at::kFloat));
+  } else {
+    gu = at::from_blob(gate_up, {2 * inter, h}, at::TensorOptions().dtype(read_as));
+    dn = at::from_blob(down, {h, inter}, at::TensorOptions().dtype(read_as));
+  }
+  RETURN_IF_ERROR(LoadExpertInto(checkpoint, c, layer, expert, gu, dn));
+  if (!q.quantized()) return absl::OkStatus();
+  Loader ld(checkpoint, c, at::kFloat, at::kCPU, nullptr, /*release=*/false);
+  const std::string name =
+      absl::StrCat(MoeBlockPrefix(ld, c, LayerPrefix(checkpoint, layer)), "experts.", expert);
+  RETURN_IF_ERROR(checkpoint::Quantize(
+      q, name + " gate_up", gu.const_data_ptr<float>(), 2 * inter, h,
+      std::span<std::byte>(gate_up, static_cast<size_t>(layout.gate_up_bytes))));
+  return checkpoint::Quantize(q, name + " down", dn.const_data_ptr<float>(), h, inter,
+                              std::span<std::byte>(down, static_cast<size_t>(layout.down_bytes)));
+}
+
+at::Tensor DequantizeMatrix(const checkpoint::QuantFormat& format, const at::Tensor& buffer,
+                            int64_t out, int64_t in, at::ScalarType dtype) {
+  at::Tensor w = at::empty({out, in}, at::TensorOptions().dtype(at::kFloat));
+  checkpoint::Dequantize(format, out, in, static_cast<const std::byte*>(buffer.const_data_ptr()),
+                         w.data_ptr<float>());
+  return w.to(dtype);
 }
 
 absl::Status LoadHead(const checkpoint::Checkpoint& checkpoint, const checkpoint::ModelConfig& c,

@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "premoe/checkpoint/config.h"
+#include "premoe/checkpoint/quant.h"
 #include "premoe/checkpoint/safetensors.h"
 #include "premoe/model/engine.h"
 
@@ -38,10 +39,16 @@ struct MlpWeights {
 };
 
 struct MoeWeights {
-  at::Tensor gate;              // [N_loaded, H] fp32, rows of the loaded experts
-  at::Tensor e_score_bias;      // [N] fp32 (deepseek_v3), else undefined
-  at::Tensor gate_up;           // [E_loaded, 2I, H]
-  at::Tensor down;              // [E_loaded, H, I]
+  at::Tensor gate;          // [N_loaded, H] fp32, rows of the loaded experts
+  at::Tensor e_score_bias;  // [N] fp32 (deepseek_v3), else undefined
+  // Dense: gate_up [E_loaded, 2I, H] and down [E_loaded, H, I] in the compute
+  // dtype. Quantized (quant): views of one uint8 [E_loaded, slot bytes]
+  // stack whose rows are experts laid out as checkpoint::ExpertSlotLayout
+  // says: gate_up [E_loaded, gate_up bytes] and down [E_loaded, down bytes],
+  // each row one matrix in quant's layout (checkpoint/quant.h).
+  checkpoint::QuantFormat quant;
+  at::Tensor gate_up;
+  at::Tensor down;
   std::vector<int64_t> loaded;  // local index -> global expert id (sorted)
   at::Tensor loaded_ids;        // the same, int64 on the device
   at::Tensor loaded_mask;       // [N] bool: is the expert loaded
@@ -71,11 +78,15 @@ struct ModelWeights {
 
 // Loads every weight the engine needs. `keep` selects the routed experts
 // loaded (absent layers: all); with routed_experts false none are (the
-// on-demand engine), though the routers stay whole. dtype is the compute dtype.
+// on-demand engine), though the routers stay whole. dtype is the compute
+// dtype; routed experts are held in `expert_quant` (quantized on the CPU:
+// the device must be the CPU when it is not kNone). Quantized experts are
+// not registered in by_name (no HF tensor holds their bytes).
 absl::StatusOr<ModelWeights> LoadWeights(const checkpoint::Checkpoint& checkpoint,
                                          const checkpoint::ModelConfig& config,
                                          const KeptExperts& keep, at::ScalarType dtype,
-                                         at::Device device, bool routed_experts = true);
+                                         at::Device device, bool routed_experts = true,
+                                         const checkpoint::QuantFormat& expert_quant = {});
 
 // Routed expert `expert` of MoE layer `layer` into `gate_up` [2I, H] and
 // `down` [H, I]: contiguous CPU tensors of the compute dtype, e.g. a cache's
@@ -84,6 +95,22 @@ absl::StatusOr<ModelWeights> LoadWeights(const checkpoint::Checkpoint& checkpoin
 absl::Status LoadExpertInto(const checkpoint::Checkpoint& checkpoint,
                             const checkpoint::ModelConfig& config, int64_t layer, int64_t expert,
                             at::Tensor& gate_up, at::Tensor& down);
+
+// Routed expert `expert` of MoE layer `layer` as `layout` holds it, into
+// gate_up (layout.gate_up_bytes) and down (layout.down_bytes), each 16-byte
+// aligned: dense in `dtype` (LoadExpertInto's path), or read in fp32 and
+// quantized (FP8 checkpoints dequantised first, never via bf16). Errors name
+// the tensor (a weight that is not finite, a shape the format refuses).
+absl::Status LoadExpertBytes(const checkpoint::Checkpoint& checkpoint,
+                             const checkpoint::ModelConfig& config, int64_t layer, int64_t expert,
+                             const checkpoint::ExpertSlotLayout& layout, at::ScalarType dtype,
+                             std::byte* gate_up, std::byte* down);
+
+// One quantized matrix [out, in] of `format` (a buffer of at least
+// format.Bytes(out, in, 0) bytes on the CPU) dequantised to a dense [out, in]
+// tensor of `dtype`: the libtorch path's weights and the tests' reference.
+at::Tensor DequantizeMatrix(const checkpoint::QuantFormat& format, const at::Tensor& buffer,
+                            int64_t out, int64_t in, at::ScalarType dtype);
 
 // The probe (EngineOptions::probe_moe_layers): the embedding, every router,
 // layers before `last_layer` whole and `last_layer`'s attention and norms (no

@@ -476,7 +476,7 @@ TEST(InspectHandMadeTest, JsonHasTheDocumentedKeysInOrder) {
                                 "num_routed_experts", "top_k", "num_shared_experts",
                                 "shared_expert_intermediate_size", "moe_intermediate_size",
                                 "hidden_size", "vocab_size", "checkpoint", "params", "bytes",
-                                "expert_layers", "full_weight_bytes", "budgets"));
+                                "expert_layers", "full_weight_bytes", "budgets", "held"));
   EXPECT_EQ(j["format_version"], 1);
   EXPECT_EQ(j["architecture"], "qwen3_moe");
   EXPECT_EQ(j["moe_layers"].get<std::vector<int64_t>>(), (std::vector<int64_t>{0, 1}));
@@ -686,6 +686,42 @@ TEST(InspectHandMadeTest, Fp8ScalesCountAsBytesAndMtpLayersStandApart) {
   EXPECT_EQ(Budgets(s), (std::vector<std::string>{"2/4", "2/2"}));
   EXPECT_EQ(s.budgets[1].weight_bytes, 1240 + 2 * expert_bytes);
   EXPECT_THAT(FormatModelSummary(s), HasSubstr("MTP layers (not loaded)"));
+}
+
+// What an engine holds is not what the file holds: FP8 weights become the
+// compute dtype (routers fp32), and routed experts take their format's bytes.
+TEST(InspectHandMadeTest, HeldMemoryIsInTheComputeDtypeAndTheExpertFormat) {
+  TempDir dir;
+  ASSERT_OK(TinyDeepseekFp8().Write(dir.path(), kDeepseekFp8Config));
+  ASSERT_OK_AND_ASSIGN(const ModelSummary s,
+                       SummarizeModel(dir.path(), {.quants = {"none", "int8"}}));
+  // 852 non-expert parameters, 36 of them routers (gate 4 x 8, bias 4):
+  // 816 in bf16 and 36 in fp32. One expert, 96 parameters: 192 bytes in
+  // bf16; as int8, gate_up [8, 8] 64 codes + 8 fp32 scales = 96, down at
+  // 128, [8, 4] 32 codes + 32 = 64, the slot 192.
+  EXPECT_EQ(s.held_dtype, "bf16");
+  EXPECT_EQ(s.held_non_expert_bytes, 816 * 2 + 36 * 4);
+  using Held = std::vector<std::pair<std::string, int64_t>>;
+  EXPECT_EQ(s.held_expert_bytes, (Held{{"none", 192}, {"int8", 192}}));
+  ASSERT_EQ(s.budgets.size(), 2u);  // 2/4, 2/2
+  EXPECT_EQ(s.budgets[0].held_bytes, (Held{{"none", 1776 + 4 * 192}, {"int8", 1776 + 4 * 192}}));
+  EXPECT_EQ(s.budgets[1].held_bytes, (Held{{"none", 1776 + 2 * 192}, {"int8", 1776 + 2 * 192}}));
+  EXPECT_THAT(FormatModelSummary(s), HasSubstr("weight memory as premoe holds it (bf16 compute"));
+  const nlohmann::ordered_json j = nlohmann::ordered_json::parse(ModelSummaryToJson(s));
+  EXPECT_EQ(j["held"]["non_expert_bytes"], 1776);
+  EXPECT_EQ(j["budgets"][1]["held_bytes"]["int8"], 1776 + 2 * 192);
+
+  ASSERT_OK_AND_ASSIGN(const ModelSummary fp32, SummarizeModel(dir.path(), {.dtype = "fp32"}));
+  EXPECT_EQ(fp32.held_non_expert_bytes, 852 * 4);
+  EXPECT_EQ(fp32.held_expert_bytes, (Held{{"none", 96 * 4}}));
+  // Spellings are checked before any file is opened; a group that does not
+  // divide the expert's dimensions names the matrix.
+  EXPECT_THAT(SummarizeModel("/nonexistent", {.quants = {"int3"}}),
+              StatusIs(absl::StatusCode::kInvalidArgument, "unknown format"));
+  EXPECT_THAT(SummarizeModel("/nonexistent", {.dtype = "fp16"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, "dtype must be"));
+  EXPECT_THAT(SummarizeModel(dir.path(), {.quants = {"int4:g16"}}),
+              StatusIs(absl::StatusCode::kInvalidArgument, "not a positive multiple of the group"));
 }
 
 TEST(InspectHandMadeTest, LayersBeyondTheDeclaredMtpLayersAreRefused) {

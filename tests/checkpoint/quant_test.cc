@@ -75,6 +75,51 @@ TEST(QuantFormatTest, BytesCountWeightsAndScales) {
   EXPECT_EQ(QuantFormat::Parse("int4")->Bytes(2048, 768, 2) * 8, 2048 * 768 * 17 / 4);
 }
 
+TEST(ExpertSlotLayoutTest, DenseMatricesFollowEachOtherAndQuantizedDownStartsAt64) {
+  // H 96, I 40: dense bf16 gate_up [80, 96] then down [96, 40].
+  auto dense = ExpertSlotLayout::For(QuantFormat{}, 96, 40, 2);
+  ASSERT_TRUE(dense.ok()) << dense.status();
+  EXPECT_EQ(dense->gate_up_bytes, 80 * 96 * 2);
+  EXPECT_EQ(dense->down_offset, 80 * 96 * 2);
+  EXPECT_EQ(dense->bytes, 3 * 40 * 96 * 2);
+  // int8: gate_up 7680 codes (a multiple of 16) + 80 fp32 scales = 8000,
+  // so down starts at 8000 rounded up to 64 = 8000; down 3840 + 384 = 4224.
+  auto int8 = ExpertSlotLayout::For(QuantFormat::Parse("int8").value(), 96, 40, 2);
+  ASSERT_TRUE(int8.ok()) << int8.status();
+  EXPECT_EQ(int8->gate_up_bytes, 8000);
+  EXPECT_EQ(int8->down_offset, 8000);
+  EXPECT_EQ(int8->down_bytes, 4224);
+  EXPECT_EQ(int8->bytes, 12224);
+  // int4:g16 on H 96, I 48: gate_up [96, 96]: 4608 code bytes + 96 * 6
+  // groups * (scale + min) * 2 bytes = 2304 -> 6912; down [96, 48]: 2304 +
+  // 96 * 3 * 4 = 1152 -> 3456, starting at 6912 (a multiple of 64).
+  auto int4 = ExpertSlotLayout::For(QuantFormat::Parse("int4:g16").value(), 96, 48, 2);
+  ASSERT_TRUE(int4.ok()) << int4.status();
+  EXPECT_EQ(int4->gate_up_bytes, 6912);
+  EXPECT_EQ(int4->down_offset, 6912);
+  EXPECT_EQ(int4->down_bytes, 3456);
+  // H 80, I 32 with g16: gate_up [64, 80] = 2560 + 64 * 5 * 4 = 3840 (60
+  // rows of 64), down [80, 32] = 1280 + 80 * 2 * 4 = 1920; 5760 in all.
+  auto odd = ExpertSlotLayout::For(QuantFormat::Parse("int4:g16").value(), 80, 32, 2);
+  ASSERT_TRUE(odd.ok()) << odd.status();
+  EXPECT_EQ(odd->down_offset, 3840);
+  EXPECT_EQ(odd->bytes, 3840 + 1920);
+  // int8 with an odd size: gate_up [2, 24] = 48 codes + 8 scale bytes = 56,
+  // down [24, 1] = 32 + 96 = 128 from 64; the slot ends at 192.
+  auto tiny = ExpertSlotLayout::For(QuantFormat::Parse("int8").value(), 24, 1, 2);
+  ASSERT_TRUE(tiny.ok()) << tiny.status();
+  EXPECT_EQ(tiny->gate_up_bytes, 56);
+  EXPECT_EQ(tiny->down_offset, 64);
+  EXPECT_EQ(tiny->down_bytes, 128);
+  EXPECT_EQ(tiny->bytes, 192);
+  // A group that does not divide the expert width names the matrix.
+  auto bad = ExpertSlotLayout::For(QuantFormat::Parse("int4:g32").value(), 96, 40, 2,
+                                   "model.layers.3.mlp.experts");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()),
+              HasSubstr("model.layers.3.mlp.experts down [96, 40] cannot be held as int4:g32"));
+}
+
 TEST(QuantizeTest, Int4LayoutPutsInputIInTheLowNibbleAndIPlus8InTheHigh) {
   const QuantFormat f = *QuantFormat::Parse("int4:g16");
   std::vector<float> w(16);

@@ -17,6 +17,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "premoe/checkpoint/expert_pack.h"
+#include "premoe/checkpoint/expert_tensors.h"
 #include "premoe/checkpoint/safetensors.h"
 #include "premoe/model/repack.h"
 #include "tests/testutil/load_expert.h"
@@ -595,6 +596,170 @@ TEST_P(EngineParityTest, ExpertPackLoadsTheCheckpointsExperts) {
   }
 }
 
+// A copy of the fp32 model `c` whose routed experts hold
+// Dequantize(Quantize(w)) in fp32, computed here from the checkpoint's
+// tensors with checkpoint/quant.h alone: what a quantized engine must compute.
+std::string WriteDequantizedModel(const std::string& c, const checkpoint::QuantFormat& format,
+                                  const premoe::testing::TempDir& tmp) {
+  auto dense = OpenEngine(c);
+  if (dense == nullptr) return "";
+  const std::string dir = tmp.Join("dequantized-" + format.ToString());
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(ReferenceEnv::Dir(c) + "/config.json", dir + "/config.json");
+  const std::string saved = tmp.Join("dense.safetensors");
+  EXPECT_OK(dense->SaveWeights(saved));
+  auto ck = checkpoint::Checkpoint::Open(saved);
+  EXPECT_OK(ck.status());
+  if (!ck.ok()) return "";
+  checkpoint::SafetensorsWriter writer;
+  for (absl::string_view name : (*ck)->names()) {
+    const checkpoint::TensorView* v = (*ck)->Find(name);
+    if (!checkpoint::ParseExpertTensorName(name).has_value()) {
+      EXPECT_OK(writer.AddUnowned(*v));
+      continue;
+    }
+    EXPECT_EQ(v->dtype, checkpoint::DType::kF32);
+    const int64_t out = v->shape[0], in = v->shape[1];
+    std::vector<float> w(static_cast<size_t>(out * in)), back(w.size());
+    std::memcpy(w.data(), v->bytes.data(), v->bytes.size());
+    at::Tensor buffer = at::empty({format.Bytes(out, in, 0)}, at::kByte);  // 64-byte aligned
+    EXPECT_OK(checkpoint::Quantize(
+        format, name, w.data(), out, in,
+        std::span<std::byte>(static_cast<std::byte*>(buffer.data_ptr()), buffer.nbytes())));
+    checkpoint::Dequantize(format, out, in, static_cast<const std::byte*>(buffer.data_ptr()),
+                           back.data());
+    EXPECT_OK(writer.Add(name, checkpoint::DType::kF32, v->shape,
+                         std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(back.data()),
+                                                  back.size() * sizeof(float))));
+  }
+  EXPECT_OK(writer.Write(dir + "/model.safetensors"));
+  return dir;
+}
+
+// Quantized routed experts (EngineOptions::expert_quant) compute what the
+// same model with the dequantized weights in fp32 computes, through the
+// kernel and through libtorch, resident, reduced and on demand (from the
+// checkpoint and from a pack of the same format), and the engine counts the
+// bytes it holds as held.
+TEST_P(EngineParityTest, QuantizedExpertsEqualTheDequantizedModel) {
+  premoe::testing::TempDir tmp;
+  Reference ref(GetParam());
+  const std::vector<std::vector<int64_t>> prompts = {ref.Ids("prompt_1"), ref.Ids("prompt_2")};
+  auto dense = OpenEngine(GetParam());
+  ASSERT_NE(dense, nullptr);
+  const checkpoint::ModelConfig& c = dense->config();
+  const int64_t h = c.hidden_size, inter = c.moe_intermediate_size;
+  for (const std::string spelling : {"int8", "int4:g16"}) {
+    SCOPED_TRACE(spelling);
+    ASSERT_OK_AND_ASSIGN(const checkpoint::QuantFormat format,
+                         checkpoint::QuantFormat::Parse(spelling));
+    EngineOptions options = Fp32();
+    options.expert_quant = spelling;
+    if (format.type == checkpoint::QuantType::kInt4 && (h % 16 != 0 || inter % 16 != 0)) {
+      EXPECT_THAT(Engine::Open(ReferenceEnv::Dir(GetParam()), options),
+                  StatusIs(absl::StatusCode::kInvalidArgument,
+                           "is not a positive multiple of the group size 16"));
+      continue;
+    }
+    const std::string reference_dir = WriteDequantizedModel(GetParam(), format, tmp);
+    ASSERT_FALSE(reference_dir.empty());
+    ASSERT_OK_AND_ASSIGN(auto reference, Engine::Open(reference_dir, Fp32()));
+    auto quantized = OpenEngine(GetParam(), options);
+    ASSERT_NE(quantized, nullptr);
+    options.cpu_kernels = false;
+    auto through_libtorch = OpenEngine(GetParam(), options);
+    ASSERT_NE(through_libtorch, nullptr);
+    options.cpu_kernels = true;
+
+    // Bytes: each matrix as checkpoint/quant.h lays it out, down 64-aligned.
+    auto matrix = [&](int64_t out, int64_t in) {
+      return format.type == checkpoint::QuantType::kInt8 ? (out * in + 15) / 16 * 16 + 4 * out
+                                                         : out * in / 2 + 2 * 2 * out * (in / 16);
+    };
+    const int64_t expert =
+        ((matrix(2 * inter, h) + 63) / 64 * 64 + matrix(h, inter) + 63) / 64 * 64;
+    EXPECT_EQ(quantized->expert_bytes(), expert);
+    const int64_t experts = c.NumMoeLayers() * c.num_routed_experts;
+    EXPECT_EQ(quantized->weight_bytes(),
+              dense->weight_bytes() - experts * dense->expert_bytes() + experts * expert);
+
+    ForwardOptions fo;
+    fo.all_logits = true;
+    ASSERT_OK_AND_ASSIGN(at::Tensor want, reference->Forward(prompts, nullptr, fo));
+    ASSERT_OK_AND_ASSIGN(at::Tensor got, quantized->Forward(prompts, nullptr, fo));
+    EXPECT_LT(MaxAbsDiff(got, want), kFp32Tolerance);
+    ASSERT_OK_AND_ASSIGN(at::Tensor slow, through_libtorch->Forward(prompts, nullptr, fo));
+    EXPECT_LT(MaxAbsDiff(slow, want), kFp32Tolerance);
+    // Decoding one token at a time through a cache.
+    ASSERT_OK_AND_ASSIGN(auto want_cache, reference->NewCache(1, 32));
+    ASSERT_OK_AND_ASSIGN(auto got_cache, quantized->NewCache(1, 32));
+    for (const std::vector<int64_t>& step : {prompts[0], std::vector<int64_t>{5}, {7}}) {
+      ASSERT_OK_AND_ASSIGN(at::Tensor w, reference->Forward({step}, want_cache.get()));
+      ASSERT_OK_AND_ASSIGN(at::Tensor g, quantized->Forward({step}, got_cache.get()));
+      EXPECT_LT(MaxAbsDiff(g, w), kFp32Tolerance);
+    }
+
+    // On-demand experts (checkpoint and pack) load the same bytes and, under
+    // a mask, compute the resident engine's logits bit for bit; a reduced
+    // model routes as the mask does (deepseek's group scores over a reduced
+    // gate differ in the last bits, as unquantized).
+    KeptExperts keep;
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      if (!c.IsMoeLayer(static_cast<int>(l))) continue;
+      std::vector<int64_t> kept;
+      for (int64_t e = 0; e < c.num_routed_experts; e += 2) kept.push_back(e);
+      while (static_cast<int64_t>(kept.size()) < c.num_experts_per_tok)
+        kept.push_back(kept.back() + 1);
+      keep.Set(l, kept);
+    }
+    EngineOptions reduced_options = options;
+    reduced_options.keep = keep;
+    auto reduced = OpenEngine(GetParam(), reduced_options);
+    ASSERT_NE(reduced, nullptr);
+    const std::string pack = tmp.Join("experts." + spelling + ".pack");
+    ExpertPackWriteOptions wo;
+    wo.dtype = "fp32";
+    wo.quant = spelling;
+    ASSERT_OK(WriteExpertPack(ReferenceEnv::Dir(GetParam()), pack, wo));
+    EngineOptions demand_options = options;
+    demand_options.experts_on_demand = true;
+    auto from_checkpoint = OpenEngine(GetParam(), demand_options);
+    demand_options.expert_pack = pack;
+    auto from_pack = OpenEngine(GetParam(), demand_options);
+    ASSERT_NE(from_checkpoint, nullptr);
+    ASSERT_NE(from_pack, nullptr);
+    ExpertSet set;
+    for (const auto& [l, kept] : keep.layers) {
+      for (int64_t e : kept) {
+        ASSERT_OK_AND_ASSIGN(auto a, premoe::testing::LoadExpert(*from_checkpoint, l, e));
+        ASSERT_OK_AND_ASSIGN(auto b, premoe::testing::LoadExpert(*from_pack, l, e));
+        EXPECT_TRUE(at::equal(a->gate_up, b->gate_up) && at::equal(a->down, b->down))
+            << l << "/" << e;
+        EXPECT_EQ(a->gate_up.nbytes(),
+                  static_cast<size_t>(from_pack->expert_layout().gate_up_bytes));
+        set.experts[std::pair{l, e}] = b;
+      }
+    }
+    fo.masks = {&keep, &keep};
+    ASSERT_OK_AND_ASSIGN(at::Tensor masked, quantized->Forward(prompts, nullptr, fo));
+    ASSERT_OK_AND_ASSIGN(at::Tensor small,
+                         reduced->Forward(prompts, nullptr, ForwardOptions{.all_logits = true}));
+    EXPECT_LT(MaxAbsDiff(masked, small), 1e-5);
+    fo.experts = &set;
+    ASSERT_OK_AND_ASSIGN(at::Tensor served, from_pack->Forward(prompts, nullptr, fo));
+    EXPECT_TRUE(at::equal(masked, served));
+
+    // A pack of another format is refused, naming both.
+    demand_options.expert_quant = "none";
+    EXPECT_THAT(Engine::Open(ReferenceEnv::Dir(GetParam()), demand_options),
+                StatusIs(absl::StatusCode::kFailedPrecondition,
+                         absl::StrCat("holds experts as ", format.ToString())));
+    // Quantized experts are not checkpoint tensors.
+    EXPECT_THAT(quantized->SaveWeights(tmp.Join("q.safetensors")),
+                StatusIs(absl::StatusCode::kFailedPrecondition, "held as"));
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Architectures, EngineParityTest, ::testing::ValuesIn(kArchitectures),
                          [](const auto& info) { return info.param; });
 
@@ -1006,6 +1171,49 @@ TEST(EngineFp8Test, BlockScaledCheckpointDequantisesAtLoad) {
     EXPECT_LT(MaxAbsDiff(AllLogits(*engine, ref.Ids(absl::StrCat("prompt_", p))),
                          ref.Get(absl::StrCat("logits_", p))),
               kFp32Tolerance);
+  }
+}
+
+// An FP8 checkpoint quantized at load: each expert is dequantised with its
+// block scales and quantized from fp32, never through bf16, so the bytes
+// equal the quantization of the reference's independently dequantised
+// weights whatever the compute dtype.
+TEST(EngineFp8Test, QuantizedExpertsComeFromTheDequantisedWeights) {
+  Reference ref("qwen3_moe_fp8");
+  for (const std::string spelling : {"int8", "int4:g32"}) {
+    ASSERT_OK_AND_ASSIGN(const checkpoint::QuantFormat format,
+                         checkpoint::QuantFormat::Parse(spelling));
+    for (const std::string dtype : {"fp32", "bf16"}) {
+      SCOPED_TRACE(spelling + " " + dtype);
+      EngineOptions options;
+      options.dtype = dtype;
+      options.expert_quant = spelling;
+      options.experts_on_demand = true;
+      auto engine = OpenEngine("qwen3_moe_fp8", options);
+      ASSERT_NE(engine, nullptr);
+      const checkpoint::ModelConfig& c = engine->config();
+      const int64_t h = c.hidden_size, inter = c.moe_intermediate_size;
+      for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+        for (int64_t e : {int64_t{0}, c.num_routed_experts - 1}) {
+          const std::string p = absl::StrCat("deq:model.layers.", l, ".mlp.experts.", e, ".");
+          const at::Tensor gate_up =
+              at::cat({ref.Get(p + "gate_proj.weight"), ref.Get(p + "up_proj.weight")})
+                  .contiguous();
+          const at::Tensor down = ref.Get(p + "down_proj.weight").contiguous();
+          auto quantize = [&](const at::Tensor& w) {
+            at::Tensor out = at::empty({format.Bytes(w.size(0), w.size(1), 0)}, at::kByte);
+            EXPECT_OK(checkpoint::Quantize(
+                format, p, w.const_data_ptr<float>(), w.size(0), w.size(1),
+                std::span<std::byte>(static_cast<std::byte*>(out.data_ptr()), out.nbytes())));
+            return out;
+          };
+          ASSERT_EQ(gate_up.sizes(), (std::vector<int64_t>{2 * inter, h}));
+          ASSERT_OK_AND_ASSIGN(auto got, premoe::testing::LoadExpert(*engine, l, e));
+          EXPECT_TRUE(at::equal(got->gate_up, quantize(gate_up))) << l << "/" << e;
+          EXPECT_TRUE(at::equal(got->down, quantize(down))) << l << "/" << e;
+        }
+      }
+    }
   }
 }
 

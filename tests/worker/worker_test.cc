@@ -425,6 +425,59 @@ TEST_F(WorkerTest, AnExpertPackServesTheSameTokens) {
   EXPECT_GT(s.cache.loads, 20);
 }
 
+// Quantized experts: a worker holding int4 experts (read from an int4 pack)
+// serves the tokens of a resident engine holding the same format, and its
+// cache counts the bytes as held, scales included. A pack of another format
+// is refused, naming both.
+TEST_F(WorkerTest, QuantizedExpertsServeAndTheCacheCountsTheirBytes) {
+  premoe::testing::TempDir tmp;
+  model::ExpertPackWriteOptions wo;
+  wo.dtype = "fp32";
+  wo.quant = "int4:g32";
+  ASSERT_OK(model::WriteExpertPack(ModelDir(), tmp.Join("int4.pack"), wo));
+  ASSERT_OK_AND_ASSIGN(
+      auto resident,
+      model::Engine::Open(ModelDir(), {.dtype = "fp32", .expert_quant = "int4:g32"}));
+  // hidden 128, expert width 128: gate_up [256, 128] and down [128, 128] as
+  // 4-bit codes plus a bf16 scale and minimum per 32 inputs.
+  const int64_t gate_up = 256 * 128 / 2 + 256 * (128 / 32) * 2 * 2;
+  const int64_t down = 128 * 128 / 2 + 128 * (128 / 32) * 2 * 2;
+  EXPECT_EQ(resident->expert_bytes(), ((gate_up + 63) / 64 * 64 + down + 63) / 64 * 64);
+  EXPECT_LT(resident->expert_bytes() * 3, reference_->expert_bytes());
+
+  WorkerOptions o = Options();
+  o.expert_pack = tmp.Join("int4.pack");
+  o.expert_quant = "int4:g32";
+  o.cache_bytes = 20 * resident->expert_bytes();
+  ASSERT_OK_AND_ASSIGN(auto worker, Worker::Open(o));
+  EXPECT_EQ(worker->engine().expert_bytes(), resident->expert_bytes());
+  model::GenerationOptions go;
+  go.max_new_tokens = 8;
+  for (const std::string task : {"add", "reverse", "sort"}) {
+    ASSERT_OK(worker->Prepare(patterns_->at(task), "25%").status());
+    const model::KeptExperts keep = Keep(task, "25%");
+    for (const auto& prompt : EvalPrompts(task, 2)) {
+      const std::vector<int64_t> ids = Encode(*tokenizer_, prompt);
+      ASSERT_OK_AND_ASSIGN(auto alone, resident->Generate({{ids, &keep}}, go));
+      WorkRequest r;
+      r.prompt = ids;
+      r.task = task;
+      r.options = go;
+      ASSERT_OK_AND_ASSIGN(WorkResult res, worker->Generate(std::move(r)));
+      EXPECT_EQ(res.generation.tokens, alone[0].tokens) << task;
+    }
+  }
+  const WorkerStatus s = worker->Status();
+  EXPECT_EQ(s.expert_bytes, resident->expert_bytes());
+  EXPECT_EQ(s.cache.resident_bytes, s.cache.resident_experts * resident->expert_bytes());
+  EXPECT_LE(s.cache.resident_bytes, o.cache_bytes);
+  EXPECT_GT(s.cache.evictions, 0);
+
+  o.expert_quant = "int8";
+  EXPECT_THAT(Worker::Open(o),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "holds experts as int4:g32"));
+}
+
 TEST_F(WorkerTest, RefusalsNameTheProblem) {
   WorkerOptions o = Options();
   o.max_batch = 1;

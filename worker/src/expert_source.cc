@@ -24,12 +24,20 @@ namespace {
 class ExpertSlots : public std::enable_shared_from_this<ExpertSlots> {
  public:
   explicit ExpertSlots(const model::Engine& engine)
-      : hidden_(engine.config().hidden_size),
-        inter_(engine.config().moe_intermediate_size),
-        options_(at::TensorOptions()
-                     .dtype(engine.options().dtype == "fp32" ? at::kFloat : at::kBFloat16)
-                     .device(at::Device(engine.options().device))),
-        bytes_(static_cast<size_t>(engine.expert_bytes())) {}
+      : layout_(engine.expert_layout()),
+        device_(engine.options().device),
+        bytes_(static_cast<size_t>(layout_.bytes)) {
+    const int64_t h = engine.config().hidden_size, inter = engine.config().moe_intermediate_size;
+    if (layout_.format.quantized()) {
+      dtype_ = at::kByte;
+      gate_up_shape_ = {layout_.gate_up_bytes};
+      down_shape_ = {layout_.down_bytes};
+    } else {
+      dtype_ = engine.options().dtype == "fp32" ? at::kFloat : at::kBFloat16;
+      gate_up_shape_ = {2 * inter, h};
+      down_shape_ = {h, inter};
+    }
+  }
   ~ExpertSlots() {
     for (void* p : free_) std::free(p);
   }
@@ -37,7 +45,7 @@ class ExpertSlots : public std::enable_shared_from_this<ExpertSlots> {
   // CPU: makes `n` slots ready (faulted in) now, so that loads into them
   // are a copy and nothing more.
   void Reserve(int64_t n) {
-    if (!options_.device().is_cpu()) return;
+    if (!device_.is_cpu()) return;
     std::vector<void*> made;
     try {
       for (int64_t i = 0; i < n; ++i) made.push_back(NewSlot());
@@ -49,13 +57,14 @@ class ExpertSlots : public std::enable_shared_from_this<ExpertSlots> {
     free_.insert(free_.end(), made.begin(), made.end());
   }
 
-  // Empty tensors of an expert's shape, backed by one slot. Throws
-  // std::bad_alloc or c10::Error when there is no memory.
+  // Empty tensors of an expert's shape (the engine's expert layout), backed
+  // by one slot. Throws std::bad_alloc or c10::Error when there is no memory.
   std::shared_ptr<model::ExpertWeights> Take() {
     auto w = std::make_shared<model::ExpertWeights>();
-    if (!options_.device().is_cpu()) {
-      w->gate_up = at::empty({2 * inter_, hidden_}, options_);
-      w->down = at::empty({hidden_, inter_}, options_);
+    const auto options = at::TensorOptions().dtype(dtype_).device(device_);
+    if (!device_.is_cpu()) {
+      w->gate_up = at::empty(gate_up_shape_, options);
+      w->down = at::empty(down_shape_, options);
       return w;
     }
     void* slot = nullptr;
@@ -69,7 +78,7 @@ class ExpertSlots : public std::enable_shared_from_this<ExpertSlots> {
     if (slot == nullptr) slot = NewSlot();
     std::weak_ptr<ExpertSlots> self = weak_from_this();
     at::Tensor block = at::from_blob(
-        slot, {static_cast<int64_t>(bytes_ / options_.dtype().itemsize())},
+        slot, {static_cast<int64_t>(bytes_)},
         [self](void* p) {
           if (auto pool = self.lock()) {
             pool->Give(p);
@@ -77,9 +86,12 @@ class ExpertSlots : public std::enable_shared_from_this<ExpertSlots> {
             std::free(p);
           }
         },
-        options_);
-    w->gate_up = block.narrow(0, 0, 2 * inter_ * hidden_).view({2 * inter_, hidden_});
-    w->down = block.narrow(0, 2 * inter_ * hidden_, hidden_ * inter_).view({hidden_, inter_});
+        at::TensorOptions().dtype(at::kByte));
+    // The pack's slot layout, so that a pack reads into the slot with one
+    // pread (checkpoint::ExpertPack::Read).
+    w->gate_up = block.narrow(0, 0, layout_.gate_up_bytes).view(dtype_).view(gate_up_shape_);
+    w->down =
+        block.narrow(0, layout_.down_offset, layout_.down_bytes).view(dtype_).view(down_shape_);
     return w;
   }
 
@@ -102,9 +114,11 @@ class ExpertSlots : public std::enable_shared_from_this<ExpertSlots> {
     free_.push_back(slot);
   }
 
-  const int64_t hidden_, inter_;
-  const at::TensorOptions options_;
+  const checkpoint::ExpertSlotLayout layout_;
+  const at::Device device_;
   const size_t bytes_;
+  at::ScalarType dtype_ = at::kBFloat16;
+  std::vector<int64_t> gate_up_shape_, down_shape_;
   absl::Mutex mu_;
   std::vector<void*> free_ ABSL_GUARDED_BY(mu_);
 };

@@ -3,15 +3,17 @@
 //
 // A checkpoint stores an expert as three tensors (or as rows of fused
 // [N, ...] tensors), in its own dtype, wherever its writer put them. A pack
-// stores each expert as one page-aligned slot in the engine's layout and
-// compute dtype, the bytes of ExpertWeights: gate_up [2I, H] then down
-// [H, I]. An on-demand engine opened with EngineOptions::expert_pack reads an
-// expert with two pread(2) calls and no conversion.
+// stores each expert as one page-aligned slot in the engine's layout, the
+// bytes of ExpertWeights: gate_up [2I, H] then down [H, I], in the compute
+// dtype or quantized (premoe/checkpoint/quant.h; ExpertSlotLayout says where
+// each sits). An on-demand engine opened with EngineOptions::expert_pack
+// reads an expert with one pread(2) into its cache slot, no conversion.
 //
 // File layout (little-endian):
 //   "PREMOEXP" | u64 N | N bytes of JSON header | zeros to data_offset |
 //   slots, slot_stride bytes apart, in (MoE layer, expert) order.
-// The header records the shape, the dtype, a fingerprint of the source
+// The header records the shape, the dtype, the quantized format and its
+// layout version (version 2; a version-1 pack is a dense one), a fingerprint of the source
 // checkpoint (SourceFingerprint) and an XXH3-64 checksum of every slot.
 // Open validates the header and the file size; CheckFits refuses a pack made
 // for another model, shape or dtype, or from a checkpoint changed since.
@@ -31,6 +33,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "premoe/checkpoint/config.h"
+#include "premoe/checkpoint/quant.h"
 
 namespace premoe::common {
 class AtomicFileWriter;
@@ -42,13 +45,14 @@ namespace premoe::checkpoint {
 class Checkpoint;
 
 struct ExpertPackHeader {
-  int64_t version = 1;
-  std::string dtype;                // "fp32" or "bf16"
+  int64_t version = 2;
+  std::string dtype;                // "fp32" or "bf16": the compute dtype it is for
+  QuantFormat quant;                // how the slots hold the matrices (none: dtype)
   int64_t hidden = 0;               // H
   int64_t intermediate = 0;         // I
   std::vector<int64_t> layers;      // the MoE decoder layers, ascending
   int64_t experts = 0;              // routed experts per MoE layer
-  int64_t slot_bytes = 0;           // 3 * I * H * element size
+  int64_t slot_bytes = 0;           // ExpertSlotLayout::bytes
   int64_t slot_stride = 0;          // slot_bytes rounded up to 4096
   int64_t data_offset = 0;          // multiple of 4096
   std::string source;               // SourceFingerprint of the checkpoint
@@ -100,16 +104,21 @@ class ExpertPack {
   static absl::StatusOr<std::unique_ptr<const ExpertPack>> Open(const std::string& path);
   ~ExpertPack();
 
-  // OK when this pack holds `config`'s experts in `dtype` ("fp32"/"bf16")
-  // made from `checkpoint` as it is now; FAILED_PRECONDITION naming the
-  // difference otherwise (re-run premoe repack).
+  // OK when this pack holds `config`'s experts for `dtype` ("fp32"/"bf16")
+  // in format `quant`, made from `checkpoint` as it is now;
+  // FAILED_PRECONDITION naming both sides of the difference otherwise
+  // (re-run premoe repack).
   absl::Status CheckFits(const Checkpoint& checkpoint, const ModelConfig& config,
-                         const std::string& dtype) const;
+                         const std::string& dtype, const QuantFormat& quant) const;
 
-  // Reads expert `expert` of decoder layer `layer` into `gate_up` (the first
-  // 2IH elements' bytes) and `down` (the next IH'), each exactly that size.
-  // INVALID_ARGUMENT for an unknown layer/expert or wrong sizes; INTERNAL on
-  // a read error.
+  // Where gate_up and down sit in a slot.
+  const ExpertSlotLayout& layout() const { return layout_; }
+
+  // Reads expert `expert` of decoder layer `layer` into `gate_up` and `down`,
+  // exactly layout().gate_up_bytes and down_bytes long: one pread when `down`
+  // starts layout().down_offset bytes after `gate_up` (a cache slot), two
+  // otherwise. INVALID_ARGUMENT for an unknown layer/expert or wrong sizes;
+  // INTERNAL on a read error.
   absl::Status Read(int64_t layer, int64_t expert, std::span<uint8_t> gate_up,
                     std::span<uint8_t> down) const;
 
@@ -122,12 +131,13 @@ class ExpertPack {
 
  private:
   ExpertPack(std::string path, std::shared_ptr<const common::MappedFile> file,
-             ExpertPackHeader header);
+             ExpertPackHeader header, ExpertSlotLayout layout);
   absl::StatusOr<int64_t> SlotIndex(int64_t layer, int64_t expert) const;
 
   std::string path_;
   std::shared_ptr<const common::MappedFile> file_;
   ExpertPackHeader header_;
+  ExpertSlotLayout layout_;
 };
 
 }  // namespace premoe::checkpoint

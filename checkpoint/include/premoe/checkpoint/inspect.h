@@ -37,6 +37,16 @@
 // Bytes and coverage budgets keep per-layer counts that depend on a
 // pattern's scores; inspect refuses them.
 //
+// Bytes on disk are not what an engine holds: it converts every weight to
+// its compute dtype (an FP8 checkpoint served in bf16 holds twice its file's
+// bytes) and may hold routed experts quantized. So each budget also gets its
+// memory as held (InspectOptions::dtype and ::quants):
+//   held_non_expert_bytes + sum over MoE layers of M * held expert bytes,
+// where non-expert weights take the compute dtype's element size except the
+// routers (and DeepSeek's e_score_correction_bias), held in fp32, and one
+// routed expert takes checkpoint::ExpertSlotLayout::For(format, H, I, dtype)
+// .bytes (quantized: codes, scales and padding to 64 bytes).
+//
 // Thread safety: the functions are pure and may be called concurrently;
 // ModelSummary is a plain value.
 #pragma once
@@ -136,6 +146,9 @@ struct BudgetMemory {
   int64_t weight_bytes = 0;
   // weight_bytes / full_weight_bytes.
   double fraction_of_full = 0;
+  // The memory an engine holds for this budget, one entry per format of
+  // InspectOptions::quants, in that order: {format, bytes}.
+  std::vector<std::pair<std::string, int64_t>> held_bytes;
 };
 
 struct ModelSummary {
@@ -196,12 +209,29 @@ struct ModelSummary {
   // The budgets asked for (InspectOptions::budgets, in that order), or
   // DefaultBudgets().
   std::vector<BudgetMemory> budgets;
+
+  // ---- As an engine holds it (see the file comment) -----------------------
+
+  // InspectOptions::dtype.
+  std::string held_dtype;
+  // Every weight but the routed experts in the compute dtype, routers fp32.
+  int64_t held_non_expert_bytes = 0;
+  // Per format of InspectOptions::quants: {format, bytes of one routed
+  // expert as held}.
+  std::vector<std::pair<std::string, int64_t>> held_expert_bytes;
 };
 
 struct InspectOptions {
   // Budgets to evaluate, "K/M" or "N%" (Budget::Parse). Default: empty,
   // meaning DefaultBudgets().
   std::vector<std::string> budgets;
+  // The engine's compute dtype for the held figures: "bf16" or "fp32".
+  // Default: "bf16".
+  std::string dtype = "bf16";
+  // Routed expert formats for the held figures (QuantFormat::Parse
+  // spellings: "none", "int8", "int4[:gN]"). Default: empty, meaning
+  // {"none"}.
+  std::vector<std::string> quants;
 };
 
 // Summarises the model in `model_dir` (config.json + the checkpoint that
@@ -211,8 +241,10 @@ struct InspectOptions {
 //   - those of LoadModelConfig and Checkpoint::Open (NOT_FOUND,
 //     INVALID_ARGUMENT for a malformed file), naming the file;
 //   - INVALID_ARGUMENT naming the budget for a budget Budget::Parse refuses,
-//     or a bytes or coverage budget (both checked before any file is
-//     opened), or one ValidateBudget refuses (then prefixed "<model_dir>: ");
+//     or a bytes or coverage budget, and for a dtype or quant spelling
+//     that does not parse (all checked before any file is opened), or a
+//     budget ValidateBudget refuses or an int4 group that does not divide
+//     the expert's dimensions (then prefixed "<model_dir>: ");
 //   - FAILED_PRECONDITION "<model_dir>: ..." naming the tensor when the checkpoint does not
 //     match config.json: a tensor in a layer >= num_hidden_layers (beyond the
 //     MTP layers the config declares); a routed-expert tensor in a layer the
@@ -277,7 +309,10 @@ std::string FormatModelSummary(const ModelSummary& summary);
 //   "budgets": [{"budget": "K/M", "asked": the budget as asked ("50%"),
 //                "top_k", "kept_experts": int,
 //                "kept_fraction": number, "weight_bytes": int,
-//                "fraction_of_full": number}].
+//                "fraction_of_full": number,
+//                "held_bytes": {format: int}}],
+//   "held": {"dtype": string, "non_expert_bytes": int,
+//            "expert_bytes": {format: int}}.
 // Integers are exact; fractions are doubles in [0, 1].
 std::string ModelSummaryToJson(const ModelSummary& summary);
 

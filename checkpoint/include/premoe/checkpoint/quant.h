@@ -68,6 +68,32 @@ struct QuantFormat {
   int64_t Bytes(int64_t out, int64_t in, int64_t dense_element_bytes) const;
 };
 
+// Where one routed expert's two matrices sit in the bytes that hold it (an
+// expert cache slot, a row of an engine's expert stack, an expert pack
+// slot): gate_up [2I, H] (the gate projection's rows, then the up
+// projection's) at 0, then down [H, I], each dense in the compute dtype or
+// quantized in `format`'s layout. Quantized, down starts and the slot ends
+// at a multiple of 64 bytes, so both buffers keep the 16-byte alignment the
+// kernels need in slots laid end to end (an engine's resident stack); dense
+// matrices follow each other directly.
+struct ExpertSlotLayout {
+  QuantFormat format;
+  int64_t gate_up_bytes = 0;
+  int64_t down_offset = 0;
+  int64_t down_bytes = 0;
+  // The bytes one expert holds, scales (and, quantized, the padding to 64)
+  // included: what every memory figure counts per expert.
+  int64_t bytes = 0;
+
+  // The layout of an expert of hidden size H and expert width I, for dense
+  // elements of `dense_element_bytes` (2 for bf16, 4 for fp32). For int4,
+  // INVALID_ARGUMENT naming `what` (e.g. "model.layers.3.mlp.experts") when
+  // the group does not divide H or I.
+  static absl::StatusOr<ExpertSlotLayout> For(const QuantFormat& format, int64_t hidden,
+                                              int64_t intermediate, int64_t dense_element_bytes,
+                                              absl::string_view what = "routed expert");
+};
+
 // Views into one quantized matrix's buffer (layout above), which must be
 // aligned to 16 bytes. Borrowed.
 struct QuantizedView {

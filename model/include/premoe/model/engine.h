@@ -63,6 +63,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "premoe/checkpoint/config.h"
+#include "premoe/checkpoint/quant.h"
 
 namespace premoe::model {
 
@@ -85,13 +86,19 @@ struct KeptExperts {
   absl::Status Validate(const checkpoint::ModelConfig& config, int64_t top_k) const;
 };
 
-// One routed expert's weights, in the engine's compute dtype on its device,
-// as Engine::LoadExpertInto fills them for an on-demand engine
-// (EngineOptions::experts_on_demand). Immutable once made; shared between
-// whoever holds it (a cache, the ExpertSets of forwards in flight).
+// One routed expert's weights on the engine's device, as
+// Engine::LoadExpertInto fills them for an on-demand engine
+// (EngineOptions::experts_on_demand), in the engine's expert format
+// (Engine::expert_layout()):
+//   dense (expert_quant "none"): gate_up [2I, H] (the gate projection's rows,
+//     then the up projection's) and down [H, I], contiguous, compute dtype;
+//   quantized: gate_up and down uint8 [bytes], contiguous and 16-byte
+//     aligned, each one matrix in premoe/checkpoint/quant.h's layout.
+// Immutable once made; shared between whoever holds it (a cache, the
+// ExpertSets of forwards in flight).
 struct ExpertWeights {
-  at::Tensor gate_up;  // [2I, H]: the gate projection's rows, then the up projection's
-  at::Tensor down;     // [H, I]
+  at::Tensor gate_up;
+  at::Tensor down;
 };
 
 // The routed experts one Forward of an on-demand engine may use, by (decoder
@@ -212,9 +219,10 @@ struct EngineOptions {
   bool experts_on_demand = false;
   // With experts_on_demand: read experts from this expert pack (premoe
   // repack; model/expert_pack.h) instead of the checkpoint's safetensors:
-  // one contiguous read per expert, already in the compute dtype. Open
-  // refuses a pack made for another model or dtype, or from a checkpoint
-  // changed since (FAILED_PRECONDITION). Default: "" (the checkpoint).
+  // one contiguous read per expert, already in the engine's expert format.
+  // Open refuses a pack made for another model, dtype or expert_quant, or
+  // from a checkpoint changed since (FAILED_PRECONDITION, naming both
+  // sides). Default: "" (the checkpoint).
   std::string expert_pack;
   // The probe, for a router that needs only the first MoE gates' logits of
   // a query (the match embedding). P >= 1: Open loads the embedding, every
@@ -227,6 +235,18 @@ struct EngineOptions {
   // few layers of a model of hundreds. Not with keep, trainable, streamed or
   // experts_on_demand. Default: 0 (not a probe).
   int64_t probe_moe_layers = 0;
+  // How routed experts are held: "none" (the compute dtype), "int8" or
+  // "int4[:gN]" (premoe/checkpoint/quant.h; checkpoint::QuantFormat::Parse
+  // spells them). Quantized experts are made at load from the checkpoint's
+  // own precision (bf16, fp16, fp32, or FP8 dequantised first), by the
+  // engine for resident experts and by LoadExpertInto (or read as they are
+  // from an expert pack of the same format) for on-demand ones; every expert
+  // byte figure (weight_bytes, expert_bytes) counts them as held, scales
+  // included. Routers, norms, embeddings, attention and shared experts keep
+  // the compute dtype, so routing (and so patterns) do not move. CPU only;
+  // not with trainable, streamed or probe. int4 needs its group to divide
+  // the hidden size and the expert width. Default: "none".
+  std::string expert_quant = "none";
   // On the CPU, products with at most 16 activation rows (decode steps,
   // short prompts) and their MoE experts run in premoe's own kernel
   // (model/src/cpu_matvec.h: one parallel region per group of products,
@@ -237,12 +257,12 @@ struct EngineOptions {
   // Ignored on CUDA and for trainable engines. Default: true.
   bool cpu_kernels = true;
 
-  // INVALID_ARGUMENT for an unknown dtype or device string, top_k < 0,
-  // max_context < 0, probe_moe_layers < 0, trainable without fp32, or two of
-  // trainable, streamed, experts_on_demand, probe (or keep with
-  // experts_on_demand or probe). (probe_moe_layers is checked against the
-  // model in Open.) (keep and top_k are
-  // checked against the model in Open.)
+  // INVALID_ARGUMENT for an unknown dtype, device or expert_quant string,
+  // top_k < 0, max_context < 0, probe_moe_layers < 0, trainable without
+  // fp32, two of trainable, streamed, experts_on_demand, probe (or keep with
+  // experts_on_demand or probe), or a quantized expert_quant with trainable,
+  // streamed, probe or a CUDA device. (keep, top_k, probe_moe_layers and
+  // int4's group are checked against the model in Open.)
   absl::Status Validate() const;
 };
 
@@ -365,20 +385,23 @@ class Engine {
   virtual int64_t max_context() const = 0;
   // Bytes of all weight tensors held.
   virtual int64_t weight_bytes() const = 0;
-  // Bytes of one routed expert in the compute dtype (gate, up and down).
+  // Bytes one routed expert holds (gate, up and down) in the engine's expert
+  // format, scales included: expert_layout().bytes.
   virtual int64_t expert_bytes() const = 0;
+  // How one routed expert is held: where gate_up and down sit in a slot of
+  // expert_bytes() bytes, and in which format (EngineOptions::expert_quant).
+  virtual const checkpoint::ExpertSlotLayout& expert_layout() const = 0;
 
   // Reads routed expert `expert` of MoE layer `layer` from the checkpoint
   // (or the expert pack) into memory the caller owns and reuses (a cache's
-  // slots), releasing the mapped pages it read: `into.gate_up` [2I, H] and
-  // `into.down` [H, I], contiguous, of the compute dtype, on the engine's
-  // device. On CPU the bytes go straight from the file (pread) into them
-  // where no conversion is needed. On CUDA they are staged in pinned host
-  // memory and copied on a side stream, so the compute stream is not held
-  // up; the call returns once they have landed.
-  // On-demand engines only (FAILED_PRECONDITION otherwise); INVALID_ARGUMENT
-  // for a layer that is not MoE, an expert out of range, or tensors of the
-  // wrong shape, dtype or device. Thread-safe, also against Forward.
+  // slots), releasing the mapped pages it read: `into.gate_up` and
+  // `into.down` as ExpertWeights describes for this engine's format, on the
+  // engine's device (quantizing on the way when the source is not). On CPU the bytes go straight
+  // from the file (pread) into them where no conversion is needed. On CUDA they are staged in
+  // pinned host memory and copied on a side stream, so the compute stream is not held up; the call
+  // returns once they have landed. On-demand engines only (FAILED_PRECONDITION otherwise);
+  // INVALID_ARGUMENT for a layer that is not MoE, an expert out of range, or tensors of the wrong
+  // shape, dtype or device. Thread-safe, also against Forward.
   virtual absl::Status LoadExpertInto(int64_t layer, int64_t expert,
                                       const ExpertWeights& into) const = 0;
 

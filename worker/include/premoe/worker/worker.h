@@ -41,6 +41,10 @@ struct WorkerOptions {
   // EngineOptions::expert_pack: read experts from this pack (premoe repack)
   // rather than the checkpoint. Default: "" (the checkpoint).
   std::string expert_pack;
+  // EngineOptions::expert_quant: how routed experts are held ("none",
+  // "int8", "int4[:gN]"); the cache budget counts them as held, scales
+  // included. An expert_pack must be of the same format. Default: "none".
+  std::string expert_quant = "none";
   // Byte budget of resident routed experts. 0 = every routed expert of the
   // model fits. Default: 0.
   int64_t cache_bytes = 0;
