@@ -26,10 +26,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <random>
 #include <set>
@@ -101,6 +103,22 @@ void AddFlags(CLI::App& app, Flags* f) {
       ->capture_default_str();
   app.add_option("--child", f->child,
                  "Internal: run one configuration (bf16:full, fp32:half, bf16:full:libtorch)");
+}
+
+// Where configuration `config`'s child leaves its logits of the fixed text.
+std::string LogitsPath(const Flags& f, std::string config) {
+  for (char& c : config) {
+    if (c == ':' || c == '+') c = '_';
+  }
+  return absl::StrCat(f.cache_dir, "/logits.", config, ".f32");
+}
+
+std::vector<float> ReadLogits(const Flags& f, const std::string& config) {
+  std::ifstream in(LogitsPath(f, config), std::ios::binary);
+  const std::vector<char> v((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<float> out(v.size() / sizeof(float));
+  std::memcpy(out.data(), v.data(), out.size() * sizeof(float));
+  return out;
 }
 
 int64_t ReadRssBytes() { return premoe::common::CurrentRssBytes().value_or(0); }
@@ -308,6 +326,23 @@ int RunChild(const Flags& f) {
     }
   };
 
+  // The logits of a fixed 16-token text, every position, for the parent to
+  // compare formats by (random weights: quality cannot be scored, but how
+  // far a format moves the logits can).
+  {
+    std::mt19937_64 fixed(11);
+    std::vector<int64_t> text(16);
+    for (auto& x : text) x = static_cast<int64_t>(fixed() % static_cast<uint64_t>(f.vocab - 2)) + 2;
+    ForwardOptions fo;
+    fo.all_logits = true;
+    auto logits = engine->Forward({text}, nullptr, fo);
+    check(logits);
+    const at::Tensor l = logits->to(at::kFloat).contiguous();
+    std::ofstream(LogitsPath(f, f.child), std::ios::binary)
+        .write(static_cast<const char*>(l.const_data_ptr()),
+               static_cast<std::streamsize>(l.nbytes()));
+  }
+
   // Prefill: a fresh cache per run; median of 3 after a warm-up.
   const std::vector<int64_t> prompt = random_tokens(f.prompt);
   std::vector<double> times;
@@ -482,6 +517,26 @@ int main(int argc, char** argv) {
           static_cast<double>(q.weights) / r.weights,
           static_cast<double>(q.rss_decode) / r.rss_decode, q.prefill / r.prefill, q.d1 / r.d1,
           f.batch, q.db / r.db);
+      // How far the format moves the logits of the fixed text (16 positions).
+      const std::vector<float> a = ReadLogits(f, q.config), b = ReadLogits(f, r.config);
+      if (a.size() == b.size() && !a.empty() && a.size() % f.vocab == 0) {
+        double diff = 0, norm = 0;
+        int64_t same = 0;
+        const int64_t positions = static_cast<int64_t>(a.size()) / f.vocab;
+        for (int64_t p = 0; p < positions; ++p) {
+          const float* x = a.data() + p * f.vocab;
+          const float* y = b.data() + p * f.vocab;
+          for (int64_t v = 0; v < f.vocab; ++v) {
+            diff += (x[v] - y[v]) * static_cast<double>(x[v] - y[v]);
+            norm += y[v] * static_cast<double>(y[v]);
+          }
+          same += std::max_element(x, x + f.vocab) - x == std::max_element(y, y + f.vocab) - y;
+        }
+        std::printf(
+            " Logits of a 16-token text: relative L2 error %.4f, the same argmax at %ld of %ld "
+            "positions.",
+            std::sqrt(diff / norm), same, positions);
+      }
     }
   }
   for (const Result& r : results) {

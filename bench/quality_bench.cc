@@ -11,7 +11,8 @@
 //
 // Then memory against quality: for every expert format (--formats) and every
 // budget (full, 50%, 75% and a byte budget of 3/8 of the unquantized
-// experts' bytes, so a smaller format keeps more experts in the same bytes),
+// experts' bytes as held in the compute dtype, so a smaller format keeps
+// more experts in the same bytes),
 // the peu patterns' average score and retention against the full
 // unquantized model, the bytes held, the text tasks' perplexity, and the
 // fraction of calibration tokens whose greedy choice differs from the full
@@ -120,7 +121,8 @@ nlohmann::ordered_json FormatTable(const std::string& model_dir, const std::stri
       {"full", ""},
       {"50%", absl::StrCat(k, "/", n / 2)},
       {"75%", absl::StrCat(k, "/", n / 4)},
-      {"bytes 3/8", absl::StrCat("bytes:", setup.full_expert_bytes * 3 / 8, "B")}};
+      {"bytes 3/8",
+       absl::StrCat("bytes:", n * layers * setup.engine->expert_bytes() * 3 / 8, "B")}};
   // Greedy choices are compared on calibration texts (prompt + completion),
   // 8 per task, each under its own task's pattern.
   std::vector<std::vector<int64_t>> texts;
@@ -266,6 +268,7 @@ int main(int argc, char** argv) {
   out["model"] = model_dir;
   out["cal_samples"] = cal;
   out["eval_samples"] = eval;
+  out["dtype"] = dtype;
   std::vector<std::string> names;
   for (const auto* t : tasks) names.push_back(t->name());
   out["tasks"] = names;

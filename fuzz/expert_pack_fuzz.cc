@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -22,9 +23,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (pack.ok()) {
       (void)(*pack)->Verify();
       const auto& h = (*pack)->header();
-      std::vector<uint8_t> gate_up(static_cast<size_t>(h.slot_bytes / 3 * 2));
-      std::vector<uint8_t> down(static_cast<size_t>(h.slot_bytes / 3));
-      (void)(*pack)->Read(h.layers.front(), 0, gate_up, down);
+      const auto& layout = (*pack)->layout();
+      std::vector<uint8_t> slot(static_cast<size_t>(layout.bytes));
+      (void)(*pack)->Read(h.layers.front(), 0,
+                          std::span<uint8_t>(slot.data(), layout.gate_up_bytes),
+                          std::span<uint8_t>(slot.data() + layout.down_offset, layout.down_bytes));
     }
   }
   ::unlink(path.c_str());

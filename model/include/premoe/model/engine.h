@@ -243,7 +243,10 @@ struct EngineOptions {
   // from an expert pack of the same format) for on-demand ones; every expert
   // byte figure (weight_bytes, expert_bytes) counts them as held, scales
   // included. Routers, norms, embeddings, attention and shared experts keep
-  // the compute dtype, so routing (and so patterns) do not move. CPU only;
+  // the compute dtype, so routing (and so patterns) do not move. With
+  // cpu_kernels they run in the kernel at every batch size (dequantized in
+  // registers); without, libtorch multiplies a dequantized copy of each
+  // expert, the reference the kernel is tested against. CPU only;
   // not with trainable, streamed or probe. int4 needs its group to divide
   // the hidden size and the expert width. Default: "none".
   std::string expert_quant = "none";
