@@ -7,7 +7,7 @@
 // usage: engine_bench [--hidden 2048] [--layers 16] [--experts 64] [--top-k 4]
 //          [--moe-intermediate 512] [--vocab 32000] [--heads 16] [--kv-heads 4]
 //          [--prompt 128] [--decode-steps 16] [--batch 8] [--threads N]
-//          [--dtypes bf16,fp32] [--quants none,int8,int4] [--reference]
+//          [--dtypes bf16,fp32] [--quants none int8 int4] [--reference]
 //          [--cache-dir /tmp/premoe_bench_model]
 //
 // --reference (default on) also runs each dtype's full model with
@@ -65,7 +65,7 @@ struct Flags {
   int64_t prompt = 128, decode_steps = 16, batch = 8;
   int64_t threads = std::max(1u, std::thread::hardware_concurrency());
   std::string dtypes = "bf16,fp32";
-  std::string quants = "none,int8,int4";
+  std::vector<std::string> quants = {"none", "int8", "int4"};
   bool reference = true;
   std::string cache_dir = "/tmp/premoe_bench_model";
   // Child mode: run one configuration ("bf16:full", "fp32:half",
@@ -93,8 +93,8 @@ void AddFlags(CLI::App& app, Flags* f) {
   }
   app.add_option("--dtypes", f->dtypes, "Compute dtypes, comma-separated")->capture_default_str();
   app.add_option("--quants", f->quants,
-                 "Routed expert formats (EngineOptions::expert_quant), comma-separated; the "
-                 "quantized ones run with the first dtype only")
+                 "Formats, space-separated, each an EngineOptions::SetQuant spec (int4, or "
+                 "int4,attention=int8); the quantized ones run with the first dtype only")
       ->capture_default_str();
   app.add_option("--reference", f->reference,
                  "Also run each full model with every op through libtorch")
@@ -285,7 +285,12 @@ int RunChild(const Flags& f) {
   EngineOptions options;
   options.dtype = dtype;
   options.cpu_kernels = !libtorch;
-  if (!config_quant.second.empty()) options.expert_quant = config_quant.second;
+  if (!config_quant.second.empty()) {
+    if (auto s = options.SetQuant(config_quant.second); !s.ok()) {
+      std::fprintf(stderr, "engine_bench: %s\n", s.ToString().c_str());
+      return 1;
+    }
+  }
   if (half) {
     // The first half of every layer's experts: no pattern exists yet, and
     // for random weights any half is as good as another.
@@ -440,7 +445,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> configs;
   const std::vector<std::string> dtypes = absl::StrSplit(f.dtypes, ',');
   for (const std::string& dtype : dtypes) {
-    for (absl::string_view quant : absl::StrSplit(f.quants, ',')) {
+    for (const std::string& quant : f.quants) {
       if (quant == "none") {
         configs.push_back(dtype + ":full");
         configs.push_back(dtype + ":half");
@@ -456,7 +461,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "running %s...\n", config.c_str());
       std::string cmd = absl::StrCat("'/proc/", getpid(), "/exe'");
       for (int i = 1; i < argc; ++i) absl::StrAppend(&cmd, " '", argv[i], "'");
-      absl::StrAppend(&cmd, " --child ", config);
+      absl::StrAppend(&cmd, " --child '", config, "'");
       std::FILE* pipe = popen(cmd.c_str(), "r");
       if (pipe == nullptr) return 1;
       char line[1024];

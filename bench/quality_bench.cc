@@ -20,7 +20,7 @@
 //
 // usage: quality_bench [--model testbed/model] [--cal-samples 100]
 //          [--eval-samples 200] [--json FILE] [--metrics peu,tcess,...]
-//          [--formats none,int8,int4:g128,int4:g32] [--formats-only]
+//          [--formats none int8 int4:g128 int4:g32] [--formats-only]
 // The markdown table goes to stdout, progress to stderr.
 #include <ATen/ATen.h>
 
@@ -144,7 +144,7 @@ nlohmann::ordered_json FormatTable(const std::string& model_dir, const std::stri
   for (const std::string& format : formats) {
     model::EngineOptions eo;
     eo.dtype = dtype;
-    eo.expert_quant = format;
+    if (auto s = eo.SetQuant(format); !s.ok()) Die(s);
     auto engine = OrDie(model::Engine::Open(model_dir, eo));
     const int64_t expert_bytes = engine->expert_bytes();
     const int64_t non_expert = engine->weight_bytes() - n * layers * expert_bytes;
@@ -237,9 +237,9 @@ int main(int argc, char** argv) {
       ->delimiter(',')
       ->capture_default_str();
   app.add_option("--formats", formats,
-                 "Expert formats of the memory x quality table (EngineOptions::expert_quant), the "
-                 "first the reference")
-      ->delimiter(',')
+                 "Formats of the memory x quality table, space-separated, each an "
+                 "EngineOptions::SetQuant spec (int4, or int4,attention=int8,lm_head=int8); the "
+                 "first is the reference")
       ->capture_default_str();
   app.add_option("--dtype", dtype, "Compute dtype: fp32 or bf16")->capture_default_str();
   app.add_flag("--formats-only", formats_only,

@@ -41,7 +41,7 @@ absl::Status RunEvalImpl(const EvalArgs& args) {
                    tokenizer::Tokenizer::FromFile(args.model + "/tokenizer.json"));
   model::EngineOptions options;
   options.dtype = args.dtype;
-  options.expert_quant = args.quant;
+  RETURN_IF_ERROR(options.SetQuant(args.quant));
   KeepSpec mask;
   if (!args.keep.empty()) {
     ASSIGN_OR_RETURN(KeepSpec spec, ParseKeep(args.keep, args.model));
@@ -100,7 +100,8 @@ void RegisterEval(CLI::App& app, int* exit_code) {
       ->excludes(keep);
   cmd->add_option("--dtype", args->dtype, "Compute dtype: fp32 or bf16")->capture_default_str();
   cmd->add_option("--quant", args->quant,
-                  "How routed experts are held: none (the dtype), int8, int4 or int4:gN")
+                  "How matrices are held: FORMAT (routed experts: none, int8, int4, int4:gN) and "
+                  "CLASS=FORMAT items (attention, mlp, shared, lm_head, all), comma-separated")
       ->capture_default_str();
   cmd->add_flag("--json", args->json, "Machine-readable output (stable keys)");
   cmd->add_option("--json-out", args->json_out,

@@ -66,7 +66,7 @@ absl::Status RunGenerateImpl(const GenerateArgs& args) {
 
   model::EngineOptions options;
   options.dtype = args.dtype;
-  options.expert_quant = args.quant;
+  RETURN_IF_ERROR(options.SetQuant(args.quant));
   options.device = args.device;
   if (!args.keep.empty()) {
     ASSIGN_OR_RETURN(KeepSpec spec, ParseKeep(args.keep, args.model));
@@ -158,7 +158,8 @@ void RegisterGenerate(CLI::App& app, int* exit_code) {
   cmd->add_option("--seed", args->seed, "Sampler seed")->capture_default_str();
   cmd->add_option("--dtype", args->dtype, "Compute dtype: bf16 or fp32")->capture_default_str();
   cmd->add_option("--quant", args->quant,
-                  "How routed experts are held: none (the dtype), int8, int4 or int4:gN")
+                  "How matrices are held: FORMAT (routed experts: none, int8, int4, int4:gN) and "
+                  "CLASS=FORMAT items (attention, mlp, shared, lm_head, all), comma-separated")
       ->capture_default_str();
   cmd->add_option("--device", args->device, "cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--keep", args->keep,

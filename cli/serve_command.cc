@@ -57,7 +57,7 @@ absl::StatusOr<WorkerPart> StartWorker(const ServeArgs& args, const std::string&
   o.model_dir = args.model;
   o.dtype = args.dtype;
   o.expert_pack = args.expert_pack;
-  o.expert_quant = args.quant;
+  o.quant = args.quant;
   o.reserve_cache = args.reserve_cache;
   o.device = args.device;
   o.max_batch = args.max_batch;

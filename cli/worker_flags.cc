@@ -17,8 +17,9 @@ void AddWorkerFlags(CLI::App& cmd, ServeArgs& args, absl::string_view p) {
   cmd.add_option(
          "--quant", args.quant,
          absl::StrCat(p,
-                      "How routed experts are held: none (the dtype), int8, int4 or int4:gN "
-                      "(N in 16..256); CPU only"))
+                      "How matrices are held: FORMAT for routed experts (none, int8, int4, "
+                      "int4:gN) and CLASS=FORMAT items (attention, mlp, shared, lm_head, all), "
+                      "comma-separated; CPU only"))
       ->capture_default_str();
   cmd.add_flag("--reserve-cache", args.reserve_cache,
                absl::StrCat(p, "Fault in the whole expert cache at start, so loads only copy"));

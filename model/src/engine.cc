@@ -21,6 +21,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "cpu_matvec.h"
 #include "engine_weights.h"
 #include "premoe/checkpoint/expert_pack.h"
@@ -122,24 +123,61 @@ absl::Status EngineOptions::Validate() const {
   if (trainable && !keep.empty()) {
     return absl::InvalidArgumentError("EngineOptions.trainable needs the full model (empty keep)");
   }
-  absl::StatusOr<checkpoint::QuantFormat> quant = checkpoint::QuantFormat::Parse(expert_quant);
-  if (!quant.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("EngineOptions.expert_quant: ", quant.status().message()));
-  }
-  if (quant->quantized()) {
+  for (const auto& [field, text] :
+       {std::pair<const char*, const std::string*>{"expert_quant", &expert_quant},
+        {"attention_quant", &attention_quant},
+        {"dense_mlp_quant", &dense_mlp_quant},
+        {"shared_expert_quant", &shared_expert_quant},
+        {"lm_head_quant", &lm_head_quant}}) {
+    absl::StatusOr<checkpoint::QuantFormat> quant = checkpoint::QuantFormat::Parse(*text);
+    if (!quant.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("EngineOptions.", field, ": ", quant.status().message()));
+    }
+    if (!quant->quantized()) continue;
     if (trainable || streamed || probe_moe_layers > 0) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "EngineOptions.expert_quant ", quant->ToString(),
+          "EngineOptions.", field, " ", quant->ToString(),
           " is for serving engines (resident, reduced or on-demand), not trainable, streamed or "
           "probe ones"));
     }
     if (device != "cpu") {
       return absl::InvalidArgumentError(
-          absl::StrCat("EngineOptions.expert_quant ", quant->ToString(),
-                       ": quantized experts run on the CPU only in this build, not on ", device,
-                       "; serve bf16 experts there (expert_quant none)"));
+          absl::StrCat("EngineOptions.", field, " ", quant->ToString(),
+                       ": quantized matrices run on the CPU only in this build, not on ", device,
+                       "; serve them dense there (none)"));
     }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status EngineOptions::SetQuant(absl::string_view spec) {
+  if (spec.empty()) return absl::InvalidArgumentError("quant: the spec is empty");
+  for (absl::string_view item : absl::StrSplit(spec, ',')) {
+    std::pair<absl::string_view, absl::string_view> kv =
+        absl::StrSplit(item, absl::MaxSplits('=', 1));
+    absl::string_view cls = "experts", format = item;
+    if (item.find('=') != absl::string_view::npos) {
+      cls = kv.first;
+      format = kv.second;
+    }
+    absl::StatusOr<checkpoint::QuantFormat> quant = checkpoint::QuantFormat::Parse(format);
+    if (!quant.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("quant \"", spec, "\": ", quant.status().message()));
+    }
+    std::vector<std::string*> fields;
+    if (cls == "experts" || cls == "all") fields.push_back(&expert_quant);
+    if (cls == "attention" || cls == "all") fields.push_back(&attention_quant);
+    if (cls == "mlp" || cls == "all") fields.push_back(&dense_mlp_quant);
+    if (cls == "shared" || cls == "all") fields.push_back(&shared_expert_quant);
+    if (cls == "lm_head" || cls == "all") fields.push_back(&lm_head_quant);
+    if (fields.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "quant \"", spec, "\": unknown class \"", cls,
+          "\" (want experts, attention, mlp, shared, lm_head or all, as CLASS=FORMAT)"));
+    }
+    for (std::string* f : fields) *f = quant->ToString();
   }
   return absl::OkStatus();
 }
@@ -417,6 +455,20 @@ class EngineImpl final : public Engine {
     }
   }
 
+  // "experts int4:g128, lm_head int8": the classes held quantized, or "".
+  std::string QuantizedClasses() const {
+    std::vector<std::string> out;
+    for (const auto& [cls, text] :
+         {std::pair<const char*, const std::string*>{"experts", &options_.expert_quant},
+          {"attention", &options_.attention_quant},
+          {"mlp", &options_.dense_mlp_quant},
+          {"shared", &options_.shared_expert_quant},
+          {"lm_head", &options_.lm_head_quant}}) {
+      if (*text != "none") out.push_back(absl::StrCat(cls, " ", *text));
+    }
+    return absl::StrJoin(out, ", ");
+  }
+
   // Opens options_.expert_pack for this model (Engine::Open).
   absl::Status OpenExpertPack() {
     if (options_.expert_pack.empty()) return absl::OkStatus();
@@ -427,10 +479,9 @@ class EngineImpl final : public Engine {
   absl::StatusOr<at::Tensor> Weight(const std::string& name) const override {
     auto it = w_.by_name.find(name);
     if (it == w_.by_name.end()) {
-      if (expert_layout_.format.quantized() && absl::StrContains(name, "experts.")) {
-        return absl::NotFoundError(absl::StrCat("the engine holds routed experts as ",
-                                                expert_layout_.format.ToString(),
-                                                ", not as the tensor \"", name, "\""));
+      if (const std::string quantized = QuantizedClasses(); !quantized.empty()) {
+        return absl::NotFoundError(absl::StrCat("the engine holds no dense weight named \"", name,
+                                                "\" (matrices held quantized: ", quantized, ")"));
       }
       return absl::NotFoundError(absl::StrCat("the engine holds no weight named \"", name, "\""));
     }
@@ -444,10 +495,10 @@ class EngineImpl final : public Engine {
   absl::Status SaveWeights(const std::string& path) const override {
     RETURN_IF_ERROR(CheckResident("SaveWeights"));
     RETURN_IF_ERROR(CheckOwnsExperts("SaveWeights"));
-    if (expert_layout_.format.quantized()) {
+    if (const std::string quantized = QuantizedClasses(); !quantized.empty()) {
       return absl::FailedPreconditionError(
-          absl::StrCat("SaveWeights: the routed experts are held as ",
-                       expert_layout_.format.ToString(), "; a checkpoint holds them dense"));
+          absl::StrCat("SaveWeights: matrices are held quantized (", quantized,
+                       "); a checkpoint holds them dense"));
     }
     for (const auto& L : w_.layers) {
       if (L.is_moe && !L.moe.all_loaded) {
@@ -742,19 +793,38 @@ class EngineImpl final : public Engine {
     return bt.window_masks.emplace(*window, m).first->second;
   }
 
-  // x [M, in] times each of `ls` ([out_i, in] weights): [M, out_i] each, in
-  // `out` dtype (default: x's). One cpu_matvec call for all of them when M
-  // is small, else one at::linear each.
+  // x [..., in] times each of `ls` ([out_i, in] weights): [..., out_i] each,
+  // in `out` dtype (default: x's). One cpu_matvec call for all of them when
+  // x has few rows or a weight is quantized, else one at::linear each (a
+  // quantized weight then dequantized first: the reference path).
   absl::InlinedVector<at::Tensor, 3> Linears(
       const at::Tensor& x, std::initializer_list<const Linear*> ls,
       std::optional<at::ScalarType> out = std::nullopt) const {
     const at::ScalarType out_dtype = out.value_or(x.scalar_type());
     absl::InlinedVector<at::Tensor, 3> ys;
-    bool fast = x.dim() == 2 && x.size(0) <= matvec_rows_ && !x.requires_grad();
-    for (const Linear* l : ls) fast = fast && MatvecWeight(l->w);
+    bool quantized = false;
+    for (const Linear* l : ls) quantized = quantized || l->quant.quantized();
+    if (quantized && x.dim() > 2 && matvec_rows_ > 0 && !x.requires_grad()) {
+      // The kernel takes rows: flatten, multiply, restore the leading dims.
+      std::vector<int64_t> lead(x.sizes().begin(), x.sizes().end() - 1);
+      absl::InlinedVector<at::Tensor, 3> flat = Linears(x.reshape({-1, x.size(-1)}), ls, out);
+      for (at::Tensor& y : flat) {
+        std::vector<int64_t> shape = lead;
+        shape.push_back(y.size(-1));
+        y = y.view(shape);
+      }
+      return flat;
+    }
+    bool fast = x.dim() == 2 && !x.requires_grad() &&
+                (x.size(0) <= matvec_rows_ || (quantized && matvec_rows_ > 0));
+    for (const Linear* l : ls) fast = fast && (l->quant.quantized() || MatvecWeight(l->w));
     if (!fast) {
       for (const Linear* l : ls) {
-        at::Tensor y = l->b.defined() ? at::linear(x, l->w, l->b) : at::linear(x, l->w);
+        const at::Tensor w =
+            l->quant.quantized()
+                ? internal::DequantizeMatrix(l->quant, l->w, l->out, l->in, x.scalar_type())
+                : l->w;
+        at::Tensor y = l->b.defined() ? at::linear(x, w, l->b) : at::linear(x, w);
         ys.push_back(y.scalar_type() == out_dtype ? y : y.to(out_dtype));
       }
       return ys;
@@ -766,11 +836,16 @@ class EngineImpl final : public Engine {
     absl::InlinedVector<float*, 3 * kMatvecMaxRows> y_rows(m * ls.size());
     absl::InlinedVector<MatvecJob, 3> jobs;
     for (const Linear* l : ls) {
-      const int64_t n = l->w.size(0);
+      const int64_t n = l->quant.quantized() ? l->out : l->w.size(0);
       at::Tensor y = at::empty({m, n}, xf.options());
       float** rows = y_rows.data() + jobs.size() * m;
       for (int64_t i = 0; i < m; ++i) rows[i] = y.data_ptr<float>() + i * n;
-      jobs.push_back({l->w.const_data_ptr(), MatvecType(l->w), n, in, in, x_rows.data(), rows, m});
+      MatvecJob job;
+      WeightJob(l->w, l->quant, n, in, job);
+      job.x = x_rows.data();
+      job.y = rows;
+      job.rows = m;
+      jobs.push_back(job);
       ys.push_back(std::move(y));
     }
     internal::RunMatvecs(jobs);
@@ -1040,11 +1115,11 @@ class EngineImpl final : public Engine {
     return {moe.gate_up[local], moe.down[local]};
   }
 
-  // The weight half of a cpu_matvec job for one expert matrix [out, in]
-  // held in the engine's expert format; false when the kernel cannot take
-  // it (a dense tensor of another dtype or layout).
-  bool ExpertJob(const at::Tensor& t, int64_t out, int64_t in, MatvecJob& job) const {
-    const checkpoint::QuantFormat& q = expert_layout_.format;
+  // The weight half of a cpu_matvec job for one matrix [out, in] held as
+  // `q` (dense: t itself); false when the kernel cannot take it (a dense
+  // tensor of another dtype or layout).
+  static bool WeightJob(const at::Tensor& t, const checkpoint::QuantFormat& q, int64_t out,
+                        int64_t in, MatvecJob& job) {
     job.out = out;
     job.in = in;
     job.ldw = in;
@@ -1108,7 +1183,10 @@ class EngineImpl final : public Engine {
       }
       auto [g, d] = ExpertTensors(layer, moe, e, options);
       MatvecJob gj, dj;
-      if (!ExpertJob(g, 2 * inter, h, gj) || !ExpertJob(d, h, inter, dj)) return at::Tensor();
+      const checkpoint::QuantFormat& q = expert_layout_.format;
+      if (!WeightJob(g, q, 2 * inter, h, gj) || !WeightJob(d, q, h, inter, dj)) {
+        return at::Tensor();
+      }
       for (int64_t r = i; r < end; ++r) {
         const int64_t p = order[r];
         gu_in[r] = xf.const_data_ptr<float>() + (p / k) * h;
@@ -1253,12 +1331,12 @@ class EngineImpl final : public Engine {
       kv.lengths_[b] += static_cast<int64_t>(tokens[b].size());
     }
     if (options.skip_logits || options.last_layer >= 0) return at::Tensor();
-    at::Tensor final_norm = w_.final_norm, lm_head = w_.lm_head;
+    at::Tensor final_norm = w_.final_norm;
+    Linear head = w_.lm_head;
     if (streamed) {
       RETURN_IF_ERROR(internal::LoadHead(*checkpoint_, config_, dtype_, device_, nullptr,
-                                         &final_norm, &lm_head, nullptr, /*release=*/true));
+                                         &final_norm, &head.w, nullptr, /*release=*/true));
     }
-    const Linear head{lm_head, at::Tensor()};
     if (options.all_logits) {
       h = RmsNorm(h, final_norm, eps);
       return Linears(h, {&head}, at::kFloat)[0];
@@ -1440,6 +1518,12 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const std::string& model_di
                    checkpoint::Checkpoint::Open(model_dir));
   ASSIGN_OR_RETURN(const checkpoint::QuantFormat quant,
                    checkpoint::QuantFormat::Parse(options.expert_quant));
+  internal::DenseQuant dense_quant;
+  ASSIGN_OR_RETURN(dense_quant.attention, checkpoint::QuantFormat::Parse(options.attention_quant));
+  ASSIGN_OR_RETURN(dense_quant.dense_mlp, checkpoint::QuantFormat::Parse(options.dense_mlp_quant));
+  ASSIGN_OR_RETURN(dense_quant.shared_experts,
+                   checkpoint::QuantFormat::Parse(options.shared_expert_quant));
+  ASSIGN_OR_RETURN(dense_quant.lm_head, checkpoint::QuantFormat::Parse(options.lm_head_quant));
   checkpoint::ExpertSlotLayout layout;
   if (config.num_routed_experts > 0) {
     ASSIGN_OR_RETURN(layout, checkpoint::ExpertSlotLayout::For(
@@ -1482,7 +1566,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const std::string& model_di
     const bool on_demand = options.experts_on_demand;
     ASSIGN_OR_RETURN(internal::ModelWeights weights,
                      internal::LoadWeights(*checkpoint, config, options.keep, dtype, device,
-                                           /*routed_experts=*/!on_demand, quant));
+                                           /*routed_experts=*/!on_demand, quant, dense_quant));
     std::shared_ptr<const checkpoint::Checkpoint> kept_checkpoint;
     if (on_demand) kept_checkpoint = std::move(checkpoint);
     auto engine =

@@ -460,7 +460,7 @@ std::vector<std::pair<std::string, at::Tensor>> NamedParameters(const ModelWeigh
   };
   add("embed", w.embed);
   add("final_norm", w.final_norm);
-  add("lm_head", w.lm_head);
+  add("lm_head", w.lm_head.w);
   for (size_t l = 0; l < w.layers.size(); ++l) {
     const LayerWeights& L = w.layers[l];
     const std::string p = absl::StrCat("layers.", l, ".");
@@ -550,10 +550,39 @@ absl::Status LoadRouters(Loader& ld, const checkpoint::ModelConfig& c, const Kep
   return absl::OkStatus();
 }
 
+// Calls fn(name, linear, format) for every linear of `w`, with the format
+// `q` gives its class.
+template <typename Fn>
+void ForEachLinear(ModelWeights& w, const DenseQuant& q, Fn fn) {
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    LayerWeights& L = w.layers[l];
+    const std::string p = absl::StrCat("layers.", l, ".");
+    AttentionWeights& a = L.attn;
+    for (auto [name, lin] : {std::pair{"q", &a.q},
+                             {"k", &a.k},
+                             {"v", &a.v},
+                             {"o", &a.o},
+                             {"q_a", &a.q_a},
+                             {"q_b", &a.q_b},
+                             {"kv_a", &a.kv_a},
+                             {"kv_b", &a.kv_b}}) {
+      if (lin->w.defined()) fn(p + "attn." + name, *lin, q.attention);
+    }
+    MlpWeights* mlp = L.is_moe ? (L.moe.has_shared ? &L.moe.shared : nullptr) : &L.mlp;
+    const checkpoint::QuantFormat& f = L.is_moe ? q.shared_experts : q.dense_mlp;
+    if (mlp != nullptr && mlp->gate_up.w.defined()) {
+      const std::string m = p + (L.is_moe ? "moe.shared" : "mlp");
+      fn(m + ".gate_up", mlp->gate_up, f);
+      fn(m + ".down", mlp->down, f);
+    }
+  }
+  if (w.lm_head.w.defined()) fn("lm_head", w.lm_head, q.lm_head);
+}
+
 // Bytes of w's tensors, each storage once (views and the tied lm_head share
-// storage); a reduced model's gates and quantized experts are held but not
+// storage); a reduced model's gates and quantized matrices are held but not
 // registered by name.
-int64_t CountBytes(const ModelWeights& w) {
+int64_t CountBytes(ModelWeights& w) {
   int64_t bytes = 0;
   absl::flat_hash_set<const void*> seen;
   auto add = [&](const at::Tensor& t) {
@@ -570,6 +599,9 @@ int64_t CountBytes(const ModelWeights& w) {
       add(L.moe.down);
     }
   }
+  ForEachLinear(w, {}, [&](const std::string&, Linear& l, const checkpoint::QuantFormat&) {
+    if (l.quant.quantized()) add(l.w);
+  });
   return bytes;
 }
 
@@ -579,24 +611,25 @@ absl::StatusOr<ModelWeights> LoadWeights(const checkpoint::Checkpoint& checkpoin
                                          const checkpoint::ModelConfig& c, const KeptExperts& keep,
                                          at::ScalarType dtype, at::Device device,
                                          bool routed_experts,
-                                         const checkpoint::QuantFormat& expert_quant) {
-  if (expert_quant.quantized() && !device.is_cpu()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("quantized routed experts (", expert_quant.ToString(),
-                     ") run on the CPU only; device ", device.str(), " holds them dense"));
+                                         const checkpoint::QuantFormat& expert_quant,
+                                         const DenseQuant& dense_quant) {
+  if ((expert_quant.quantized() || dense_quant.any()) && !device.is_cpu()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "quantized matrices run on the CPU only; device ", device.str(), " holds them dense"));
   }
   ModelWeights w;
   // Each tensor's mapped pages are dropped once copied: the RSS then never
   // holds a weight twice, and an engine that keeps the checkpoint open (to
   // load experts later) keeps none of it resident.
   Loader ld(checkpoint, c, dtype, device, &w.by_name, /*release=*/true);
-  RETURN_IF_ERROR(LoadHead(checkpoint, c, dtype, device, &w.embed, &w.final_norm, &w.lm_head,
+  RETURN_IF_ERROR(LoadHead(checkpoint, c, dtype, device, &w.embed, &w.final_norm, &w.lm_head.w,
                            &w.by_name, /*release=*/true));
   RETURN_IF_ERROR(LoadRouters(ld, c, keep, w));
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     RETURN_IF_ERROR(LoadLayerBody(ld, c, l, routed_experts, w.layers[l], expert_quant));
   }
   w.bytes = CountBytes(w);
+  RETURN_IF_ERROR(QuantizeLinears(w, dense_quant));
   return w;
 }
 
@@ -683,6 +716,42 @@ absl::Status LoadExpertInto(const checkpoint::Checkpoint& checkpoint,
   ASSIGN_OR_RETURN(auto weights, ReadExpert(ld, c, layer, block, expert));
   gate_up.copy_(weights.first);
   down.copy_(weights.second);
+  return absl::OkStatus();
+}
+
+absl::Status QuantizeLinears(ModelWeights& w, const DenseQuant& q) {
+  if (!q.any()) return absl::OkStatus();
+  // The dense storages replaced; the embedding's stays (a tied lm_head is
+  // quantized into a copy of its own).
+  absl::flat_hash_set<const void*> dropped;
+  absl::Status status;
+  ForEachLinear(w, q, [&](const std::string& name, Linear& l, const checkpoint::QuantFormat& f) {
+    if (!status.ok() || !f.quantized() || l.quant.quantized()) return;
+    if (!l.w.is_cpu() || l.w.dim() != 2) {
+      status =
+          absl::InvalidArgumentError(absl::StrCat(name, ": only CPU matrices are held quantized"));
+      return;
+    }
+    const int64_t out = l.w.size(0), in = l.w.size(1);
+    status = f.CheckShape(name, out, in);
+    if (!status.ok()) return;
+    const at::Tensor dense = l.w.to(at::kFloat).contiguous();
+    at::Tensor buffer = at::empty({f.Bytes(out, in, 0)}, at::kByte);
+    status = checkpoint::Quantize(
+        f, name, dense.const_data_ptr<float>(), out, in,
+        std::span<std::byte>(static_cast<std::byte*>(buffer.data_ptr()), buffer.nbytes()));
+    if (!status.ok()) return;
+    dropped.insert(l.w.storage().data());
+    l.w = std::move(buffer);
+    l.quant = f;
+    l.out = out;
+    l.in = in;
+  });
+  RETURN_IF_ERROR(status);
+  if (w.embed.defined()) dropped.erase(w.embed.storage().data());
+  std::erase_if(w.by_name,
+                [&](const auto& entry) { return dropped.contains(entry.second.storage().data()); });
+  w.bytes = CountBytes(w);
   return absl::OkStatus();
 }
 

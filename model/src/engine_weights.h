@@ -16,10 +16,14 @@
 
 namespace premoe::model::internal {
 
-// y = x @ w^T + b. w [out, in]; b [out] or undefined.
+// y = x @ w^T + b. w [out, in] in the compute dtype, or, quantized, uint8
+// [quant.Bytes(out, in, 0)] in checkpoint/quant.h's layout; b [out] or
+// undefined (never quantized).
 struct Linear {
   at::Tensor w;
   at::Tensor b;
+  checkpoint::QuantFormat quant;  // kNone: w is dense
+  int64_t out = 0, in = 0;        // w's shape, when quantized
 };
 
 struct AttentionWeights {
@@ -69,11 +73,24 @@ struct LayerWeights {
 struct ModelWeights {
   at::Tensor embed;       // [V, H]
   at::Tensor final_norm;  // [H]
-  at::Tensor lm_head;     // [V, H] (may share embed's storage)
+  Linear lm_head;         // [V, H] (dense, it may share embed's storage)
   std::vector<LayerWeights> layers;
   // HF name -> tensor (views into the fused/stacked tensors where fused).
   std::map<std::string, at::Tensor> by_name;
   int64_t bytes = 0;
+};
+
+// How the matrices besides the routed experts are held (EngineOptions'
+// attention_quant, dense_mlp_quant, shared_expert_quant, lm_head_quant).
+struct DenseQuant {
+  checkpoint::QuantFormat attention;       // q, k, v, o; MLA's q_a, q_b, kv_a, kv_b
+  checkpoint::QuantFormat dense_mlp;       // the MLPs of dense layers
+  checkpoint::QuantFormat shared_experts;  // shared experts (not their gate)
+  checkpoint::QuantFormat lm_head;
+  bool any() const {
+    return attention.quantized() || dense_mlp.quantized() || shared_experts.quantized() ||
+           lm_head.quantized();
+  }
 };
 
 // Loads every weight the engine needs. `keep` selects the routed experts
@@ -86,7 +103,8 @@ absl::StatusOr<ModelWeights> LoadWeights(const checkpoint::Checkpoint& checkpoin
                                          const checkpoint::ModelConfig& config,
                                          const KeptExperts& keep, at::ScalarType dtype,
                                          at::Device device, bool routed_experts = true,
-                                         const checkpoint::QuantFormat& expert_quant = {});
+                                         const checkpoint::QuantFormat& expert_quant = {},
+                                         const DenseQuant& dense_quant = {});
 
 // Routed expert `expert` of MoE layer `layer` into `gate_up` [2I, H] and
 // `down` [H, I]: contiguous CPU tensors of the compute dtype, e.g. a cache's
@@ -95,6 +113,12 @@ absl::StatusOr<ModelWeights> LoadWeights(const checkpoint::Checkpoint& checkpoin
 absl::Status LoadExpertInto(const checkpoint::Checkpoint& checkpoint,
                             const checkpoint::ModelConfig& config, int64_t layer, int64_t expert,
                             at::Tensor& gate_up, at::Tensor& down);
+
+// Quantizes the linears of `w` (CPU) of each class `q` names, in place, and
+// drops their dense tensors (and the by_name entries that held them; a tied
+// lm_head's embedding stays), then recounts w.bytes. INVALID_ARGUMENT naming
+// the matrix for a shape the format refuses or a weight it cannot hold.
+absl::Status QuantizeLinears(ModelWeights& w, const DenseQuant& q);
 
 // Routed expert `expert` of MoE layer `layer` as `layout` holds it, into
 // gate_up (layout.gate_up_bytes) and down (layout.down_bytes), each 16-byte

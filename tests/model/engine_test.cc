@@ -16,6 +16,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
 #include "premoe/checkpoint/expert_pack.h"
 #include "premoe/checkpoint/expert_tensors.h"
 #include "premoe/checkpoint/safetensors.h"
@@ -596,26 +597,56 @@ TEST_P(EngineParityTest, ExpertPackLoadsTheCheckpointsExperts) {
   }
 }
 
-// A copy of the fp32 model `c` whose routed experts hold
+// Whether a tensor of a checkpoint is a routed expert's matrix.
+bool RoutedExpertTensor(absl::string_view name) {
+  return checkpoint::ParseExpertTensorName(name).has_value();
+}
+
+// Whether it is one of the matrices EngineOptions' "all=" quantizes: routed
+// experts, attention projections, dense MLPs, shared experts, the lm_head
+// (not embeddings, norms, routers or qwen2's shared_expert_gate).
+bool QuantizedByAll(absl::string_view name) {
+  return RoutedExpertTensor(name) || absl::EndsWith(name, "_proj.weight") ||
+         absl::EndsWith(name, "kv_a_proj_with_mqa.weight") || name == "lm_head.weight";
+}
+
+// A copy of the fp32 model `c` whose matrices `quantized` picks hold
 // Dequantize(Quantize(w)) in fp32, computed here from the checkpoint's
-// tensors with checkpoint/quant.h alone: what a quantized engine must compute.
+// tensors with checkpoint/quant.h alone: what a quantized engine must
+// compute. A tied lm_head is written out untied, so that only it changes.
 std::string WriteDequantizedModel(const std::string& c, const checkpoint::QuantFormat& format,
-                                  const premoe::testing::TempDir& tmp) {
+                                  const premoe::testing::TempDir& tmp,
+                                  bool (*quantized)(absl::string_view) = RoutedExpertTensor) {
   auto dense = OpenEngine(c);
   if (dense == nullptr) return "";
-  const std::string dir = tmp.Join("dequantized-" + format.ToString());
+  const std::string dir = tmp.Join(absl::StrCat(
+      "dequantized-", format.ToString(), "-", quantized == RoutedExpertTensor ? "experts" : "all"));
   std::filesystem::create_directories(dir);
-  std::filesystem::copy_file(ReferenceEnv::Dir(c) + "/config.json", dir + "/config.json");
+  nlohmann::json config =
+      nlohmann::json::parse(premoe::testing::ReadFileOrDie(ReferenceEnv::Dir(c) + "/config.json"));
+  config["tie_word_embeddings"] = false;
+  premoe::testing::WriteStringToFile(dir + "/config.json", config.dump());
   const std::string saved = tmp.Join("dense.safetensors");
   EXPECT_OK(dense->SaveWeights(saved));
   auto ck = checkpoint::Checkpoint::Open(saved);
   EXPECT_OK(ck.status());
   if (!ck.ok()) return "";
   checkpoint::SafetensorsWriter writer;
-  for (absl::string_view name : (*ck)->names()) {
-    const checkpoint::TensorView* v = (*ck)->Find(name);
-    if (!checkpoint::ParseExpertTensorName(name).has_value()) {
-      EXPECT_OK(writer.AddUnowned(*v));
+  std::vector<std::string> names((*ck)->names().begin(), (*ck)->names().end());
+  const bool tied = !(*ck)->Contains("lm_head.weight");
+  if (tied) names.push_back("lm_head.weight");
+  for (const std::string& name : names) {
+    const checkpoint::TensorView* v =
+        (*ck)->Find(tied && name == "lm_head.weight" ? "embed_tokens.weight" : name);
+    if (v == nullptr) v = (*ck)->Find("model.embed_tokens.weight");
+    EXPECT_NE(v, nullptr) << name;
+    if (v == nullptr) return "";
+    if (!quantized(name)) {
+      if (tied && name == "lm_head.weight") {
+        EXPECT_OK(writer.Add(name, v->dtype, v->shape, v->bytes));
+      } else {
+        EXPECT_OK(writer.AddUnowned(*v));
+      }
       continue;
     }
     EXPECT_EQ(v->dtype, checkpoint::DType::kF32);
@@ -756,8 +787,100 @@ TEST_P(EngineParityTest, QuantizedExpertsEqualTheDequantizedModel) {
                          absl::StrCat("holds experts as ", format.ToString())));
     // Quantized experts are not checkpoint tensors.
     EXPECT_THAT(quantized->SaveWeights(tmp.Join("q.safetensors")),
-                StatusIs(absl::StatusCode::kFailedPrecondition, "held as"));
+                StatusIs(absl::StatusCode::kFailedPrecondition, "held quantized"));
   }
+}
+
+// Every class of matrix quantized ("all=int8": attention, dense MLPs,
+// shared experts, lm_head and routed experts) computes what the model with
+// those matrices dequantized computes, through the kernel and through
+// libtorch, and weight_bytes counts them as held.
+TEST_P(EngineParityTest, QuantizedMatricesOfEveryClassEqualTheDequantizedModel) {
+  premoe::testing::TempDir tmp;
+  Reference ref(GetParam());
+  const std::vector<std::vector<int64_t>> prompts = {ref.Ids("prompt_1"), ref.Ids("prompt_2")};
+  const checkpoint::QuantFormat int8{checkpoint::QuantType::kInt8, 0};
+  const std::string reference_dir = WriteDequantizedModel(GetParam(), int8, tmp, QuantizedByAll);
+  ASSERT_FALSE(reference_dir.empty());
+  ASSERT_OK_AND_ASSIGN(auto reference, Engine::Open(reference_dir, Fp32()));
+  EngineOptions options = Fp32();
+  ASSERT_OK(options.SetQuant("all=int8"));
+  auto quantized = OpenEngine(GetParam(), options);
+  ASSERT_NE(quantized, nullptr);
+  options.cpu_kernels = false;
+  auto through_libtorch = OpenEngine(GetParam(), options);
+  ASSERT_NE(through_libtorch, nullptr);
+  ForwardOptions fo;
+  fo.all_logits = true;
+  ASSERT_OK_AND_ASSIGN(at::Tensor want, reference->Forward(prompts, nullptr, fo));
+  ASSERT_OK_AND_ASSIGN(at::Tensor got, quantized->Forward(prompts, nullptr, fo));
+  EXPECT_LT(MaxAbsDiff(got, want), kFp32Tolerance);
+  ASSERT_OK_AND_ASSIGN(at::Tensor slow, through_libtorch->Forward(prompts, nullptr, fo));
+  EXPECT_LT(MaxAbsDiff(slow, want), kFp32Tolerance);
+  // ...which the unquantized model does not: the test sees quantization.
+  EXPECT_GT(
+      MaxAbsDiff(AllLogits(*OpenEngine(GetParam()), prompts[0]), AllLogits(*reference, prompts[0])),
+      10 * kFp32Tolerance);
+  ASSERT_OK_AND_ASSIGN(auto want_cache, reference->NewCache(1, 32));
+  ASSERT_OK_AND_ASSIGN(auto got_cache, quantized->NewCache(1, 32));
+  for (const std::vector<int64_t>& step : {prompts[0], std::vector<int64_t>{5}, {7}}) {
+    ASSERT_OK_AND_ASSIGN(at::Tensor w, reference->Forward({step}, want_cache.get()));
+    ASSERT_OK_AND_ASSIGN(at::Tensor g, quantized->Forward({step}, got_cache.get()));
+    EXPECT_LT(MaxAbsDiff(g, w), kFp32Tolerance);
+  }
+
+  // Bytes: the reference's, each quantized matrix's fp32 bytes replaced by
+  // its int8 bytes (a code per weight, rounded up to 16, and an fp32 scale
+  // per row). The engine fuses an MLP's gate and up into one [2I, H] matrix.
+  ASSERT_OK_AND_ASSIGN(auto ck, checkpoint::Checkpoint::Open(reference_dir));
+  int64_t want_bytes = reference->weight_bytes();
+  auto int8_bytes = [](int64_t out, int64_t in) { return (out * in + 15) / 16 * 16 + 4 * out; };
+  for (absl::string_view name : ck->names()) {
+    if (!QuantizedByAll(name)) continue;
+    const checkpoint::TensorView* v = ck->Find(name);
+    want_bytes -= static_cast<int64_t>(v->bytes.size());
+    if (RoutedExpertTensor(name) || absl::EndsWith(name, "up_proj.weight")) continue;
+    const int64_t fused = absl::EndsWith(name, "gate_proj.weight") ? 2 : 1;
+    want_bytes += int8_bytes(fused * v->shape[0], v->shape[1]);
+  }
+  const checkpoint::ModelConfig& c = quantized->config();
+  want_bytes += c.NumMoeLayers() * c.num_routed_experts * quantized->expert_bytes();
+  EXPECT_EQ(quantized->weight_bytes(), want_bytes);
+
+  EXPECT_THAT(quantized->Weight("lm_head.weight"),
+              StatusIs(absl::StatusCode::kNotFound, "held quantized"));
+  // int4 refuses a matrix whose input dimension its group does not divide.
+  EngineOptions bad = Fp32();
+  ASSERT_OK(bad.SetQuant("attention=int4:g256"));
+  EXPECT_THAT(
+      Engine::Open(ReferenceEnv::Dir(GetParam()), bad),
+      StatusIs(absl::StatusCode::kInvalidArgument, "is not a positive multiple of the group"));
+}
+
+TEST(EngineOptionsTest, SetQuantReadsFormatsAndClasses) {
+  EngineOptions o;
+  ASSERT_OK(o.SetQuant("int4"));
+  EXPECT_EQ(o.expert_quant, "int4:g128");
+  EXPECT_EQ(o.attention_quant, "none");
+  ASSERT_OK(o.SetQuant("all=int8,experts=int4:g32,lm_head=none"));
+  EXPECT_EQ(o.expert_quant, "int4:g32");
+  EXPECT_EQ(o.attention_quant, "int8");
+  EXPECT_EQ(o.dense_mlp_quant, "int8");
+  EXPECT_EQ(o.shared_expert_quant, "int8");
+  EXPECT_EQ(o.lm_head_quant, "none");
+  EXPECT_OK(o.Validate());
+  EXPECT_THAT(o.SetQuant("heads=int8"),
+              StatusIs(absl::StatusCode::kInvalidArgument, "unknown class \"heads\""));
+  EXPECT_THAT(o.SetQuant("attention=int3"),
+              StatusIs(absl::StatusCode::kInvalidArgument, "unknown format"));
+  EXPECT_THAT(o.SetQuant(""), StatusIs(absl::StatusCode::kInvalidArgument, "empty"));
+  o.device = "cuda";
+  EXPECT_THAT(o.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, "CPU only"));
+  EngineOptions trainable = Fp32();
+  trainable.trainable = true;
+  trainable.lm_head_quant = "int8";
+  EXPECT_THAT(trainable.Validate(),
+              StatusIs(absl::StatusCode::kInvalidArgument, "lm_head_quant int8 is for serving"));
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, EngineParityTest, ::testing::ValuesIn(kArchitectures),

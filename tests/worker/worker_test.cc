@@ -447,7 +447,7 @@ TEST_F(WorkerTest, QuantizedExpertsServeAndTheCacheCountsTheirBytes) {
 
   WorkerOptions o = Options();
   o.expert_pack = tmp.Join("int4.pack");
-  o.expert_quant = "int4:g32";
+  o.quant = "int4:g32";
   o.cache_bytes = 20 * resident->expert_bytes();
   ASSERT_OK_AND_ASSIGN(auto worker, Worker::Open(o));
   EXPECT_EQ(worker->engine().expert_bytes(), resident->expert_bytes());
@@ -473,7 +473,7 @@ TEST_F(WorkerTest, QuantizedExpertsServeAndTheCacheCountsTheirBytes) {
   EXPECT_LE(s.cache.resident_bytes, o.cache_bytes);
   EXPECT_GT(s.cache.evictions, 0);
 
-  o.expert_quant = "int8";
+  o.quant = "int8";
   EXPECT_THAT(Worker::Open(o),
               StatusIs(absl::StatusCode::kFailedPrecondition, "holds experts as int4:g32"));
 }

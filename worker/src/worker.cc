@@ -239,7 +239,7 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Open(const WorkerOptions& option
     eo.max_context = options.max_context;
     eo.experts_on_demand = true;
     eo.expert_pack = options.expert_pack;
-    eo.expert_quant = options.expert_quant;
+    RETURN_IF_ERROR(eo.SetQuant(options.quant));
     ASSIGN_OR_RETURN(rank->engine, model::Engine::Open(options.model_dir, eo));
     impl->ranks.push_back(std::move(rank));
   }

@@ -61,6 +61,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "premoe/checkpoint/config.h"
 #include "premoe/checkpoint/quant.h"
@@ -250,6 +251,19 @@ struct EngineOptions {
   // not with trainable, streamed or probe. int4 needs its group to divide
   // the hidden size and the expert width. Default: "none".
   std::string expert_quant = "none";
+  // How the other large matrices are held, in the same spellings: the
+  // attention projections (q, k, v, o; MLA's q_a, q_b, kv_a, kv_b), the MLPs
+  // of dense layers, the shared experts (not their gate), and the lm_head (a
+  // tied one gets a quantized copy; the embedding stays in the compute
+  // dtype). Each is quantized at load from the compute dtype's copy, runs in
+  // the CPU kernel at every batch size (libtorch multiplies a dequantized
+  // copy when cpu_kernels is off) and is counted by weight_bytes as held.
+  // The same restrictions as expert_quant; int4 needs its group to divide
+  // each matrix's input dimension. Default: "none" each.
+  std::string attention_quant = "none";
+  std::string dense_mlp_quant = "none";
+  std::string shared_expert_quant = "none";
+  std::string lm_head_quant = "none";
   // On the CPU, products with at most 16 activation rows (decode steps,
   // short prompts) and their MoE experts run in premoe's own kernel
   // (model/src/cpu_matvec.h: one parallel region per group of products,
@@ -260,7 +274,14 @@ struct EngineOptions {
   // Ignored on CUDA and for trainable engines. Default: true.
   bool cpu_kernels = true;
 
-  // INVALID_ARGUMENT for an unknown dtype, device or expert_quant string,
+  // Sets the *_quant fields from a spec: comma-separated items, each a
+  // format (routed experts: "int4") or CLASS=FORMAT with CLASS one of
+  // experts, attention, mlp (dense MLPs), shared, lm_head, or all (every
+  // class). Later items override earlier ones: "all=int8,experts=int4".
+  // Classes not named keep their value. INVALID_ARGUMENT naming the item.
+  absl::Status SetQuant(absl::string_view spec);
+
+  // INVALID_ARGUMENT for an unknown dtype, device or *_quant string,
   // top_k < 0, max_context < 0, probe_moe_layers < 0, trainable without
   // fp32, two of trainable, streamed, experts_on_demand, probe (or keep with
   // experts_on_demand or probe), or a quantized expert_quant with trainable,

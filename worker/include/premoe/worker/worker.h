@@ -41,10 +41,11 @@ struct WorkerOptions {
   // EngineOptions::expert_pack: read experts from this pack (premoe repack)
   // rather than the checkpoint. Default: "" (the checkpoint).
   std::string expert_pack;
-  // EngineOptions::expert_quant: how routed experts are held ("none",
-  // "int8", "int4[:gN]"); the cache budget counts them as held, scales
-  // included. An expert_pack must be of the same format. Default: "none".
-  std::string expert_quant = "none";
+  // How matrices are held (EngineOptions::SetQuant's spec: "int4" for the
+  // routed experts, "int4,attention=int8,lm_head=int8" for more); the cache
+  // budget counts experts as held, scales included. An expert_pack must hold
+  // the experts' format. Default: "none".
+  std::string quant = "none";
   // Byte budget of resident routed experts. 0 = every routed expert of the
   // model fits. Default: 0.
   int64_t cache_bytes = 0;
