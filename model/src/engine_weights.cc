@@ -10,6 +10,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <array>
 #include <cstdint>
 #include <cstring>
 
@@ -375,6 +376,15 @@ absl::StatusOr<std::pair<at::Tensor, at::Tensor>> ReadExpert(Loader& ld,
   return std::pair{at::cat({g, u}, 0), d};
 }
 
+// An attention's linears by short name, GQA's and MLA's (the unused ones
+// undefined). A is AttentionWeights or const AttentionWeights.
+template <typename A>
+auto AttentionLinears(A& a) {
+  return std::array{std::pair{"q", &a.q},       std::pair{"k", &a.k},      std::pair{"v", &a.v},
+                    std::pair{"o", &a.o},       std::pair{"q_a", &a.q_a},  std::pair{"q_b", &a.q_b},
+                    std::pair{"kv_a", &a.kv_a}, std::pair{"kv_b", &a.kv_b}};
+}
+
 // The experts half of a MoE layer, for the loaded set LoadMoeRouter chose:
 // the routed experts (unless `routed` is false: on-demand engines) and the
 // shared ones.
@@ -467,16 +477,7 @@ std::vector<std::pair<std::string, at::Tensor>> NamedParameters(const ModelWeigh
     add(p + "input_norm", L.input_norm);
     add(p + "post_norm", L.post_norm);
     const AttentionWeights& a = L.attn;
-    for (const auto& [name, lin] : {std::pair{"q", &a.q},
-                                    {"k", &a.k},
-                                    {"v", &a.v},
-                                    {"o", &a.o},
-                                    {"q_a", &a.q_a},
-                                    {"q_b", &a.q_b},
-                                    {"kv_a", &a.kv_a},
-                                    {"kv_b", &a.kv_b}}) {
-      add_linear(p + "attn." + name, *lin);
-    }
+    for (const auto& [name, lin] : AttentionLinears(a)) add_linear(p + "attn." + name, *lin);
     add(p + "attn.q_norm", a.q_norm);
     add(p + "attn.k_norm", a.k_norm);
     add(p + "attn.q_a_norm", a.q_a_norm);
@@ -558,14 +559,7 @@ void ForEachLinear(ModelWeights& w, const DenseQuant& q, Fn fn) {
     LayerWeights& L = w.layers[l];
     const std::string p = absl::StrCat("layers.", l, ".");
     AttentionWeights& a = L.attn;
-    for (auto [name, lin] : {std::pair{"q", &a.q},
-                             {"k", &a.k},
-                             {"v", &a.v},
-                             {"o", &a.o},
-                             {"q_a", &a.q_a},
-                             {"q_b", &a.q_b},
-                             {"kv_a", &a.kv_a},
-                             {"kv_b", &a.kv_b}}) {
+    for (auto [name, lin] : AttentionLinears(a)) {
       if (lin->w.defined()) fn(p + "attn." + name, *lin, q.attention);
     }
     MlpWeights* mlp = L.is_moe ? (L.moe.has_shared ? &L.moe.shared : nullptr) : &L.mlp;

@@ -597,6 +597,24 @@ TEST_P(EngineParityTest, ExpertPackLoadsTheCheckpointsExperts) {
   }
 }
 
+// `got` computes `want`'s logits for `prompts` within the fp32 tolerance:
+// all positions at once, then the first prompt decoded through a cache.
+void ExpectSameLogits(const Engine& want, const Engine& got,
+                      const std::vector<std::vector<int64_t>>& prompts) {
+  ForwardOptions fo;
+  fo.all_logits = true;
+  ASSERT_OK_AND_ASSIGN(at::Tensor w, want.Forward(prompts, nullptr, fo));
+  ASSERT_OK_AND_ASSIGN(at::Tensor g, got.Forward(prompts, nullptr, fo));
+  EXPECT_LT(MaxAbsDiff(g, w), kFp32Tolerance);
+  ASSERT_OK_AND_ASSIGN(auto want_cache, want.NewCache(1, 32));
+  ASSERT_OK_AND_ASSIGN(auto got_cache, got.NewCache(1, 32));
+  for (const std::vector<int64_t>& step : {prompts[0], std::vector<int64_t>{5}, {7}}) {
+    ASSERT_OK_AND_ASSIGN(at::Tensor ws, want.Forward({step}, want_cache.get()));
+    ASSERT_OK_AND_ASSIGN(at::Tensor gs, got.Forward({step}, got_cache.get()));
+    EXPECT_LT(MaxAbsDiff(gs, ws), kFp32Tolerance);
+  }
+}
+
 // Whether a tensor of a checkpoint is a routed expert's matrix.
 bool RoutedExpertTensor(absl::string_view name) {
   return checkpoint::ParseExpertTensorName(name).has_value();
@@ -714,21 +732,10 @@ TEST_P(EngineParityTest, QuantizedExpertsEqualTheDequantizedModel) {
     EXPECT_EQ(quantized->weight_bytes(),
               dense->weight_bytes() - experts * dense->expert_bytes() + experts * expert);
 
+    ExpectSameLogits(*reference, *quantized, prompts);
+    ExpectSameLogits(*reference, *through_libtorch, prompts);
     ForwardOptions fo;
     fo.all_logits = true;
-    ASSERT_OK_AND_ASSIGN(at::Tensor want, reference->Forward(prompts, nullptr, fo));
-    ASSERT_OK_AND_ASSIGN(at::Tensor got, quantized->Forward(prompts, nullptr, fo));
-    EXPECT_LT(MaxAbsDiff(got, want), kFp32Tolerance);
-    ASSERT_OK_AND_ASSIGN(at::Tensor slow, through_libtorch->Forward(prompts, nullptr, fo));
-    EXPECT_LT(MaxAbsDiff(slow, want), kFp32Tolerance);
-    // Decoding one token at a time through a cache.
-    ASSERT_OK_AND_ASSIGN(auto want_cache, reference->NewCache(1, 32));
-    ASSERT_OK_AND_ASSIGN(auto got_cache, quantized->NewCache(1, 32));
-    for (const std::vector<int64_t>& step : {prompts[0], std::vector<int64_t>{5}, {7}}) {
-      ASSERT_OK_AND_ASSIGN(at::Tensor w, reference->Forward({step}, want_cache.get()));
-      ASSERT_OK_AND_ASSIGN(at::Tensor g, quantized->Forward({step}, got_cache.get()));
-      EXPECT_LT(MaxAbsDiff(g, w), kFp32Tolerance);
-    }
 
     // On-demand experts (checkpoint and pack) load the same bytes and, under
     // a mask, compute the resident engine's logits bit for bit; a reduced
@@ -810,24 +817,12 @@ TEST_P(EngineParityTest, QuantizedMatricesOfEveryClassEqualTheDequantizedModel) 
   options.cpu_kernels = false;
   auto through_libtorch = OpenEngine(GetParam(), options);
   ASSERT_NE(through_libtorch, nullptr);
-  ForwardOptions fo;
-  fo.all_logits = true;
-  ASSERT_OK_AND_ASSIGN(at::Tensor want, reference->Forward(prompts, nullptr, fo));
-  ASSERT_OK_AND_ASSIGN(at::Tensor got, quantized->Forward(prompts, nullptr, fo));
-  EXPECT_LT(MaxAbsDiff(got, want), kFp32Tolerance);
-  ASSERT_OK_AND_ASSIGN(at::Tensor slow, through_libtorch->Forward(prompts, nullptr, fo));
-  EXPECT_LT(MaxAbsDiff(slow, want), kFp32Tolerance);
+  ExpectSameLogits(*reference, *quantized, prompts);
+  ExpectSameLogits(*reference, *through_libtorch, prompts);
   // ...which the unquantized model does not: the test sees quantization.
   EXPECT_GT(
       MaxAbsDiff(AllLogits(*OpenEngine(GetParam()), prompts[0]), AllLogits(*reference, prompts[0])),
       10 * kFp32Tolerance);
-  ASSERT_OK_AND_ASSIGN(auto want_cache, reference->NewCache(1, 32));
-  ASSERT_OK_AND_ASSIGN(auto got_cache, quantized->NewCache(1, 32));
-  for (const std::vector<int64_t>& step : {prompts[0], std::vector<int64_t>{5}, {7}}) {
-    ASSERT_OK_AND_ASSIGN(at::Tensor w, reference->Forward({step}, want_cache.get()));
-    ASSERT_OK_AND_ASSIGN(at::Tensor g, quantized->Forward({step}, got_cache.get()));
-    EXPECT_LT(MaxAbsDiff(g, w), kFp32Tolerance);
-  }
 
   // Bytes: the reference's, each quantized matrix's fp32 bytes replaced by
   // its int8 bytes (a code per weight, rounded up to 16, and an fp32 scale
