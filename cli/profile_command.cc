@@ -132,6 +132,8 @@ struct SelectArgs {
   std::string budget;
   std::string model;
   std::string mask_out;
+  std::string dtype = "bf16";
+  std::string quant = "none";
   bool json = false;
 };
 
@@ -139,12 +141,16 @@ absl::Status RunSelect(const SelectArgs& args) {
   ASSIGN_OR_RETURN(std::string bytes, common::ReadFile(args.pattern, int64_t{1} << 30));
   ASSIGN_OR_RETURN(store::Pattern p, store::DecodePattern(bytes));
   ASSIGN_OR_RETURN(profiler::Budget budget, profiler::Budget::Parse(args.budget));
-  ASSIGN_OR_RETURN(checkpoint::ModelSummary summary, checkpoint::SummarizeModel(args.model, {}));
+  // Bytes as an engine holds them (compute dtype, the experts' format), so
+  // a bytes budget buys what a worker with the same --dtype/--quant holds.
+  ASSIGN_OR_RETURN(
+      checkpoint::ModelSummary summary,
+      checkpoint::SummarizeModel(args.model, {.dtype = args.dtype, .quants = {args.quant}}));
   if (summary.expert_layers.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(args.model, " has no MoE layer"));
   }
   ASSIGN_OR_RETURN(const auto scores, profiler::PatternScores(p, summary.config));
-  const int64_t per_expert = summary.expert_layers.front().bytes_per_expert;
+  const int64_t per_expert = summary.held_expert_bytes.front().second;
   ASSIGN_OR_RETURN(profiler::Selection sel,
                    profiler::Select(scores, budget, per_expert, summary.top_k));
   nlohmann::ordered_json mask;
@@ -155,8 +161,10 @@ absl::Status RunSelect(const SelectArgs& args) {
   if (!args.mask_out.empty()) {
     RETURN_IF_ERROR(common::WriteFileAtomically(args.mask_out, mask.dump() + "\n"));
   }
-  const int64_t full = summary.bytes.total;
-  const int64_t weights = full - summary.bytes.routed_experts + sel.expert_bytes;
+  const int64_t full =
+      summary.held_non_expert_bytes +
+      summary.num_routed_experts * static_cast<int64_t>(summary.expert_layers.size()) * per_expert;
+  const int64_t weights = summary.held_non_expert_bytes + sel.expert_bytes;
   if (args.json) {
     nlohmann::ordered_json j;
     j["task"] = p.task_name;
@@ -226,6 +234,11 @@ void RegisterProfile(CLI::App& app, int* exit_code) {
   s->add_option("--model", sel->model, "Model directory (for expert sizes)")->required();
   s->add_option("--mask-out", sel->mask_out,
                 "Write the kept experts as a mask file for --keep / --mask");
+  s->add_option("--dtype", sel->dtype, "The serving engine's compute dtype: bf16 or fp32")
+      ->capture_default_str();
+  s->add_option("--quant", sel->quant,
+                "How the serving engine holds routed experts: none, int8, int4, int4:gN")
+      ->capture_default_str();
   s->add_flag("--json", sel->json, "Machine-readable output");
   s->callback([sel, exit_code] { *exit_code = ReportStatus("select", RunSelect(*sel)); });
 }
