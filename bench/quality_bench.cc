@@ -136,7 +136,7 @@ nlohmann::ordered_json FormatTable(const std::string& model_dir, const std::stri
   }
   nlohmann::ordered_json rows = nlohmann::json::array();
   absl::StrAppend(table,
-                  "| experts | budget | experts kept | expert MiB | all weights MiB | average | "
+                  "| quant | budget | experts kept | expert MiB | all weights MiB | average | "
                   "retention | text perplexity | greedy tokens changed |\n"
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
   std::vector<at::Tensor> reference;  // the full unquantized model's choices

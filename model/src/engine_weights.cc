@@ -7,6 +7,7 @@
 #include "engine_weights.h"
 
 #include <ATen/ATen.h>
+#include <malloc.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -551,11 +552,15 @@ absl::Status LoadRouters(Loader& ld, const checkpoint::ModelConfig& c, const Kep
   return absl::OkStatus();
 }
 
-// Calls fn(name, linear, format) for every linear of `w`, with the format
-// `q` gives its class.
+// ForEachLinear's scopes besides a layer index.
+constexpr int64_t kEveryLinear = -1, kLmHead = -2;
+
+// Calls fn(name, linear, format) for every linear of `w` in `scope` (layer
+// `scope`'s, the lm_head, or all), with the format `q` gives its class.
 template <typename Fn>
-void ForEachLinear(ModelWeights& w, const DenseQuant& q, Fn fn) {
+void ForEachLinear(ModelWeights& w, const DenseQuant& q, Fn fn, int64_t scope = kEveryLinear) {
   for (size_t l = 0; l < w.layers.size(); ++l) {
+    if (scope != kEveryLinear && scope != static_cast<int64_t>(l)) continue;
     LayerWeights& L = w.layers[l];
     const std::string p = absl::StrCat("layers.", l, ".");
     AttentionWeights& a = L.attn;
@@ -570,7 +575,9 @@ void ForEachLinear(ModelWeights& w, const DenseQuant& q, Fn fn) {
       fn(m + ".down", mlp->down, f);
     }
   }
-  if (w.lm_head.w.defined()) fn("lm_head", w.lm_head, q.lm_head);
+  if ((scope == kEveryLinear || scope == kLmHead) && w.lm_head.w.defined()) {
+    fn("lm_head", w.lm_head, q.lm_head);
+  }
 }
 
 // Bytes of w's tensors, each storage once (views and the tied lm_head share
@@ -599,6 +606,51 @@ int64_t CountBytes(ModelWeights& w) {
   return bytes;
 }
 
+// Quantizes the linears of `scope` (see ForEachLinear) of each class `q`
+// names, in place, dropping their dense tensors and the by_name entries
+// that held them (a tied lm_head's embedding stays). Done as each part is
+// loaded, so the allocator reuses one part's freed dense memory for the
+// next instead of the whole model's sitting freed beside the quantized one.
+// INVALID_ARGUMENT naming the matrix for a shape the format refuses or a
+// weight it cannot hold. w.bytes is not updated.
+absl::Status QuantizeLinears(ModelWeights& w, const DenseQuant& q, int64_t scope) {
+  if (!q.any()) return absl::OkStatus();
+  // The dense storages replaced; the embedding's stays (a tied lm_head is
+  // quantized into a copy of its own).
+  absl::flat_hash_set<const void*> dropped;
+  absl::Status status;
+  ForEachLinear(
+      w, q,
+      [&](const std::string& name, Linear& l, const checkpoint::QuantFormat& f) {
+        if (!status.ok() || !f.quantized() || l.quant.quantized()) return;
+        if (!l.w.is_cpu() || l.w.dim() != 2) {
+          status = absl::InvalidArgumentError(
+              absl::StrCat(name, ": only CPU matrices are held quantized"));
+          return;
+        }
+        const int64_t out = l.w.size(0), in = l.w.size(1);
+        status = f.CheckShape(name, out, in);
+        if (!status.ok()) return;
+        const at::Tensor dense = l.w.to(at::kFloat).contiguous();
+        at::Tensor buffer = at::empty({f.Bytes(out, in, 0)}, at::kByte);
+        status = checkpoint::Quantize(
+            f, name, dense.const_data_ptr<float>(), out, in,
+            std::span<std::byte>(static_cast<std::byte*>(buffer.data_ptr()), buffer.nbytes()));
+        if (!status.ok()) return;
+        dropped.insert(l.w.storage().data());
+        l.w = std::move(buffer);
+        l.quant = f;
+        l.out = out;
+        l.in = in;
+      },
+      scope);
+  RETURN_IF_ERROR(status);
+  if (w.embed.defined()) dropped.erase(w.embed.storage().data());
+  std::erase_if(w.by_name,
+                [&](const auto& entry) { return dropped.contains(entry.second.storage().data()); });
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<ModelWeights> LoadWeights(const checkpoint::Checkpoint& checkpoint,
@@ -618,12 +670,19 @@ absl::StatusOr<ModelWeights> LoadWeights(const checkpoint::Checkpoint& checkpoin
   Loader ld(checkpoint, c, dtype, device, &w.by_name, /*release=*/true);
   RETURN_IF_ERROR(LoadHead(checkpoint, c, dtype, device, &w.embed, &w.final_norm, &w.lm_head.w,
                            &w.by_name, /*release=*/true));
+  RETURN_IF_ERROR(QuantizeLinears(w, dense_quant, kLmHead));
   RETURN_IF_ERROR(LoadRouters(ld, c, keep, w));
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     RETURN_IF_ERROR(LoadLayerBody(ld, c, l, routed_experts, w.layers[l], expert_quant));
+    RETURN_IF_ERROR(QuantizeLinears(w, dense_quant, l));
   }
   w.bytes = CountBytes(w);
-  RETURN_IF_ERROR(QuantizeLinears(w, dense_quant));
+#if defined(__GLIBC__)
+  // Quantizing frees the dense copies and fp32 temporaries it worked from,
+  // in pieces under malloc's mmap threshold: hand those pages back, or the
+  // RSS keeps them beside the quantized weights.
+  if (expert_quant.quantized() || dense_quant.any()) malloc_trim(0);
+#endif
   return w;
 }
 
@@ -710,42 +769,6 @@ absl::Status LoadExpertInto(const checkpoint::Checkpoint& checkpoint,
   ASSIGN_OR_RETURN(auto weights, ReadExpert(ld, c, layer, block, expert));
   gate_up.copy_(weights.first);
   down.copy_(weights.second);
-  return absl::OkStatus();
-}
-
-absl::Status QuantizeLinears(ModelWeights& w, const DenseQuant& q) {
-  if (!q.any()) return absl::OkStatus();
-  // The dense storages replaced; the embedding's stays (a tied lm_head is
-  // quantized into a copy of its own).
-  absl::flat_hash_set<const void*> dropped;
-  absl::Status status;
-  ForEachLinear(w, q, [&](const std::string& name, Linear& l, const checkpoint::QuantFormat& f) {
-    if (!status.ok() || !f.quantized() || l.quant.quantized()) return;
-    if (!l.w.is_cpu() || l.w.dim() != 2) {
-      status =
-          absl::InvalidArgumentError(absl::StrCat(name, ": only CPU matrices are held quantized"));
-      return;
-    }
-    const int64_t out = l.w.size(0), in = l.w.size(1);
-    status = f.CheckShape(name, out, in);
-    if (!status.ok()) return;
-    const at::Tensor dense = l.w.to(at::kFloat).contiguous();
-    at::Tensor buffer = at::empty({f.Bytes(out, in, 0)}, at::kByte);
-    status = checkpoint::Quantize(
-        f, name, dense.const_data_ptr<float>(), out, in,
-        std::span<std::byte>(static_cast<std::byte*>(buffer.data_ptr()), buffer.nbytes()));
-    if (!status.ok()) return;
-    dropped.insert(l.w.storage().data());
-    l.w = std::move(buffer);
-    l.quant = f;
-    l.out = out;
-    l.in = in;
-  });
-  RETURN_IF_ERROR(status);
-  if (w.embed.defined()) dropped.erase(w.embed.storage().data());
-  std::erase_if(w.by_name,
-                [&](const auto& entry) { return dropped.contains(entry.second.storage().data()); });
-  w.bytes = CountBytes(w);
   return absl::OkStatus();
 }
 

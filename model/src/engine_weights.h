@@ -96,9 +96,11 @@ struct DenseQuant {
 // Loads every weight the engine needs. `keep` selects the routed experts
 // loaded (absent layers: all); with routed_experts false none are (the
 // on-demand engine), though the routers stay whole. dtype is the compute
-// dtype; routed experts are held in `expert_quant` (quantized on the CPU:
-// the device must be the CPU when it is not kNone). Quantized experts are
-// not registered in by_name (no HF tensor holds their bytes).
+// dtype; routed experts are held in `expert_quant` and the other linears as
+// `dense_quant` says (quantized on the CPU: the device must be the CPU when
+// any is quantized). Quantized matrices are not registered in by_name (no
+// HF tensor holds their bytes). INVALID_ARGUMENT naming the matrix for a
+// shape a format refuses or a weight it cannot hold.
 absl::StatusOr<ModelWeights> LoadWeights(const checkpoint::Checkpoint& checkpoint,
                                          const checkpoint::ModelConfig& config,
                                          const KeptExperts& keep, at::ScalarType dtype,
@@ -113,12 +115,6 @@ absl::StatusOr<ModelWeights> LoadWeights(const checkpoint::Checkpoint& checkpoin
 absl::Status LoadExpertInto(const checkpoint::Checkpoint& checkpoint,
                             const checkpoint::ModelConfig& config, int64_t layer, int64_t expert,
                             at::Tensor& gate_up, at::Tensor& down);
-
-// Quantizes the linears of `w` (CPU) of each class `q` names, in place, and
-// drops their dense tensors (and the by_name entries that held them; a tied
-// lm_head's embedding stays), then recounts w.bytes. INVALID_ARGUMENT naming
-// the matrix for a shape the format refuses or a weight it cannot hold.
-absl::Status QuantizeLinears(ModelWeights& w, const DenseQuant& q);
 
 // Routed expert `expert` of MoE layer `layer` as `layout` holds it, into
 // gate_up (layout.gate_up_bytes) and down (layout.down_bytes), each 16-byte
