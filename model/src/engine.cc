@@ -430,7 +430,7 @@ class EngineImpl final : public Engine {
     auto fits = [&](const at::Tensor& t, std::vector<int64_t> shape) {
       return t.defined() && t.sizes().vec() == shape && t.scalar_type() == held &&
              t.device() == device_ && t.is_contiguous() &&
-             reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+             (!quantized || reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0);
     };
     const std::vector<int64_t> gu_shape = quantized
                                               ? std::vector<int64_t>{expert_layout_.gate_up_bytes}

@@ -7,9 +7,12 @@
 #include "engine_weights.h"
 
 #include <ATen/ATen.h>
-#include <malloc.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <array>
 #include <cstdint>
