@@ -67,9 +67,13 @@ struct Flags {
   std::string dtypes = "bf16,fp32";
   std::vector<std::string> quants = {"none", "int8", "int4"};
   bool reference = true;
+  // Also run each full model on this kernel ISA (EngineOptions::cpu_isa),
+  // to compare the ISAs in one run. Empty: no such runs.
+  std::string isa_baseline;
   std::string cache_dir = "/tmp/premoe_bench_model";
   // Child mode: run one configuration ("bf16:full", "fp32:half",
-  // "bf16:full:libtorch", "bf16:half+int4:g128") and print one RESULT line.
+  // "bf16:full:libtorch", "bf16:full:avx2+int4", "bf16:half+int4:g128") and
+  // print one RESULT line.
   std::string child;
 };
 
@@ -99,6 +103,9 @@ void AddFlags(CLI::App& app, Flags* f) {
   app.add_option("--reference", f->reference,
                  "Also run each full model with every op through libtorch")
       ->capture_default_str();
+  app.add_option("--isa-baseline", f->isa_baseline,
+                 "Also run each full model on this kernel ISA (avx2, portable) to compare with "
+                 "the best this CPU runs");
   app.add_option("--cache-dir", f->cache_dir, "Where generated checkpoints are kept")
       ->capture_default_str();
   app.add_option("--child", f->child,
@@ -278,6 +285,7 @@ int RunChild(const Flags& f) {
   const std::string dtype = parts[0];
   const bool half = parts.size() > 1 && parts[1] == "half";
   const bool libtorch = parts.size() > 2 && parts[2] == "libtorch";
+  const std::string isa = parts.size() > 2 && !libtorch ? parts[2] : "";
   at::set_num_threads(static_cast<int>(f.threads));
   (void)at::ones({8}).sum();  // libtorch initialised before the baseline RSS
   const int64_t rss_base = ReadRssBytes();
@@ -285,6 +293,7 @@ int RunChild(const Flags& f) {
   EngineOptions options;
   options.dtype = dtype;
   options.cpu_kernels = !libtorch;
+  options.cpu_isa = isa;
   if (!config_quant.second.empty()) {
     if (auto s = options.SetQuant(config_quant.second); !s.ok()) {
       std::fprintf(stderr, "engine_bench: %s\n", s.ToString().c_str());
@@ -450,9 +459,13 @@ int main(int argc, char** argv) {
         configs.push_back(dtype + ":full");
         configs.push_back(dtype + ":half");
         if (f.reference) configs.push_back(dtype + ":full:libtorch");
+        if (!f.isa_baseline.empty()) configs.push_back(dtype + ":full:" + f.isa_baseline);
       } else if (dtype == dtypes.front()) {
         configs.push_back(absl::StrCat(dtype, ":full+", quant));
         configs.push_back(absl::StrCat(dtype, ":half+", quant));
+        if (!f.isa_baseline.empty()) {
+          configs.push_back(absl::StrCat(dtype, ":full:", f.isa_baseline, "+", quant));
+        }
       }
     }
   }
@@ -553,6 +566,20 @@ int main(int argc, char** argv) {
           "\n%s against the same model with every op through libtorch (%s): prefill %.2fx, "
           "decode b1 %.2fx, decode b%ld %.2fx.",
           fast.c_str(), r.config.c_str(), q.prefill / r.prefill, q.d1 / r.d1, f.batch, q.db / r.db);
+    }
+  }
+  // The best ISA's kernel against the baseline ISA's, same model.
+  const std::string on_isa = ":" + f.isa_baseline;
+  for (const Result& r : results) {
+    if (f.isa_baseline.empty() || r.config.find(on_isa) == std::string::npos) continue;
+    std::string best = r.config;
+    best.erase(best.find(on_isa), on_isa.size());
+    for (const Result& q : results) {
+      if (q.config != best) continue;
+      std::printf(
+          "\n%s against %s (the %s kernel): prefill %.2fx, decode b1 %.2fx, decode b%ld %.2fx.",
+          best.c_str(), r.config.c_str(), f.isa_baseline.c_str(), q.prefill / r.prefill,
+          q.d1 / r.d1, f.batch, q.db / r.db);
     }
   }
   std::printf(

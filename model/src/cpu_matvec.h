@@ -18,7 +18,9 @@
 #define PREMOE_MODEL_SRC_CPU_MATVEC_H_
 
 #include <cstdint>
+#include <optional>
 #include <span>
+#include <string_view>
 
 namespace premoe::model::internal {
 
@@ -47,15 +49,25 @@ struct MatvecJob {
   int64_t group = 0;
 };
 
+// The instruction sets the kernel has code for, in increasing order.
+// kAvx512 needs AVX-512 F, BW, VL and DQ. Each sums in its own fixed order
+// (so results differ in the last bits between ISAs, never between batches,
+// jobs or thread counts on one ISA).
+enum class MatvecIsa { kPortable, kAvx2, kAvx512 };
+
+// The best ISA this CPU runs (detected once).
+MatvecIsa MatvecBestIsa();
+const char* MatvecIsaName(MatvecIsa isa);
+// "portable", "avx2", "avx512" (MatvecIsaName's spellings); nullopt else.
+std::optional<MatvecIsa> ParseMatvecIsa(std::string_view name);
+
 // Runs every job (any number, any sizes) in one parallel region of
 // at::get_num_threads() threads (GCC builds; a build by another compiler
-// runs them on the calling thread), work split by bytes of weight read.
+// runs them on the calling thread), work split by bytes of weight read, with
+// the kernel for `isa` (capped at MatvecBestIsa(); the default is the best).
 // Thread-safe: concurrent calls share nothing but the thread pool.
 void RunMatvecs(std::span<const MatvecJob> jobs);
-
-// Whether RunMatvecs uses the AVX2+FMA kernel on this CPU (else portable
-// code with the same summation order).
-bool MatvecUsesAvx2();
+void RunMatvecs(std::span<const MatvecJob> jobs, MatvecIsa isa);
 
 // Whether this CPU multiplies bf16 natively (AVX512-BF16, which every AMX
 // CPU has too): there libtorch's bf16 GEMM (oneDNN) is fast for large products.

@@ -123,6 +123,19 @@ absl::Status EngineOptions::Validate() const {
   if (trainable && !keep.empty()) {
     return absl::InvalidArgumentError("EngineOptions.trainable needs the full model (empty keep)");
   }
+  if (!cpu_isa.empty()) {
+    const std::optional<internal::MatvecIsa> isa = internal::ParseMatvecIsa(cpu_isa);
+    if (!isa.has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "EngineOptions.cpu_isa must be \"avx512\", \"avx2\", \"portable\" or empty, got \"",
+          cpu_isa, "\""));
+    }
+    if (*isa > internal::MatvecBestIsa()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("EngineOptions.cpu_isa: this CPU does not run ", cpu_isa, " (its best is ",
+                       internal::MatvecIsaName(internal::MatvecBestIsa()), ")"));
+    }
+  }
   for (const auto& [field, text] :
        {std::pair<const char*, const std::string*>{"expert_quant", &expert_quant},
         {"attention_quant", &attention_quant},
@@ -380,6 +393,7 @@ class EngineImpl final : public Engine {
         checkpoint_(std::move(checkpoint)),
         expert_layout_(std::move(expert_layout)) {
     top_k_ = options_.top_k > 0 ? options_.top_k : config_.num_experts_per_tok;
+    if (!options_.cpu_isa.empty()) matvec_isa_ = *internal::ParseMatvecIsa(options_.cpu_isa);
     if (device_.is_cpu() && options_.cpu_kernels && !options_.trainable) {
       matvec_rows_ = dtype_ == at::kBFloat16 && !internal::MatvecNativeBf16()
                          ? std::numeric_limits<int64_t>::max()
@@ -848,7 +862,7 @@ class EngineImpl final : public Engine {
       jobs.push_back(job);
       ys.push_back(std::move(y));
     }
-    internal::RunMatvecs(jobs);
+    internal::RunMatvecs(jobs, matvec_isa_);
     size_t i = 0;
     for (const Linear* l : ls) {
       at::Tensor& y = ys[i++];
@@ -1205,12 +1219,12 @@ class EngineImpl final : public Engine {
       keep_alive.push_back(std::move(d));
       i = end;
     }
-    internal::RunMatvecs(gu_jobs);
+    internal::RunMatvecs(gu_jobs, matvec_isa_);
     const at::Tensor act = at::silu(gu.narrow(1, 0, inter)) * gu.narrow(1, inter, inter);
     for (int64_t r = 0; r < pairs; ++r) {
       down_in[r] = act.const_data_ptr<float>() + order[r] * inter;
     }
-    internal::RunMatvecs(down_jobs);
+    internal::RunMatvecs(down_jobs, matvec_isa_);
 
     at::Tensor out = at::zeros({t, h}, xf.options());
     const float* ys = down.const_data_ptr<float>();
@@ -1412,6 +1426,7 @@ class EngineImpl final : public Engine {
   // Products of at most this many rows take cpu_matvec (0: none; see
   // kMatvecMaxRows and EngineOptions::cpu_kernels).
   int64_t matvec_rows_ = 0;
+  internal::MatvecIsa matvec_isa_ = internal::MatvecBestIsa();  // options_.cpu_isa
   // The probe_moe_layers-th MoE layer: where a probe engine stops.
   int64_t probe_layer_ = 0;
   int64_t max_context_ = 0;

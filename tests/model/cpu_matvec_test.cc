@@ -73,8 +73,18 @@ std::vector<std::vector<float>> RandomRows(int64_t rows, int64_t in, std::mt1993
 }
 
 // Y = X W^T for every row of x, through one job (w: Weights or Quantized).
+// Every ISA this CPU runs, so each kernel is checked where the CPU has it.
+std::vector<MatvecIsa> Isas() {
+  std::vector<MatvecIsa> isas;
+  for (MatvecIsa isa : {MatvecIsa::kPortable, MatvecIsa::kAvx2, MatvecIsa::kAvx512}) {
+    if (isa <= MatvecBestIsa()) isas.push_back(isa);
+  }
+  return isas;
+}
+
 template <typename W>
-std::vector<std::vector<float>> Multiply(const W& w, const std::vector<std::vector<float>>& x) {
+std::vector<std::vector<float>> Multiply(const W& w, const std::vector<std::vector<float>>& x,
+                                         MatvecIsa isa = MatvecBestIsa()) {
   std::vector<std::vector<float>> y(x.size(), std::vector<float>(w.out, NAN));
   std::vector<const float*> xr;
   std::vector<float*> yr;
@@ -83,32 +93,35 @@ std::vector<std::vector<float>> Multiply(const W& w, const std::vector<std::vect
     yr.push_back(y[m].data());
   }
   const MatvecJob job = w.Job(xr.data(), yr.data(), static_cast<int64_t>(x.size()));
-  RunMatvecs({&job, 1});
+  RunMatvecs({&job, 1}, isa);
   return y;
 }
 
 TEST(CpuMatvecTest, EqualsADoublePrecisionProduct) {
   std::mt19937 rng(7);
-  for (WeightType type : {WeightType::kF32, WeightType::kBF16}) {
-    for (int64_t out : {1, 3, 4, 7, 33}) {
-      for (int64_t in : {1, 7, 8, 9, 64, 515}) {
-        for (int64_t rows : {1, 2, 3, 5, 16}) {
-          SCOPED_TRACE(::testing::Message() << "type " << static_cast<int>(type) << " out " << out
-                                            << " in " << in << " rows " << rows);
-          const int64_t ldw = in + (out % 2);  // rows with padding between them too
-          const Weights w = RandomWeights(type, out, in, ldw, rng);
-          const auto x = RandomRows(rows, in, rng);
-          const auto y = Multiply(w, x);
-          for (int64_t m = 0; m < rows; ++m) {
-            for (int64_t n = 0; n < out; ++n) {
-              double want = 0, magnitude = 0;
-              for (int64_t k = 0; k < in; ++k) {
-                want += static_cast<double>(w.At(n, k)) * x[m][k];
-                magnitude += std::abs(static_cast<double>(w.At(n, k)) * x[m][k]);
+  for (MatvecIsa isa : Isas()) {
+    for (WeightType type : {WeightType::kF32, WeightType::kBF16}) {
+      for (int64_t out : {1, 3, 4, 7, 33}) {
+        for (int64_t in : {1, 7, 8, 9, 64, 515}) {
+          for (int64_t rows : {1, 2, 3, 5, 16}) {
+            SCOPED_TRACE(::testing::Message()
+                         << MatvecIsaName(isa) << " type " << static_cast<int>(type) << " out "
+                         << out << " in " << in << " rows " << rows);
+            const int64_t ldw = in + (out % 2);  // rows with padding between them too
+            const Weights w = RandomWeights(type, out, in, ldw, rng);
+            const auto x = RandomRows(rows, in, rng);
+            const auto y = Multiply(w, x, isa);
+            for (int64_t m = 0; m < rows; ++m) {
+              for (int64_t n = 0; n < out; ++n) {
+                double want = 0, magnitude = 0;
+                for (int64_t k = 0; k < in; ++k) {
+                  want += static_cast<double>(w.At(n, k)) * x[m][k];
+                  magnitude += std::abs(static_cast<double>(w.At(n, k)) * x[m][k]);
+                }
+                // fp32 summation of `in` terms: |error| <= in * 2^-24 * sum |terms|.
+                const double bound = static_cast<double>(in) * 6e-8 * magnitude + 1e-30;
+                ASSERT_LE(std::abs(y[m][n] - want), bound) << "row " << m << " output " << n;
               }
-              // fp32 summation of `in` terms: |error| <= in * 2^-24 * sum |terms|.
-              const double bound = static_cast<double>(in) * 6e-8 * magnitude + 1e-30;
-              ASSERT_LE(std::abs(y[m][n] - want), bound) << "row " << m << " output " << n;
             }
           }
         }
@@ -120,19 +133,22 @@ TEST(CpuMatvecTest, EqualsADoublePrecisionProduct) {
 TEST(CpuMatvecTest, ARowsResultIsTheSameAloneInABatchAndOnAnyThreadCount) {
   std::mt19937 rng(11);
   const int threads = at::get_num_threads();
-  for (WeightType type : {WeightType::kF32, WeightType::kBF16}) {
-    // Large enough to be split among threads (over 256 KiB of weights).
-    const Weights w = RandomWeights(type, 301, 1029, 1029, rng);
-    const auto x = RandomRows(9, 1029, rng);
-    const auto batch = Multiply(w, x);
-    for (int t : {1, 2, 3}) {
-      at::set_num_threads(t);
-      for (size_t m = 0; m < x.size(); ++m) {
-        const auto alone = Multiply(w, {x[m]});
-        ASSERT_EQ(alone[0], batch[m]) << "row " << m << ", " << t << " threads";
+  for (MatvecIsa isa : Isas()) {
+    for (WeightType type : {WeightType::kF32, WeightType::kBF16}) {
+      SCOPED_TRACE(MatvecIsaName(isa));
+      // Large enough to be split among threads (over 256 KiB of weights).
+      const Weights w = RandomWeights(type, 301, 1029, 1029, rng);
+      const auto x = RandomRows(9, 1029, rng);
+      const auto batch = Multiply(w, x, isa);
+      for (int t : {1, 2, 3}) {
+        at::set_num_threads(t);
+        for (size_t m = 0; m < x.size(); ++m) {
+          const auto alone = Multiply(w, {x[m]}, isa);
+          ASSERT_EQ(alone[0], batch[m]) << "row " << m << ", " << t << " threads";
+        }
       }
+      at::set_num_threads(threads);
     }
-    at::set_num_threads(threads);
   }
 }
 
@@ -159,8 +175,12 @@ TEST(CpuMatvecTest, ManyJobsInOneCallEqualEachAlone) {
   }
   // An empty job (no rows) is allowed and writes nothing.
   jobs.push_back({ws[0].data(), ws[0].type, ws[0].out, ws[0].in, ws[0].ldw, nullptr, nullptr, 0});
-  RunMatvecs(jobs);
-  for (size_t i = 0; i < ws.size(); ++i) EXPECT_EQ(ys[i], Multiply(ws[i], xs[i])) << "job " << i;
+  for (MatvecIsa isa : Isas()) {
+    RunMatvecs(jobs, isa);
+    for (size_t i = 0; i < ws.size(); ++i) {
+      EXPECT_EQ(ys[i], Multiply(ws[i], xs[i], isa)) << MatvecIsaName(isa) << " job " << i;
+    }
+  }
 }
 
 // A quantized [out, in] matrix: its buffer and its dequantized values.
@@ -201,28 +221,30 @@ Quantized RandomQuantized(absl::string_view spelling, int64_t out, int64_t in, s
 
 TEST(CpuMatvecTest, QuantizedEqualsTheProductOfItsDequantizedValues) {
   std::mt19937 rng(5);
-  for (const char* spelling : {"int8", "int4:g16", "int4:g32", "int4:g128"}) {
-    const bool int4 = spelling[3] == '4';
-    for (int64_t out : {1, 3, 4, 7, 33}) {
-      const std::vector<int64_t> ins =
-          int4 ? std::vector<int64_t>{128, 256, 384} : std::vector<int64_t>{1, 7, 8, 9, 64, 515};
-      for (int64_t in : ins) {
-        for (int64_t rows : {1, 2, 3, 16}) {
-          SCOPED_TRACE(::testing::Message()
-                       << spelling << " out " << out << " in " << in << " rows " << rows);
-          const Quantized w = RandomQuantized(spelling, out, in, rng);
-          const auto x = RandomRows(rows, in, rng);
-          const auto y = Multiply(w, x);
-          for (int64_t m = 0; m < rows; ++m) {
-            for (int64_t n = 0; n < out; ++n) {
-              double want = 0, magnitude = 0;
-              for (int64_t k = 0; k < in; ++k) {
-                want += static_cast<double>(w.values[n * in + k]) * x[m][k];
-                magnitude += std::abs(static_cast<double>(w.values[n * in + k]) * x[m][k]);
+  for (MatvecIsa isa : Isas()) {
+    for (const char* spelling : {"int8", "int4:g16", "int4:g32", "int4:g128"}) {
+      const bool int4 = spelling[3] == '4';
+      for (int64_t out : {1, 3, 4, 7, 33}) {
+        const std::vector<int64_t> ins =
+            int4 ? std::vector<int64_t>{128, 256, 384} : std::vector<int64_t>{1, 7, 8, 9, 64, 515};
+        for (int64_t in : ins) {
+          for (int64_t rows : {1, 2, 3, 16}) {
+            SCOPED_TRACE(::testing::Message() << MatvecIsaName(isa) << " " << spelling << " out "
+                                              << out << " in " << in << " rows " << rows);
+            const Quantized w = RandomQuantized(spelling, out, in, rng);
+            const auto x = RandomRows(rows, in, rng);
+            const auto y = Multiply(w, x, isa);
+            for (int64_t m = 0; m < rows; ++m) {
+              for (int64_t n = 0; n < out; ++n) {
+                double want = 0, magnitude = 0;
+                for (int64_t k = 0; k < in; ++k) {
+                  want += static_cast<double>(w.values[n * in + k]) * x[m][k];
+                  magnitude += std::abs(static_cast<double>(w.values[n * in + k]) * x[m][k]);
+                }
+                // As for dense weights, plus int8's final multiply by the scale.
+                const double bound = static_cast<double>(in + 2) * 6e-8 * magnitude + 1e-30;
+                ASSERT_LE(std::abs(y[m][n] - want), bound) << "row " << m << " output " << n;
               }
-              // As for dense weights, plus int8's final multiply by the scale.
-              const double bound = static_cast<double>(in + 2) * 6e-8 * magnitude + 1e-30;
-              ASSERT_LE(std::abs(y[m][n] - want), bound) << "row " << m << " output " << n;
             }
           }
         }
@@ -292,18 +314,23 @@ TEST(CpuMatvecTest, QuantizedMatchesATensKernels) {
 TEST(CpuMatvecTest, AQuantizedRowsResultIsTheSameAloneInABatchAndOnAnyThreadCount) {
   std::mt19937 rng(17);
   const int threads = at::get_num_threads();
-  for (const char* spelling : {"int8", "int4:g64"}) {
-    SCOPED_TRACE(spelling);
-    const Quantized w = RandomQuantized(spelling, 1001, 1024, rng);  // over 256 KiB: split
-    const auto x = RandomRows(9, 1024, rng);
-    const auto batch = Multiply(w, x);
-    for (int t : {1, 2, 3}) {
-      at::set_num_threads(t);
-      for (size_t m = 0; m < x.size(); ++m) {
-        ASSERT_EQ(Multiply(w, {x[m]})[0], batch[m]) << "row " << m << ", " << t << " threads";
+  for (MatvecIsa isa : Isas()) {
+    for (const char* spelling : {"int8", "int4:g64", "int4:g16"}) {
+      SCOPED_TRACE(::testing::Message() << MatvecIsaName(isa) << " " << spelling);
+      // Over 256 KiB (split among threads); 9 rows take the staged path of
+      // the AVX-512 kernel, a row alone the in-register one.
+      const Quantized w = RandomQuantized(spelling, 1001, 1024, rng);
+      const auto x = RandomRows(9, 1024, rng);
+      const auto batch = Multiply(w, x, isa);
+      for (int t : {1, 2, 3}) {
+        at::set_num_threads(t);
+        for (size_t m = 0; m < x.size(); ++m) {
+          ASSERT_EQ(Multiply(w, {x[m]}, isa)[0], batch[m])
+              << "row " << m << ", " << t << " threads";
+        }
       }
+      at::set_num_threads(threads);
     }
-    at::set_num_threads(threads);
   }
 }
 

@@ -16,6 +16,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "model/src/cpu_matvec.h"
 #include "nlohmann/json.hpp"
 #include "premoe/checkpoint/expert_pack.h"
 #include "premoe/checkpoint/expert_tensors.h"
@@ -253,6 +254,39 @@ TEST_P(EngineParityTest, CpuKernelsMatchLibtorch) {
   EXPECT_LT(libtorch_err, 0.05 * magnitude);
   std::printf("%s bf16 error against fp32: kernel %.4f, libtorch %.4f of the mean |logit|\n",
               GetParam().c_str(), fast_err / magnitude, libtorch_err / magnitude);
+}
+
+// Each instruction set the kernel has code for (EngineOptions::cpu_isa), as
+// far as this CPU runs them, against libtorch's ops: dense fp32 and int8
+// experts, through a prefill and a decode step.
+TEST_P(EngineParityTest, EveryCpuIsaMatchesLibtorch) {
+  Reference ref(GetParam());
+  for (const std::string quant : {"none", "int8"}) {
+    EngineOptions options = Fp32();
+    options.expert_quant = quant;
+    options.cpu_kernels = false;
+    auto libtorch = OpenEngine(GetParam(), options);
+    ASSERT_NE(libtorch, nullptr);
+    options.cpu_kernels = true;
+    for (internal::MatvecIsa isa : {internal::MatvecIsa::kPortable, internal::MatvecIsa::kAvx2,
+                                    internal::MatvecIsa::kAvx512}) {
+      if (isa > internal::MatvecBestIsa()) continue;
+      SCOPED_TRACE(::testing::Message() << quant << " " << internal::MatvecIsaName(isa));
+      options.cpu_isa = internal::MatvecIsaName(isa);
+      auto fast = OpenEngine(GetParam(), options);
+      ASSERT_NE(fast, nullptr);
+      ASSERT_OK_AND_ASSIGN(auto fast_cache, fast->NewCache(1, 32));
+      ASSERT_OK_AND_ASSIGN(auto ref_cache, libtorch->NewCache(1, 32));
+      for (const std::vector<int64_t>& step : {ref.Ids("prompt_2"), std::vector<int64_t>{5}}) {
+        ASSERT_OK_AND_ASSIGN(at::Tensor got, fast->Forward({step}, fast_cache.get()));
+        ASSERT_OK_AND_ASSIGN(at::Tensor want, libtorch->Forward({step}, ref_cache.get()));
+        EXPECT_LT(MaxAbsDiff(got, want), kFp32Tolerance);
+      }
+    }
+  }
+  EngineOptions bad;
+  bad.cpu_isa = "avx9";
+  EXPECT_THAT(bad.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, "cpu_isa must be"));
 }
 
 TEST_P(EngineParityTest, KvCacheDecodeEqualsFullRecompute) {

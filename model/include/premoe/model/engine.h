@@ -273,6 +273,12 @@ struct EngineOptions {
   // every op through libtorch: the reference the kernel is tested against.
   // Ignored on CUDA and for trainable engines. Default: true.
   bool cpu_kernels = true;
+  // The instruction set of that kernel: "" the best this CPU runs (AVX-512,
+  // else AVX2, else portable C++); "avx512", "avx2" or "portable" choose one
+  // (benchmarks compare them; results differ between ISAs in the last bits,
+  // never between batches). INVALID_ARGUMENT for another name or an ISA
+  // this CPU lacks. Default: "".
+  std::string cpu_isa;
 
   // Sets the *_quant fields from a spec: comma-separated items, each a
   // format (routed experts: "int4") or CLASS=FORMAT with CLASS one of
