@@ -247,14 +247,16 @@ absl::Status ExpertPack::CheckFits(const Checkpoint& checkpoint, const ModelConf
     return absl::FailedPreconditionError(absl::StrCat(
         path_, ": this expert pack does not fit the model: ", what, "; re-run premoe repack"));
   };
-  if (header_.dtype != dtype) {
-    return differs(
-        absl::StrCat("it holds ", header_.dtype, " experts, the engine computes in ", dtype));
-  }
   if (header_.quant.ToString() != quant.ToString()) {
     return differs(absl::StrCat("it holds experts as ", header_.quant.ToString(),
                                 " (layout version ", QuantFormat::kLayoutVersion,
                                 "), the engine holds them as ", quant.ToString()));
+  }
+  // Quantized slots are made from fp32 whatever the compute dtype, so they
+  // serve either; dense ones hold that dtype's elements.
+  if (!quant.quantized() && header_.dtype != dtype) {
+    return differs(
+        absl::StrCat("it holds ", header_.dtype, " experts, the engine computes in ", dtype));
   }
   if (header_.hidden != config.hidden_size ||
       header_.intermediate != config.moe_intermediate_size ||
@@ -293,11 +295,19 @@ absl::Status ExpertPack::Read(int64_t layer, int64_t expert, std::span<uint8_t> 
   }
   const uint64_t at = static_cast<uint64_t>(header_.data_offset) +
                       static_cast<uint64_t>(slot) * static_cast<uint64_t>(header_.slot_stride);
-  if (down.data() == gate_up.data() + layout_.down_offset) {
-    return file_->ReadAt(at, std::span<uint8_t>(gate_up.data(), layout_.bytes));
-  }
   RETURN_IF_ERROR(file_->ReadAt(at, gate_up));
   return file_->ReadAt(at + layout_.down_offset, down);
+}
+
+absl::Status ExpertPack::ReadSlot(int64_t layer, int64_t expert, std::span<uint8_t> slot) const {
+  ASSIGN_OR_RETURN(const int64_t index, SlotIndex(layer, expert));
+  if (static_cast<int64_t>(slot.size()) != layout_.bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(path_, ": an expert's slot is ", layout_.bytes,
+                                                   " bytes, not ", slot.size()));
+  }
+  return file_->ReadAt(static_cast<uint64_t>(header_.data_offset) +
+                           static_cast<uint64_t>(index) * static_cast<uint64_t>(header_.slot_stride),
+                       slot);
 }
 
 absl::Status ExpertPack::Verify(const std::function<void(int64_t, int64_t)>& on_progress) const {

@@ -10,10 +10,11 @@
 // the activation rows that use it, converting bf16 in registers.
 //
 // Numerics: each output is a dot product accumulated in fp32 in an order
-// that depends only on K (eight lanes over k, then the lanes summed in a
-// fixed order), never on M, on which other products share the call, or on
-// the thread count. So a token's result is the same alone or in any batch,
-// and two engines running the same products agree bit for bit.
+// that depends only on K and the ISA (8 or 16 lanes over k, then the lanes
+// summed in a fixed order), never on M, on which other products share the
+// call, or on the thread count. So a token's result is the same alone or in
+// any batch, and two engines running the same products on the same ISA
+// agree bit for bit.
 #ifndef PREMOE_MODEL_SRC_CPU_MATVEC_H_
 #define PREMOE_MODEL_SRC_CPU_MATVEC_H_
 
@@ -26,8 +27,8 @@ namespace premoe::model::internal {
 
 // kInt8 and kInt4 are checkpoint::QuantFormat's layouts (premoe/checkpoint/
 // quant.h): the kernel dequantizes in registers exactly as Dequantize does
-// (int4: fma(q, scale, min)) and sums in the same order as for dense types;
-// an int8 row's sum is multiplied by its scale at the end.
+// (int4: fma(q, scale, min)); an int8 row's sum is multiplied by its scale
+// at the end.
 enum class WeightType { kF32, kBF16, kInt8, kInt4 };
 
 // Y[m][n] = sum_k X[m][k] * W[n][k] for m < rows, n < out. Borrowed pointers;

@@ -727,20 +727,44 @@ class EngineImpl final : public Engine {
               absl::StrCat("Forward: sequence ", b, "'s mask keeps expert ", e, " of layer ", l,
                            ", which is not in ForwardOptions::experts"));
         };
-        auto needs = [&](int64_t e) {
-          return (options.expert_parallel == nullptr || options.expert_parallel->Owns(e)) &&
-                 options.experts->Find(l, e) == nullptr;
+        auto check = [&](int64_t e) -> absl::Status {
+          if (options.expert_parallel != nullptr && !options.expert_parallel->Owns(e)) {
+            return absl::OkStatus();
+          }
+          const ExpertWeights* x = options.experts->Find(l, e);
+          if (x == nullptr) return missing(e);
+          return CheckExpertWeights(l, e, *x);
         };
         if (const std::vector<int64_t>* kept = m->Find(l)) {
-          for (int64_t e : *kept) {
-            if (needs(e)) return missing(e);
-          }
+          for (int64_t e : *kept) RETURN_IF_ERROR(check(e));
         } else {
-          for (int64_t e = 0; e < config_.num_routed_experts; ++e) {
-            if (needs(e)) return missing(e);
-          }
+          for (int64_t e = 0; e < config_.num_routed_experts; ++e) RETURN_IF_ERROR(check(e));
         }
       }
+    }
+    return absl::OkStatus();
+  }
+
+  // An on-demand expert's tensors must be what this engine holds, since the
+  // kernel reads them as raw bytes: dense [2I, H] and [H, I] in the engine's
+  // dtype and device; quantized, contiguous CPU uint8 of the layout's sizes.
+  absl::Status CheckExpertWeights(int64_t layer, int64_t e, const ExpertWeights& x) const {
+    const int64_t h = config_.hidden_size, inter = config_.moe_intermediate_size;
+    const checkpoint::ExpertSlotLayout& lay = expert_layout_;
+    auto fits = [&](const at::Tensor& t, int64_t out, int64_t in, int64_t bytes) {
+      if (!t.defined() || t.device() != device_) return false;
+      if (lay.format.quantized()) {
+        return t.scalar_type() == at::kByte && t.is_contiguous() && t.numel() == bytes;
+      }
+      return t.scalar_type() == dtype_ && t.dim() == 2 && t.size(0) == out && t.size(1) == in;
+    };
+    if (!fits(x.gate_up, 2 * inter, h, lay.gate_up_bytes) ||
+        !fits(x.down, h, inter, lay.down_bytes)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Forward: expert ", e, " of layer ", layer,
+          " in ForwardOptions::experts is not held as this engine holds experts (",
+          lay.format.quantized() ? lay.format.ToString() : std::string(c10::toString(dtype_)),
+          " on ", device_.str(), ")"));
     }
     return absl::OkStatus();
   }
@@ -1376,10 +1400,18 @@ class EngineImpl final : public Engine {
   absl::Status ReadExpertBytes(int64_t layer, int64_t expert, at::Tensor gate_up,
                                at::Tensor down) const {
     if (pack_ != nullptr) {
-      return pack_->Read(
-          layer, expert,
-          std::span<uint8_t>(static_cast<uint8_t*>(gate_up.data_ptr()), gate_up.nbytes()),
-          std::span<uint8_t>(static_cast<uint8_t*>(down.data_ptr()), down.nbytes()));
+      auto* g = static_cast<uint8_t*>(gate_up.data_ptr());
+      auto* d = static_cast<uint8_t*>(down.data_ptr());
+      // A cache slot (both views of one storage, down at its layout offset,
+      // the storage covering the whole slot) is filled with one pread.
+      const checkpoint::ExpertSlotLayout& lay = pack_->layout();
+      const auto* base = static_cast<const uint8_t*>(gate_up.storage().data());
+      if (gate_up.storage().is_alias_of(down.storage()) && d == g + lay.down_offset &&
+          g + lay.bytes <= base + gate_up.storage().nbytes()) {
+        return pack_->ReadSlot(layer, expert, std::span<uint8_t>(g, lay.bytes));
+      }
+      return pack_->Read(layer, expert, std::span<uint8_t>(g, gate_up.nbytes()),
+                         std::span<uint8_t>(d, down.nbytes()));
     }
     return internal::LoadExpertBytes(*checkpoint_, config_, layer, expert, expert_layout_, dtype_,
                                      static_cast<std::byte*>(gate_up.data_ptr()),

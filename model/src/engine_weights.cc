@@ -2,8 +2,11 @@
 // once out of the mapping (so the checkpoint can close), converted to the
 // compute dtype, and, for routed experts, stacked per layer as
 // gate_up [E, 2I, H] / down [E, H, I] so the MoE block indexes experts
-// without per-expert lookups. Pruned experts of a reduced model are never
-// touched, so their pages are never read.
+// without per-expert lookups; quantized experts are stacked as uint8
+// [E, slot bytes] in checkpoint::ExpertSlotLayout, quantized one at a time
+// from fp32, and other quantized linears are quantized as their layer loads.
+// Pruned experts of a reduced model are never touched, so their pages are
+// never read.
 #include "engine_weights.h"
 
 #include <ATen/ATen.h>

@@ -567,6 +567,21 @@ TEST_P(EngineParityTest, ExpertsOnDemandEqualResidentUnderMasks) {
   EXPECT_THAT(on_demand->Forward(prompts, nullptr, fo),
               StatusIs(absl::StatusCode::kFailedPrecondition,
                        absl::StrCat("keeps expert 1 of layer ", first_moe)));
+  // An expert held in another dtype or shape is refused, not read as bytes.
+  ExpertSet wrong = set;
+  const ExpertWeights& held = *set.experts.at({first_moe, 1});
+  wrong.experts[{first_moe, 1}] = std::make_shared<const ExpertWeights>(
+      ExpertWeights{held.gate_up.to(at::kDouble), held.down});
+  fo.experts = &wrong;
+  EXPECT_THAT(on_demand->Forward(prompts, nullptr, fo),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       absl::StrCat("expert 1 of layer ", first_moe,
+                                    " in ForwardOptions::experts is not held as this engine")));
+  wrong.experts[{first_moe, 1}] = std::make_shared<const ExpertWeights>(
+      ExpertWeights{held.gate_up, held.down.narrow(0, 0, 1)});
+  EXPECT_THAT(on_demand->Forward(prompts, nullptr, fo),
+              StatusIs(absl::StatusCode::kInvalidArgument, "is not held as this engine"));
+  fo.experts = &partial;
   fo.masks = {&even, nullptr};
   EXPECT_THAT(on_demand->Forward(prompts, nullptr, fo),
               StatusIs(absl::StatusCode::kInvalidArgument, "sequence 1 has no expert mask"));
@@ -790,7 +805,7 @@ TEST_P(EngineParityTest, QuantizedExpertsEqualTheDequantizedModel) {
     ASSERT_NE(reduced, nullptr);
     const std::string pack = tmp.Join("experts." + spelling + ".pack");
     ExpertPackWriteOptions wo;
-    wo.dtype = "fp32";
+    wo.dtype = "bf16";  // quantized slots serve an fp32 engine as well
     wo.quant = spelling;
     ASSERT_OK(WriteExpertPack(ReferenceEnv::Dir(GetParam()), pack, wo));
     EngineOptions demand_options = options;
@@ -924,6 +939,20 @@ TEST(ExpertPackTest, RefusesWhatItCannotServe) {
   wo.dtype = "fp32";
   ASSERT_OK(WriteExpertPack(model, pack, wo));
   const std::string bytes = premoe::testing::ReadFileOrDie(pack);
+
+  // One slot read whole equals its two parts read apart; other sizes are refused.
+  {
+    ASSERT_OK_AND_ASSIGN(auto opened, checkpoint::ExpertPack::Open(pack));
+    const checkpoint::ExpertSlotLayout& lay = opened->layout();
+    const int64_t layer = opened->header().layers.front();
+    std::vector<uint8_t> slot(lay.bytes), gate_up(lay.gate_up_bytes), down(lay.down_bytes);
+    ASSERT_OK(opened->ReadSlot(layer, 1, slot));
+    ASSERT_OK(opened->Read(layer, 1, gate_up, down));
+    EXPECT_TRUE(std::equal(gate_up.begin(), gate_up.end(), slot.begin()));
+    EXPECT_TRUE(std::equal(down.begin(), down.end(), slot.begin() + lay.down_offset));
+    EXPECT_THAT(opened->ReadSlot(layer, 1, std::span<uint8_t>(slot).first(lay.bytes - 1)),
+                StatusIs(absl::StatusCode::kInvalidArgument, "slot is"));
+  }
 
   // Options: a pack is for an on-demand engine; the dtype must be one it has.
   EngineOptions options = Fp32();

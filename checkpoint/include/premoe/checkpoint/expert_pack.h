@@ -104,7 +104,8 @@ class ExpertPack {
   static absl::StatusOr<std::unique_ptr<const ExpertPack>> Open(const std::string& path);
   ~ExpertPack();
 
-  // OK when this pack holds `config`'s experts for `dtype` ("fp32"/"bf16")
+  // OK when this pack holds `config`'s experts for `dtype` ("fp32"/"bf16";
+  // any, for a quantized pack: its slots do not depend on it)
   // in format `quant`, made from `checkpoint` as it is now;
   // FAILED_PRECONDITION naming both sides of the difference otherwise
   // (re-run premoe repack).
@@ -115,12 +116,14 @@ class ExpertPack {
   const ExpertSlotLayout& layout() const { return layout_; }
 
   // Reads expert `expert` of decoder layer `layer` into `gate_up` and `down`,
-  // exactly layout().gate_up_bytes and down_bytes long: one pread when `down`
-  // starts layout().down_offset bytes after `gate_up` (a cache slot), two
-  // otherwise. INVALID_ARGUMENT for an unknown layer/expert or wrong sizes;
-  // INTERNAL on a read error.
+  // exactly layout().gate_up_bytes and down_bytes long (two preads).
+  // INVALID_ARGUMENT for an unknown layer/expert or wrong sizes; INTERNAL on
+  // a read error.
   absl::Status Read(int64_t layer, int64_t expert, std::span<uint8_t> gate_up,
                     std::span<uint8_t> down) const;
+  // The same into one slot of exactly layout().bytes laid out as layout()
+  // says (gate_up at 0, down at down_offset, padding written too): one pread.
+  absl::Status ReadSlot(int64_t layer, int64_t expert, std::span<uint8_t> slot) const;
 
   // Recomputes every slot's checksum; DATA_LOSS naming the first slot that
   // differs. `on_progress(done, total)` per slot. Reads the whole file.

@@ -244,7 +244,9 @@ struct EngineOptions {
   // from an expert pack of the same format) for on-demand ones; every expert
   // byte figure (weight_bytes, expert_bytes) counts them as held, scales
   // included. Routers, norms, embeddings, attention and shared experts keep
-  // the compute dtype, so routing (and so patterns) do not move. With
+  // the compute dtype, so the first MoE layer routes exactly as dense; later
+  // routers see inputs the quantized experts moved slightly (patterns are
+  // still shared across formats: a fingerprint hashes the gates only). With
   // cpu_kernels they run in the kernel at every batch size (dequantized in
   // registers); without, libtorch multiplies a dequantized copy of each
   // expert, the reference the kernel is tested against. CPU only;
@@ -291,7 +293,8 @@ struct EngineOptions {
   // top_k < 0, max_context < 0, probe_moe_layers < 0, trainable without
   // fp32, two of trainable, streamed, experts_on_demand, probe (or keep with
   // experts_on_demand or probe), or a quantized expert_quant with trainable,
-  // streamed, probe or a CUDA device. (keep, top_k, probe_moe_layers and
+  // streamed, probe or a device other than the CPU, or a cpu_isa this CPU
+  // does not run. (keep, top_k, probe_moe_layers and
   // int4's group are checked against the model in Open.)
   absl::Status Validate() const;
 };
@@ -438,12 +441,15 @@ class Engine {
   // The loaded weight called `name` (HF tensor name, e.g.
   // "model.layers.1.mlp.experts.3.gate_proj.weight"), in the compute dtype
   // (router weights fp32), as loaded and dequantised; NOT_FOUND when the
-  // engine does not hold it (e.g. a pruned expert). For tests and tools.
+  // engine does not hold it densely (a pruned expert; a quantized matrix,
+  // the message then naming the quantized classes). For tests and tools.
   virtual absl::StatusOr<at::Tensor> Weight(const std::string& name) const = 0;
 
   // The engine's own weight tensors, each once, named by where they sit
   // ("layers.3.moe.gate_up" is the [E, 2I, H] stack of a layer's routed
-  // experts' fused gate and up projections). They are autograd leaves when
+  // experts' fused gate and up projections; a quantized class is held as
+  // uint8 buffers in checkpoint/quant.h's layout, e.g. [E, slot bytes] for
+  // routed experts). They are autograd leaves when
   // options().trainable; an optimizer updates them in place. Not thread-safe
   // against a concurrent Forward.
   virtual std::vector<std::pair<std::string, at::Tensor>> Parameters() const = 0;
