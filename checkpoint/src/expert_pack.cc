@@ -302,12 +302,13 @@ absl::Status ExpertPack::Read(int64_t layer, int64_t expert, std::span<uint8_t> 
 absl::Status ExpertPack::ReadSlot(int64_t layer, int64_t expert, std::span<uint8_t> slot) const {
   ASSIGN_OR_RETURN(const int64_t index, SlotIndex(layer, expert));
   if (static_cast<int64_t>(slot.size()) != layout_.bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(path_, ": an expert's slot is ", layout_.bytes,
-                                                   " bytes, not ", slot.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path_, ": an expert's slot is ", layout_.bytes, " bytes, not ", slot.size()));
   }
-  return file_->ReadAt(static_cast<uint64_t>(header_.data_offset) +
-                           static_cast<uint64_t>(index) * static_cast<uint64_t>(header_.slot_stride),
-                       slot);
+  return file_->ReadAt(
+      static_cast<uint64_t>(header_.data_offset) +
+          static_cast<uint64_t>(index) * static_cast<uint64_t>(header_.slot_stride),
+      slot);
 }
 
 absl::Status ExpertPack::Verify(const std::function<void(int64_t, int64_t)>& on_progress) const {
