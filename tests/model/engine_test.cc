@@ -570,15 +570,15 @@ TEST_P(EngineParityTest, ExpertsOnDemandEqualResidentUnderMasks) {
   // An expert held in another dtype or shape is refused, not read as bytes.
   ExpertSet wrong = set;
   const ExpertWeights& held = *set.experts.at({first_moe, 1});
-  wrong.experts[{first_moe, 1}] = std::make_shared<const ExpertWeights>(
-      ExpertWeights{held.gate_up.to(at::kDouble), held.down});
+  wrong.experts[{first_moe, 1}] =
+      std::make_shared<const ExpertWeights>(ExpertWeights{held.gate_up.to(at::kDouble), held.down});
   fo.experts = &wrong;
   EXPECT_THAT(on_demand->Forward(prompts, nullptr, fo),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        absl::StrCat("expert 1 of layer ", first_moe,
                                     " in ForwardOptions::experts is not held as this engine")));
-  wrong.experts[{first_moe, 1}] = std::make_shared<const ExpertWeights>(
-      ExpertWeights{held.gate_up, held.down.narrow(0, 0, 1)});
+  wrong.experts[{first_moe, 1}] =
+      std::make_shared<const ExpertWeights>(ExpertWeights{held.gate_up, held.down.narrow(0, 0, 1)});
   EXPECT_THAT(on_demand->Forward(prompts, nullptr, fo),
               StatusIs(absl::StatusCode::kInvalidArgument, "is not held as this engine"));
   fo.experts = &partial;
