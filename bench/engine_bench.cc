@@ -67,9 +67,10 @@ struct Flags {
   std::string dtypes = "bf16,fp32";
   std::vector<std::string> quants = {"none", "int8", "int4"};
   bool reference = true;
-  // Also run each full model on this kernel ISA (EngineOptions::cpu_isa),
-  // to compare the ISAs in one run. Empty: no such runs.
-  std::string isa_baseline;
+  // Also run each full model as this variant, to compare in one run: a
+  // kernel ISA (EngineOptions::cpu_isa: avx2, portable) or "exact"
+  // (EngineOptions::int8_activations off). Empty: no such runs.
+  std::string baseline;
   std::string cache_dir = "/tmp/premoe_bench_model";
   // Child mode: run one configuration ("bf16:full", "fp32:half",
   // "bf16:full:libtorch", "bf16:full:avx2+int4", "bf16:half+int4:g128") and
@@ -103,9 +104,9 @@ void AddFlags(CLI::App& app, Flags* f) {
   app.add_option("--reference", f->reference,
                  "Also run each full model with every op through libtorch")
       ->capture_default_str();
-  app.add_option("--isa-baseline", f->isa_baseline,
-                 "Also run each full model on this kernel ISA (avx2, portable) to compare with "
-                 "the best this CPU runs");
+  app.add_option("--baseline", f->baseline,
+                 "Also run each full model as this variant: a kernel ISA (avx2, portable) or "
+                 "exact (fp32 activations for int4, no int8 dot products)");
   app.add_option("--cache-dir", f->cache_dir, "Where generated checkpoints are kept")
       ->capture_default_str();
   app.add_option("--child", f->child,
@@ -285,7 +286,7 @@ int RunChild(const Flags& f) {
   const std::string dtype = parts[0];
   const bool half = parts.size() > 1 && parts[1] == "half";
   const bool libtorch = parts.size() > 2 && parts[2] == "libtorch";
-  const std::string isa = parts.size() > 2 && !libtorch ? parts[2] : "";
+  const std::string variant = parts.size() > 2 && !libtorch ? parts[2] : "";
   at::set_num_threads(static_cast<int>(f.threads));
   (void)at::ones({8}).sum();  // libtorch initialised before the baseline RSS
   const int64_t rss_base = ReadRssBytes();
@@ -293,7 +294,11 @@ int RunChild(const Flags& f) {
   EngineOptions options;
   options.dtype = dtype;
   options.cpu_kernels = !libtorch;
-  options.cpu_isa = isa;
+  if (variant == "exact") {
+    options.int8_activations = false;
+  } else {
+    options.cpu_isa = variant;
+  }
   if (!config_quant.second.empty()) {
     if (auto s = options.SetQuant(config_quant.second); !s.ok()) {
       std::fprintf(stderr, "engine_bench: %s\n", s.ToString().c_str());
@@ -459,12 +464,12 @@ int main(int argc, char** argv) {
         configs.push_back(dtype + ":full");
         configs.push_back(dtype + ":half");
         if (f.reference) configs.push_back(dtype + ":full:libtorch");
-        if (!f.isa_baseline.empty()) configs.push_back(dtype + ":full:" + f.isa_baseline);
+        if (!f.baseline.empty()) configs.push_back(dtype + ":full:" + f.baseline);
       } else if (dtype == dtypes.front()) {
         configs.push_back(absl::StrCat(dtype, ":full+", quant));
         configs.push_back(absl::StrCat(dtype, ":half+", quant));
-        if (!f.isa_baseline.empty()) {
-          configs.push_back(absl::StrCat(dtype, ":full:", f.isa_baseline, "+", quant));
+        if (!f.baseline.empty()) {
+          configs.push_back(absl::StrCat(dtype, ":full:", f.baseline, "+", quant));
         }
       }
     }
@@ -568,18 +573,17 @@ int main(int argc, char** argv) {
           fast.c_str(), r.config.c_str(), q.prefill / r.prefill, q.d1 / r.d1, f.batch, q.db / r.db);
     }
   }
-  // The best ISA's kernel against the baseline ISA's, same model.
-  const std::string on_isa = ":" + f.isa_baseline;
+  // Each full model against its baseline variant, same run.
+  const std::string on_isa = ":" + f.baseline;
   for (const Result& r : results) {
-    if (f.isa_baseline.empty() || r.config.find(on_isa) == std::string::npos) continue;
+    if (f.baseline.empty() || r.config.find(on_isa) == std::string::npos) continue;
     std::string best = r.config;
     best.erase(best.find(on_isa), on_isa.size());
     for (const Result& q : results) {
       if (q.config != best) continue;
-      std::printf(
-          "\n%s against %s (the %s kernel): prefill %.2fx, decode b1 %.2fx, decode b%ld %.2fx.",
-          best.c_str(), r.config.c_str(), f.isa_baseline.c_str(), q.prefill / r.prefill,
-          q.d1 / r.d1, f.batch, q.db / r.db);
+      std::printf("\n%s against %s (%s): prefill %.2fx, decode b1 %.2fx, decode b%ld %.2fx.",
+                  best.c_str(), r.config.c_str(), f.baseline.c_str(), q.prefill / r.prefill,
+                  q.d1 / r.d1, f.batch, q.db / r.db);
     }
   }
   std::printf(

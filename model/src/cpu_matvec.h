@@ -48,7 +48,17 @@ struct MatvecJob {
   const void* scales = nullptr;
   const void* mins = nullptr;
   int64_t group = 0;
+  // kInt4 with a group that is a multiple of 128, on a CPU with AVX512-VNNI
+  // (and the AVX-512 ISA): quantize each activation row to int8 per 128
+  // inputs and multiply in integers, as llama.cpp's Q4 x Q8 products do.
+  // About 3x faster; each output then carries the activations' rounding
+  // (at most max|x| / 254 of each element of a 128-input block) instead of
+  // being the exact product of the dequantized weights. Ignored otherwise.
+  bool int8_activations = false;
 };
+
+// Whether this CPU takes MatvecJob::int8_activations.
+bool MatvecHasVnni();
 
 // The instruction sets the kernel has code for, in increasing order.
 // kAvx512 needs AVX-512 F, BW, VL and DQ. Each sums in its own fixed order

@@ -1156,8 +1156,9 @@ class EngineImpl final : public Engine {
   // The weight half of a cpu_matvec job for one matrix [out, in] held as
   // `q` (dense: t itself); false when the kernel cannot take it (a dense
   // tensor of another dtype or layout).
-  static bool WeightJob(const at::Tensor& t, const checkpoint::QuantFormat& q, int64_t out,
-                        int64_t in, MatvecJob& job) {
+  bool WeightJob(const at::Tensor& t, const checkpoint::QuantFormat& q, int64_t out, int64_t in,
+                 MatvecJob& job) const {
+    job.int8_activations = options_.int8_activations;
     job.out = out;
     job.in = in;
     job.ldw = in;

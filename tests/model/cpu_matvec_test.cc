@@ -334,5 +334,72 @@ TEST(CpuMatvecTest, AQuantizedRowsResultIsTheSameAloneInABatchAndOnAnyThreadCoun
   }
 }
 
+// int8 activations (VNNI): each output within the bound the activations'
+// rounding allows, computed from the data: sum over k of |w_k - min_k| (the
+// part multiplied in integers) times half the step of k's 128-input block,
+// plus fp32 summation. Where the CPU lacks VNNI the flag is ignored and the
+// result is the exact path's, bit for bit.
+TEST(CpuMatvecTest, Int8ActivationsStayWithinTheirRoundingBound) {
+  std::mt19937 rng(23);
+  for (const char* spelling : {"int4:g128", "int4:g256"}) {
+    for (int64_t out : {4, 7, 33}) {
+      for (int64_t rows : {1, 3, 5, 9}) {
+        SCOPED_TRACE(::testing::Message() << spelling << " out " << out << " rows " << rows);
+        const int64_t in = 512;
+        const Quantized w = RandomQuantized(spelling, out, in, rng);
+        const auto x = RandomRows(rows, in, rng);
+        const auto exact = Multiply(w, x);
+        std::vector<std::vector<float>> y(rows, std::vector<float>(out, NAN));
+        std::vector<const float*> xr;
+        std::vector<float*> yr;
+        for (int64_t m = 0; m < rows; ++m) {
+          xr.push_back(x[m].data());
+          yr.push_back(y[m].data());
+        }
+        MatvecJob job = w.Job(xr.data(), yr.data(), rows);
+        job.int8_activations = true;
+        RunMatvecs({&job, 1});
+        if (!MatvecHasVnni()) {
+          EXPECT_EQ(y, exact);
+          continue;
+        }
+        const checkpoint::QuantizedView v = w.view();
+        const int64_t groups = in / w.format.group;
+        for (int64_t m = 0; m < rows; ++m) {
+          for (int64_t n = 0; n < out; ++n) {
+            double want = 0, magnitude = 0, bound = 0;
+            for (int64_t b = 0; b < in / 128; ++b) {
+              double amax = 0;
+              for (int64_t k = 128 * b; k < 128 * (b + 1); ++k) {
+                amax = std::max(amax, std::abs(static_cast<double>(x[m][k])));
+              }
+              for (int64_t k = 128 * b; k < 128 * (b + 1); ++k) {
+                const double wk = w.values[n * in + k];
+                const double min =
+                    FromBf16(static_cast<const uint16_t*>(v.mins)[n * groups + k / w.format.group]);
+                want += wk * x[m][k];
+                magnitude += std::abs(wk * x[m][k]);
+                bound += std::abs(wk - min) * amax / 254 * (1 + 1e-5);
+              }
+            }
+            bound += static_cast<double>(in + 2) * 6e-8 * magnitude + 1e-30;
+            ASSERT_LE(std::abs(y[m][n] - want), bound) << "row " << m << " output " << n;
+          }
+        }
+        // The rounding is per row: a row's result is the same alone.
+        for (int64_t m = 0; m < rows; ++m) {
+          std::vector<float> alone(out, NAN);
+          const float* xa = x[m].data();
+          float* ya = alone.data();
+          MatvecJob one = w.Job(&xa, &ya, 1);
+          one.int8_activations = true;
+          RunMatvecs({&one, 1});
+          ASSERT_EQ(alone, y[m]) << "row " << m;
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace premoe::model::internal

@@ -281,6 +281,14 @@ struct EngineOptions {
   // never between batches). INVALID_ARGUMENT for another name or an ISA
   // this CPU lacks. Default: "".
   std::string cpu_isa;
+  // int4 matrices whose group is a multiple of 128, on a CPU with
+  // AVX512-VNNI: quantize each activation row to int8 per 128 inputs and
+  // multiply in integers (model/src/cpu_matvec.h), as llama.cpp's Q4 x Q8
+  // products do. Several times fewer instructions a weight; each product
+  // then carries the activations' rounding (at most 1/254 of a block's
+  // largest |x| per element). false: the exact product of the dequantized
+  // weights in fp32 on every CPU. Default: true.
+  bool int8_activations = true;
 
   // Sets the *_quant fields from a spec: comma-separated items, each a
   // format (routed experts: "int4") or CLASS=FORMAT with CLASS one of
