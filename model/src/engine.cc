@@ -174,6 +174,14 @@ absl::Status EngineOptions::SetQuant(absl::string_view spec) {
       cls = kv.first;
       format = kv.second;
     }
+    if (cls == "activations") {
+      if (format != "int8" && format != "fp32") {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "quant \"", spec, "\": activations=", format, " (want activations=int8 or fp32)"));
+      }
+      int8_activations = format == "int8";
+      continue;
+    }
     absl::StatusOr<checkpoint::QuantFormat> quant = checkpoint::QuantFormat::Parse(format);
     if (!quant.ok()) {
       return absl::InvalidArgumentError(
@@ -188,7 +196,8 @@ absl::Status EngineOptions::SetQuant(absl::string_view spec) {
     if (fields.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "quant \"", spec, "\": unknown class \"", cls,
-          "\" (want experts, attention, mlp, shared, lm_head or all, as CLASS=FORMAT)"));
+          "\" (want experts, attention, mlp, shared, lm_head or all, as CLASS=FORMAT, or "
+          "activations=int8|fp32)"));
     }
     for (std::string* f : fields) *f = quant->ToString();
   }

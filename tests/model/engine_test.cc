@@ -918,6 +918,12 @@ TEST(EngineOptionsTest, SetQuantReadsFormatsAndClasses) {
   EXPECT_THAT(o.SetQuant("attention=int3"),
               StatusIs(absl::StatusCode::kInvalidArgument, "unknown format"));
   EXPECT_THAT(o.SetQuant(""), StatusIs(absl::StatusCode::kInvalidArgument, "empty"));
+  EXPECT_TRUE(o.int8_activations);
+  ASSERT_OK(o.SetQuant("int4,activations=fp32"));
+  EXPECT_FALSE(o.int8_activations);
+  EXPECT_EQ(o.expert_quant, "int4:g128");
+  EXPECT_THAT(o.SetQuant("activations=int4"),
+              StatusIs(absl::StatusCode::kInvalidArgument, "want activations=int8 or fp32"));
   o.device = "cuda";
   EXPECT_THAT(o.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, "CPU only"));
   EngineOptions trainable = Fp32();

@@ -294,7 +294,8 @@ struct EngineOptions {
   // format (routed experts: "int4") or CLASS=FORMAT with CLASS one of
   // experts, attention, mlp (dense MLPs), shared, lm_head, or all (every
   // class). Later items override earlier ones: "all=int8,experts=int4".
-  // Classes not named keep their value. INVALID_ARGUMENT naming the item.
+  // "activations=fp32" (or int8) sets int8_activations. Classes not named
+  // keep their value. INVALID_ARGUMENT naming the item.
   absl::Status SetQuant(absl::string_view spec);
 
   // INVALID_ARGUMENT for an unknown dtype, device or *_quant string,
