@@ -312,15 +312,20 @@ PREMOE_AVX512 inline float Sum16(__m512 v) {
   return a[0];
 }
 
-// Dense types: R weight rows by MB activation rows.
-template <WeightType T, int R, int MB>
-PREMOE_AVX512 void TileAvx512(const MatvecJob& j, int64_t n0, int64_t m0) {
-  __m512 acc[R][MB];
+template <int R, int MB>
+PREMOE_AVX512 inline void Zero(__m512 (&acc)[R][MB]) {
   PREMOE_UNROLL
   for (int r = 0; r < R; ++r) {
     PREMOE_UNROLL
     for (int mb = 0; mb < MB; ++mb) acc[r][mb] = _mm512_setzero_ps();
   }
+}
+
+// Dense types: R weight rows by MB activation rows.
+template <WeightType T, int R, int MB>
+PREMOE_AVX512 void TileAvx512(const MatvecJob& j, int64_t n0, int64_t m0) {
+  __m512 acc[R][MB];
+  Zero(acc);
   const float* xs[MB];
   PREMOE_UNROLL
   for (int mb = 0; mb < MB; ++mb) xs[mb] = j.x[m0 + mb];
@@ -367,11 +372,7 @@ PREMOE_AVX512 inline void Int4Chunk(const MatvecJob& j, int64_t n, int64_t k, bo
 template <int R, int MB>
 PREMOE_AVX512 void TileInt4Avx512(const MatvecJob& j, int64_t n0, int64_t m0) {
   __m512 acc[R][MB];
-  PREMOE_UNROLL
-  for (int r = 0; r < R; ++r) {
-    PREMOE_UNROLL
-    for (int mb = 0; mb < MB; ++mb) acc[r][mb] = _mm512_setzero_ps();
-  }
+  Zero(acc);
   const float* xs[MB];
   PREMOE_UNROLL
   for (int mb = 0; mb < MB; ++mb) xs[mb] = j.x[m0 + mb];
@@ -541,11 +542,7 @@ PREMOE_VNNI void TileInt4Vnni(const MatvecJob& j, int64_t n0, int64_t m0) {
   const int64_t per_group = j.group / kVnniBlock, row_bytes = j.in / 2;
   const auto* q = static_cast<const uint8_t*>(j.w);
   __m512 acc[R][MB];
-  PREMOE_UNROLL
-  for (int r = 0; r < R; ++r) {
-    PREMOE_UNROLL
-    for (int mb = 0; mb < MB; ++mb) acc[r][mb] = _mm512_setzero_ps();
-  }
+  Zero(acc);
   const float* dx[MB];
   const int8_t* xq[MB];
   PREMOE_UNROLL

@@ -176,8 +176,8 @@ absl::Status EngineOptions::SetQuant(absl::string_view spec) {
     }
     if (cls == "activations") {
       if (format != "int8" && format != "fp32") {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "quant \"", spec, "\": activations=", format, " (want activations=int8 or fp32)"));
+        return absl::InvalidArgumentError(absl::StrCat("quant \"", spec, "\": activations=", format,
+                                                       " (want activations=int8 or fp32)"));
       }
       int8_activations = format == "int8";
       continue;
