@@ -46,6 +46,8 @@ struct PatternsArgs {
   std::string prompt;
   int32_t k = 5;
   std::string voting = "max";
+  // repair
+  std::string to;
 };
 
 // UTC ISO-8601; `fraction` adds the microseconds (JSON keeps them whole).
@@ -281,14 +283,36 @@ absl::Status RunCheck(const PatternsArgs& args) {
                                info.index_source, info.index_open_micros / 1000.0));
 }
 
+absl::Status RunRepair(const PatternsArgs& args) {
+  ASSIGN_OR_RETURN(store::EmbeddedPatternStore::RepairReport report,
+                   store::EmbeddedPatternStore::Repair(args.store, args.to));
+  std::string out = absl::StrFormat(
+      "repaired %s into %s (%s): %d patterns, %d embeddings, version %d\n", args.store, args.to,
+      report.method, report.num_patterns, report.num_embeddings, report.version);
+  if (!report.acknowledged) {
+    absl::StrAppend(&out,
+                    "the damaged store's record of acknowledged changes is unreadable: "
+                    "compare with what its clients were told\n");
+  } else if (*report.acknowledged > report.version) {
+    absl::StrAppendFormat(&out,
+                          "LOST: the damaged store had acknowledged version %d; the %d change(s) "
+                          "after version %d are not in the repaired store\n",
+                          *report.acknowledged, *report.acknowledged - report.version,
+                          report.version);
+  } else {
+    absl::StrAppend(&out, "every acknowledged change is in the repaired store\n");
+  }
+  return Print(out);
+}
+
 }  // namespace
 
 void RegisterPatterns(CLI::App& app, int* exit_code) {
   auto args = std::make_shared<PatternsArgs>();
   CLI::App* cmd = app.add_subcommand(
       "patterns",
-      "The pattern store: list, show, delete, export, import, search or check the patterns in a "
-      "store directory or service");
+      "The pattern store: list, show, delete, export, import, search, check or repair the "
+      "patterns in a store directory or service");
   cmd->require_subcommand(1);
   auto add = [&](const char* name, const char* help, absl::Status (*run)(const PatternsArgs&)) {
     CLI::App* sub = cmd->add_subcommand(name, help);
@@ -352,17 +376,28 @@ void RegisterPatterns(CLI::App& app, int* exit_code) {
       ->check(CLI::IsMember({"max", "mean", "count"}));
   search->add_flag("--json", args->json, "Print a JSON array");
 
+  const CLI::Validator local_dir(
+      [](const std::string& where) {
+        return IsRemoteStore(where) ? "needs a store directory, not a service address"
+                                    : std::string();
+      },
+      "DIR");
   add("check", "Verify a store directory: prints OK, or the first violation (exit 1)", RunCheck)
       ->footer(
-          "Every pattern has its task entry and its embeddings, nothing is orphaned, and the "
-          "FAISS index holds exactly the stored embeddings.")
+          "Every acknowledged change is in RocksDB, every pattern has its task entry and its "
+          "embeddings, nothing is orphaned, and the index holds exactly the stored embeddings.")
       ->get_option("--store")
-      ->check(CLI::Validator(
-          [](const std::string& where) {
-            return IsRemoteStore(where) ? "check needs a store directory, not a service address"
-                                        : std::string();
-          },
-          "DIR"));
+      ->check(local_dir);
+
+  CLI::App* repair = add(
+      "repair", "Recover what is readable of a damaged store directory into a new one", RunRepair);
+  repair->footer(
+      "The damaged store is only read. Its files are copied to --to and recovered there: the "
+      "write-ahead logs up to their first damaged record (RocksDB's recovery), or, when its "
+      "MANIFEST is lost too, every intact table (RocksDB's RepairDB). Prints what was recovered "
+      "and how many acknowledged changes are missing. Stop every process using the store first.");
+  repair->get_option("--store")->check(local_dir);
+  repair->add_option("--to", args->to, "New directory for the repaired store")->required();
 }
 
 }  // namespace premoe::cli

@@ -13,14 +13,18 @@
 #include "premoe/common/status.h"
 
 namespace premoe::common {
-namespace {
 
-absl::Status PosixError(const std::string& path, absl::string_view what) {
-  const int err = errno;
+absl::Status ErrnoStatus(int err, const std::string& path, absl::string_view what) {
   const std::string message = absl::StrCat(path, ": ", what, ": ", std::strerror(err));
   if (err == ENOENT || err == ENOTDIR) return absl::NotFoundError(message);
   if (err == EACCES || err == EPERM) return absl::PermissionDeniedError(message);
   return absl::InternalError(message);
+}
+
+namespace {
+
+absl::Status PosixError(const std::string& path, absl::string_view what) {
+  return ErrnoStatus(errno, path, what);
 }
 
 absl::Status WriteAll(int fd, absl::string_view data, const std::string& path) {

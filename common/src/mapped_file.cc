@@ -9,25 +9,9 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "premoe/common/file.h"
 
 namespace premoe::common {
-namespace {
-
-absl::Status ErrnoStatus(int err, const std::string& path, absl::string_view what) {
-  const std::string message = absl::StrCat(path, ": ", what, ": ", std::strerror(err));
-  switch (err) {
-    case ENOENT:
-    case ENOTDIR:
-      return absl::NotFoundError(message);
-    case EACCES:
-    case EPERM:
-      return absl::PermissionDeniedError(message);
-    default:
-      return absl::InternalError(message);
-  }
-}
-
-}  // namespace
 
 absl::StatusOr<std::shared_ptr<const MappedFile>> MappedFile::Open(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

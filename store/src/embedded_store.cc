@@ -26,12 +26,14 @@
 #include <faiss/IndexHNSW.h>
 #include <faiss/impl/io.h>
 #include <faiss/index_io.h>
+#include <fcntl.h>
 #include <omp.h>
 #include <rocksdb/db.h>
 #include <rocksdb/env.h>
 #include <rocksdb/options.h>
 #include <rocksdb/utilities/options_util.h>
 #include <rocksdb/write_batch.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -49,6 +51,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "premoe/common/file.h"
 #include "premoe/common/hash.h"
@@ -56,6 +59,7 @@
 #include "premoe/common/mapped_file.h"
 #include "premoe/common/status.h"
 #include "premoe/store/proto_convert.h"
+#include "store/src/ack_log.h"
 #include "store/src/flat_index.h"
 #include "store/src/little_endian.h"
 
@@ -84,19 +88,32 @@ constexpr const char* kMetaFingerprint = "model_fingerprint";
 constexpr const char* kMetaDim = "embedding_dim";
 constexpr const char* kMetaVersion = "version";
 constexpr const char* kMetaNextId = "next_id";
+// "1" once the store keeps its AckLog (internal::kAckFile); from then on a
+// missing file is damage, not an older store.
+constexpr const char* kMetaAcked = "ack_log";
+
+// What an operator can do about the damaged store at `dir`.
+std::string RepairHint(absl::string_view dir) {
+  return absl::StrCat("nothing in it was changed; `premoe patterns repair --store ", dir,
+                      " --to NEW_DIR` copies what is readable into NEW_DIR");
+}
 
 // The index snapshot, a file beside RocksDB's (little-endian):
 //   magic "\x89pmindex" | u32 format | u32 kind (0 flat, 1 hnsw) | u32 hnsw_m
 //   (0 for flat) | u32 dim | u64 store version | u64 ntotal (vectors held)
+//   | u64 store identity (IdentityHash) | 32 hex digits: CatalogDigest
 //   | flat: ntotal x u64 embedding key, ntotal x dim f32 rows
 //   | hnsw: ntotal x i64 label_to_key (-1 = deleted), faiss::write_index bytes
 //   | 32 hex digits: XXH3-128 of all that precedes.
-// Format 1 held a FAISS flat index; it is refused, and the index rebuilt.
+// Format 1 held a FAISS flat index, format 2 had no identity or catalog
+// digest (so another store's snapshot at the same version passed); both are
+// refused, and the index rebuilt.
 constexpr char kSnapshotFile[] = "index.snapshot";
 constexpr char kSnapshotMagic[8] = {'\x89', 'p', 'm', 'i', 'n', 'd', 'e', 'x'};
-constexpr std::uint32_t kSnapshotFormat = 2;
-constexpr std::size_t kSnapshotHeaderBytes = sizeof kSnapshotMagic + 4 * 4 + 2 * 8;
+constexpr std::uint32_t kSnapshotFormat = 3;
 constexpr std::size_t kSnapshotDigestBytes = 32;
+constexpr std::size_t kSnapshotHeaderBytes =
+    sizeof kSnapshotMagic + 4 * 4 + 3 * 8 + kSnapshotDigestBytes;
 
 // Big-endian so that RocksDB's bytewise order is numeric order.
 std::string EncodeU64(std::uint64_t v) {
@@ -140,6 +157,115 @@ absl::Status FaissCall(absl::string_view what, F&& f) {
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("faiss ", what, ": ", e.what()));
   }
+}
+
+std::vector<rocksdb::ColumnFamilyDescriptor> ColumnFamilies() {
+  std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
+  for (const char* name : {rocksdb::kDefaultColumnFamilyName.c_str(), kCfPatterns, kCfTasks,
+                           kCfEmbeddings, kCfChanges, kCfMeta}) {
+    cfs.emplace_back(name, rocksdb::ColumnFamilyOptions());
+  }
+  return cfs;
+}
+
+rocksdb::DBOptions BaseDbOptions() {
+  rocksdb::DBOptions o;
+  // A record cut short at the end of a log is what a crash mid-write leaves
+  // (never acknowledged, so dropped); anything else damaged in a log fails
+  // Open instead of ending recovery early, as the default mode would. An
+  // acknowledged tail that was lost is caught by the AckLog check.
+  o.wal_recovery_mode = rocksdb::WALRecoveryMode::kTolerateCorruptedTailRecords;
+  return o;
+}
+
+std::uint64_t IdentityHash(rocksdb::DB& db) {
+  std::string identity;
+  // A DB always has one (RocksDB writes IDENTITY when it creates the DB);
+  // failing to read it leaves "", whose hash then fails to match.
+  db.GetDbIdentity(identity).PermitUncheckedError();
+  return common::Hash64(identity);
+}
+
+// The write-ahead logs in `dir`, for messages ("000012.log, 000015.log").
+std::string WalFiles(const std::string& dir) {
+  std::vector<std::string> logs;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    if (entry.path().extension() == ".log") logs.push_back(entry.path().filename().string());
+  }
+  std::sort(logs.begin(), logs.end());
+  return logs.empty() ? "none" : absl::StrJoin(logs, ", ");
+}
+
+// True when `dir` holds what only a store with data leaves: tables, a
+// non-empty write-ahead log, premoe's own files. (A store whose creation
+// was cut short leaves a MANIFEST and an empty log, and nothing to lose.)
+bool HoldsStoreData(const std::string& dir) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::filesystem::path& p = entry.path();
+    const std::string name = p.filename().string();
+    if (p.extension() == ".sst" || name == internal::kAckFile || name == kSnapshotFile ||
+        (p.extension() == ".log" && entry.file_size(ec) > 0)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// Compares what RocksDB recovers at `dir` with the AckLog there, opening
+// RocksDB read-only so that a refusal changes nothing on disk (a read-write
+// Open would already have replayed the damaged log into a table and deleted
+// it).
+absl::Status CheckAcknowledged(const std::string& dir) {
+  std::vector<rocksdb::ColumnFamilyDescriptor> cfs = ColumnFamilies();
+  cfs.erase(cfs.begin() + 1, cfs.end() - 1);  // default and meta suffice
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* raw = nullptr;
+  RETURN_IF_ERROR(
+      FromRocks(rocksdb::DB::OpenForReadOnly(BaseDbOptions(), dir, cfs, &handles, &raw),
+                absl::StrCat("opening pattern store ", dir, " (", RepairHint(dir), ")")));
+  std::unique_ptr<rocksdb::DB> db(raw);
+  absl::Cleanup close = [&] {
+    for (auto* h : handles) db->DestroyColumnFamilyHandle(h);
+  };
+  auto meta = [&](const char* key) -> absl::StatusOr<std::string> {
+    std::string value;
+    const rocksdb::Status s = db->Get(rocksdb::ReadOptions(), handles[1], key, &value);
+    if (s.IsNotFound()) return std::string();
+    RETURN_IF_ERROR(FromRocks(s, absl::StrCat(dir, ": meta ", key)));
+    return value;
+  };
+  ASSIGN_OR_RETURN(const std::string keeps_log, meta(kMetaAcked));
+  ASSIGN_OR_RETURN(const std::string version_text, meta(kMetaVersion));
+  std::uint64_t version = 0;
+  if (!version_text.empty() && !absl::SimpleAtoi(version_text, &version)) {
+    return absl::DataLossError(
+        absl::StrCat(dir, ": version \"", version_text, "\" is not a number"));
+  }
+  const std::string ack_path = (std::filesystem::path(dir) / internal::kAckFile).string();
+  absl::StatusOr<internal::AckLog::Entry> acked = internal::AckLog::Read(ack_path);
+  if (absl::IsNotFound(acked.status()) && keeps_log.empty())
+    return absl::OkStatus();  // older store
+  if (!acked.ok()) {
+    return absl::DataLossError(absl::StrCat(
+        dir, ": the record of acknowledged changes is unreadable (", acked.status().message(),
+        "), so the store cannot show that it lost none; ", RepairHint(dir)));
+  }
+  if (acked->identity != IdentityHash(*db)) {
+    return absl::DataLossError(absl::StrCat(dir, ": ", internal::kAckFile,
+                                            " belongs to another store (copied in?); ",
+                                            RepairHint(dir)));
+  }
+  if (acked->version > version) {
+    return absl::DataLossError(
+        absl::StrCat(dir, ": ", acked->version - version,
+                     " acknowledged change(s) lost: the store acknowledged ", "version ",
+                     acked->version, " but RocksDB recovers only version ", version,
+                     ", so a write-ahead log was damaged or truncated (logs: ", WalFiles(dir),
+                     "); ", RepairHint(dir)));
+  }
+  return absl::OkStatus();
 }
 
 // Streams a snapshot into its file and checksum; faiss::write_index writes
@@ -312,6 +438,10 @@ struct EmbeddedPatternStore::Impl {
   IndexCopy copies[2];
   std::atomic<int> current{0};
   mutable std::atomic<std::int64_t> readers[2]{};
+
+  // The versions acknowledged to callers (null in memory). Set by Open, then
+  // written under write_mu.
+  std::unique_ptr<internal::AckLog> ack_log;
 
   // Oldest change still in the change log (version + 1 when it is empty).
   std::uint64_t first_change ABSL_GUARDED_BY(write_mu) = 1;
@@ -534,6 +664,21 @@ struct EmbeddedPatternStore::Impl {
     return out;
   }
 
+  // A digest of every pattern record (id and bytes, embeddings apart), so a
+  // snapshot is bound to the patterns it indexes, not only to a version
+  // number (a copy of the store that went its own way shares the identity
+  // and may reach the same version).
+  absl::StatusOr<std::string> CatalogDigest() const {
+    common::Hasher hasher;
+    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), patterns));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      hasher.UpdateField(absl::string_view(it->key().data(), it->key().size()));
+      hasher.UpdateField(absl::string_view(it->value().data(), it->value().size()));
+    }
+    RETURN_IF_ERROR(FromRocks(it->status(), options.path));
+    return hasher.HexDigest();
+  }
+
   std::string SnapshotPath() const {
     return (std::filesystem::path(options.path) / kSnapshotFile).string();
   }
@@ -554,6 +699,9 @@ struct EmbeddedPatternStore::Impl {
     AppendLittleEndian<std::uint32_t>(&header, dim);
     AppendLittleEndian<std::uint64_t>(&header, version);
     AppendLittleEndian<std::uint64_t>(&header, c.total());
+    AppendLittleEndian<std::uint64_t>(&header, IdentityHash(*db));
+    ASSIGN_OR_RETURN(const std::string catalog_digest, CatalogDigest());
+    header += catalog_digest;
     RETURN_IF_ERROR(sink.Append(header));
     // Raw arrays: this file is only read back on hosts of the writer's byte
     // order (the same machine's store), like FAISS's own format.
@@ -626,12 +774,22 @@ struct EmbeddedPatternStore::Impl {
     const auto snapshot_dim = next(std::uint32_t{});
     const auto snapshot_store_version = next(std::uint64_t{});
     const auto ntotal = next(std::uint64_t{});
+    const auto identity = next(std::uint64_t{});
+    const absl::string_view catalog_digest(reinterpret_cast<const char*>(field),
+                                           kSnapshotDigestBytes);
     if (format != kSnapshotFormat) {
       return absl::FailedPreconditionError(absl::StrCat("snapshot format ", format));
+    }
+    if (identity != IdentityHash(*db)) {
+      return absl::FailedPreconditionError("it was taken of another store (RocksDB identity)");
     }
     if (snapshot_store_version != version) {
       return absl::FailedPreconditionError(absl::StrCat(
           "it reflects store version ", snapshot_store_version, ", RocksDB is at ", version));
+    }
+    ASSIGN_OR_RETURN(const std::string catalog_now, CatalogDigest());
+    if (catalog_digest != catalog_now) {
+      return absl::FailedPreconditionError("it indexes other patterns than RocksDB holds");
     }
     if (kind != (hnsw() ? 1u : 0u) ||
         hnsw_m != static_cast<std::uint32_t>(hnsw() ? options.hnsw_m : 0) ||
@@ -800,6 +958,14 @@ struct EmbeddedPatternStore::Impl {
   absl::Status Commit(rocksdb::WriteBatch* batch, absl::string_view what) {
     return FromRocks(db->Write(write_options, batch), absl::StrCat(options.path, ": ", what));
   }
+
+  // Records that change `v`, committed, is about to be acknowledged.
+  absl::Status Acknowledge(std::uint64_t v) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu) {
+    if (!ack_log) return absl::OkStatus();
+    return common::WithContext(
+        ack_log->Record(v),
+        absl::StrCat(options.path, ": change ", v, " is stored but not recorded as acknowledged"));
+  }
 };
 
 namespace {
@@ -931,25 +1097,32 @@ absl::StatusOr<std::unique_ptr<EmbeddedPatternStore>> EmbeddedPatternStore::Open
   impl->write_options.sync = options.sync && !options.in_memory;
   if (options.in_memory) impl->options.index_snapshot = false;
 
-  if (!options.in_memory && !options.create_if_missing &&
-      !std::filesystem::exists(std::filesystem::path(options.path) / "CURRENT")) {
-    return absl::NotFoundError(absl::StrCat(options.path, ": no pattern store there"));
+  const std::string& path = options.path;
+  if (!options.in_memory) {
+    std::error_code ec;
+    if (std::filesystem::exists(std::filesystem::path(path) / "CURRENT", ec)) {
+      RETURN_IF_ERROR(CheckAcknowledged(path));
+    } else if (HoldsStoreData(path)) {
+      // RocksDB would create a new database here and delete the old tables
+      // as obsolete.
+      return absl::DataLossError(absl::StrCat(
+          path, ": a damaged pattern store: it holds RocksDB data but no CURRENT file; ",
+          RepairHint(path)));
+    } else if (!options.create_if_missing) {
+      return absl::NotFoundError(absl::StrCat(path, ": no pattern store there"));
+    }
   }
-  rocksdb::DBOptions db_options;
+  rocksdb::DBOptions db_options = BaseDbOptions();
   if (options.in_memory) {
     impl->mem_env.reset(rocksdb::NewMemEnv(rocksdb::Env::Default()));
     db_options.env = impl->mem_env.get();
   }
   db_options.create_if_missing = options.create_if_missing;
   db_options.create_missing_column_families = true;
-  std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
-  for (const char* name : {rocksdb::kDefaultColumnFamilyName.c_str(), kCfPatterns, kCfTasks,
-                           kCfEmbeddings, kCfChanges, kCfMeta}) {
-    cfs.emplace_back(name, rocksdb::ColumnFamilyOptions());
-  }
   rocksdb::DB* raw = nullptr;
-  RETURN_IF_ERROR(FromRocks(rocksdb::DB::Open(db_options, options.path, cfs, &impl->handles, &raw),
-                            absl::StrCat("opening pattern store ", options.path)));
+  RETURN_IF_ERROR(
+      FromRocks(rocksdb::DB::Open(db_options, path, ColumnFamilies(), &impl->handles, &raw),
+                absl::StrCat("opening pattern store ", path)));
   impl->db.reset(raw);
   impl->patterns = impl->handles[1];
   impl->tasks = impl->handles[2];
@@ -957,7 +1130,6 @@ absl::StatusOr<std::unique_ptr<EmbeddedPatternStore>> EmbeddedPatternStore::Open
   impl->changes = impl->handles[4];
   impl->meta = impl->handles[5];
 
-  const std::string& path = options.path;
   rocksdb::WriteBatch init;
   ASSIGN_OR_RETURN(std::string schema, impl->GetMeta(kMetaSchema));
   std::uint32_t schema_version = kPatternSchemaVersion;
@@ -1004,6 +1176,21 @@ absl::StatusOr<std::unique_ptr<EmbeddedPatternStore>> EmbeddedPatternStore::Open
   if (!next_id.empty() && !absl::SimpleAtoi(next_id, &impl->next_id)) {
     return absl::DataLossError(absl::StrCat(path, ": next id \"", next_id, "\" is not a number"));
   }
+  if (!options.in_memory) {
+    const std::string ack_path = (std::filesystem::path(path) / internal::kAckFile).string();
+    const std::uint64_t identity = IdentityHash(*impl->db);
+    ASSIGN_OR_RETURN(std::string keeps_log, impl->GetMeta(kMetaAcked));
+    if (keeps_log.empty()) {
+      // A new store, or one from before the AckLog: the file first, then
+      // the meta key that makes its absence damage.
+      ASSIGN_OR_RETURN(impl->ack_log, internal::AckLog::Create(ack_path, {impl->version, identity},
+                                                               impl->write_options.sync));
+      init.Put(impl->meta, kMetaAcked, "1");
+    } else {
+      ASSIGN_OR_RETURN(impl->ack_log,
+                       internal::AckLog::Open(ack_path, identity, impl->write_options.sync));
+    }
+  }
   if (init.Count() > 0) RETURN_IF_ERROR(impl->Commit(&init, "initialising meta"));
   // Uncontended: nothing else sees the store yet; held for the annotations.
   absl::MutexLock write_lock(&impl->write_mu);
@@ -1032,7 +1219,7 @@ absl::StatusOr<std::unique_ptr<EmbeddedPatternStore>> EmbeddedPatternStore::Open
   impl->index_source = loaded.ok() ? "snapshot" : "rebuilt";
   if (!loaded.ok()) {
     if (!absl::IsNotFound(loaded)) {  // there was a snapshot: say why it was not used
-      PREMOE_LOG_INFO("pattern store %s: index snapshot not used (%s); rebuilding", path,
+      PREMOE_LOG_WARN("pattern store %s: index snapshot not used (%s); rebuilding", path,
                       loaded.ToString());
     }
     RETURN_IF_ERROR(impl->ResetFromCatalog());
@@ -1159,6 +1346,7 @@ absl::StatusOr<PutResult> EmbeddedPatternStore::Put(const Pattern& pattern) {
   }));
   s.AfterChange();
   s.Publish(event.version);
+  RETURN_IF_ERROR(s.Acknowledge(event.version));
   return PutResult{id, event.version};
 }
 
@@ -1261,6 +1449,7 @@ absl::StatusOr<std::uint64_t> EmbeddedPatternStore::Delete(std::uint64_t id) {
   }));
   s.AfterChange();
   s.Publish(event.version);
+  RETURN_IF_ERROR(s.Acknowledge(event.version));
   return event.version;
 }
 
@@ -1464,6 +1653,106 @@ absl::Status EmbeddedPatternStore::Verify() {
     return fail("the two index copies differ (", indexed, " and ", other_indexed, " embeddings)");
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<EmbeddedPatternStore::RepairReport> EmbeddedPatternStore::Repair(
+    const std::string& from, const std::string& to) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::is_directory(from, ec)) {
+    return absl::NotFoundError(absl::StrCat(from, ": no such directory"));
+  }
+  if (fs::exists(to, ec) && !fs::is_empty(to, ec)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(to, ": exists and is not empty; repair writes a new directory"));
+  }
+  RepairReport report;
+  if (auto acked = internal::AckLog::Read((fs::path(from) / internal::kAckFile).string());
+      acked.ok()) {
+    report.acknowledged = acked->version;
+  }
+  fs::create_directories(to, ec);
+  if (ec) return absl::InternalError(absl::StrCat(to, ": ", ec.message()));
+  // RocksDB's files only: the lock is the source's, and premoe's own files
+  // are remade for what the repair recovers.
+  for (const auto& entry : fs::directory_iterator(from, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (!entry.is_regular_file() || name == "LOCK" || name == internal::kAckFile ||
+        name.starts_with(kSnapshotFile)) {
+      continue;
+    }
+    const std::string dest = (fs::path(to) / name).string();
+    fs::copy_file(entry.path(), dest, ec);
+    if (ec)
+      return absl::InternalError(
+          absl::StrCat("copying ", entry.path().string(), ": ", ec.message()));
+    // RepairDB syncs what it writes, not the copies it reads.
+    const int fd = ::open(dest.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return common::ErrnoStatus(errno, dest, "open");
+    const int synced = ::fsync(fd);
+    ::close(fd);
+    if (synced != 0) return common::ErrnoStatus(errno, dest, "fsync");
+  }
+  if (ec) return absl::InternalError(absl::StrCat(from, ": ", ec.message()));
+  // RocksDB's own recovery first: it knows the column families from the
+  // MANIFEST (which CURRENT names; a lost CURRENT is pointed at the newest)
+  // and replays the write-ahead logs up to their last intact record.
+  // RepairDB is the last resort: it keeps the tables, but without a MANIFEST
+  // it cannot place log records of any column family but the default.
+  if (!fs::exists(fs::path(to) / "CURRENT", ec)) {
+    std::string newest;
+    std::uint64_t newest_number = 0;
+    for (const auto& entry : fs::directory_iterator(to, ec)) {
+      const std::string name = entry.path().filename().string();
+      std::uint64_t number = 0;
+      if (name.starts_with("MANIFEST-") &&
+          absl::SimpleAtoi(absl::string_view(name).substr(9), &number) && number >= newest_number) {
+        newest = name;
+        newest_number = number;
+      }
+    }
+    if (!newest.empty()) {
+      RETURN_IF_ERROR(
+          common::WriteFileAtomically((fs::path(to) / "CURRENT").string(), newest + "\n"));
+    }
+  }
+  rocksdb::DBOptions db_options = BaseDbOptions();
+  db_options.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* raw = nullptr;
+  rocksdb::Status opened = rocksdb::DB::Open(db_options, to, ColumnFamilies(), &handles, &raw);
+  report.method = "recovery to the last intact record of the write-ahead logs";
+  if (!opened.ok()) {
+    PREMOE_LOG_WARN("repairing %s: RocksDB's recovery failed (%s); rebuilding from the tables", to,
+                    opened.ToString());
+    report.method = "RocksDB RepairDB from the tables";
+    RETURN_IF_ERROR(FromRocks(rocksdb::RepairDB(to, db_options, ColumnFamilies()),
+                              absl::StrCat("repairing ", to)));
+    db_options.create_missing_column_families = true;  // RepairDB makes those it has tables of
+    RETURN_IF_ERROR(FromRocks(rocksdb::DB::Open(db_options, to, ColumnFamilies(), &handles, &raw),
+                              absl::StrCat("opening repaired store ", to)));
+  }
+  {
+    // The copied meta says an AckLog is kept; the repaired store starts a
+    // new one at the version it recovered.
+    std::unique_ptr<rocksdb::DB> db(raw);
+    rocksdb::WriteOptions wo;
+    wo.sync = true;
+    const rocksdb::Status deleted = db->Delete(wo, handles.back(), kMetaAcked);
+    for (auto* h : handles) db->DestroyColumnFamilyHandle(h);
+    RETURN_IF_ERROR(FromRocks(deleted, absl::StrCat("repairing ", to)));
+    RETURN_IF_ERROR(FromRocks(db->Close(), absl::StrCat("closing repaired store ", to)));
+  }
+  Options options;
+  options.path = to;
+  options.create_if_missing = false;
+  ASSIGN_OR_RETURN(std::unique_ptr<EmbeddedPatternStore> repaired, Open(options));
+  RETURN_IF_ERROR(common::WithContext(repaired->Verify(), absl::StrCat("repaired store ", to)));
+  ASSIGN_OR_RETURN(StoreInfo info, repaired->Info());
+  report.num_patterns = info.num_patterns;
+  report.num_embeddings = info.num_embeddings;
+  report.version = info.version;
+  return report;
 }
 
 }  // namespace premoe::store

@@ -167,9 +167,12 @@ TEST_P(IndexSnapshotTest, DamagedSnapshotIsIgnoredNotFatal) {
   // The same bytes with a valid checksum: damage only FAISS itself can see.
   auto resealed = [](std::string body) { return body + common::Hasher().Update(body).HexDigest(); };
   const std::string body = good.substr(0, good.size() - 32);
-  std::uint64_t ntotal = 0;  // header: magic, 4 x u32, u64 version, u64 ntotal
+  // header: magic, 4 x u32, u64 version, u64 ntotal, u64 identity, 32-byte
+  // catalog digest
+  constexpr std::size_t kHeader = 80;
+  std::uint64_t ntotal = 0;
   std::memcpy(&ntotal, good.data() + 32, 8);
-  const std::size_t faiss_at = 40 + (GetParam() == "hnsw" ? 8 * ntotal : 0);  // + label_to_key
+  const std::size_t faiss_at = kHeader + (GetParam() == "hnsw" ? 8 * ntotal : 0);  // + labels
   std::string bad_fourcc = body;
   bad_fourcc[faiss_at] ^= 0x55;
   std::string flipped = good;
@@ -177,7 +180,7 @@ TEST_P(IndexSnapshotTest, DamagedSnapshotIsIgnoredNotFatal) {
   const std::vector<std::pair<std::string, std::string>> damages = {
       {"one bit flipped", flipped},
       {"truncated", good.substr(0, good.size() / 2)},
-      {"header only", good.substr(0, 40)},
+      {"header only", good.substr(0, kHeader)},
       {"empty", ""},
       {"not a snapshot", std::string(1000, 'x')},
       {"unknown FAISS index type", resealed(bad_fourcc)},
@@ -191,6 +194,41 @@ TEST_P(IndexSnapshotTest, DamagedSnapshotIsIgnoredNotFatal) {
     EXPECT_EQ(Source(*store), "rebuilt");
     EXPECT_OK(store->Verify());
     EXPECT_EQ(SearchAll(*store), want);
+  }
+}
+
+// A snapshot copied from another store at the same version, or from a copy
+// of this store that went its own way (same RocksDB identity, same version,
+// other patterns), is not this store's index.
+TEST_P(IndexSnapshotTest, AnotherStoresSnapshotIsIgnored) {
+  const std::string other = dir_.Join("other");
+  const std::string clone = dir_.Join("clone");
+  Pattern mine = MakePattern("mine", 1);
+  {
+    auto store = Open();
+    ASSERT_OK(store->Put(MakePattern("shared", 7)).status());
+  }
+  std::filesystem::copy(path_, clone);
+  {
+    auto store = Open();
+    ASSERT_OK(store->Put(mine).status());
+  }
+  for (const auto& [dir, task] : {std::pair{other, "theirs"}, std::pair{clone, "cloned"}}) {
+    SCOPED_TRACE(task);
+    {
+      auto store = Open(Options(dir));
+      if (dir == other) ASSERT_OK(store->Put(MakePattern("shared", 7)).status());
+      ASSERT_OK(store->Put(MakePattern(task, 2)).status());
+      ASSERT_EQ(store->Info()->version, 2u);
+    }
+    WriteStringToFile(snapshot_, ReadFileOrDie(dir + "/index.snapshot"));
+    auto store = Open();
+    ASSERT_NE(store, nullptr);
+    EXPECT_EQ(Source(*store), "rebuilt");
+    EXPECT_OK(store->Verify());
+    ASSERT_OK_AND_ASSIGN(auto m, store->Search(mine.embeddings[0].values, {.k = 1}));
+    ASSERT_EQ(m.size(), 1u);
+    EXPECT_EQ(m[0].task_name, "mine");
   }
 }
 

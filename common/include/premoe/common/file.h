@@ -11,6 +11,11 @@
 
 namespace premoe::common {
 
+// The status for a failed system call on `path`: NOT_FOUND (ENOENT,
+// ENOTDIR), PERMISSION_DENIED (EACCES, EPERM), else INTERNAL; the message
+// names the path, the call and strerror(err).
+absl::Status ErrnoStatus(int err, const std::string& path, absl::string_view what);
+
 // Reads `path`. Files over `max_bytes` are refused with INVALID_ARGUMENT
 // before anything is allocated. Errors name the path.
 absl::StatusOr<std::string> ReadFile(const std::string& path,

@@ -12,7 +12,11 @@
 //   changes     version BE               -> premoe.v1.ChangeEvent (for Watch)
 //   meta        "schema_version", "model_fingerprint", "embedding_dim",
 //               "version", "next_id"
-// and beside them the file `index.snapshot` (Options::index_snapshot).
+// and beside them the files `index.snapshot` (Options::index_snapshot) and
+// `acknowledged`, the newest version acknowledged to a caller: Open refuses
+// with DATA_LOSS a store whose RocksDB recovers less (a damaged or truncated
+// write-ahead log), or a directory with RocksDB data but no CURRENT file, and
+// changes nothing in either; Repair recovers what is readable elsewhere.
 // Every Put/Delete is one WriteBatch over all of them, so a change is whole or
 // absent. The embedding key layout makes a pattern's embeddings one contiguous
 // range and doubles as the FAISS id (at most 2^20 embeddings per pattern).
@@ -25,6 +29,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -118,6 +123,27 @@ class EmbeddedPatternStore final : public PatternStore {
   // accounted for), whether loaded or rebuilt. DATA_LOSS naming the first
   // violation.
   absl::Status Verify();
+
+  // What Repair recovered.
+  struct RepairReport {
+    std::int64_t num_patterns = 0;
+    std::int64_t num_embeddings = 0;
+    // The repaired store's version, and the newest version the damaged one
+    // had acknowledged (nullopt when its record of that was unreadable):
+    // acknowledged - version changes were lost.
+    std::uint64_t version = 0;
+    std::optional<std::uint64_t> acknowledged;
+    // How: RocksDB's recovery (when its MANIFEST is readable; a lost CURRENT
+    // is pointed at the newest one), else RepairDB over the tables alone.
+    std::string method;
+  };
+  // Copies the store directory `from`, damaged or not, into the new directory
+  // `to` and recovers it there: every intact table and the write-ahead logs
+  // up to their first damaged record (each change whole or absent; see
+  // RepairReport::method). `from` is only read; `to` must not exist or be empty. The result
+  // passes Verify, or Repair fails naming the first violation and leaves
+  // `to` for inspection. Not while another process has `from` open.
+  static absl::StatusOr<RepairReport> Repair(const std::string& from, const std::string& to);
 
   struct Impl;
 
