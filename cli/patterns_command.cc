@@ -283,6 +283,27 @@ absl::Status RunCheck(const PatternsArgs& args) {
                                info.index_source, info.index_open_micros / 1000.0));
 }
 
+// Bytes of the files in `dir`.
+std::uintmax_t DirectoryBytes(const std::string& dir) {
+  std::uintmax_t total = 0;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    if (entry.is_regular_file(ec)) total += entry.file_size(ec);
+  }
+  return total;
+}
+
+absl::Status RunCompact(const PatternsArgs& args) {
+  const std::uintmax_t before = DirectoryBytes(args.store);
+  {
+    ASSIGN_OR_RETURN(std::unique_ptr<store::EmbeddedPatternStore> s,
+                     OpenLocalStore(args.store, false));
+    RETURN_IF_ERROR(s->Compact());
+  }
+  return Print(absl::StrFormat("compacted %s: %d bytes before, %d after\n", args.store, before,
+                               DirectoryBytes(args.store)));
+}
+
 absl::Status RunRepair(const PatternsArgs& args) {
   ASSIGN_OR_RETURN(store::EmbeddedPatternStore::RepairReport report,
                    store::EmbeddedPatternStore::Repair(args.store, args.to));
@@ -311,7 +332,7 @@ void RegisterPatterns(CLI::App& app, int* exit_code) {
   auto args = std::make_shared<PatternsArgs>();
   CLI::App* cmd = app.add_subcommand(
       "patterns",
-      "The pattern store: list, show, delete, export, import, search, check or repair the "
+      "The pattern store: list, show, delete, export, import, search, check, compact or repair the "
       "patterns in a store directory or service");
   cmd->require_subcommand(1);
   auto add = [&](const char* name, const char* help, absl::Status (*run)(const PatternsArgs&)) {
@@ -386,6 +407,11 @@ void RegisterPatterns(CLI::App& app, int* exit_code) {
       ->footer(
           "Every acknowledged change is in RocksDB, every pattern has its task entry and its "
           "embeddings, nothing is orphaned, and the index holds exactly the stored embeddings.")
+      ->get_option("--store")
+      ->check(local_dir);
+
+  add("compact", "Flush and compact a store directory (space of deleted patterns comes back)",
+      RunCompact)
       ->get_option("--store")
       ->check(local_dir);
 

@@ -1655,6 +1655,20 @@ absl::Status EmbeddedPatternStore::Verify() {
   return absl::OkStatus();
 }
 
+absl::Status EmbeddedPatternStore::Compact() {
+  Impl& s = *impl_;
+  rocksdb::FlushOptions flush;
+  flush.wait = true;
+  RETURN_IF_ERROR(
+      FromRocks(s.db->Flush(flush, s.handles), absl::StrCat(s.options.path, ": flush")));
+  for (rocksdb::ColumnFamilyHandle* cf : s.handles) {
+    RETURN_IF_ERROR(
+        FromRocks(s.db->CompactRange(rocksdb::CompactRangeOptions(), cf, nullptr, nullptr),
+                  absl::StrCat(s.options.path, ": compacting ", cf->GetName())));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<EmbeddedPatternStore::RepairReport> EmbeddedPatternStore::Repair(
     const std::string& from, const std::string& to) {
   namespace fs = std::filesystem;

@@ -5,12 +5,16 @@
 // knows exactly what was acknowledged when it SIGKILLs this process. It
 // snapshots the index every 3 changes, and says how it opened the index
 // ("ready snapshot" / "ready rebuilt"), so kills also land around snapshot
-// writes and reopens load snapshots.
+// writes and reopens load snapshots. A second thread flushes and compacts the
+// store over and over ("c" before, "C" after), so kills also land in
+// RocksDB's flushes and compactions.
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <thread>
 
 #include "premoe/store/embedded_store.h"
 #include "tests/store/test_patterns.h"
@@ -41,6 +45,17 @@ int main(int argc, char** argv) {
     return 1;
   }
   Say("ready " + (*store)->Info()->index_source);
+  std::thread([&store] {
+    for (;;) {
+      Say("c");
+      if (absl::Status s = (*store)->Compact(); !s.ok()) {
+        std::fprintf(stderr, "compact: %s\n", s.ToString().c_str());
+        std::_Exit(1);
+      }
+      Say("C");
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }).detach();
   std::uint64_t last_id = 0;
   for (std::uint64_t seq = std::strtoull(argv[2], nullptr, 10);; ++seq) {
     Say("p " + std::to_string(seq));
@@ -48,7 +63,7 @@ int main(int argc, char** argv) {
         "t" + std::to_string(seq), seq, /*dim=*/16, /*embeddings=*/1 + seq % 4));
     if (!put.ok()) {
       std::fprintf(stderr, "put: %s\n", put.status().ToString().c_str());
-      return 1;
+      std::_Exit(1);
     }
     Say("P " + std::to_string(seq) + " " + std::to_string(put->id));
     if (seq % 5 == 4 && last_id != 0) {
@@ -56,7 +71,7 @@ int main(int argc, char** argv) {
       auto del = (*store)->Delete(last_id);
       if (!del.ok()) {
         std::fprintf(stderr, "delete: %s\n", del.status().ToString().c_str());
-        return 1;
+        std::_Exit(1);
       }
       Say("D " + std::to_string(last_id));
     }

@@ -124,6 +124,12 @@ class EmbeddedPatternStore final : public PatternStore {
   // violation.
   absl::Status Verify();
 
+  // Flushes RocksDB's memtables and compacts every column family, so the
+  // space of deleted patterns and trimmed change-log entries comes back and
+  // the write-ahead logs are retired. Runs beside reads and writes (it takes
+  // no store lock); a crash during it loses nothing.
+  absl::Status Compact();
+
   // What Repair recovered.
   struct RepairReport {
     std::int64_t num_patterns = 0;
