@@ -9,13 +9,18 @@ namespace premoe::model {
 
 int64_t SampleToken(const at::Tensor& logits, const GenerationOptions& o, std::mt19937_64& rng) {
   if (o.temperature == 0) return logits.argmax().item<int64_t>();
-  at::Tensor scaled = logits / o.temperature;
+  // In double and from the max: logits / T overflows to inf for a tiny T
+  // (and softmax of inf is NaN, which sampled garbage); (x - max) / T only
+  // reaches -inf, probability 0, so every accepted T samples, and T -> 0
+  // becomes greedy.
+  const at::Tensor x = logits.to(at::kDouble);
+  at::Tensor scaled = (x - x.max()) / o.temperature;
   if (o.top_k > 0 && o.top_k < scaled.size(0)) {
-    const float kth = std::get<0>(at::topk(scaled, o.top_k)).select(0, o.top_k - 1).item<float>();
+    const double kth = std::get<0>(at::topk(scaled, o.top_k)).select(0, o.top_k - 1).item<double>();
     scaled = scaled.masked_fill(scaled < kth, -std::numeric_limits<double>::infinity());
   }
   auto [sorted, order] = at::sort(scaled, /*dim=*/0, /*descending=*/true);
-  at::Tensor probs = at::softmax(sorted, 0, at::kDouble).contiguous();
+  at::Tensor probs = at::softmax(sorted, 0).contiguous();
   const double* p = probs.data_ptr<double>();
   const int64_t* ord = order.contiguous().data_ptr<int64_t>();
   const int64_t v = probs.size(0);
