@@ -949,6 +949,11 @@ absl::Status ModelConfig::Validate() const {
         absl::StrCat("architecture ", static_cast<int>(a), " is not a supported model type"));
   }
   RETURN_IF_ERROR(CheckPositive("vocab_size", vocab_size));
+  for (const int64_t id : eos_token_ids) {
+    // An eos the model can never emit would let every request run to its
+    // length limit.
+    RETURN_IF_ERROR(CheckRange("eos_token_id", id, 0, vocab_size - 1));
+  }
   RETURN_IF_ERROR(CheckPositive("hidden_size", hidden_size));
   RETURN_IF_ERROR(CheckPositive("intermediate_size", intermediate_size));
   RETURN_IF_ERROR(CheckRange("num_hidden_layers", num_hidden_layers, 1, kMaxConfigLayers));

@@ -1493,18 +1493,18 @@ absl::StatusOr<std::vector<GenerationResult>> EngineImpl::Generate(
       return absl::InvalidArgumentError(
           absl::StrCat("Generate: request ", i, " has an empty prompt"));
     }
-    const int64_t need = static_cast<int64_t>(prompt.size()) + options.max_new_tokens;
     if (static_cast<int64_t>(prompt.size()) >= max_context_) {
       return absl::InvalidArgumentError(absl::StrCat("Generate: request ", i, "'s prompt has ",
                                                      prompt.size(), " tokens; the context holds ",
                                                      max_context_));
     }
-    if (need > max_context_) {
+    // Compared without adding: max_new_tokens near 2^63 would overflow the sum.
+    if (options.max_new_tokens > max_context_ - static_cast<int64_t>(prompt.size())) {
       return absl::InvalidArgumentError(absl::StrCat(
           "Generate: request ", i, ": prompt (", prompt.size(), " tokens) + max_new_tokens (",
-          options.max_new_tokens, ") = ", need, " exceeds the context limit ", max_context_));
+          options.max_new_tokens, ") exceeds the context limit ", max_context_));
     }
-    capacity = std::max(capacity, need);
+    capacity = std::max(capacity, static_cast<int64_t>(prompt.size()) + options.max_new_tokens);
   }
   const int64_t batch = static_cast<int64_t>(requests.size());
   ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, NewCache(batch, capacity));

@@ -21,6 +21,7 @@
 #include "premoe/common/executor.h"
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
+#include "premoe/common/utf8.h"
 #include "premoe/proto/grpc_edge.h"
 #include "premoe/v1/inference.grpc.pb.h"
 #include "router/src/wire.h"
@@ -185,8 +186,8 @@ class Service final : public v1::Inference::CallbackService {
     if (wire.k() < 0 || wire.k() > 100) {
       return absl::InvalidArgumentError(absl::StrCat("k is ", wire.k(), "; want 0 (3) to 100"));
     }
-    std::vector<ChatMessage> messages;
-    for (const v1::ChatMessage& m : wire.messages()) messages.push_back({m.role(), m.content()});
+    RETURN_IF_ERROR(common::CheckUtf8(wire.prompt(), "prompt"));
+    ASSIGN_OR_RETURN(std::vector<ChatMessage> messages, FromProto(wire.messages()));
     ASSIGN_OR_RETURN(MatchResult r,
                      router_->Match(wire.prompt(), messages, wire.k() == 0 ? 3 : wire.k()));
     ToProto(r, response);

@@ -1,6 +1,8 @@
 #include "router/src/wire.h"
 
+#include "absl/strings/str_cat.h"
 #include "premoe/common/status.h"
+#include "premoe/common/utf8.h"
 #include "premoe/worker/sampling_proto.h"
 
 namespace premoe::router {
@@ -18,10 +20,24 @@ void ToProto(const InferenceRequest& in, v1::InferenceRequest* out) {
   out->set_full_model(in.full_model);
 }
 
+absl::StatusOr<std::vector<ChatMessage>> FromProto(
+    const google::protobuf::RepeatedPtrField<v1::ChatMessage>& in) {
+  std::vector<ChatMessage> out;
+  for (int i = 0; i < in.size(); ++i) {
+    RETURN_IF_ERROR(common::CheckUtf8(in[i].role(), absl::StrCat("messages[", i, "].role")));
+    RETURN_IF_ERROR(common::CheckUtf8(in[i].content(), absl::StrCat("messages[", i, "].content")));
+    out.push_back({in[i].role(), in[i].content()});
+  }
+  return out;
+}
+
 absl::StatusOr<InferenceRequest> FromProto(const v1::InferenceRequest& in) {
   InferenceRequest out;
+  RETURN_IF_ERROR(common::CheckUtf8(in.prompt(), "prompt"));
+  RETURN_IF_ERROR(common::CheckUtf8(in.task(), "task"));
+  RETURN_IF_ERROR(common::CheckUtf8(in.budget(), "budget"));
   out.prompt = in.prompt();
-  for (const v1::ChatMessage& m : in.messages()) out.messages.push_back({m.role(), m.content()});
+  ASSIGN_OR_RETURN(out.messages, FromProto(in.messages()));
   RETURN_IF_ERROR(worker::FromProto(in.sampling(), &out.options, &out.stop));
   out.task = in.task();
   out.budget = in.budget();

@@ -12,6 +12,9 @@ namespace premoe::router {
 void ToProto(const InferenceRequest& in, v1::InferenceRequest* out);
 // Zeros mean defaults (top_p 1, max_new_tokens 64). INVALID_ARGUMENT for
 // sampling options GenerationOptions::Validate refuses.
+// Requests: INVALID_ARGUMENT naming the field for text that is not UTF-8.
+absl::StatusOr<std::vector<ChatMessage>> FromProto(
+    const google::protobuf::RepeatedPtrField<v1::ChatMessage>& in);
 absl::StatusOr<InferenceRequest> FromProto(const v1::InferenceRequest& in);
 
 // The last message of a stream (done set).

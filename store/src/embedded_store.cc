@@ -58,6 +58,7 @@
 #include "premoe/common/logging.h"
 #include "premoe/common/mapped_file.h"
 #include "premoe/common/status.h"
+#include "premoe/common/utf8.h"
 #include "premoe/store/proto_convert.h"
 #include "store/src/ack_log.h"
 #include "store/src/flat_index.h"
@@ -1241,6 +1242,7 @@ absl::StatusOr<PutResult> EmbeddedPatternStore::Put(const Pattern& pattern) {
   if (pattern.task_name.empty()) {
     return absl::InvalidArgumentError("pattern has an empty task name");
   }
+  RETURN_IF_ERROR(common::CheckUtf8(pattern.task_name, "the pattern's task name"));
   if (pattern.task_name.size() > kMaxTaskNameBytes) {
     return absl::InvalidArgumentError(absl::StrCat("task name of ", pattern.task_name.size(),
                                                    " bytes is over the limit of ",

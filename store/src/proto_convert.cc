@@ -3,6 +3,8 @@
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "premoe/common/status.h"
+#include "premoe/common/utf8.h"
 
 namespace premoe::store {
 
@@ -28,6 +30,7 @@ void ToProto(const Pattern& in, v1::Pattern* out) {
 }
 
 absl::StatusOr<Pattern> FromProto(const v1::Pattern& in) {
+  RETURN_IF_ERROR(common::CheckUtf8(in.task_name(), "the pattern's task name"));
   if (in.schema_version() > kPatternSchemaVersion) {
     return absl::FailedPreconditionError(absl::StrCat(
         "pattern \"", in.task_name(), "\" has schema version ", in.schema_version(),

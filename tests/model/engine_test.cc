@@ -1452,9 +1452,11 @@ TEST(EngineGenerateTest, BadInputsGiveClearErrors) {
   const int64_t ctx = engine->max_context();
   EXPECT_THAT(engine->Generate({{std::vector<int64_t>(ctx + 1, 1), nullptr}}, go),
               StatusIs(absl::StatusCode::kInvalidArgument, "the context holds"));
-  go.max_new_tokens = ctx;
-  EXPECT_THAT(engine->Generate({{{1, 2}, nullptr}}, go),
-              StatusIs(absl::StatusCode::kInvalidArgument, "exceeds the context limit"));
+  for (int64_t n : {ctx, std::numeric_limits<int64_t>::max() - 1}) {  // the second overflowed
+    go.max_new_tokens = n;
+    EXPECT_THAT(engine->Generate({{{1, 2}, nullptr}}, go),
+                StatusIs(absl::StatusCode::kInvalidArgument, "exceeds the context limit"));
+  }
   go = {};
   go.temperature = -0.5;
   EXPECT_THAT(engine->Generate({{{1, 2}, nullptr}}, go),

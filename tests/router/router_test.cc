@@ -387,8 +387,29 @@ TEST_F(RouterTest, BadRequestsAreRefusedNamingTheProblem) {
   r.options.temperature = -1;
   r.messages = {{"user", "What is 1 + 2?"}};
   EXPECT_THAT(client->Generate(r), StatusIs(absl::StatusCode::kInvalidArgument, ""));
-  // This model has no chat format: the messages' text is the prompt.
   r.options.temperature = 0;
+  // Text that is not UTF-8 gets through the wire (bytes fields) to a refusal
+  // naming the field and the byte, not a parse failure.
+  r.messages = {{"user", "ok"}, {"user", "a\xed\xa0\x80"}};  // a surrogate
+  EXPECT_THAT(client->Generate(r), StatusIs(absl::StatusCode::kInvalidArgument,
+                                            "messages[1].content is not valid UTF-8 at byte 1"));
+  r.messages.clear();
+  r.prompt = "What is \xff 1?";
+  EXPECT_THAT(client->Generate(r),
+              StatusIs(absl::StatusCode::kInvalidArgument, "prompt is not valid UTF-8 at byte 8"));
+  r.prompt = "What is 1 + 2?";
+  r.stop = {"\n", "\xc3"};
+  EXPECT_THAT(client->Generate(r), StatusIs(absl::StatusCode::kInvalidArgument,
+                                            "sampling.stop[1] is not valid UTF-8 at byte 0"));
+  r.stop.clear();
+  // An error that would echo a long field is cut (one of 10 KB was turned into
+  // RESOURCE_EXHAUSTED by gRPC's metadata limit).
+  r.task = std::string(3000, 'x');
+  EXPECT_THAT(client->Generate(r), StatusIs(absl::StatusCode::kNotFound, "bytes in all)"));
+  r.task.clear();
+  r.prompt.clear();
+  r.messages = {{"user", "What is 1 + 2?"}};
+  // This model has no chat format: the messages' text is the prompt.
   ASSERT_OK_AND_ASSIGN(InferenceResult chat, client->Generate(r));
   EXPECT_EQ(chat.route.task, "add");
 }

@@ -404,6 +404,12 @@ TYPED_TEST(PatternStoreTest, InvalidPatternsAreRefusedAndLeaveNothing) {
   Pattern empty_task = MakePattern("", 2);
   EXPECT_THAT(this->store().Put(empty_task), StatusIs(kInvalid, "empty task name"));
 
+  // Over gRPC too: the task name is bytes on the wire, so the store's own
+  // check answers, not a parse failure.
+  Pattern not_utf8 = MakePattern("caf\xc3", 2);
+  EXPECT_THAT(this->store().Put(not_utf8), StatusIs(kInvalid, "is not valid UTF-8 at byte 3"));
+  this->ExpectUnchanged(before, "caf\xc3");
+
   Pattern other_model = MakePattern("other", 2);
   other_model.model_fingerprint = "another-model";
   EXPECT_THAT(this->store().Put(other_model),

@@ -1,6 +1,7 @@
 // Unit tests of the tokenizer: hand-computed BPE, error handling, invalid
 // input. Parity with the Hugging Face library over a corpus and the real
 // tokenizer files is tokenizer_parity_test.py.
+#include "premoe/tokenizer/text_stream.h"
 #include "premoe/tokenizer/tokenizer.h"
 
 #include <thread>
@@ -125,8 +126,63 @@ TEST_F(RealTokenizerTest, ByteLevelRoundTripsAndDecodesPartialCharactersLossily)
   EXPECT_EQ(skipped, "Grüße, 世界! \t\t 😀 x");
   EXPECT_THAT(tok->Decode(std::vector<std::int32_t>{1, -5}),
               StatusIs(absl::StatusCode::kInvalidArgument, "id -5 at position 1"));
-  EXPECT_THAT(tok->Decode(std::vector<std::int32_t>{tok->vocab_size()}),
-              StatusIs(absl::StatusCode::kInvalidArgument, "not in the vocabulary"));
+  // Past the tokenizer's ids (a model's padded vocabulary): nothing, as in
+  // `tokenizers`.
+  ASSERT_OK_AND_ASSIGN(auto padded, tok->Decode(std::vector<std::int32_t>{
+                                        ids[0], tok->vocab_size(), tok->vocab_size() + 400, ids[1]}));
+  ASSERT_OK_AND_ASSIGN(auto two, tok->Decode(std::vector<std::int32_t>{ids[0], ids[1]}));
+  EXPECT_EQ(padded, two);
+}
+
+// Streams `ids` one at a time; the concatenated deltas and Finish().
+std::string Stream(const Tokenizer& tok, const std::vector<std::int32_t>& ids,
+                   std::vector<std::string> stops = {}, bool* stopped = nullptr) {
+  TextStream stream(tok, std::move(stops));
+  std::string out;
+  for (std::int32_t id : ids) {
+    out += stream.Add(id);
+    EXPECT_OK(stream.status());
+    if (stream.stopped()) break;
+  }
+  out += stream.Finish();
+  if (stopped != nullptr) *stopped = stream.stopped();
+  return out;
+}
+
+// The streamed text equals the one-shot decode on every real tokenizer
+// (byte-level, Metaspace, byte fallback), with characters split across
+// tokens, padded-vocabulary ids among them, and stop strings anywhere.
+TEST_F(RealTokenizerTest, StreamedTextEqualsTheOneShotDecode) {
+  const std::string text =
+      " Grüße, 世界!\n\n  def f(x):\treturn x ** 2  # 平方 😀🎉 naïve café —  end. \xF0\x9D\x84\x9E";
+  for (const char* name : {"deepseek_v3", "gptoss", "llama2", "qwen3"}) {
+    SCOPED_TRACE(name);
+    auto tok = Load(name);
+    ASSERT_NE(tok, nullptr);
+    ASSERT_OK_AND_ASSIGN(std::vector<std::int32_t> ids, tok->Encode(text));
+    ASSERT_OK_AND_ASSIGN(std::string whole, tok->Decode(ids));
+    EXPECT_EQ(Stream(*tok, ids), whole);
+    // A character's bytes as separate tokens (byte-level or byte-fallback
+    // vocabularies), and ids past the tokenizer's.
+    std::vector<std::int32_t> split;
+    for (std::int32_t id : ids) {
+      split.push_back(id);
+      if (split.size() % 3 == 0) split.push_back(tok->vocab_size() + 7);
+    }
+    ASSERT_OK_AND_ASSIGN(whole, tok->Decode(split));
+    EXPECT_EQ(Stream(*tok, split), whole);
+    // Stops: the text before the first occurrence of any stop string.
+    for (const std::string& stop : {std::string("世界"), std::string("x **"), std::string("😀"),
+                                    std::string("\n\n"), std::string("not there")}) {
+      SCOPED_TRACE(stop);
+      bool stopped = false;
+      const std::string streamed = Stream(*tok, ids, {stop, "zzz"}, &stopped);
+      ASSERT_OK_AND_ASSIGN(whole, tok->Decode(ids));
+      const size_t at = whole.find(stop);
+      EXPECT_EQ(stopped, at != std::string::npos);
+      EXPECT_EQ(streamed, whole.substr(0, at));
+    }
+  }
 }
 
 TEST_F(RealTokenizerTest, ConcurrentEncodesAgree) {

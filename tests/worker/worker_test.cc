@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <future>
 #include <map>
+#include <limits>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -505,9 +506,11 @@ TEST_F(WorkerTest, RefusalsNameTheProblem) {
   r.prompt = {1, 999};
   EXPECT_THAT(worker->Generate(r).status(), StatusIs(absl::StatusCode::kInvalidArgument, "999"));
   r.prompt = prompt;
-  r.options.max_new_tokens = 100000;
-  EXPECT_THAT(worker->Generate(r).status(),
-              StatusIs(absl::StatusCode::kInvalidArgument, "exceeds the context"));
+  for (int64_t n : {int64_t{100000}, std::numeric_limits<int64_t>::max() - 1}) {
+    r.options.max_new_tokens = n;  // the second overflowed the sum with the prompt
+    EXPECT_THAT(worker->Generate(r).status(),
+                StatusIs(absl::StatusCode::kInvalidArgument, "exceeds the context"));
+  }
   r.options.max_new_tokens = 8;
   r.deadline = std::chrono::steady_clock::now();
   EXPECT_THAT(worker->Generate(r).status(),

@@ -197,12 +197,15 @@ absl::StatusOr<std::string> Pipeline::Decode(std::span<const std::int32_t> ids,
   std::vector<std::string> tokens;
   tokens.reserve(ids.size());
   for (size_t k = 0; k < ids.size(); ++k) {
-    const std::string* token = IdToToken(ids[k]);
-    if (token == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat("id ", ids[k], " at position ", k,
-                                                     " is not in the vocabulary (size ",
-                                                     vocab_size(), ")"));
+    if (ids[k] < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("id ", ids[k], " at position ", k, " is negative"));
     }
+    const std::string* token = IdToToken(ids[k]);
+    // Models pad their vocabulary past the tokenizer's (DeepSeek-V3: 129280
+    // logits for 128815 ids) and may emit an id in that gap; `tokenizers`
+    // decodes it as nothing, and so does this.
+    if (token == nullptr) continue;
     if (skip_special && IsSpecial(ids[k])) continue;
     tokens.push_back(*token);
   }

@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "nlohmann/json.hpp"
+#include "premoe/common/utf8.h"
 
 namespace premoe::tokenizer::tokenizer_internal {
 
@@ -25,15 +26,13 @@ using json = nlohmann::json;
 
 // ---- UTF-8 ----------------------------------------------------------------
 
-// Byte offset of the first invalid UTF-8 sequence in `text`, or -1 if valid.
-std::int64_t FindInvalidUtf8(absl::string_view text);
+using common::FindInvalidUtf8;
+using common::Utf8Lossy;
 // Length of the (valid) UTF-8 character starting at text[i].
 int Utf8CharLength(unsigned char lead);
 // Decodes the valid UTF-8 character at text[i].
 char32_t DecodeUtf8(absl::string_view text, size_t i);
 void AppendUtf8(char32_t c, std::string* out);
-// Rust's String::from_utf8_lossy: each maximal invalid subsequence -> U+FFFD.
-std::string Utf8Lossy(absl::string_view bytes);
 // Rust's char::is_whitespace (Unicode White_Space).
 bool IsUnicodeWhitespace(char32_t c);
 

@@ -23,6 +23,7 @@
 #include "premoe/common/executor.h"
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
+#include "premoe/common/utf8.h"
 #include "premoe/proto/grpc_edge.h"
 #include "premoe/tokenizer/text_stream.h"
 #include "premoe/v1/worker.grpc.pb.h"
@@ -216,6 +217,7 @@ class Service final : public v1::Worker::CallbackService {
                                     v1::PrepareResponse* response) override {
     return Run(ctx, [=, this]() -> absl::Status {
       ASSIGN_OR_RETURN(store::Pattern pattern, store::FromProto(request->pattern()));
+      RETURN_IF_ERROR(common::CheckUtf8(request->budget(), "budget"));
       ASSIGN_OR_RETURN(PreparedPattern prepared, worker_->Prepare(pattern, request->budget()));
       ToProto(prepared, response);
       return absl::OkStatus();

@@ -1,6 +1,8 @@
 #include "wire.h"
 
+#include "absl/strings/str_cat.h"
 #include "premoe/common/status.h"
+#include "premoe/common/utf8.h"
 
 namespace premoe::worker {
 
@@ -93,6 +95,8 @@ void ToProto(const TextRequest& in, v1::GenerateRequest* out) {
 
 absl::StatusOr<TextRequest> FromProto(const v1::GenerateRequest& in) {
   TextRequest out;
+  RETURN_IF_ERROR(common::CheckUtf8(in.prompt(), "prompt"));
+  RETURN_IF_ERROR(common::CheckUtf8(in.task_name(), "task_name"));
   out.prompt = in.prompt();
   out.task = in.task_name();
   RETURN_IF_ERROR(FromProto(in.sampling(), &out.options, &out.stop));
@@ -118,6 +122,9 @@ absl::Status FromProto(const v1::SamplingParams& in, model::GenerationOptions* o
   options->seed = in.seed();
   if (in.max_new_tokens() != 0) options->max_new_tokens = in.max_new_tokens();
   options->stop_at_eos = !in.ignore_eos();
+  for (int i = 0; i < in.stop_size(); ++i) {
+    RETURN_IF_ERROR(common::CheckUtf8(in.stop(i), absl::StrCat("sampling.stop[", i, "]")));
+  }
   stop->assign(in.stop().begin(), in.stop().end());
   return options->Validate();
 }

@@ -406,8 +406,9 @@ absl::Status Worker::Submit(WorkRequest request, DoneCallback on_done) {
           absl::StrCat("prompt token ", t, " is outside [0, ", engine.config().vocab_size, ")"));
     }
   }
-  const int64_t need = static_cast<int64_t>(request.prompt.size()) + request.options.max_new_tokens;
-  if (need > engine.max_context()) {
+  // Compared without adding: max_new_tokens near 2^63 would overflow the sum.
+  const int64_t room = engine.max_context() - static_cast<int64_t>(request.prompt.size());
+  if (request.options.max_new_tokens > room) {
     return absl::InvalidArgumentError(absl::StrCat(
         "prompt (", request.prompt.size(), " tokens) + max_new_tokens (",
         request.options.max_new_tokens, ") exceeds the context of ", engine.max_context()));

@@ -25,11 +25,23 @@
 
 namespace premoe::rpc {
 
+// Longest status message sent: messages travel in a trailer, and one that
+// echoes a huge request field (a 10 KB task name) would exceed gRPC's
+// metadata limit and turn into RESOURCE_EXHAUSTED.
+inline constexpr std::size_t kMaxStatusMessageBytes = 1024;
+
 // absl::Status <-> grpc::Status. Their codes are the same numbers (both are
-// google.rpc.Code), so the conversion keeps code and message.
+// google.rpc.Code), so the conversion keeps the code, and the message up to
+// kMaxStatusMessageBytes (cut at a character boundary, saying how long it was).
 inline grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+  std::string message(status.message());
+  if (message.size() > kMaxStatusMessageBytes) {
+    std::size_t cut = kMaxStatusMessageBytes - 64;
+    while (cut > 0 && (static_cast<unsigned char>(message[cut]) & 0xC0) == 0x80) --cut;
+    message = absl::StrCat(message.substr(0, cut), "... (", message.size(), " bytes in all)");
+  }
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::move(message));
 }
 
 inline absl::Status FromGrpcStatus(const grpc::Status& status) {

@@ -1,12 +1,19 @@
 // TextStream: generated tokens -> the text to stream, delta by delta.
 //
-// Each token re-decodes all generated ids and yields the new suffix: decoders
-// are not token-local (byte-level pieces of a UTF-8 character, Metaspace's
-// leading-space strip), so decoding tokens one by one would give different
-// text than decoding them together. Held back until known: a trailing U+FFFD
-// (an incomplete UTF-8 character whose remaining bytes may still come) and a
-// tail that could be the start of a stop string. A stop string ends the text
-// before it (stopped() turns true; ask the engine to stop).
+// Decoders are not token-local (byte-level pieces of a UTF-8 character,
+// Metaspace's leading-space strip, WordPiece's "##"), so decoding tokens one
+// by one would give other text than decoding them together; re-decoding every
+// generated token at each step gives the right text at a cost that grows with
+// the square of its length. So each step decodes a window: from the first
+// token after the last complete character (what came before it is final) to
+// the end, against the same window without the new tokens; the difference is
+// the new text. The streamed text equals Decode() of all the tokens. Held
+// back until known: a trailing U+FFFD (an incomplete UTF-8 character whose
+// remaining bytes may still come) and a tail that could be the start of a
+// stop string. A stop string ends the text before it (stopped() turns true;
+// ask the engine to stop). Ids the tokenizer does not know (the padding of a
+// model's vocabulary past the tokenizer's) decode as nothing, as in
+// Tokenizer::Decode.
 //
 // Not thread-safe; the tokenizer must outlive it.
 #pragma once
@@ -16,6 +23,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "premoe/tokenizer/tokenizer.h"
 
 namespace premoe::tokenizer {
@@ -37,11 +45,17 @@ class TextStream {
 
  private:
   std::string Emit(bool final);
+  absl::StatusOr<std::string> Decode(size_t begin, size_t end) const;
 
   const Tokenizer& tokenizer_;
   std::vector<std::string> stops_;
   std::vector<int32_t> ids_;
-  size_t emitted_ = 0;
+  // The window: ids_[prefix_, read_) decoded to text already taken into
+  // pending_ or emitted; ids_[read_, end) are the tokens not yet taken.
+  size_t prefix_ = 0;
+  size_t read_ = 0;
+  // Decoded text not yet returned (a tail that may begin a stop string).
+  std::string pending_;
   bool stopped_ = false;
   absl::Status status_;
 };
