@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <memory>
 #include <set>
@@ -1441,6 +1442,53 @@ TEST(EngineGenerateTest, SamplingIsSeededAndStopSequencesStop) {
   EXPECT_EQ(s[0].tokens, std::vector<int64_t>(g[0].tokens.begin(), g[0].tokens.begin() + 2));
   EXPECT_EQ(s[0].finish_reason, GenerationResult::FinishReason::kStopSequence);
   EXPECT_EQ(streamed, s[0].tokens);
+}
+
+// A checkpoint holding a NaN or an infinity ran and printed nothing: the
+// load refuses it, naming the tensor, for weights loaded resident, converted
+// to bf16, or read later by an on-demand engine.
+TEST(EngineLoadTest, NonFiniteWeightsAreRefusedNamingTheTensor) {
+  for (const bool expert : {false, true}) {
+    for (const float bad :
+         {std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::infinity()}) {
+      premoe::testing::TempDir dir;
+      const std::string copy = dir.Join("model");
+      std::filesystem::copy(ReferenceEnv::Dir("qwen3_moe"), copy,
+                            std::filesystem::copy_options::recursive);
+      std::string name, path;
+      std::uint64_t offset = 0;
+      {
+        ASSERT_OK_AND_ASSIGN(auto ck, checkpoint::Checkpoint::Open(copy));
+        for (absl::string_view n : ck->names()) {
+          if (absl::StrContains(n, ".experts.") == expert && absl::StrContains(n, "proj.weight")) {
+            name = std::string(n);
+            break;
+          }
+        }
+        ASSERT_FALSE(name.empty());
+        const checkpoint::SafetensorsFile* shard = ck->ShardOf(name);
+        const checkpoint::TensorView* v = shard->Find(name);
+        ASSERT_EQ(v->dtype, checkpoint::DType::kF32);
+        offset = shard->data_offset() + (v->bytes.data() - shard->tensors()[0].bytes.data()) +
+                 5 * sizeof(float);
+        path = shard->path();
+      }
+      {
+        std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+        f.seekp(static_cast<std::streamoff>(offset));
+        f.write(reinterpret_cast<const char*>(&bad), sizeof bad);
+        ASSERT_TRUE(f.good());
+      }
+      SCOPED_TRACE(name);
+      for (const char* dtype : {"fp32", "bf16"}) {
+        EngineOptions options;
+        options.dtype = dtype;
+        EXPECT_THAT(Engine::Open(copy, options),
+                    StatusIs(absl::StatusCode::kInvalidArgument,
+                             absl::StrCat("tensor \"", name, "\" holds 1 NaN or infinite value")));
+      }
+    }
+  }
 }
 
 TEST(EngineGenerateTest, BadInputsGiveClearErrors) {

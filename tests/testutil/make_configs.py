@@ -402,8 +402,11 @@ def make_configs(out_dir):
     return cases
 
 
+# eos and bos set: some architectures' defaults (olmoe's eos 50279) lie
+# outside a 64-id vocabulary, which premoe refuses.
 TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+            bos_token_id=1, eos_token_id=2)
 TINY_MOE = {
     "qwen3_moe": dict(moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2, head_dim=8),
     "qwen2_moe": dict(moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2,

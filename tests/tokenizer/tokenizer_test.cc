@@ -1,12 +1,12 @@
 // Unit tests of the tokenizer: hand-computed BPE, error handling, invalid
 // input. Parity with the Hugging Face library over a corpus and the real
 // tokenizer files is tokenizer_parity_test.py.
-#include "premoe/tokenizer/text_stream.h"
 #include "premoe/tokenizer/tokenizer.h"
 
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "premoe/tokenizer/text_stream.h"
 #include "tests/testutil/testutil.h"
 
 namespace premoe::tokenizer {
@@ -128,8 +128,9 @@ TEST_F(RealTokenizerTest, ByteLevelRoundTripsAndDecodesPartialCharactersLossily)
               StatusIs(absl::StatusCode::kInvalidArgument, "id -5 at position 1"));
   // Past the tokenizer's ids (a model's padded vocabulary): nothing, as in
   // `tokenizers`.
-  ASSERT_OK_AND_ASSIGN(auto padded, tok->Decode(std::vector<std::int32_t>{
-                                        ids[0], tok->vocab_size(), tok->vocab_size() + 400, ids[1]}));
+  ASSERT_OK_AND_ASSIGN(auto padded,
+                       tok->Decode(std::vector<std::int32_t>{ids[0], tok->vocab_size(),
+                                                             tok->vocab_size() + 400, ids[1]}));
   ASSERT_OK_AND_ASSIGN(auto two, tok->Decode(std::vector<std::int32_t>{ids[0], ids[1]}));
   EXPECT_EQ(padded, two);
 }

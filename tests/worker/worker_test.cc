@@ -7,8 +7,8 @@
 #include <atomic>
 #include <condition_variable>
 #include <future>
-#include <map>
 #include <limits>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>

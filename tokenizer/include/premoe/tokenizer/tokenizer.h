@@ -76,9 +76,9 @@ class Tokenizer {
   // Text of `ids`. Ids the vocabulary does not hold decode as nothing, as in
   // `tokenizers` (a model's vocabulary is often padded past its tokenizer's,
   // and a sampled id there must not fail a request); negative ids are
-  // INVALID_ARGUMENT (naming the id and its position). With `skip_special_tokens`, special tokens are left
-  // out. Bytes that do not form valid UTF-8 (a partial multi-byte character at
-  // the end of a stream, say) become U+FFFD, as in HF.
+  // INVALID_ARGUMENT (naming the id and its position). With `skip_special_tokens`, special tokens
+  // are left out. Bytes that do not form valid UTF-8 (a partial multi-byte character at the end of
+  // a stream, say) become U+FFFD, as in HF.
   absl::StatusOr<std::string> Decode(std::span<const std::int32_t> ids,
                                      bool skip_special_tokens = false) const;
 
