@@ -3,6 +3,8 @@
 #include <cstdio>
 #include <string>
 
+#include "premoe/proto/auth.h"
+
 namespace premoe::cli {
 
 const char kBudgetHelp[] =
@@ -10,6 +12,22 @@ const char kBudgetHelp[] =
     "of every layer's experts, e.g. 50%), bytes:SIZE (all kept experts within SIZE, e.g. "
     "bytes:2GiB) or coverage:F (per layer, the fewest best experts holding a share F of its "
     "score mass, e.g. coverage:0.9)";
+
+namespace {
+std::string& ClientKeyStorage() {
+  static std::string* key = new std::string;
+  return *key;
+}
+}  // namespace
+
+const std::string& ClientKey() { return ClientKeyStorage(); }
+
+absl::Status LoadClientKey(const std::string& key_file) {
+  absl::StatusOr<std::string> key = rpc::LoadClientKey(key_file);
+  if (!key.ok()) return key.status();
+  ClientKeyStorage() = *std::move(key);
+  return absl::OkStatus();
+}
 
 int ReportStatus(absl::string_view command, const absl::Status& status) {
   if (status.ok()) return 0;

@@ -3,6 +3,8 @@
 // Commands parse flags and call libraries; they hold no logic of their own.
 #pragma once
 
+#include <string>
+
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -26,6 +28,12 @@ void RegisterServe(CLI::App& app, int* exit_code);  // serve and query
 // The help text of every --budget option that selects experts from a
 // pattern (the grammar of premoe/checkpoint/budget.h).
 extern const char kBudgetHelp[];
+
+// The API key premoe's clients send (store, worker and router calls):
+// the first key of `premoe --key-file FILE`, else the environment variable
+// PREMOE_API_KEY, else none (""). Loaded once, before any command runs.
+const std::string& ClientKey();
+absl::Status LoadClientKey(const std::string& key_file);
 
 // The exit code of a finished command: 0, or 1 after printing
 // "premoe <command>: <status>" to stderr.

@@ -10,6 +10,10 @@ int main(int argc, char** argv) {
   std::string log_level;
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->envname("PREMOE_LOG_LEVEL");
+  std::string key_file;
+  app.add_option("--key-file", key_file,
+                 "API key that clients send to premoe servers (the file's first key); default: "
+                 "the environment variable PREMOE_API_KEY");
   int exit_code = 0;
   premoe::cli::RegisterTokenize(app, &exit_code);
   premoe::cli::RegisterInspect(app, &exit_code);
@@ -26,6 +30,9 @@ int main(int argc, char** argv) {
   app.parse_complete_callback([&] {
     if (auto status = premoe::common::InitLogging(log_level); !status.ok()) {
       throw CLI::ValidationError("--log-level", std::string(status.message()));
+    }
+    if (auto status = premoe::cli::LoadClientKey(key_file); !status.ok()) {
+      throw CLI::ValidationError("--key-file", std::string(status.message()));
     }
   });
   try {

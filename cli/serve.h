@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "CLI/CLI.hpp"
 #include "absl/status/status.h"
 
 namespace premoe::cli {
@@ -46,7 +47,15 @@ struct ServeArgs {
   int64_t world_size = 1;
   // Written with the bound port once serving.
   std::string port_file;
+  // API keys every server of this process asks for (premoe/proto/auth.h),
+  // with PREMOE_API_KEYS and PREMOE_ADMIN_KEYS. None: open (loopback use).
+  // The process's own clients (router -> store and workers) send ClientKey().
+  std::string api_key_file;
+  std::string admin_key_file;
 };
+
+// --api-key-file and --admin-key-file into `args`.
+void AddKeyFlags(CLI::App& cmd, ServeArgs& args);
 
 // Serves until SIGINT or SIGTERM.
 absl::Status RunServe(const ServeArgs& args);

@@ -2,12 +2,14 @@
 // premoe query (a client of its premoe.v1.Inference front door).
 #include <pthread.h>
 #include <signal.h>
+#include <sys/random.h>
 
 #include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <string>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cli/commands.h"
@@ -17,6 +19,8 @@
 #include "premoe/common/bytes.h"
 #include "premoe/common/file.h"
 #include "premoe/common/status.h"
+#include "premoe/proto/auth.h"
+#include "premoe/proto/grpc_edge.h"
 #include "premoe/router/client.h"
 #include "premoe/router/replica.h"
 #include "premoe/router/router.h"
@@ -50,7 +54,8 @@ struct WorkerPart {
   std::unique_ptr<worker::WorkerServer> server;
 };
 
-absl::StatusOr<WorkerPart> StartWorker(const ServeArgs& args, const std::string& listen) {
+absl::StatusOr<WorkerPart> StartWorker(const ServeArgs& args, const std::string& listen,
+                                       std::shared_ptr<const rpc::Authenticator> auth) {
   RETURN_IF_ERROR(CheckModelDir(args.model));
   worker::WorkerOptions o;
   o.world_size = args.world_size;
@@ -70,6 +75,7 @@ absl::StatusOr<WorkerPart> StartWorker(const ServeArgs& args, const std::string&
   ASSIGN_OR_RETURN(part.worker, worker::Worker::Open(o));
   worker::WorkerServer::Options so;
   so.address = listen;
+  so.auth = std::move(auth);
   ASSIGN_OR_RETURN(part.server,
                    worker::WorkerServer::Start(so, part.worker.get(), part.tokenizer.get()));
   const worker::WorkerStatus s = part.worker->Status();
@@ -115,14 +121,41 @@ absl::StatusOr<router::RouterOptions> MakeRouterOptions(const ServeArgs& args) {
   return o;
 }
 
-void WaitForSignal(const sigset_t& signals) {
-  int signal = 0;
-  sigwait(&signals, &signal);
-  std::printf("premoe serve: signal %d, shutting down\n", signal);
+// Until SIGINT or SIGTERM; SIGHUP reloads the API keys.
+void WaitForSignal(const sigset_t& signals, rpc::Authenticator& auth) {
+  for (;;) {
+    int signal = 0;
+    sigwait(&signals, &signal);
+    if (signal != SIGHUP) break;
+    const absl::Status reloaded = auth.Reload();
+    std::printf("premoe serve: SIGHUP: API keys %s\n",
+                reloaded.ok() ? "reloaded" : reloaded.ToString().c_str());
+    std::fflush(stdout);
+  }
+  std::printf("premoe serve: shutting down\n");
   std::fflush(stdout);
 }
 
+// A random key for the calls one process makes to itself (its router to
+// its worker), which no one outside the process has.
+absl::StatusOr<std::string> InternalKey() {
+  char bytes[16];
+  if (getrandom(bytes, sizeof bytes, 0) != static_cast<ssize_t>(sizeof bytes)) {
+    return absl::InternalError("getrandom failed");
+  }
+  return absl::BytesToHexString(absl::string_view(bytes, sizeof bytes));
+}
+
 }  // namespace
+
+void AddKeyFlags(CLI::App& cmd, ServeArgs& args) {
+  cmd.add_option("--api-key-file", args.api_key_file,
+                 "API keys (one a line) that inference and read calls need; also "
+                 "PREMOE_API_KEYS (comma-separated). Re-read on change and on SIGHUP");
+  cmd.add_option("--admin-key-file", args.admin_key_file,
+                 "Admin keys (one a line) that store Put/Delete and worker Prepare need (they also "
+                 "open the API calls); also PREMOE_ADMIN_KEYS");
+}
 
 absl::Status RunServe(const ServeArgs& args) {
   if (args.role != "all" && args.role != "store" && args.role != "router" &&
@@ -135,7 +168,24 @@ absl::Status RunServe(const ServeArgs& args) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  rpc::AuthOptions auth_options;
+  auth_options.api_key_file = args.api_key_file;
+  auth_options.admin_key_file = args.admin_key_file;
+  ASSIGN_OR_RETURN(std::shared_ptr<rpc::Authenticator> auth,
+                   rpc::Authenticator::Open(auth_options));
+  if (!auth->enabled()) {
+    const absl::StatusOr<rpc::HostPort> where = rpc::ParseHostPort(args.listen);
+    if (where.ok() && where->host != "127.0.0.1" && where->host != "localhost" &&
+        where->host != "[::1]") {
+      std::fprintf(stderr,
+                   "premoe serve: WARNING: no API keys (--api-key-file, --admin-key-file): anyone "
+                   "who reaches %s can use it, and change its patterns\n",
+                   args.listen.c_str());
+    }
+  }
 
   // Declared in the order they must stop in reverse: servers go before what
   // they serve.
@@ -151,16 +201,29 @@ absl::Status RunServe(const ServeArgs& args) {
     ASSIGN_OR_RETURN(store, OpenEmbedded(args));
     const std::string listen = args.role == "store" ? args.listen : args.store_listen;
     if (!listen.empty()) {
-      ASSIGN_OR_RETURN(store_server,
-                       store::PatternStoreServer::Start({.address = listen}, store.get()));
+      store::PatternStoreServer::Options so;
+      so.address = listen;
+      so.auth = auth;
+      ASSIGN_OR_RETURN(store_server, store::PatternStoreServer::Start(so, store.get()));
       std::printf("pattern store serving on %s\n", store_server->address().c_str());
       port = store_server->port();
     }
   }
-  if (args.role == "worker" || args.role == "all") {
-    ASSIGN_OR_RETURN(worker,
-                     StartWorker(args, args.role == "worker" ? args.listen : "127.0.0.1:0"));
+  // One process's router reaches its worker over loopback: that port takes
+  // only a key this process made, so no one else can Prepare or Generate
+  // there, whatever keys are configured.
+  std::string internal_key;
+  if (args.role == "worker") {
+    ASSIGN_OR_RETURN(worker, StartWorker(args, args.listen, auth));
     port = worker.server->port();
+  } else if (args.role == "all") {
+    ASSIGN_OR_RETURN(internal_key, InternalKey());
+    rpc::AuthOptions internal;
+    internal.read_environment = false;
+    internal.admin_keys = {internal_key};
+    ASSIGN_OR_RETURN(std::shared_ptr<rpc::Authenticator> internal_auth,
+                     rpc::Authenticator::Open(internal));
+    ASSIGN_OR_RETURN(worker, StartWorker(args, "127.0.0.1:0", std::move(internal_auth)));
   }
   if (args.role == "router" || args.role == "all") {
     ASSIGN_OR_RETURN(router::RouterOptions ro, MakeRouterOptions(args));
@@ -169,6 +232,7 @@ absl::Status RunServe(const ServeArgs& args) {
       if (args.store.empty()) return absl::InvalidArgumentError("--role router needs --store");
       store::GrpcPatternStoreClient::Options co;
       co.address = args.store;
+      co.api_key = ClientKey();
       ASSIGN_OR_RETURN(store, store::GrpcPatternStoreClient::Open(co));
       ASSIGN_OR_RETURN(replica, router::Replica::Start(store.get(), {}));
       if (absl::Status s = replica->WaitSynced(std::chrono::seconds(30)); !s.ok()) {
@@ -179,8 +243,10 @@ absl::Status RunServe(const ServeArgs& args) {
       ro.workers.addresses = {worker.server->address()};
       ro.workers.dns.clear();
     }
+    ro.workers.client.api_key = args.role == "all" ? internal_key : ClientKey();
     ASSIGN_OR_RETURN(router, router::Router::Open(ro, patterns));
-    ASSIGN_OR_RETURN(front, router::InferenceServer::Start({.address = args.listen}, router.get()));
+    ASSIGN_OR_RETURN(front, router::InferenceServer::Start({.address = args.listen, .auth = auth},
+                                                           router.get()));
     std::printf(
         "router serving premoe.v1.Inference on %s (probe %.1f MiB; budget %s, "
         "min similarity %.2f, fallback %s)\n",
@@ -192,7 +258,7 @@ absl::Status RunServe(const ServeArgs& args) {
   if (!args.port_file.empty()) {
     RETURN_IF_ERROR(common::WriteFileAtomically(args.port_file, absl::StrCat(port)));
   }
-  WaitForSignal(signals);
+  WaitForSignal(signals, *auth);
   if (front) front->Shutdown();
   if (worker.server) worker.server->Shutdown();
   if (store_server) store_server->Shutdown();
@@ -311,7 +377,8 @@ absl::Status RunQuery(const QueryArgs& args) {
   if (args.prompt.empty() == args.testbed.empty()) {
     return absl::InvalidArgumentError("give --prompt or --testbed, one of them");
   }
-  ASSIGN_OR_RETURN(auto client, router::InferenceClient::Open({.address = args.address}));
+  ASSIGN_OR_RETURN(auto client, router::InferenceClient::Open(
+                                    {.address = args.address, .api_key = ClientKey()}));
   if (!args.testbed.empty()) return RunTestbedQueries(args, *client);
   if (args.match_only) {
     ASSIGN_OR_RETURN(router::MatchResult m, client->Match(args.prompt, 3));
@@ -407,6 +474,7 @@ void RegisterServe(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   AddWorkerFlags(*s, *a, "Worker: ");
   s->add_option("--port-file", a->port_file, "Write the bound port here once serving");
+  AddKeyFlags(*s, *a);
   s->callback([a, exit_code] { *exit_code = ReportStatus("serve", RunServe(*a)); });
 
   auto q = std::make_shared<QueryArgs>();

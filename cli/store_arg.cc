@@ -1,6 +1,7 @@
 #include "cli/store_arg.h"
 
 #include "absl/strings/match.h"
+#include "cli/commands.h"
 #include "premoe/common/status.h"
 #include "premoe/store/grpc_client.h"
 
@@ -23,6 +24,7 @@ absl::StatusOr<std::unique_ptr<store::PatternStore>> OpenStore(const std::string
   if (IsRemoteStore(where)) {
     store::GrpcPatternStoreClient::Options o;
     o.address = where;
+    o.api_key = ClientKey();
     ASSIGN_OR_RETURN(auto client, store::GrpcPatternStoreClient::Open(o));
     return std::unique_ptr<store::PatternStore>(std::move(client));
   }

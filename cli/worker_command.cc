@@ -23,6 +23,7 @@ constexpr double kMiB = 1 << 20;
 
 absl::StatusOr<std::unique_ptr<worker::WorkerClient>> Connect(const std::string& address) {
   worker::WorkerClient::Options o;
+  o.api_key = ClientKey();
   o.address = address;
   return worker::WorkerClient::Open(o);
 }
@@ -150,6 +151,7 @@ void RegisterWorker(CLI::App& app, int* exit_code) {
   s->add_option("--listen", serve->listen, "Address to listen on")->capture_default_str();
   AddWorkerFlags(*s, *serve, "");
   s->add_option("--port-file", serve->port_file, "Write the bound port here once serving");
+  AddKeyFlags(*s, *serve);
   s->callback([serve, exit_code] { *exit_code = ReportStatus("worker serve", RunServe(*serve)); });
 
   auto prepare = std::make_shared<PrepareArgs>();

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "premoe/common/status.h"
+#include "premoe/proto/auth.h"
 #include "premoe/proto/grpc_edge.h"
 #include "premoe/v1/inference.grpc.pb.h"
 #include "router/src/wire.h"
@@ -41,6 +42,7 @@ absl::StatusOr<InferenceResult> InferenceClient::Generate(
     const InferenceRequest& request, const std::function<void(const std::string&)>& on_text) {
   grpc::ClientContext ctx;
   rpc::SetDeadline(ctx, request.deadline, impl_->options.timeout);
+  rpc::AddKey(ctx, impl_->options.api_key);
   v1::InferenceRequest wire;
   ToProto(request, &wire);
   auto reader = impl_->stub->Generate(&ctx, wire);
@@ -64,6 +66,7 @@ absl::StatusOr<InferenceResult> InferenceClient::Generate(
 absl::StatusOr<MatchResult> InferenceClient::Match(const std::string& prompt, int32_t k) {
   grpc::ClientContext ctx;
   rpc::SetDeadline(ctx, std::nullopt, impl_->options.timeout);
+  rpc::AddKey(ctx, impl_->options.api_key);
   v1::MatchRequest request;
   request.set_prompt(prompt);
   request.set_k(k);

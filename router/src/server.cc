@@ -22,6 +22,7 @@
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
 #include "premoe/common/utf8.h"
+#include "premoe/proto/auth.h"
 #include "premoe/proto/grpc_edge.h"
 #include "premoe/v1/inference.grpc.pb.h"
 #include "router/src/wire.h"
@@ -47,8 +48,9 @@ absl::Status CheckSize(const google::protobuf::Message& m, int64_t limit) {
 class GenerateReactor final : public grpc::ServerWriteReactor<v1::InferenceResponse> {
  public:
   GenerateReactor(Router* router, int64_t max_request_bytes, grpc::CallbackServerContext* ctx,
-                  const v1::InferenceRequest& wire) {
-    absl::StatusOr<InferenceRequest> request = Parse(max_request_bytes, *ctx, wire);
+                  const v1::InferenceRequest& wire, const absl::Status& allowed) {
+    absl::StatusOr<InferenceRequest> request =
+        allowed.ok() ? Parse(max_request_bytes, *ctx, wire) : allowed;
     if (!request.ok()) {
       absl::MutexLock lock(&mu_);
       FinishLocked(ToGrpcStatus(request.status()));
@@ -162,17 +164,24 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::InferenceRespo
 
 class Service final : public v1::Inference::CallbackService {
  public:
-  Service(Router* router, int64_t max_request_bytes, common::Executor* executor)
-      : router_(router), max_request_bytes_(max_request_bytes), executor_(executor) {}
+  Service(Router* router, int64_t max_request_bytes, common::Executor* executor,
+          const rpc::Authenticator* auth)
+      : router_(router), max_request_bytes_(max_request_bytes), executor_(executor), auth_(auth) {}
 
   grpc::ServerWriteReactor<v1::InferenceResponse>* Generate(
       grpc::CallbackServerContext* ctx, const v1::InferenceRequest* wire) override {
-    return new GenerateReactor(router_, max_request_bytes_, ctx, *wire);
+    return new GenerateReactor(router_, max_request_bytes_, ctx, *wire,
+                               rpc::Allow(auth_, *ctx, rpc::Scope::kApi, kWho, "Generate"));
   }
 
   grpc::ServerUnaryReactor* Match(grpc::CallbackServerContext* ctx, const v1::MatchRequest* wire,
                                   v1::MatchResponse* response) override {
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    if (absl::Status allowed = rpc::Allow(auth_, *ctx, rpc::Scope::kApi, kWho, "Match");
+        !allowed.ok()) {
+      reactor->Finish(ToGrpcStatus(allowed));
+      return reactor;
+    }
     absl::Status queued = executor_->Submit([this, reactor, wire, response] {
       reactor->Finish(ToGrpcStatus(MatchImpl(*wire, response)));
     });
@@ -194,9 +203,12 @@ class Service final : public v1::Inference::CallbackService {
     return absl::OkStatus();
   }
 
+  static constexpr char kWho[] = "inference server";
+
   Router* router_;
   const int64_t max_request_bytes_;
   common::Executor* executor_;
+  const rpc::Authenticator* auth_;
 };
 
 }  // namespace
@@ -215,6 +227,7 @@ struct InferenceServer::Impl {
   // Shutdown stops the server (no call runs any more), then the executor
   // (runs what is queued).
   std::unique_ptr<common::Executor> executor;
+  std::shared_ptr<const rpc::Authenticator> auth;  // the service's, kept alive
   std::unique_ptr<Service> service;
   std::unique_ptr<rpc::Server> server;
 
@@ -249,8 +262,9 @@ absl::StatusOr<std::unique_ptr<InferenceServer>> InferenceServer::Start(const Op
   impl->router = router;
   ASSIGN_OR_RETURN(impl->executor, common::Executor::Create({.name = "inference server executor",
                                                              .threads = options.executor_threads}));
-  impl->service =
-      std::make_unique<Service>(router, options.max_request_bytes, impl->executor.get());
+  impl->service = std::make_unique<Service>(router, options.max_request_bytes, impl->executor.get(),
+                                            options.auth.get());
+  impl->auth = options.auth;
   rpc::ServerOptions so;
   so.who = "inference server";
   so.address = options.address;

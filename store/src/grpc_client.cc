@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "premoe/common/status.h"
+#include "premoe/proto/auth.h"
 #include "premoe/proto/grpc_edge.h"
 #include "premoe/store/proto_convert.h"
 #include "premoe/v1/store.grpc.pb.h"
@@ -33,6 +34,7 @@ struct GrpcPatternStoreClient::Impl {
 
   void SetDeadline(grpc::ClientContext* ctx) const {
     ctx->set_deadline(std::chrono::system_clock::now() + options.rpc_timeout);
+    rpc::AddKey(*ctx, options.api_key);
   }
 
   // Server errors pass through as they are; transport errors name the address.
@@ -72,6 +74,7 @@ class GrpcWatch final : public WatchHandle {
     for (;;) {
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + client_->options.watch_timeout);
+      rpc::AddKey(ctx, client_->options.api_key);
       {
         absl::MutexLock lock(&mu_);
         if (cancelled_) return;

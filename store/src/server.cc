@@ -20,6 +20,7 @@
 #include "premoe/common/executor.h"
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
+#include "premoe/proto/auth.h"
 #include "premoe/proto/grpc_edge.h"
 #include "premoe/store/proto_convert.h"
 #include "premoe/v1/store.grpc.pb.h"
@@ -43,9 +44,14 @@ void RunSoon(Executor* executor, absl::AnyInvocable<void()> task) {
 // watch joins its thread).
 class WatchReactor final : public grpc::ServerWriteReactor<v1::ChangeEvent> {
  public:
-  WatchReactor(PatternStore* store, Executor* executor, std::uint64_t since) : executor_(executor) {
+  WatchReactor(PatternStore* store, Executor* executor, std::uint64_t since,
+               const absl::Status& allowed)
+      : executor_(executor) {
     absl::StatusOr<std::unique_ptr<WatchHandle>> handle =
-        store->Watch(since, [this](const absl::StatusOr<ChangeEvent>& e) { return OnChange(e); });
+        allowed.ok()
+            ? store->Watch(since,
+                           [this](const absl::StatusOr<ChangeEvent>& e) { return OnChange(e); })
+            : absl::StatusOr<std::unique_ptr<WatchHandle>>(allowed);
     absl::MutexLock lock(&mu_);
     if (!handle.ok()) {
       FinishLocked(ToGrpcStatus(handle.status()));
@@ -140,11 +146,12 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::ChangeEvent> {
 
 class Service final : public v1::PatternStore::CallbackService {
  public:
-  Service(PatternStore* store, Executor* executor) : store_(store), executor_(executor) {}
+  Service(PatternStore* store, Executor* executor, const rpc::Authenticator* auth)
+      : store_(store), executor_(executor), auth_(auth) {}
 
   grpc::ServerUnaryReactor* Put(grpc::CallbackServerContext* ctx, const v1::PutRequest* request,
                                 v1::PutResponse* response) override {
-    return Run(ctx, [=, this]() -> absl::Status {
+    return Run(ctx, rpc::Scope::kAdmin, "Put", [=, this]() -> absl::Status {
       ASSIGN_OR_RETURN(Pattern pattern, FromProto(request->pattern()));
       ASSIGN_OR_RETURN(PutResult result, store_->Put(pattern));
       response->set_id(result.id);
@@ -155,7 +162,7 @@ class Service final : public v1::PatternStore::CallbackService {
 
   grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* ctx, const v1::GetRequest* request,
                                 v1::GetResponse* response) override {
-    return Run(ctx, [=, this]() -> absl::Status {
+    return Run(ctx, rpc::Scope::kApi, "Get", [=, this]() -> absl::Status {
       absl::StatusOr<Pattern> pattern;
       switch (request->key_case()) {
         case v1::GetRequest::kId:
@@ -175,7 +182,7 @@ class Service final : public v1::PatternStore::CallbackService {
 
   grpc::ServerUnaryReactor* List(grpc::CallbackServerContext* ctx, const v1::ListRequest* request,
                                  v1::ListResponse* response) override {
-    return Run(ctx, [=, this]() -> absl::Status {
+    return Run(ctx, rpc::Scope::kApi, "List", [=, this]() -> absl::Status {
       ASSIGN_OR_RETURN(ListPage page, store_->List({request->page_size(), request->page_token()}));
       for (const PatternSummary& s : page.patterns) ToProto(s, response->add_patterns());
       response->set_next_page_token(page.next_page_token);
@@ -186,7 +193,7 @@ class Service final : public v1::PatternStore::CallbackService {
   grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* ctx,
                                    const v1::DeleteRequest* request,
                                    v1::DeleteResponse* response) override {
-    return Run(ctx, [=, this]() -> absl::Status {
+    return Run(ctx, rpc::Scope::kAdmin, "Delete", [=, this]() -> absl::Status {
       ASSIGN_OR_RETURN(std::uint64_t version, store_->Delete(request->id()));
       response->set_version(version);
       return absl::OkStatus();
@@ -196,7 +203,7 @@ class Service final : public v1::PatternStore::CallbackService {
   grpc::ServerUnaryReactor* Search(grpc::CallbackServerContext* ctx,
                                    const v1::SearchRequest* request,
                                    v1::SearchResponse* response) override {
-    return Run(ctx, [=, this]() -> absl::Status {
+    return Run(ctx, rpc::Scope::kApi, "Search", [=, this]() -> absl::Status {
       ASSIGN_OR_RETURN(Voting voting, FromProto(request->voting()));
       SearchOptions options{request->k(), voting, request->candidates()};
       ASSIGN_OR_RETURN(std::vector<SearchMatch> matches,
@@ -210,13 +217,14 @@ class Service final : public v1::PatternStore::CallbackService {
 
   grpc::ServerWriteReactor<v1::ChangeEvent>* Watch(grpc::CallbackServerContext* ctx,
                                                    const v1::WatchRequest* request) override {
-    return new WatchReactor(store_, executor_, request->since_version());
+    return new WatchReactor(store_, executor_, request->since_version(),
+                            rpc::Allow(auth_, *ctx, rpc::Scope::kApi, kWho, "Watch"));
   }
 
   grpc::ServerUnaryReactor* GetInfo(grpc::CallbackServerContext* ctx,
                                     const v1::GetInfoRequest* request,
                                     v1::StoreInfo* response) override {
-    return Run(ctx, [=, this]() -> absl::Status {
+    return Run(ctx, rpc::Scope::kApi, "GetInfo", [=, this]() -> absl::Status {
       ASSIGN_OR_RETURN(StoreInfo info, store_->Info());
       ToProto(info, response);
       return absl::OkStatus();
@@ -224,19 +232,28 @@ class Service final : public v1::PatternStore::CallbackService {
   }
 
  private:
-  // Runs `body` on the executor and finishes the call with its status: the
-  // one place absl::Status becomes grpc::Status for unary calls.
+  // Runs `body` on the executor, if the caller's key allows `scope`, and
+  // finishes the call with its status: the one place absl::Status becomes
+  // grpc::Status for unary calls.
   template <typename Body>
-  grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx, Body body) {
+  grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx, rpc::Scope scope,
+                                absl::string_view method, Body body) {
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    if (absl::Status allowed = rpc::Allow(auth_, *ctx, scope, kWho, method); !allowed.ok()) {
+      reactor->Finish(ToGrpcStatus(allowed));
+      return reactor;
+    }
     absl::Status queued = executor_->Submit(
         [reactor, body = std::move(body)]() mutable { reactor->Finish(ToGrpcStatus(body())); });
     if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
     return reactor;
   }
 
+  static constexpr char kWho[] = "pattern store server";
+
   PatternStore* store_;
   Executor* executor_;
+  const rpc::Authenticator* auth_;
 };
 
 }  // namespace
@@ -259,6 +276,7 @@ struct PatternStoreServer::Impl {
   // of the store's watches), so the store may go once it returns.
   absl::Mutex mu;
   std::unique_ptr<Executor> executor ABSL_GUARDED_BY(mu);
+  std::shared_ptr<const rpc::Authenticator> auth;  // the service's, kept alive
   std::unique_ptr<Service> service;
   std::unique_ptr<rpc::Server> server;
 };
@@ -279,7 +297,8 @@ absl::StatusOr<std::unique_ptr<PatternStoreServer>> PatternStoreServer::Start(
     absl::MutexLock lock(&impl->mu);
     impl->executor = std::move(owned);
   }
-  impl->service = std::make_unique<Service>(store, executor);
+  impl->service = std::make_unique<Service>(store, executor, options.auth.get());
+  impl->auth = options.auth;
   rpc::ServerOptions so;
   so.who = "pattern store server";
   so.address = options.address;

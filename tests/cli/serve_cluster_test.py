@@ -20,6 +20,10 @@ and both workers, and checks:
   UNAVAILABLE), both before and after the router's health poll notices,
   and never hangs;
 - SIGTERM stops the router and the store with exit 0.
+The cluster asks for API keys (--api-key-file, --admin-key-file): its own
+calls carry them (--key-file), and a call without a key is UNAUTHENTICATED,
+an API key on Put (profile) or Prepare PERMISSION_DENIED; health checks need
+none. The one-process server runs without keys.
 
 usage: serve_cluster_test.py [--premoe PATH]  (default: $PREMOE_BINARY_DIR/cli/premoe)
 """
@@ -48,6 +52,8 @@ START_TIMEOUT = 60  # the router waits up to 30 s for its store replica
 STOP_TIMEOUT = 30
 QUERY_TIMEOUT = 30  # a query that takes this long hangs
 QUICK_FAILURE = 10  # a query without workers fails in less
+API_KEY = "test-api-key-0123456789abcdef"
+ADMIN_KEY = "test-admin-key-0123456789abcdef"
 
 failures = []
 
@@ -62,9 +68,13 @@ def check(cond, what):
 class Premoe:
     def __init__(self, binary):
         self.binary = binary
+        self.key_file = None  # sent as --key-file when set
 
-    def run(self, *args, timeout=300):
-        return subprocess.run([self.binary, *args], capture_output=True, text=True,
+    def run(self, *args, timeout=300, key_file=None):
+        """key_file None: self.key_file; "": no key."""
+        key_file = self.key_file if key_file is None else key_file
+        keys = ["--key-file", key_file] if key_file else []
+        return subprocess.run([self.binary, *keys, *args], capture_output=True, text=True,
                               timeout=timeout)
 
     def ok(self, *args):
@@ -73,11 +83,12 @@ class Premoe:
             raise RuntimeError(f"premoe {' '.join(args)} failed ({r.returncode}):\n{r.stderr}")
         return r.stdout
 
-    def query(self, address, prompt):
+    def query(self, address, prompt, key_file=None):
         """(exit code, parsed JSON or None, stderr, seconds)."""
         start = time.monotonic()
         r = self.run("query", "--address", address, "--prompt", prompt,
-                     "--max-new-tokens", str(NEW_TOKENS), "--json", timeout=QUERY_TIMEOUT)
+                     "--max-new-tokens", str(NEW_TOKENS), "--json", timeout=QUERY_TIMEOUT,
+                     key_file=key_file)
         seconds = time.monotonic() - start
         answer = json.loads(r.stdout) if r.returncode == 0 else None
         return r.returncode, answer, r.stderr, seconds
@@ -98,7 +109,9 @@ class Server:
         self.log = os.path.join(tmp, f"{name}.log")
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
-                [premoe.binary, "--log-level", "warn", "serve", "--listen", "127.0.0.1:0",
+                [premoe.binary, "--log-level", "warn",
+                 *(["--key-file", premoe.key_file] if premoe.key_file else []),
+                 "serve", "--listen", "127.0.0.1:0",
                  "--port-file", self.port_file, *args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         Server.servers.append(self)
@@ -180,7 +193,8 @@ class InferenceClient:
     """premoe.v1.Inference/Generate from this process: unlike `premoe query`, it
     sends within milliseconds of being asked, over a channel already connected."""
 
-    def __init__(self, address):
+    def __init__(self, address, key):
+        self.metadata = [("authorization", f"Bearer {key}")]
         self.request, response = inference_messages()
         self.channel = grpc.insecure_channel(address)
         grpc.channel_ready_future(self.channel).result(timeout=10)
@@ -193,7 +207,7 @@ class InferenceClient:
         request = self.request(prompt=prompt)
         request.sampling.max_new_tokens = NEW_TOKENS
         text, route = "", None
-        for message in self.generate(request, timeout=QUERY_TIMEOUT):
+        for message in self.generate(request, timeout=QUERY_TIMEOUT, metadata=self.metadata):
             text += message.text
             if message.done:
                 route = {"task": message.route.task, "decision": message.route.decision,
@@ -219,28 +233,47 @@ def scenario(premoe, tmp):
                           "--n", str(PROMPTS_PER_TASK)).splitlines()
         prompts += [(task, json.loads(line)["prompt"]) for line in lines]
 
-    # The cluster: a store with the four patterns, two workers, a router.
-    store = Server(premoe, tmp, "store", "--role", "store", "--store-dir", f"{tmp}/cluster-store")
+    # The cluster: a store with the four patterns, two workers, a router, all
+    # asking for keys. This process and the router hold the admin key.
+    api_file, admin_file = f"{tmp}/api_keys", f"{tmp}/admin_keys"
+    with open(api_file, "w") as f:
+        f.write(f"# API keys\n{API_KEY}\n")
+    with open(admin_file, "w") as f:
+        f.write(f"{ADMIN_KEY}\n")
+    keys = ["--api-key-file", api_file, "--admin-key-file", admin_file]
+    premoe.key_file = admin_file
+    store = Server(premoe, tmp, "store", "--role", "store", "--store-dir", f"{tmp}/cluster-store",
+                   *keys)
     store.wait_serving()
+    r = premoe.run("profile", "--model", MODEL, "--task", "add", "--testbed-task", "add",
+                   "--samples", "2", "--store", store.address, key_file=api_file)
+    check(r.returncode == 1 and "PERMISSION_DENIED" in r.stderr,
+          f"profile into the store with an API key: exit {r.returncode}: {r.stderr.strip()!r}")
     for task in TASKS:
         premoe.ok("profile", "--model", MODEL, "--task", task, "--testbed-task", task,
                   "--samples", str(SAMPLES), "--store", store.address)
     workers = [Server(premoe, tmp, f"worker{i}", "--role", "worker", "--model", MODEL,
-                      "--dtype", "fp32") for i in (1, 2)]
+                      "--dtype", "fp32", *keys) for i in (1, 2)]
     addresses = [w.wait_serving() for w in workers]
     router = Server(premoe, tmp, "router", "--role", "router", "--model", MODEL,
                     "--store", store.address, "--workers", ",".join(addresses),
-                    "--budget", BUDGET)
+                    "--budget", BUDGET, *keys)
     router.wait_serving()
     for server in [store, *workers, router]:
         status = serving(server.address)
         check(status == "SERVING", f"{server.name} health: {status}")
+    code, _, err, _ = premoe.query(router.address, "What is 1 + 2?", key_file="")
+    check(code == 1 and "UNAUTHENTICATED" in err,
+          f"a query without a key: exit {code}: {err.strip()!r}")
+    r = premoe.run("worker", "status", "--address", addresses[0], key_file="")
+    check(r.returncode == 1 and "UNAUTHENTICATED" in r.stderr,
+          f"worker status without a key: exit {r.returncode}: {r.stderr.strip()!r}")
 
     def ask_cluster(when, allowed):
         """Queries every prompt through the router; the answers by prompt."""
         answers = {}
         for task, prompt in prompts:
-            code, answer, err, seconds = premoe.query(router.address, prompt)
+            code, answer, err, seconds = premoe.query(router.address, prompt, key_file=api_file)
             if not check(code == 0, f"{when}: query {prompt!r} exit {code} "
                                     f"after {seconds:.1f} s: {err.strip()}"):
                 continue
@@ -267,6 +300,7 @@ def scenario(premoe, tmp):
     for task in TASKS:
         premoe.ok("profile", "--model", MODEL, "--task", task, "--testbed-task", task,
                   "--samples", str(SAMPLES), "--store", f"{tmp}/single-store")
+    premoe.key_file = None
     single = Server(premoe, tmp, "single", "--model", MODEL, "--store-dir",
                     f"{tmp}/single-store", "--dtype", "fp32", "--budget", BUDGET)
     single.wait_serving()
@@ -280,13 +314,14 @@ def scenario(premoe, tmp):
                   answer["route"]["task"] == cluster[prompt]["route"]["task"],
                   f"{prompt!r}: one-process {describe(answer)}, cluster {describe(cluster[prompt])}")
     single.terminate()
+    premoe.key_file = admin_file
 
     # SIGKILL the busier worker: the router retries on the other one. The first
     # queries go out within milliseconds, before the router's 500 ms health poll
     # can notice, so it still picks the dead worker, which holds their patterns.
     victim = max(range(2), key=lambda i: served[addresses[i]])
     survivor = addresses[1 - victim]
-    client = InferenceClient(router.address)
+    client = InferenceClient(router.address, API_KEY)
     try:
         firsts = {task: prompt for task, prompt in reversed(prompts)}
         workers[victim].kill()

@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/grpcpp.h"
 #include "premoe/common/status.h"
+#include "premoe/proto/auth.h"
 #include "premoe/proto/grpc_edge.h"
 #include "premoe/v1/worker.grpc.pb.h"
 #include "wire.h"
@@ -96,6 +97,7 @@ class WorkerClient::GenerateCall final : public grpc::ClientReadReactor<v1::Gene
 
   void Start(const TextRequest& request) {
     rpc::SetDeadline(ctx_, request.deadline, impl_->options.generate_timeout);
+    rpc::AddKey(ctx_, impl_->options.api_key);
     ToProto(request, &wire_);
     if (canceller_ != nullptr && !canceller_->Attach([this] { ctx_.TryCancel(); })) {
       DoneCallback done = std::move(on_done_);
@@ -149,6 +151,7 @@ absl::StatusOr<PreparedPattern> WorkerClient::Prepare(
   const auto longest = std::chrono::system_clock::now() + impl_->options.prepare_timeout;
   rpc::SetDeadline(ctx, deadline.has_value() ? std::min(*deadline, longest) : longest,
                    impl_->options.prepare_timeout);
+  rpc::AddKey(ctx, impl_->options.api_key);
   v1::PrepareRequest request;
   store::ToProto(pattern, request.mutable_pattern());
   request.set_budget(budget);
@@ -162,6 +165,7 @@ absl::StatusOr<TextResult> WorkerClient::Generate(
     const std::function<void(const std::string&, const std::vector<int64_t>&)>& on_delta) {
   grpc::ClientContext ctx;
   rpc::SetDeadline(ctx, request.deadline, impl_->options.generate_timeout);
+  rpc::AddKey(ctx, impl_->options.api_key);
   CallCanceller* canceller = request.canceller;
   if (canceller != nullptr && !canceller->Attach([&ctx] { ctx.TryCancel(); })) {
     return absl::CancelledError("Generate: cancelled by the caller");
@@ -202,6 +206,7 @@ void WorkerClient::StartGenerate(const TextRequest& request, DeltaCallback on_de
 absl::StatusOr<RemoteStatus> WorkerClient::Status() {
   grpc::ClientContext ctx;
   rpc::SetDeadline(ctx, std::nullopt, impl_->options.status_timeout);
+  rpc::AddKey(ctx, impl_->options.api_key);
   v1::WorkerStatusRequest request;
   v1::WorkerStatusResponse response;
   RETURN_IF_ERROR(impl_->Convert(impl_->stub->Status(&ctx, request, &response), "Status"));

@@ -24,6 +24,7 @@
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
 #include "premoe/common/utf8.h"
+#include "premoe/proto/auth.h"
 #include "premoe/proto/grpc_edge.h"
 #include "premoe/tokenizer/text_stream.h"
 #include "premoe/v1/worker.grpc.pb.h"
@@ -48,9 +49,10 @@ std::optional<std::chrono::steady_clock::time_point> Deadline(
 class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
  public:
   GenerateReactor(Worker* worker, const tokenizer::Tokenizer* tokenizer, int64_t max_prompt_bytes,
-                  grpc::CallbackServerContext* ctx, const v1::GenerateRequest& request)
+                  grpc::CallbackServerContext* ctx, const v1::GenerateRequest& request,
+                  const absl::Status& allowed)
       : tokenizer_(tokenizer) {
-    absl::Status admitted = Admit(worker, max_prompt_bytes, *ctx, request);
+    absl::Status admitted = allowed.ok() ? Admit(worker, max_prompt_bytes, *ctx, request) : allowed;
     if (!admitted.ok()) {
       absl::MutexLock lock(&mu_);
       FinishLocked(ToGrpcStatus(admitted));
@@ -206,16 +208,17 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
 class Service final : public v1::Worker::CallbackService {
  public:
   Service(Worker* worker, const tokenizer::Tokenizer* tokenizer, int64_t max_prompt_bytes,
-          common::Executor* executor)
+          common::Executor* executor, const rpc::Authenticator* auth)
       : worker_(worker),
         tokenizer_(tokenizer),
         max_prompt_bytes_(max_prompt_bytes),
-        executor_(executor) {}
+        executor_(executor),
+        auth_(auth) {}
 
   grpc::ServerUnaryReactor* Prepare(grpc::CallbackServerContext* ctx,
                                     const v1::PrepareRequest* request,
                                     v1::PrepareResponse* response) override {
-    return Run(ctx, [=, this]() -> absl::Status {
+    return Run(ctx, rpc::Scope::kAdmin, "Prepare", [=, this]() -> absl::Status {
       ASSIGN_OR_RETURN(store::Pattern pattern, store::FromProto(request->pattern()));
       RETURN_IF_ERROR(common::CheckUtf8(request->budget(), "budget"));
       ASSIGN_OR_RETURN(PreparedPattern prepared, worker_->Prepare(pattern, request->budget()));
@@ -230,32 +233,43 @@ class Service final : public v1::Worker::CallbackService {
     // locks (the cache reads experts outside its lock), and routers poll it
     // every 500 ms, so it must not queue behind a Prepare that loads for
     // minutes.
-    ToProto(worker_->fingerprint(), worker_->Status(), response);
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-    reactor->Finish(grpc::Status::OK);
+    const absl::Status allowed = rpc::Allow(auth_, *ctx, rpc::Scope::kApi, kWho, "Status");
+    if (allowed.ok()) ToProto(worker_->fingerprint(), worker_->Status(), response);
+    reactor->Finish(ToGrpcStatus(allowed));
     return reactor;
   }
 
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* ctx, const v1::GenerateRequest* request) override {
-    return new GenerateReactor(worker_, tokenizer_, max_prompt_bytes_, ctx, *request);
+    return new GenerateReactor(worker_, tokenizer_, max_prompt_bytes_, ctx, *request,
+                               rpc::Allow(auth_, *ctx, rpc::Scope::kApi, kWho, "Generate"));
   }
 
  private:
-  // Runs `body` on the executor and finishes the call with its status.
+  // Runs `body` on the executor, if the caller's key allows `scope`, and
+  // finishes the call with its status.
   template <typename Body>
-  grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx, Body body) {
+  grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx, rpc::Scope scope,
+                                absl::string_view method, Body body) {
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    if (absl::Status allowed = rpc::Allow(auth_, *ctx, scope, kWho, method); !allowed.ok()) {
+      reactor->Finish(ToGrpcStatus(allowed));
+      return reactor;
+    }
     absl::Status queued = executor_->Submit(
         [reactor, body = std::move(body)]() mutable { reactor->Finish(ToGrpcStatus(body())); });
     if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
     return reactor;
   }
 
+  static constexpr char kWho[] = "worker server";
+
   Worker* worker_;
   const tokenizer::Tokenizer* tokenizer_;
   const int64_t max_prompt_bytes_;
   common::Executor* executor_;
+  const rpc::Authenticator* auth_;
 };
 
 }  // namespace
@@ -274,6 +288,7 @@ struct WorkerServer::Impl {
   // (runs what is queued), so the worker may go once it returns.
   absl::Mutex mu;
   std::unique_ptr<common::Executor> executor ABSL_GUARDED_BY(mu);
+  std::shared_ptr<const rpc::Authenticator> auth;  // the service's, kept alive
   std::unique_ptr<Service> service;
   std::unique_ptr<rpc::Server> server;
 };
@@ -291,8 +306,9 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Start(
   ASSIGN_OR_RETURN(std::unique_ptr<common::Executor> executor,
                    common::Executor::Create(
                        {.name = "worker server executor", .threads = options.executor_threads}));
-  impl->service =
-      std::make_unique<Service>(worker, tokenizer, options.max_prompt_bytes, executor.get());
+  impl->auth = options.auth;
+  impl->service = std::make_unique<Service>(worker, tokenizer, options.max_prompt_bytes,
+                                            executor.get(), options.auth.get());
   {
     absl::MutexLock lock(&impl->mu);
     impl->executor = std::move(executor);

@@ -23,6 +23,9 @@ class InferenceClient {
     std::string address;
     // Deadline of each call. Default 5 min.
     std::chrono::milliseconds timeout{300000};
+    // Sent as "authorization: Bearer <api_key>" on every call (see
+    // premoe/proto/auth.h). Default "": none.
+    std::string api_key;
   };
   static absl::StatusOr<std::unique_ptr<InferenceClient>> Open(const Options& options);
   ~InferenceClient();

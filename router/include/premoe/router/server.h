@@ -23,6 +23,10 @@
 #include "absl/status/statusor.h"
 #include "premoe/router/router.h"
 
+namespace premoe::rpc {
+class Authenticator;  // premoe/proto/auth.h
+}  // namespace premoe::rpc
+
 namespace premoe::router {
 
 class InferenceServer {
@@ -34,6 +38,9 @@ class InferenceServer {
     int32_t max_request_bytes = 1 << 20;
     // Threads that run Match (a probe forward pass). Default 2.
     int32_t executor_threads = 2;
+    // API keys (premoe/proto/auth.h): Generate and Match are API calls.
+    // Default null: no keys asked.
+    std::shared_ptr<const rpc::Authenticator> auth;
     absl::Status Validate() const;
   };
 

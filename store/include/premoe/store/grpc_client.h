@@ -38,6 +38,9 @@ class GrpcPatternStoreClient final : public PatternStore {
     // every re-open), with the version it resumes after; for metrics and
     // tests. Must not block or call back into the watch. Default: none.
     std::function<void(std::uint64_t since_version)> on_watch_stream;
+    // Sent as "authorization: Bearer <api_key>" on every call (see
+    // premoe/proto/auth.h). Default "": none.
+    std::string api_key;
     absl::Status Validate() const;
   };
 

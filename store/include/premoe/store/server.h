@@ -18,6 +18,10 @@
 #include "absl/status/statusor.h"
 #include "premoe/store/pattern_store.h"
 
+namespace premoe::rpc {
+class Authenticator;  // premoe/proto/auth.h
+}  // namespace premoe::rpc
+
 namespace premoe::store {
 
 class PatternStoreServer {
@@ -30,6 +34,9 @@ class PatternStoreServer {
     std::int32_t executor_threads = 4;
     // Largest message received or sent. Default 128 MiB.
     std::int32_t max_message_bytes = 128 << 20;
+    // API keys (premoe/proto/auth.h): Put and Delete are admin calls, the
+    // rest API calls. Default null: no keys asked.
+    std::shared_ptr<const rpc::Authenticator> auth;
     absl::Status Validate() const;
   };
 

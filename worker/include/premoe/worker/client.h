@@ -88,6 +88,9 @@ class WorkerClient {
     std::chrono::milliseconds prepare_timeout{600000};
     // Deadline of Generate calls whose request brings none. Default 10 min.
     std::chrono::milliseconds generate_timeout{600000};
+    // Sent as "authorization: Bearer <api_key>" on every call (see
+    // premoe/proto/auth.h). Default "": none.
+    std::string api_key;
   };
   static absl::StatusOr<std::unique_ptr<WorkerClient>> Open(const Options& options);
   ~WorkerClient();

@@ -26,6 +26,10 @@
 #include "premoe/tokenizer/tokenizer.h"
 #include "premoe/worker/worker.h"
 
+namespace premoe::rpc {
+class Authenticator;  // premoe/proto/auth.h
+}  // namespace premoe::rpc
+
 namespace premoe::worker {
 
 class WorkerServer {
@@ -41,6 +45,9 @@ class WorkerServer {
     int64_t max_prompt_bytes = 1 << 20;
     // Threads that run Prepare (it loads experts). Default 2.
     int32_t executor_threads = 2;
+    // API keys (premoe/proto/auth.h): Prepare is an admin call, Generate and
+    // Status API calls. Default null: no keys asked.
+    std::shared_ptr<const rpc::Authenticator> auth;
     absl::Status Validate() const;
   };
 

@@ -1,0 +1,208 @@
+// API keys through a real server and client on loopback: the pattern
+// store's, whose calls span both scopes (Put and Delete are admin calls,
+// the rest API calls). A call without a valid key is UNAUTHENTICATED, an
+// API key on an admin call PERMISSION_DENIED, health checks stay open, and
+// key files are re-read when they change.
+#include "premoe/proto/auth.h"
+
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <stdlib.h>
+
+#include <filesystem>
+#include <thread>
+
+#include "absl/synchronization/notification.h"
+#include "premoe/store/embedded_store.h"
+#include "premoe/store/grpc_client.h"
+#include "premoe/store/server.h"
+#include "tests/store/test_patterns.h"
+#include "tests/testutil/testutil.h"
+
+namespace premoe::rpc {
+namespace {
+
+using ::premoe::testing::StatusIs;
+using ::premoe::testing::TempDir;
+using ::premoe::testing::WriteStringToFile;
+
+constexpr char kApiKey[] = "api-key-0123456789abcdef";
+constexpr char kAdminKey[] = "admin-key-0123456789abcdef";
+
+class AuthTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    store::EmbeddedPatternStore::Options o;
+    o.in_memory = true;
+    o.path = "/premoe-auth-test";
+    ASSERT_OK_AND_ASSIGN(store_, store::EmbeddedPatternStore::Open(o));
+  }
+
+  // Starts the store server asking for keys per `options`.
+  void Serve(const AuthOptions& options) {
+    ASSERT_OK_AND_ASSIGN(std::shared_ptr<Authenticator> auth, Authenticator::Open(options));
+    store::PatternStoreServer::Options so;
+    so.auth = auth;
+    ASSERT_OK_AND_ASSIGN(server_, store::PatternStoreServer::Start(so, store_.get()));
+  }
+
+  std::unique_ptr<store::GrpcPatternStoreClient> Client(const std::string& key) {
+    store::GrpcPatternStoreClient::Options o;
+    o.address = server_->address();
+    o.api_key = key;
+    auto client = store::GrpcPatternStoreClient::Open(o);
+    EXPECT_OK(client.status());
+    return client.ok() ? std::move(client).value() : nullptr;
+  }
+
+  AuthOptions Files() {
+    WriteStringToFile(api_file_, std::string("# API keys\n\n  ") + kApiKey + "  \n");
+    WriteStringToFile(admin_file_, std::string(kAdminKey) + "\n");
+    AuthOptions o;
+    o.api_key_file = api_file_;
+    o.admin_key_file = admin_file_;
+    o.read_environment = false;
+    return o;
+  }
+
+  TempDir dir_;
+  std::string api_file_ = dir_.Join("api_keys");
+  std::string admin_file_ = dir_.Join("admin_keys");
+  std::unique_ptr<store::EmbeddedPatternStore> store_;
+  std::unique_ptr<store::PatternStoreServer> server_;
+};
+
+TEST_F(AuthTest, WithoutKeysConfiguredEverythingIsOpen) {
+  AuthOptions none;
+  none.read_environment = false;
+  Serve(none);
+  auto client = Client("");
+  ASSERT_OK(client->Put(store::testing::MakePattern("t", 1)).status());
+  EXPECT_OK(client->List({}).status());
+}
+
+TEST_F(AuthTest, ScopesAreEnforcedAndHealthStaysOpen) {
+  Serve(Files());
+  auto nobody = Client("");
+  auto wrong = Client("wrong-key-0123456789abcdef");
+  auto api = Client(kApiKey);
+  auto admin = Client(kAdminKey);
+  const store::Pattern p = store::testing::MakePattern("t", 1);
+  const auto kUnauthenticated = absl::StatusCode::kUnauthenticated;
+  const auto kDenied = absl::StatusCode::kPermissionDenied;
+
+  EXPECT_THAT(nobody->List({}), StatusIs(kUnauthenticated, "List needs an API key"));
+  EXPECT_THAT(nobody->Put(p), StatusIs(kUnauthenticated, "Put needs an API key"));
+  EXPECT_THAT(wrong->Info(), StatusIs(kUnauthenticated, "the API key is not valid"));
+  EXPECT_THAT(api->Put(p), StatusIs(kDenied, "Put needs an admin key; this is an API key"));
+  EXPECT_EQ(store_->Info()->num_patterns, 0);
+  ASSERT_OK_AND_ASSIGN(store::PutResult put, admin->Put(p));
+  EXPECT_OK(api->Get(put.id).status());
+  EXPECT_OK(api->List({}).status());
+  EXPECT_OK(admin->List({}).status());  // an admin key opens the API calls too
+  EXPECT_THAT(api->Delete(put.id), StatusIs(kDenied, "admin key"));
+  EXPECT_OK(api->Get(put.id).status());
+
+  // A Watch stream is refused the same way, and delivers with a key.
+  absl::Notification refused;
+  absl::Status watch_status;
+  ASSERT_OK_AND_ASSIGN(auto watch,
+                       nobody->Watch(0, [&](const absl::StatusOr<store::ChangeEvent>& e) {
+                         if (!e.ok() && !refused.HasBeenNotified()) {
+                           watch_status = e.status();
+                           refused.Notify();
+                         }
+                         return false;
+                       }));
+  ASSERT_TRUE(refused.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_THAT(watch_status, StatusIs(kUnauthenticated, "Watch needs an API key"));
+  watch->Cancel();
+
+  // Health checks need no key (Kubernetes probes): grpc.health.v1.Health/Check
+  // for "premoe.v1.PatternStore", encoded by hand (field 1, a string), answers
+  // SERVING (field 1 = 1).
+  auto channel = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+  const std::string service = "premoe.v1.PatternStore";
+  const std::string wire = std::string("\x0a") + static_cast<char>(service.size()) + service;
+  grpc::Slice slice(wire);
+  grpc::ByteBuffer request(&slice, 1), response;
+  grpc::ClientContext ctx;
+  grpc::CompletionQueue cq;
+  auto call = stub.PrepareUnaryCall(&ctx, "/grpc.health.v1.Health/Check", request, &cq);
+  call->StartCall();
+  grpc::Status status;
+  call->Finish(&response, &status, reinterpret_cast<void*>(1));
+  void* tag = nullptr;
+  bool ok = false;
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(response.Dump(&slices).ok());
+  std::string answer;
+  for (const grpc::Slice& s : slices)
+    answer.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  EXPECT_EQ(answer, std::string("\x08\x01"));
+}
+
+TEST_F(AuthTest, OnlyApiKeysConfiguredLeavesNoOneToChangeThings) {
+  AuthOptions o = Files();
+  o.admin_key_file.clear();
+  Serve(o);
+  EXPECT_THAT(Client(kApiKey)->Put(store::testing::MakePattern("t", 1)),
+              StatusIs(absl::StatusCode::kPermissionDenied, "none configured"));
+  EXPECT_OK(Client(kApiKey)->List({}).status());
+}
+
+TEST_F(AuthTest, KeyFilesAreReloadedWhenTheyChange) {
+  AuthOptions o = Files();
+  ASSERT_OK_AND_ASSIGN(std::shared_ptr<Authenticator> auth, Authenticator::Open(o));
+  store::PatternStoreServer::Options so;
+  so.auth = auth;
+  ASSERT_OK_AND_ASSIGN(server_, store::PatternStoreServer::Start(so, store_.get()));
+  const std::string rotated = "rotated-key-0123456789abcdef";
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  WriteStringToFile(api_file_, rotated + "\n");
+  // Checked at most once a second, on a call: the next calls see it.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  EXPECT_OK(Client(rotated)->List({}).status());
+  EXPECT_THAT(Client(kApiKey)->List({}), StatusIs(absl::StatusCode::kUnauthenticated, "not valid"));
+  // A broken file keeps the keys in use; Reload says why.
+  WriteStringToFile(api_file_, "short\n");
+  EXPECT_THAT(auth->Reload(), StatusIs(absl::StatusCode::kInvalidArgument, "api_keys:1"));
+  EXPECT_OK(Client(rotated)->List({}).status());
+}
+
+TEST_F(AuthTest, MalformedKeysAndFilesAreRefusedNamingTheLine) {
+  AuthOptions o = Files();
+  WriteStringToFile(api_file_, std::string(kApiKey) + "\n# ok\nhas space in the key 0123\n");
+  EXPECT_THAT(Authenticator::Open(o),
+              StatusIs(absl::StatusCode::kInvalidArgument, "api_keys:3: a key holds a character"));
+  WriteStringToFile(api_file_, "tooshort\n");
+  EXPECT_THAT(Authenticator::Open(o),
+              StatusIs(absl::StatusCode::kInvalidArgument, "api_keys:1: a key of 8 characters"));
+  o.api_key_file = dir_.Join("missing");
+  EXPECT_THAT(Authenticator::Open(o), StatusIs(absl::StatusCode::kNotFound, "missing"));
+}
+
+TEST_F(AuthTest, KeysComeFromTheEnvironmentToo) {
+  ASSERT_EQ(setenv("PREMOE_API_KEYS", "env-api-key-0123456789, other-key-0123456789ab", 1), 0);
+  ASSERT_EQ(setenv("PREMOE_API_KEY", "env-api-key-0123456789", 1), 0);
+  AuthOptions o;
+  Serve(o);
+  ASSERT_OK_AND_ASSIGN(std::string client_key, LoadClientKey(""));
+  EXPECT_EQ(client_key, "env-api-key-0123456789");
+  EXPECT_OK(Client(client_key)->List({}).status());
+  EXPECT_OK(Client("other-key-0123456789ab")->List({}).status());
+  EXPECT_THAT(Client("")->List({}), StatusIs(absl::StatusCode::kUnauthenticated, ""));
+  unsetenv("PREMOE_API_KEYS");
+  unsetenv("PREMOE_API_KEY");
+  ASSERT_OK_AND_ASSIGN(client_key, LoadClientKey(""));
+  EXPECT_EQ(client_key, "");
+  WriteStringToFile(api_file_, std::string("# mine\n") + kApiKey + "\n");
+  ASSERT_OK_AND_ASSIGN(client_key, LoadClientKey(api_file_));
+  EXPECT_EQ(client_key, kApiKey);
+}
+
+}  // namespace
+}  // namespace premoe::rpc
