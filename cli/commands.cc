@@ -22,6 +22,11 @@ std::string& ClientKeyStorage() {
 
 const std::string& ClientKey() { return ClientKeyStorage(); }
 
+common::TlsFiles& ProcessTls() {
+  static common::TlsFiles* tls = new common::TlsFiles;
+  return *tls;
+}
+
 absl::Status LoadClientKey(const std::string& key_file) {
   absl::StatusOr<std::string> key = rpc::LoadClientKey(key_file);
   if (!key.ok()) return key.status();

@@ -8,6 +8,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "premoe/common/tls_files.h"
 
 namespace premoe::cli {
 
@@ -34,6 +35,11 @@ extern const char kBudgetHelp[];
 // PREMOE_API_KEY, else none (""). Loaded once, before any command runs.
 const std::string& ClientKey();
 absl::Status LoadClientKey(const std::string& key_file);
+
+// The process's TLS files (premoe --tls-cert, --tls-key, --tls-ca,
+// --tls-client-ca): its servers serve TLS with the certificate, its clients
+// dial TLS verifying with the CA (and present the certificate for mutual TLS).
+common::TlsFiles& ProcessTls();
 
 // The exit code of a finished command: 0, or 1 after printing
 // "premoe <command>: <status>" to stderr.

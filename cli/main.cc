@@ -10,6 +10,14 @@ int main(int argc, char** argv) {
   std::string log_level;
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->envname("PREMOE_LOG_LEVEL");
+  premoe::common::TlsFiles& tls = premoe::cli::ProcessTls();
+  app.add_option("--tls-cert", tls.cert,
+                 "PEM certificate chain: servers serve TLS with it; clients present it to servers "
+                 "that ask for client certificates");
+  app.add_option("--tls-key", tls.key, "PEM private key of --tls-cert");
+  app.add_option("--tls-ca", tls.ca, "PEM roots: clients dial TLS and verify servers with them");
+  app.add_option("--tls-client-ca", tls.client_ca,
+                 "PEM roots: servers require client certificates signed by them (mutual TLS)");
   std::string key_file;
   app.add_option("--key-file", key_file,
                  "API key that clients send to premoe servers (the file's first key); default: "

@@ -55,7 +55,8 @@ struct WorkerPart {
 };
 
 absl::StatusOr<WorkerPart> StartWorker(const ServeArgs& args, const std::string& listen,
-                                       std::shared_ptr<const rpc::Authenticator> auth) {
+                                       std::shared_ptr<const rpc::Authenticator> auth,
+                                       const common::TlsFiles& tls) {
   RETURN_IF_ERROR(CheckModelDir(args.model));
   worker::WorkerOptions o;
   o.world_size = args.world_size;
@@ -76,6 +77,7 @@ absl::StatusOr<WorkerPart> StartWorker(const ServeArgs& args, const std::string&
   worker::WorkerServer::Options so;
   so.address = listen;
   so.auth = std::move(auth);
+  so.tls = tls;
   ASSIGN_OR_RETURN(part.server,
                    worker::WorkerServer::Start(so, part.worker.get(), part.tokenizer.get()));
   const worker::WorkerStatus s = part.worker->Status();
@@ -204,6 +206,7 @@ absl::Status RunServe(const ServeArgs& args) {
       store::PatternStoreServer::Options so;
       so.address = listen;
       so.auth = auth;
+      so.tls = ProcessTls();
       ASSIGN_OR_RETURN(store_server, store::PatternStoreServer::Start(so, store.get()));
       std::printf("pattern store serving on %s\n", store_server->address().c_str());
       port = store_server->port();
@@ -214,7 +217,7 @@ absl::Status RunServe(const ServeArgs& args) {
   // there, whatever keys are configured.
   std::string internal_key;
   if (args.role == "worker") {
-    ASSIGN_OR_RETURN(worker, StartWorker(args, args.listen, auth));
+    ASSIGN_OR_RETURN(worker, StartWorker(args, args.listen, auth, ProcessTls()));
     port = worker.server->port();
   } else if (args.role == "all") {
     ASSIGN_OR_RETURN(internal_key, InternalKey());
@@ -223,7 +226,8 @@ absl::Status RunServe(const ServeArgs& args) {
     internal.admin_keys = {internal_key};
     ASSIGN_OR_RETURN(std::shared_ptr<rpc::Authenticator> internal_auth,
                      rpc::Authenticator::Open(internal));
-    ASSIGN_OR_RETURN(worker, StartWorker(args, "127.0.0.1:0", std::move(internal_auth)));
+    // Plaintext on loopback: the key keeps everyone else out.
+    ASSIGN_OR_RETURN(worker, StartWorker(args, "127.0.0.1:0", std::move(internal_auth), {}));
   }
   if (args.role == "router" || args.role == "all") {
     ASSIGN_OR_RETURN(router::RouterOptions ro, MakeRouterOptions(args));
@@ -233,6 +237,7 @@ absl::Status RunServe(const ServeArgs& args) {
       store::GrpcPatternStoreClient::Options co;
       co.address = args.store;
       co.api_key = ClientKey();
+      co.tls = ProcessTls();
       ASSIGN_OR_RETURN(store, store::GrpcPatternStoreClient::Open(co));
       ASSIGN_OR_RETURN(replica, router::Replica::Start(store.get(), {}));
       if (absl::Status s = replica->WaitSynced(std::chrono::seconds(30)); !s.ok()) {
@@ -244,9 +249,11 @@ absl::Status RunServe(const ServeArgs& args) {
       ro.workers.dns.clear();
     }
     ro.workers.client.api_key = args.role == "all" ? internal_key : ClientKey();
+    if (args.role == "router") ro.workers.client.tls = ProcessTls();
     ASSIGN_OR_RETURN(router, router::Router::Open(ro, patterns));
-    ASSIGN_OR_RETURN(front, router::InferenceServer::Start({.address = args.listen, .auth = auth},
-                                                           router.get()));
+    ASSIGN_OR_RETURN(
+        front, router::InferenceServer::Start(
+                   {.address = args.listen, .auth = auth, .tls = ProcessTls()}, router.get()));
     std::printf(
         "router serving premoe.v1.Inference on %s (probe %.1f MiB; budget %s, "
         "min similarity %.2f, fallback %s)\n",
@@ -377,8 +384,9 @@ absl::Status RunQuery(const QueryArgs& args) {
   if (args.prompt.empty() == args.testbed.empty()) {
     return absl::InvalidArgumentError("give --prompt or --testbed, one of them");
   }
-  ASSIGN_OR_RETURN(auto client, router::InferenceClient::Open(
-                                    {.address = args.address, .api_key = ClientKey()}));
+  ASSIGN_OR_RETURN(auto client,
+                   router::InferenceClient::Open(
+                       {.address = args.address, .api_key = ClientKey(), .tls = ProcessTls()}));
   if (!args.testbed.empty()) return RunTestbedQueries(args, *client);
   if (args.match_only) {
     ASSIGN_OR_RETURN(router::MatchResult m, client->Match(args.prompt, 3));

@@ -25,6 +25,7 @@ absl::StatusOr<std::unique_ptr<store::PatternStore>> OpenStore(const std::string
     store::GrpcPatternStoreClient::Options o;
     o.address = where;
     o.api_key = ClientKey();
+    o.tls = ProcessTls();
     ASSIGN_OR_RETURN(auto client, store::GrpcPatternStoreClient::Open(o));
     return std::unique_ptr<store::PatternStore>(std::move(client));
   }

@@ -24,6 +24,7 @@ constexpr double kMiB = 1 << 20;
 absl::StatusOr<std::unique_ptr<worker::WorkerClient>> Connect(const std::string& address) {
   worker::WorkerClient::Options o;
   o.api_key = ClientKey();
+  o.tls = ProcessTls();
   o.address = address;
   return worker::WorkerClient::Open(o);
 }

@@ -14,6 +14,7 @@ APT_PACKAGES=(
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libpcre2-dev libutf8proc-dev libcpp-httplib-dev libxxhash-dev
   libclang-rt-14-dev libpng-dev
+  openssl  # the TLS tests make their certificates with it
   libgloo-dev  # headers only: c10d's ProcessGroupGloo.hpp includes them; libtorch has Gloo built in
 )
 

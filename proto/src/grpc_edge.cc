@@ -6,6 +6,11 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/security/tls_certificate_provider.h"
+#include "grpcpp/security/tls_credentials_options.h"
+#include "premoe/common/file.h"
+#include "premoe/common/status.h"
 
 namespace premoe::rpc {
 
@@ -42,6 +47,69 @@ absl::Status ServerOptions::Validate() const {
   return absl::OkStatus();
 }
 
+namespace {
+
+// Reads a PEM file now, so that a missing or malformed one is named.
+absl::Status CheckPem(const std::string& path, absl::string_view what) {
+  absl::StatusOr<std::string> text = common::ReadFile(path, 1 << 20);
+  if (!text.ok())
+    return absl::InvalidArgumentError(absl::StrCat(what, ": ", text.status().message()));
+  if (text->find("-----BEGIN ") == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " ", path, ": not a PEM file"));
+  }
+  return absl::OkStatus();
+}
+
+// How often gRPC looks at the files for a renewed certificate.
+constexpr unsigned kTlsRefreshSeconds = 60;
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
+    const common::TlsFiles& tls) {
+  if (!tls.server_tls()) {
+    if (!tls.key.empty() || !tls.client_ca.empty()) {
+      return absl::InvalidArgumentError(
+          "TLS: a key or client CA without a certificate (--tls-cert)");
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  if (tls.key.empty())
+    return absl::InvalidArgumentError("TLS: a certificate without its key (--tls-key)");
+  RETURN_IF_ERROR(CheckPem(tls.cert, "--tls-cert"));
+  RETURN_IF_ERROR(CheckPem(tls.key, "--tls-key"));
+  if (!tls.client_ca.empty()) RETURN_IF_ERROR(CheckPem(tls.client_ca, "--tls-client-ca"));
+  auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      tls.key, tls.cert, tls.client_ca, kTlsRefreshSeconds);
+  grpc::experimental::TlsServerCredentialsOptions options(provider);
+  options.watch_identity_key_cert_pairs();
+  if (!tls.client_ca.empty()) {
+    options.watch_root_certs();
+    options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  } else {
+    options.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  }
+  return grpc::experimental::TlsServerCredentials(options);
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
+    const common::TlsFiles& tls) {
+  if (!tls.client_tls()) return grpc::InsecureChannelCredentials();
+  RETURN_IF_ERROR(CheckPem(tls.ca, "--tls-ca"));
+  const bool identity = tls.server_tls() && !tls.key.empty();
+  if (identity) {
+    RETURN_IF_ERROR(CheckPem(tls.cert, "--tls-cert"));
+    RETURN_IF_ERROR(CheckPem(tls.key, "--tls-key"));
+  }
+  auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      identity ? tls.key : "", identity ? tls.cert : "", tls.ca, kTlsRefreshSeconds);
+  grpc::experimental::TlsChannelCredentialsOptions options;
+  options.set_certificate_provider(provider);
+  options.watch_root_certs();
+  if (identity) options.watch_identity_key_cert_pairs();
+  return grpc::experimental::TlsCredentials(options);
+}
+
 Server::Server(std::string who, std::unique_ptr<grpc::Server> server, std::string host, int port)
     : who_(std::move(who)), host_(std::move(host)), port_(port), server_(std::move(server)) {}
 
@@ -58,7 +126,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   // would start and silently take half of its calls: make it fail instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   int port = 0;
-  builder.AddListeningPort(options.address, grpc::InsecureServerCredentials(), &port);
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      ServerCredentials(options.tls);
+  if (!credentials.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(options.who, ": ", credentials.status().message()));
+  }
+  builder.AddListeningPort(options.address, *credentials, &port);
   builder.SetMaxReceiveMessageSize(options.max_receive_bytes);
   if (options.max_send_bytes > 0) builder.SetMaxSendMessageSize(options.max_send_bytes);
   for (grpc::Service* service : services) builder.RegisterService(service);

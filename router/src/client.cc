@@ -33,7 +33,8 @@ absl::StatusOr<std::unique_ptr<InferenceClient>> InferenceClient::Open(const Opt
   }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
-  ASSIGN_OR_RETURN(impl->channel, rpc::MakeChannel("inference client", options.address, 64 << 20));
+  ASSIGN_OR_RETURN(impl->channel,
+                   rpc::MakeChannel("inference client", options.address, 64 << 20, options.tls));
   impl->stub = v1::Inference::NewStub(impl->channel);
   return std::unique_ptr<InferenceClient>(new InferenceClient(std::move(impl)));
 }

@@ -272,6 +272,7 @@ absl::StatusOr<std::unique_ptr<InferenceServer>> InferenceServer::Start(const Op
   // INVALID_ARGUMENT naming the limit rather than a transport error.
   so.max_receive_bytes = options.max_request_bytes * 2;
   so.reflection = true;
+  so.tls = options.tls;
   ASSIGN_OR_RETURN(impl->server, rpc::Server::Start(so, {impl->service.get()}));
   Impl* raw = impl.get();
   impl->health = std::thread([raw] { raw->TrackHealth(); });

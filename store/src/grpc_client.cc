@@ -142,7 +142,7 @@ absl::StatusOr<std::unique_ptr<GrpcPatternStoreClient>> GrpcPatternStoreClient::
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   ASSIGN_OR_RETURN(impl->channel, rpc::MakeChannel("pattern store client", options.address,
-                                                   options.max_message_bytes));
+                                                   options.max_message_bytes, options.tls));
   impl->stub = v1::PatternStore::NewStub(impl->channel);
   return std::unique_ptr<GrpcPatternStoreClient>(new GrpcPatternStoreClient(std::move(impl)));
 }

@@ -305,6 +305,7 @@ absl::StatusOr<std::unique_ptr<PatternStoreServer>> PatternStoreServer::Start(
   so.max_receive_bytes = options.max_message_bytes;
   so.max_send_bytes = options.max_message_bytes;
   so.serving = {"premoe.v1.PatternStore"};
+  so.tls = options.tls;
   ASSIGN_OR_RETURN(impl->server, rpc::Server::Start(so, {impl->service.get()}));
   PREMOE_LOG_INFO("pattern store serving on %s", impl->server->address());
   return std::unique_ptr<PatternStoreServer>(new PatternStoreServer(std::move(impl)));

@@ -20,10 +20,12 @@ and both workers, and checks:
   UNAVAILABLE), both before and after the router's health poll notices,
   and never hangs;
 - SIGTERM stops the router and the store with exit 0.
-The cluster asks for API keys (--api-key-file, --admin-key-file): its own
-calls carry them (--key-file), and a call without a key is UNAUTHENTICATED,
-an API key on Put (profile) or Prepare PERMISSION_DENIED; health checks need
-none. The one-process server runs without keys.
+The cluster runs mutual TLS (certificates made here with openssl; every
+server requires a client certificate of the same CA) and asks for API keys
+(--api-key-file, --admin-key-file): its own calls carry them (--key-file), a
+call without a key is UNAUTHENTICATED, an API key on Put (profile)
+PERMISSION_DENIED, a plaintext client cannot connect; health checks need no
+key. The one-process server runs plaintext without keys.
 
 usage: serve_cluster_test.py [--premoe PATH]  (default: $PREMOE_BINARY_DIR/cli/premoe)
 """
@@ -65,17 +67,48 @@ def check(cond, what):
     return cond
 
 
+def make_channel(address, certs):
+    """A channel to `address`: mutual TLS with `certs` when given."""
+    if not certs:
+        return grpc.insecure_channel(address)
+    read = lambda name: open(certs[name], "rb").read()
+    return grpc.secure_channel(address, grpc.ssl_channel_credentials(
+        read("ca.pem"), read("node.key"), read("node.pem")))
+
+
+def make_certs(tmp):
+    """A CA and a certificate for 127.0.0.1 it signed (server and client)."""
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run = lambda *a: subprocess.run(["openssl", *a], cwd=tmp, check=True, capture_output=True)
+    run("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=premoe-test-ca")
+    with open(os.path.join(tmp, "san"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("req", *key, "-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=node")
+    run("x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "node.pem", "-days", "2", "-extfile", "san")
+    return {name: os.path.join(tmp, name) for name in ("ca.pem", "node.pem", "node.key")}
+
+
 class Premoe:
     def __init__(self, binary):
         self.binary = binary
         self.key_file = None  # sent as --key-file when set
+        self.certs = None  # mutual TLS for servers and clients when set
 
-    def run(self, *args, timeout=300, key_file=None):
+    def global_args(self, key_file=None):
         """key_file None: self.key_file; "": no key."""
         key_file = self.key_file if key_file is None else key_file
-        keys = ["--key-file", key_file] if key_file else []
-        return subprocess.run([self.binary, *keys, *args], capture_output=True, text=True,
-                              timeout=timeout)
+        args = ["--key-file", key_file] if key_file else []
+        if self.certs:
+            args += ["--tls-cert", self.certs["node.pem"], "--tls-key", self.certs["node.key"],
+                     "--tls-ca", self.certs["ca.pem"], "--tls-client-ca", self.certs["ca.pem"]]
+        return args
+
+
+    def run(self, *args, timeout=300, key_file=None):
+        return subprocess.run([self.binary, *self.global_args(key_file), *args],
+                              capture_output=True, text=True, timeout=timeout)
 
     def ok(self, *args):
         r = self.run(*args)
@@ -106,11 +139,12 @@ class Server:
     def __init__(self, premoe, tmp, name, *args):
         self.name = name
         self.port_file = os.path.join(tmp, f"{name}.port")
+        self.premoe = premoe
+        self.certs = premoe.certs
         self.log = os.path.join(tmp, f"{name}.log")
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
-                [premoe.binary, "--log-level", "warn",
-                 *(["--key-file", premoe.key_file] if premoe.key_file else []),
+                [premoe.binary, "--log-level", "warn", *premoe.global_args(),
                  "serve", "--listen", "127.0.0.1:0",
                  "--port-file", self.port_file, *args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -128,6 +162,9 @@ class Server:
                                    f"{self.output()}")
             time.sleep(0.05)
         raise RuntimeError(f"{self.name} wrote no port file in {START_TIMEOUT} s:\n{self.output()}")
+
+    def channel(self):
+        return make_channel(self.address, self.certs)
 
     def output(self):
         with open(self.log, errors="replace") as f:
@@ -152,8 +189,8 @@ class Server:
                          f"({time.monotonic() - start:.1f} s):\n{self.output()}")
 
 
-def serving(address):
-    with grpc.insecure_channel(address) as channel:
+def serving(server):
+    with server.channel() as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=10)
@@ -193,10 +230,10 @@ class InferenceClient:
     """premoe.v1.Inference/Generate from this process: unlike `premoe query`, it
     sends within milliseconds of being asked, over a channel already connected."""
 
-    def __init__(self, address, key):
+    def __init__(self, server, key):
         self.metadata = [("authorization", f"Bearer {key}")]
         self.request, response = inference_messages()
-        self.channel = grpc.insecure_channel(address)
+        self.channel = server.channel()
         grpc.channel_ready_future(self.channel).result(timeout=10)
         self.generate = self.channel.unary_stream(
             "/premoe.v1.Inference/Generate", request_serializer=self.request.SerializeToString,
@@ -242,6 +279,7 @@ def scenario(premoe, tmp):
         f.write(f"{ADMIN_KEY}\n")
     keys = ["--api-key-file", api_file, "--admin-key-file", admin_file]
     premoe.key_file = admin_file
+    premoe.certs = make_certs(tmp)
     store = Server(premoe, tmp, "store", "--role", "store", "--store-dir", f"{tmp}/cluster-store",
                    *keys)
     store.wait_serving()
@@ -260,8 +298,14 @@ def scenario(premoe, tmp):
                     "--budget", BUDGET, *keys)
     router.wait_serving()
     for server in [store, *workers, router]:
-        status = serving(server.address)
+        status = serving(server)
         check(status == "SERVING", f"{server.name} health: {status}")
+    with grpc.insecure_channel(router.address) as plain:
+        try:
+            grpc.channel_ready_future(plain).result(timeout=3)
+            check(False, "a plaintext client connected to the router, which serves TLS")
+        except grpc.FutureTimeoutError:
+            pass
     code, _, err, _ = premoe.query(router.address, "What is 1 + 2?", key_file="")
     check(code == 1 and "UNAUTHENTICATED" in err,
           f"a query without a key: exit {code}: {err.strip()!r}")
@@ -300,11 +344,11 @@ def scenario(premoe, tmp):
     for task in TASKS:
         premoe.ok("profile", "--model", MODEL, "--task", task, "--testbed-task", task,
                   "--samples", str(SAMPLES), "--store", f"{tmp}/single-store")
-    premoe.key_file = None
+    cluster_certs, premoe.key_file, premoe.certs = premoe.certs, None, None
     single = Server(premoe, tmp, "single", "--model", MODEL, "--store-dir",
                     f"{tmp}/single-store", "--dtype", "fp32", "--budget", BUDGET)
     single.wait_serving()
-    check(serving(single.address) == "SERVING", f"one-process health: {serving(single.address)}")
+    check(serving(single) == "SERVING", f"one-process health: {serving(single)}")
     for task, prompt in prompts:
         code, answer, err, _ = premoe.query(single.address, prompt)
         if not check(code == 0, f"one-process: query {prompt!r} exit {code}: {err.strip()}"):
@@ -314,14 +358,14 @@ def scenario(premoe, tmp):
                   answer["route"]["task"] == cluster[prompt]["route"]["task"],
                   f"{prompt!r}: one-process {describe(answer)}, cluster {describe(cluster[prompt])}")
     single.terminate()
-    premoe.key_file = admin_file
+    premoe.key_file, premoe.certs = admin_file, cluster_certs
 
     # SIGKILL the busier worker: the router retries on the other one. The first
     # queries go out within milliseconds, before the router's 500 ms health poll
     # can notice, so it still picks the dead worker, which holds their patterns.
     victim = max(range(2), key=lambda i: served[addresses[i]])
     survivor = addresses[1 - victim]
-    client = InferenceClient(router.address, API_KEY)
+    client = InferenceClient(router, API_KEY)
     try:
         firsts = {task: prompt for task, prompt in reversed(prompts)}
         workers[victim].kill()
@@ -349,7 +393,7 @@ def scenario(premoe, tmp):
         if prompt in cluster:
             check(answer["text"] == cluster[prompt]["text"],
                   f"{prompt!r}: after the kill {describe(answer)}, before {describe(cluster[prompt])}")
-    status = serving(router.address)
+    status = serving(router)
     check(status == "SERVING", f"router health after a worker's SIGKILL: {status}")
 
     # SIGKILL the last worker: queries fail fast, both before the router's poll

@@ -9,10 +9,13 @@
 #include <grpcpp/grpcpp.h>
 #include <stdlib.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "premoe/common/tls_files.h"
 #include "premoe/store/embedded_store.h"
 #include "premoe/store/grpc_client.h"
 #include "premoe/store/server.h"
@@ -202,6 +205,97 @@ TEST_F(AuthTest, KeysComeFromTheEnvironmentToo) {
   WriteStringToFile(api_file_, std::string("# mine\n") + kApiKey + "\n");
   ASSERT_OK_AND_ASSIGN(client_key, LoadClientKey(api_file_));
   EXPECT_EQ(client_key, kApiKey);
+}
+
+// TLS with gRPC's own stack, between the store's real server and client,
+// with certificates made here by the openssl command.
+class TlsTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempDir();
+    const std::string d = dir_->path();
+    const std::string key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    WriteStringToFile(
+        dir_->Join("make.sh"),
+        absl::StrCat("set -e\ncd ", d, "\nexec 2>openssl.log\n",
+                     "for ca in ca other_ca; do openssl req -x509 ", key,
+                     " -keyout $ca.key -out $ca.pem -days 2 -subj /CN=$ca; done\n",
+                     "echo subjectAltName=IP:127.0.0.1,DNS:localhost > san\n",
+                     "for who in server client; do\n", "  openssl req ", key,
+                     " -keyout $who.key -out $who.csr -subj /CN=$who\n",
+                     "  openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial ",
+                     "-out $who.pem -days 2 -extfile san\n", "done\n"));
+    ASSERT_EQ(std::system(absl::StrCat("bash ", d, "/make.sh").c_str()), 0)
+        << premoe::testing::ReadFileOrDie(d + "/openssl.log");
+  }
+  static void TearDownTestSuite() {
+    delete dir_;
+    dir_ = nullptr;
+  }
+  static std::string File(const std::string& name) { return dir_->Join(name); }
+
+  void SetUp() override {
+    store::EmbeddedPatternStore::Options o;
+    o.in_memory = true;
+    o.path = "/premoe-tls-test";
+    ASSERT_OK_AND_ASSIGN(store_, store::EmbeddedPatternStore::Open(o));
+  }
+
+  absl::Status Serve(common::TlsFiles tls) {
+    store::PatternStoreServer::Options so;
+    so.tls = std::move(tls);
+    absl::StatusOr<std::unique_ptr<store::PatternStoreServer>> server =
+        store::PatternStoreServer::Start(so, store_.get());
+    if (!server.ok()) return server.status();
+    server_ = *std::move(server);
+    return absl::OkStatus();
+  }
+
+  // A List through a client with `tls`, with a short deadline.
+  absl::Status List(common::TlsFiles tls) {
+    store::GrpcPatternStoreClient::Options o;
+    o.address = absl::StrCat("localhost:", server_->port());
+    o.rpc_timeout = std::chrono::seconds(5);
+    o.tls = std::move(tls);
+    absl::StatusOr<std::unique_ptr<store::GrpcPatternStoreClient>> client =
+        store::GrpcPatternStoreClient::Open(o);
+    if (!client.ok()) return client.status();
+    return (*client)->List({}).status();
+  }
+
+  static TempDir* dir_;
+  std::unique_ptr<store::EmbeddedPatternStore> store_;
+  std::unique_ptr<store::PatternStoreServer> server_;
+};
+TempDir* TlsTest::dir_ = nullptr;
+
+TEST_F(TlsTest, ClientsVerifyTheServerAndPlaintextIsRefused) {
+  ASSERT_OK(Serve({.cert = File("server.pem"), .key = File("server.key")}));
+  EXPECT_OK(List({.ca = File("ca.pem")}));
+  EXPECT_THAT(List({}), StatusIs(absl::StatusCode::kUnavailable, ""));
+  EXPECT_THAT(List({.ca = File("other_ca.pem")}), StatusIs(absl::StatusCode::kUnavailable, ""));
+}
+
+TEST_F(TlsTest, MutualTlsNeedsAClientCertificateOfTheClientCa) {
+  ASSERT_OK(
+      Serve({.cert = File("server.pem"), .key = File("server.key"), .client_ca = File("ca.pem")}));
+  EXPECT_OK(List({.cert = File("client.pem"), .key = File("client.key"), .ca = File("ca.pem")}));
+  EXPECT_THAT(List({.ca = File("ca.pem")}), StatusIs(absl::StatusCode::kUnavailable, ""));
+}
+
+TEST_F(TlsTest, BadTlsFilesAreNamedAtStart) {
+  EXPECT_THAT(Serve({.cert = File("server.pem")}),
+              StatusIs(absl::StatusCode::kInvalidArgument, "without its key (--tls-key)"));
+  EXPECT_THAT(Serve({.cert = File("missing.pem"), .key = File("server.key")}),
+              StatusIs(absl::StatusCode::kInvalidArgument, "--tls-cert: "));
+  EXPECT_THAT(Serve({.cert = File("server.pem"), .key = File("san")}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "--tls-key " + File("san") + ": not a PEM file"));
+  EXPECT_THAT(Serve({.key = File("server.key")}),
+              StatusIs(absl::StatusCode::kInvalidArgument, "without a certificate"));
+  ASSERT_OK(Serve({.cert = File("server.pem"), .key = File("server.key")}));
+  EXPECT_THAT(List({.ca = File("nothing.pem")}),
+              StatusIs(absl::StatusCode::kInvalidArgument, "--tls-ca: "));
 }
 
 }  // namespace

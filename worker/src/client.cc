@@ -35,8 +35,8 @@ absl::StatusOr<std::unique_ptr<WorkerClient>> WorkerClient::Open(const Options& 
   }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
-  ASSIGN_OR_RETURN(impl->channel,
-                   rpc::MakeChannel("worker client", options.address, options.max_message_bytes));
+  ASSIGN_OR_RETURN(impl->channel, rpc::MakeChannel("worker client", options.address,
+                                                   options.max_message_bytes, options.tls));
   impl->stub = v1::Worker::NewStub(impl->channel);
   return std::unique_ptr<WorkerClient>(new WorkerClient(std::move(impl)));
 }

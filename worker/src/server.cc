@@ -319,6 +319,7 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Start(
   so.max_receive_bytes = options.max_message_bytes;
   so.max_send_bytes = options.max_message_bytes;
   so.serving = {"premoe.v1.Worker"};
+  so.tls = options.tls;
   ASSIGN_OR_RETURN(impl->server, rpc::Server::Start(so, {impl->service.get()}));
   PREMOE_LOG_INFO("worker serving on %s", impl->server->address());
   return std::unique_ptr<WorkerServer>(new WorkerServer(std::move(impl)));

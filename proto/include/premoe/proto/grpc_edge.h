@@ -22,6 +22,7 @@
 #include "grpcpp/server.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "grpcpp/support/status.h"
+#include "premoe/common/tls_files.h"
 
 namespace premoe::rpc {
 
@@ -49,16 +50,29 @@ inline absl::Status FromGrpcStatus(const grpc::Status& status) {
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
 }
 
-// An insecure channel to `address` with both message limits set.
-// INVALID_ARGUMENT, naming `who`, when gRPC cannot make one.
-inline absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(absl::string_view who,
-                                                                  const std::string& address,
-                                                                  int32_t max_message_bytes) {
+// gRPC credentials from TLS files, with gRPC's own TLS stack: the files are
+// watched and re-read when they change (a renewed certificate is used
+// without a restart). Each file is read once here so that a missing or
+// malformed one is INVALID_ARGUMENT naming it, not a handshake failure later.
+// Insecure credentials when TLS is off for that side (TlsFiles).
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
+    const common::TlsFiles& tls);
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
+    const common::TlsFiles& tls);
+
+// A channel to `address` with both message limits set, over TLS when
+// tls.client_tls(). INVALID_ARGUMENT, naming `who`, when gRPC cannot make one.
+inline absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(
+    absl::string_view who, const std::string& address, int32_t max_message_bytes,
+    const common::TlsFiles& tls = {}) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(max_message_bytes);
   args.SetMaxSendMessageSize(max_message_bytes);
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials = ChannelCredentials(tls);
+  if (!credentials.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(who, ": ", credentials.status().message()));
+  }
+  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(address, *credentials, args);
   if (!channel) {
     return absl::InvalidArgumentError(absl::StrCat(who, ": cannot make a channel to ", address));
   }
@@ -109,6 +123,8 @@ struct ServerOptions {
   // gRPC server reflection. It is a process-wide gRPC plugin: every server
   // built after one that asks for it has it too. Default false.
   bool reflection = false;
+  // TLS (tls.cert and tls.key; tls.client_ca for mutual TLS). Default: none.
+  common::TlsFiles tls;
   absl::Status Validate() const;
 };
 

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "premoe/common/tls_files.h"
 #include "premoe/router/matcher.h"
 #include "premoe/router/router.h"
 
@@ -26,6 +27,9 @@ class InferenceClient {
     // Sent as "authorization: Bearer <api_key>" on every call (see
     // premoe/proto/auth.h). Default "": none.
     std::string api_key;
+    // TLS: ca verifies the server; cert and key are presented for mutual
+    // TLS (premoe/common/tls_files.h). Default: plaintext.
+    common::TlsFiles tls;
   };
   static absl::StatusOr<std::unique_ptr<InferenceClient>> Open(const Options& options);
   ~InferenceClient();

@@ -21,6 +21,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "premoe/common/tls_files.h"
 #include "premoe/router/router.h"
 
 namespace premoe::rpc {
@@ -41,6 +42,9 @@ class InferenceServer {
     // API keys (premoe/proto/auth.h): Generate and Match are API calls.
     // Default null: no keys asked.
     std::shared_ptr<const rpc::Authenticator> auth;
+    // TLS: this server's certificate and key, and client_ca for mutual TLS
+    // (premoe/common/tls_files.h). Default: plaintext.
+    common::TlsFiles tls;
     absl::Status Validate() const;
   };
 

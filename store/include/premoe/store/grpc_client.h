@@ -17,6 +17,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "premoe/common/tls_files.h"
 #include "premoe/store/pattern_store.h"
 
 namespace premoe::store {
@@ -41,6 +42,9 @@ class GrpcPatternStoreClient final : public PatternStore {
     // Sent as "authorization: Bearer <api_key>" on every call (see
     // premoe/proto/auth.h). Default "": none.
     std::string api_key;
+    // TLS: ca verifies the server; cert and key are presented for mutual
+    // TLS (premoe/common/tls_files.h). Default: plaintext.
+    common::TlsFiles tls;
     absl::Status Validate() const;
   };
 

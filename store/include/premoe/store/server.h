@@ -16,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "premoe/common/tls_files.h"
 #include "premoe/store/pattern_store.h"
 
 namespace premoe::rpc {
@@ -37,6 +38,9 @@ class PatternStoreServer {
     // API keys (premoe/proto/auth.h): Put and Delete are admin calls, the
     // rest API calls. Default null: no keys asked.
     std::shared_ptr<const rpc::Authenticator> auth;
+    // TLS: this server's certificate and key, and client_ca for mutual TLS
+    // (premoe/common/tls_files.h). Default: plaintext.
+    common::TlsFiles tls;
     absl::Status Validate() const;
   };
 

@@ -16,6 +16,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
+#include "premoe/common/tls_files.h"
 #include "absl/synchronization/mutex.h"
 #include "premoe/model/engine.h"
 #include "premoe/store/pattern.h"
@@ -91,6 +92,9 @@ class WorkerClient {
     // Sent as "authorization: Bearer <api_key>" on every call (see
     // premoe/proto/auth.h). Default "": none.
     std::string api_key;
+    // TLS: ca verifies the server; cert and key are presented for mutual
+    // TLS (premoe/common/tls_files.h). Default: plaintext.
+    common::TlsFiles tls;
   };
   static absl::StatusOr<std::unique_ptr<WorkerClient>> Open(const Options& options);
   ~WorkerClient();

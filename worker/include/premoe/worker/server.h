@@ -23,6 +23,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "premoe/common/tls_files.h"
 #include "premoe/tokenizer/tokenizer.h"
 #include "premoe/worker/worker.h"
 
@@ -48,6 +49,9 @@ class WorkerServer {
     // API keys (premoe/proto/auth.h): Prepare is an admin call, Generate and
     // Status API calls. Default null: no keys asked.
     std::shared_ptr<const rpc::Authenticator> auth;
+    // TLS: this server's certificate and key, and client_ca for mutual TLS
+    // (premoe/common/tls_files.h). Default: plaintext.
+    common::TlsFiles tls;
     absl::Status Validate() const;
   };
 
