@@ -240,10 +240,14 @@ absl::Status RunServe(const ServeArgs& args) {
       co.tls = ProcessTls();
       ASSIGN_OR_RETURN(store, store::GrpcPatternStoreClient::Open(co));
       ASSIGN_OR_RETURN(replica, router::Replica::Start(store.get(), {}));
-      if (absl::Status s = replica->WaitSynced(std::chrono::seconds(30)); !s.ok()) {
-        std::fprintf(stderr, "premoe serve: %s; serving while it retries\n", s.ToString().c_str());
+      if (absl::Status s = replica->WaitSynced(std::chrono::seconds(5)); !s.ok()) {
+        std::fprintf(stderr,
+                     "premoe serve: %s; serving, not ready (requests UNAVAILABLE) until it has "
+                     "synced\n",
+                     s.ToString().c_str());
       }
       patterns = replica->store();
+      ro.patterns_ready = [r = replica.get()] { return r->Synced(); };
     } else {
       ro.workers.addresses = {worker.server->address()};
       ro.workers.dns.clear();

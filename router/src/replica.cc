@@ -174,6 +174,14 @@ absl::Status Replica::WaitSynced(std::chrono::milliseconds timeout) const {
       absl::StrCat("the pattern replica has not synced: ", impl_->last_error.ToString()));
 }
 
+absl::Status Replica::Synced() const {
+  absl::MutexLock lock(&impl_->mu);
+  if (impl_->synced) return absl::OkStatus();
+  return absl::UnavailableError(absl::StrCat(
+      "the pattern store replica has not synced yet",
+      impl_->last_error.ok() ? std::string() : absl::StrCat(": ", impl_->last_error.message())));
+}
+
 uint64_t Replica::version() const {
   absl::MutexLock lock(&impl_->mu);
   return impl_->version;

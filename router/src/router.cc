@@ -36,6 +36,11 @@ struct Router::Impl {
   absl::Mutex mu;
   // GenerateAsync calls that have not ended yet.
   int64_t calls ABSL_GUARDED_BY(mu) = 0;
+
+  absl::Status PatternsReady() const {
+    if (options.patterns_ready) RETURN_IF_ERROR(options.patterns_ready());
+    return patterns->Info().status();
+  }
 };
 
 // One GenerateAsync request, from its call to its on_done. It moves between
@@ -123,6 +128,7 @@ absl::StatusOr<std::string> Router::RenderPrompt(const std::string& prompt,
 
 absl::StatusOr<MatchResult> Router::Match(const std::string& prompt,
                                           const std::vector<ChatMessage>& messages, int32_t k) {
+  RETURN_IF_ERROR(impl_->PatternsReady());
   ASSIGN_OR_RETURN(std::string text, RenderPrompt(prompt, messages));
   return impl_->matcher->Match(text, k);
 }
@@ -190,6 +196,7 @@ void Router::GenerateAsync(InferenceRequest request, TextCallback on_text, DoneC
 
 absl::Status Router::Call::Route() {
   const RouterOptions& o = router->impl_->options;
+  RETURN_IF_ERROR(router->impl_->PatternsReady());
   ASSIGN_OR_RETURN(std::string text, router->RenderPrompt(request.prompt, request.messages));
   if (request.options.max_new_tokens > o.max_new_tokens) {
     return absl::InvalidArgumentError(absl::StrCat("max_new_tokens ",
@@ -333,7 +340,11 @@ void Router::Call::Done(absl::StatusOr<InferenceResult> result) {
   --impl.calls;
 }
 
-bool Router::Ready() const { return impl_->patterns->Info().ok() && impl_->pool->AnyReachable(); }
+absl::Status Router::Readiness() const {
+  RETURN_IF_ERROR(impl_->PatternsReady());
+  if (!impl_->pool->AnyReachable()) return absl::UnavailableError("no worker is reachable");
+  return absl::OkStatus();
+}
 
 WorkerPool& Router::pool() { return *impl_->pool; }
 const Matcher& Router::matcher() const { return *impl_->matcher; }

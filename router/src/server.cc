@@ -238,11 +238,16 @@ struct InferenceServer::Impl {
   void TrackHealth() {
     bool last = false;
     for (bool first = true;; first = false) {
-      // Ready() asks the store and the pool: not under the lock.
-      const bool ready = router->Ready();
+      // Readiness() asks the store and the pool: not under the lock.
+      const absl::Status readiness = router->Readiness();
+      const bool ready = readiness.ok();
       if (first || ready != last) {
         server->SetServing(kServiceName, ready);
-        PREMOE_LOG_INFO("router %s", ready ? "ready" : "not ready (no patterns or no worker)");
+        if (ready) {
+          PREMOE_LOG_INFO("router ready");
+        } else {
+          PREMOE_LOG_WARN("router not ready: %s", readiness.message());
+        }
       }
       last = ready;
       absl::MutexLock lock(&mu);

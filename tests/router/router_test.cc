@@ -304,6 +304,28 @@ TEST_F(RouterTest, ReplicaFollowsARemoteStore) {
   EXPECT_EQ(m.task, "reverse");
 }
 
+// A router whose store is down at start stays not ready, and refuses
+// requests naming the cause, until its replica has synced (it once reported
+// SERVING with no patterns, and every query failed with an unrelated error).
+TEST_F(RouterTest, ARouterOnAnUnsyncedReplicaIsNotReadyAndSaysWhy) {
+  Workers w = StartWorkers(1, 0);
+  ASSERT_OK_AND_ASSIGN(
+      auto remote, store::GrpcPatternStoreClient::Open(
+                       {.address = "127.0.0.1:1", .rpc_timeout = std::chrono::milliseconds(500)}));
+  ASSERT_OK_AND_ASSIGN(auto replica, Replica::Start(remote.get(), {}));
+  RouterOptions o = Options(w);
+  o.patterns_ready = [&] { return replica->Synced(); };
+  ASSERT_OK_AND_ASSIGN(auto router, Router::Open(o, replica->store()));
+  EXPECT_THAT(router->Readiness(),
+              StatusIs(absl::StatusCode::kUnavailable, "replica has not synced yet"));
+  InferenceRequest r;
+  r.prompt = "What is 1 + 2?";
+  EXPECT_THAT(router->Generate(r),
+              StatusIs(absl::StatusCode::kUnavailable, "replica has not synced yet"));
+  EXPECT_THAT(router->Match(r.prompt, {}),
+              StatusIs(absl::StatusCode::kUnavailable, "replica has not synced yet"));
+}
+
 TEST_F(RouterTest, QueriesGetTheirPatternsAnswersThroughGrpc) {
   Workers w = StartWorkers(2, 0);
   ASSERT_OK_AND_ASSIGN(auto router, Router::Open(Options(w), store_.get()));

@@ -47,6 +47,9 @@ class Replica {
   // Waits until synced; DEADLINE_EXCEEDED with the last sync error if not
   // by `timeout`.
   absl::Status WaitSynced(std::chrono::milliseconds timeout) const;
+  // OK once the copy has synced with the source (at least once); until
+  // then UNAVAILABLE naming why not (the last sync error).
+  absl::Status Synced() const;
   // The source version the copy reflects.
   uint64_t version() const;
 

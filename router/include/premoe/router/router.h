@@ -59,6 +59,11 @@ struct RouterOptions {
   // Requests waiting for the executor beyond which more are refused with
   // RESOURCE_EXHAUSTED. Default 4096.
   int64_t max_pending = 4096;
+  // Whether the pattern source can be used yet: a router on a Replica
+  // passes its Synced, so that it reports not ready and refuses requests
+  // (UNAVAILABLE naming the cause) until the copy has synced once, instead
+  // of matching against nothing. Default null: always (an embedded store).
+  std::function<absl::Status()> patterns_ready;
 
   absl::Status Validate() const;
 };
@@ -141,8 +146,10 @@ class Router {
   absl::StatusOr<std::string> RenderPrompt(const std::string& prompt,
                                            const std::vector<ChatMessage>& messages) const;
 
-  // Patterns can be read and a worker was reached.
-  bool Ready() const;
+  // OK when patterns can be read (and the source has synced, see
+  // RouterOptions::patterns_ready) and a worker was reached; else
+  // UNAVAILABLE naming what is missing.
+  absl::Status Readiness() const;
   WorkerPool& pool();
   const Matcher& matcher() const;
 
