@@ -246,8 +246,9 @@ absl::Status CheckAcknowledged(const std::string& dir) {
   }
   const std::string ack_path = (std::filesystem::path(dir) / internal::kAckFile).string();
   absl::StatusOr<internal::AckLog::Entry> acked = internal::AckLog::Read(ack_path);
-  if (absl::IsNotFound(acked.status()) && keeps_log.empty())
-    return absl::OkStatus();  // older store
+  if (absl::IsNotFound(acked.status()) && keeps_log.empty()) {
+    return absl::OkStatus();  // a store from before the AckLog: Open starts one
+  }
   if (!acked.ok()) {
     return absl::DataLossError(absl::StrCat(
         dir, ": the record of acknowledged changes is unreadable (", acked.status().message(),
@@ -261,7 +262,7 @@ absl::Status CheckAcknowledged(const std::string& dir) {
   if (acked->version > version) {
     return absl::DataLossError(
         absl::StrCat(dir, ": ", acked->version - version,
-                     " acknowledged change(s) lost: the store acknowledged ", "version ",
+                     " acknowledged change(s) lost: the store acknowledged version ",
                      acked->version, " but RocksDB recovers only version ", version,
                      ", so a write-ahead log was damaged or truncated (logs: ", WalFiles(dir),
                      "); ", RepairHint(dir)));

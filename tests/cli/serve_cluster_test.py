@@ -16,6 +16,10 @@ and both workers, and checks:
   channel within milliseconds of the kill, before the router's 500 ms health
   poll notices, so the router has to retry on the other worker; the router is
   still SERVING;
+- after the last worker is stopped with SIGSTOP (it holds its connections
+  but answers nothing), a query sent at once fails within STALL_FAILURE
+  seconds (keepalive gives up on the connection) instead of hanging until its
+  deadline;
 - after the last worker is killed with SIGKILL, a query fails quickly (exit 1,
   UNAVAILABLE), both before and after the router's health poll notices,
   and never hangs;
@@ -54,6 +58,7 @@ START_TIMEOUT = 60  # the router waits up to 30 s for its store replica
 STOP_TIMEOUT = 30
 QUERY_TIMEOUT = 30  # a query that takes this long hangs
 QUICK_FAILURE = 10  # a query without workers fails in less
+STALL_FAILURE = 25  # a query to a stopped worker fails in less (keepalive: 10 s + 5 s)
 API_KEY = "test-api-key-0123456789abcdef"
 ADMIN_KEY = "test-admin-key-0123456789abcdef"
 
@@ -396,9 +401,26 @@ def scenario(premoe, tmp):
     status = serving(router)
     check(status == "SERVING", f"router health after a worker's SIGKILL: {status}")
 
+    # SIGSTOP the last worker: it keeps its connections but answers nothing.
+    # A query sent at once goes to it (the router's poll has not noticed), and
+    # must fail once keepalive gives up on the connection, not hang.
+    last = workers[1 - victim]
+    last.proc.send_signal(signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        r = premoe.run("query", "--address", router.address, "--prompt", prompts[0][1],
+                       "--max-new-tokens", str(NEW_TOKENS), "--json", timeout=QUERY_TIMEOUT + 30)
+        seconds = time.monotonic() - start
+        check(r.returncode == 1 and "UNAVAILABLE" in r.stderr and seconds < STALL_FAILURE,
+              f"a stopped worker: exit {r.returncode} after {seconds:.1f} s "
+              f"(want 1, UNAVAILABLE, under {STALL_FAILURE} s): {r.stderr.strip()!r}")
+        print(f"a query to the stopped worker failed after {seconds:.1f} s", flush=True)
+    except subprocess.TimeoutExpired:
+        check(False, f"a stopped worker: the query hung for {QUERY_TIMEOUT + 30} s")
+
     # SIGKILL the last worker: queries fail fast, both before the router's poll
     # notices (at once) and after (1.5 s later, three 500 ms polls).
-    workers[1 - victim].kill()
+    last.kill()
     for when in ("at once", "after the poll"):
         if when == "after the poll":
             time.sleep(1.5)

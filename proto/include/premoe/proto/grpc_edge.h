@@ -60,14 +60,27 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
     const common::TlsFiles& tls);
 
-// A channel to `address` with both message limits set, over TLS when
-// tls.client_tls(). INVALID_ARGUMENT, naming `who`, when gRPC cannot make one.
+// HTTP/2 keepalive on every premoe channel: a ping after this long, and the
+// connection (with its calls, UNAVAILABLE) given up when the answer takes
+// longer than kKeepaliveTimeoutMs. A peer that stopped answering (SIGSTOP, a
+// frozen node) would otherwise hold a stream until its deadline (minutes);
+// servers accept pings this often (Server::Start).
+inline constexpr int kKeepaliveTimeMs = 10'000;
+inline constexpr int kKeepaliveTimeoutMs = 5'000;
+
+// A channel to `address` with both message limits and keepalive set, over
+// TLS when tls.client_tls(). INVALID_ARGUMENT, naming `who`, when gRPC cannot
+// make one.
 inline absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(
     absl::string_view who, const std::string& address, int32_t max_message_bytes,
     const common::TlsFiles& tls = {}) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(max_message_bytes);
   args.SetMaxSendMessageSize(max_message_bytes);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveTimeMs);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kKeepaliveTimeoutMs);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials = ChannelCredentials(tls);
   if (!credentials.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(who, ": ", credentials.status().message()));
