@@ -389,8 +389,9 @@ absl::Status EmbeddedPatternStore::Options::Validate() const {
         absl::StrCat("pattern store: hnsw_m must be >= 2 and hnsw_ef_search >= 1 (got ", hnsw_m,
                      ", ", hnsw_ef_search, ")"));
   }
-  if (max_record_bytes <= 0) {
-    return absl::InvalidArgumentError("pattern store: max_record_bytes must be positive");
+  if (max_record_bytes <= 0 || max_embedding_bytes <= 0) {
+    return absl::InvalidArgumentError(
+        "pattern store: max_record_bytes and max_embedding_bytes must be positive");
   }
   if (snapshot_every_changes < 0 || max_changes_retained < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -1307,6 +1308,18 @@ absl::StatusOr<PutResult> EmbeddedPatternStore::Put(const Pattern& pattern) {
   const bool replace = existing != s.by_task.end();
   const std::uint64_t id = replace ? existing->second : s.next_id;
   const std::uint32_t old_count = replace ? s.catalog[id].num_embeddings : 0;
+  // Every embedding is held in memory twice (the index's two copies), so the
+  // store bounds them all, not only one record.
+  std::int64_t held = 0;
+  for (const auto& [other, entry] : s.catalog) held += entry.num_embeddings;
+  const std::int64_t after =
+      held - old_count + static_cast<std::int64_t>(pattern.embeddings.size());
+  if (after * dim * static_cast<std::int64_t>(sizeof(float)) > s.options.max_embedding_bytes) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(where, ": the store would hold ", after, " embeddings of dimension ", dim,
+                     " (", after * dim * sizeof(float), " bytes), over its limit of ",
+                     s.options.max_embedding_bytes, " (Options::max_embedding_bytes)"));
+  }
   record.set_id(id);
 
   rocksdb::WriteBatch batch;

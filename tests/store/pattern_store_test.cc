@@ -457,6 +457,26 @@ TYPED_TEST(PatternStoreTest, RecordsOverTheSizeLimitAreRefused) {
   this->MustPut(MakePattern("small", 1));
 }
 
+// The embeddings of the whole store are bounded, not only one record's
+// (five large Puts once grew a store's memory by half a gigabyte).
+TYPED_TEST(PatternStoreTest, EmbeddingsOverTheStoreLimitAreRefused) {
+  EmbeddedPatternStore::Options options = this->Options();
+  options.max_embedding_bytes = 10 * 8 * 4;  // ten embeddings of dimension 8
+  ASSERT_OK(this->backend_.Open(options));
+  this->MustPut(MakePattern("a", 1, 8, 4));
+  const std::uint64_t b = this->MustPut(MakePattern("b", 2, 8, 4));
+  ASSERT_OK_AND_ASSIGN(StoreInfo before, this->store().Info());
+  EXPECT_THAT(this->store().Put(MakePattern("c", 3, 8, 3)),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       "the store would hold 11 embeddings of dimension 8 (352 bytes), over its "
+                       "limit of 320"));
+  this->ExpectUnchanged(before, "c");
+  this->MustPut(MakePattern("c", 3, 8, 2));  // exactly at the limit
+  this->MustPut(MakePattern("a", 1, 8, 4));  // a replacement counts what it replaces
+  ASSERT_OK(this->store().Delete(b).status());
+  this->MustPut(MakePattern("d", 4, 8, 4));  // a delete frees its share
+}
+
 TYPED_TEST(PatternStoreTest, FingerprintAndDimensionGivenAtOpenAreEnforced) {
   EmbeddedPatternStore::Options options = this->Options();
   options.path = this->dir_.Join("fixed");

@@ -557,6 +557,35 @@ TEST_F(WorkerTest, RefusalsNameTheProblem) {
   second.join();
 }
 
+// Distinct Prepares are bounded: past max_prepared_patterns the least
+// recently prepared or served one is forgotten (it once kept every one of
+// 2000 Prepares).
+TEST_F(WorkerTest, PreparedPatternsAreBoundedLeastRecentlyUsedFirst) {
+  WorkerOptions o = Options();
+  o.max_prepared_patterns = 2;
+  ASSERT_OK_AND_ASSIGN(auto worker, Worker::Open(o));
+  auto prepared = [&] {
+    std::set<std::string> out;
+    for (const PatternStatus& p : worker->Status().patterns) out.insert(p.task);
+    return out;
+  };
+  ASSERT_OK(worker->Prepare(patterns_->at("add"), "25%").status());
+  ASSERT_OK(worker->Prepare(patterns_->at("reverse"), "25%").status());
+  WorkRequest r;
+  r.prompt = Encode(*tokenizer_, EvalPrompts("add", 1)[0]);
+  r.options.max_new_tokens = 2;
+  r.task = "add";
+  ASSERT_OK(worker->Generate(r).status());  // "add" is now the most recent
+  ASSERT_OK(worker->Prepare(patterns_->at("sort"), "25%").status());
+  EXPECT_EQ(prepared(), (std::set<std::string>{"add", "sort"}));
+  r.task = "reverse";
+  EXPECT_THAT(worker->Generate(r).status(),
+              StatusIs(absl::StatusCode::kNotFound, "no pattern of task \"reverse\" is prepared"));
+  o.max_prepared_patterns = 0;
+  EXPECT_THAT(Worker::Open(o).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, "max_prepared_patterns >= 1"));
+}
+
 // Until the worker has no request queued or running.
 void WaitIdle(const Worker& worker) {
   while (true) {

@@ -16,6 +16,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "premoe/common/logging.h"
 #include "premoe/common/status.h"
 #include "premoe/model/decoding.h"
 #include "premoe/model/fingerprint.h"
@@ -30,11 +31,13 @@ using Clock = std::chrono::steady_clock;
 
 absl::Status WorkerOptions::Validate() const {
   if (model_dir.empty()) return absl::InvalidArgumentError("WorkerOptions.model_dir is required");
-  if (cache_bytes < 0 || max_batch < 1 || max_queue < 1 || max_context < 0) {
+  if (cache_bytes < 0 || max_batch < 1 || max_queue < 1 || max_context < 0 ||
+      max_prepared_patterns < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "WorkerOptions: want cache_bytes >= 0, max_batch >= 1, max_queue >= 1, max_context >= 0; "
-        "got ",
-        cache_bytes, ", ", max_batch, ", ", max_queue, ", ", max_context));
+        "WorkerOptions: want cache_bytes >= 0, max_batch >= 1, max_queue >= 1, max_context >= 0, "
+        "max_prepared_patterns >= 1; got ",
+        cache_bytes, ", ", max_batch, ", ", max_queue, ", ", max_context, ", ",
+        max_prepared_patterns));
   }
   if (world_size < 1 || world_size > 64) {
     return absl::InvalidArgumentError(
@@ -100,6 +103,8 @@ absl::Status LibtorchError(absl::string_view what, const std::exception& e) {
 struct Prepared {
   std::shared_ptr<const model::KeptExperts> keep;
   PatternStatus status;
+  // Worker::Impl::uses when last prepared or served (least recent goes first).
+  int64_t last_use = 0;
 };
 
 }  // namespace
@@ -168,6 +173,7 @@ struct Worker::Impl {
 
   mutable absl::Mutex mu;
   std::map<std::string, Prepared> patterns ABSL_GUARDED_BY(mu);
+  int64_t uses ABSL_GUARDED_BY(mu) = 0;
   std::deque<std::shared_ptr<Item>> queue ABSL_GUARDED_BY(mu);
   // Requests admitted but still loading their experts: they count against
   // max_queue, so a refused request never loads (or evicts) anything.
@@ -381,9 +387,19 @@ absl::StatusOr<PreparedPattern> Worker::Prepare(const store::Pattern& pattern,
   out.kept_fraction = static_cast<double>(sel.kept_experts) / static_cast<double>(all);
   out.load = load;
   absl::MutexLock lock(&impl_->mu);
-  impl_->patterns[out.task] =
+  auto& patterns = impl_->patterns;
+  if (!patterns.contains(out.task) &&
+      static_cast<int64_t>(patterns.size()) >= impl_->options.max_prepared_patterns) {
+    auto oldest = std::min_element(
+        patterns.begin(), patterns.end(),
+        [](const auto& a, const auto& b) { return a.second.last_use < b.second.last_use; });
+    PREMOE_LOG_INFO("worker: %d patterns prepared; forgetting \"%s\", the least recently used",
+                    patterns.size(), oldest->first);
+    patterns.erase(oldest);
+  }
+  patterns[out.task] =
       Prepared{std::make_shared<const model::KeptExperts>(std::move(sel.keep)),
-               PatternStatus{out.task, out.kept_experts, out.kept_bytes, true}};
+               PatternStatus{out.task, out.kept_experts, out.kept_bytes, true}, ++impl_->uses};
   return out;
 }
 
@@ -428,6 +444,7 @@ absl::Status Worker::Submit(WorkRequest request, DoneCallback on_done) {
             absl::StrCat("no pattern of task \"", request.task, "\" is prepared on this worker"));
       }
       item->mask = it->second.keep;
+      it->second.last_use = ++impl_->uses;
     }
     if (impl_->stopping) return absl::UnavailableError("the worker is shutting down");
     RETURN_IF_ERROR(impl_->broken);

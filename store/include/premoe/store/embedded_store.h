@@ -72,6 +72,10 @@ class EmbeddedPatternStore final : public PatternStore {
     std::int32_t hnsw_ef_search = 64;
     // Largest encoded pattern (record plus embeddings). Default 64 MiB.
     std::int64_t max_record_bytes = std::int64_t{64} << 20;
+    // Most bytes of match embeddings (count x dimension x 4) in the whole
+    // store; a Put past it is RESOURCE_EXHAUSTED. The index holds each twice
+    // (see the top of this file), plus 25%. Default 1 GiB.
+    std::int64_t max_embedding_bytes = std::int64_t{1} << 30;
     // Default true: persist the index in <path>/index.snapshot when the store
     // is closed (and see snapshot_every_changes), so that Open can load it
     // instead of rebuilding from RocksDB, which re-inserts every embedding

@@ -57,6 +57,11 @@ struct WorkerOptions {
   // Requests waiting for a batch slot (>= 1); one more is refused with
   // RESOURCE_EXHAUSTED. Default: 64.
   int64_t max_queue = 64;
+  // Prepared patterns (task names) remembered (>= 1); preparing one more
+  // forgets the one least recently prepared or served (its experts stay in
+  // the cache until evicted as usual, and requests using it finish). Bounds
+  // what an endless stream of distinct Prepares can hold. Default: 1024.
+  int64_t max_prepared_patterns = 1024;
   // Longest sequence (prompt + generated); 0 = the model's context.
   // Default: 0.
   int64_t max_context = 0;
