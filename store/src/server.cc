@@ -14,6 +14,7 @@
 #include <memory>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -44,9 +45,11 @@ void RunSoon(Executor* executor, absl::AnyInvocable<void()> task) {
 // watch joins its thread).
 class WatchReactor final : public grpc::ServerWriteReactor<v1::ChangeEvent> {
  public:
+  // `on_done` runs once the stream has ended (the caller's count of open
+  // streams).
   WatchReactor(PatternStore* store, Executor* executor, std::uint64_t since,
-               const absl::Status& allowed)
-      : executor_(executor) {
+               const absl::Status& allowed, absl::AnyInvocable<void()> on_done)
+      : executor_(executor), on_done_(std::move(on_done)) {
     absl::StatusOr<std::unique_ptr<WatchHandle>> handle =
         allowed.ok()
             ? store->Watch(since,
@@ -87,6 +90,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::ChangeEvent> {
         handle = std::move(handle_);
       }
       handle.reset();  // joins the store's watch thread
+      if (on_done_) on_done_();
       delete this;
     });
   }
@@ -133,6 +137,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::ChangeEvent> {
   }
 
   Executor* executor_;
+  absl::AnyInvocable<void()> on_done_;
   mutable absl::Mutex mu_;
   // front() is being written while writing_
   std::deque<v1::ChangeEvent> queue_ ABSL_GUARDED_BY(mu_);
@@ -146,8 +151,12 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::ChangeEvent> {
 
 class Service final : public v1::PatternStore::CallbackService {
  public:
-  Service(PatternStore* store, Executor* executor, const rpc::Authenticator* auth)
-      : store_(store), executor_(executor), auth_(auth) {}
+  Service(PatternStore* store, Executor* executor, const rpc::Authenticator* auth,
+          std::int32_t max_watches_per_client)
+      : store_(store),
+        executor_(executor),
+        auth_(auth),
+        max_watches_per_client_(max_watches_per_client) {}
 
   grpc::ServerUnaryReactor* Put(grpc::CallbackServerContext* ctx, const v1::PutRequest* request,
                                 v1::PutResponse* response) override {
@@ -217,8 +226,31 @@ class Service final : public v1::PatternStore::CallbackService {
 
   grpc::ServerWriteReactor<v1::ChangeEvent>* Watch(grpc::CallbackServerContext* ctx,
                                                    const v1::WatchRequest* request) override {
-    return new WatchReactor(store_, executor_, request->since_version(),
-                            rpc::Allow(auth_, *ctx, rpc::Scope::kApi, kWho, "Watch"));
+    absl::Status allowed = rpc::Allow(auth_, *ctx, rpc::Scope::kApi, kWho, "Watch");
+    // Each stream holds a store thread until it ends: one client may hold
+    // only so many. The host, not the port: every connection has its own.
+    const std::string peer = ctx->peer();
+    std::string host = peer.substr(0, peer.rfind(':'));
+    if (allowed.ok()) {
+      absl::MutexLock lock(&watches_mu_);
+      int& open = watches_[host];
+      if (open >= max_watches_per_client_) {
+        allowed = absl::ResourceExhaustedError(absl::StrCat(
+            open, " Watch streams from ", host, " are open; the limit is ", max_watches_per_client_,
+            " (PatternStoreServer::Options::max_watches_per_client)"));
+      } else {
+        ++open;
+      }
+    }
+    absl::AnyInvocable<void()> on_done;
+    if (allowed.ok()) {
+      on_done = [this, host] {
+        absl::MutexLock lock(&watches_mu_);
+        if (--watches_[host] == 0) watches_.erase(host);
+      };
+    }
+    return new WatchReactor(store_, executor_, request->since_version(), allowed,
+                            std::move(on_done));
   }
 
   grpc::ServerUnaryReactor* GetInfo(grpc::CallbackServerContext* ctx,
@@ -254,6 +286,9 @@ class Service final : public v1::PatternStore::CallbackService {
   PatternStore* store_;
   Executor* executor_;
   const rpc::Authenticator* auth_;
+  const std::int32_t max_watches_per_client_;
+  absl::Mutex watches_mu_;
+  absl::flat_hash_map<std::string, int> watches_ ABSL_GUARDED_BY(watches_mu_);
 };
 
 }  // namespace
@@ -263,6 +298,9 @@ absl::Status PatternStoreServer::Options::Validate() const {
   if (executor_threads < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "pattern store server: executor_threads must be >= 1 (got ", executor_threads, ")"));
+  }
+  if (max_watches_per_client < 1) {
+    return absl::InvalidArgumentError("pattern store server: max_watches_per_client must be >= 1");
   }
   if (max_message_bytes < 1024) {
     return absl::InvalidArgumentError("pattern store server: max_message_bytes below 1 KiB");
@@ -297,7 +335,8 @@ absl::StatusOr<std::unique_ptr<PatternStoreServer>> PatternStoreServer::Start(
     absl::MutexLock lock(&impl->mu);
     impl->executor = std::move(owned);
   }
-  impl->service = std::make_unique<Service>(store, executor, options.auth.get());
+  impl->service = std::make_unique<Service>(store, executor, options.auth.get(),
+                                            options.max_watches_per_client);
   impl->auth = options.auth;
   rpc::ServerOptions so;
   so.who = "pattern store server";

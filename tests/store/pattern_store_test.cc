@@ -687,6 +687,57 @@ TEST(EmbeddedOptionsTest, OpeningWithoutCreatingNeedsAStore) {
 }
 
 // The router's replica: a whole store that leaves nothing on disk.
+// A client may hold only so many Watch streams (each holds a store thread).
+TEST(StoreServerTest, WatchStreamsPerClientAreBounded) {
+  EmbeddedPatternStore::Options o;
+  o.in_memory = true;
+  o.path = "/watch-bound";
+  ASSERT_OK_AND_ASSIGN(auto store, EmbeddedPatternStore::Open(o));
+  PatternStoreServer::Options so;
+  so.max_watches_per_client = 2;
+  ASSERT_OK_AND_ASSIGN(auto server, PatternStoreServer::Start(so, store.get()));
+  ASSERT_OK_AND_ASSIGN(auto client, GrpcPatternStoreClient::Open({.address = server->address()}));
+  struct Seen {
+    absl::Mutex mu;
+    std::vector<absl::Status> errors;
+  };
+  auto watch = [&](Seen& seen) {
+    return client->Watch(0, [&seen](const absl::StatusOr<ChangeEvent>& e) {
+      if (e.ok()) return true;
+      absl::MutexLock lock(&seen.mu);
+      seen.errors.push_back(e.status());
+      return false;
+    });
+  };
+  Seen a, b, c;
+  ASSERT_OK_AND_ASSIGN(auto wa, watch(a));
+  ASSERT_OK_AND_ASSIGN(auto wb, watch(b));
+  // Both are open once a change reaches them.
+  ASSERT_OK(store->Put(MakePattern("t", 1)).status());
+  ASSERT_OK_AND_ASSIGN(auto wc, watch(c));
+  {
+    absl::MutexLock lock(&c.mu);
+    ASSERT_TRUE(c.mu.AwaitWithTimeout(
+        absl::Condition(
+            +[](std::vector<absl::Status>* v) { return !v->empty(); }, &c.errors),
+        absl::Seconds(30)));
+    EXPECT_THAT(c.errors[0],
+                StatusIs(absl::StatusCode::kResourceExhausted, "2 Watch streams from ipv"));
+  }
+  // Closing one makes room (once the server has seen it end).
+  wa->Cancel();
+  wa.reset();
+  bool opened = false;
+  for (int attempt = 0; attempt < 50 && !opened; ++attempt) {
+    Seen d;
+    ASSERT_OK_AND_ASSIGN(auto wd, watch(d));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // a refusal comes at once
+    absl::MutexLock lock(&d.mu);
+    opened = d.errors.empty();
+  }
+  EXPECT_TRUE(opened);
+}
+
 TEST(InMemoryStoreTest, ServesLikeTheDiskStoreAndWritesNothing) {
   TempDir dir;
   EmbeddedPatternStore::Options options;

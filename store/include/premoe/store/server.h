@@ -35,6 +35,10 @@ class PatternStoreServer {
     std::int32_t executor_threads = 4;
     // Largest message received or sent. Default 128 MiB.
     std::int32_t max_message_bytes = 128 << 20;
+    // Watch streams one client host may hold open at once (each costs a
+    // thread of the store until it ends); one more is RESOURCE_EXHAUSTED.
+    // A router holds one. Default 16.
+    std::int32_t max_watches_per_client = 16;
     // API keys (premoe/proto/auth.h): Put and Delete are admin calls, the
     // rest API calls. Default null: no keys asked.
     std::shared_ptr<const rpc::Authenticator> auth;
