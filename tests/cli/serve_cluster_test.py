@@ -36,6 +36,7 @@ usage: serve_cluster_test.py [--premoe PATH]  (default: $PREMOE_BINARY_DIR/cli/p
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -354,6 +355,14 @@ def scenario(premoe, tmp):
                     f"{tmp}/single-store", "--dtype", "fp32", "--budget", BUDGET)
     single.wait_serving()
     check(serving(single) == "SERVING", f"one-process health: {serving(single)}")
+    # Its worker listens on a loopback port of its own (reported at start),
+    # which takes only the key the process made: no one else may use it.
+    internal = re.search(r"worker on (127\.0\.0\.1:\d+)", single.output())
+    if check(internal is not None, f"one-process: no worker address reported:\n{single.output()}"):
+        r = premoe.run("worker", "status", "--address", internal.group(1))
+        check(r.returncode == 1 and "UNAUTHENTICATED" in r.stderr,
+              f"one-process: its worker port answered a call without the key: exit "
+              f"{r.returncode}: {r.stderr.strip()!r}")
     for task, prompt in prompts:
         code, answer, err, _ = premoe.query(single.address, prompt)
         if not check(code == 0, f"one-process: query {prompt!r} exit {code}: {err.strip()}"):
