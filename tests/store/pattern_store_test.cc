@@ -699,21 +699,31 @@ TEST(StoreServerTest, WatchStreamsPerClientAreBounded) {
   ASSERT_OK_AND_ASSIGN(auto client, GrpcPatternStoreClient::Open({.address = server->address()}));
   struct Seen {
     absl::Mutex mu;
-    std::vector<absl::Status> errors;
+    int events ABSL_GUARDED_BY(mu) = 0;
+    std::vector<absl::Status> errors ABSL_GUARDED_BY(mu);
   };
   auto watch = [&](Seen& seen) {
     return client->Watch(0, [&seen](const absl::StatusOr<ChangeEvent>& e) {
-      if (e.ok()) return true;
       absl::MutexLock lock(&seen.mu);
+      if (e.ok()) {
+        ++seen.events;
+        return true;
+      }
       seen.errors.push_back(e.status());
       return false;
     });
   };
   Seen a, b, c;
+  ASSERT_OK(store->Put(MakePattern("t", 1)).status());
   ASSERT_OK_AND_ASSIGN(auto wa, watch(a));
   ASSERT_OK_AND_ASSIGN(auto wb, watch(b));
-  // Both are open once a change reaches them.
-  ASSERT_OK(store->Put(MakePattern("t", 1)).status());
+  // Each stream is open on the server once the change before it reaches it.
+  for (Seen* seen : {&a, &b}) {
+    absl::MutexLock lock(&seen->mu);
+    ASSERT_TRUE(seen->mu.AwaitWithTimeout(absl::Condition(
+                                              +[](int* n) { return *n > 0; }, &seen->events),
+                                          absl::Seconds(30)));
+  }
   ASSERT_OK_AND_ASSIGN(auto wc, watch(c));
   {
     absl::MutexLock lock(&c.mu);
