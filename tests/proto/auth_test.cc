@@ -96,7 +96,12 @@ TEST_F(AuthTest, ScopesAreEnforcedAndHealthStaysOpen) {
 
   EXPECT_THAT(nobody->List({}), StatusIs(kUnauthenticated, "List needs an API key"));
   EXPECT_THAT(nobody->Put(p), StatusIs(kUnauthenticated, "Put needs an API key"));
+  // A refusal is logged with the caller's address, never with the key.
+  ::testing::internal::CaptureStderr();
   EXPECT_THAT(wrong->Info(), StatusIs(kUnauthenticated, "the API key is not valid"));
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_THAT(log, ::testing::HasSubstr("GetInfo from ipv4:127.0.0.1:"));
+  EXPECT_THAT(log, ::testing::Not(::testing::HasSubstr("wrong-key")));
   EXPECT_THAT(api->Put(p), StatusIs(kDenied, "Put needs an admin key; this is an API key"));
   EXPECT_EQ(store_->Info()->num_patterns, 0);
   ASSERT_OK_AND_ASSIGN(store::PutResult put, admin->Put(p));
