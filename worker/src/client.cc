@@ -1,6 +1,13 @@
 #include "premoe/worker/client.h"
 
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "premoe/common/status.h"
 #include "premoe/proto/auth.h"
@@ -15,6 +22,24 @@ struct WorkerClient::Impl {
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::Worker::Stub> stub;
 
+  // StartGenerate calls in flight, which the watchdog cancels when they
+  // make no progress for options.progress_timeout. A call leaves the set
+  // (under the lock) before it is deleted.
+  absl::Mutex calls_mu;
+  absl::flat_hash_set<GenerateCall*> calls ABSL_GUARDED_BY(calls_mu);
+  bool stopping ABSL_GUARDED_BY(calls_mu) = false;
+  std::thread watchdog;
+
+  ~Impl() {
+    {
+      absl::MutexLock lock(&calls_mu);
+      stopping = true;
+    }
+    if (watchdog.joinable()) watchdog.join();
+  }
+
+  void Watch();
+
   absl::Status Convert(const grpc::Status& status, absl::string_view call) const {
     if (status.ok()) return absl::OkStatus();
     absl::Status s = rpc::FromGrpcStatus(status);
@@ -23,7 +48,11 @@ struct WorkerClient::Impl {
   }
 };
 
-WorkerClient::WorkerClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+WorkerClient::WorkerClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {
+  if (impl_->options.progress_timeout.count() > 0) {
+    impl_->watchdog = std::thread([impl = impl_.get()] { impl->Watch(); });
+  }
+}
 WorkerClient::~WorkerClient() = default;
 
 absl::StatusOr<std::unique_ptr<WorkerClient>> WorkerClient::Open(const Options& options) {
@@ -88,12 +117,17 @@ bool Accumulate(const v1::GenerateResponse& message, TextResult* out, bool* done
 // in OnDone, which gRPC calls exactly once after the call has ended.
 class WorkerClient::GenerateCall final : public grpc::ClientReadReactor<v1::GenerateResponse> {
  public:
-  GenerateCall(const Impl* impl, CallCanceller* canceller, DeltaCallback on_delta,
-               DoneCallback on_done)
+  GenerateCall(Impl* impl, CallCanceller* canceller, DeltaCallback on_delta, DoneCallback on_done)
       : impl_(impl),
         canceller_(canceller),
         on_delta_(std::move(on_delta)),
         on_done_(std::move(on_done)) {}
+
+  // The watchdog's view (under Impl::calls_mu).
+  std::chrono::steady_clock::time_point last_progress() const { return last_progress_.load(); }
+  void Stall() {
+    if (!stalled_.exchange(true)) ctx_.TryCancel();
+  }
 
   void Start(const TextRequest& request) {
     rpc::SetDeadline(ctx_, request.deadline, impl_->options.generate_timeout);
@@ -105,6 +139,11 @@ class WorkerClient::GenerateCall final : public grpc::ClientReadReactor<v1::Gene
       done(absl::CancelledError("Generate: cancelled by the caller"));
       return;
     }
+    last_progress_ = std::chrono::steady_clock::now();
+    {
+      absl::MutexLock lock(&impl_->calls_mu);
+      impl_->calls.insert(this);
+    }
     impl_->stub->async()->Generate(&ctx_, &wire_, this);
     StartRead(&message_);
     StartCall();
@@ -112,6 +151,7 @@ class WorkerClient::GenerateCall final : public grpc::ClientReadReactor<v1::Gene
 
   void OnReadDone(bool ok) override {
     if (!ok) return;  // the stream has ended: OnDone follows
+    last_progress_ = std::chrono::steady_clock::now();
     if (Accumulate(message_, &out_, &done_) && on_delta_) {
       on_delta_(message_.text(), {message_.token_ids().begin(), message_.token_ids().end()});
     }
@@ -120,8 +160,17 @@ class WorkerClient::GenerateCall final : public grpc::ClientReadReactor<v1::Gene
 
   void OnDone(const grpc::Status& status) override {
     if (canceller_ != nullptr) canceller_->Detach();
+    {
+      absl::MutexLock lock(&impl_->calls_mu);
+      impl_->calls.erase(this);
+    }
     absl::StatusOr<TextResult> result = std::move(out_);
-    if (absl::Status s = impl_->Convert(status, "Generate"); !s.ok()) {
+    if (stalled_.load()) {
+      result = absl::UnavailableError(
+          absl::StrCat("worker ", impl_->options.address, ": Generate: nothing came for ",
+                       absl::FormatDuration(absl::FromChrono(impl_->options.progress_timeout)),
+                       "; the worker is stuck"));
+    } else if (absl::Status s = impl_->Convert(status, "Generate"); !s.ok()) {
       result = s;
     } else if (!done_) {
       result = absl::UnavailableError(
@@ -133,8 +182,10 @@ class WorkerClient::GenerateCall final : public grpc::ClientReadReactor<v1::Gene
   }
 
  private:
-  const Impl* impl_;
+  Impl* impl_;
   CallCanceller* canceller_;
+  std::atomic<std::chrono::steady_clock::time_point> last_progress_{};
+  std::atomic<bool> stalled_{false};
   DeltaCallback on_delta_;
   DoneCallback on_done_;
   grpc::ClientContext ctx_;
@@ -143,6 +194,16 @@ class WorkerClient::GenerateCall final : public grpc::ClientReadReactor<v1::Gene
   TextResult out_;
   bool done_ = false;
 };
+
+void WorkerClient::Impl::Watch() {
+  absl::MutexLock lock(&calls_mu);
+  while (!calls_mu.AwaitWithTimeout(absl::Condition(&stopping), absl::Milliseconds(250))) {
+    const auto now = std::chrono::steady_clock::now();
+    for (GenerateCall* call : calls) {
+      if (now - call->last_progress() > options.progress_timeout) call->Stall();
+    }
+  }
+}
 
 absl::StatusOr<PreparedPattern> WorkerClient::Prepare(
     const store::Pattern& pattern, const std::string& budget,

@@ -89,6 +89,12 @@ class WorkerClient {
     std::chrono::milliseconds prepare_timeout{600000};
     // Deadline of Generate calls whose request brings none. Default 10 min.
     std::chrono::milliseconds generate_timeout{600000};
+    // A StartGenerate stream that brings nothing for this long (no token,
+    // from the start or since the last one) is cancelled and ends
+    // UNAVAILABLE: a worker that is alive but stuck. (A worker that stops
+    // answering altogether is caught sooner by the channel's keepalive.) It
+    // must exceed the longest prefill. 0: off. Default 2 min.
+    std::chrono::milliseconds progress_timeout{120000};
     // Sent as "authorization: Bearer <api_key>" on every call (see
     // premoe/proto/auth.h). Default "": none.
     std::string api_key;
