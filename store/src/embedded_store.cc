@@ -219,6 +219,11 @@ bool HoldsStoreData(const std::string& dir) {
 // Open would already have replayed the damaged log into a table and deleted
 // it).
 absl::Status CheckAcknowledged(const std::string& dir) {
+  // The file first: every version in it was durable in RocksDB before it was
+  // written, so RocksDB read after it holds at least that version even while
+  // another process is writing (which a later read-write Open then reports).
+  const std::string ack_path = (std::filesystem::path(dir) / internal::kAckFile).string();
+  const absl::StatusOr<internal::AckLog::Entry> acked = internal::AckLog::Read(ack_path);
   std::vector<rocksdb::ColumnFamilyDescriptor> cfs = ColumnFamilies();
   cfs.erase(cfs.begin() + 1, cfs.end() - 1);  // default and meta suffice
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
@@ -244,8 +249,6 @@ absl::Status CheckAcknowledged(const std::string& dir) {
     return absl::DataLossError(
         absl::StrCat(dir, ": version \"", version_text, "\" is not a number"));
   }
-  const std::string ack_path = (std::filesystem::path(dir) / internal::kAckFile).string();
-  absl::StatusOr<internal::AckLog::Entry> acked = internal::AckLog::Read(ack_path);
   if (absl::IsNotFound(acked.status()) && keeps_log.empty()) {
     return absl::OkStatus();  // a store from before the AckLog: Open starts one
   }
