@@ -179,13 +179,15 @@ absl::Status RunServe(const ServeArgs& args) {
   ASSIGN_OR_RETURN(std::shared_ptr<rpc::Authenticator> auth,
                    rpc::Authenticator::Open(auth_options));
   if (!auth->enabled()) {
-    const absl::StatusOr<rpc::HostPort> where = rpc::ParseHostPort(args.listen);
-    if (where.ok() && where->host != "127.0.0.1" && where->host != "localhost" &&
-        where->host != "[::1]") {
-      std::fprintf(stderr,
-                   "premoe serve: WARNING: no API keys (--api-key-file, --admin-key-file): anyone "
-                   "who reaches %s can use it, and change its patterns\n",
-                   args.listen.c_str());
+    for (const std::string& listen : {args.listen, args.store_listen}) {
+      const absl::StatusOr<rpc::HostPort> where = rpc::ParseHostPort(listen);
+      if (where.ok() && where->host != "127.0.0.1" && where->host != "localhost" &&
+          where->host != "[::1]") {
+        std::fprintf(stderr,
+                     "premoe serve: WARNING: no API keys (--api-key-file, --admin-key-file): "
+                     "anyone who reaches %s can use it, and change its patterns\n",
+                     listen.c_str());
+      }
     }
   }
 

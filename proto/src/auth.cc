@@ -95,6 +95,11 @@ absl::StatusOr<std::shared_ptr<const Authenticator::Keys>> Authenticator::Read()
         std::tuple{&options_.admin_key_file, "PREMOE_ADMIN_KEYS", &keys->admin}}) {
     if (!file->empty()) {
       ASSIGN_OR_RETURN(std::vector<std::string> from_file, ReadKeyFile(*file));
+      // An empty file (a secret not mounted yet, a rotation caught between
+      // truncate and write) must not turn the keys off.
+      if (from_file.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(*file, ": holds no key"));
+      }
       set->insert(from_file.begin(), from_file.end());
     }
     if (options_.read_environment) {

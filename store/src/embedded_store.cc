@@ -171,11 +171,12 @@ std::vector<rocksdb::ColumnFamilyDescriptor> ColumnFamilies() {
 
 rocksdb::DBOptions BaseDbOptions() {
   rocksdb::DBOptions o;
-  // A record cut short at the end of a log is what a crash mid-write leaves
-  // (never acknowledged, so dropped); anything else damaged in a log fails
-  // Open instead of ending recovery early, as the default mode would. An
-  // acknowledged tail that was lost is caught by the AckLog check.
-  o.wal_recovery_mode = rocksdb::WALRecoveryMode::kTolerateCorruptedTailRecords;
+  // Recovery stops at the first damaged record of the logs. After a power
+  // cut that may be an unacknowledged record left half-written in
+  // preallocated space (stricter modes would then refuse to open a store
+  // that lost nothing); anything acknowledged that recovery drops this way
+  // is caught by the AckLog check, which refuses the store.
+  o.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
   return o;
 }
 
@@ -206,8 +207,12 @@ bool HoldsStoreData(const std::string& dir) {
   for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
     const std::filesystem::path& p = entry.path();
     const std::string name = p.filename().string();
-    if (p.extension() == ".sst" || name == internal::kAckFile || name == kSnapshotFile ||
-        (p.extension() == ".log" && entry.file_size(ec) > 0)) {
+    // RocksDB names its logs and tables by number ("000012.log").
+    const std::string stem = p.stem().string();
+    const bool numbered = !stem.empty() && std::all_of(stem.begin(), stem.end(),
+                                                       [](char c) { return c >= '0' && c <= '9'; });
+    if ((numbered && p.extension() == ".sst") || name == internal::kAckFile ||
+        name == kSnapshotFile || (numbered && p.extension() == ".log" && entry.file_size(ec) > 0)) {
       return true;
     }
   }

@@ -189,6 +189,8 @@ TEST_F(AuthTest, MalformedKeysAndFilesAreRefusedNamingTheLine) {
   WriteStringToFile(api_file_, "tooshort\n");
   EXPECT_THAT(Authenticator::Open(o),
               StatusIs(absl::StatusCode::kInvalidArgument, "api_keys:1: a key of 8 characters"));
+  WriteStringToFile(api_file_, "# no keys yet\n\n");
+  EXPECT_THAT(Authenticator::Open(o), StatusIs(absl::StatusCode::kInvalidArgument, "holds no key"));
   o.api_key_file = dir_.Join("missing");
   EXPECT_THAT(Authenticator::Open(o), StatusIs(absl::StatusCode::kNotFound, "missing"));
 }
