@@ -1187,7 +1187,9 @@ absl::StatusOr<std::unique_ptr<EmbeddedPatternStore>> EmbeddedPatternStore::Open
   if (!next_id.empty() && !absl::SimpleAtoi(next_id, &impl->next_id)) {
     return absl::DataLossError(absl::StrCat(path, ": next id \"", next_id, "\" is not a number"));
   }
-  if (!options.in_memory) {
+  // Not with sync off: the file could then outlive the unsynced log tail in
+  // a machine crash and report a loss that store never promised to prevent.
+  if (!options.in_memory && options.sync) {
     const std::string ack_path = (std::filesystem::path(path) / internal::kAckFile).string();
     const std::uint64_t identity = IdentityHash(*impl->db);
     ASSIGN_OR_RETURN(std::string keeps_log, impl->GetMeta(kMetaAcked));

@@ -52,8 +52,10 @@ class EmbeddedPatternStore final : public PatternStore {
     // when `path` holds no store (for tools that only look at one).
     bool create_if_missing = true;
     // Default true: every change is fsynced before Put/Delete return, so an
-    // acknowledged change survives power loss. false survives a process
-    // crash (the OS has the write) but not a machine crash; ~100x faster Puts.
+    // acknowledged change survives power loss, and Open can tell (from the
+    // `acknowledged` file) when one was lost. false survives a process crash
+    // (the OS has the write) but not a machine crash, and keeps no
+    // `acknowledged` file; ~100x faster Puts.
     bool sync = true;
     // The model this store serves. Default "": fixed by the first Put. When
     // set and the store already has another, Open fails FAILED_PRECONDITION.
