@@ -14,6 +14,7 @@ namespace premoe::cli {
 
 // Exit codes: 0 success, 1 a command failed (message on stderr), 2 bad usage.
 void RegisterTokenize(CLI::App& app, int* exit_code);
+void RegisterChat(CLI::App& app, int* exit_code);  // chat render
 void RegisterInspect(CLI::App& app, int* exit_code);
 void RegisterGenerate(CLI::App& app, int* exit_code);
 void RegisterTasks(CLI::App& app, int* exit_code);

@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
                  "the environment variable PREMOE_API_KEY");
   int exit_code = 0;
   premoe::cli::RegisterTokenize(app, &exit_code);
+  premoe::cli::RegisterChat(app, &exit_code);
   premoe::cli::RegisterInspect(app, &exit_code);
   premoe::cli::RegisterGenerate(app, &exit_code);
   premoe::cli::RegisterTasks(app, &exit_code);

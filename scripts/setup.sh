@@ -13,7 +13,8 @@ APT_PACKAGES=(
   librocksdb-dev libfaiss-dev libopenblas0-pthread libomp-dev
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libpcre2-dev libutf8proc-dev libcpp-httplib-dev libxxhash-dev
-  libclang-rt-14-dev libpng-dev
+  libclang-rt-14-dev libpng-dev prometheus-cpp-dev
+  prometheus  # the metrics test scrapes router, worker and store with a real server
   openssl  # the TLS tests make their certificates with it
   libgloo-dev  # headers only: c10d's ProcessGroupGloo.hpp includes them; libtorch has Gloo built in
 )
@@ -22,6 +23,7 @@ APT_PACKAGES=(
 PIP_PACKAGES=(
   torch==2.15.0 transformers==5.24.0 tokenizers==0.23.3 safetensors
   numpy matplotlib grpcio==1.85.3 grpcio-health-checking==1.85.1
+  openai==3.63.0  # the HTTP API's tests use the official client
   # The Helm chart's check (scripts/check_helm.sh): Helm's Go SDK as a library
   # (no registry we reach ships the helm binary) and the Kubernetes API schemas.
   helm-python-sdk==0.2.2 kubernetes-validate==1.37.0

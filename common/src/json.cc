@@ -9,40 +9,41 @@
 namespace premoe::common {
 namespace {
 
-using json = nlohmann::json;
-
 // nlohmann's DOM builder plus the two checks. A SAX handler rather than the
 // callback parser: the latter rescans the parent object each time an inner
 // object closes, which made a 24k-tensor safetensors header take 10 s.
+template <typename json>
 class StrictDomBuilder : public nlohmann::detail::json_sax_dom_parser<json> {
+  using Base = nlohmann::detail::json_sax_dom_parser<json>;
+
  public:
   StrictDomBuilder(json& result, int max_depth)
-      : json_sax_dom_parser(result, /*allow_exceptions_=*/false), max_depth_(max_depth) {}
+      : Base(result, /*allow_exceptions_=*/false), max_depth_(max_depth) {}
 
   bool start_object(std::size_t n) {
     if (!Enter()) return false;
     keys_.emplace_back();
-    return json_sax_dom_parser::start_object(n);
+    return Base::start_object(n);
   }
   bool end_object() {
     keys_.pop_back();
     --depth_;
-    return json_sax_dom_parser::end_object();
+    return Base::end_object();
   }
   bool start_array(std::size_t n) {
     if (!Enter()) return false;
-    return json_sax_dom_parser::start_array(n);
+    return Base::start_array(n);
   }
   bool end_array() {
     --depth_;
-    return json_sax_dom_parser::end_array();
+    return Base::end_array();
   }
   bool key(std::string& k) {
     if (!keys_.back().insert(k).second) {
       problem_ = absl::StrCat("duplicate key \"", k, "\"");
       return false;
     }
-    return json_sax_dom_parser::key(k);
+    return Base::key(k);
   }
   bool parse_error(std::size_t position, const std::string& last_token,
                    const nlohmann::detail::exception& e) {
@@ -67,17 +68,16 @@ class StrictDomBuilder : public nlohmann::detail::json_sax_dom_parser<json> {
   std::string problem_;
 };
 
-}  // namespace
-
-absl::StatusOr<nlohmann::json> ParseJsonStrict(absl::string_view text, absl::string_view what,
-                                               const JsonParseOptions& options) {
+template <typename json>
+absl::StatusOr<json> Parse(absl::string_view text, absl::string_view what,
+                           const JsonParseOptions& options) {
   json result;
-  StrictDomBuilder builder(result, options.max_depth);
+  StrictDomBuilder<json> builder(result, options.max_depth);
   bool ok = false;
   try {
     ok = json::sax_parse(text.begin(), text.end(), &builder, json::input_format_t::json,
                          /*strict=*/true, /*ignore_comments=*/false);
-  } catch (const json::exception& e) {
+  } catch (const typename json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": invalid JSON: ", e.what()));
   }
   if (!ok || builder.is_errored()) {
@@ -87,6 +87,20 @@ absl::StatusOr<nlohmann::json> ParseJsonStrict(absl::string_view text, absl::str
   return result;
 }
 
+}  // namespace
+
+absl::StatusOr<nlohmann::json> ParseJsonStrict(absl::string_view text, absl::string_view what,
+                                               const JsonParseOptions& options) {
+  return Parse<nlohmann::json>(text, what, options);
+}
+
+absl::StatusOr<nlohmann::ordered_json> ParseOrderedJsonStrict(absl::string_view text,
+                                                              absl::string_view what,
+                                                              const JsonParseOptions& options) {
+  return Parse<nlohmann::ordered_json>(text, what, options);
+}
+
 const char* JsonTypeName(const nlohmann::json& value) { return value.type_name(); }
+const char* JsonTypeName(const nlohmann::ordered_json& value) { return value.type_name(); }
 
 }  // namespace premoe::common

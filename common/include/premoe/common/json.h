@@ -23,7 +23,14 @@ struct JsonParseOptions {
 absl::StatusOr<nlohmann::json> ParseJsonStrict(absl::string_view text, absl::string_view what,
                                                const JsonParseOptions& options = {});
 
+// The same, keeping objects' members in document order (for values that
+// reach users again, as a chat template's messages do).
+absl::StatusOr<nlohmann::ordered_json> ParseOrderedJsonStrict(absl::string_view text,
+                                                              absl::string_view what,
+                                                              const JsonParseOptions& options = {});
+
 // "object", "array", "string", ... for error messages.
 const char* JsonTypeName(const nlohmann::json& value);
+const char* JsonTypeName(const nlohmann::ordered_json& value);
 
 }  // namespace premoe::common
