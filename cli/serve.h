@@ -47,6 +47,10 @@ struct ServeArgs {
   int64_t world_size = 1;
   // Written with the bound port once serving.
   std::string port_file;
+  std::string chat_template;  // router: a Jinja chat template in place of the model's
+  std::string http_listen = "127.0.0.1:8000";  // router: the OpenAI HTTP API; "" = off
+  std::string http_port_file;
+  std::string served_model_name;  // router: the HTTP API's model id; default --model
   // API keys every server of this process asks for (premoe/proto/auth.h),
   // with PREMOE_API_KEYS and PREMOE_ADMIN_KEYS. None: open (loopback use).
   // The process's own clients (router -> store and workers) send ClientKey().

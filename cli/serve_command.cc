@@ -22,6 +22,7 @@
 #include "premoe/proto/auth.h"
 #include "premoe/proto/grpc_edge.h"
 #include "premoe/router/client.h"
+#include "premoe/router/http_server.h"
 #include "premoe/router/replica.h"
 #include "premoe/router/router.h"
 #include "premoe/router/server.h"
@@ -118,6 +119,7 @@ absl::StatusOr<router::RouterOptions> MakeRouterOptions(const ServeArgs& args) {
   o.default_budget = args.budget;
   o.max_prompt_bytes = args.max_prompt_bytes;
   o.max_new_tokens = args.max_new_tokens;
+  o.chat_template_file = args.chat_template;
   o.workers.addresses = args.workers;
   o.workers.dns = args.workers_dns;
   return o;
@@ -199,6 +201,7 @@ absl::Status RunServe(const ServeArgs& args) {
   std::unique_ptr<router::Replica> replica;
   std::unique_ptr<router::Router> router;
   std::unique_ptr<router::InferenceServer> front;
+  std::unique_ptr<router::HttpServer> http;
   int port = 0;
 
   if (args.role == "store" || args.role == "all") {
@@ -266,12 +269,29 @@ absl::Status RunServe(const ServeArgs& args) {
         front->address().c_str(), static_cast<double>(router->matcher().probe_bytes()) / kMiB,
         args.budget.c_str(), args.min_similarity, args.fallback.c_str());
     port = front->port();
+    if (!args.http_listen.empty()) {
+      router::HttpServer::Options ho;
+      ho.address = args.http_listen;
+      ho.model_name = args.served_model_name.empty() ? args.model : args.served_model_name;
+      ho.model_dir = args.model;
+      ho.auth = auth;
+      ho.tls = ProcessTls();
+      ASSIGN_OR_RETURN(http, router::HttpServer::Start(ho, router.get()));
+      std::printf("router serving the OpenAI HTTP API on http%s://%s (model \"%s\")\n",
+                  ProcessTls().server_tls() ? "s" : "", http->address().c_str(),
+                  ho.model_name.c_str());
+      if (!args.http_port_file.empty()) {
+        RETURN_IF_ERROR(
+            common::WriteFileAtomically(args.http_port_file, absl::StrCat(http->port())));
+      }
+    }
   }
   std::fflush(stdout);
   if (!args.port_file.empty()) {
     RETURN_IF_ERROR(common::WriteFileAtomically(args.port_file, absl::StrCat(port)));
   }
   WaitForSignal(signals, *auth);
+  if (http) http->Shutdown();
   if (front) front->Shutdown();
   if (worker.server) worker.server->Shutdown();
   if (store_server) store_server->Shutdown();
@@ -488,6 +508,18 @@ void RegisterServe(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   AddWorkerFlags(*s, *a, "Worker: ");
   s->add_option("--port-file", a->port_file, "Write the bound port here once serving");
+  s->add_option("--http-listen", a->http_listen,
+                "all, router: address of the OpenAI-compatible HTTP API (/v1/chat/completions, "
+                "/v1/completions, /v1/models, /health, /metrics); \"\" turns it off")
+      ->capture_default_str();
+  s->add_option("--http-port-file", a->http_port_file,
+                "Write the HTTP API's bound port here once serving");
+  s->add_option("--served-model-name", a->served_model_name,
+                "The model's id in the HTTP API (default: the --model argument)");
+  s->add_option("--chat-template", a->chat_template,
+                "all, router: a Jinja chat template file for chat requests, in place of the "
+                "model's (tokenizer_config.json or chat_template.jinja)")
+      ->check(CLI::ExistingFile);
   AddKeyFlags(*s, *a);
   s->callback([a, exit_code] { *exit_code = ReportStatus("serve", RunServe(*a)); });
 

@@ -101,6 +101,7 @@ absl::Status RunStatus(const StatusArgs& args) {
     j["pinned_experts"] = s.cache.pinned_experts;
     j["queued"] = s.queued;
     j["running"] = s.running;
+    j["cancelled"] = s.cancelled;
     j["loads"] = s.cache.loads;
     j["loaded_bytes"] = s.cache.loaded_bytes;
     j["evictions"] = s.cache.evictions;

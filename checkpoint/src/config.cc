@@ -1261,4 +1261,43 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& model_dir) {
   return ParseModelConfig(text, path);
 }
 
+absl::StatusOr<GenerationDefaults> LoadGenerationDefaults(const std::string& model_dir) {
+  const std::string path = model_dir + "/generation_config.json";
+  absl::StatusOr<std::string> text = common::ReadFile(path, /*max_bytes=*/1 << 20);
+  if (absl::IsNotFound(text.status())) return GenerationDefaults();
+  RETURN_IF_ERROR(text.status());
+  ASSIGN_OR_RETURN(nlohmann::json j, common::ParseJsonStrict(*text, path));
+  if (!j.is_object())
+    return absl::InvalidArgumentError(absl::StrCat(path, " is not a JSON object"));
+  GenerationDefaults out;
+  auto number = [&](const char* key, double lo,
+                    double hi) -> absl::StatusOr<std::optional<double>> {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) return std::nullopt;
+    if (!it->is_number() || it->get<double>() < lo || it->get<double>() > hi) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": ", key, " must be a number in [", lo, ", ", hi, "]"));
+    }
+    return it->get<double>();
+  };
+  ASSIGN_OR_RETURN(out.temperature, number("temperature", 0, 100));
+  ASSIGN_OR_RETURN(out.top_p, number("top_p", 0, 1));
+  ASSIGN_OR_RETURN(std::optional<double> top_k, number("top_k", 0, 1e9));
+  if (top_k.has_value()) {
+    if (*top_k != static_cast<double>(static_cast<int64_t>(*top_k))) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": top_k must be an integer"));
+    }
+    out.top_k = static_cast<int64_t>(*top_k);
+  }
+  if (auto it = j.find("do_sample"); it != j.end() && !it->is_null()) {
+    if (!it->is_boolean()) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": do_sample must be true or false"));
+    }
+    // Greedy, as transformers' generate runs it (vLLM reads the sampling
+    // fields only; a file that says greedy means greedy).
+    if (!it->get<bool>()) out.temperature = 0.0;
+  }
+  return out;
+}
+
 }  // namespace premoe::checkpoint

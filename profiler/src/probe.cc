@@ -26,9 +26,9 @@ absl::StatusOr<std::vector<float>> EmbedPrompt(const model::Engine& engine,
                                                const tokenizer::Tokenizer& tokenizer,
                                                absl::string_view prompt,
                                                const MetricOptions& metric,
-                                               int64_t embedding_layers) {
+                                               int64_t embedding_layers, bool add_special_tokens) {
   ASSIGN_OR_RETURN(const int64_t last, EmbeddingLastLayer(engine.config(), embedding_layers));
-  ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer.Encode(prompt, /*add_special_tokens=*/true));
+  ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer.Encode(prompt, add_special_tokens));
   if (ids.empty()) return absl::InvalidArgumentError("the prompt encodes to no tokens");
   if (static_cast<int64_t>(ids.size()) > engine.max_context()) {
     return absl::InvalidArgumentError(absl::StrCat(

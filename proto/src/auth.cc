@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <optional>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
@@ -166,6 +167,16 @@ bool Authenticator::enabled() const {
 
 absl::Status Authenticator::Check(const grpc::CallbackServerContext& ctx, Scope scope,
                                   absl::string_view who, absl::string_view method) const {
+  const auto& metadata = ctx.client_metadata();
+  auto it = metadata.find("authorization");
+  std::optional<absl::string_view> authorization;
+  if (it != metadata.end()) authorization = absl::string_view(it->second.data(), it->second.size());
+  return CheckBearer(authorization, ctx.peer(), scope, who, method);
+}
+
+absl::Status Authenticator::CheckBearer(std::optional<absl::string_view> authorization,
+                                        absl::string_view peer, Scope scope, absl::string_view who,
+                                        absl::string_view method) const {
   ReloadIfChanged();
   std::shared_ptr<const Keys> keys;
   {
@@ -174,19 +185,17 @@ absl::Status Authenticator::Check(const grpc::CallbackServerContext& ctx, Scope 
   }
   if (keys->api.empty() && keys->admin.empty()) return absl::OkStatus();
   auto refuse = [&](absl::Status status) {
-    PREMOE_LOG_WARN("%s: %s from %s refused: %s", who, method, ctx.peer(), status.message());
+    PREMOE_LOG_WARN("%s: %s from %s refused: %s", who, method, peer, status.message());
     return status;
   };
-  const auto& metadata = ctx.client_metadata();
-  auto it = metadata.find("authorization");
-  if (it == metadata.end()) {
+  if (!authorization.has_value()) {
     return refuse(absl::UnauthenticatedError(
-        absl::StrCat(method, " needs an API key (metadata \"authorization: Bearer KEY\")")));
+        absl::StrCat(method, " needs an API key (\"authorization: Bearer KEY\")")));
   }
-  absl::string_view value(it->second.data(), it->second.size());
+  absl::string_view value = *authorization;
   if (!absl::ConsumePrefix(&value, "Bearer ")) {
     return refuse(absl::UnauthenticatedError(
-        absl::StrCat(method, ": the authorization metadata is not \"Bearer KEY\"")));
+        absl::StrCat(method, ": the authorization is not \"Bearer KEY\"")));
   }
   const std::string key(absl::StripAsciiWhitespace(value));
   const bool admin = keys->admin.contains(key);

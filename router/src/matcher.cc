@@ -140,16 +140,17 @@ absl::StatusOr<std::unique_ptr<Matcher>> Matcher::Open(const MatcherOptions& opt
   return std::unique_ptr<Matcher>(new Matcher(std::move(impl)));
 }
 
-absl::StatusOr<MatchResult> Matcher::Match(absl::string_view prompt, int32_t k) const {
+absl::StatusOr<MatchResult> Matcher::Match(absl::string_view prompt, int32_t k,
+                                           bool add_special_tokens) const {
   if (k < 1) return absl::InvalidArgumentError(absl::StrCat("Match: k is ", k, ", want >= 1"));
   const auto start = std::chrono::steady_clock::now();
   const MatcherOptions& o = impl_->options;
   MatchResult out;
   ASSIGN_OR_RETURN(Impl::Embedding how, impl_->Current());
   if (how.metric.has_value()) {
-    ASSIGN_OR_RETURN(
-        std::vector<float> embedding,
-        profiler::EmbedPrompt(*how.probe, *impl_->tokenizer, prompt, *how.metric, how.layers));
+    ASSIGN_OR_RETURN(std::vector<float> embedding,
+                     profiler::EmbedPrompt(*how.probe, *impl_->tokenizer, prompt, *how.metric,
+                                           how.layers, add_special_tokens));
     store::SearchOptions so;
     so.k = k;
     so.voting = o.voting;

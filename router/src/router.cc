@@ -6,6 +6,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "premoe/chat/chat_format.h"
 #include "premoe/common/executor.h"
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
@@ -30,7 +31,7 @@ struct Router::Impl {
   store::PatternStore* patterns = nullptr;
   std::unique_ptr<Matcher> matcher;
   std::unique_ptr<WorkerPool> pool;
-  bool chatml = false;
+  chat::ChatFormat chat;
   std::unique_ptr<common::Executor> executor;
 
   absl::Mutex mu;
@@ -95,8 +96,14 @@ absl::StatusOr<std::unique_ptr<Router>> Router::Open(const RouterOptions& option
   ASSIGN_OR_RETURN(impl->executor, common::Executor::Create({.name = "the router's executor",
                                                              .threads = options.executor_threads,
                                                              .max_queued = options.max_pending}));
-  const tokenizer::Tokenizer& t = impl->matcher->tokenizer();
-  impl->chatml = t.TokenToId("<|im_start|>").has_value() && t.TokenToId("<|im_end|>").has_value();
+  ASSIGN_OR_RETURN(impl->chat,
+                   chat::ChatFormat::Load(options.matcher.model_dir, options.chat_template_file));
+  if (impl->chat.has_template()) {
+    PREMOE_LOG_INFO("chat requests use the template in %s", impl->chat.source());
+  } else {
+    PREMOE_LOG_WARN(
+        "the model has no chat template: chat requests are refused (--chat-template FILE)");
+  }
   return std::unique_ptr<Router>(new Router(std::move(impl)));
 }
 
@@ -106,19 +113,13 @@ absl::StatusOr<std::string> Router::RenderPrompt(const std::string& prompt,
     return absl::InvalidArgumentError("give either a prompt or chat messages, not both or neither");
   }
   std::string text = prompt;
-  for (size_t i = 0; i < messages.size(); ++i) {
-    const ChatMessage& m = messages[i];
-    if (m.role != "system" && m.role != "user" && m.role != "assistant") {
-      return absl::InvalidArgumentError(absl::StrCat("message ", i, " has role \"", m.role,
-                                                     "\"; want system, user or assistant"));
-    }
-    if (impl_->chatml) {
-      absl::StrAppend(&text, "<|im_start|>", m.role, "\n", m.content, "<|im_end|>\n");
-    } else {
-      absl::StrAppend(&text, i > 0 ? "\n" : "", m.content);
-    }
+  if (!messages.empty()) {
+    nlohmann::ordered_json wire = nlohmann::ordered_json::array();
+    for (const ChatMessage& m : messages)
+      wire.push_back({{"role", m.role}, {"content", m.content}});
+    ASSIGN_OR_RETURN(text, impl_->chat.Render(wire, /*add_generation_prompt=*/true));
+    if (text.empty()) return absl::InvalidArgumentError("the chat template rendered nothing");
   }
-  if (impl_->chatml && !messages.empty()) absl::StrAppend(&text, "<|im_start|>assistant\n");
   if (static_cast<int64_t>(text.size()) > impl_->options.max_prompt_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
         "the prompt is ", text.size(), " bytes; the limit is ", impl_->options.max_prompt_bytes));
@@ -130,7 +131,7 @@ absl::StatusOr<MatchResult> Router::Match(const std::string& prompt,
                                           const std::vector<ChatMessage>& messages, int32_t k) {
   RETURN_IF_ERROR(impl_->PatternsReady());
   ASSIGN_OR_RETURN(std::string text, RenderPrompt(prompt, messages));
-  return impl_->matcher->Match(text, k);
+  return impl_->matcher->Match(text, k, /*add_special_tokens=*/messages.empty());
 }
 
 absl::StatusOr<InferenceResult> Router::Generate(
@@ -218,7 +219,8 @@ absl::Status Router::Call::Route() {
     route.decision = "task";
     route.task = request.task;
   } else {
-    ASSIGN_OR_RETURN(MatchResult m, router->impl_->matcher->Match(text, 1));
+    ASSIGN_OR_RETURN(MatchResult m, router->impl_->matcher->Match(
+                                        text, 1, /*add_special_tokens=*/request.messages.empty()));
     out.match_seconds = m.seconds;
     route.decision = m.decision;
     route.task = m.task;
@@ -233,6 +235,8 @@ absl::Status Router::Call::Route() {
     pattern = std::move(*p);
   }
   wr.prompt = std::move(text);
+  wr.templated = !request.messages.empty();
+  wr.fit_context = request.fit_context;
   wr.options = request.options;
   wr.stop = request.stop;
   wr.deadline = request.deadline.value_or(std::chrono::system_clock::now() + o.request_timeout);
@@ -273,6 +277,7 @@ void Router::Call::Attempt(std::shared_ptr<Call> self) {
         if (!streamed) {
           out.time_to_first_token =
               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+          if (request.on_route) request.on_route(out.route);
         }
         streamed = true;
         if (on_text) on_text(delta);
@@ -335,6 +340,7 @@ void Router::Call::Done(absl::StatusOr<InferenceResult> result) {
   Impl& impl = *router->impl_;
   DoneCallback done = std::move(on_done);
   on_text = nullptr;
+  request.on_route = nullptr;
   done(std::move(result));
   absl::MutexLock lock(&impl.mu);
   --impl.calls;
@@ -346,6 +352,7 @@ absl::Status Router::Readiness() const {
   return absl::OkStatus();
 }
 
+int64_t Router::max_new_tokens() const { return impl_->options.max_new_tokens; }
 WorkerPool& Router::pool() { return *impl_->pool; }
 const Matcher& Router::matcher() const { return *impl_->matcher; }
 

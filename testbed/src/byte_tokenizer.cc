@@ -80,4 +80,29 @@ std::string ByteTokenizerJson() {
   return tokenizer.dump(2) + "\n";
 }
 
+std::string ByteTokenizerConfigJson() {
+  // The model was trained on bare task prompts, so a chat is its one user
+  // message after <|bos|>; anything else would be a format it never saw.
+  const char* kTemplate =
+      "{%- if messages | length != 1 or messages[0].role != 'user' -%}\n"
+      "{{- raise_exception('the premoe testbed model answers a single user message (a task "
+      "prompt); it has no system or multi-turn format') -}}\n"
+      "{%- endif -%}\n"
+      "{{- bos_token + messages[0].content -}}\n";
+  const nlohmann::ordered_json config = {{"tokenizer_class", "PreTrainedTokenizerFast"},
+                                         {"bos_token", "<|bos|>"},
+                                         {"eos_token", "<|eos|>"},
+                                         {"add_bos_token", true},
+                                         {"model_max_length", 256},
+                                         {"chat_template", kTemplate}};
+  return config.dump(2) + "\n";
+}
+
+std::string GenerationConfigJson() {
+  // Greedy: every testbed task has one right answer.
+  const nlohmann::ordered_json config = {
+      {"bos_token_id", kBosId}, {"eos_token_id", kEosId}, {"do_sample", false}};
+  return config.dump(2) + "\n";
+}
+
 }  // namespace premoe::testbed

@@ -242,7 +242,12 @@ absl::StatusOr<TrainReport> TrainImpl(const TrainOptions& o) {
   auto save_model = [&]() -> absl::Status {
     RETURN_IF_ERROR(engine->SaveWeights(o.out_dir + "/model.safetensors"));
     RETURN_IF_ERROR(common::WriteFileAtomically(o.out_dir + "/config.json", ConfigJson(o.shape)));
-    return common::WriteFileAtomically(o.out_dir + "/tokenizer.json", ByteTokenizerJson());
+    RETURN_IF_ERROR(
+        common::WriteFileAtomically(o.out_dir + "/tokenizer.json", ByteTokenizerJson()));
+    RETURN_IF_ERROR(common::WriteFileAtomically(o.out_dir + "/tokenizer_config.json",
+                                                ByteTokenizerConfigJson()));
+    return common::WriteFileAtomically(o.out_dir + "/generation_config.json",
+                                       GenerationConfigJson());
   };
   TrainReport report;
   for (int64_t step = 1; step <= o.steps; ++step) {

@@ -151,7 +151,7 @@ class Server:
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
                 [premoe.binary, "--log-level", "warn", *premoe.global_args(),
-                 "serve", "--listen", "127.0.0.1:0",
+                 "serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
                  "--port-file", self.port_file, *args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         Server.servers.append(self)

@@ -404,17 +404,22 @@ TEST_F(RouterTest, BadRequestsAreRefusedNamingTheProblem) {
   r.messages = {{"user", "hi"}};
   EXPECT_THAT(client->Generate(r), StatusIs(absl::StatusCode::kInvalidArgument, "not both"));
   r.prompt.clear();
+  // Roles are the chat template's business: the testbed's takes one user
+  // message and refuses the rest with its own words.
   r.messages = {{"wizard", "hi"}};
-  EXPECT_THAT(client->Generate(r), StatusIs(absl::StatusCode::kInvalidArgument, "wizard"));
+  EXPECT_THAT(client->Generate(r),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "the model's chat template refused the messages: the premoe testbed model "
+                       "answers a single user message"));
   r.options.temperature = -1;
   r.messages = {{"user", "What is 1 + 2?"}};
   EXPECT_THAT(client->Generate(r), StatusIs(absl::StatusCode::kInvalidArgument, ""));
   r.options.temperature = 0;
   // Text that is not UTF-8 gets through the wire (bytes fields) to a refusal
   // naming the field and the byte, not a parse failure.
-  r.messages = {{"user", "ok"}, {"user", "a\xed\xa0\x80"}};  // a surrogate
+  r.messages = {{"user", "a\xed\xa0\x80"}};  // a surrogate
   EXPECT_THAT(client->Generate(r), StatusIs(absl::StatusCode::kInvalidArgument,
-                                            "messages[1].content is not valid UTF-8 at byte 1"));
+                                            "messages[0].content is not valid UTF-8 at byte 1"));
   r.messages.clear();
   r.prompt = "What is \xff 1?";
   EXPECT_THAT(client->Generate(r),
@@ -431,9 +436,39 @@ TEST_F(RouterTest, BadRequestsAreRefusedNamingTheProblem) {
   r.task.clear();
   r.prompt.clear();
   r.messages = {{"user", "What is 1 + 2?"}};
-  // This model has no chat format: the messages' text is the prompt.
+  // The testbed's template renders one user message as <|bos|> + its text,
+  // encoded without the tokenizer's own BOS: what the model saw in training.
   ASSERT_OK_AND_ASSIGN(InferenceResult chat, client->Generate(r));
   EXPECT_EQ(chat.route.task, "add");
+  r.messages.clear();
+  r.prompt = "What is 1 + 2?";
+  ASSERT_OK_AND_ASSIGN(InferenceResult plain, client->Generate(r));
+  EXPECT_EQ(chat.text.text, plain.text.text);
+  EXPECT_EQ(chat.text.prompt_tokens, plain.text.prompt_tokens);
+  EXPECT_DOUBLE_EQ(chat.route.similarity, plain.route.similarity);
+}
+
+TEST_F(RouterTest, AnOperatorsChatTemplateReplacesTheModels) {
+  Workers w = StartWorkers(1, 0);
+  RouterOptions o = Options(w);
+  o.chat_template_file = dir_.Join("chat.jinja");
+  // Serves the last user message, whatever came before.
+  testing::WriteStringToFile(
+      o.chat_template_file,
+      "{{ bos_token }}{{ (messages | selectattr('role', 'eq', 'user') | list)[-1].content }}");
+  ASSERT_OK_AND_ASSIGN(auto router, Router::Open(o, store_.get()));
+  InferenceRequest r;
+  r.options.max_new_tokens = 8;
+  r.messages = {
+      {"system", "Be brief."}, {"user", "hello"}, {"assistant", "hi"}, {"user", "What is 1 + 2?"}};
+  ASSERT_OK_AND_ASSIGN(std::string text, router->RenderPrompt("", r.messages));
+  EXPECT_EQ(text, "<|bos|>What is 1 + 2?");
+  ASSERT_OK_AND_ASSIGN(InferenceResult chat, router->Generate(r));
+  EXPECT_EQ(chat.route.task, "add");
+  // A template outside the subset stops the router at start, naming the line.
+  testing::WriteStringToFile(o.chat_template_file, "ok\n{% macro m() %}{% endmacro %}");
+  EXPECT_THAT(Router::Open(o, store_.get()),
+              StatusIs(absl::StatusCode::kInvalidArgument, "chat.jinja line 2: the {% macro %}"));
 }
 
 TEST_F(RouterTest, AWorkerThatDiesIsRetriedElsewhere) {

@@ -17,6 +17,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "premoe/chat/chat_format.h"
+#include "premoe/common/file.h"
 #include "premoe/common/hash.h"
 #include "premoe/common/json.h"
 #include "premoe/tokenizer/tokenizer.h"
@@ -536,6 +538,33 @@ TEST(ByteTokenizerTest, PremoeTokenizerSeesBytes) {
   EXPECT_EQ(skipped, "ok");
   ASSERT_OK_AND_ASSIGN(std::string kept, tok->Decode(with_specials));
   EXPECT_EQ(kept, "<|bos|>ok<|eos|>");
+}
+
+TEST(ByteTokenizerTest, CommittedModelCarriesTheConfigsAndItsChatTemplateWorks) {
+  // The committed model's files are what the trainer writes.
+  ASSERT_OK_AND_ASSIGN(
+      std::string config,
+      common::ReadFile(testing::SourceDir() + "/testbed/model/tokenizer_config.json"));
+  EXPECT_EQ(config, ByteTokenizerConfigJson());
+  ASSERT_OK_AND_ASSIGN(
+      std::string generation,
+      common::ReadFile(testing::SourceDir() + "/testbed/model/generation_config.json"));
+  EXPECT_EQ(generation, GenerationConfigJson());
+
+  ASSERT_OK_AND_ASSIGN(chat::ChatFormat format,
+                       chat::ChatFormat::Load(testing::SourceDir() + "/testbed/model"));
+  ASSERT_TRUE(format.has_template());
+  const nlohmann::ordered_json one = {{{"role", "user"}, {"content", "add 2 3 ="}}};
+  ASSERT_OK_AND_ASSIGN(std::string text, format.Render(one, true));
+  EXPECT_EQ(text, "<|bos|>add 2 3 =");
+  // Encoded without special tokens, a chat is the bare prompt with them.
+  ASSERT_OK_AND_ASSIGN(auto tok,
+                       tokenizer::Tokenizer::FromJson(ByteTokenizerJson(), "byte tokenizer"));
+  EXPECT_EQ(tok->Encode(text, false).value(), tok->Encode("add 2 3 =", true).value());
+  const nlohmann::ordered_json two = {{{"role", "system"}, {"content", "x"}},
+                                      {{"role", "user"}, {"content", "add 2 3 ="}}};
+  EXPECT_THAT(format.Render(two, true),
+              StatusIs(absl::StatusCode::kInvalidArgument, "answers a single user message"));
 }
 
 TEST(ByteTokenizerTest, HuggingFaceTokenizersAgree) {

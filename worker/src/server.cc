@@ -87,7 +87,9 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
       return absl::InvalidArgumentError(absl::StrCat("the prompt has ", request.prompt().size(),
                                                      " bytes; the limit is ", max_prompt_bytes));
     }
-    ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer_->Encode(request.prompt(), true));
+    ASSIGN_OR_RETURN(
+        std::vector<int32_t> ids,
+        tokenizer_->Encode(request.prompt(), /*add_special_tokens=*/!request.templated()));
     ASSIGN_OR_RETURN(TextRequest text, FromProto(request));
     for (const std::string& s : text.stop) {
       if (s.empty()) return absl::InvalidArgumentError("a stop string is empty");
@@ -102,6 +104,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     work.prompt.assign(ids.begin(), ids.end());
     work.task = text.task;
     work.options = text.options;
+    work.fit_context = text.fit_context;
     work.deadline = Deadline(ctx);
     // On the scheduler thread: queue, start a write if none is in flight,
     // never wait.

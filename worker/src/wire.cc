@@ -49,6 +49,7 @@ void ToProto(const std::string& fingerprint, const WorkerStatus& in,
   out->set_all_experts_bytes(in.all_experts_bytes);
   out->set_queued(in.queued);
   out->set_running(in.running);
+  out->set_cancelled(in.cancelled);
   out->set_loads(in.cache.loads);
   out->set_loaded_bytes(in.cache.loaded_bytes);
   out->set_evictions(in.cache.evictions);
@@ -76,6 +77,7 @@ RemoteStatus FromProto(const v1::WorkerStatusResponse& in) {
   s.all_experts_bytes = in.all_experts_bytes();
   s.queued = in.queued();
   s.running = in.running();
+  s.cancelled = in.cancelled();
   s.cache.loads = in.loads();
   s.cache.loaded_bytes = in.loaded_bytes();
   s.cache.evictions = in.evictions();
@@ -90,6 +92,8 @@ RemoteStatus FromProto(const v1::WorkerStatusResponse& in) {
 void ToProto(const TextRequest& in, v1::GenerateRequest* out) {
   out->set_prompt(in.prompt);
   out->set_task_name(in.task);
+  out->set_templated(in.templated);
+  out->set_fit_context(in.fit_context);
   ToProto(in.options, in.stop, out->mutable_sampling());
 }
 
@@ -99,6 +103,8 @@ absl::StatusOr<TextRequest> FromProto(const v1::GenerateRequest& in) {
   RETURN_IF_ERROR(common::CheckUtf8(in.task_name(), "task_name"));
   out.prompt = in.prompt();
   out.task = in.task_name();
+  out.templated = in.templated();
+  out.fit_context = in.fit_context();
   RETURN_IF_ERROR(FromProto(in.sampling(), &out.options, &out.stop));
   return out;
 }

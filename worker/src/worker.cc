@@ -424,6 +424,9 @@ absl::Status Worker::Submit(WorkRequest request, DoneCallback on_done) {
   }
   // Compared without adding: max_new_tokens near 2^63 would overflow the sum.
   const int64_t room = engine.max_context() - static_cast<int64_t>(request.prompt.size());
+  if (request.fit_context && room >= 1) {
+    request.options.max_new_tokens = std::min(request.options.max_new_tokens, room);
+  }
   if (request.options.max_new_tokens > room) {
     return absl::InvalidArgumentError(absl::StrCat(
         "prompt (", request.prompt.size(), " tokens) + max_new_tokens (",

@@ -435,4 +435,17 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
 // file does not exist; otherwise as ParseModelConfig, naming the path.
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& model_dir);
 
+// The sampling a checkpoint asks for in its generation_config.json, which
+// OpenAI-style servers (vLLM) use for what a request leaves out.
+struct GenerationDefaults {
+  // Absent fields stay empty. do_sample false (greedy) sets temperature 0.
+  std::optional<double> temperature;
+  std::optional<double> top_p;
+  std::optional<int64_t> top_k;
+};
+// `model_dir`/generation_config.json's defaults; none when the file does not
+// exist. INVALID_ARGUMENT naming the file for malformed JSON or a field of
+// the wrong type or range.
+absl::StatusOr<GenerationDefaults> LoadGenerationDefaults(const std::string& model_dir);
+
 }  // namespace premoe::checkpoint

@@ -13,7 +13,8 @@
 
 namespace premoe::profiler {
 
-// Tokenizes `prompt` as ProfileTask does (add_special_tokens = true), runs it
+// Tokenizes `prompt` as ProfileTask does (with the tokenizer's special
+// tokens; without them for a chat template's text, which holds its own), runs it
 // through `engine` (a full model, as for profiling, or a probe holding the
 // model up to its `embedding_layers`-th MoE gate) and returns MatchEmbedding
 // of the first `embedding_layers` MoE layers' gate logits under `metric`:
@@ -22,10 +23,8 @@ namespace premoe::profiler {
 // INVALID_ARGUMENT for a prompt that encodes to no tokens or exceeds the
 // engine's context, a model with fewer MoE layers, or a bad metric; INTERNAL
 // for a libtorch failure. Thread-safe as Engine::Forward is.
-absl::StatusOr<std::vector<float>> EmbedPrompt(const model::Engine& engine,
-                                               const tokenizer::Tokenizer& tokenizer,
-                                               absl::string_view prompt,
-                                               const MetricOptions& metric,
-                                               int64_t embedding_layers = 1);
+absl::StatusOr<std::vector<float>> EmbedPrompt(
+    const model::Engine& engine, const tokenizer::Tokenizer& tokenizer, absl::string_view prompt,
+    const MetricOptions& metric, int64_t embedding_layers = 1, bool add_special_tokens = true);
 
 }  // namespace premoe::profiler

@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -62,6 +63,11 @@ class Authenticator {
   // call in the log line of a refusal.
   absl::Status Check(const grpc::CallbackServerContext& ctx, Scope scope, absl::string_view who,
                      absl::string_view method) const;
+  // The same for another protocol (HTTP's Authorization header):
+  // `authorization` is the header's value, absent when the request has
+  // none; `peer` names the caller in the log line.
+  absl::Status CheckBearer(std::optional<absl::string_view> authorization, absl::string_view peer,
+                           Scope scope, absl::string_view who, absl::string_view method) const;
 
   // Re-reads the key files and the environment now; on error the keys in
   // use stay.

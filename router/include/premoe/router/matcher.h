@@ -72,8 +72,10 @@ class Matcher {
   // The `k` nearest patterns (k >= 1) and the decision. INVALID_ARGUMENT
   // for a prompt the probe refuses (empty, over the context); NOT_FOUND
   // with the "refuse" fallback when nothing is similar enough (or the store
-  // is empty).
-  absl::StatusOr<MatchResult> Match(absl::string_view prompt, int32_t k = 3) const;
+  // is empty). `add_special_tokens` false: the prompt is a chat template's
+  // text, which holds its own (the worker encodes it so too).
+  absl::StatusOr<MatchResult> Match(absl::string_view prompt, int32_t k = 3,
+                                    bool add_special_tokens = true) const;
 
   const checkpoint::ModelConfig& config() const;
   const tokenizer::Tokenizer& tokenizer() const;

@@ -64,34 +64,18 @@ struct RouterOptions {
   // (UNAVAILABLE naming the cause) until the copy has synced once, instead
   // of matching against nothing. Default null: always (an embedded store).
   std::function<absl::Status()> patterns_ready;
+  // A Jinja chat template file to render chat requests with, in place of
+  // the model's own (tokenizer_config.json's chat_template or
+  // chat_template.jinja). Default "": the model's; a model without one
+  // refuses chat requests.
+  std::string chat_template_file;
 
   absl::Status Validate() const;
 };
 
 struct ChatMessage {
-  std::string role;  // "system", "user", "assistant"
+  std::string role;  // "system", "user", "assistant", ... as the template knows them
   std::string content;
-};
-
-struct InferenceRequest {
-  // Exactly one of prompt and messages.
-  std::string prompt;
-  std::vector<ChatMessage> messages;
-  // Sampling and length (stop_requested is not used). max_new_tokens 0
-  // means 64.
-  model::GenerationOptions options;
-  std::vector<std::string> stop;
-  // A task's pattern, skipping matching; empty = match.
-  std::string task;
-  // Empty = RouterOptions::default_budget.
-  std::string budget;
-  // Every expert, no pattern.
-  bool full_model = false;
-  std::optional<std::chrono::system_clock::time_point> deadline;
-  // Cancels the request (its worker call, or the call it would make); not
-  // owned, may be null; must outlive the request's end (GenerateAsync's
-  // on_done).
-  worker::CallCanceller* canceller = nullptr;
 };
 
 struct RouteInfo {
@@ -105,6 +89,35 @@ struct RouteInfo {
   int64_t all_experts_bytes = 0;
   int64_t base_bytes = 0;
   std::string worker;
+};
+
+struct InferenceRequest {
+  // Exactly one of prompt and messages.
+  std::string prompt;
+  std::vector<ChatMessage> messages;
+  // Sampling and length (stop_requested is not used). max_new_tokens 0
+  // means 64.
+  model::GenerationOptions options;
+  // max_new_tokens is a cap; the context's end stops generation before it
+  // (instead of refusing a prompt that leaves less room). Default false.
+  bool fit_context = false;
+  std::vector<std::string> stop;
+  // A task's pattern, skipping matching; empty = match.
+  std::string task;
+  // Empty = RouterOptions::default_budget.
+  std::string budget;
+  // Every expert, no pattern.
+  bool full_model = false;
+  std::optional<std::chrono::system_clock::time_point> deadline;
+  // Cancels the request (its worker call, or the call it would make); not
+  // owned, may be null; must outlive the request's end (GenerateAsync's
+  // on_done).
+  worker::CallCanceller* canceller = nullptr;
+  // Called once with the route (task, decision, worker, kept experts) just
+  // before the first text, so that an edge can announce it ahead of the
+  // stream (HTTP headers). Same thread rules as GenerateAsync's on_text.
+  // Default none.
+  std::function<void(const RouteInfo&)> on_route;
 };
 
 struct InferenceResult {
@@ -140,9 +153,10 @@ class Router {
   absl::StatusOr<MatchResult> Match(const std::string& prompt,
                                     const std::vector<ChatMessage>& messages, int32_t k = 3);
   // The text the model sees for a prompt or chat: the prompt itself; chat
-  // messages in ChatML when the tokenizer has <|im_start|>/<|im_end|>
-  // (Qwen), else their contents joined by newlines. INVALID_ARGUMENT for
-  // neither or both, an unknown role, or a text over max_prompt_bytes.
+  // messages rendered by the model's chat template (ChatFormat, ending
+  // where the assistant's reply begins). INVALID_ARGUMENT for neither or
+  // both, a model without a chat template, messages its template refuses,
+  // or a text over max_prompt_bytes.
   absl::StatusOr<std::string> RenderPrompt(const std::string& prompt,
                                            const std::vector<ChatMessage>& messages) const;
 
@@ -150,6 +164,8 @@ class Router {
   // RouterOptions::patterns_ready) and a worker was reached; else
   // UNAVAILABLE naming what is missing.
   absl::Status Readiness() const;
+  // RouterOptions::max_new_tokens: the most a request may ask for.
+  int64_t max_new_tokens() const;
   WorkerPool& pool();
   const Matcher& matcher() const;
 

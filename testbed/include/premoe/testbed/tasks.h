@@ -128,5 +128,11 @@ nlohmann::ordered_json TaskToJson(const Task& task);
 // (The literal text "<|bos|>" or "<|eos|>" in an input is the special token.)
 constexpr int64_t kBosId = 256, kEosId = 257, kVocabSize = 258;
 std::string ByteTokenizerJson();
+// Its tokenizer_config.json: the special tokens and a chat template that
+// renders one user message as "<|bos|>" + the message (the model knows no
+// chat format; other conversations are refused by the template).
+std::string ByteTokenizerConfigJson();
+// Its generation_config.json: greedy decoding (do_sample false).
+std::string GenerationConfigJson();
 
 }  // namespace premoe::testbed

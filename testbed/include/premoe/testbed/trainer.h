@@ -35,8 +35,9 @@ struct TrainProgress {
 };
 
 struct TrainOptions {
-  // Where the model goes: config.json, model.safetensors, tokenizer.json and
-  // train_manifest.json are written there (created if missing; existing
+  // Where the model goes: config.json, model.safetensors, tokenizer.json,
+  // tokenizer_config.json, generation_config.json and train_manifest.json
+  // are written there (created if missing; existing
   // files are replaced atomically). Required.
   std::string out_dir;
   // Everything random (initial weights, which samples, in which order) follows

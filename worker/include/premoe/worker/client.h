@@ -54,6 +54,12 @@ struct TextRequest {
   model::GenerationOptions options;  // stop_requested is not sent
   // Stop strings, matched in the decoded text.
   std::vector<std::string> stop;
+  // The prompt was rendered by the model's chat template (it holds the
+  // special tokens): encoded without the tokenizer's. Default false.
+  bool templated = false;
+  // Cut options.max_new_tokens to the context's room rather than refuse.
+  // Default false.
+  bool fit_context = false;
   // Deadline of the call. Default: none (then
   // WorkerClient::Options::generate_timeout).
   std::optional<std::chrono::system_clock::time_point> deadline;

@@ -99,6 +99,9 @@ struct WorkRequest {
   // (its argument is 0) is asked on the scheduler thread after each step.
   // Default: greedy, 64 tokens.
   model::GenerationOptions options;
+  // options.max_new_tokens is cut to the room the prompt leaves in the
+  // context, rather than refused. Default: false.
+  bool fit_context = false;
   // The request fails with DEADLINE_EXCEEDED once this passes (queued or
   // running). Default: none.
   std::optional<std::chrono::steady_clock::time_point> deadline;
