@@ -50,7 +50,9 @@ struct ServeArgs {
   std::string chat_template;  // router: a Jinja chat template in place of the model's
   std::string http_listen = "127.0.0.1:8000";  // router: the OpenAI HTTP API; "" = off
   std::string http_port_file;
-  std::string served_model_name;  // router: the HTTP API's model id; default --model
+  std::string served_model_name;
+  std::string metrics_listen;  // any role: Prometheus /metrics on its own port; "" = off  //
+                               // router: the HTTP API's model id; default --model
   // API keys every server of this process asks for (premoe/proto/auth.h),
   // with PREMOE_API_KEYS and PREMOE_ADMIN_KEYS. None: open (loopback use).
   // The process's own clients (router -> store and workers) send ClientKey().
@@ -60,6 +62,8 @@ struct ServeArgs {
 
 // --api-key-file and --admin-key-file into `args`.
 void AddKeyFlags(CLI::App& cmd, ServeArgs& args);
+// --metrics-listen.
+void AddMetricsFlag(CLI::App& cmd, ServeArgs& args);
 
 // Serves until SIGINT or SIGTERM.
 absl::Status RunServe(const ServeArgs& args);

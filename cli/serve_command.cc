@@ -19,6 +19,7 @@
 #include "premoe/common/bytes.h"
 #include "premoe/common/file.h"
 #include "premoe/common/status.h"
+#include "premoe/metrics/metrics.h"
 #include "premoe/proto/auth.h"
 #include "premoe/proto/grpc_edge.h"
 #include "premoe/router/client.h"
@@ -152,6 +153,12 @@ absl::StatusOr<std::string> InternalKey() {
 
 }  // namespace
 
+void AddMetricsFlag(CLI::App& cmd, ServeArgs& args) {
+  cmd.add_option("--metrics-listen", args.metrics_listen,
+                 "Serve Prometheus metrics (GET /metrics) on this address, e.g. 0.0.0.0:9400 "
+                 "(a router also has them on its HTTP API)");
+}
+
 void AddKeyFlags(CLI::App& cmd, ServeArgs& args) {
   cmd.add_option("--api-key-file", args.api_key_file,
                  "API keys (one a line) that inference and read calls need; also "
@@ -276,6 +283,7 @@ absl::Status RunServe(const ServeArgs& args) {
       ho.model_dir = args.model;
       ho.auth = auth;
       ho.tls = ProcessTls();
+      ho.metrics = &metrics::TextExposition;
       ASSIGN_OR_RETURN(http, router::HttpServer::Start(ho, router.get()));
       std::printf("router serving the OpenAI HTTP API on http%s://%s (model \"%s\")\n",
                   ProcessTls().server_tls() ? "s" : "", http->address().c_str(),
@@ -285,6 +293,13 @@ absl::Status RunServe(const ServeArgs& args) {
             common::WriteFileAtomically(args.http_port_file, absl::StrCat(http->port())));
       }
     }
+  }
+  std::unique_ptr<metrics::Endpoint> metrics_endpoint;
+  if (!args.metrics_listen.empty()) {
+    ASSIGN_OR_RETURN(metrics_endpoint, metrics::Serve(args.metrics_listen));
+    std::printf("metrics on http://%s:%d/metrics\n",
+                args.metrics_listen.substr(0, args.metrics_listen.rfind(':')).c_str(),
+                metrics_endpoint->port());
   }
   std::fflush(stdout);
   if (!args.port_file.empty()) {
@@ -514,6 +529,7 @@ void RegisterServe(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   s->add_option("--http-port-file", a->http_port_file,
                 "Write the HTTP API's bound port here once serving");
+  AddMetricsFlag(*s, *a);
   s->add_option("--served-model-name", a->served_model_name,
                 "The model's id in the HTTP API (default: the --model argument)");
   s->add_option("--chat-template", a->chat_template,

@@ -154,6 +154,7 @@ void RegisterWorker(CLI::App& app, int* exit_code) {
   AddWorkerFlags(*s, *serve, "");
   s->add_option("--port-file", serve->port_file, "Write the bound port here once serving");
   AddKeyFlags(*s, *serve);
+  AddMetricsFlag(*s, *serve);
   s->callback([serve, exit_code] { *exit_code = ReportStatus("worker serve", RunServe(*serve)); });
 
   auto prepare = std::make_shared<PrepareArgs>();

@@ -129,5 +129,7 @@ endif()
 find_package(RocksDB CONFIG REQUIRED)
 find_package(OpenMP REQUIRED)
 find_package(faiss CONFIG REQUIRED)
+# Metrics: prometheus-cpp's core (registry, text format).
+find_package(prometheus-cpp CONFIG REQUIRED)
 message(STATUS "premoe: protobuf ${Protobuf_VERSION}, gRPC ${gRPC_VERSION}, "
                "RocksDB ${RocksDB_VERSION}, FAISS ${faiss_VERSION}")

@@ -79,12 +79,15 @@ echo "== premoe serve --model $model --store-dir $store --quant int4 --cache 1Mi
 echo "   and worker in one process; the worker holds at most 1 MiB of the model's experts: 1.59 MiB"
 echo "   in int4, 6 MiB in bf16)"
 port_file=$(mktemp -u)
+http_port_file=$(mktemp -u)
 build/cli/premoe --log-level warn serve --model "$model" --store-dir "$store" --dtype bf16 \
-  --quant int4 --budget 50% --cache 1MiB --listen 127.0.0.1:0 --port-file "$port_file" |
+  --quant int4 --budget 50% --cache 1MiB --listen 127.0.0.1:0 --port-file "$port_file" \
+  --http-listen 127.0.0.1:0 --http-port-file "$http_port_file" |
   sed -u "s/^/  /" &
-trap 'pkill -f "premoe --log-level warn serve --model $model" 2>/dev/null || true; rm -f "$port_file"' EXIT
-for _ in $(seq 300); do [ -s "$port_file" ] && break; sleep 0.1; done
+trap 'pkill -f "premoe --log-level warn serve --model $model" 2>/dev/null || true; rm -f "$port_file" "$http_port_file"' EXIT
+for _ in $(seq 300); do [ -s "$port_file" ] && [ -s "$http_port_file" ] && break; sleep 0.1; done
 address=127.0.0.1:$(cat "$port_file")
+http_address=127.0.0.1:$(cat "$http_port_file")
 
 echo
 echo "== premoe query --address $address --testbed all --samples 3   (real gRPC queries)"
@@ -94,3 +97,18 @@ echo
 echo "== premoe query --prompt ... --match-only   (which pattern a query gets, and the runners-up)"
 build/cli/premoe query --address "$address" --prompt "Please add 17 and 25." --match-only |
   sed 's/^/  /'
+echo
+echo "== the OpenAI API on http://$http_address/v1   (the official openai client, one chat request)"
+.venv/bin/python - "$http_address" "$model" <<'PY' | sed 's/^/  /'
+import sys
+import openai
+client = openai.OpenAI(base_url=f"http://{sys.argv[1]}/v1", api_key="none")
+question = "What is 17 + 25?"
+reply = client.chat.completions.create(model=sys.argv[2], max_tokens=16,
+                                       messages=[{"role": "user", "content": question}])
+route = reply.model_extra["premoe"]
+print(f"{question!r} -> {reply.choices[0].message.content!r} ({reply.usage.completion_tokens} tokens, "
+      f"finish {reply.choices[0].finish_reason})")
+print(f"route: task {route['task']!r} by {route['decision']} (similarity {route['similarity']:.3f}), "
+      f"{route['kept_experts']} experts kept, {route['kept_bytes'] / 2**20:.2f} MiB, worker {route['worker']}")
+PY

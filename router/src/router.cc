@@ -10,6 +10,7 @@
 #include "premoe/common/executor.h"
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
+#include "premoe/metrics/metrics.h"
 #include "premoe/profiler/selection.h"
 
 namespace premoe::router {
@@ -59,6 +60,7 @@ struct Router::Call {
   std::set<std::string> exclude;
   absl::Status last = absl::UnavailableError("no attempt made");
   bool streamed = false;  // by the current attempt
+  bool running = false;   // counted in num_requests_running (else waiting)
 
   // Matching and the pattern: the work before the first worker is tried.
   absl::Status Route();
@@ -185,6 +187,7 @@ void Router::GenerateAsync(InferenceRequest request, TextCallback on_text, DoneC
     absl::MutexLock lock(&impl_->mu);
     ++impl_->calls;
   }
+  metrics::Serving().requests_waiting.Increment();
   absl::Status queued = impl_->executor->Submit([call] {
     if (absl::Status s = call->Route(); !s.ok()) {
       call->Done(s);
@@ -222,6 +225,8 @@ absl::Status Router::Call::Route() {
     ASSIGN_OR_RETURN(MatchResult m, router->impl_->matcher->Match(
                                         text, 1, /*add_special_tokens=*/request.messages.empty()));
     out.match_seconds = m.seconds;
+    metrics::Serving().match_seconds.Observe(m.seconds);
+    if (!m.candidates.empty()) metrics::Serving().match_similarity.Observe(m.similarity);
     route.decision = m.decision;
     route.task = m.task;
     route.similarity = m.similarity;
@@ -269,6 +274,14 @@ void Router::Call::Attempt(std::shared_ptr<Call> self) {
   route.kept_fraction =
       a->all_experts_bytes > 0 ? static_cast<double>(a->kept_bytes) / a->all_experts_bytes : 0;
   streamed = false;
+  if (!running) {
+    running = true;
+    metrics::ServingMetrics& m = metrics::Serving();
+    m.requests_waiting.Decrement();
+    m.requests_running.Increment();
+    m.queue_time.Observe(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
   worker::WorkerClient* client = a->client;
   client->StartGenerate(
       wr,
@@ -338,6 +351,27 @@ void Router::Call::Schedule(std::shared_ptr<Call> self, void (Call::*step)(std::
 
 void Router::Call::Done(absl::StatusOr<InferenceResult> result) {
   Impl& impl = *router->impl_;
+  metrics::ServingMetrics& m = metrics::Serving();
+  (running ? m.requests_running : m.requests_waiting).Decrement();
+  if (result.ok()) {
+    const worker::TextResult& t = result->text;
+    const double e2e =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    m.e2e_latency.Observe(e2e);
+    m.time_to_first_token.Observe(result->time_to_first_token);
+    if (t.completion_tokens > 1) {
+      m.time_per_output_token.Observe((e2e - result->time_to_first_token) /
+                                      static_cast<double>(t.completion_tokens - 1));
+    }
+    m.prompt_tokens.Increment(static_cast<double>(t.prompt_tokens));
+    m.generation_tokens.Increment(static_cast<double>(t.completion_tokens));
+    m.request_success.Add({{"finished_reason", t.finish_reason == "length" ? "length" : "stop"}})
+        .Increment();
+    m.pattern_requests.Add({{"task", result->route.task}, {"decision", result->route.decision}})
+        .Increment();
+  } else {
+    m.request_failure.Add({{"code", absl::StatusCodeToString(result.status().code())}}).Increment();
+  }
   DoneCallback done = std::move(on_done);
   on_text = nullptr;
   request.on_route = nullptr;

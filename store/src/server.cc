@@ -21,6 +21,7 @@
 #include "premoe/common/executor.h"
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
+#include "premoe/metrics/metrics.h"
 #include "premoe/proto/auth.h"
 #include "premoe/proto/grpc_edge.h"
 #include "premoe/store/proto_convert.h"
@@ -283,6 +284,15 @@ class Service final : public v1::PatternStore::CallbackService {
 
   static constexpr char kWho[] = "pattern store server";
 
+ public:
+  int64_t OpenWatches() {
+    absl::MutexLock lock(&watches_mu_);
+    int64_t n = 0;
+    for (const auto& [host, open] : watches_) n += open;
+    return n;
+  }
+
+ private:
   PatternStore* store_;
   Executor* executor_;
   const rpc::Authenticator* auth_;
@@ -308,7 +318,16 @@ absl::Status PatternStoreServer::Options::Validate() const {
   return absl::OkStatus();
 }
 
+// What a scrape reads: the service and its store until Shutdown.
+struct StoreMetricsSource {
+  absl::Mutex mu;
+  Service* service ABSL_GUARDED_BY(mu) = nullptr;
+  PatternStore* store ABSL_GUARDED_BY(mu) = nullptr;
+};
+
 struct PatternStoreServer::Impl {
+  std::shared_ptr<StoreMetricsSource> metrics_source = std::make_shared<StoreMetricsSource>();
+  std::shared_ptr<metrics::Collector> collector;
   // Shutdown stops the server (no call runs any more), then the executor
   // (runs what is queued, including reactors' self-deletion, which lets go
   // of the store's watches), so the store may go once it returns.
@@ -346,6 +365,25 @@ absl::StatusOr<std::unique_ptr<PatternStoreServer>> PatternStoreServer::Start(
   so.serving = {"premoe.v1.PatternStore"};
   so.tls = options.tls;
   ASSIGN_OR_RETURN(impl->server, rpc::Server::Start(so, {impl->service.get()}));
+  {
+    absl::MutexLock lock(&impl->metrics_source->mu);
+    impl->metrics_source->service = impl->service.get();
+    impl->metrics_source->store = store;
+  }
+  impl->collector = std::make_shared<metrics::Collector>(
+      [source = impl->metrics_source]() -> std::vector<prometheus::MetricFamily> {
+        absl::MutexLock lock(&source->mu);
+        if (source->service == nullptr) return {};
+        auto watches = metrics::GaugeFamily("premoe:store_watch_streams",
+                                            "Open Watch streams (replicas following the store).");
+        metrics::AddSample(watches, static_cast<double>(source->service->OpenWatches()));
+        absl::StatusOr<StoreInfo> info = source->store->Info();
+        if (!info.ok()) return {watches};
+        auto patterns = metrics::GaugeFamily("premoe:store_patterns", "Patterns in the store.");
+        metrics::AddSample(patterns, static_cast<double>(info->num_patterns));
+        return {watches, patterns};
+      });
+  metrics::AddCollector(impl->collector);
   PREMOE_LOG_INFO("pattern store serving on %s", impl->server->address());
   return std::unique_ptr<PatternStoreServer>(new PatternStoreServer(std::move(impl)));
 }
@@ -355,6 +393,11 @@ int PatternStoreServer::port() const { return impl_->server->port(); }
 std::string PatternStoreServer::address() const { return impl_->server->address(); }
 
 void PatternStoreServer::Shutdown() {
+  {
+    absl::MutexLock lock(&impl_->metrics_source->mu);
+    impl_->metrics_source->service = nullptr;
+    impl_->metrics_source->store = nullptr;
+  }
   // Watch streams never end by themselves: cancel them (after a moment for
   // unary calls in flight) so that Shutdown returns.
   absl::MutexLock lock(&impl_->mu);

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "premoe/common/status.h"
+#include "premoe/metrics/metrics.h"
 
 namespace premoe::worker {
 
@@ -262,6 +263,7 @@ absl::Status ExpertCache::Ensure(const std::vector<Key>& keys, bool pin, bool wa
     report->loaded_experts += count;
     report->loaded_bytes += count * expert_bytes_;
     report->load_seconds += seconds;
+    metrics::Cache().load_seconds.Observe(seconds);
     totals_.loads += count;
     totals_.loaded_bytes += count * expert_bytes_;
     totals_.load_seconds += seconds;

@@ -18,6 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "premoe/common/logging.h"
 #include "premoe/common/status.h"
+#include "premoe/metrics/metrics.h"
 #include "premoe/model/decoding.h"
 #include "premoe/model/fingerprint.h"
 #include "premoe/profiler/calibration.h"
@@ -162,8 +163,58 @@ struct Rank {
   }
 };
 
+// What a scrape reads: the worker until it starts going away.
+struct WorkerMetricsSource {
+  absl::Mutex mu;
+  const Worker* worker ABSL_GUARDED_BY(mu) = nullptr;
+};
+
+std::vector<prometheus::MetricFamily> WorkerFamilies(const WorkerStatus& s) {
+  using metrics::AddSample;
+  auto cache = metrics::GaugeFamily("premoe:expert_cache_bytes",
+                                    "Expert cache bytes: resident (held), pinned (in use by a "
+                                    "request or a preparation) and free (budget left).");
+  AddSample(cache, static_cast<double>(s.cache.resident_bytes), {{"state", "resident"}});
+  AddSample(cache, static_cast<double>(s.cache.pinned_experts * s.expert_bytes),
+            {{"state", "pinned"}});
+  AddSample(
+      cache,
+      static_cast<double>(std::max<int64_t>(0, s.cache.budget_bytes - s.cache.resident_bytes)),
+      {{"state", "free"}});
+  auto budget =
+      metrics::GaugeFamily("premoe:expert_cache_budget_bytes", "The expert cache's budget.");
+  AddSample(budget, static_cast<double>(s.cache.budget_bytes));
+  auto loads =
+      metrics::CounterFamily("premoe:expert_loads_total", "Experts loaded into the cache.");
+  AddSample(loads, static_cast<double>(s.cache.loads));
+  auto evictions =
+      metrics::CounterFamily("premoe:expert_evictions_total", "Experts evicted from the cache.");
+  AddSample(evictions, static_cast<double>(s.cache.evictions));
+  auto load_bytes =
+      metrics::CounterFamily("premoe:expert_load_bytes_total", "Bytes of experts loaded.");
+  AddSample(load_bytes, static_cast<double>(s.cache.loaded_bytes));
+  auto resident = metrics::GaugeFamily("premoe:resident_patterns",
+                                       "Prepared patterns whose experts are all resident.");
+  AddSample(resident,
+            static_cast<double>(std::count_if(s.patterns.begin(), s.patterns.end(),
+                                              [](const PatternStatus& p) { return p.resident; })));
+  auto running =
+      metrics::GaugeFamily("premoe:worker_num_requests_running", "Requests in the worker's batch.");
+  AddSample(running, static_cast<double>(s.running));
+  auto waiting =
+      metrics::GaugeFamily("premoe:worker_num_requests_waiting", "Requests queued at the worker.");
+  AddSample(waiting, static_cast<double>(s.queued));
+  auto cancelled =
+      metrics::CounterFamily("premoe:worker_requests_cancelled_total",
+                             "Requests the worker ended because their caller went away.");
+  AddSample(cancelled, static_cast<double>(s.cancelled));
+  return {cache, budget, loads, evictions, load_bytes, resident, running, waiting, cancelled};
+}
+
 struct Worker::Impl {
   WorkerOptions options;
+  std::shared_ptr<WorkerMetricsSource> metrics_source = std::make_shared<WorkerMetricsSource>();
+  std::shared_ptr<metrics::Collector> collector;
   std::vector<std::unique_ptr<Rank>> ranks;
   const model::Engine* engine = nullptr;  // rank 0's
   std::string fingerprint;
@@ -316,10 +367,28 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Open(const WorkerOptions& option
   impl->eos.assign(c.eos_token_ids.begin(), c.eos_token_ids.end());
   Impl* raw = impl.get();
   impl->scheduler = std::thread([raw] { raw->Run(); });
-  return std::unique_ptr<Worker>(new Worker(std::move(impl)));
+  std::unique_ptr<Worker> worker(new Worker(std::move(impl)));
+  {
+    const std::shared_ptr<WorkerMetricsSource>& source = worker->impl_->metrics_source;
+    absl::MutexLock lock(&source->mu);
+    source->worker = worker.get();
+  }
+  worker->impl_->collector = std::make_shared<metrics::Collector>(
+      [source = worker->impl_->metrics_source]() -> std::vector<prometheus::MetricFamily> {
+        absl::MutexLock lock(&source->mu);
+        if (source->worker == nullptr) return {};
+        return WorkerFamilies(source->worker->Status());
+      });
+  metrics::AddCollector(worker->impl_->collector);
+  return worker;
 }
 
 Worker::~Worker() {
+  {
+    // A scrape in progress finishes first; later ones see no worker.
+    absl::MutexLock lock(&impl_->metrics_source->mu);
+    impl_->metrics_source->worker = nullptr;
+  }
   std::map<uint64_t, std::thread> loaders;
   {
     absl::MutexLock lock(&impl_->mu);
