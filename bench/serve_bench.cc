@@ -8,8 +8,11 @@
 //
 // Modes: "full" asks for every expert (no matching, no pattern); "pattern"
 // lets the router match each prompt to its task's pattern and serve it with
-// that pattern's experts at --budget. Every request decodes exactly
-// --new-tokens tokens (EOS ignored) so the two modes do the same work.
+// that pattern's experts at --budget; "http" is "pattern" through the
+// OpenAI-compatible HTTP API (streamed completions, Server-Sent Events, one
+// keep-alive connection per client thread) instead of gRPC, so its row
+// against "pattern" is the HTTP edge's cost. Every request decodes exactly
+// --new-tokens tokens (EOS ignored) so the modes do the same work.
 //
 // Each stream is a client thread of this process making blocking calls (a
 // blocking gRPC call adds no thread of gRPC's), so the server's own threads
@@ -19,6 +22,8 @@
 //
 // usage: serve_bench --help
 // The markdown goes to stdout, progress to stderr.
+#include <httplib.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -32,6 +37,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -45,6 +51,7 @@
 #include "premoe/profiler/calibration.h"
 #include "premoe/profiler/scores.h"
 #include "premoe/router/client.h"
+#include "premoe/router/http_server.h"
 #include "premoe/router/router.h"
 #include "premoe/router/server.h"
 #include "premoe/store/embedded_store.h"
@@ -115,7 +122,7 @@ struct Result {
 int main(int argc, char** argv) {
   std::string model_dir = "testbed/model", json_out, budget = "50%", dtype = "bf16";
   std::vector<int> streams = {1, 4, 8};
-  std::vector<std::string> modes = {"full", "pattern"};
+  std::vector<std::string> modes = {"full", "pattern", "http"};
   int64_t requests = 48, new_tokens = 16, max_batch = 8, max_queue = 0;
   int repeat = 3;
   CLI::App app{"serve_bench: the one-process server under concurrent gRPC streams"};
@@ -125,9 +132,9 @@ int main(int argc, char** argv) {
       ->delimiter(',')
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app.add_option("--modes", modes, "Modes to run, comma-separated: full, pattern")
+  app.add_option("--modes", modes, "Modes to run, comma-separated: full, pattern, http")
       ->delimiter(',')
-      ->check(CLI::IsMember({"full", "pattern"}))
+      ->check(CLI::IsMember({"full", "pattern", "http"}))
       ->capture_default_str();
   app.add_option("--requests", requests, "Requests per round (at least the streams)")
       ->check(CLI::PositiveNumber)
@@ -184,6 +191,8 @@ int main(int argc, char** argv) {
   auto router = OrDie(router::Router::Open(ro, store.get()));
   auto server = OrDie(router::InferenceServer::Start({}, router.get()));
   auto client = OrDie(router::InferenceClient::Open({.address = server->address()}));
+  auto http = OrDie(router::HttpServer::Start(
+      {.address = "127.0.0.1:0", .model_name = "bench", .model_dir = model_dir}, router.get()));
 
   const int64_t most_requests = std::max<int64_t>(requests, most_streams);
   std::vector<std::string> prompts;
@@ -210,6 +219,54 @@ int main(int argc, char** argv) {
     *per_token = std::chrono::duration<double>(end - *first).count() /
                  static_cast<double>(std::max<int64_t>(1, res.text.completion_tokens - 1));
     *match_share = res.match_seconds / total;
+  };
+  // The same request as an OpenAI client sends it: a streamed completion.
+  // The first token is the first SSE event with text.
+  auto send_http = [&](httplib::Client& http_client, const std::string& prompt, double* ttft,
+                       double* per_token, double* match_share) {
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/completions";
+    req.set_header("Content-Type", "application/json");
+    req.body = nlohmann::json({{"model", "bench"},
+                               {"prompt", prompt},
+                               {"max_tokens", new_tokens},
+                               {"temperature", 0},
+                               {"ignore_eos", true},
+                               {"stream", true}})
+                   .dump();
+    const auto start = Clock::now();
+    std::optional<Clock::time_point> first;
+    std::string buffer;
+    int64_t tokens = 0;
+    req.content_receiver = [&](const char* data, size_t size, uint64_t, uint64_t) {
+      buffer.append(data, size);
+      for (size_t end = buffer.find("\n\n"); end != std::string::npos; end = buffer.find("\n\n")) {
+        const std::string event = buffer.substr(0, end);
+        buffer.erase(0, end + 2);
+        if (!absl::StartsWith(event, "data: {")) continue;
+        const nlohmann::json j = nlohmann::json::parse(event.substr(6));
+        if (j.contains("error")) Die(absl::InternalError(j.dump()));
+        if (!j["choices"].empty() && !j["choices"][0]["text"].get<std::string>().empty()) {
+          if (!first) first = Clock::now();
+          ++tokens;
+        }
+      }
+      return true;
+    };
+    httplib::Result res = http_client.send(req);
+    if (!res || res->status != 200) {
+      Die(absl::InternalError(
+          absl::StrCat("HTTP request failed: ",
+                       res ? absl::StrCat(res->status) : httplib::to_string(res.error()))));
+    }
+    const auto end = Clock::now();
+    if (!first) first = end;
+    *ttft = std::chrono::duration<double>(*first - start).count();
+    *per_token = std::chrono::duration<double>(end - *first).count() /
+                 static_cast<double>(std::max<int64_t>(1, new_tokens - 1));
+    (void)tokens;
+    *match_share = 0;  // the HTTP response does not carry it; the "pattern" row has it
   };
   // Warm up both modes (the pattern mode's first requests load its experts).
   for (size_t i = 0; i < std::min<size_t>(prompts.size(), 48); ++i) {
@@ -240,8 +297,16 @@ int main(int argc, char** argv) {
           std::vector<std::thread> threads;
           for (int t = 0; t < n; ++t) {
             threads.emplace_back([&] {
+              httplib::Client http_client("127.0.0.1", http->port());
+              http_client.set_keep_alive(true);
+              http_client.set_tcp_nodelay(true);
+              http_client.set_read_timeout(std::chrono::seconds(120));
               for (size_t i = next++; i < count; i = next++) {
-                send(prompts[i], mode == "full", &t1[i], &t2[i], &t3[i]);
+                if (mode == "http") {
+                  send_http(http_client, prompts[i], &t1[i], &t2[i], &t3[i]);
+                } else {
+                  send(prompts[i], mode == "full", &t1[i], &t2[i], &t3[i]);
+                }
               }
             });
           }
@@ -272,6 +337,7 @@ int main(int argc, char** argv) {
       results.push_back(r);
     }
   }
+  http->Shutdown();
   server->Shutdown();
   worker_server->Shutdown();
 
@@ -286,21 +352,30 @@ int main(int argc, char** argv) {
       dtype.c_str(), static_cast<long long>(max_batch), idle_threads);
   std::printf(
       "| streams | mode | requests/s | TTFT p50 | TTFT p99 | per token p50 | per token p99 "
-      "| matching share | requests/s vs full | threads | server threads |\n"
-      "|---|---|---|---|---|---|---|---|---|---|---|\n");
-  std::map<int, double> full_rps;
+      "| matching share | requests/s vs full | http vs grpc: requests/s, TTFT p50, p99 | threads "
+      "| server threads |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  std::map<int, const Result*> full, grpc;
   for (const Result& r : results) {
-    if (r.mode == "full") full_rps[r.streams] = r.requests_per_second;
+    if (r.mode == "full") full[r.streams] = &r;
+    if (r.mode == "pattern") grpc[r.streams] = &r;
   }
   for (const Result& r : results) {
     const std::string vs_full =
-        full_rps.contains(r.streams)
-            ? absl::StrFormat("%.2f", r.requests_per_second / full_rps[r.streams])
+        full.contains(r.streams)
+            ? absl::StrFormat("%.2f", r.requests_per_second / full[r.streams]->requests_per_second)
             : "-";
-    std::printf("| %d | %s | %.1f | %.1f | %.1f | %.2f | %.2f | %.1f%% | %s | %d | %d |\n",
+    std::string vs_grpc = "-";
+    if (r.mode == "http" && grpc.contains(r.streams)) {
+      const Result& g = *grpc[r.streams];
+      vs_grpc = absl::StrFormat("%.2f, %.2f, %.2f", r.requests_per_second / g.requests_per_second,
+                                r.ttft_p50 / g.ttft_p50, r.ttft_p99 / g.ttft_p99);
+    }
+    std::printf("| %d | %s | %.1f | %.1f | %.1f | %.2f | %.2f | %s | %s | %s | %d | %d |\n",
                 r.streams, r.mode.c_str(), r.requests_per_second, 1e3 * r.ttft_p50,
-                1e3 * r.ttft_p99, 1e3 * r.token_p50, 1e3 * r.token_p99, 100 * r.match_share,
-                vs_full.c_str(), r.threads_peak, r.threads_peak - r.streams);
+                1e3 * r.ttft_p99, 1e3 * r.token_p50, 1e3 * r.token_p99,
+                r.mode == "http" ? "-" : absl::StrFormat("%.1f%%", 100 * r.match_share).c_str(),
+                vs_full.c_str(), vs_grpc.c_str(), r.threads_peak, r.threads_peak - r.streams);
   }
   std::printf("\nThe worker ended with %lld experts resident (%.2f MiB of %.2f MiB).\n",
               static_cast<long long>(status.cache.resident_experts),

@@ -1,5 +1,6 @@
 """Draws serve_bench --json output: requests/s and time to first token
-against concurrent clients, full model against pattern-served.
+against concurrent clients: full model, pattern-served over gRPC, and
+pattern-served over the OpenAI HTTP API.
 
 usage: plot_serve.py SERVE_JSON OUT_PNG
 """
@@ -15,8 +16,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 def main():
     rows = json.load(open(sys.argv[1]))
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    for mode, style in (("full", "o-"), ("pattern", "s--")):
+    for mode, style in (("full", "o-"), ("pattern", "s--"), ("http", "^:")):
         mine = [r for r in rows if r["mode"] == mode]
+        if not mine:
+            continue
         c = [r["clients"] for r in mine]
         axes[0].plot(c, [r["requests_per_second"] for r in mine], style, label=mode)
         axes[1].plot(c, [1e3 * r["ttft_p50"] for r in mine], style, label=f"{mode} p50")

@@ -8,6 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "premoe/common/net.h"
 #include "premoe/common/status.h"
 #include "prometheus/collectable.h"
 #include "prometheus/registry.h"

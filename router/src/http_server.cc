@@ -24,6 +24,7 @@
 #include "premoe/checkpoint/config.h"
 #include "premoe/common/json.h"
 #include "premoe/common/logging.h"
+#include "premoe/common/net.h"
 #include "premoe/common/status.h"
 #include "premoe/proto/auth.h"
 
@@ -564,6 +565,9 @@ struct HttpServer::Impl {
 void HttpServer::Impl::Install() {
   httplib::Server& s = *server;
   s.new_task_queue = [n = options.threads] { return new httplib::ThreadPool(n); };
+  // Each SSE event is a small write: without TCP_NODELAY, Nagle's algorithm
+  // holds it for the client's delayed ACK (40 ms a token on loopback).
+  s.set_tcp_nodelay(true);
   // Ours refuses first, with OpenAI's error shape; httplib's 413 is the backstop.
   s.set_payload_max_length(static_cast<size_t>(options.max_request_bytes) * 2);
   s.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
@@ -824,6 +828,9 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const Options& opt
           : (impl->server->bind_to_port(impl->host, host_port.second) ? host_port.second : -1);
   if (impl->port <= 0) {
     return absl::UnavailableError(absl::StrCat("HTTP: cannot listen on ", options.address));
+  }
+  if (absl::Status s = common::RaiseListenBacklog(impl->port); !s.ok()) {
+    PREMOE_LOG_WARN("HTTP: the accept backlog stays at cpp-httplib's 5: %s", s.message());
   }
   Impl* raw = impl.get();
   impl->thread = std::thread([raw] { raw->server->listen_after_bind(); });

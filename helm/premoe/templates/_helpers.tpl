@@ -75,6 +75,42 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s.%s.svc.%s:%d" (include "premoe.workerHeadlessName" .) .Release.Namespace .Values.clusterDomain (int .Values.worker.port) }}
 {{- end }}
 
+{{/*
+Metrics ports (0: none). The store and the workers serve --metrics-listen on
+metrics.port; the router serves /metrics on its HTTP API, or on metrics.port
+when router.httpPort is 0.
+*/}}
+{{- define "premoe.metricsPort" -}}
+{{- if .Values.metrics.enabled }}{{ int .Values.metrics.port }}{{ else }}0{{ end }}
+{{- end }}
+{{- define "premoe.routerMetricsListenPort" -}}
+{{- if eq (int .Values.router.httpPort) 0 }}{{ include "premoe.metricsPort" . }}{{ else }}0{{ end }}
+{{- end }}
+{{- define "premoe.routerScrapePort" -}}
+{{- if gt (int .Values.router.httpPort) 0 }}{{ int .Values.router.httpPort }}{{ else }}{{ include "premoe.routerMetricsListenPort" . }}{{ end }}
+{{- end }}
+
+{{/* Fails on ports that clash within a pod. */}}
+{{- define "premoe.checkPorts" -}}
+{{- $r := .Values.router }}
+{{- if and (gt (int $r.httpPort) 0) (eq (int $r.httpPort) (int $r.port)) }}
+{{- fail (printf "router.httpPort %d is router.port too" (int $r.httpPort)) }}
+{{- end }}
+{{- if .Values.metrics.enabled }}
+{{- $mp := int .Values.metrics.port }}
+{{- if le $mp 0 }}
+{{- fail "metrics.port must be a port number when metrics.enabled is true" }}
+{{- end }}
+{{- range $name, $port := dict "store.port" .Values.store.port "worker.port" .Values.worker.port "router.port" $r.port }}
+{{- if eq (int $port) $mp }}
+{{- fail (printf "metrics.port %d is %s too" $mp $name) }}
+{{- end }}
+{{- end }}
+{{- else if .Values.metrics.serviceMonitor.enabled }}
+{{- fail "metrics.serviceMonitor.enabled needs metrics.enabled" }}
+{{- end }}
+{{- end }}
+
 {{/* The model directory inside the pods. */}}
 {{- define "premoe.modelPath" -}}
 {{- printf "/models/%s" .Values.model.name }}
@@ -152,9 +188,20 @@ tolerations:
 {{- end }}
 {{- end }}
 
-{{/* Pod annotations: the global ones, then the component's. */}}
+{{/*
+Pod annotations: (dict "ctx" $ "c" .Values.COMPONENT "metricsPort" PORT). The
+component's win over the global ones, and both over the Prometheus scrape
+annotations for PORT (none when PORT is 0, metrics are off or
+metrics.scrapeAnnotations is false), so a pod can still opt out.
+*/}}
 {{- define "premoe.podAnnotations" -}}
-{{- $a := merge (deepCopy (default (dict) .c.podAnnotations)) (default (dict) .ctx.Values.podAnnotations) }}
+{{- $m := .ctx.Values.metrics }}
+{{- $port := int (default 0 .metricsPort) }}
+{{- $scrape := dict }}
+{{- if and $m.enabled $m.scrapeAnnotations (gt $port 0) }}
+{{- $scrape = dict "prometheus.io/scrape" "true" "prometheus.io/port" (toString $port) "prometheus.io/path" "/metrics" }}
+{{- end }}
+{{- $a := merge (deepCopy (default (dict) .c.podAnnotations)) (deepCopy (default (dict) .ctx.Values.podAnnotations)) $scrape }}
 {{- with $a }}
 annotations:
   {{- toYaml . | nindent 2 }}
