@@ -340,6 +340,8 @@ class ExprParser {
 
   // Full expression, with `a if b else c`.
   absl::StatusOr<ExprPtr> Expression() {
+    Nest nest(this);
+    RETURN_IF_ERROR(nest.status);
     ASSIGN_OR_RETURN(ExprPtr e, Or());
     while (SkipName("if")) {
       auto cond = Make(Expr::Kind::kCond);
@@ -371,6 +373,8 @@ class ExprParser {
   absl::StatusOr<ExprPtr> And() { return BinaryLevel("and", &ExprParser::Not); }
 
   absl::StatusOr<ExprPtr> Not() {
+    Nest nest(this);
+    RETURN_IF_ERROR(nest.status);
     if (SkipName("not")) {
       auto e = Make(Expr::Kind::kNot);
       ASSIGN_OR_RETURN(e->a, Not());
@@ -440,6 +444,8 @@ class ExprParser {
   }
 
   absl::StatusOr<ExprPtr> Unary(bool with_filters) {
+    Nest nest(this);
+    RETURN_IF_ERROR(nest.status);
     ExprPtr e;
     if (SkipOp("-")) {
       e = Make(Expr::Kind::kNeg);
@@ -654,6 +660,20 @@ class ExprParser {
   }
 
  private:
+  // Bounds the recursion (and so the stack, and the renderer's recursion
+  // over the tree) for templates nested absurdly deep.
+  static constexpr int kMaxDepth = 200;
+  struct Nest {
+    explicit Nest(ExprParser* p) : parser(p) {
+      if (++parser->depth_ > kMaxDepth) {
+        status = parser->Error(absl::StrCat("expressions nested deeper than ", kMaxDepth));
+      }
+    }
+    ~Nest() { --parser->depth_; }
+    ExprParser* parser;
+    absl::Status status;
+  };
+
   using Level = absl::StatusOr<ExprPtr> (ExprParser::*)();
   absl::StatusOr<ExprPtr> BinaryLevel(absl::string_view keyword, Level next) {
     ASSIGN_OR_RETURN(ExprPtr e, (this->*next)());
@@ -685,6 +705,7 @@ class ExprParser {
   std::vector<Token> t_;
   size_t p_ = 0;
   int line_;
+  int depth_ = 0;
 };
 
 // ---- Stage 4: statements -----------------------------------------------
@@ -711,6 +732,14 @@ class StatementParser {
   // Nodes up to a statement whose keyword is in `ends` (returned in *end),
   // or the end of the template when `ends` is empty.
   absl::StatusOr<Body> ParseBody(const std::set<std::string>& ends, std::string* end, int loops) {
+    if (++depth_ > kMaxBlockDepth) {
+      return ErrorAt(pos_ < s_.size() ? s_[pos_].line : 0,
+                     absl::StrCat("blocks nested deeper than ", kMaxBlockDepth));
+    }
+    struct Leave {
+      int* depth;
+      ~Leave() { --*depth; }
+    } leave{&depth_};
     Body body;
     while (pos_ < s_.size()) {
       Segment& seg = s_[pos_++];
@@ -863,8 +892,10 @@ class StatementParser {
     return n;
   }
 
+  static constexpr int kMaxBlockDepth = 100;
   std::vector<Segment> s_;
   size_t pos_ = 0;
+  int depth_ = 0;
 };
 
 }  // namespace

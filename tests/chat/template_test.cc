@@ -194,6 +194,15 @@ TEST(TemplateTest, OutsideTheSubsetFailsAtParseNamingConstructAndLine) {
         << c.source;
   }
   EXPECT_FALSE(Template::Parse("\xff", "t").ok());
+  // Nesting is bounded, so a hostile template cannot exhaust the stack.
+  EXPECT_THAT(
+      std::string(ParseError("{{ " + std::string(300, '(') + "1" + std::string(300, ')') + " }}")
+                      .message()),
+      HasSubstr("nested deeper than"));
+  std::string blocks;
+  for (int i = 0; i < 150; ++i) blocks += "{% if true %}";
+  EXPECT_THAT(std::string(ParseError(blocks).message()), HasSubstr("blocks nested deeper than"));
+  EXPECT_EQ(Render("{{ " + std::string(50, '(') + "1" + std::string(50, ')') + " }}"), "1");
 }
 
 TEST(ChatFormatTest, LoadsTheModelsTemplateAndSpecialTokens) {
