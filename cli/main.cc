@@ -10,6 +10,10 @@ int main(int argc, char** argv) {
   std::string log_level;
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->envname("PREMOE_LOG_LEVEL");
+  std::string log_format;
+  app.add_option("--log-format", log_format,
+                 "text or json (one object a line, with the request id of lines about a request)")
+      ->envname("PREMOE_LOG_FORMAT");
   premoe::common::TlsFiles& tls = premoe::cli::ProcessTls();
   app.add_option("--tls-cert", tls.cert,
                  "PEM certificate chain: servers serve TLS with it; clients present it to servers "
@@ -37,8 +41,8 @@ int main(int argc, char** argv) {
   premoe::cli::RegisterRepack(app, &exit_code);
   premoe::cli::RegisterVersion(app, &exit_code);
   app.parse_complete_callback([&] {
-    if (auto status = premoe::common::InitLogging(log_level); !status.ok()) {
-      throw CLI::ValidationError("--log-level", std::string(status.message()));
+    if (auto status = premoe::common::InitLogging(log_level, log_format); !status.ok()) {
+      throw CLI::ValidationError("--log-level/--log-format", std::string(status.message()));
     }
     if (auto status = premoe::cli::LoadClientKey(key_file); !status.ok()) {
       throw CLI::ValidationError("--key-file", std::string(status.message()));

@@ -1,9 +1,14 @@
 #include "premoe/common/logging.h"
 
+#include <atomic>
 #include <cstdlib>
+#include <random>
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "nlohmann/json.hpp"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 
@@ -21,6 +26,9 @@ spdlog::logger& Logger() {
   return *logger;
 }
 
+std::atomic<bool> json_format{false};
+thread_local std::string current_request_id;
+
 spdlog::level::level_enum ToSpd(LogLevel level) {
   switch (level) {
     case LogLevel::kDebug:
@@ -37,7 +45,18 @@ spdlog::level::level_enum ToSpd(LogLevel level) {
 
 }  // namespace
 
-absl::Status InitLogging(absl::string_view level) {
+absl::Status InitLogging(absl::string_view level, absl::string_view format) {
+  std::string fmt(format);
+  if (fmt.empty()) {
+    const char* env = std::getenv("PREMOE_LOG_FORMAT");
+    fmt = env != nullptr && *env != '\0' ? env : "text";
+  }
+  if (fmt != "text" && fmt != "json") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown log format \"", fmt, "\" (want text or json)"));
+  }
+  json_format = fmt == "json";
+  Logger().set_pattern(json_format ? "%v" : "%Y-%m-%dT%H:%M:%S.%e %^%L%$ %v");
   std::string name(level);
   if (name.empty()) {
     const char* env = std::getenv("PREMOE_LOG_LEVEL");
@@ -57,7 +76,39 @@ absl::Status InitLogging(absl::string_view level) {
 bool LogEnabled(LogLevel level) { return Logger().should_log(ToSpd(level)); }
 
 void Log(LogLevel level, absl::string_view message) {
+  if (json_format) {
+    nlohmann::ordered_json line = {
+        {"time", absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone())},
+        {"level",
+         [&] {
+           const auto name = spdlog::level::to_string_view(ToSpd(level));
+           return std::string(name.data(), name.size());
+         }()},
+        {"msg", std::string(message)}};
+    if (!current_request_id.empty()) line["request_id"] = current_request_id;
+    Logger().log(ToSpd(level), "{}",
+                 line.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace));
+    return;
+  }
+  if (!current_request_id.empty()) {
+    Logger().log(ToSpd(level), "[{}] {}", current_request_id,
+                 std::string_view(message.data(), message.size()));
+    return;
+  }
   Logger().log(ToSpd(level), "{}", std::string_view(message.data(), message.size()));
+}
+
+ScopedRequestId::ScopedRequestId(std::string id) : previous_(std::move(current_request_id)) {
+  current_request_id = std::move(id);
+}
+
+ScopedRequestId::~ScopedRequestId() { current_request_id = std::move(previous_); }
+
+std::string NewRequestId() {
+  thread_local std::mt19937_64 rng(std::random_device{}());
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(rng()));
+  return buf;
 }
 
 }  // namespace premoe::common

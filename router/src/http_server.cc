@@ -11,7 +11,6 @@
 #include <ctime>
 #include <deque>
 #include <optional>
-#include <random>
 #include <set>
 #include <thread>
 
@@ -505,11 +504,6 @@ struct Stream {
   }
 };
 
-std::string NewRequestId() {
-  thread_local std::mt19937_64 rng(std::random_device{}());
-  return absl::StrCat(absl::Hex(rng(), absl::kZeroPad16));
-}
-
 absl::StatusOr<std::pair<std::string, int>> SplitAddress(const std::string& address) {
   const size_t colon = address.rfind(':');
   int port = 0;
@@ -626,7 +620,7 @@ void HttpServer::Impl::Generate(Endpoint endpoint, const httplib::Request& req,
   const auto start = std::chrono::steady_clock::now();
   std::string request_id = req.get_header_value("X-Request-Id");
   if (request_id.empty()) {
-    request_id = NewRequestId();
+    request_id = common::NewRequestId();
   } else if (request_id.size() > 128 ||
              std::any_of(request_id.begin(), request_id.end(),
                          [](char c) { return c <= 0x20 || c >= 0x7f; })) {
@@ -638,10 +632,11 @@ void HttpServer::Impl::Generate(Endpoint endpoint, const httplib::Request& req,
   auto log = [&](int status, const std::string& what) {
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    common::ScopedRequestId id(request_id);
     if (status >= 500) {
-      PREMOE_LOG_WARN("http %s POST %s %d %.3f s %s", request_id, path, status, seconds, what);
+      PREMOE_LOG_WARN("http POST %s %d %.3f s %s", path, status, seconds, what);
     } else {
-      PREMOE_LOG_INFO("http %s POST %s %d %.3f s %s", request_id, path, status, seconds, what);
+      PREMOE_LOG_INFO("http POST %s %d %.3f s %s", path, status, seconds, what);
     }
   };
   auto fail = [&](const absl::Status& s) {
@@ -668,6 +663,7 @@ void HttpServer::Impl::Generate(Endpoint endpoint, const httplib::Request& req,
 
   auto stream = std::make_shared<Stream>();
   InferenceRequest request = std::move(parsed->request);
+  request.request_id = request_id;
   request.canceller = &stream->canceller;
   request.on_route = [stream](const RouteInfo& route) {
     absl::MutexLock lock(&stream->mu);
@@ -775,7 +771,8 @@ void HttpServer::Impl::Generate(Endpoint endpoint, const httplib::Request& req,
         if (result.has_value()) {
           const double seconds =
               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-          PREMOE_LOG_INFO("http %s POST %s 200 %.3f s stream %s", request_id, path, seconds,
+          common::ScopedRequestId id(request_id);
+          PREMOE_LOG_INFO("http POST %s 200 %.3f s stream %s", path, seconds,
                           result->ok()
                               ? absl::StrCat((*result)->route.decision, " ", (*result)->route.task,
                                              ", ", (*result)->text.completion_tokens, " tokens")

@@ -180,6 +180,7 @@ void Router::GenerateAsync(InferenceRequest request, TextCallback on_text, DoneC
   auto call = std::make_shared<Call>();
   call->router = this;
   call->request = std::move(request);
+  if (call->request.request_id.empty()) call->request.request_id = common::NewRequestId();
   call->on_text = std::move(on_text);
   call->on_done = std::move(on_done);
   call->start = std::chrono::steady_clock::now();
@@ -240,6 +241,7 @@ absl::Status Router::Call::Route() {
     pattern = std::move(*p);
   }
   wr.prompt = std::move(text);
+  wr.request_id = request.request_id;
   wr.templated = !request.messages.empty();
   wr.fit_context = request.fit_context;
   wr.options = request.options;
@@ -333,6 +335,7 @@ void Router::Call::AttemptDone(std::shared_ptr<Call> self, const Assignment& a,
     Done(last);
     return;
   }
+  common::ScopedRequestId id(request.request_id);
   PREMOE_LOG_WARN("request failed on %s before streaming (%s); trying another worker", a.address,
                   r.status().ToString());
   exclude.insert(a.address);

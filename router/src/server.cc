@@ -11,6 +11,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
+#include <chrono>
 #include <optional>
 #include <string>
 #include <thread>
@@ -57,6 +59,10 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::InferenceRespo
       return;
     }
     request->canceller = &canceller_;
+    request_id_ = RequestId(*ctx);
+    request->request_id = request_id_;
+    ctx->AddInitialMetadata("x-request-id", request_id_);
+    start_ = std::chrono::steady_clock::now();
     {
       absl::MutexLock lock(&mu_);
       ++holders_;  // the router's, until on_done
@@ -69,6 +75,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::InferenceRespo
           PumpLocked();
         },
         [this](absl::StatusOr<InferenceResult> result) {
+          Log(result);
           {
             absl::MutexLock lock(&mu_);
             result_ = std::move(result);
@@ -114,6 +121,31 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::InferenceRespo
     return request;
   }
 
+  // The caller's x-request-id (printable ASCII, at most 128), else a new one.
+  static std::string RequestId(const grpc::CallbackServerContext& ctx) {
+    auto it = ctx.client_metadata().find("x-request-id");
+    if (it != ctx.client_metadata().end() && !it->second.empty() && it->second.size() <= 128 &&
+        std::all_of(it->second.begin(), it->second.end(),
+                    [](char c) { return c > 0x20 && c < 0x7f; })) {
+      return std::string(it->second.data(), it->second.size());
+    }
+    return common::NewRequestId();
+  }
+
+  void Log(const absl::StatusOr<InferenceResult>& result) const {
+    common::ScopedRequestId id(request_id_);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    if (result.ok()) {
+      PREMOE_LOG_INFO("grpc Generate OK %.3f s %s %s, %d tokens", seconds, result->route.decision,
+                      result->route.task, result->text.completion_tokens);
+    } else if (absl::IsInternal(result.status()) || absl::IsUnknown(result.status())) {
+      PREMOE_LOG_WARN("grpc Generate %.3f s %s", seconds, result.status().ToString());
+    } else {
+      PREMOE_LOG_INFO("grpc Generate %.3f s %s", seconds, result.status().ToString());
+    }
+  }
+
   void Release() {
     bool last = false;
     {
@@ -153,6 +185,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::InferenceRespo
   }
 
   worker::CallCanceller canceller_;
+  std::string request_id_;
+  std::chrono::steady_clock::time_point start_;
   absl::Mutex mu_;
   int holders_ ABSL_GUARDED_BY(mu_) = 1;      // gRPC's
   std::string pending_ ABSL_GUARDED_BY(mu_);  // text not yet written

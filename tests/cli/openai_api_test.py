@@ -54,13 +54,13 @@ class Premoe:
             raise RuntimeError(f"premoe {' '.join(args)} failed ({r.returncode}):\n{r.stderr}")
         return r.stdout
 
-    def serve(self, name, *args, http=False):
+    def serve(self, name, *args, http=False, log_args=("--log-level", "info")):
         port_file = os.path.join(self.tmp, f"{name}.port")
         http_file = os.path.join(self.tmp, f"{name}.http")
         log = open(os.path.join(self.tmp, f"{name}.log"), "w")
         extra = ["--http-listen", "127.0.0.1:0", "--http-port-file", http_file] if http else \
             ["--http-listen", ""]
-        proc = subprocess.Popen([self.binary, "--log-level", "info", "serve", "--listen", "127.0.0.1:0",
+        proc = subprocess.Popen([self.binary, *log_args, "serve", "--listen", "127.0.0.1:0",
                                  "--port-file", port_file, *extra, *args],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.procs.append(proc)
@@ -119,11 +119,12 @@ def scenario(premoe):
                    "--samples", "8", "--store", f"127.0.0.1:{store_port}")
     # The worker has no keys (loopback, test only); the router's API asks for them.
     worker_port = premoe.serve("worker", "--role", "worker", "--model", MODEL, "--dtype", "fp32",
-                               "--max-batch", "1")
+                               "--max-batch", "1", log_args=("--log-level", "debug"))
     worker = f"127.0.0.1:{worker_port}"
     grpc_port, http_port = premoe.serve(
         "router", "--role", "router", "--model", MODEL, "--store", f"127.0.0.1:{store_port}",
-        "--workers", worker, "--api-key-file", keys, "--budget", "50%", http=True)
+        "--workers", worker, "--api-key-file", keys, "--budget", "50%", http=True,
+        log_args=("--log-level", "info", "--log-format", "json"))
     grpc = f"127.0.0.1:{grpc_port}"
     base = f"http://127.0.0.1:{http_port}/v1"
     client = openai.OpenAI(base_url=base, api_key=KEY, max_retries=0, timeout=120)
@@ -217,6 +218,16 @@ def scenario(premoe):
                             {"Authorization": f"Bearer {KEY}", "X-Request-Id": "my-id-1"})
     check(headers.get("x-request-id") == "my-id-1" and body["id"] == "chatcmpl-my-id-1",
           f"a client's X-Request-Id is kept: {headers.get('x-request-id')} {body.get('id')}")
+    # It names the request in the router's log (JSON lines) and, carried in
+    # gRPC metadata, in the worker's.
+    router_lines = [json.loads(l) for l in open(os.path.join(tmp, "router.log")) if l.startswith("{")]
+    mine = [l for l in router_lines if l.get("request_id") == "my-id-1"]
+    recent = [l for l in router_lines if "chat/completions" in l["msg"]][-2:]
+    check(len(mine) == 1 and "/v1/chat/completions 200" in mine[0]["msg"] and mine[0]["level"] == "info",
+          f"the router's JSON log line for my-id-1: {mine} (recent: {recent})")
+    worker_lines = [l for l in open(os.path.join(tmp, "worker.log")) if "[my-id-1]" in l]
+    check(len(worker_lines) == 1 and "Generate done" in worker_lines[0],
+          f"the worker's log names my-id-1: {worker_lines}")
 
     # Errors, as the SDK sees them.
     def error_of(fn):

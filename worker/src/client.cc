@@ -132,6 +132,7 @@ class WorkerClient::GenerateCall final : public grpc::ClientReadReactor<v1::Gene
   void Start(const TextRequest& request) {
     rpc::SetDeadline(ctx_, request.deadline, impl_->options.generate_timeout);
     rpc::AddKey(ctx_, impl_->options.api_key);
+    if (!request.request_id.empty()) ctx_.AddMetadata("x-request-id", request.request_id);
     ToProto(request, &wire_);
     if (canceller_ != nullptr && !canceller_->Attach([this] { ctx_.TryCancel(); })) {
       DoneCallback done = std::move(on_done_);
@@ -227,6 +228,7 @@ absl::StatusOr<TextResult> WorkerClient::Generate(
   grpc::ClientContext ctx;
   rpc::SetDeadline(ctx, request.deadline, impl_->options.generate_timeout);
   rpc::AddKey(ctx, impl_->options.api_key);
+  if (!request.request_id.empty()) ctx.AddMetadata("x-request-id", request.request_id);
   CallCanceller* canceller = request.canceller;
   if (canceller != nullptr && !canceller->Attach([&ctx] { ctx.TryCancel(); })) {
     return absl::CancelledError("Generate: cancelled by the caller");

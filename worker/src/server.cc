@@ -51,12 +51,25 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
   GenerateReactor(Worker* worker, const tokenizer::Tokenizer* tokenizer, int64_t max_prompt_bytes,
                   grpc::CallbackServerContext* ctx, const v1::GenerateRequest& request,
                   const absl::Status& allowed)
-      : tokenizer_(tokenizer) {
+      : tokenizer_(tokenizer), request_id_(RequestId(*ctx)) {
     absl::Status admitted = allowed.ok() ? Admit(worker, max_prompt_bytes, *ctx, request) : allowed;
     if (!admitted.ok()) {
+      common::ScopedRequestId id(request_id_);
+      PREMOE_LOG_DEBUG("Generate refused: %s", admitted.ToString());
       absl::MutexLock lock(&mu_);
       FinishLocked(ToGrpcStatus(admitted));
     }
+  }
+
+  // The caller's x-request-id (printable ASCII, at most 128), else "".
+  static std::string RequestId(const grpc::CallbackServerContext& ctx) {
+    auto it = ctx.client_metadata().find("x-request-id");
+    if (it == ctx.client_metadata().end() || it->second.size() > 128) return "";
+    std::string id(it->second.data(), it->second.size());
+    for (char c : id) {
+      if (c <= 0x20 || c >= 0x7f) return "";
+    }
+    return id;
   }
 
   void OnWriteDone(bool ok) override {
@@ -119,6 +132,15 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     // the scheduler's next step (the text is cut at the stop string anyway).
     work.options.stop_requested = [this](int64_t) { return stopped_.load(); };
     absl::Status submitted = worker->Submit(std::move(work), [this](absl::StatusOr<WorkResult> r) {
+      {
+        common::ScopedRequestId id(request_id_);
+        if (r.ok()) {
+          PREMOE_LOG_DEBUG("Generate done: %d prompt tokens, %d generated", prompt_tokens_,
+                           r->generation.tokens.size());
+        } else if (!absl::IsCancelled(r.status())) {
+          PREMOE_LOG_WARN("Generate failed: %s", r.status().ToString());
+        }
+      }
       {
         absl::MutexLock lock(&mu_);
         result_ = std::move(r);
@@ -194,6 +216,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
 
   const tokenizer::Tokenizer* tokenizer_;
   int64_t prompt_tokens_ = 0;
+  const std::string request_id_;
   // Read by the scheduler after each step, without the lock.
   std::atomic<bool> stopped_{false};
   absl::Mutex mu_;

@@ -8,6 +8,8 @@
 // Thread-safe.
 #pragma once
 
+#include <string>
+
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
@@ -18,7 +20,27 @@ enum class LogLevel { kDebug = 1, kInfo = 2, kWarn = 3, kError = 4 };
 
 // Sets the level from `level` ("trace", "debug", "info", "warn", "error",
 // "off"); an empty string reads PREMOE_LOG_LEVEL, defaulting to "info".
-absl::Status InitLogging(absl::string_view level = "");
+// `format` "text" (the default) or "json": one JSON object a line,
+// {"time", "level", "msg"} and "request_id" when there is one; an empty
+// string reads PREMOE_LOG_FORMAT.
+absl::Status InitLogging(absl::string_view level = "", absl::string_view format = "");
+
+// The request the calling thread works for, while it lives: every log line
+// the thread writes names it ("[request_id] ..." in text, a field in JSON).
+// Nests; not copyable.
+class ScopedRequestId {
+ public:
+  explicit ScopedRequestId(std::string id);
+  ~ScopedRequestId();
+  ScopedRequestId(const ScopedRequestId&) = delete;
+  ScopedRequestId& operator=(const ScopedRequestId&) = delete;
+
+ private:
+  std::string previous_;
+};
+
+// A new request id: 16 hex digits, random.
+std::string NewRequestId();
 
 bool LogEnabled(LogLevel level);
 void Log(LogLevel level, absl::string_view message);

@@ -108,6 +108,9 @@ struct InferenceRequest {
   std::string budget;
   // Every expert, no pattern.
   bool full_model = false;
+  // Names the request in every log line about it, here and on its worker
+  // (gRPC metadata x-request-id). Default "": one is made.
+  std::string request_id;
   std::optional<std::chrono::system_clock::time_point> deadline;
   // Cancels the request (its worker call, or the call it would make); not
   // owned, may be null; must outlive the request's end (GenerateAsync's

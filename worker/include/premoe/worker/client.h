@@ -60,6 +60,9 @@ struct TextRequest {
   // Cut options.max_new_tokens to the context's room rather than refuse.
   // Default false.
   bool fit_context = false;
+  // Sent as gRPC metadata x-request-id: the worker's log lines about the
+  // request name it. Default "": none.
+  std::string request_id;
   // Deadline of the call. Default: none (then
   // WorkerClient::Options::generate_timeout).
   std::optional<std::chrono::system_clock::time_point> deadline;
