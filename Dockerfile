@@ -130,9 +130,12 @@ RUN groupadd --system --gid 10001 premoe \
  && chown 10001:10001 /var/lib/premoe/store
 USER 10001:10001
 
-# router (premoe.v1.Inference), store (premoe.v1.PatternStore), worker (premoe.v1.Worker)
-EXPOSE 50051 50052 50053
+# router (premoe.v1.Inference), store (premoe.v1.PatternStore), worker
+# (premoe.v1.Worker), the OpenAI HTTP API (and the router's /metrics), and
+# --metrics-listen's conventional port
+EXPOSE 50051 50052 50053 8000 9400
 ENTRYPOINT ["premoe"]
 # Out of the box: every role in one process, the testbed model, on CPU.
-CMD ["serve", "--listen", "0.0.0.0:50051", "--model", "/models/testbed", \
+CMD ["serve", "--listen", "0.0.0.0:50051", "--http-listen", "0.0.0.0:8000", \
+     "--served-model-name", "testbed", "--model", "/models/testbed", \
      "--store-dir", "/var/lib/premoe/store"]

@@ -332,19 +332,6 @@ struct QueryArgs {
   bool json = false;
 };
 
-nlohmann::ordered_json RouteJson(const router::RouteInfo& x) {
-  return {{"task", x.task},
-          {"decision", x.decision},
-          {"similarity", x.similarity},
-          {"budget", x.budget},
-          {"kept_experts", x.kept_experts},
-          {"kept_fraction", x.kept_fraction},
-          {"kept_bytes", x.kept_bytes},
-          {"all_experts_bytes", x.all_experts_bytes},
-          {"base_bytes", x.base_bytes},
-          {"worker", x.worker}};
-}
-
 std::string Quote(const std::string& s, size_t width) {
   std::string out = nlohmann::json(s).dump();
   if (out.size() > width) out = out.substr(0, width - 3) + "...";
@@ -387,7 +374,7 @@ absl::Status RunTestbedQueries(const QueryArgs& args, router::InferenceClient& c
                      {"expected", q.sample.completion},
                      {"answer", q.answer},
                      {"correct", q.correct},
-                     {"route", RouteJson(route)}});
+                     {"route", router::RouteJson(route)}});
       return;
     }
     // What this request's model holds: the worker's other weights plus the
@@ -471,7 +458,7 @@ absl::Status RunQuery(const QueryArgs& args) {
                                                 {"finish_reason", res.text.finish_reason},
                                                 {"prompt_tokens", res.text.prompt_tokens},
                                                 {"completion_tokens", res.text.completion_tokens},
-                                                {"route", RouteJson(res.route)},
+                                                {"route", router::RouteJson(res.route)},
                                                 {"time_to_first_token", res.time_to_first_token},
                                                 {"match_seconds", res.match_seconds}})
                             .dump(2)

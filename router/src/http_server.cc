@@ -390,19 +390,6 @@ absl::StatusOr<Parsed> ParseRequest(Endpoint endpoint, const Json& body,
 
 // ---- responses ------------------------------------------------------------
 
-Json RouteJson(const RouteInfo& x) {
-  return {{"task", x.task},
-          {"decision", x.decision},
-          {"similarity", x.similarity},
-          {"budget", x.budget},
-          {"kept_experts", x.kept_experts},
-          {"kept_fraction", x.kept_fraction},
-          {"kept_bytes", x.kept_bytes},
-          {"all_experts_bytes", x.all_experts_bytes},
-          {"base_bytes", x.base_bytes},
-          {"worker", x.worker}};
-}
-
 // A header value: printable ASCII, the rest percent-encoded.
 std::string HeaderValue(const std::string& s) {
   std::string out;

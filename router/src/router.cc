@@ -389,6 +389,19 @@ absl::Status Router::Readiness() const {
   return absl::OkStatus();
 }
 
+nlohmann::ordered_json RouteJson(const RouteInfo& x) {
+  return {{"task", x.task},
+          {"decision", x.decision},
+          {"similarity", x.similarity},
+          {"budget", x.budget},
+          {"kept_experts", x.kept_experts},
+          {"kept_fraction", x.kept_fraction},
+          {"kept_bytes", x.kept_bytes},
+          {"all_experts_bytes", x.all_experts_bytes},
+          {"base_bytes", x.base_bytes},
+          {"worker", x.worker}};
+}
+
 int64_t Router::max_new_tokens() const { return impl_->options.max_new_tokens; }
 WorkerPool& Router::pool() { return *impl_->pool; }
 const Matcher& Router::matcher() const { return *impl_->matcher; }

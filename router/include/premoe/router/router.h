@@ -27,6 +27,7 @@
 
 #include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
 #include "premoe/model/engine.h"
 #include "premoe/router/matcher.h"
 #include "premoe/router/worker_pool.h"
@@ -90,6 +91,12 @@ struct RouteInfo {
   int64_t base_bytes = 0;
   std::string worker;
 };
+
+// {"task", "decision", "similarity", "budget", "kept_experts",
+// "kept_fraction", "kept_bytes", "all_experts_bytes", "base_bytes",
+// "worker"}: the route as premoe's JSON outputs show it (premoe query
+// --json, the HTTP API's "premoe" object).
+nlohmann::ordered_json RouteJson(const RouteInfo& route);
 
 struct InferenceRequest {
   // Exactly one of prompt and messages.
