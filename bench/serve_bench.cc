@@ -238,7 +238,6 @@ int main(int argc, char** argv) {
     const auto start = Clock::now();
     std::optional<Clock::time_point> first;
     std::string buffer;
-    int64_t tokens = 0;
     req.content_receiver = [&](const char* data, size_t size, uint64_t, uint64_t) {
       buffer.append(data, size);
       for (size_t end = buffer.find("\n\n"); end != std::string::npos; end = buffer.find("\n\n")) {
@@ -247,9 +246,9 @@ int main(int argc, char** argv) {
         if (!absl::StartsWith(event, "data: {")) continue;
         const nlohmann::json j = nlohmann::json::parse(event.substr(6));
         if (j.contains("error")) Die(absl::InternalError(j.dump()));
-        if (!j["choices"].empty() && !j["choices"][0]["text"].get<std::string>().empty()) {
-          if (!first) first = Clock::now();
-          ++tokens;
+        if (!first && !j["choices"].empty() &&
+            !j["choices"][0]["text"].get<std::string>().empty()) {
+          first = Clock::now();
         }
       }
       return true;
@@ -265,7 +264,6 @@ int main(int argc, char** argv) {
     *ttft = std::chrono::duration<double>(*first - start).count();
     *per_token = std::chrono::duration<double>(end - *first).count() /
                  static_cast<double>(std::max<int64_t>(1, new_tokens - 1));
-    (void)tokens;
     *match_share = 0;  // the HTTP response does not carry it; the "pattern" row has it
   };
   // Warm up both modes (the pattern mode's first requests load its experts).
