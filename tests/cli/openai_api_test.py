@@ -18,6 +18,7 @@ and `curl -N` reads the raw Server-Sent Events.
 usage: openai_api_test.py --premoe PATH
 """
 import argparse
+import concurrent.futures
 import http.client
 import json
 import os
@@ -119,7 +120,8 @@ def scenario(premoe):
                    "--samples", "8", "--store", f"127.0.0.1:{store_port}")
     # The worker has no keys (loopback, test only); the router's API asks for them.
     worker_port = premoe.serve("worker", "--role", "worker", "--model", MODEL, "--dtype", "fp32",
-                               "--max-batch", "1", log_args=("--log-level", "debug"))
+                               "--max-batch", "1", "--max-queue", "1",
+                               log_args=("--log-level", "debug"))
     worker = f"127.0.0.1:{worker_port}"
     grpc_port, http_port = premoe.serve(
         "router", "--role", "router", "--model", MODEL, "--store", f"127.0.0.1:{store_port}",
@@ -292,6 +294,24 @@ def scenario(premoe):
           f"{status['cancelled']}, running {status['running']})")
     after = client.completions.create(model=MODEL, prompt=prompts["add"], max_tokens=8, temperature=0)
     check(after.choices[0].text == want["text"], "the freed slot serves the next request")
+
+    # A full worker (batch 1, queue 1): six requests at once, each of 230
+    # tokens; one or two fit (the second only if the first has left the queue
+    # for the batch), the others are 429 with Retry-After.
+    def attempt(_):
+        try:
+            client.completions.create(model=MODEL, prompt=prompts["add"], max_tokens=230,
+                                      extra_body={"ignore_eos": True})
+            return "ok"
+        except openai.RateLimitError as e:
+            return f"429 retry-after {e.response.headers.get('retry-after')}"
+        except openai.APIStatusError as e:
+            return f"{e.status_code} {e.message}"
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        outcomes = list(pool.map(attempt, range(6)))
+    check(outcomes.count("ok") >= 1 and outcomes.count("429 retry-after 1") >= 1
+          and outcomes.count("ok") + outcomes.count("429 retry-after 1") == 6,
+          f"a full worker -> 429 with Retry-After: {outcomes}")
 
 
 def main():
