@@ -7,9 +7,37 @@
 
 #include <cstdlib>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 namespace premoe::common {
+
+absl::StatusOr<HostPort> ParseHostPort(absl::string_view address) {
+  const size_t colon = address.rfind(':');
+  auto bad = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat("\"", address, "\" is not host:port: ", why));
+  };
+  if (colon == absl::string_view::npos || colon == 0) return bad("no host");
+  HostPort out;
+  out.host = std::string(address.substr(0, colon));
+  // An IPv6 host is bracketed, so its own colons cannot be taken for the
+  // port's; an unbracketed host with a colon is ambiguous.
+  const bool bracketed = out.host.size() > 2 && out.host.front() == '[' && out.host.back() == ']';
+  if (!bracketed && out.host.find_first_of(":[]") != std::string::npos) {
+    return bad("an IPv6 host needs brackets, as in [::1]:50051");
+  }
+  if (!absl::SimpleAtoi(address.substr(colon + 1), &out.port) || out.port < 0 || out.port > 65535) {
+    return bad("the port is not a number from 0 to 65535");
+  }
+  return out;
+}
+
+std::string HostPort::BareHost() const {
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    return host.substr(1, host.size() - 2);
+  }
+  return host;
+}
 
 absl::Status RaiseListenBacklog(int port, int backlog) {
   DIR* dir = opendir("/proc/self/fd");

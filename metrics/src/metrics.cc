@@ -5,7 +5,6 @@
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "premoe/common/net.h"
@@ -88,15 +87,9 @@ class HttpEndpoint : public Endpoint {
   int port() const override { return port_; }
 
   absl::Status Start(const std::string& address) {
-    const size_t colon = address.rfind(':');
-    int port = -1;
-    if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port) ||
-        port < 0 || port > 65535) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--metrics-listen \"", address, "\": want host:port"));
-    }
-    std::string host = address.substr(0, colon);
-    if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+    ASSIGN_OR_RETURN(common::HostPort where, common::ParseHostPort(address));
+    const std::string host = where.BareHost();
+    const int port = where.port;
     server_.new_task_queue = [] { return new httplib::ThreadPool(2); };
     server_.Get("/metrics", [](const httplib::Request&, httplib::Response& res) {
       res.set_content(TextExposition(), "text/plain; version=0.0.4; charset=utf-8");

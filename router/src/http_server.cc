@@ -15,7 +15,6 @@
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "nlohmann/json.hpp"
@@ -100,12 +99,6 @@ void SetError(httplib::Response& res, const absl::Status& s) {
 
 enum class Endpoint { kCompletions, kChat };
 
-struct Defaults {
-  double temperature = 1.0;
-  double top_p = 1.0;
-  int64_t top_k = 0;
-};
-
 struct Parsed {
   InferenceRequest request;
   bool stream = false;
@@ -148,8 +141,6 @@ const std::set<std::string>& KnownFields(Endpoint e) {
   }();
   return e == Endpoint::kChat ? *chat : *completions;
 }
-
-bool IsAbsent(const Json& j) { return j.is_null(); }
 
 absl::StatusOr<int64_t> IntField(const Json& body, const std::string& key, int64_t lo, int64_t hi) {
   const Json& v = body[key];
@@ -245,7 +236,8 @@ absl::StatusOr<std::vector<ChatMessage>> Messages(const Json& body) {
 }
 
 absl::StatusOr<Parsed> ParseRequest(Endpoint endpoint, const Json& body,
-                                    const std::string& model_name, const Defaults& defaults,
+                                    const std::string& model_name,
+                                    const checkpoint::GenerationDefaults& defaults,
                                     int64_t max_new_tokens) {
   if (!body.is_object()) return BadParam("", "the request body must be a JSON object");
   const std::set<std::string>& known = KnownFields(endpoint);
@@ -254,7 +246,7 @@ absl::StatusOr<Parsed> ParseRequest(Endpoint endpoint, const Json& body,
       return BadParam(key, absl::StrCat("unknown field \"", key, "\""));
     }
   }
-  auto has = [&](const char* key) { return body.contains(key) && !IsAbsent(body[key]); };
+  auto has = [&](const char* key) { return body.contains(key) && !body[key].is_null(); };
   // Known to OpenAI, not offered by premoe: refused unless at their default.
   for (const char* key :
        {"tools", "tool_choice", "functions", "function_call", "response_format",
@@ -308,9 +300,11 @@ absl::StatusOr<Parsed> ParseRequest(Endpoint endpoint, const Json& body,
     if (r.prompt.empty()) return BadParam("prompt", "prompt is empty");
   }
 
-  r.options.temperature = defaults.temperature;
-  r.options.top_p = defaults.top_p;
-  r.options.top_k = defaults.top_k;
+  // What the request leaves out: the model's generation_config.json, else
+  // OpenAI's defaults.
+  r.options.temperature = defaults.temperature.value_or(1.0);
+  r.options.top_p = defaults.top_p.value_or(1.0) > 0 ? defaults.top_p.value_or(1.0) : 1.0;
+  r.options.top_k = defaults.top_k.value_or(0);
   if (has("temperature")) {
     ASSIGN_OR_RETURN(r.options.temperature, NumberField(body, "temperature", 0, 2));
   }
@@ -490,20 +484,6 @@ struct Stream {
   }
 };
 
-absl::StatusOr<std::pair<std::string, int>> SplitAddress(const std::string& address) {
-  const size_t colon = address.rfind(':');
-  int port = 0;
-  if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port) ||
-      port < 0 || port > 65535) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("HTTP address \"", address, "\": want host:port"));
-  }
-  std::string host = address.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
-    host = host.substr(1, host.size() - 2);
-  return std::make_pair(host, port);
-}
-
 }  // namespace
 
 absl::Status HttpServer::Options::Validate() const {
@@ -514,13 +494,13 @@ absl::Status HttpServer::Options::Validate() const {
   if (tls.server_tls() && tls.key.empty()) {
     return absl::InvalidArgumentError("HttpServer: a TLS certificate needs its key");
   }
-  return SplitAddress(address).status();
+  return common::ParseHostPort(address).status();
 }
 
 struct HttpServer::Impl {
   Options options;
   Router* router = nullptr;
-  Defaults defaults;
+  checkpoint::GenerationDefaults defaults;
   std::unique_ptr<httplib::Server> server;
   std::thread thread;
   std::string host;
@@ -783,12 +763,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const Options& opt
   impl->options = options;
   impl->router = router;
   if (!options.model_dir.empty()) {
-    ASSIGN_OR_RETURN(checkpoint::GenerationDefaults g,
-                     checkpoint::LoadGenerationDefaults(options.model_dir));
-    impl->defaults.temperature = g.temperature.value_or(1.0);
-    impl->defaults.top_p = g.top_p.value_or(1.0);
-    if (impl->defaults.top_p <= 0) impl->defaults.top_p = 1.0;
-    impl->defaults.top_k = g.top_k.value_or(0);
+    ASSIGN_OR_RETURN(impl->defaults, checkpoint::LoadGenerationDefaults(options.model_dir));
   }
   if (options.tls.server_tls()) {
     auto ssl = std::make_unique<httplib::SSLServer>(
@@ -803,12 +778,11 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const Options& opt
     impl->server = std::make_unique<httplib::Server>();
   }
   impl->Install();
-  ASSIGN_OR_RETURN(auto host_port, SplitAddress(options.address));
-  impl->host = host_port.first;
-  impl->port =
-      host_port.second == 0
-          ? impl->server->bind_to_any_port(impl->host)
-          : (impl->server->bind_to_port(impl->host, host_port.second) ? host_port.second : -1);
+  ASSIGN_OR_RETURN(common::HostPort where, common::ParseHostPort(options.address));
+  impl->host = where.BareHost();
+  impl->port = where.port == 0
+                   ? impl->server->bind_to_any_port(impl->host)
+                   : (impl->server->bind_to_port(impl->host, where.port) ? where.port : -1);
   if (impl->port <= 0) {
     return absl::UnavailableError(absl::StrCat("HTTP: cannot listen on ", options.address));
   }

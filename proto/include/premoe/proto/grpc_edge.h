@@ -22,6 +22,7 @@
 #include "grpcpp/server.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "grpcpp/support/status.h"
+#include "premoe/common/net.h"
 #include "premoe/common/tls_files.h"
 
 namespace premoe::rpc {
@@ -92,15 +93,9 @@ inline absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(
   return channel;
 }
 
-// A listen or dial address "host:port" taken apart. The host is a name, an
-// IPv4 address or a bracketed IPv6 one ("[::1]:80"; kept with its brackets);
-// the port is 0 to 65535 (0: any free port, for a server).
-struct HostPort {
-  std::string host;
-  int port = 0;
-};
-// INVALID_ARGUMENT, quoting the address, for anything else.
-absl::StatusOr<HostPort> ParseHostPort(absl::string_view address);
+// premoe/common/net.h's, where every edge (gRPC, HTTP, metrics) finds it.
+using common::HostPort;
+using common::ParseHostPort;
 
 // The host clients dial for a server listening on `listen_address`
 // ("host:port"): a wildcard host becomes loopback.
