@@ -26,8 +26,10 @@ import urllib.request
 
 import openai
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "testutil"))
+from serve_procs import Processes  # noqa: E402
+
 MODEL = "testbed/model"
-START_TIMEOUT = 120
 failures = []
 
 
@@ -41,43 +43,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class Cluster:
-    def __init__(self, binary, tmp):
-        self.binary, self.tmp, self.procs = binary, tmp, []
-
-    def run(self, *args):
-        r = subprocess.run([self.binary, *args], capture_output=True, text=True, timeout=300)
-        if r.returncode != 0:
-            raise RuntimeError(f"premoe {' '.join(args)} failed:\n{r.stderr}")
-        return r.stdout
-
-    def serve(self, name, *args):
-        log_path = os.path.join(self.tmp, f"{name}.log")
-        port_file = os.path.join(self.tmp, f"{name}.port")
-        proc = subprocess.Popen([self.binary, "--log-level", "info", "serve", "--listen", "127.0.0.1:0",
-                                 "--port-file", port_file, *args],
-                                stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
-        self.procs.append(proc)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if os.path.exists(port_file) and open(port_file).read().strip():
-                return int(open(port_file).read()), open(log_path).read()
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited {proc.returncode}:\n{open(log_path).read()}")
-            time.sleep(0.05)
-        raise RuntimeError(f"{name} did not start")
-
-    def stop(self):
-        for p in self.procs:
-            p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 def metrics_port(log):
@@ -140,22 +105,20 @@ class Prometheus:
 
 def scenario(cluster, prometheus_binary):
     tmp = cluster.tmp
-    store_port, store_log = cluster.serve("store", "--role", "store", "--store-dir", f"{tmp}/store",
-                                          "--metrics-listen", "127.0.0.1:0")
+    store_port = cluster.serve("store", "--role", "store", "--store-dir", f"{tmp}/store",
+                               "--metrics-listen", "127.0.0.1:0")
     for task in ("add", "reverse"):
         cluster.run("profile", "--model", MODEL, "--task", task, "--testbed-task", task, "--samples", "8",
                     "--store", f"127.0.0.1:{store_port}")
-    worker_port, worker_log = cluster.serve("worker", "--role", "worker", "--model", MODEL, "--dtype",
-                                            "fp32", "--cache", "8MiB", "--metrics-listen", "127.0.0.1:0")
-    http_file = os.path.join(tmp, "router.http")
-    cluster.serve("router", "--role", "router", "--model", MODEL, "--store", f"127.0.0.1:{store_port}",
-                  "--workers", f"127.0.0.1:{worker_port}", "--budget", "50%",
-                  "--http-listen", "127.0.0.1:0", "--http-port-file", http_file)
-    http_port = int(open(http_file).read())
+    worker_port = cluster.serve("worker", "--role", "worker", "--model", MODEL, "--dtype", "fp32",
+                                "--cache", "8MiB", "--metrics-listen", "127.0.0.1:0")
+    _, http_port = cluster.serve("router", "--role", "router", "--model", MODEL,
+                                 "--store", f"127.0.0.1:{store_port}",
+                                 "--workers", f"127.0.0.1:{worker_port}", "--budget", "50%", http=True)
     prom = Prometheus(prometheus_binary, tmp, {
         "router": f"127.0.0.1:{http_port}",
-        "worker": f"127.0.0.1:{metrics_port(worker_log)}",
-        "store": f"127.0.0.1:{metrics_port(store_log)}"})
+        "worker": f"127.0.0.1:{metrics_port(cluster.log('worker'))}",
+        "store": f"127.0.0.1:{metrics_port(cluster.log('store'))}"})
     try:
         prom.wait_targets_up(3)
         check(True, "Prometheus scrapes router, worker and store (all targets up)")
@@ -232,14 +195,11 @@ def main():
     ap.add_argument("--prometheus", default=shutil.which("prometheus") or "/usr/bin/prometheus")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        cluster = Cluster(os.path.abspath(args.premoe), tmp)
+        cluster = Processes(os.path.abspath(args.premoe), tmp)
         try:
             scenario(cluster, args.prometheus)
         except Exception:
-            for name in ("store", "worker", "router", "prometheus"):
-                path = os.path.join(tmp, f"{name}.log")
-                if os.path.exists(path):
-                    print(f"--- {name} log (tail)\n" + "".join(open(path).readlines()[-20:]))
+            cluster.print_logs("store", "worker", "router", "prometheus")
             raise
         finally:
             cluster.stop()

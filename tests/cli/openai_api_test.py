@@ -29,9 +29,11 @@ import time
 
 import openai
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "testutil"))
+from serve_procs import Processes  # noqa: E402
+
 MODEL = "testbed/model"
 TASKS = ("add", "reverse")
-START_TIMEOUT = 120
 KEY = "openai-test-key-0123456789"
 
 failures = []
@@ -41,50 +43,6 @@ def check(cond, what):
     print(("ok   " if cond else "FAIL ") + what)
     if not cond:
         failures.append(what)
-
-
-class Premoe:
-    def __init__(self, binary, tmp):
-        self.binary = binary
-        self.tmp = tmp
-        self.procs = []
-
-    def run(self, *args, timeout=300):
-        r = subprocess.run([self.binary, *args], capture_output=True, text=True, timeout=timeout)
-        if r.returncode != 0:
-            raise RuntimeError(f"premoe {' '.join(args)} failed ({r.returncode}):\n{r.stderr}")
-        return r.stdout
-
-    def serve(self, name, *args, http=False, log_args=("--log-level", "info")):
-        port_file = os.path.join(self.tmp, f"{name}.port")
-        http_file = os.path.join(self.tmp, f"{name}.http")
-        log = open(os.path.join(self.tmp, f"{name}.log"), "w")
-        extra = ["--http-listen", "127.0.0.1:0", "--http-port-file", http_file] if http else \
-            ["--http-listen", ""]
-        proc = subprocess.Popen([self.binary, *log_args, "serve", "--listen", "127.0.0.1:0",
-                                 "--port-file", port_file, *extra, *args],
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.procs.append(proc)
-        deadline = time.monotonic() + START_TIMEOUT
-        want = [port_file, http_file] if http else [port_file]
-        while time.monotonic() < deadline:
-            if all(os.path.exists(f) and open(f).read().strip() for f in want):
-                ports = [int(open(f).read()) for f in want]
-                return ports if http else ports[0]
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited {proc.returncode}:\n"
-                                   + open(os.path.join(self.tmp, f"{name}.log")).read())
-            time.sleep(0.05)
-        raise RuntimeError(f"{name} did not start in {START_TIMEOUT} s")
-
-    def stop(self):
-        for p in self.procs:
-            p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 def grpc_answer(premoe, address, prompt, max_new_tokens, *extra):
@@ -319,14 +277,11 @@ def main():
     ap.add_argument("--premoe", required=True)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        premoe = Premoe(os.path.abspath(args.premoe), tmp)
+        premoe = Processes(os.path.abspath(args.premoe), tmp)
         try:
             scenario(premoe)
         except Exception:
-            for name in ("store", "worker", "router"):
-                path = os.path.join(tmp, f"{name}.log")
-                if os.path.exists(path):
-                    print(f"--- {name} log (tail)\n" + "".join(open(path).readlines()[-30:]))
+            premoe.print_logs("store", "worker", "router")
             raise
         finally:
             premoe.stop()
