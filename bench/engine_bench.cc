@@ -47,6 +47,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "bench/machine.h"
 #include "premoe/checkpoint/safetensors.h"
 #include "premoe/common/process.h"
 #include "premoe/model/engine.h"
@@ -131,12 +132,7 @@ std::vector<float> ReadLogits(const Flags& f, const std::string& config) {
 
 int64_t ReadRssBytes() { return premoe::common::CurrentRssBytes().value_or(0); }
 
-std::string LoadAverage() {
-  std::ifstream in("/proc/loadavg");
-  std::string first;
-  in >> first;
-  return first;
-}
+using premoe::bench::LoadAverage;
 
 // ---- The checkpoint ---------------------------------------------------------
 
@@ -595,10 +591,10 @@ int main(int argc, char** argv) {
       results.empty() ? "" : results[0].config.c_str(),
       results.empty() ? 0.0 : results[0].token_bytes / 1e9);
   std::printf(
-      "Load average (1 min) at start %s, at end %s: other processes on the machine "
+      "Machine: %s. Load average (1 min) at start %s, at end %s: other processes on the machine "
       "slow libtorch's thread pool far more than their share (a parallel region waits "
       "for its slowest thread).\n",
-      load_start.c_str(), LoadAverage().c_str());
+      premoe::bench::MachineName().c_str(), load_start.c_str(), LoadAverage().c_str());
   std::fprintf(stderr, "engine_bench: done in %.0f s\n", Seconds(t0, Clock::now()));
   return 0;
 }

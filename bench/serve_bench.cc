@@ -44,6 +44,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "bench/bench_util.h"
+#include "bench/machine.h"
 #include "nlohmann/json.hpp"
 #include "premoe/common/file.h"
 #include "premoe/model/engine.h"
@@ -274,6 +275,7 @@ int main(int argc, char** argv) {
   double a, b, c;
   send(prompts[0], true, &a, &b, &c);
   const int idle_threads = ProcessThreads();
+  const std::string load_start = bench::LoadAverage();
 
   std::vector<Result> results;
   for (int n : streams) {
@@ -379,6 +381,8 @@ int main(int argc, char** argv) {
               static_cast<long long>(status.cache.resident_experts),
               static_cast<double>(status.cache.resident_bytes) / (1 << 20),
               static_cast<double>(status.all_experts_bytes) / (1 << 20));
+  std::printf("Machine: %s; load average (1 min) %s at the first row, %s at the end.\n",
+              bench::MachineName().c_str(), load_start.c_str(), bench::LoadAverage().c_str());
   if (!json_out.empty()) {
     nlohmann::ordered_json j = nlohmann::ordered_json::array();
     for (const Result& r : results) {
