@@ -99,14 +99,14 @@ ENV DEBIAN_FRONTEND=noninteractive
 #   libspdlog-dev -> libspdlog1.10      libfmt-dev -> libfmt9
 #   libpcre2-dev -> libpcre2-8-0        libutf8proc-dev -> libutf8proc2
 #   libcpp-httplib-dev -> libcpp-httplib0.11   libxxhash-dev -> libxxhash0
-#   libpng-dev -> libpng16-16
+#   libpng-dev -> libpng16-16           prometheus-cpp-dev -> libprometheus-cpp-core1.0
 # Header-only or build-only: CLI11, nlohmann-json, libgloo-dev (libtorch carries
 # Gloo), gtest/gmock, benchmark, clang's runtime libraries.
 RUN apt-get update -qq \
  && apt-get install -y -qq --no-install-recommends \
       libabsl20220623 libprotobuf32 libgrpc++1.51 libgrpc29 librocksdb7.8 \
       libopenblas0-pthread libgomp1 libspdlog1.10 libfmt9 libpcre2-8-0 libutf8proc2 \
-      libcpp-httplib0.11 libxxhash0 libpng16-16 \
+      libcpp-httplib0.11 libxxhash0 libpng16-16 libprometheus-cpp-core1.0 \
  && rm -rf /var/lib/apt/lists/*
 
 COPY --from=build /staging/site-packages /opt/premoe/site-packages

@@ -16,6 +16,7 @@ APT_PACKAGES=(
   libclang-rt-14-dev libpng-dev prometheus-cpp-dev
   prometheus  # the metrics test scrapes router, worker and store with a real server
   openssl  # the TLS tests make their certificates with it
+  curl     # the HTTP API's test reads the event stream with curl -N
   libgloo-dev  # headers only: c10d's ProcessGroupGloo.hpp includes them; libtorch has Gloo built in
 )
 
