@@ -438,9 +438,83 @@ void PermuteInt4Rows(const MatvecJob& j, float* out) {
   }
 }
 
-template <WeightType T, int R, int MB>
+// ---- AVX512-BF16: bf16 weights against bf16 activations ---------------------------
+//
+// Under MatvecIsa::kAvx512Bf16 a bf16 product rounds each activation row to
+// bf16 once (round to nearest even; PrepareBf16Rows, zero-padded to a
+// multiple of 32) and multiplies pairs with vdpbf16ps: each lane adds two
+// exact bf16 x bf16 products per instruction, half the instructions of
+// widening the weights to fp32 and no widening at all. Each output sums, lane
+// by lane, 32-element blocks of k in increasing order, then Sum16: an order
+// that depends only on K, as in every tile. Activations that already are
+// bf16 values (the engine's bf16 hidden states) lose nothing; others carry
+// bf16's rounding, as in libtorch's bf16 products. vdpbf16ps treats
+// subnormal inputs as zero.
+
+#define PREMOE_AVX512BF16 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")))
+
+// A prepared row: bf16 pairs in float slots, padded to 32 elements.
+int64_t Bf16RowFloats(const MatvecJob& j) { return (j.in + 31) / 32 * 16; }
+
+PREMOE_AVX512BF16 void PrepareBf16Rows(const MatvecJob& j, float* out) {
+  const int64_t k16 = j.in & ~int64_t{15};
+  for (int64_t m = 0; m < j.rows; ++m) {
+    const float* x = j.x[m];
+    auto* o = reinterpret_cast<uint16_t*>(out + m * Bf16RowFloats(j));
+    for (int64_t k = 0; k < k16; k += 16) {
+      const __m256bh v = _mm512_cvtneps_pbh(_mm512_loadu_ps(x + k));
+      std::memcpy(o + k, &v, sizeof(v));
+    }
+    if (k16 < j.in) {
+      const __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(TailMask(j.in - k16), x + k16));
+      std::memcpy(o + k16, &v, sizeof(v));
+    }
+    std::fill(o + k16 + (k16 < j.in ? 16 : 0), o + 2 * Bf16RowFloats(j), uint16_t{0});
+  }
+}
+
+template <int R, int MB>
+PREMOE_AVX512BF16 void TileBf16Dp(const MatvecJob& j, int64_t n0, int64_t m0) {
+  __m512 acc[R][MB];
+  Zero(acc);
+  const uint16_t* xs[MB];
+  PREMOE_UNROLL
+  for (int mb = 0; mb < MB; ++mb) xs[mb] = reinterpret_cast<const uint16_t*>(j.x[m0 + mb]);
+  const auto* w = static_cast<const uint16_t*>(j.w);
+  auto block = [&]<bool kMasked>(int64_t k, __mmask32 mask) PREMOE_AVX512BF16 {
+    __m512bh xv[MB];
+    PREMOE_UNROLL
+    for (int mb = 0; mb < MB; ++mb) xv[mb] = (__m512bh)_mm512_loadu_si512(xs[mb] + k);
+    PREMOE_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const uint16_t* p = w + (n0 + r) * j.ldw + k;
+      if constexpr (!kMasked)
+        _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0);
+      const __m512bh wv =
+          (__m512bh)(kMasked ? _mm512_maskz_loadu_epi16(mask, p) : _mm512_loadu_si512(p));
+      PREMOE_UNROLL
+      for (int mb = 0; mb < MB; ++mb) acc[r][mb] = _mm512_dpbf16_ps(acc[r][mb], wv, xv[mb]);
+    }
+  };
+  const int64_t k32 = j.in & ~int64_t{31};
+  for (int64_t k = 0; k < k32; k += 32) block.template operator()<false>(k, 0);
+  if (k32 < j.in) {
+    block.template operator()<true>(k32, static_cast<__mmask32>((uint64_t{1} << (j.in - k32)) - 1));
+  }
+  PREMOE_UNROLL
+  for (int r = 0; r < R; ++r) {
+    PREMOE_UNROLL
+    for (int mb = 0; mb < MB; ++mb) j.y[m0 + mb][n0 + r] = Sum16(acc[r][mb]);
+  }
+}
+
+// kDp: bf16 weights against prepared bf16 rows (TileBf16Dp).
+template <WeightType T, int R, int MB, bool kDp>
 void Tile512(const MatvecJob& j, int64_t n0, int64_t m0) {
-  if constexpr (T == WeightType::kInt4) {
+  if constexpr (kDp) {
+    TileBf16Dp<R, MB>(j, n0, m0);
+  } else if constexpr (T == WeightType::kInt4) {
     TileInt4Avx512<R, MB>(j, n0, m0);
   } else {
     TileAvx512<T, R, MB>(j, n0, m0);
@@ -448,19 +522,19 @@ void Tile512(const MatvecJob& j, int64_t n0, int64_t m0) {
 }
 
 // All activation rows, four at a time, against R weight rows from n0.
-template <WeightType T, int R>
+template <WeightType T, int R, bool kDp>
 void Columns512(const MatvecJob& j, int64_t n0) {
   int64_t m = 0;
-  for (; m + 4 <= j.rows; m += 4) Tile512<T, R, 4>(j, n0, m);
+  for (; m + 4 <= j.rows; m += 4) Tile512<T, R, 4, kDp>(j, n0, m);
   switch (j.rows - m) {
     case 3:
-      Tile512<T, R, 3>(j, n0, m);
+      Tile512<T, R, 3, kDp>(j, n0, m);
       break;
     case 2:
-      Tile512<T, R, 2>(j, n0, m);
+      Tile512<T, R, 2, kDp>(j, n0, m);
       break;
     case 1:
-      Tile512<T, R, 1>(j, n0, m);
+      Tile512<T, R, 1, kDp>(j, n0, m);
       break;
     default:
       break;
@@ -469,13 +543,13 @@ void Columns512(const MatvecJob& j, int64_t n0) {
 
 // Rows [n_begin, n_end) of job j, four weight rows at a time while they sit
 // in L1 for every activation row.
-template <WeightType T>
+template <WeightType T, bool kDp = false>
 void RunRowsAvx512(const MatvecJob& j, int64_t n_begin, int64_t n_end) {
   for (int64_t n = n_begin; n < n_end; n += kTileRows) {
     if (n + kTileRows <= n_end) {
-      Columns512<T, kTileRows>(j, n);
+      Columns512<T, kTileRows, kDp>(j, n);
     } else {
-      for (int64_t r = n; r < n_end; ++r) Columns512<T, 1>(j, r);
+      for (int64_t r = n; r < n_end; ++r) Columns512<T, 1, kDp>(j, r);
     }
   }
 }
@@ -623,14 +697,19 @@ bool DetectVnni() { return __builtin_cpu_supports("avx512vnni"); }
 // Whether job j takes the VNNI path under `isa`.
 bool UsesVnni(const MatvecJob& j, MatvecIsa isa) {
   static const bool vnni = DetectVnni();
-  return vnni && isa == MatvecIsa::kAvx512 && j.type == WeightType::kInt4 && j.int8_activations &&
+  return vnni && isa >= MatvecIsa::kAvx512 && j.type == WeightType::kInt4 && j.int8_activations &&
          j.group % kVnniBlock == 0;
+}
+
+// Whether job j takes the vdpbf16ps path under `isa`.
+bool UsesBf16Dp(const MatvecJob& j, MatvecIsa isa) {
+  return isa == MatvecIsa::kAvx512Bf16 && j.type == WeightType::kBF16;
 }
 
 MatvecIsa DetectIsa() {
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
-    return MatvecIsa::kAvx512;
+    return __builtin_cpu_supports("avx512bf16") ? MatvecIsa::kAvx512Bf16 : MatvecIsa::kAvx512;
   }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return MatvecIsa::kAvx2;
   return MatvecIsa::kPortable;
@@ -718,13 +797,15 @@ const char* MatvecIsaName(MatvecIsa isa) {
       return "avx2";
     case MatvecIsa::kAvx512:
       return "avx512";
+    case MatvecIsa::kAvx512Bf16:
+      return "avx512bf16";
   }
   return "?";
 }
 
 bool MatvecHasVnni() {
 #if defined(__x86_64__)
-  static const bool vnni = DetectVnni() && MatvecBestIsa() == MatvecIsa::kAvx512;
+  static const bool vnni = DetectVnni() && MatvecBestIsa() >= MatvecIsa::kAvx512;
   return vnni;
 #else
   return false;
@@ -732,7 +813,8 @@ bool MatvecHasVnni() {
 }
 
 std::optional<MatvecIsa> ParseMatvecIsa(std::string_view name) {
-  for (MatvecIsa isa : {MatvecIsa::kPortable, MatvecIsa::kAvx2, MatvecIsa::kAvx512}) {
+  for (MatvecIsa isa :
+       {MatvecIsa::kPortable, MatvecIsa::kAvx2, MatvecIsa::kAvx512, MatvecIsa::kAvx512Bf16}) {
     if (name == MatvecIsaName(isa)) return isa;
   }
   return std::nullopt;
@@ -753,19 +835,24 @@ void RunMatvecs(std::span<const MatvecJob> given, MatvecIsa isa) {
   isa = std::min(isa, MatvecBestIsa());
   std::span<const MatvecJob> jobs = given;
 #if defined(__x86_64__)
-  // The AVX-512 int4 tile reads its activations permuted (PermuteInt4Rows):
-  // such jobs run on a copy that points at permuted rows.
+  // The AVX-512 int4 tile reads its activations permuted (PermuteInt4Rows),
+  // the VNNI and vdpbf16ps tiles read them prepared: such jobs run on a copy
+  // that points at permuted or prepared rows.
   std::vector<MatvecJob> permuted;
   std::vector<float> permuted_x;
   std::vector<const float*> permuted_rows;
-  if (isa == MatvecIsa::kAvx512) {
-    // A row's stride in floats: permuted, or prepared for VNNI.
+  if (isa >= MatvecIsa::kAvx512) {
+    auto prepared = [isa](const MatvecJob& j) {
+      return j.type == WeightType::kInt4 || UsesBf16Dp(j, isa);
+    };
+    // A row's stride in floats.
     auto stride_of = [isa](const MatvecJob& j) {
+      if (UsesBf16Dp(j, isa)) return Bf16RowFloats(j);
       return UsesVnni(j, isa) ? VnniRowFloats(j) : 32 * Int4Chunks(j.in, j.group);
     };
     size_t floats = 0, rows = 0;
     for (const MatvecJob& j : given) {
-      if (j.type != WeightType::kInt4) continue;
+      if (!prepared(j)) continue;
       floats += static_cast<size_t>(j.rows * stride_of(j));
       rows += static_cast<size_t>(j.rows);
     }
@@ -775,9 +862,11 @@ void RunMatvecs(std::span<const MatvecJob> given, MatvecIsa isa) {
       permuted_rows.resize(rows);
       size_t x_at = 0, row_at = 0;
       for (MatvecJob& j : permuted) {
-        if (j.type != WeightType::kInt4) continue;
+        if (!prepared(j)) continue;
         const int64_t stride = stride_of(j);
-        if (UsesVnni(j, isa)) {
+        if (UsesBf16Dp(j, isa)) {
+          PrepareBf16Rows(j, permuted_x.data() + x_at);
+        } else if (UsesVnni(j, isa)) {
           PrepareVnniRows(j, permuted_x.data() + x_at);
         } else {
           PermuteInt4Rows(j, permuted_x.data() + x_at);
@@ -823,7 +912,13 @@ void RunMatvecs(std::span<const MatvecJob> given, MatvecIsa isa) {
         return;
       }
     }
-    if (isa == MatvecIsa::kAvx512) {
+    if constexpr (T == WeightType::kBF16) {
+      if (UsesBf16Dp(j, isa)) {
+        RunRowsAvx512<T, /*kDp=*/true>(j, begin, end);
+        return;
+      }
+    }
+    if (isa >= MatvecIsa::kAvx512) {
       RunRowsAvx512<T>(j, begin, end);
       return;
     }

@@ -61,15 +61,19 @@ struct MatvecJob {
 bool MatvecHasVnni();
 
 // The instruction sets the kernel has code for, in increasing order.
-// kAvx512 needs AVX-512 F, BW, VL and DQ. Each sums in its own fixed order
-// (so results differ in the last bits between ISAs, never between batches,
-// jobs or thread counts on one ISA).
-enum class MatvecIsa { kPortable, kAvx2, kAvx512 };
+// kAvx512 needs AVX-512 F, BW, VL and DQ; kAvx512Bf16 adds AVX512-BF16 and
+// differs from kAvx512 only for bf16 weights, whose products then round
+// each activation to bf16 and multiply pairs with vdpbf16ps (exact for
+// activations that are bf16 values, as libtorch's bf16 products are). Each
+// sums in its own fixed order (so results differ in the last bits between
+// ISAs, never between batches, jobs or thread counts on one ISA).
+enum class MatvecIsa { kPortable, kAvx2, kAvx512, kAvx512Bf16 };
 
 // The best ISA this CPU runs (detected once).
 MatvecIsa MatvecBestIsa();
 const char* MatvecIsaName(MatvecIsa isa);
-// "portable", "avx2", "avx512" (MatvecIsaName's spellings); nullopt else.
+// "portable", "avx2", "avx512", "avx512bf16" (MatvecIsaName's spellings);
+// nullopt else.
 std::optional<MatvecIsa> ParseMatvecIsa(std::string_view name);
 
 // Runs every job (any number, any sizes) in one parallel region of

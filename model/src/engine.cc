@@ -127,7 +127,8 @@ absl::Status EngineOptions::Validate() const {
     const std::optional<internal::MatvecIsa> isa = internal::ParseMatvecIsa(cpu_isa);
     if (!isa.has_value()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "EngineOptions.cpu_isa must be \"avx512\", \"avx2\", \"portable\" or empty, got \"",
+          "EngineOptions.cpu_isa must be \"avx512bf16\", \"avx512\", \"avx2\", \"portable\" or "
+          "empty, got \"",
           cpu_isa, "\""));
     }
     if (*isa > internal::MatvecBestIsa()) {
@@ -240,6 +241,8 @@ constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 // Larger products go to libtorch's GEMM, except bf16 ones on CPUs without
 // native bf16 arithmetic, where libtorch's bf16 GEMM is a scalar-order dot
 // loop several times slower than the kernel (internal::MatvecNativeBf16).
+// Where the CPU has it, oneDNN's bf16 GEMM beat the kernel's vdpbf16ps
+// tiles at a 128-token prefill (the kernel at 0.86x, docs/engine.md).
 constexpr int64_t kMatvecMaxRows = 16;
 
 using internal::MatvecJob;

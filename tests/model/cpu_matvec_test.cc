@@ -76,7 +76,8 @@ std::vector<std::vector<float>> RandomRows(int64_t rows, int64_t in, std::mt1993
 // Every ISA this CPU runs, so each kernel is checked where the CPU has it.
 std::vector<MatvecIsa> Isas() {
   std::vector<MatvecIsa> isas;
-  for (MatvecIsa isa : {MatvecIsa::kPortable, MatvecIsa::kAvx2, MatvecIsa::kAvx512}) {
+  for (MatvecIsa isa :
+       {MatvecIsa::kPortable, MatvecIsa::kAvx2, MatvecIsa::kAvx512, MatvecIsa::kAvx512Bf16}) {
     if (isa <= MatvecBestIsa()) isas.push_back(isa);
   }
   return isas;
@@ -111,12 +112,16 @@ TEST(CpuMatvecTest, EqualsADoublePrecisionProduct) {
             const Weights w = RandomWeights(type, out, in, ldw, rng);
             const auto x = RandomRows(rows, in, rng);
             const auto y = Multiply(w, x, isa);
+            // avx512bf16 multiplies bf16 weights by the activations rounded
+            // to bf16 (nearest even); every other path by the activations.
+            const bool bf16_x = isa == MatvecIsa::kAvx512Bf16 && type == WeightType::kBF16;
             for (int64_t m = 0; m < rows; ++m) {
               for (int64_t n = 0; n < out; ++n) {
                 double want = 0, magnitude = 0;
                 for (int64_t k = 0; k < in; ++k) {
-                  want += static_cast<double>(w.At(n, k)) * x[m][k];
-                  magnitude += std::abs(static_cast<double>(w.At(n, k)) * x[m][k]);
+                  const double xv = bf16_x ? FromBf16(ToBf16(x[m][k])) : x[m][k];
+                  want += static_cast<double>(w.At(n, k)) * xv;
+                  magnitude += std::abs(static_cast<double>(w.At(n, k)) * xv);
                 }
                 // fp32 summation of `in` terms: |error| <= in * 2^-24 * sum |terms|.
                 const double bound = static_cast<double>(in) * 6e-8 * magnitude + 1e-30;

@@ -275,11 +275,13 @@ struct EngineOptions {
   // every op through libtorch: the reference the kernel is tested against.
   // Ignored on CUDA and for trainable engines. Default: true.
   bool cpu_kernels = true;
-  // The instruction set of that kernel: "" the best this CPU runs (AVX-512,
-  // else AVX2, else portable C++); "avx512", "avx2" or "portable" choose one
-  // (benchmarks compare them; results differ between ISAs in the last bits,
-  // never between batches). INVALID_ARGUMENT for another name or an ISA
-  // this CPU lacks. Default: "".
+  // The instruction set of that kernel: "" the best this CPU runs
+  // (AVX512-BF16, else AVX-512, else AVX2, else portable C++); "avx512bf16",
+  // "avx512", "avx2" or "portable" choose one (benchmarks compare them;
+  // results differ between ISAs in the last bits, never between batches).
+  // avx512bf16 multiplies bf16 weights by activations rounded to bf16, as
+  // libtorch's bf16 products do. INVALID_ARGUMENT for another name or an
+  // ISA this CPU lacks. Default: "".
   std::string cpu_isa;
   // int4 matrices whose group is a multiple of 128, on a CPU with
   // AVX512-VNNI: quantize each activation row to int8 per 128 inputs and
