@@ -4,15 +4,23 @@
 # Builds llama.cpp's llama-bench and llama-batched-bench from the PyPI sdist
 # of llama-cpp-python (which vendors llama.cpp), converts engine_bench's
 # random qwen3_moe checkpoint with llama.cpp's own convert_hf_to_gguf.py,
-# then runs llama.cpp and premoe's engine_bench alternately, ROUNDS times,
-# at the same thread count, and prints premoe / llama.cpp ratios for prefill,
-# decode at batch 1 and 8, load time (page cache warm, and cold where the
-# caches can be dropped) and peak RSS, with the load average beside each.
+# quantizes it with llama-quantize (Q8_0, Q4_K_M), then runs llama.cpp and
+# premoe's engine_bench alternately, ROUNDS times, at the same thread count,
+# for each format pair (bf16 / bf16, Q8_0 / all=int8, Q4_K_M / all=int4),
+# and prints premoe / llama.cpp ratios for prefill, decode at batch 1 and 8,
+# load time (page cache warm, and cold where the caches can be dropped) and
+# peak RSS, with the load average beside each; plus premoe's 50% pattern.
 #
-# Not in CI: building llama.cpp takes about 20 minutes on 2 cores.
+# Load time is one measurement for both: the wall time of a process that
+# loads the model and decodes one token (llama.cpp maps the file and faults
+# the weights in during its first evaluation, so a time to "loaded" alone
+# would not compare).
+#
+# Not in CI: building llama.cpp takes about 20-35 minutes on 2 cores.
 #
 # usage: bench/peer_llamacpp.sh   (after the build: needs build/bench/engine_bench)
-# environment: THREADS (default: nproc), ROUNDS (3), PEER_DIR
+# environment: THREADS (default: nproc), ROUNDS (2), FORMATS ("bf16 q8_0
+#   q4_k_m"), PEER_DIR
 #   (/tmp/premoe_peer: llama.cpp's sources, build and the GGUF file),
 #   LLAMA_CPP_PYTHON_VERSION (0.3.36), ENGINE_BENCH (build/bench/engine_bench),
 #   ENGINE_BENCH_ARGS (extra engine_bench flags, e.g. "--layers 4") with
@@ -21,7 +29,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 THREADS=${THREADS:-$(nproc)}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-2}
+FORMATS=${FORMATS:-bf16 q8_0 q4_k_m}
 PEER_DIR=${PEER_DIR:-/tmp/premoe_peer}
 VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
 ENGINE_BENCH=${ENGINE_BENCH:-$ROOT/build/bench/engine_bench}
@@ -34,8 +43,9 @@ mkdir -p "$PEER_DIR"
 [ -x "$ENGINE_BENCH" ] || { echo "peer_llamacpp: build $ENGINE_BENCH first" >&2; exit 1; }
 
 echo "== premoe engine_bench (writes the checkpoint on first use)" >&2
-"$ENGINE_BENCH" --threads "$THREADS" --dtypes bf16 --prompt $PROMPT --decode-steps $STEPS \
-  --batch $BATCH ${ENGINE_BENCH_ARGS:-} | tee "$PEER_DIR/engine_bench.md"
+"$ENGINE_BENCH" --threads "$THREADS" --dtypes bf16 --quants none all=int8 all=int4 \
+  --prompt $PROMPT --decode-steps $STEPS --batch $BATCH ${ENGINE_BENCH_ARGS:-} |
+  tee "$PEER_DIR/engine_bench.md"
 
 # ---- llama.cpp, from the sdist ------------------------------------------------------
 SRC=$PEER_DIR/llama_cpp_python-$VERSION/vendor/llama.cpp
@@ -48,12 +58,13 @@ if [ ! -f "$SRC/CMakeLists.txt" ]; then
   tar xzf "$PEER_DIR/sdist.tar.gz" -C "$PEER_DIR"
 fi
 LLAMA_BUILD=$PEER_DIR/build
-if [ ! -x "$LLAMA_BUILD/bin/llama-batched-bench" ] || [ ! -x "$LLAMA_BUILD/bin/llama-bench" ]; then
+if [ ! -x "$LLAMA_BUILD/bin/llama-batched-bench" ] || [ ! -x "$LLAMA_BUILD/bin/llama-bench" ] ||
+  [ ! -x "$LLAMA_BUILD/bin/llama-quantize" ]; then
   echo "== building llama.cpp (about 20 minutes on 2 cores)" >&2
   cmake -S "$SRC" -B "$LLAMA_BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_SERVER=OFF >&2
-  cmake --build "$LLAMA_BUILD" -j"$THREADS" --target llama-bench llama-batched-bench >&2
+  cmake --build "$LLAMA_BUILD" -j"$THREADS" --target llama-bench llama-batched-bench llama-quantize >&2
 fi
 
 # ---- The GGUF file ----------------------------------------------------------------
@@ -94,95 +105,166 @@ convert_hf_to_gguf.main()
 EOF
 fi
 
+# llama-quantize from the same build, from the bf16 file.
+gguf_of() { echo "$PEER_DIR/$(basename "$MODEL_DIR")_$1.gguf"; }
+for fmt in $FORMATS; do
+  out=$(gguf_of "$fmt")
+  if [ ! -f "$out" ]; then
+    echo "== llama-quantize $fmt" >&2
+    "$LLAMA_BUILD/bin/llama-quantize" "$GGUF" "$out.tmp" "${fmt^^}" "$THREADS" >&2
+    mv "$out.tmp" "$out"
+  fi
+done
+# premoe's configuration at the same bits: every matrix in the format, the
+# embedding and norms dense, as llama.cpp quantizes them.
+premoe_of() {
+  case $1 in
+    bf16) echo bf16:full ;;
+    q8_0) echo bf16:full+all=int8 ;;
+    q4_k_m) echo bf16:full+all=int4 ;;
+    *) echo "peer_llamacpp: no premoe format for $1" >&2; exit 1 ;;
+  esac
+}
+
 # ---- Alternating rounds --------------------------------------------------------------
-# Each command runs under a Python parent that reports the child's peak RSS
-# (ru_maxrss) and the 1-minute load average when it started.
+# Each command runs under a Python parent that reports the child's wall time,
+# peak RSS (ru_maxrss) and the 1-minute load average when it started.
 run_measured() {
-  "$PY" - "$@" <<'EOF'
-import resource, subprocess, sys
+  "$PY" - "$@" <<'PYEOF'
+import resource, subprocess, sys, time
 load = open("/proc/loadavg").read().split()[0]
+start = time.monotonic()
 r = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+wall = time.monotonic() - start
 sys.stdout.write(r.stdout)
-sys.stderr.write(r.stderr[-4000:] if r.returncode else "")
-print(f"PEAK_RSS_KB {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss} LOAD {load}")
+sys.stdout.write(r.stderr)
+print(f"PEAK_RSS_KB {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss} LOAD {load} WALL {wall}")
 sys.exit(r.returncode)
-EOF
+PYEOF
 }
 drop_caches() { sync && echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; }
+# Reads files into the page cache: the machine cannot hold every file at
+# once, so each warm run reads its own first.
+warm() { cat "$@" >/dev/null; }
+
+llama_speed() {  # format
+  run_measured "$LLAMA_BUILD/bin/llama-batched-bench" -m "$(gguf_of "$1")" -t "$THREADS" -c 2048 \
+    -b 2048 -ub 512 -npp $PROMPT -ntg $STEPS -npl 1,$BATCH --output-format jsonl 2>&1 |
+    "$PY" -c '
+import json, re, sys
+text = sys.stdin.read()
+rows = [json.loads(l) for l in text.splitlines() if l.startswith("{")]
+if not rows:
+    sys.exit("peer_llamacpp: llama-batched-bench printed no results:\n" + text[-2000:])
+peak, avg = re.search(r"PEAK_RSS_KB (\d+) LOAD (\S+)", text).groups()
+b1 = [r for r in rows if r["pl"] == 1][0]
+bn = [r for r in rows if r["pl"] > 1][0]
+print(f"llama.cpp {sys.argv[1]} speed prefill {b1[\"speed_pp\"]} d1 {b1[\"speed_tg\"]} "
+      f"dn {bn[\"speed_tg\"]} peak_gb {int(peak) / 1e6} load {avg}")
+' "$1"
+}
+premoe_speed() {  # label config
+  run_measured "$ENGINE_BENCH" --child "$2" --threads "$THREADS" --prompt $PROMPT \
+    --decode-steps $STEPS --batch $BATCH ${ENGINE_BENCH_ARGS:-} 2>&1 | "$PY" -c '
+import re, sys
+text = sys.stdin.read()
+m = re.search(r"^RESULT (\S+) (.*)$", text, re.M)
+if not m:
+    sys.exit("peer_llamacpp: engine_bench printed no result:\n" + text[-2000:])
+f = m.group(2).split()
+peak, avg = re.search(r"PEAK_RSS_KB (\d+) LOAD (\S+)", text).groups()
+print(f"premoe {sys.argv[1]} speed prefill {f[4]} d1 {f[5]} dn {f[7]} peak_gb {int(peak) / 1e6} "
+      f"weights_gb {int(f[0]) / 1e9} load {avg}")
+' "$1"
+}
+# The wall time of a process that loads the model and decodes one token.
+load_run() {  # engine label cache command...
+  local engine=$1 label=$2 cache=$3
+  shift 3
+  run_measured "$@" 2>&1 | "$PY" -c '
+import re, sys
+text = sys.stdin.read()
+m = re.search(r"PEAK_RSS_KB (\d+) LOAD (\S+) WALL (\S+)", text)
+print(f"{sys.argv[1]} {sys.argv[2]} load_{sys.argv[3]} s {m.group(3)} load {m.group(2)}")
+' "$engine" "$label" "$cache"
+}
+llama_load() {  # format cache
+  load_run llama.cpp "$1" "$2" "$LLAMA_BUILD/bin/llama-batched-bench" -m "$(gguf_of "$1")" \
+    -t "$THREADS" -c 256 -npp 1 -ntg 1 -npl 1 --output-format jsonl
+}
+premoe_load() {  # label config cache
+  load_run premoe "$1" "$3" "$ENGINE_BENCH" --child "$2" --threads "$THREADS" --prompt 1 \
+    --decode-steps 1 --batch 1 ${ENGINE_BENCH_ARGS:-}
+}
 
 RESULTS=$PEER_DIR/rounds.txt
 : >"$RESULTS"
 cold_ok=1
+drop_caches || cold_ok=0
 for round in $(seq 1 "$ROUNDS"); do
-  echo "== round $round/$ROUNDS" >&2
-  for cache in warm cold; do
-    if [ $cache = cold ] && { [ $cold_ok = 0 ] || ! drop_caches; }; then
-      cold_ok=0
-      continue
+  for fmt in $FORMATS; do
+    echo "== round $round/$ROUNDS: $fmt" >&2
+    config=$(premoe_of "$fmt")
+    warm "$(gguf_of "$fmt")"
+    llama_speed "$fmt" >>"$RESULTS"
+    llama_load "$fmt" warm >>"$RESULTS"
+    warm "$MODEL_DIR"/*.safetensors
+    premoe_speed "$fmt" "$config" >>"$RESULTS"
+    premoe_load "$fmt" "$config" warm >>"$RESULTS"
+    if [ $cold_ok = 1 ]; then
+      drop_caches && llama_load "$fmt" cold >>"$RESULTS"
+      drop_caches && premoe_load "$fmt" "$config" cold >>"$RESULTS"
     fi
-    out=$(run_measured "$LLAMA_BUILD/bin/llama-batched-bench" -m "$GGUF" -t "$THREADS" -c 2048 \
-      -b 2048 -ub 512 -npp $PROMPT -ntg $STEPS -npl 1,$BATCH --output-format jsonl 2>&1)
-    # (jsonl for the speeds; "load time" is parsed when llama_perf prints it)
-    echo "$out" | "$PY" -c '
-import json, re, sys
-text = sys.stdin.read()
-rows = [json.loads(l) for l in text.splitlines() if l.startswith("{")]
-# batched-bench prints the llama_perf load time in its md output only.
-m = re.search(r"load time =\s*([0-9.]+) ms", text)
-load_ms = float(m.group(1)) if m else float("nan")
-peak, avg = re.search(r"PEAK_RSS_KB (\d+) LOAD (\S+)", text).groups()
-b1 = [r for r in rows if r["pl"] == 1][0]; bn = [r for r in rows if r["pl"] > 1][0]
-prefill, d1, dn = b1["speed_pp"], b1["speed_tg"], bn["speed_tg"]
-print(f"llama.cpp {sys.argv[1]} prefill {prefill} d1 {d1} dn {dn} load_s {load_ms / 1000} "
-      f"peak_gb {int(peak) / 1e6} load {avg}")
-' $cache >>"$RESULTS"
-    [ $cache = cold ] && drop_caches
-    out=$(run_measured "$ENGINE_BENCH" --child bf16:full --threads "$THREADS" --prompt $PROMPT \
-      --decode-steps $STEPS --batch $BATCH ${ENGINE_BENCH_ARGS:-} 2>&1)
-    echo "$out" | "$PY" -c '
-import re, sys
-text = sys.stdin.read()
-f = re.search(r"^RESULT (\S+) (.*)$", text, re.M).group(2).split()
-peak, avg = re.search(r"PEAK_RSS_KB (\d+) LOAD (\S+)", text).groups()
-print(f"premoe {sys.argv[1]} prefill {f[4]} d1 {f[5]} dn {f[7]} load_s {f[11]} "
-      f"peak_gb {int(peak) / 1e6} load {avg}")
-' $cache >>"$RESULTS"
   done
+  # A task's reduced model: half of every layer's experts, every matrix in int4.
+  warm "$MODEL_DIR"/*.safetensors
+  premoe_speed half_int4 bf16:half+all=int4 >>"$RESULTS"
   # The quick llama-bench cross-check of prefill and batch-1 decode.
   run_measured "$LLAMA_BUILD/bin/llama-bench" -m "$GGUF" -t "$THREADS" -p $PROMPT -n $STEPS \
     -r 3 -o md >>"$PEER_DIR/llama_bench.md" 2>&1 || true
 done
 
 # ---- The table ---------------------------------------------------------------------
-"$PY" - "$RESULTS" "$THREADS" "$BATCH" <<'EOF'
+"$PY" - "$RESULTS" "$THREADS" "$BATCH" "$FORMATS" <<'PYEOF'
 import collections, statistics, sys
-rows = collections.defaultdict(list)
+rows = collections.defaultdict(list)  # (engine, label, kind) -> [dict]
 for line in open(sys.argv[1]):
     p = line.split()
-    kv = dict(zip(p[2::2], p[3::2]))
-    rows[(p[0], p[1])].append(kv)
-threads, batch = sys.argv[2], sys.argv[3]
-def med(engine, cache, key):
-    v = [float(r[key]) for r in rows.get((engine, cache), [])]
+    rows[(p[0], p[1], p[2])].append(dict(zip(p[3::2], p[4::2])))
+threads, batch, formats = sys.argv[2], sys.argv[3], sys.argv[4].split()
+def med(engine, label, kind, key):
+    v = [float(r[key]) for r in rows.get((engine, label, kind), []) if key in r]
     return statistics.median(v) if v else None
-def loads(engine, cache):
-    return "/".join(r["load"] for r in rows.get((engine, cache), []))
-print(f"\nqwen3_moe bf16 (the engine_bench checkpoint), {threads} threads each, "
-      f"medians of {len(rows[('premoe', 'warm')])} alternating rounds; load averages at the start "
-      "of each run (premoe; llama.cpp).\n")
-print("| | premoe | llama.cpp | premoe / llama.cpp | load avg |")
-print("|---|---:|---:|---:|---|")
-for label, key, cache, higher in [
-        ("prefill, 128 tokens (tok/s)", "prefill", "warm", True),
-        ("decode, batch 1 (tok/s)", "d1", "warm", True),
-        (f"decode, batch {batch} (tok/s)", "dn", "warm", True),
-        ("load, page cache warm (s)", "load_s", "warm", False),
-        ("load, page cache cold (s)", "load_s", "cold", False),
-        ("peak RSS (GB)", "peak_gb", "warm", False)]:
-    a, b = med("premoe", cache, key), med("llama.cpp", cache, key)
-    if a is None or b is None or a != a or b != b:
-        print(f"| {label} | not measured | | | |")
-        continue
-    print(f"| {label} | {a:.2f} | {b:.2f} | {a / b:.2f} | {loads('premoe', cache)}; "
-          f"{loads('llama.cpp', cache)} |")
-EOF
+def loads(engine, label, kind):
+    return "/".join(r["load"] for r in rows.get((engine, label, kind), []))
+names = {"bf16": ("bf16", "bf16"), "q8_0": ("all=int8", "Q8_0"), "q4_k_m": ("all=int4", "Q4_K_M")}
+n = len(rows[("premoe", formats[0], "speed")])
+print(f"\nqwen3_moe (the engine_bench checkpoint), {threads} threads each, medians of {n} "
+      "alternating rounds; load averages at the start of each run (premoe; llama.cpp). Load: the "
+      "wall time of a process that loads the model and decodes one token.\n")
+print("| premoe / llama.cpp | | premoe | llama.cpp | ratio | load avg |")
+print("|---|---|---:|---:|---:|---|")
+for fmt in formats:
+    ours, theirs = names.get(fmt, (fmt, fmt))
+    for label, key, kind in [
+            ("prefill, 128 tokens (tok/s)", "prefill", "speed"),
+            ("decode, batch 1 (tok/s)", "d1", "speed"),
+            (f"decode, batch {batch} (tok/s)", "dn", "speed"),
+            ("load, page cache warm (s)", "s", "load_warm"),
+            ("load, page cache cold (s)", "s", "load_cold"),
+            ("peak RSS (GB)", "peak_gb", "speed")]:
+        a, b = med("premoe", fmt, kind, key), med("llama.cpp", fmt, kind, key)
+        if a is None or b is None:
+            print(f"| {ours} / {theirs} | {label} | not measured | | | |")
+            continue
+        print(f"| {ours} / {theirs} | {label} | {a:.2f} | {b:.2f} | {a / b:.2f} | "
+              f"{loads('premoe', fmt, kind)}; {loads('llama.cpp', fmt, kind)} |")
+h = "half_int4"
+if rows.get(("premoe", h, "speed")) and "q4_k_m" in formats:
+    a = med("premoe", h, "speed", "peak_gb")
+    b = med("llama.cpp", "q4_k_m", "speed", "peak_gb")
+    print(f"\npremoe with a 50% pattern, every matrix in int4: decode "
+          f"{med('premoe', h, 'speed', 'd1'):.2f} tok/s at batch 1, "
+          f"{med('premoe', h, 'speed', 'dn'):.2f} at batch {batch}; peak RSS {a:.2f} GB, "
+          f"{a / b:.2f} of llama.cpp's Q4_K_M whole model ({b:.2f} GB).")
+PYEOF

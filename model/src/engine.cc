@@ -1150,7 +1150,8 @@ class EngineImpl final : public Engine {
   }
 
   // The gate_up [2I, H] and down [H, I] weights of routed expert `e` (a
-  // global id) of `layer`: the resident stack's rows or the forward's set.
+  // global id) of `layer`: the resident stack's rows, the mapped experts or
+  // the forward's set.
   std::pair<at::Tensor, at::Tensor> ExpertTensors(int64_t layer, const MoeWeights& moe, int64_t e,
                                                   const ForwardOptions& options) const {
     if (options_.experts_on_demand) {
@@ -1162,6 +1163,7 @@ class EngineImpl final : public Engine {
         moe.all_loaded
             ? e
             : std::lower_bound(moe.loaded.begin(), moe.loaded.end(), e) - moe.loaded.begin();
+    if (!moe.mapped_gate_up.empty()) return {moe.mapped_gate_up[local], moe.mapped_down[local]};
     return {moe.gate_up[local], moe.down[local]};
   }
 
@@ -1362,9 +1364,9 @@ class EngineImpl final : public Engine {
       // Streamed: this layer's weights and cache exist only for this iteration.
       LayerWeights streamed_layer;
       if (streamed) {
-        ASSIGN_OR_RETURN(
-            streamed_layer,
-            internal::LoadStreamedLayer(*checkpoint_, config_, w_.layers[l], l, dtype_, device_));
+        ASSIGN_OR_RETURN(streamed_layer,
+                         internal::LoadStreamedLayer(*checkpoint_, config_, w_.layers[l], l, dtype_,
+                                                     device_, options_.map_experts));
         AllocateLayerCache(kv, l);
       }
       const LayerWeights& L = streamed ? streamed_layer : w_.layers[l];
@@ -1626,7 +1628,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const std::string& model_di
     const bool on_demand = options.experts_on_demand;
     ASSIGN_OR_RETURN(internal::ModelWeights weights,
                      internal::LoadWeights(*checkpoint, config, options.keep, dtype, device,
-                                           /*routed_experts=*/!on_demand, quant, dense_quant));
+                                           /*routed_experts=*/!on_demand, quant, dense_quant,
+                                           options.map_experts && !options.trainable));
     std::shared_ptr<const checkpoint::Checkpoint> kept_checkpoint;
     if (on_demand) kept_checkpoint = std::move(checkpoint);
     auto engine =

@@ -87,13 +87,59 @@ void PopulateForWrite(const at::Tensor& t) {
 #endif
 }
 
+// Whether every element of `t` is finite. Contiguous bf16/fp16/fp32 CPU
+// tensors are scanned by their exponent bits, four 16-bit (two 32-bit)
+// elements a 64-bit word, in place: no temporary, no libtorch op, at memory
+// speed (the load checks every weight). Others: a sum in double is finite
+// exactly when every element is (float weights are at most 3.4e38).
+bool AllFinite(const at::Tensor& t) {
+  uint64_t exponent = 0, low = 0;  // per lane: the exponent mask; 1
+  switch (t.scalar_type()) {
+    case at::kBFloat16:
+      exponent = 0x7F807F807F807F80ull, low = 0x0001000100010001ull;
+      break;
+    case at::kHalf:
+      exponent = 0x7C007C007C007C00ull, low = 0x0001000100010001ull;
+      break;
+    case at::kFloat:
+      exponent = 0x7F8000007F800000ull, low = 0x0000000100000001ull;
+      break;
+    default:
+      break;
+  }
+  if (exponent == 0 || !t.is_cpu() || !t.is_contiguous()) {
+    return std::isfinite(t.sum(at::kDouble).item<double>());
+  }
+  const auto* bytes = static_cast<const uint8_t*>(t.const_data_ptr());
+  const size_t n = t.nbytes(), words = n / 8;
+  const uint64_t high = low << (exponent == 0x7F8000007F800000ull ? 31 : 15);
+  uint64_t any = 0;
+  for (size_t i = 0; i < words; ++i) {
+    uint64_t w;
+    std::memcpy(&w, bytes + 8 * i, 8);
+    // A lane is zero exactly when its exponent bits are all ones.
+    const uint64_t v = (w & exponent) ^ exponent;
+    any |= (v - low) & ~v & high;
+  }
+  if (any != 0) return false;
+  if (words * 8 < n) {  // the last elements, as one zero-padded word
+    uint64_t w = 0;
+    std::memcpy(&w, bytes + 8 * words, n - 8 * words);
+    const uint64_t mask = (uint64_t{1} << (8 * (n - 8 * words))) - 1;
+    const uint64_t v = ((w & exponent) ^ exponent) & mask;
+    // Padding lanes are nonzero after the xor only when masked in: test the
+    // real lanes alone.
+    const uint64_t real = (v | ~mask);
+    return (((real - low) & ~real & high) & mask) == 0;
+  }
+  return true;
+}
+
 // INVALID_ARGUMENT naming `name` when `t` holds a NaN or an infinity (such
-// a model runs and prints nothing). One reduction pass, no temporary: a sum
-// in double is finite exactly when every element is (float weights are at
-// most 3.4e38, far from double's range).
+// a model runs and prints nothing).
 absl::Status CheckFinite(const checkpoint::Checkpoint& checkpoint, const std::string& name,
                          const at::Tensor& t) {
-  if (std::isfinite(t.sum(at::kDouble).item<double>())) return absl::OkStatus();
+  if (AllFinite(t)) return absl::OkStatus();
   const int64_t bad = (~at::isfinite(t)).sum().item<int64_t>();
   return absl::InvalidArgumentError(absl::StrCat(checkpoint.path(), ": tensor \"", name,
                                                  "\" holds ", bad, " NaN or infinite value(s)"));
@@ -408,16 +454,105 @@ auto AttentionLinears(A& a) {
                     std::pair{"kv_a", &a.kv_a}, std::pair{"kv_b", &a.kv_b}};
 }
 
+// Tensor `name` (checked against `shape`) or its row `row` (row >= 0) as a
+// read-only view of the checkpoint's mapping, which the tensor keeps alive
+// and whose pages it releases when it dies (so a streamed layer's pages
+// leave the RSS with it); nullopt when the stored dtype is not `dtype` or the
+// bytes are misaligned for it. `ptr` receives the first byte viewed.
+absl::StatusOr<std::optional<at::Tensor>> MappedTensor(Loader& ld, const std::string& name,
+                                                       const std::vector<int64_t>& shape,
+                                                       int64_t row, const uint8_t** ptr) {
+  const checkpoint::Checkpoint& ckpt = ld.checkpoint();
+  ASSIGN_OR_RETURN(checkpoint::TensorView view, ckpt.Get(name));
+  RETURN_IF_ERROR(ld.Read(name, shape, /*check_only=*/true).status());
+  if (ToScalarType(view.dtype) != ld.dtype()) return std::nullopt;
+  std::span<const uint8_t> bytes = view.bytes;
+  std::vector<int64_t> sizes = shape;
+  if (row >= 0) {
+    const size_t row_bytes = bytes.size() / static_cast<size_t>(shape[0]);
+    bytes = bytes.subspan(static_cast<size_t>(row) * row_bytes, row_bytes);
+    sizes.erase(sizes.begin());
+  }
+  if (reinterpret_cast<uintptr_t>(bytes.data()) % at::elementSize(ld.dtype()) != 0) {
+    return std::nullopt;
+  }
+  std::shared_ptr<const checkpoint::SafetensorsFile> shard;
+  for (const auto& s : ckpt.shards()) {
+    if (s.get() == ckpt.ShardOf(name)) shard = s;
+  }
+  if (shard == nullptr) return std::nullopt;
+  *ptr = bytes.data();
+  PopulateForRead(bytes.data(), bytes.size());
+  checkpoint::TensorView part = view;
+  part.bytes = bytes;
+  at::Tensor t = at::from_blob(
+      const_cast<uint8_t*>(bytes.data()), sizes, [shard, part](void*) { shard->Release(part); },
+      at::TensorOptions().dtype(ld.dtype()));
+  RETURN_IF_ERROR(CheckFinite(ckpt, name, t));
+  return t;
+}
+
+// The loaded routed experts of `layer` as views of the checkpoint's mapping
+// (MoeWeights::mapped_gate_up / mapped_down), when the file stores them in
+// the compute dtype and each expert's gate and up rows lie back to back
+// (transformers' fused layout, or the hub's gate_proj followed by up_proj as
+// safetensors orders them by name). false, holding nothing, otherwise.
+absl::StatusOr<bool> MapExperts(Loader& ld, const checkpoint::ModelConfig& c, int64_t layer,
+                                const std::string& block, MoeWeights& m) {
+  const int64_t n = c.num_routed_experts, h = c.hidden_size, inter = c.moe_intermediate_size;
+  const size_t half_bytes = static_cast<size_t>(inter * h) * at::elementSize(ld.dtype());
+  std::vector<at::Tensor> gate_up, down;
+  const std::string fused_gu = block + "experts.gate_up_proj";
+  const bool fused = ld.Has(fused_gu);
+  for (const int64_t e : m.loaded) {
+    const uint8_t* p = nullptr;
+    const uint8_t* q = nullptr;
+    std::optional<at::Tensor> gu, dn;
+    if (fused) {
+      ASSIGN_OR_RETURN(gu, MappedTensor(ld, fused_gu, {n, 2 * inter, h}, e, &p));
+      ASSIGN_OR_RETURN(dn, MappedTensor(ld, block + "experts.down_proj", {n, h, inter}, e, &q));
+    } else {
+      auto name = [&](checkpoint::ExpertProjection proj) {
+        std::string s = checkpoint::ExpertTensorName(c.architecture, layer, e, proj);
+        if (!ld.Has(s) && absl::StartsWith(s, "model.")) s = s.substr(6);
+        return s;
+      };
+      const uint8_t* u = nullptr;
+      std::optional<at::Tensor> g, up;
+      ASSIGN_OR_RETURN(
+          g, MappedTensor(ld, name(checkpoint::ExpertProjection::kGate), {inter, h}, -1, &p));
+      ASSIGN_OR_RETURN(
+          up, MappedTensor(ld, name(checkpoint::ExpertProjection::kUp), {inter, h}, -1, &u));
+      if (!g.has_value() || !up.has_value() || u != p + half_bytes) return false;
+      gu = at::from_blob(
+          const_cast<uint8_t*>(p), {2 * inter, h}, [keep = *g, keep_up = *up](void*) {},
+          at::TensorOptions().dtype(ld.dtype()));
+      ASSIGN_OR_RETURN(
+          dn, MappedTensor(ld, name(checkpoint::ExpertProjection::kDown), {h, inter}, -1, &q));
+    }
+    if (!gu.has_value() || !dn.has_value()) return false;
+    gate_up.push_back(*std::move(gu));
+    down.push_back(*std::move(dn));
+  }
+  m.mapped_gate_up = std::move(gate_up);
+  m.mapped_down = std::move(down);
+  return true;
+}
+
 // The experts half of a MoE layer, for the loaded set LoadMoeRouter chose:
 // the routed experts (unless `routed` is false: on-demand engines) and the
 // shared ones.
 absl::Status LoadMoeExperts(Loader& ld, const checkpoint::ModelConfig& c, int64_t layer,
                             const std::string& lp, bool routed,
-                            const checkpoint::QuantFormat& quant, MoeWeights& m) {
+                            const checkpoint::QuantFormat& quant, bool map_experts, MoeWeights& m) {
   const int64_t h = c.hidden_size, inter = c.moe_intermediate_size;
   const std::string block = MoeBlockPrefix(ld, c, lp);
   const int64_t e_loaded = static_cast<int64_t>(m.loaded.size());
   m.quant = quant;
+  bool mapped = false;
+  if (routed && !quant.quantized() && map_experts && ld.device().is_cpu()) {
+    ASSIGN_OR_RETURN(mapped, MapExperts(ld, c, layer, block, m));
+  }
   if (routed && quant.quantized()) {
     ASSIGN_OR_RETURN(const checkpoint::ExpertSlotLayout layout,
                      checkpoint::ExpertSlotLayout::For(quant, h, inter, 4, block + "experts"));
@@ -431,6 +566,19 @@ absl::Status LoadMoeExperts(Loader& ld, const checkpoint::ModelConfig& c, int64_
       RETURN_IF_ERROR(LoadExpertBytes(ld.checkpoint(), c, layer, m.loaded[i], layout, ld.dtype(),
                                       static_cast<std::byte*>(m.gate_up[i].data_ptr()),
                                       static_cast<std::byte*>(m.down[i].data_ptr())));
+    }
+  } else if (mapped) {
+    for (int64_t i = 0; i < e_loaded; ++i) {
+      const int64_t e = m.loaded[i];
+      ld.Register(checkpoint::ExpertTensorName(c.architecture, layer, e,
+                                               checkpoint::ExpertProjection::kGate),
+                  m.mapped_gate_up[i].narrow(0, 0, inter));
+      ld.Register(
+          checkpoint::ExpertTensorName(c.architecture, layer, e, checkpoint::ExpertProjection::kUp),
+          m.mapped_gate_up[i].narrow(0, inter, inter));
+      ld.Register(checkpoint::ExpertTensorName(c.architecture, layer, e,
+                                               checkpoint::ExpertProjection::kDown),
+                  m.mapped_down[i]);
     }
   } else if (routed) {
     m.gate_up = at::empty({e_loaded, 2 * inter, h}, at::TensorOptions().dtype(ld.dtype()));
@@ -512,6 +660,11 @@ std::vector<std::pair<std::string, at::Tensor>> NamedParameters(const ModelWeigh
     add(p + "moe.gate", L.moe.gate);
     add(p + "moe.gate_up", L.moe.gate_up);
     add(p + "moe.down", L.moe.down);
+    for (size_t i = 0; i < L.moe.mapped_gate_up.size(); ++i) {
+      const std::string e = absl::StrCat(p, "moe.experts.", L.moe.loaded[i], ".");
+      add(e + "gate_up", L.moe.mapped_gate_up[i]);
+      add(e + "down", L.moe.mapped_down[i]);
+    }
     if (L.moe.has_shared) add_mlp(p + "moe.shared", L.moe.shared);
     add(p + "moe.shared_gate", L.moe.shared_gate);
   }
@@ -548,13 +701,14 @@ std::string LayerPrefix(const checkpoint::Checkpoint& checkpoint, int64_t layer)
 
 // Everything of layer `l` but a MoE layer's router (which `L.moe` must hold).
 absl::Status LoadLayerBody(Loader& ld, const checkpoint::ModelConfig& c, int64_t l, bool routed,
-                           LayerWeights& L, const checkpoint::QuantFormat& quant = {}) {
+                           LayerWeights& L, const checkpoint::QuantFormat& quant = {},
+                           bool map_experts = false) {
   const int64_t h = c.hidden_size;
   const std::string lp = LayerPrefix(ld.checkpoint(), l);
   ASSIGN_OR_RETURN(L.input_norm, ld.Load(lp + "input_layernorm.weight", {h}));
   ASSIGN_OR_RETURN(L.post_norm, ld.Load(lp + "post_attention_layernorm.weight", {h}));
   RETURN_IF_ERROR(LoadAttention(ld, c, lp + "self_attn.", L.attn));
-  if (L.is_moe) return LoadMoeExperts(ld, c, l, lp, routed, quant, L.moe);
+  if (L.is_moe) return LoadMoeExperts(ld, c, l, lp, routed, quant, map_experts, L.moe);
   const bool bias = IsDeepseek(c) && c.mlp_bias;
   ASSIGN_OR_RETURN(L.mlp, ld.LoadMlp(lp + "mlp", c.intermediate_size, bias));
   return absl::OkStatus();
@@ -680,7 +834,7 @@ absl::StatusOr<ModelWeights> LoadWeights(const checkpoint::Checkpoint& checkpoin
                                          at::ScalarType dtype, at::Device device,
                                          bool routed_experts,
                                          const checkpoint::QuantFormat& expert_quant,
-                                         const DenseQuant& dense_quant) {
+                                         const DenseQuant& dense_quant, bool map_experts) {
   if ((expert_quant.quantized() || dense_quant.any()) && !device.is_cpu()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "quantized matrices run on the CPU only; device ", device.str(), " holds them dense"));
@@ -695,7 +849,8 @@ absl::StatusOr<ModelWeights> LoadWeights(const checkpoint::Checkpoint& checkpoin
   RETURN_IF_ERROR(QuantizeLinears(w, dense_quant, kLmHead));
   RETURN_IF_ERROR(LoadRouters(ld, c, keep, w));
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    RETURN_IF_ERROR(LoadLayerBody(ld, c, l, routed_experts, w.layers[l], expert_quant));
+    RETURN_IF_ERROR(
+        LoadLayerBody(ld, c, l, routed_experts, w.layers[l], expert_quant, map_experts));
     RETURN_IF_ERROR(QuantizeLinears(w, dense_quant, l));
   }
   w.bytes = CountBytes(w);
@@ -743,12 +898,13 @@ absl::StatusOr<ModelWeights> LoadRouterWeights(const checkpoint::Checkpoint& che
 absl::StatusOr<LayerWeights> LoadStreamedLayer(const checkpoint::Checkpoint& checkpoint,
                                                const checkpoint::ModelConfig& c,
                                                const LayerWeights& router, int64_t layer,
-                                               at::ScalarType dtype, at::Device device) {
+                                               at::ScalarType dtype, at::Device device,
+                                               bool map_experts) {
   Loader ld(checkpoint, c, dtype, device, nullptr, /*release=*/true);
   LayerWeights L;
   L.is_moe = router.is_moe;
   L.moe = router.moe;
-  RETURN_IF_ERROR(LoadLayerBody(ld, c, layer, /*routed=*/true, L));
+  RETURN_IF_ERROR(LoadLayerBody(ld, c, layer, /*routed=*/true, L, {}, map_experts));
   return L;
 }
 

@@ -53,6 +53,10 @@ struct MoeWeights {
   checkpoint::QuantFormat quant;
   at::Tensor gate_up;
   at::Tensor down;
+  // Instead of the dense stacks, when LoadWeights maps experts: per loaded
+  // expert, gate_up [2I, H] and down [H, I] viewing the checkpoint's
+  // read-only mapping (each tensor keeps its shard mapped; a write faults).
+  std::vector<at::Tensor> mapped_gate_up, mapped_down;
   std::vector<int64_t> loaded;  // local index -> global expert id (sorted)
   at::Tensor loaded_ids;        // the same, int64 on the device
   at::Tensor loaded_mask;       // [N] bool: is the expert loaded
@@ -99,14 +103,18 @@ struct DenseQuant {
 // dtype; routed experts are held in `expert_quant` and the other linears as
 // `dense_quant` says (quantized on the CPU: the device must be the CPU when
 // any is quantized). Quantized matrices are not registered in by_name (no
-// HF tensor holds their bytes). INVALID_ARGUMENT naming the matrix for a
-// shape a format refuses or a weight it cannot hold.
+// HF tensor holds their bytes). With map_experts, dense routed experts on
+// the CPU that the file stores in `dtype` are used in place from its mapping
+// (MoeWeights::mapped_gate_up): no copy, no fresh pages; the weights must
+// then never be written. INVALID_ARGUMENT naming the matrix for a shape a
+// format refuses or a weight it cannot hold.
 absl::StatusOr<ModelWeights> LoadWeights(const checkpoint::Checkpoint& checkpoint,
                                          const checkpoint::ModelConfig& config,
                                          const KeptExperts& keep, at::ScalarType dtype,
                                          at::Device device, bool routed_experts = true,
                                          const checkpoint::QuantFormat& expert_quant = {},
-                                         const DenseQuant& dense_quant = {});
+                                         const DenseQuant& dense_quant = {},
+                                         bool map_experts = false);
 
 // Routed expert `expert` of MoE layer `layer` into `gate_up` [2I, H] and
 // `down` [H, I]: contiguous CPU tensors of the compute dtype, e.g. a cache's
@@ -149,11 +157,16 @@ absl::StatusOr<ModelWeights> LoadRouterWeights(const checkpoint::Checkpoint& che
                                                const checkpoint::ModelConfig& config,
                                                const KeptExperts& keep, at::ScalarType dtype,
                                                at::Device device);
-// Layer `layer` whole: `router` (from LoadRouterWeights) plus the rest.
+// Layer `layer` whole: `router` (from LoadRouterWeights) plus the rest,
+// its routed experts mapped as LoadWeights' map_experts says (a mapped
+// expert's pages are released when the layer is dropped). Mapping them as a
+// resident engine does keeps the two bit for bit equal: libtorch's GEMMs
+// may sum in another order for weights at another alignment.
 absl::StatusOr<LayerWeights> LoadStreamedLayer(const checkpoint::Checkpoint& checkpoint,
                                                const checkpoint::ModelConfig& config,
                                                const LayerWeights& router, int64_t layer,
-                                               at::ScalarType dtype, at::Device device);
+                                               at::ScalarType dtype, at::Device device,
+                                               bool map_experts);
 // The embedding, final norm and lm_head (each output may be null: not
 // loaded), registered in `names` when set; `release` drops the mapped pages
 // they were copied from.

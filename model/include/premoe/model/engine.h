@@ -291,6 +291,17 @@ struct EngineOptions {
   // largest |x| per element). false: the exact product of the dequantized
   // weights in fp32 on every CPU. Default: true.
   bool int8_activations = true;
+  // Routed experts that the checkpoint stores in the compute dtype (a bf16
+  // checkpoint served in bf16) are used in place from its read-only mapping,
+  // as llama.cpp uses its GGUF file: the load copies nothing and allocates no
+  // memory for them, and their pages are the page cache's, shared with every
+  // process mapping the file (the kernel may evict and re-read them under
+  // memory pressure). The layout allowing it: transformers' fused experts,
+  // or each expert's gate_proj followed by its up_proj in the file, as
+  // safetensors orders tensors by name; other layouts are copied. Resident
+  // and reduced CPU engines only (not trainable ones). false: every expert
+  // is copied into memory of the engine's own. Default: true.
+  bool map_experts = true;
 
   // Sets the *_quant fields from a spec: comma-separated items, each a
   // format (routed experts: "int4") or CLASS=FORMAT with CLASS one of
