@@ -69,8 +69,9 @@ struct Flags {
   std::vector<std::string> quants = {"none", "int8", "int4"};
   bool reference = true;
   // Also run each full model as this variant, to compare in one run: a
-  // kernel ISA (EngineOptions::cpu_isa: avx2, portable) or "exact"
-  // (EngineOptions::int8_activations off). Empty: no such runs.
+  // kernel ISA (EngineOptions::cpu_isa: avx512, avx2, portable), "exact"
+  // (EngineOptions::int8_activations off) or "copy" (map_experts off: every
+  // expert copied out of the checkpoint). Empty: no such runs.
   std::string baseline;
   std::string cache_dir = "/tmp/premoe_bench_model";
   // Child mode: run one configuration ("bf16:full", "fp32:half",
@@ -106,8 +107,9 @@ void AddFlags(CLI::App& app, Flags* f) {
                  "Also run each full model with every op through libtorch")
       ->capture_default_str();
   app.add_option("--baseline", f->baseline,
-                 "Also run each full model as this variant: a kernel ISA (avx2, portable) or "
-                 "exact (fp32 activations for int4, no int8 dot products)");
+                 "Also run each full model as this variant: a kernel ISA (avx512, avx2, "
+                 "portable), exact (fp32 activations for int4, no int8 dot products) or copy "
+                 "(experts copied out of the checkpoint, not mapped)");
   app.add_option("--cache-dir", f->cache_dir, "Where generated checkpoints are kept")
       ->capture_default_str();
   app.add_option("--child", f->child,
@@ -292,6 +294,8 @@ int RunChild(const Flags& f) {
   options.cpu_kernels = !libtorch;
   if (variant == "exact") {
     options.int8_activations = false;
+  } else if (variant == "copy") {
+    options.map_experts = false;
   } else {
     options.cpu_isa = variant;
   }
@@ -577,9 +581,12 @@ int main(int argc, char** argv) {
     best.erase(best.find(on_isa), on_isa.size());
     for (const Result& q : results) {
       if (q.config != best) continue;
-      std::printf("\n%s against %s (%s): prefill %.2fx, decode b1 %.2fx, decode b%ld %.2fx.",
-                  best.c_str(), r.config.c_str(), f.baseline.c_str(), q.prefill / r.prefill,
-                  q.d1 / r.d1, f.batch, q.db / r.db);
+      std::printf(
+          "\n%s against %s (%s): prefill %.2fx, decode b1 %.2fx, decode b%ld %.2fx; load time "
+          "%.2fx, RSS after load %.2fx.",
+          best.c_str(), r.config.c_str(), f.baseline.c_str(), q.prefill / r.prefill, q.d1 / r.d1,
+          f.batch, q.db / r.db, q.load_s / r.load_s,
+          static_cast<double>(q.rss_loaded) / static_cast<double>(r.rss_loaded));
     }
   }
   std::printf(

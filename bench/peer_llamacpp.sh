@@ -20,9 +20,10 @@
 #
 # usage: bench/peer_llamacpp.sh   (after the build: needs build/bench/engine_bench)
 # environment: THREADS (default: nproc), ROUNDS (2), FORMATS ("bf16 q8_0
-#   q4_k_m"), PEER_DIR
-#   (/tmp/premoe_peer: llama.cpp's sources, build and the GGUF file),
-#   LLAMA_CPP_PYTHON_VERSION (0.3.36), ENGINE_BENCH (build/bench/engine_bench),
+#   q4_k_m"), PEER_DIR (/tmp/premoe_peer: llama.cpp's sources, build and
+#   the GGUF files), SKIP_ENGINE_BENCH (1: skip the whole engine_bench run
+#   first; the checkpoint must exist), LLAMA_CPP_PYTHON_VERSION (0.3.36),
+#   ENGINE_BENCH (build/bench/engine_bench),
 #   ENGINE_BENCH_ARGS (extra engine_bench flags, e.g. "--layers 4") with
 #   PEER_MODEL_DIR (the checkpoint those flags make, which is converted).
 set -euo pipefail
@@ -42,10 +43,12 @@ BATCH=8
 mkdir -p "$PEER_DIR"
 [ -x "$ENGINE_BENCH" ] || { echo "peer_llamacpp: build $ENGINE_BENCH first" >&2; exit 1; }
 
-echo "== premoe engine_bench (writes the checkpoint on first use)" >&2
-"$ENGINE_BENCH" --threads "$THREADS" --dtypes bf16 --quants none all=int8 all=int4 \
-  --prompt $PROMPT --decode-steps $STEPS --batch $BATCH ${ENGINE_BENCH_ARGS:-} |
-  tee "$PEER_DIR/engine_bench.md"
+if [ "${SKIP_ENGINE_BENCH:-0}" != 1 ]; then
+  echo "== premoe engine_bench (writes the checkpoint on first use)" >&2
+  "$ENGINE_BENCH" --threads "$THREADS" --dtypes bf16 --quants none all=int8 all=int4 \
+    --prompt $PROMPT --decode-steps $STEPS --batch $BATCH ${ENGINE_BENCH_ARGS:-} |
+    tee "$PEER_DIR/engine_bench.md"
+fi
 
 # ---- llama.cpp, from the sdist ------------------------------------------------------
 SRC=$PEER_DIR/llama_cpp_python-$VERSION/vendor/llama.cpp
@@ -159,8 +162,9 @@ if not rows:
 peak, avg = re.search(r"PEAK_RSS_KB (\d+) LOAD (\S+)", text).groups()
 b1 = [r for r in rows if r["pl"] == 1][0]
 bn = [r for r in rows if r["pl"] > 1][0]
-print(f"llama.cpp {sys.argv[1]} speed prefill {b1[\"speed_pp\"]} d1 {b1[\"speed_tg\"]} "
-      f"dn {bn[\"speed_tg\"]} peak_gb {int(peak) / 1e6} load {avg}")
+prefill, d1, dn = b1["speed_pp"], b1["speed_tg"], bn["speed_tg"]
+print(f"llama.cpp {sys.argv[1]} speed prefill {prefill} d1 {d1} dn {dn} "
+      f"peak_gb {int(peak) / 1e6} load {avg}")
 ' "$1"
 }
 premoe_speed() {  # label config

@@ -10,6 +10,7 @@
 #include "engine_weights.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -17,9 +18,11 @@
 #include <malloc.h>
 #endif
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <thread>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
@@ -93,7 +96,7 @@ void PopulateForWrite(const at::Tensor& t) {
 // speed (the load checks every weight). Others: a sum in double is finite
 // exactly when every element is (float weights are at most 3.4e38).
 bool AllFinite(const at::Tensor& t) {
-  uint64_t exponent = 0, low = 0;  // per lane: the exponent mask; 1
+  uint64_t exponent = 0, low = 0;  // per lane: the exponent bits; 1
   switch (t.scalar_type()) {
     case at::kBFloat16:
       exponent = 0x7F807F807F807F80ull, low = 0x0001000100010001ull;
@@ -111,8 +114,8 @@ bool AllFinite(const at::Tensor& t) {
     return std::isfinite(t.sum(at::kDouble).item<double>());
   }
   const auto* bytes = static_cast<const uint8_t*>(t.const_data_ptr());
-  const size_t n = t.nbytes(), words = n / 8;
-  const uint64_t high = low << (exponent == 0x7F8000007F800000ull ? 31 : 15);
+  const size_t n = t.nbytes(), words = n / 8, size = t.element_size();
+  const uint64_t high = low << (8 * size - 1);  // each lane's top bit
   uint64_t any = 0;
   for (size_t i = 0; i < words; ++i) {
     uint64_t w;
@@ -122,15 +125,11 @@ bool AllFinite(const at::Tensor& t) {
     any |= (v - low) & ~v & high;
   }
   if (any != 0) return false;
-  if (words * 8 < n) {  // the last elements, as one zero-padded word
-    uint64_t w = 0;
-    std::memcpy(&w, bytes + 8 * words, n - 8 * words);
-    const uint64_t mask = (uint64_t{1} << (8 * (n - 8 * words))) - 1;
-    const uint64_t v = ((w & exponent) ^ exponent) & mask;
-    // Padding lanes are nonzero after the xor only when masked in: test the
-    // real lanes alone.
-    const uint64_t real = (v | ~mask);
-    return (((real - low) & ~real & high) & mask) == 0;
+  const uint64_t one = exponent & (size == 2 ? 0xFFFFull : 0xFFFFFFFFull);
+  for (size_t i = 8 * words; i < n; i += size) {  // the last elements, one at a time
+    uint64_t v = 0;
+    std::memcpy(&v, bytes + i, size);
+    if ((v & one) == one) return false;
   }
   return true;
 }
@@ -560,13 +559,27 @@ absl::Status LoadMoeExperts(Loader& ld, const checkpoint::ModelConfig& c, int64_
     PopulateForWrite(stack);
     m.gate_up = stack.narrow(1, 0, layout.gate_up_bytes);
     m.down = stack.narrow(1, layout.down_offset, layout.down_bytes);
-    // One expert at a time through fp32: the peak beside the stacks is one
-    // expert, never a dense copy of the layer.
-    for (int64_t i = 0; i < e_loaded; ++i) {
-      RETURN_IF_ERROR(LoadExpertBytes(ld.checkpoint(), c, layer, m.loaded[i], layout, ld.dtype(),
+    // One expert at a time through fp32 on each of libtorch's intra-op
+    // threads (quantizing is the load's bottleneck): the peak beside the
+    // stacks is one expert a thread, never a dense copy of the layer.
+    const int64_t threads = std::clamp<int64_t>(at::get_num_threads(), 1, e_loaded);
+    std::vector<absl::Status> status(threads);
+    auto work = [&](int64_t t) {
+      try {
+        for (int64_t i = t; i < e_loaded && status[t].ok(); i += threads) {
+          status[t] = LoadExpertBytes(ld.checkpoint(), c, layer, m.loaded[i], layout, ld.dtype(),
                                       static_cast<std::byte*>(m.gate_up[i].data_ptr()),
-                                      static_cast<std::byte*>(m.down[i].data_ptr())));
-    }
+                                      static_cast<std::byte*>(m.down[i].data_ptr()));
+        }
+      } catch (const std::exception& e) {
+        status[t] = absl::InternalError(absl::StrCat(block, "experts: ", e.what()));
+      }
+    };
+    std::vector<std::thread> pool;
+    for (int64_t t = 1; t < threads; ++t) pool.emplace_back(work, t);
+    work(0);
+    for (std::thread& thread : pool) thread.join();
+    for (const absl::Status& st : status) RETURN_IF_ERROR(st);
   } else if (mapped) {
     for (int64_t i = 0; i < e_loaded; ++i) {
       const int64_t e = m.loaded[i];

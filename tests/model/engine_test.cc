@@ -1491,6 +1491,129 @@ TEST(EngineLoadTest, NonFiniteWeightsAreRefusedNamingTheTensor) {
   }
 }
 
+// Whether `p` lies in this process's mapping of a .safetensors file under
+// `dir` (/proc/self/maps).
+bool InMappedCheckpoint(const void* p, const std::string& dir) {
+  const std::string canonical = std::filesystem::canonical(dir).string();
+  std::ifstream maps("/proc/self/maps");
+  const auto addr = reinterpret_cast<uintptr_t>(p);
+  for (std::string line; std::getline(maps, line);) {
+    const size_t dash = line.find('-'), space = line.find(' ');
+    const uintptr_t begin = std::stoull(line.substr(0, dash), nullptr, 16);
+    const uintptr_t end = std::stoull(line.substr(dash + 1, space - dash - 1), nullptr, 16);
+    if (addr >= begin && addr < end) {
+      return absl::StrContains(line, canonical) && absl::EndsWith(line, ".safetensors");
+    }
+  }
+  return false;
+}
+
+// Routed experts the file stores in the compute dtype are the file's own
+// pages, and compute what copies of them compute; other dtypes are copied.
+TEST(EngineLoadTest, ExpertsStoredInTheComputeDtypeAreUsedInPlace) {
+  const std::string dir = ReferenceEnv::Dir("qwen3_moe");
+  EngineOptions copied = Fp32();
+  copied.map_experts = false;
+  EngineOptions bf16;
+  bf16.dtype = "bf16";  // of an fp32 checkpoint: converted, so copied
+  auto mapped = OpenEngine("qwen3_moe");
+  auto copy = OpenEngine("qwen3_moe", copied);
+  auto converted = OpenEngine("qwen3_moe", bf16);
+  ASSERT_NE(mapped, nullptr);
+  ASSERT_NE(copy, nullptr);
+  ASSERT_NE(converted, nullptr);
+  const checkpoint::ModelConfig& c = mapped->config();
+  int checked = 0;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    if (!c.IsMoeLayer(static_cast<int>(l))) continue;
+    for (int64_t e : {int64_t{0}, c.num_routed_experts - 1}) {
+      for (auto proj : {checkpoint::ExpertProjection::kGate, checkpoint::ExpertProjection::kUp,
+                        checkpoint::ExpertProjection::kDown}) {
+        const std::string name = checkpoint::ExpertTensorName(c.architecture, l, e, proj);
+        SCOPED_TRACE(name);
+        ASSERT_OK_AND_ASSIGN(at::Tensor in_place, mapped->Weight(name));
+        ASSERT_OK_AND_ASSIGN(at::Tensor owned, copy->Weight(name));
+        ASSERT_OK_AND_ASSIGN(at::Tensor bf16_owned, converted->Weight(name));
+        EXPECT_TRUE(InMappedCheckpoint(in_place.const_data_ptr(), dir));
+        EXPECT_FALSE(InMappedCheckpoint(owned.const_data_ptr(), dir));
+        EXPECT_FALSE(InMappedCheckpoint(bf16_owned.const_data_ptr(), dir));
+        EXPECT_TRUE(at::equal(in_place, owned));
+        ++checked;
+      }
+    }
+  }
+  EXPECT_GT(checked, 0);
+  EXPECT_EQ(mapped->weight_bytes(), copy->weight_bytes());
+  Reference ref("qwen3_moe");
+  for (const char* prompt : {"prompt_0", "prompt_1"}) {
+    const std::vector<int64_t> ids = ref.Ids(prompt);
+    EXPECT_LE(MaxAbsDiff(AllLogits(*mapped, ids), AllLogits(*copy, ids)), 1e-5) << prompt;
+  }
+}
+
+// bf16 weights are checked by their exponent bits: a NaN or an infinity in
+// any lane of a word, or in the tensor's last element, is found, and the
+// largest finite value and a subnormal are not mistaken for one.
+TEST(EngineLoadTest, NonFiniteBf16ExpertsAreRefusedNamingTheTensor) {
+  premoe::testing::TempDir dir;
+  {
+    EngineOptions bf16;
+    bf16.dtype = "bf16";
+    auto engine = OpenEngine("qwen3_moe", bf16);
+    ASSERT_NE(engine, nullptr);
+    std::filesystem::copy_file(ReferenceEnv::Dir("qwen3_moe") + "/config.json",
+                               dir.Join("config.json"));
+    ASSERT_OK(engine->SaveWeights(dir.Join("model.safetensors")));
+  }
+  std::string name;
+  std::uint64_t offset = 0, elements = 0;
+  {
+    ASSERT_OK_AND_ASSIGN(auto ck, checkpoint::Checkpoint::Open(dir.path()));
+    for (absl::string_view n : ck->names()) {
+      if (absl::StrContains(n, ".experts.") && absl::StrContains(n, "proj.weight")) {
+        name = std::string(n);
+        break;
+      }
+    }
+    ASSERT_FALSE(name.empty());
+    const checkpoint::SafetensorsFile* shard = ck->ShardOf(name);
+    const checkpoint::TensorView* v = shard->Find(name);
+    ASSERT_EQ(v->dtype, checkpoint::DType::kBF16);
+    offset = shard->data_offset() + (v->bytes.data() - shard->tensors()[0].bytes.data());
+    elements = v->bytes.size() / 2;
+  }
+  SCOPED_TRACE(name);
+  const std::string path = dir.Join("model.safetensors");
+  auto poke = [&](std::uint64_t element, uint16_t value) {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(offset + 2 * element));
+    uint16_t old = 0;
+    f.read(reinterpret_cast<char*>(&old), sizeof old);
+    f.seekp(static_cast<std::streamoff>(offset + 2 * element));
+    f.write(reinterpret_cast<const char*>(&value), sizeof value);
+    EXPECT_TRUE(f.good());
+    return old;
+  };
+  EngineOptions options;
+  options.dtype = "bf16";
+  for (const std::uint64_t element : {std::uint64_t{0}, std::uint64_t{5}, elements - 1}) {
+    for (const uint16_t bad : {uint16_t{0x7FC0}, uint16_t{0xFF80}, uint16_t{0x7F80}}) {
+      const uint16_t old = poke(element, bad);
+      EXPECT_THAT(Engine::Open(dir.path(), options),
+                  StatusIs(absl::StatusCode::kInvalidArgument,
+                           absl::StrCat("tensor \"", name, "\" holds 1 NaN or infinite value")))
+          << "element " << element << " value " << bad;
+      poke(element, old);
+    }
+    for (const uint16_t fine : {uint16_t{0x7F7F}, uint16_t{0xFF7F}, uint16_t{0x0001}}) {
+      const uint16_t old = poke(element, fine);
+      SCOPED_TRACE(::testing::Message() << "element " << element << " value " << fine);
+      EXPECT_OK(Engine::Open(dir.path(), options).status());
+      poke(element, old);
+    }
+  }
+}
+
 TEST(EngineGenerateTest, BadInputsGiveClearErrors) {
   auto engine = OpenEngine("qwen3_moe");
   ASSERT_NE(engine, nullptr);
