@@ -580,20 +580,7 @@ absl::Status LoadMoeExperts(Loader& ld, const checkpoint::ModelConfig& c, int64_
     work(0);
     for (std::thread& thread : pool) thread.join();
     for (const absl::Status& st : status) RETURN_IF_ERROR(st);
-  } else if (mapped) {
-    for (int64_t i = 0; i < e_loaded; ++i) {
-      const int64_t e = m.loaded[i];
-      ld.Register(checkpoint::ExpertTensorName(c.architecture, layer, e,
-                                               checkpoint::ExpertProjection::kGate),
-                  m.mapped_gate_up[i].narrow(0, 0, inter));
-      ld.Register(
-          checkpoint::ExpertTensorName(c.architecture, layer, e, checkpoint::ExpertProjection::kUp),
-          m.mapped_gate_up[i].narrow(0, inter, inter));
-      ld.Register(checkpoint::ExpertTensorName(c.architecture, layer, e,
-                                               checkpoint::ExpertProjection::kDown),
-                  m.mapped_down[i]);
-    }
-  } else if (routed) {
+  } else if (routed && !mapped) {
     m.gate_up = at::empty({e_loaded, 2 * inter, h}, at::TensorOptions().dtype(ld.dtype()));
     m.down = at::empty({e_loaded, h, inter}, at::TensorOptions().dtype(ld.dtype()));
     PopulateForWrite(m.gate_up);
@@ -606,17 +593,17 @@ absl::Status LoadMoeExperts(Loader& ld, const checkpoint::ModelConfig& c, int64_
     }
     m.gate_up = m.gate_up.to(ld.device());
     m.down = m.down.to(ld.device());
+  }
+  if (routed && !quant.quantized()) {
     for (int64_t i = 0; i < e_loaded; ++i) {
       const int64_t e = m.loaded[i];
-      ld.Register(checkpoint::ExpertTensorName(c.architecture, layer, e,
-                                               checkpoint::ExpertProjection::kGate),
-                  m.gate_up[i].narrow(0, 0, inter));
-      ld.Register(
-          checkpoint::ExpertTensorName(c.architecture, layer, e, checkpoint::ExpertProjection::kUp),
-          m.gate_up[i].narrow(0, inter, inter));
-      ld.Register(checkpoint::ExpertTensorName(c.architecture, layer, e,
-                                               checkpoint::ExpertProjection::kDown),
-                  m.down[i]);
+      const at::Tensor gate_up = mapped ? m.mapped_gate_up[i] : m.gate_up[i];
+      auto name = [&](checkpoint::ExpertProjection p) {
+        return checkpoint::ExpertTensorName(c.architecture, layer, e, p);
+      };
+      ld.Register(name(checkpoint::ExpertProjection::kGate), gate_up.narrow(0, 0, inter));
+      ld.Register(name(checkpoint::ExpertProjection::kUp), gate_up.narrow(0, inter, inter));
+      ld.Register(name(checkpoint::ExpertProjection::kDown), mapped ? m.mapped_down[i] : m.down[i]);
     }
   }
 
