@@ -469,7 +469,10 @@ class Engine {
 
   // The engine's own weight tensors, each once, named by where they sit
   // ("layers.3.moe.gate_up" is the [E, 2I, H] stack of a layer's routed
-  // experts' fused gate and up projections; a quantized class is held as
+  // experts' fused gate and up projections, or, for experts used in place
+  // from the checkpoint's mapping (map_experts), "layers.3.moe.experts.7.
+  // gate_up" [2I, H] and ".down" [H, I] per expert, read-only; a quantized
+  // class is held as
   // uint8 buffers in checkpoint/quant.h's layout, e.g. [E, slot bytes] for
   // routed experts). They are autograd leaves when
   // options().trainable; an optimizer updates them in place. Not thread-safe
