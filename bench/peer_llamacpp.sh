@@ -229,6 +229,8 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 # ---- The table ---------------------------------------------------------------------
+echo "Machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) CPUs; flags with" \
+  "$(grep -o -w -E 'avx512_bf16|avx512_vnni|avx512f|avx2' /proc/cpuinfo | sort -u | xargs)"
 "$PY" - "$RESULTS" "$THREADS" "$BATCH" "$FORMATS" <<'PYEOF'
 import collections, statistics, sys
 rows = collections.defaultdict(list)  # (engine, label, kind) -> [dict]

@@ -1444,6 +1444,29 @@ TEST(EngineGenerateTest, SamplingIsSeededAndStopSequencesStop) {
   EXPECT_EQ(streamed, s[0].tokens);
 }
 
+// Where the first weight of a routed expert (expert) or of another
+// projection (!expert) of the checkpoint in `dir` lies in its file.
+struct TensorInFile {
+  std::string name, path;
+  checkpoint::DType dtype = checkpoint::DType::kF32;
+  std::uint64_t offset = 0, bytes = 0;  // of its data in `path`
+};
+
+absl::StatusOr<TensorInFile> FindProjection(const std::string& dir, bool expert) {
+  ASSIGN_OR_RETURN(auto ck, checkpoint::Checkpoint::Open(dir));
+  for (absl::string_view n : ck->names()) {
+    if (absl::StrContains(n, ".experts.") != expert || !absl::StrContains(n, "proj.weight")) {
+      continue;
+    }
+    const checkpoint::SafetensorsFile* shard = ck->ShardOf(n);
+    const checkpoint::TensorView* v = shard->Find(n);
+    return TensorInFile{std::string(n), shard->path(), v->dtype,
+                        shard->data_offset() + (v->bytes.data() - shard->tensors()[0].bytes.data()),
+                        v->bytes.size()};
+  }
+  return absl::NotFoundError(absl::StrCat(dir, ": no projection weight"));
+}
+
 // A checkpoint holding a NaN or an infinity ran and printed nothing: the
 // load refuses it, naming the tensor, for weights loaded resident, converted
 // to bf16, or read later by an on-demand engine.
@@ -1455,24 +1478,11 @@ TEST(EngineLoadTest, NonFiniteWeightsAreRefusedNamingTheTensor) {
       const std::string copy = dir.Join("model");
       std::filesystem::copy(ReferenceEnv::Dir("qwen3_moe"), copy,
                             std::filesystem::copy_options::recursive);
-      std::string name, path;
-      std::uint64_t offset = 0;
-      {
-        ASSERT_OK_AND_ASSIGN(auto ck, checkpoint::Checkpoint::Open(copy));
-        for (absl::string_view n : ck->names()) {
-          if (absl::StrContains(n, ".experts.") == expert && absl::StrContains(n, "proj.weight")) {
-            name = std::string(n);
-            break;
-          }
-        }
-        ASSERT_FALSE(name.empty());
-        const checkpoint::SafetensorsFile* shard = ck->ShardOf(name);
-        const checkpoint::TensorView* v = shard->Find(name);
-        ASSERT_EQ(v->dtype, checkpoint::DType::kF32);
-        offset = shard->data_offset() + (v->bytes.data() - shard->tensors()[0].bytes.data()) +
-                 5 * sizeof(float);
-        path = shard->path();
-      }
+      ASSERT_OK_AND_ASSIGN(const TensorInFile t, FindProjection(copy, expert));
+      ASSERT_EQ(t.dtype, checkpoint::DType::kF32);
+      const std::string& name = t.name;
+      const std::string& path = t.path;
+      const std::uint64_t offset = t.offset + 5 * sizeof(float);
       {
         std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
         f.seekp(static_cast<std::streamoff>(offset));
@@ -1565,23 +1575,10 @@ TEST(EngineLoadTest, NonFiniteBf16ExpertsAreRefusedNamingTheTensor) {
                                dir.Join("config.json"));
     ASSERT_OK(engine->SaveWeights(dir.Join("model.safetensors")));
   }
-  std::string name;
-  std::uint64_t offset = 0, elements = 0;
-  {
-    ASSERT_OK_AND_ASSIGN(auto ck, checkpoint::Checkpoint::Open(dir.path()));
-    for (absl::string_view n : ck->names()) {
-      if (absl::StrContains(n, ".experts.") && absl::StrContains(n, "proj.weight")) {
-        name = std::string(n);
-        break;
-      }
-    }
-    ASSERT_FALSE(name.empty());
-    const checkpoint::SafetensorsFile* shard = ck->ShardOf(name);
-    const checkpoint::TensorView* v = shard->Find(name);
-    ASSERT_EQ(v->dtype, checkpoint::DType::kBF16);
-    offset = shard->data_offset() + (v->bytes.data() - shard->tensors()[0].bytes.data());
-    elements = v->bytes.size() / 2;
-  }
+  ASSERT_OK_AND_ASSIGN(const TensorInFile t, FindProjection(dir.path(), /*expert=*/true));
+  ASSERT_EQ(t.dtype, checkpoint::DType::kBF16);
+  const std::string& name = t.name;
+  const std::uint64_t offset = t.offset, elements = t.bytes / 2;
   SCOPED_TRACE(name);
   const std::string path = dir.Join("model.safetensors");
   auto poke = [&](std::uint64_t element, uint16_t value) {
