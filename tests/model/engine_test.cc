@@ -17,6 +17,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "model/src/cpu_matvec.h"
 #include "nlohmann/json.hpp"
 #include "premoe/checkpoint/expert_pack.h"
@@ -1039,13 +1040,58 @@ TEST(EngineTest, ShardedCheckpointLoads) {
 }
 
 // Training runs through the engine itself: its gradients must be
-// transformers' gradients of the same loss.
-TEST(EngineTrainableTest, GradientsMatchTransformers) {
+// transformers' gradients of the same loss, for GQA with softmax routing and
+// for MLA with sigmoid, group-limited routing and a shared expert.
+class EngineGradientTest : public ::testing::TestWithParam<std::string> {};
+
+// The transformers parameter(s) behind engine parameter `name`; "a+b" means
+// the engine fuses two of transformers' tensors (rows of a, then b).
+std::string TransformersName(const std::string& name) {
+  if (name == "embed") return "model.embed_tokens.weight";
+  if (name == "lm_head") return "lm_head.weight";
+  if (name == "final_norm") return "model.norm.weight";
+  const std::vector<std::pair<std::string, std::string>> suffixes = {
+      {"input_norm", "input_layernorm.weight"},
+      {"post_norm", "post_attention_layernorm.weight"},
+      {"attn.q.w", "self_attn.q_proj.weight"},
+      {"attn.k.w", "self_attn.k_proj.weight"},
+      {"attn.v.w", "self_attn.v_proj.weight"},
+      {"attn.o.w", "self_attn.o_proj.weight"},
+      {"attn.q_norm", "self_attn.q_norm.weight"},
+      {"attn.k_norm", "self_attn.k_norm.weight"},
+      {"attn.q_a.w", "self_attn.q_a_proj.weight"},
+      {"attn.q_b.w", "self_attn.q_b_proj.weight"},
+      {"attn.kv_a.w", "self_attn.kv_a_proj_with_mqa.weight"},
+      {"attn.kv_b.w", "self_attn.kv_b_proj.weight"},
+      {"attn.q_a_norm", "self_attn.q_a_layernorm.weight"},
+      {"attn.kv_a_norm", "self_attn.kv_a_layernorm.weight"},
+      {"moe.gate", "mlp.gate.weight"},
+      {"moe.gate_up", "mlp.experts.gate_up_proj"},
+      {"moe.down", "mlp.experts.down_proj"},
+      {"moe.shared.gate_up.w",
+       "mlp.shared_experts.gate_proj.weight+mlp.shared_experts.up_proj.weight"},
+      {"moe.shared.down.w", "mlp.shared_experts.down_proj.weight"},
+      {"mlp.gate_up.w", "mlp.gate_proj.weight+mlp.up_proj.weight"},
+      {"mlp.down.w", "mlp.down_proj.weight"}};
+  const size_t dot = name.find('.', 7);  // after "layers.<l>"
+  const std::string layer = name.substr(0, dot), rest = name.substr(dot + 1);
+  for (const auto& [ours, theirs] : suffixes) {
+    if (rest != ours) continue;
+    if (const size_t plus = theirs.find('+'); plus != std::string::npos) {
+      return "model." + layer + "." + theirs.substr(0, plus) + "+model." + layer + "." +
+             theirs.substr(plus + 1);
+    }
+    return "model." + layer + "." + theirs;
+  }
+  return "";
+}
+
+TEST_P(EngineGradientTest, GradientsMatchTransformers) {
   EngineOptions options = Fp32();
   options.trainable = true;
-  auto engine = OpenEngine("qwen3_moe", options);
+  auto engine = OpenEngine(GetParam(), options);
   ASSERT_NE(engine, nullptr);
-  Reference ref("qwen3_moe");
+  Reference ref(GetParam());
   const std::vector<int64_t> ids = ref.Ids("prompt_2");
   at::Tensor logits = AllLogits(*engine, ids);
   ASSERT_TRUE(logits.requires_grad());
@@ -1056,61 +1102,33 @@ TEST(EngineTrainableTest, GradientsMatchTransformers) {
   EXPECT_NEAR(loss.item<double>(), ref.Get("loss").item<double>(), 1e-5);
   loss.backward();
 
-  // Engine parameter -> transformers parameter.
-  auto hf_name = [](const std::string& name) -> std::string {
-    if (name == "embed") return "model.embed_tokens.weight";
-    if (name == "lm_head") return "lm_head.weight";
-    if (name == "final_norm") return "model.norm.weight";
-    const std::vector<std::pair<std::string, std::string>> suffixes = {
-        {"input_norm", "input_layernorm.weight"},
-        {"post_norm", "post_attention_layernorm.weight"},
-        {"attn.q.w", "self_attn.q_proj.weight"},
-        {"attn.k.w", "self_attn.k_proj.weight"},
-        {"attn.v.w", "self_attn.v_proj.weight"},
-        {"attn.o.w", "self_attn.o_proj.weight"},
-        {"attn.q_norm", "self_attn.q_norm.weight"},
-        {"attn.k_norm", "self_attn.k_norm.weight"},
-        {"moe.gate", "mlp.gate.weight"},
-        {"moe.gate_up", "mlp.experts.gate_up_proj"},
-        {"moe.down", "mlp.experts.down_proj"},
-        {"mlp.gate_up.w", "mlp.gate_proj.weight+mlp.up_proj.weight"},
-        {"mlp.down.w", "mlp.down_proj.weight"}};
-    const size_t dot = name.find('.', 7);  // after "layers.<l>"
-    const std::string layer = name.substr(0, dot), rest = name.substr(dot + 1);
-    for (const auto& [ours, theirs] : suffixes) {
-      if (rest != ours) continue;
-      // "a+b": one engine tensor fuses two of transformers' (rows of a, then b).
-      if (const size_t plus = theirs.find('+'); plus != std::string::npos) {
-        return "model." + layer + "." + theirs.substr(0, plus) + "+model." + layer + "." +
-               theirs.substr(plus + 1);
-      }
-      return "model." + layer + "." + theirs;
-    }
-    return "";
-  };
-  int compared = 0;
+  // Every transformers parameter is compared exactly once.
+  std::set<std::string> expected_names, compared;
+  for (absl::string_view name : ref.checkpoint().names()) {
+    if (absl::ConsumePrefix(&name, "grad:")) expected_names.emplace(name);
+  }
   for (const auto& [name, param] : engine->Parameters()) {
-    const std::string theirs = hf_name(name);
+    const std::string theirs = TransformersName(name);
     ASSERT_FALSE(theirs.empty()) << "no transformers parameter for " << name;
     ASSERT_TRUE(param.grad().defined()) << name;
     at::Tensor expected;
     if (const size_t plus = theirs.find('+'); plus != std::string::npos) {
-      expected = at::cat(
-          {ref.Get("grad:" + theirs.substr(0, plus)), ref.Get("grad:" + theirs.substr(plus + 1))});
+      const std::string a = theirs.substr(0, plus), b = theirs.substr(plus + 1);
+      expected = at::cat({ref.Get("grad:" + a), ref.Get("grad:" + b)});
+      EXPECT_TRUE(compared.insert(a).second && compared.insert(b).second) << name;
     } else {
       expected = ref.Get("grad:" + theirs);
+      EXPECT_TRUE(compared.insert(theirs).second) << name;
     }
     const double scale = expected.abs().max().item<double>();
     EXPECT_LE(MaxAbsDiff(param.grad(), expected), 1e-4 * std::max(scale, 1e-3))
         << name << " vs " << theirs;
-    ++compared;
   }
-  // embed, lm_head, final norm; per layer 2 norms, 4 projections, 2 qk norms,
-  // then 3 MoE tensors (gate, gate_up, down) or 2 dense MLP ones.
-  const checkpoint::ModelConfig& c = engine->config();
-  EXPECT_EQ(compared, 3 + c.num_hidden_layers * 8 + c.NumMoeLayers() * 3 +
-                          (c.num_hidden_layers - c.NumMoeLayers()) * 2);
+  EXPECT_EQ(compared, expected_names);
 }
+
+INSTANTIATE_TEST_SUITE_P(Architectures, EngineGradientTest,
+                         ::testing::Values("qwen3_moe", "deepseek_v3"));
 
 TEST(EngineTrainableTest, SaveWeightsRoundTripsAndRefusesAReducedModel) {
   auto engine = OpenEngine("qwen3_moe");

@@ -13,7 +13,7 @@ writes OUT_DIR/<case>/reference.safetensors holding, for each prompt p:
   selected_<p>_<l>    I64 [len, K]     the experts transformers routed to
   rweights_<p>_<l>    F32 [len, K]     their routing weights
   greedy_<p>          I64 [8]          generate(do_sample=False, 8 new tokens, no eos)
-  grad:<param>        F32              (qwen3_moe only) the gradient of every parameter
+  grad:<param>        F32              (qwen3_moe, deepseek_v3) the gradient of every parameter
                                        (transformers' named_parameters) of the mean
                                        next-token cross-entropy of prompt 2
 Special cases:
@@ -276,7 +276,7 @@ def write_case(out_dir, case):
     else:
         model.save_pretrained(d)
     run_reference(model, ref, make_prompts(0))
-    if case == "qwen3_moe":
+    if case in ("qwen3_moe", "deepseek_v3"):
         add_gradients(model, ref, make_prompts(0)[2])
     save_file(ref, os.path.join(d, "reference.safetensors"))
 
