@@ -76,9 +76,18 @@ void RegisterTestbed(CLI::App& app, int* exit_code) {
                 "Also write the model every N steps; 0 = at the end only")
       ->capture_default_str();
   t->add_option("--warmup-steps", train->warmup_steps)->capture_default_str();
-  t->add_option("--aux-loss-coef", train->aux_loss_coef, "Load-balancing loss coefficient")
+  t->add_option("--aux-loss-coef", train->aux_loss_coef,
+                "Softmax routers: load-balancing loss coefficient")
+      ->capture_default_str();
+  t->add_option("--bias-update-rate", train->bias_update_rate,
+                "Sigmoid routers: step of the auxiliary-loss-free bias update")
+      ->capture_default_str();
+  t->add_option("--seq-aux-loss-coef", train->seq_aux_loss_coef,
+                "Sigmoid routers: sequence-wise balance loss coefficient")
       ->capture_default_str();
   t->add_option("--threads", train->threads, "Intra-op threads; 0 = libtorch's default")
+      ->capture_default_str();
+  t->add_option("--architecture", train->shape.architecture, "qwen3_moe or deepseek_v3")
       ->capture_default_str();
   t->add_option("--hidden", train->shape.hidden)->capture_default_str();
   t->add_option("--layers", train->shape.layers)->capture_default_str();
@@ -87,6 +96,19 @@ void RegisterTestbed(CLI::App& app, int* exit_code) {
   t->add_option("--expert-intermediate", train->shape.expert_intermediate)->capture_default_str();
   t->add_option("--heads", train->shape.heads)->capture_default_str();
   t->add_option("--kv-heads", train->shape.kv_heads)->capture_default_str();
+  t->add_option("--dense-layers", train->shape.dense_layers, "deepseek_v3: first dense layers")
+      ->capture_default_str();
+  t->add_option("--shared-experts", train->shape.shared_experts)->capture_default_str();
+  t->add_option("--groups", train->shape.groups, "deepseek_v3: expert groups")
+      ->capture_default_str();
+  t->add_option("--topk-groups", train->shape.topk_groups)->capture_default_str();
+  t->add_option("--routed-scaling-factor", train->shape.routed_scaling_factor)
+      ->capture_default_str();
+  t->add_option("--q-lora-rank", train->shape.q_lora_rank)->capture_default_str();
+  t->add_option("--kv-lora-rank", train->shape.kv_lora_rank)->capture_default_str();
+  t->add_option("--qk-nope-head-dim", train->shape.qk_nope_head_dim)->capture_default_str();
+  t->add_option("--qk-rope-head-dim", train->shape.qk_rope_head_dim)->capture_default_str();
+  t->add_option("--v-head-dim", train->shape.v_head_dim)->capture_default_str();
   t->callback([train, exit_code] {
     // The manifest records the command line as given.
     // (/proc reports a size of 0, so common::ReadFile would read nothing.)
@@ -96,9 +118,11 @@ void RegisterTestbed(CLI::App& app, int* exit_code) {
     train->command =
         absl::StrJoin(absl::StrSplit(absl::StripSuffix(cmdline, std::string(1, '\0')), '\0'), " ");
     train->on_progress = [](const testbed::TrainProgress& p) {
-      std::fprintf(stderr, "step %lld/%lld  loss %.4f  aux %.3f  lr %.2e  %.0fs (eta %.0fs)\n",
+      std::fprintf(stderr,
+                   "step %lld/%lld  loss %.4f  aux %.3f  max/mean load %.2f  lr %.2e  %.0fs (eta "
+                   "%.0fs)\n",
                    static_cast<long long>(p.step), static_cast<long long>(p.steps), p.loss,
-                   p.aux_loss, p.lr, p.elapsed_s,
+                   p.aux_loss, p.max_load_ratio, p.lr, p.elapsed_s,
                    p.elapsed_s / p.step * static_cast<double>(p.steps - p.step));
     };
     auto report = testbed::Train(*train);

@@ -518,6 +518,17 @@ class EngineImpl final : public Engine {
     return parameters_;
   }
 
+  std::vector<std::pair<int64_t, at::Tensor>> RouterBiases() const override {
+    std::vector<std::pair<int64_t, at::Tensor>> out;
+    for (size_t l = 0; l < w_.layers.size(); ++l) {
+      const LayerWeights& L = w_.layers[l];
+      if (L.is_moe && L.moe.e_score_bias.defined()) {
+        out.emplace_back(static_cast<int64_t>(l), L.moe.e_score_bias);
+      }
+    }
+    return out;
+  }
+
   absl::Status SaveWeights(const std::string& path) const override {
     RETURN_IF_ERROR(CheckResident("SaveWeights"));
     RETURN_IF_ERROR(CheckOwnsExperts("SaveWeights"));

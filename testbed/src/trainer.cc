@@ -33,32 +33,54 @@ namespace fs = std::filesystem;
 using model::Engine;
 using model::EngineOptions;
 
+bool IsDeepseek(const ModelShape& s) { return s.architecture == "deepseek_v3"; }
+
 std::string ConfigJson(const ModelShape& s) {
   nlohmann::ordered_json j;
-  j["architectures"] = {"Qwen3MoeForCausalLM"};
-  j["model_type"] = "qwen3_moe";
+  const bool ds = IsDeepseek(s);
+  j["architectures"] = {ds ? "DeepseekV3ForCausalLM" : "Qwen3MoeForCausalLM"};
+  j["model_type"] = s.architecture;
   j["vocab_size"] = kVocabSize;
   j["hidden_size"] = s.hidden;
-  j["intermediate_size"] = 2 * s.hidden;  // dense MLP size; no layer is dense
+  j["intermediate_size"] = 2 * s.hidden;  // the dense MLPs
   j["num_hidden_layers"] = s.layers;
   j["num_attention_heads"] = s.heads;
-  j["num_key_value_heads"] = s.kv_heads;
-  j["head_dim"] = s.hidden / s.heads;
+  j["num_key_value_heads"] = ds ? s.heads : s.kv_heads;
   j["hidden_act"] = "silu";
   j["max_position_embeddings"] = s.max_positions;
   j["rms_norm_eps"] = 1e-6;
   j["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 10000.0}};
   j["attention_bias"] = false;
   j["tie_word_embeddings"] = false;
-  j["num_experts"] = s.experts;
   j["num_experts_per_tok"] = s.top_k;
   j["moe_intermediate_size"] = s.expert_intermediate;
   j["norm_topk_prob"] = true;
-  j["decoder_sparse_step"] = 1;
-  j["mlp_only_layers"] = nlohmann::json::array();
-  j["router_aux_loss_coef"] = 0.01;
-  j["use_sliding_window"] = false;
-  j["sliding_window"] = nullptr;
+  if (ds) {
+    j["n_routed_experts"] = s.experts;
+    j["n_shared_experts"] = s.shared_experts;
+    j["first_k_dense_replace"] = s.dense_layers;
+    j["n_group"] = s.groups;
+    j["topk_group"] = s.topk_groups;
+    j["topk_method"] = "noaux_tc";
+    j["scoring_func"] = "sigmoid";
+    j["routed_scaling_factor"] = s.routed_scaling_factor;
+    j["q_lora_rank"] = s.q_lora_rank;
+    j["kv_lora_rank"] = s.kv_lora_rank;
+    j["qk_nope_head_dim"] = s.qk_nope_head_dim;
+    j["qk_rope_head_dim"] = s.qk_rope_head_dim;
+    j["v_head_dim"] = s.v_head_dim;
+    j["head_dim"] = s.qk_rope_head_dim;
+    j["rope_interleave"] = true;
+    j["num_nextn_predict_layers"] = 0;
+  } else {
+    j["head_dim"] = s.hidden / s.heads;
+    j["num_experts"] = s.experts;
+    j["decoder_sparse_step"] = 1;
+    j["mlp_only_layers"] = nlohmann::json::array();
+    j["router_aux_loss_coef"] = 0.01;
+    j["use_sliding_window"] = false;
+    j["sliding_window"] = nullptr;
+  }
   j["bos_token_id"] = kBosId;
   j["eos_token_id"] = kEosId;
   j["dtype"] = "float32";
@@ -66,10 +88,14 @@ std::string ConfigJson(const ModelShape& s) {
 }
 
 // GPT-2 style initialisation: N(0, 0.02) matrices, residual-output
-// projections scaled down by sqrt(2 * layers), unit norms.
+// projections scaled down by sqrt(2 * layers), unit norms; DeepSeek's router
+// correction biases start at zero.
 absl::Status WriteInitialCheckpoint(const std::string& dir, const ModelShape& s, uint64_t seed) {
   at::manual_seed(seed);
-  const int64_t h = s.hidden, d = s.hidden / s.heads, v = kVocabSize;
+  const int64_t h = s.hidden, v = kVocabSize;
+  const bool ds = IsDeepseek(s);
+  const checkpoint::Architecture arch =
+      ds ? checkpoint::Architecture::kDeepseekV3 : checkpoint::Architecture::kQwen3Moe;
   const double out_std = 0.02 / std::sqrt(2.0 * static_cast<double>(s.layers));
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   auto normal = [&](const std::string& name, std::vector<int64_t> shape, double std) {
@@ -78,6 +104,11 @@ absl::Status WriteInitialCheckpoint(const std::string& dir, const ModelShape& s,
   auto ones = [&](const std::string& name, int64_t n) {
     tensors.emplace_back(name, at::ones({n}, at::kFloat));
   };
+  auto mlp = [&](const std::string& p, int64_t inter) {
+    normal(p + "gate_proj.weight", {inter, h}, 0.02);
+    normal(p + "up_proj.weight", {inter, h}, 0.02);
+    normal(p + "down_proj.weight", {h, inter}, out_std);
+  };
   normal("model.embed_tokens.weight", {v, h}, 0.02);
   normal("lm_head.weight", {v, h}, 0.02);
   ones("model.norm.weight", h);
@@ -85,17 +116,40 @@ absl::Status WriteInitialCheckpoint(const std::string& dir, const ModelShape& s,
     const std::string p = absl::StrCat("model.layers.", l, ".");
     ones(p + "input_layernorm.weight", h);
     ones(p + "post_attention_layernorm.weight", h);
-    normal(p + "self_attn.q_proj.weight", {s.heads * d, h}, 0.02);
-    normal(p + "self_attn.k_proj.weight", {s.kv_heads * d, h}, 0.02);
-    normal(p + "self_attn.v_proj.weight", {s.kv_heads * d, h}, 0.02);
-    normal(p + "self_attn.o_proj.weight", {h, s.heads * d}, out_std);
-    ones(p + "self_attn.q_norm.weight", d);
-    ones(p + "self_attn.k_norm.weight", d);
+    const std::string a = p + "self_attn.";
+    if (ds) {
+      const int64_t qk = s.qk_nope_head_dim + s.qk_rope_head_dim;
+      normal(a + "q_a_proj.weight", {s.q_lora_rank, h}, 0.02);
+      ones(a + "q_a_layernorm.weight", s.q_lora_rank);
+      normal(a + "q_b_proj.weight", {s.heads * qk, s.q_lora_rank}, 0.02);
+      normal(a + "kv_a_proj_with_mqa.weight", {s.kv_lora_rank + s.qk_rope_head_dim, h}, 0.02);
+      ones(a + "kv_a_layernorm.weight", s.kv_lora_rank);
+      normal(a + "kv_b_proj.weight",
+             {s.heads * (s.qk_nope_head_dim + s.v_head_dim), s.kv_lora_rank}, 0.02);
+      normal(a + "o_proj.weight", {h, s.heads * s.v_head_dim}, out_std);
+    } else {
+      const int64_t d = s.hidden / s.heads;
+      normal(a + "q_proj.weight", {s.heads * d, h}, 0.02);
+      normal(a + "k_proj.weight", {s.kv_heads * d, h}, 0.02);
+      normal(a + "v_proj.weight", {s.kv_heads * d, h}, 0.02);
+      normal(a + "o_proj.weight", {h, s.heads * d}, out_std);
+      ones(a + "q_norm.weight", d);
+      ones(a + "k_norm.weight", d);
+    }
+    if (ds && l < s.dense_layers) {
+      mlp(p + "mlp.", 2 * h);
+      continue;
+    }
     normal(p + "mlp.gate.weight", {s.experts, h}, 0.02);
+    if (ds) {
+      tensors.emplace_back(p + "mlp.gate.e_score_correction_bias",
+                           at::zeros({s.experts}, at::kFloat));
+      mlp(p + "mlp.shared_experts.", s.shared_experts * s.expert_intermediate);
+    }
     for (int64_t e = 0; e < s.experts; ++e) {
       using checkpoint::ExpertProjection;
       auto name = [&](ExpertProjection proj) {
-        return checkpoint::ExpertTensorName(checkpoint::Architecture::kQwen3Moe, l, e, proj);
+        return checkpoint::ExpertTensorName(arch, l, e, proj);
       };
       normal(name(ExpertProjection::kGate), {s.expert_intermediate, h}, 0.02);
       normal(name(ExpertProjection::kUp), {s.expert_intermediate, h}, 0.02);
@@ -136,22 +190,51 @@ absl::StatusOr<Sequence> MakeSequence(const Task& task, const Sample& sample, in
   return s;
 }
 
-// Collects each MoE layer's load-balancing term during a forward pass.
-class AuxLossTap final : public model::GateTap {
+// Collects what each MoE layer's routing says about balance during a
+// forward pass: the balancing loss (TrainOptions documents both forms) and,
+// for sigmoid routers, each expert's load for the bias update.
+class BalanceTap final : public model::GateTap {
  public:
-  explicit AuxLossTap(int64_t experts) : experts_(experts) {}
+  BalanceTap(int64_t experts, int64_t top_k, int64_t sequences, bool sigmoid)
+      : experts_(experts), top_k_(top_k), sequences_(sequences), sigmoid_(sigmoid) {}
+
   void OnGate(const model::GateEvent& ev) override {
-    const at::Tensor probs = at::softmax(ev.gate_logits, -1).mean(0);  // [N], differentiable
-    const at::Tensor counts =
-        at::bincount(ev.selected_experts.reshape({-1}), {}, experts_).to(at::kFloat);
-    const at::Tensor f = counts / counts.sum();
-    terms_.push_back((f * probs).sum() * static_cast<double>(experts_));
+    const at::Tensor idx = ev.selected_experts.reshape({-1});
+    at::Tensor load = at::bincount(idx, {}, experts_).to(at::kFloat);  // [N]
+    if (!sigmoid_) {
+      const at::Tensor probs = at::softmax(ev.gate_logits, -1).mean(0);  // [N], differentiable
+      terms_.push_back((load / load.sum() * probs).sum() * static_cast<double>(experts_));
+      return;
+    }
+    // Per sequence b: f_bi = N / (K T_b) * c_bi, P_bi = mean over its tokens
+    // of s_ti / sum_j s_tj.
+    const at::Tensor scores = at::sigmoid(ev.gate_logits);               // [T, N]
+    const at::Tensor share = scores / scores.sum(-1, /*keepdim=*/true);  // [T, N]
+    const at::Tensor chosen =
+        at::zeros_like(scores, at::kFloat).scatter_(1, ev.selected_experts, 1.0);  // [T, N]
+    const at::Tensor tokens =
+        at::zeros({sequences_}, at::kFloat)
+            .index_add_(0, ev.sequence, at::ones_like(ev.sequence, at::kFloat));
+    const at::Tensor per_tokens = tokens.clamp_min(1).unsqueeze(1);  // [B, 1]
+    const at::Tensor p =
+        at::zeros({sequences_, experts_}, at::kFloat).index_add(0, ev.sequence, share) / per_tokens;
+    const at::Tensor c =
+        at::zeros({sequences_, experts_}, at::kFloat).index_add_(0, ev.sequence, chosen);
+    const at::Tensor f =
+        c * (static_cast<double>(experts_) / static_cast<double>(top_k_)) / per_tokens;
+    terms_.push_back((f * p).sum(-1).mean());
+    loads_.emplace_back(ev.layer, std::move(load));
   }
+
   at::Tensor Loss() const { return at::stack(terms_).mean(); }
+  // (layer, [N] tokens routed to each expert) of the sigmoid routers.
+  const std::vector<std::pair<int64_t, at::Tensor>>& loads() const { return loads_; }
 
  private:
-  int64_t experts_;
+  int64_t experts_, top_k_, sequences_;
+  bool sigmoid_;
   std::vector<at::Tensor> terms_;
+  std::vector<std::pair<int64_t, at::Tensor>> loads_;
 };
 
 std::string DataFingerprint(const Task& task) {
@@ -186,6 +269,7 @@ absl::StatusOr<TrainReport> TrainImpl(const TrainOptions& o) {
   if (!engine_or.ok()) return engine_or.status();
   std::unique_ptr<Engine> engine = std::move(*engine_or);
 
+  const std::vector<std::pair<int64_t, at::Tensor>> biases = engine->RouterBiases();
   std::vector<at::Tensor> decay, no_decay;
   for (const auto& [name, t] : engine->Parameters()) (t.dim() >= 2 ? decay : no_decay).push_back(t);
   torch::optim::AdamWOptions adam(o.lr);
@@ -289,7 +373,8 @@ absl::StatusOr<TrainReport> TrainImpl(const TrainOptions& o) {
       batch.push_back(std::move(seq.tokens));
     }
 
-    AuxLossTap tap(o.shape.experts);
+    const bool sigmoid = IsDeepseek(o.shape);
+    BalanceTap tap(o.shape.experts, o.shape.top_k, o.batch_size, sigmoid);
     model::ForwardOptions fo;
     fo.all_logits = true;
     fo.tap = &tap;
@@ -299,11 +384,28 @@ absl::StatusOr<TrainReport> TrainImpl(const TrainOptions& o) {
     at::Tensor nll = -at::log_softmax(picked, -1).gather(1, at::tensor(targets, lopt).unsqueeze(1));
     at::Tensor task_loss = (nll.squeeze(1) * at::tensor(weights)).sum();
     at::Tensor aux = tap.Loss();
-    at::Tensor loss = task_loss + o.aux_loss_coef * aux;
+    at::Tensor loss = task_loss + (sigmoid ? o.seq_aux_loss_coef : o.aux_loss_coef) * aux;
     optimizer.zero_grad();
     loss.backward();
     torch::nn::utils::clip_grad_norm_(all_params, o.grad_clip);
     optimizer.step();
+    // Auxiliary-loss-free balancing: each expert's correction bias moves a
+    // fixed step towards the layer's mean load.
+    double max_load_ratio = 0;
+    if (sigmoid) {
+      at::NoGradGuard no_grad;
+      for (const auto& [layer, load] : tap.loads()) {
+        auto bias = std::find_if(biases.begin(), biases.end(),
+                                 [&, layer = layer](const auto& b) { return b.first == layer; });
+        if (bias == biases.end()) {
+          return absl::InternalError(absl::StrCat("no router bias for MoE layer ", layer));
+        }
+        const at::Tensor mean = load.mean();
+        bias->second.add_(at::sign(mean - load) * o.bias_update_rate);
+        max_load_ratio += (load.max() / mean).item<double>();
+      }
+      max_load_ratio /= static_cast<double>(std::max<size_t>(1, tap.loads().size()));
+    }
 
     // Each sequence's answer loss, -log P(whole answer): what exact match
     // depends on (a long answer with one likely error has a low mean loss).
@@ -330,7 +432,8 @@ absl::StatusOr<TrainReport> TrainImpl(const TrainOptions& o) {
     if (step % o.progress_every == 0 || step == o.steps) {
       report.loss_curve.emplace_back(step, l);
       if (o.on_progress) {
-        o.on_progress(TrainProgress{step, o.steps, l, aux.item<double>(), lr, elapsed()});
+        o.on_progress(
+            TrainProgress{step, o.steps, l, aux.item<double>(), max_load_ratio, lr, elapsed()});
       }
     }
     report.final_loss = l;
@@ -356,16 +459,36 @@ absl::StatusOr<TrainReport> TrainImpl(const TrainOptions& o) {
                     {"min_lr_ratio", o.min_lr_ratio},
                     {"weight_decay", o.weight_decay},
                     {"betas", {0.9, 0.98}},
-                    {"grad_clip", o.grad_clip},
-                    {"aux_loss_coef", o.aux_loss_coef}};
-  m["shape"] = {{"hidden", o.shape.hidden},
-                {"layers", o.shape.layers},
-                {"experts", o.shape.experts},
-                {"top_k", o.shape.top_k},
-                {"expert_intermediate", o.shape.expert_intermediate},
-                {"heads", o.shape.heads},
-                {"kv_heads", o.shape.kv_heads},
-                {"max_positions", o.shape.max_positions}};
+                    {"grad_clip", o.grad_clip}};
+  if (IsDeepseek(o.shape)) {
+    m["balance"] = {{"bias_update_rate", o.bias_update_rate},
+                    {"seq_aux_loss_coef", o.seq_aux_loss_coef}};
+  } else {
+    m["balance"] = {{"aux_loss_coef", o.aux_loss_coef}};
+  }
+  const ModelShape& sh = o.shape;
+  m["shape"] = {{"architecture", sh.architecture},
+                {"hidden", sh.hidden},
+                {"layers", sh.layers},
+                {"experts", sh.experts},
+                {"top_k", sh.top_k},
+                {"expert_intermediate", sh.expert_intermediate},
+                {"heads", sh.heads},
+                {"max_positions", sh.max_positions}};
+  if (IsDeepseek(sh)) {
+    m["shape"].update({{"dense_layers", sh.dense_layers},
+                       {"shared_experts", sh.shared_experts},
+                       {"groups", sh.groups},
+                       {"topk_groups", sh.topk_groups},
+                       {"routed_scaling_factor", sh.routed_scaling_factor},
+                       {"q_lora_rank", sh.q_lora_rank},
+                       {"kv_lora_rank", sh.kv_lora_rank},
+                       {"qk_nope_head_dim", sh.qk_nope_head_dim},
+                       {"qk_rope_head_dim", sh.qk_rope_head_dim},
+                       {"v_head_dim", sh.v_head_dim}});
+  } else {
+    m["shape"]["kv_heads"] = sh.kv_heads;
+  }
   m["threads"] = at::get_num_threads();
   nlohmann::ordered_json data = nlohmann::json::array();
   for (const Task* t : tasks) {
@@ -400,8 +523,11 @@ absl::Status TrainOptions::Validate() const {
   if (!(min_lr_ratio >= 0 && min_lr_ratio <= 1)) {
     return bad("TrainOptions.min_lr_ratio must be in [0, 1]");
   }
-  if (!(weight_decay >= 0) || !(grad_clip > 0) || !(aux_loss_coef >= 0)) {
-    return bad("TrainOptions: weight_decay and aux_loss_coef must be >= 0, grad_clip > 0");
+  if (!(weight_decay >= 0) || !(grad_clip > 0) || !(aux_loss_coef >= 0) ||
+      !(bias_update_rate >= 0) || !(seq_aux_loss_coef >= 0)) {
+    return bad(
+        "TrainOptions: weight_decay, aux_loss_coef, bias_update_rate and seq_aux_loss_coef must "
+        "be >= 0, grad_clip > 0");
   }
   if (progress_every < 1) return bad("TrainOptions.progress_every must be >= 1");
   if (checkpoint_every < 0) return bad("TrainOptions.checkpoint_every must be >= 0");
@@ -409,12 +535,41 @@ absl::Status TrainOptions::Validate() const {
     return bad("TrainOptions.text_weight must be >= 0");
   }
   const ModelShape& s = shape;
+  if (s.architecture != "qwen3_moe" && s.architecture != "deepseek_v3") {
+    return bad(absl::StrCat("TrainOptions.shape.architecture \"", s.architecture,
+                            "\" is not one the trainer builds: qwen3_moe, deepseek_v3"));
+  }
   if (s.hidden < 8 || s.layers < 1 || s.experts < 2 || s.top_k < 1 || s.top_k > s.experts ||
-      s.expert_intermediate < 1 || s.heads < 1 || s.kv_heads < 1 || s.heads % s.kv_heads != 0 ||
-      s.hidden % s.heads != 0 || (s.hidden / s.heads) % 2 != 0 || s.max_positions < 16) {
+      s.expert_intermediate < 1 || s.heads < 1 || s.max_positions < 16) {
     return bad(
-        "TrainOptions.shape: need hidden >= 8 divisible by heads into an even head size, heads "
-        "divisible by kv_heads, 1 <= top_k <= experts, and max_positions >= 16");
+        "TrainOptions.shape: need hidden >= 8, layers >= 1, 1 <= top_k <= experts, heads >= 1 "
+        "and max_positions >= 16");
+  }
+  if (!IsDeepseek(s)) {
+    if (s.kv_heads < 1 || s.heads % s.kv_heads != 0 || s.hidden % s.heads != 0 ||
+        (s.hidden / s.heads) % 2 != 0) {
+      return bad(
+          "TrainOptions.shape: qwen3_moe needs hidden divisible by heads into an even head size "
+          "and heads divisible by kv_heads");
+    }
+    return absl::OkStatus();
+  }
+  if (s.dense_layers < 0 || s.dense_layers >= s.layers || s.shared_experts < 0) {
+    return bad(
+        "TrainOptions.shape: deepseek_v3 needs 0 <= dense_layers < layers (one MoE layer at "
+        "least) and shared_experts >= 0");
+  }
+  if (s.groups < 1 || s.experts % s.groups != 0 || s.topk_groups < 1 || s.topk_groups > s.groups ||
+      s.top_k > s.topk_groups * (s.experts / s.groups)) {
+    return bad(
+        "TrainOptions.shape: deepseek_v3 needs groups dividing experts, 1 <= topk_groups <= "
+        "groups, and top_k <= the experts of topk_groups groups");
+  }
+  if (s.q_lora_rank < 1 || s.kv_lora_rank < 1 || s.qk_nope_head_dim < 1 || s.qk_rope_head_dim < 2 ||
+      s.qk_rope_head_dim % 2 != 0 || s.v_head_dim < 1 || !(s.routed_scaling_factor > 0)) {
+    return bad(
+        "TrainOptions.shape: deepseek_v3 needs positive lora ranks and head sizes, an even "
+        "qk_rope_head_dim and routed_scaling_factor > 0");
   }
   return absl::OkStatus();
 }

@@ -67,6 +67,49 @@ TEST(TrainerTest, DeterministicFromTheSeedAndLearns) {
   EXPECT_EQ(ids, (std::vector<int32_t>{kBosId, 'a', 'b'}));
 }
 
+// DeepSeek-V3's balancing: no gradient reaches the router biases, yet they
+// move every step, by exactly the update rate, against each expert's load.
+TEST(TrainerTest, DeepseekRouterBiasesMoveAgainstTheLoad) {
+  premoe::testing::TempDir dir;
+  TrainOptions o = Tiny(dir.path());
+  o.shape.architecture = "deepseek_v3";
+  o.shape.layers = 3;
+  o.shape.dense_layers = 1;
+  o.shape.experts = 8;
+  o.shape.top_k = 2;
+  o.shape.groups = 4;
+  o.shape.topk_groups = 2;
+  o.shape.q_lora_rank = 16;
+  o.shape.kv_lora_rank = 16;
+  o.shape.qk_nope_head_dim = 8;
+  o.shape.qk_rope_head_dim = 4;
+  o.shape.v_head_dim = 8;
+  o.bias_update_rate = 0.01;
+  o.steps = 1;
+  o.lr = 1e-30;  // the weights stay put: only the biases move
+  // One step, then the loads of that step recomputed from the engine alone.
+  ASSERT_OK(Train(o).status());
+  ASSERT_OK_AND_ASSIGN(auto engine, model::Engine::Open(dir.path(), {.dtype = "fp32"}));
+  EXPECT_EQ(engine->config().num_routed_experts, 8);
+  const auto biases = engine->RouterBiases();
+  ASSERT_EQ(biases.size(), 2u);  // layers 1 and 2; layer 0 is dense
+  for (const auto& [layer, bias] : biases) {
+    EXPECT_TRUE(layer == 1 || layer == 2) << layer;
+    // Every entry moved by exactly +-rate or 0 (an expert at the mean load).
+    const at::Tensor moved = bias / o.bias_update_rate;
+    EXPECT_TRUE(at::allclose(moved, moved.round(), 0, 1e-4)) << bias;
+    EXPECT_LE(moved.abs().max().item<double>(), 1.0 + 1e-4);
+    EXPECT_GT(moved.abs().sum().item<double>(), 0.0) << "layer " << layer << " did not move";
+    // Loads straddle their mean: some biases went up, some down.
+    EXPECT_GT(moved.max().item<double>(), 0.5);
+    EXPECT_LT(moved.min().item<double>(), -0.5);
+  }
+  const nlohmann::json m =
+      nlohmann::json::parse(premoe::testing::ReadFileOrDie(dir.Join("train_manifest.json")));
+  EXPECT_EQ(m["shape"]["architecture"], "deepseek_v3");
+  EXPECT_EQ(m["balance"]["bias_update_rate"], 0.01);
+}
+
 TEST(TrainerTest, BadOptionsNameTheField) {
   TrainOptions o = Tiny("/tmp/unused");
   o.steps = 0;
@@ -76,6 +119,16 @@ TEST(TrainerTest, BadOptionsNameTheField) {
   o = Tiny("/tmp/unused");
   o.shape.top_k = 5;
   EXPECT_THAT(Train(o).status(), StatusIs(absl::StatusCode::kInvalidArgument, "top_k"));
+  o = Tiny("/tmp/unused");
+  o.shape.architecture = "mixtral";
+  EXPECT_THAT(Train(o).status(), StatusIs(absl::StatusCode::kInvalidArgument, "mixtral"));
+  o = Tiny("/tmp/unused");
+  o.shape.architecture = "deepseek_v3";
+  o.shape.groups = 3;  // does not divide 4 experts
+  EXPECT_THAT(Train(o).status(), StatusIs(absl::StatusCode::kInvalidArgument, "groups"));
+  o.shape.groups = 2;
+  o.shape.dense_layers = 2;  // no MoE layer left
+  EXPECT_THAT(Train(o).status(), StatusIs(absl::StatusCode::kInvalidArgument, "dense_layers"));
 }
 
 TEST(SpecialisationTest, RandomJaccardIsTheExactExpectation) {

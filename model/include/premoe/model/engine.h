@@ -479,6 +479,16 @@ class Engine {
   // against a concurrent Forward.
   virtual std::vector<std::pair<std::string, at::Tensor>> Parameters() const = 0;
 
+  // The correction biases of the sigmoid routers (DeepSeek-V3's
+  // e_score_correction_bias), [N] fp32, one per MoE layer as (layer, bias):
+  // added to the router's scores to choose experts but not to weigh them, and
+  // trained outside the gradient (auxiliary-loss-free balancing), so they are
+  // not Parameters() and never require grad. A trainer may update them in
+  // place (under at::NoGradGuard); the next Forward routes with the new
+  // values and SaveWeights writes them. Empty for softmax routers. Not
+  // thread-safe against a concurrent Forward.
+  virtual std::vector<std::pair<int64_t, at::Tensor>> RouterBiases() const = 0;
+
   // Writes every weight the engine holds to `path` as one safetensors file
   // under its Hugging Face name, in the compute dtype (router weights fp32),
   // atomically. A reduced model writes only its loaded experts (and no gate,

@@ -1,4 +1,4 @@
-// Trains the testbed: a small qwen3_moe model on the testbed tasks, with the
+// Trains the testbed: a small qwen3_moe or deepseek_v3 model on the testbed tasks, with the
 // engine's own forward pass under libtorch autograd, written in the Hugging
 // Face layout the engine (and transformers) serve.
 #pragma once
@@ -13,16 +13,35 @@
 
 namespace premoe::testbed {
 
-// The model's shape (a qwen3_moe config). Defaults: the committed testbed.
+// The model's shape. Defaults: the committed testbed (qwen3_moe).
 struct ModelShape {
+  // "qwen3_moe": grouped-query attention, softmax top-k routing, every layer
+  // MoE, balanced by an auxiliary loss (TrainOptions::aux_loss_coef).
+  // "deepseek_v3": multi-head latent attention, the first `dense_layers`
+  // layers dense, `shared_experts` shared experts, sigmoid routing over
+  // `groups` expert groups of which `topk_groups` are searched, scaled by
+  // `routed_scaling_factor`, balanced by router correction biases
+  // (TrainOptions::bias_update_rate, seq_aux_loss_coef).
+  std::string architecture = "qwen3_moe";
   int64_t hidden = 128;
-  int64_t layers = 4;    // all MoE
-  int64_t experts = 16;  // routed experts per layer
+  int64_t layers = 4;    // decoder layers, dense ones included
+  int64_t experts = 16;  // routed experts per MoE layer
   int64_t top_k = 2;
-  int64_t expert_intermediate = 128;
+  int64_t expert_intermediate = 128;  // routed and shared experts
   int64_t heads = 4;
-  int64_t kv_heads = 2;
+  int64_t kv_heads = 2;  // qwen3_moe only (MLA has one latent for all heads)
   int64_t max_positions = 256;
+  // deepseek_v3 only. The dense MLPs' intermediate size is 2 * hidden.
+  int64_t dense_layers = 1;
+  int64_t shared_experts = 1;
+  int64_t groups = 8;
+  int64_t topk_groups = 4;
+  double routed_scaling_factor = 2.5;
+  int64_t q_lora_rank = 96;
+  int64_t kv_lora_rank = 64;
+  int64_t qk_nope_head_dim = 16;
+  int64_t qk_rope_head_dim = 16;
+  int64_t v_head_dim = 32;
 };
 
 struct TrainProgress {
@@ -30,6 +49,9 @@ struct TrainProgress {
   int64_t steps = 0;
   double loss = 0;      // task loss of this step (mean over sequences)
   double aux_loss = 0;  // load-balancing loss of this step (before its coefficient)
+  // deepseek_v3: the mean over MoE layers of max_i load_i / mean load, this
+  // step (1 is perfectly balanced); 0 for qwen3_moe.
+  double max_load_ratio = 0;
   double lr = 0;
   double elapsed_s = 0;
 };
@@ -65,10 +87,22 @@ struct TrainOptions {
   double weight_decay = 0.01;
   // Global gradient-norm clip. Default: 1.0.
   double grad_clip = 1.0;
-  // Coefficient of the Switch-style load-balancing loss
-  // N * sum_i f_i * P_i (f_i: fraction of routed slots going to expert i,
-  // P_i: mean router probability), averaged over layers. Default: 0.01.
+  // Softmax routers (qwen3_moe): coefficient of the Switch-style
+  // load-balancing loss N * sum_i f_i * P_i (f_i: fraction of routed slots
+  // going to expert i, P_i: mean router probability), averaged over layers.
+  // Default: 0.01.
   double aux_loss_coef = 0.01;
+  // Sigmoid routers (deepseek_v3), as DeepSeek-V3 balances without an
+  // auxiliary loss: after every step each expert's correction bias moves by
+  // bias_update_rate towards balance (+rate if its load over the step's
+  // tokens was below the layer's mean, -rate if above). Plus DeepSeek-V3's
+  // complementary sequence-wise balance loss with coefficient
+  // seq_aux_loss_coef: per sequence, (N / (K T)) * sum_i c_i * P_i, c_i the
+  // tokens routed to expert i, P_i the mean over the sequence of expert i's
+  // share of the token's sigmoid scores; averaged over sequences and layers.
+  // Defaults: 1e-3, 1e-4.
+  double bias_update_rate = 1e-3;
+  double seq_aux_loss_coef = 1e-4;
   ModelShape shape;
   // Intra-op threads; 0 leaves libtorch's default. Default: 0.
   int threads = 0;
