@@ -21,6 +21,7 @@ namespace {
 struct EvalArgs {
   std::string model;
   std::string tasks = "all";
+  std::string suite{testbed::kDefaultSuite};
   std::string split = "eval";
   int64_t samples = 200;
   std::string keep;
@@ -35,7 +36,8 @@ absl::Status RunEvalImpl(const EvalArgs& args) {
   if (std::error_code ec; !std::filesystem::is_directory(args.model, ec)) {
     return absl::NotFoundError(absl::StrCat("--model ", args.model, ": no such directory"));
   }
-  ASSIGN_OR_RETURN(std::vector<const testbed::Task*> tasks, testbed::ParseTaskList(args.tasks));
+  ASSIGN_OR_RETURN(std::vector<const testbed::Task*> tasks,
+                   testbed::ParseTaskList(args.tasks, args.suite));
   ASSIGN_OR_RETURN(testbed::Split split, testbed::ParseSplit(args.split));
   ASSIGN_OR_RETURN(std::unique_ptr<tokenizer::Tokenizer> tokenizer,
                    tokenizer::Tokenizer::FromFile(args.model + "/tokenizer.json"));
@@ -85,6 +87,7 @@ void RegisterEval(CLI::App& app, int* exit_code) {
       "Score a model on the testbed tasks: exact match by greedy decoding for the generation "
       "tasks, next-token accuracy and perplexity for the text ones; per task and on average");
   cmd->add_option("--model", args->model, "Model directory (e.g. testbed/model)")->required();
+  cmd->add_option("--suite", args->suite, "Task suite: v1 or v2")->capture_default_str();
   cmd->add_option("--tasks", args->tasks, "all, or a comma-separated list of task names")
       ->capture_default_str();
   cmd->add_option("--split", args->split, "train, calibration or eval")->capture_default_str();

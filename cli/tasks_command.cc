@@ -6,6 +6,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -18,6 +19,7 @@ namespace premoe::cli {
 namespace {
 
 struct TasksArgs {
+  std::string suite = std::string(testbed::kDefaultSuite);
   bool json = false;
   std::string task;
   std::string split = "eval";
@@ -54,16 +56,17 @@ std::string SizeText(int64_t size) {
 }
 
 int RunList(const TasksArgs& args) {
+  absl::StatusOr<const std::vector<const testbed::Task*>*> suite = testbed::SuiteTasks(args.suite);
+  if (!suite.ok()) return Fail("list", suite.status());
   std::string out;
   if (args.json) {
     nlohmann::ordered_json tasks = nlohmann::ordered_json::array();
-    for (const testbed::Task* task : testbed::AllTasks())
-      tasks.push_back(testbed::TaskToJson(*task));
+    for (const testbed::Task* task : **suite) tasks.push_back(testbed::TaskToJson(*task));
     out = tasks.dump(2) + "\n";
   } else {
     out = absl::StrFormat("%-10s %-12s %10s %12s %6s  %s\n", "name", "kind", "train", "calibration",
                           "eval", "description");
-    for (const testbed::Task* task : testbed::AllTasks()) {
+    for (const testbed::Task* task : **suite) {
       absl::StrAppendFormat(&out, "%-10s %-12s %10s %12d %6d  %s\n", task->name(),
                             testbed::TaskKindName(task->kind()),
                             SizeText(task->size(testbed::Split::kTrain)),
@@ -89,7 +92,7 @@ struct Selection {
   testbed::Split split;
 };
 absl::StatusOr<Selection> Select(const TasksArgs& args, int64_t n) {
-  absl::StatusOr<const testbed::Task*> task = testbed::FindTask(args.task);
+  absl::StatusOr<const testbed::Task*> task = testbed::FindTask(args.task, args.suite);
   if (!task.ok()) return task.status();
   absl::StatusOr<testbed::Split> split = testbed::ParseSplit(args.split);
   if (!split.ok()) return split.status();
@@ -125,7 +128,7 @@ int RunShow(const TasksArgs& args) {
 }
 
 int RunExport(const TasksArgs& args) {
-  absl::StatusOr<const testbed::Task*> task = testbed::FindTask(args.task);
+  absl::StatusOr<const testbed::Task*> task = testbed::FindTask(args.task, args.suite);
   if (!task.ok()) return Fail("export", task.status());
   absl::StatusOr<testbed::Split> split = testbed::ParseSplit(args.split);
   if (!split.ok()) return Fail("export", split.status());
@@ -186,7 +189,13 @@ void RegisterTasks(CLI::App& app, int* exit_code) {
   cmd->require_subcommand(1);
 
   CLI::App* list = cmd->add_subcommand(
-      "list", "Name, kind, split sizes and description of every task, in registry order");
+      "list",
+      "Name, kind, split sizes and description of every task of a suite, in registry order");
+  // Suite names are checked by the library, like task and split names.
+  const auto add_suite = [args](CLI::App* sub) {
+    sub->add_option("--suite", args->suite, "Task suite: v1 or v2")->capture_default_str();
+  };
+  add_suite(list);
   list->add_flag("--json", args->json,
                  "Print a JSON array of {name, kind, description, sizes} (unbounded = INT64_MAX)");
   list->callback([args, exit_code] { *exit_code = RunList(*args); });
@@ -195,6 +204,7 @@ void RegisterTasks(CLI::App& app, int* exit_code) {
   // one is reported with the valid names and exit code 1.
   CLI::App* show = cmd->add_subcommand("show", "Print samples of a task's split readably");
   show->add_option("name", args->task, "Task name (premoe tasks list)")->required();
+  add_suite(show);
   show->add_option("--split", args->split, "train, calibration or eval")->capture_default_str();
   show->add_option("--n", args->n, "Number of samples, from index 0. Default: 5")
       ->check(CountValidator());
@@ -205,6 +215,7 @@ void RegisterTasks(CLI::App& app, int* exit_code) {
       "Write a task's split as JSONL: {\"prompt\", \"completion\"} per exact-match sample, "
       "{\"text\"} per text window");
   exp->add_option("name", args->task, "Task name (premoe tasks list)")->required();
+  add_suite(exp);
   exp->add_option("--split", args->split, "train, calibration or eval")->required();
   exp->add_option("--n", args->n,
                   "Number of samples, from index 0. Default: the whole split; required where it "

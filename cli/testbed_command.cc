@@ -24,13 +24,15 @@ namespace {
 struct SpecialisationArgs {
   std::string model;
   std::string tasks = "all";
+  std::string suite{testbed::kDefaultSuite};
   std::string split = "calibration";
   int64_t samples = 200;
   std::string json_out;
 };
 
 absl::Status RunSpecialisation(const SpecialisationArgs& args) {
-  ASSIGN_OR_RETURN(std::vector<const testbed::Task*> tasks, testbed::ParseTaskList(args.tasks));
+  ASSIGN_OR_RETURN(std::vector<const testbed::Task*> tasks,
+                   testbed::ParseTaskList(args.tasks, args.suite));
   testbed::SpecialisationOptions o;
   ASSIGN_OR_RETURN(o.split, testbed::ParseSplit(args.split));
   o.samples = args.samples;
@@ -63,6 +65,7 @@ void RegisterTestbed(CLI::App& app, int* exit_code) {
   t->add_option("--out", train->out_dir, "Output model directory")->required();
   t->add_option("--seed", train->seed)->capture_default_str();
   t->add_option("--steps", train->steps)->capture_default_str();
+  t->add_option("--suite", train->suite, "Task suite: v1 or v2")->capture_default_str();
   t->add_option("--tasks", train->tasks, "all, or a comma-separated list of task names")
       ->capture_default_str();
   t->add_option("--batch-size", train->batch_size, "Sequences per step")->capture_default_str();
@@ -140,6 +143,7 @@ void RegisterTestbed(CLI::App& app, int* exit_code) {
       "Per MoE layer, the Jaccard overlap of tasks' top-half expert sets (by selection "
       "frequency) beside that of random sets: a markdown table, and JSON with --json-out");
   s->add_option("--model", spec->model, "Model directory")->required();
+  s->add_option("--suite", spec->suite, "Task suite: v1 or v2")->capture_default_str();
   s->add_option("--tasks", spec->tasks)->capture_default_str();
   s->add_option("--split", spec->split)->capture_default_str();
   s->add_option("--samples", spec->samples, "Samples per task")->capture_default_str();

@@ -1,4 +1,5 @@
-// The seven exact-match generator tasks.
+// Suite v1's seven exact-match generator tasks, and the randomness, domain
+// logic and redraw loop that both suites' generated tasks share.
 //
 // Get(split, i) seeds an mt19937_64 from Hash64("<task>:<split>:<i>"), draws
 // problem instances until one hashes into `split` (tasks.h explains the
@@ -18,16 +19,13 @@
 #include "absl/strings/str_replace.h"
 #include "internal.h"
 #include "premoe/common/hash.h"
+#include "premoe/common/status.h"
 
 namespace premoe::testbed::internal {
-namespace {
 
-using Rng = std::mt19937_64;
-
-// Uniform in [0, n), n >= 1. std::uniform_int_distribution is not used: its
-// mapping differs between standard libraries, and samples must not. Rejecting
-// the lowest 2^64 mod n outputs leaves a multiple of n values, so every
-// residue is equally likely.
+// std::uniform_int_distribution is not used: its mapping differs between
+// standard libraries, and samples must not. Rejecting the lowest 2^64 mod n
+// outputs leaves a multiple of n values, so every residue is equally likely.
 std::uint64_t UniformBelow(Rng& rng, std::uint64_t n) {
   const std::uint64_t reject_below = (0 - n) % n;  // 2^64 mod n
   std::uint64_t x;
@@ -37,7 +35,6 @@ std::uint64_t UniformBelow(Rng& rng, std::uint64_t n) {
   return x % n;
 }
 
-// Uniform in [lo, hi].
 int UniformInt(Rng& rng, int lo, int hi) {
   return lo + static_cast<int>(UniformBelow(rng, static_cast<std::uint64_t>(hi - lo) + 1));
 }
@@ -49,57 +46,82 @@ std::string RandomWord(Rng& rng, int min_letters, int max_letters) {
   return word;
 }
 
-// One drawn problem, before it is worded.
-struct Problem {
-  // The instance, independent of wording: what decides its split.
-  std::string canonical;
-  // The exact expected answer.
-  std::string completion;
-  // What templates substitute for {0}, {1}, ...
-  std::vector<std::string> slots;
-};
+std::string Reversed(absl::string_view text) { return std::string(text.rbegin(), text.rend()); }
 
-// Guards the redraw loop; the smallest instance space (binary, 4368
-// instances) puts ~400 in each held-out split, so this is never reached.
+std::string CaesarShifted(absl::string_view word, int shift) {
+  std::string out(word);
+  for (char& c : out) c = static_cast<char>('a' + (c - 'a' + shift) % 26);
+  return out;
+}
+
+std::string ClosingBrackets(absl::string_view open) {
+  std::string close;
+  for (auto it = open.rbegin(); it != open.rend(); ++it) {
+    close.push_back(*it == '(' ? ')' : *it == '[' ? ']' : *it == '{' ? '}' : '>');
+  }
+  return close;
+}
+
+std::string HexToBinaryGroups(absl::string_view hex) {
+  std::string bits;
+  for (char h : hex) {
+    const int d = h <= '9' ? h - '0' : h - 'a' + 10;
+    if (!bits.empty()) bits.push_back(' ');
+    for (int b = 3; b >= 0; --b) bits.push_back(static_cast<char>('0' + ((d >> b) & 1)));
+  }
+  return bits;
+}
+
+namespace {
+
+// Guards the redraw loop; the smallest instance space of either suite
+// (units, 594 instances) puts ~59 in each held-out split, so ~10 draws are
+// expected and this is never reached.
 constexpr int kMaxDraws = 100000;
 
-class GeneratorTask : public Task {
+}  // namespace
+
+GeneratedTask::GeneratedTask(std::string name, std::string description)
+    : name_(std::move(name)), description_(std::move(description)) {}
+
+int64_t GeneratedTask::size(Split split) const {
+  return split == Split::kTrain ? std::numeric_limits<int64_t>::max() : kGeneratedSplitSize;
+}
+
+absl::StatusOr<Problem> GeneratedTask::DrawInSplit(Split split, int64_t index, Rng& rng) const {
+  if (index < 0 || index >= size(split)) {
+    return absl::OutOfRangeError(absl::StrCat("task ", name_, ": index ", index,
+                                              " is outside split ", SplitName(split), " [0, ",
+                                              size(split), ")"));
+  }
+  rng.seed(common::Hash64(absl::StrCat(name_, ":", SplitName(split), ":", index)));
+  for (int draw = 0; draw < kMaxDraws; ++draw) {
+    Problem problem = Draw(rng);
+    if (SplitOfHash(common::Hash64(absl::StrCat(name_, ":", problem.canonical))) == split) {
+      return problem;
+    }
+  }
+  return absl::InternalError(absl::StrCat("task ", name_, ": no instance of split ",
+                                          SplitName(split), " in ", kMaxDraws, " draws"));
+}
+
+namespace {
+
+// A v1 task: a handful of templates with positional slots {0}, {1}, ...,
+// one chosen uniformly per sample.
+class GeneratorTask : public GeneratedTask {
  public:
   GeneratorTask(std::string name, std::string description, std::vector<std::string> templates)
-      : name_(std::move(name)),
-        description_(std::move(description)),
-        templates_(std::move(templates)) {}
-
-  const std::string& name() const final { return name_; }
-  TaskKind kind() const final { return TaskKind::kExactMatch; }
-  const std::string& description() const final { return description_; }
-
-  int64_t size(Split split) const final {
-    return split == Split::kTrain ? std::numeric_limits<int64_t>::max() : kGeneratedSplitSize;
-  }
+      : GeneratedTask(std::move(name), std::move(description)), templates_(std::move(templates)) {}
 
   absl::StatusOr<Sample> Get(Split split, int64_t index) const final {
-    if (index < 0 || index >= size(split)) {
-      return absl::OutOfRangeError(absl::StrCat("task ", name_, ": index ", index,
-                                                " is outside split ", SplitName(split), " [0, ",
-                                                size(split), ")"));
-    }
-    Rng rng(common::Hash64(absl::StrCat(name_, ":", SplitName(split), ":", index)));
-    for (int draw = 0; draw < kMaxDraws; ++draw) {
-      Problem problem = Draw(rng);
-      if (SplitOfHash(common::Hash64(absl::StrCat(name_, ":", problem.canonical))) != split) {
-        continue;
-      }
-      const int t = static_cast<int>(UniformBelow(rng, templates_.size()));
-      return Sample{Render(problem, t), std::move(problem.completion)};
-    }
-    return absl::InternalError(absl::StrCat("task ", name_, ": no instance of split ",
-                                            SplitName(split), " in ", kMaxDraws, " draws"));
+    Rng rng;
+    ASSIGN_OR_RETURN(Problem problem, DrawInSplit(split, index, rng));
+    const int t = static_cast<int>(UniformBelow(rng, templates_.size()));
+    return Sample{Render(problem, t), std::move(problem.completion)};
   }
 
- protected:
-  virtual Problem Draw(Rng& rng) const = 0;
-
+ private:
   // Template `t` with {k} replaced by problem.slots[k].
   std::string Render(const Problem& problem, int t) const {
     std::vector<std::pair<std::string, std::string>> replacements;
@@ -109,9 +131,6 @@ class GeneratorTask : public Task {
     return absl::StrReplaceAll(templates_[static_cast<size_t>(t)], replacements);
   }
 
- private:
-  const std::string name_;
-  const std::string description_;
   const std::vector<std::string> templates_;
 };
 
@@ -163,8 +182,7 @@ class ReverseTask final : public GeneratorTask {
  protected:
   Problem Draw(Rng& rng) const override {
     std::string word = RandomWord(rng, 3, 6);
-    std::string reversed(word.rbegin(), word.rend());
-    return {word, std::move(reversed), {word}};
+    return {word, Reversed(word), {word}};
   }
 };
 
@@ -208,15 +226,10 @@ class BracketsTask final : public GeneratorTask {
  protected:
   Problem Draw(Rng& rng) const override {
     static constexpr char kOpen[] = "([{<";
-    static constexpr char kClose[] = ")]}>";
     const int n = UniformInt(rng, 1, 5);
-    std::string open, close;
-    for (int k = 0; k < n; ++k) {
-      const int b = UniformInt(rng, 0, 3);
-      open.push_back(kOpen[b]);
-      close.insert(close.begin(), kClose[b]);
-    }
-    return {open, std::move(close), {open}};
+    std::string open;
+    for (int k = 0; k < n; ++k) open.push_back(kOpen[UniformInt(rng, 0, 3)]);
+    return {open, ClosingBrackets(open), {open}};
   }
 };
 
@@ -236,14 +249,9 @@ class BinaryTask final : public GeneratorTask {
   Problem Draw(Rng& rng) const override {
     static constexpr char kHex[] = "0123456789abcdef";
     const int digits = UniformInt(rng, 1, 3);
-    std::string hex, bits;
-    for (int i = 0; i < digits; ++i) {
-      const int d = UniformInt(rng, 0, 15);
-      hex.push_back(kHex[d]);
-      if (!bits.empty()) bits.push_back(' ');
-      for (int b = 3; b >= 0; --b) bits.push_back(static_cast<char>('0' + ((d >> b) & 1)));
-    }
-    return {hex, std::move(bits), {hex}};
+    std::string hex;
+    for (int i = 0; i < digits; ++i) hex.push_back(kHex[UniformInt(rng, 0, 15)]);
+    return {hex, HexToBinaryGroups(hex), {hex}};
   }
 };
 
@@ -258,9 +266,7 @@ class CaesarTask final : public GeneratorTask {
  protected:
   Problem Draw(Rng& rng) const override {
     std::string word = RandomWord(rng, 3, 6);
-    std::string shifted = word;
-    for (char& c : shifted) c = static_cast<char>('a' + (c - 'a' + 3) % 26);
-    return {word, std::move(shifted), {word}};
+    return {word, CaesarShifted(word, 3), {word}};
   }
 };
 

@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "internal.h"
+#include "premoe/common/status.h"
 
 namespace premoe::testbed {
 
@@ -55,54 +56,85 @@ Split SplitOfHash(std::uint64_t hash) {
 
 }  // namespace internal
 
-const std::vector<const Task*>& AllTasks() {
-  // Built once, never destroyed: tasks are used until the process ends.
-  static const std::vector<const Task*>* const tasks = [] {
-    std::vector<std::unique_ptr<Task>> made = internal::MakeGeneratorTasks();
-    for (std::unique_ptr<Task>& task : internal::MakeTextTasks()) made.push_back(std::move(task));
-    auto* out = new std::vector<const Task*>;
-    for (std::unique_ptr<Task>& task : made) out->push_back(task.release());
-    return out;
-  }();
-  return *tasks;
-}
-
 namespace {
 
-std::string ValidTaskNames() {
-  return absl::StrJoin(AllTasks(), ", ",
+// A suite's tasks, in registry order.
+struct Suite {
+  absl::string_view name;
+  std::vector<const Task*> tasks;
+};
+
+// Built once, never destroyed: tasks are used until the process ends. The
+// text tasks are shared: the same objects in both suites.
+const std::vector<Suite>& Suites() {
+  static const std::vector<Suite>* const suites = [] {
+    const auto release = [](std::vector<std::unique_ptr<Task>> made) {
+      std::vector<const Task*> out;
+      for (std::unique_ptr<Task>& task : made) out.push_back(task.release());
+      return out;
+    };
+    const std::vector<const Task*> text = release(internal::MakeTextTasks());
+    std::vector<const Task*> v1 = release(internal::MakeGeneratorTasks());
+    v1.insert(v1.end(), text.begin(), text.end());
+    std::vector<const Task*> v2 = release(internal::MakeGrammarTasks());
+    v2.insert(v2.end(), text.begin(), text.end());
+    return new std::vector<Suite>{{"v1", std::move(v1)}, {"v2", std::move(v2)}};
+  }();
+  return *suites;
+}
+
+std::string ValidTaskNames(const std::vector<const Task*>& tasks) {
+  return absl::StrJoin(tasks, ", ",
                        [](std::string* out, const Task* t) { out->append(t->name()); });
 }
 
 }  // namespace
 
-absl::StatusOr<const Task*> FindTask(absl::string_view name) {
-  for (const Task* task : AllTasks()) {
-    if (task->name() == name) return task;
+const std::vector<const Task*>& AllTasks() { return Suites().front().tasks; }
+
+absl::StatusOr<const std::vector<const Task*>*> SuiteTasks(absl::string_view suite) {
+  for (const Suite& s : Suites()) {
+    if (s.name == suite) return &s.tasks;
   }
-  return absl::NotFoundError(
-      absl::StrCat("unknown task \"", name, "\"; valid tasks: ", ValidTaskNames()));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown task suite \"", suite,
+      "\"; valid suites: ", absl::StrJoin(Suites(), ", ", [](std::string* out, const Suite& s) {
+        absl::StrAppend(out, s.name);
+      })));
 }
 
-absl::StatusOr<std::vector<const Task*>> ParseTaskList(absl::string_view spec) {
-  if (absl::StripAsciiWhitespace(spec) == "all") return AllTasks();
+absl::StatusOr<const Task*> FindTask(absl::string_view name, absl::string_view suite) {
+  ASSIGN_OR_RETURN(const std::vector<const Task*>* tasks, SuiteTasks(suite));
+  for (const Task* task : *tasks) {
+    if (task->name() == name) return task;
+  }
+  // v1's message names no suite, as it did before there were suites.
+  return absl::NotFoundError(
+      absl::StrCat("unknown task \"", name, "\"", suite == kDefaultSuite ? "" : " in suite ",
+                   suite == kDefaultSuite ? "" : suite, "; valid tasks: ", ValidTaskNames(*tasks)));
+}
+
+absl::StatusOr<std::vector<const Task*>> ParseTaskList(absl::string_view spec,
+                                                       absl::string_view suite) {
+  ASSIGN_OR_RETURN(const std::vector<const Task*>* all, SuiteTasks(suite));
+  if (absl::StripAsciiWhitespace(spec) == "all") return *all;
   std::vector<const Task*> tasks;
   for (absl::string_view name : absl::StrSplit(spec, ',')) {
     name = absl::StripAsciiWhitespace(name);
     if (name.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "task list \"", spec,
-          "\" has an empty entry; want \"all\" or comma-separated names from: ", ValidTaskNames()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("task list \"", spec,
+                       "\" has an empty entry; want \"all\" or comma-separated names from: ",
+                       ValidTaskNames(*all)));
     }
-    absl::StatusOr<const Task*> task = FindTask(name);
-    if (!task.ok()) return task.status();
+    ASSIGN_OR_RETURN(const Task* task, FindTask(name, suite));
     for (const Task* seen : tasks) {
-      if (seen == *task) {
+      if (seen == task) {
         return absl::InvalidArgumentError(
             absl::StrCat("task list \"", spec, "\" names task \"", name, "\" twice"));
       }
     }
-    tasks.push_back(*task);
+    tasks.push_back(task);
   }
   return tasks;
 }

@@ -283,7 +283,7 @@ absl::StatusOr<TrainReport> TrainImpl(const TrainOptions& o) {
   std::vector<at::Tensor> all_params = decay;
   all_params.insert(all_params.end(), no_decay.begin(), no_decay.end());
 
-  ASSIGN_OR_RETURN(const std::vector<const Task*> tasks, ParseTaskList(o.tasks));
+  ASSIGN_OR_RETURN(const std::vector<const Task*> tasks, ParseTaskList(o.tasks, o.suite));
   // Task sampling. Text tasks take a fixed share of the batch; exact-match
   // tasks share the rest in proportion to their recent answer loss
   // (-log P(answer), an exponential moving average), so steps go where the
@@ -449,6 +449,7 @@ absl::StatusOr<TrainReport> TrainImpl(const TrainOptions& o) {
   nlohmann::ordered_json m;
   m["command"] = o.command;
   m["seed"] = o.seed;
+  m["suite"] = o.suite;
   m["steps"] = o.steps;
   m["batch_size"] = o.batch_size;
   m["text_weight"] = o.text_weight;

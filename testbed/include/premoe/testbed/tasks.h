@@ -1,7 +1,10 @@
 // The testbed's tasks: what the small task-specialised MoE language model is
-// trained on, and what expert pruning is measured with.
+// trained on, and what expert pruning is measured with. They come in two
+// suites. Names are unique within a suite, and both suites share their text
+// tasks (the same Task objects).
 //
-// Nine tasks, in registry order (AllTasks()):
+// Suite "v1" (the default; the committed model was trained on it; AllTasks()),
+// nine tasks in registry order:
 //   exact match (generated):  add, subtract, reverse, sort, brackets, binary, caesar
 //   text (committed corpora): c_headers, licenses
 // An exact-match sample is a prompt a user might send ("What is 47 + 85?")
@@ -9,16 +12,53 @@
 // ways, so telling tasks apart from a prompt is a real problem. A text sample
 // is a 96-byte window of a corpus (testbed/data/, embedded in the library).
 //
+// Suite "v2", fourteen tasks in registry order: twelve generated exact-match
+// tasks in four domains, then v1's two text tasks. A v2 task's description
+// starts with its domain ("arithmetic: ", "strings: ", "code: ",
+// "transforms: ").
+//   arithmetic: add (a + b, a, b in [0, 99]), subtract (a - b, the larger
+//               first), multiply (a * b, a in [0, 99], b in [2, 9], either
+//               order in the prompt): decimal answers
+//   strings:    reverse, sort (the letters alphabetically), caesar (+3): a
+//               random 3-6 letter lowercase word
+//   code:       expression ("3*(4+2)" -> "18": 2-3 single digits, + - *, at
+//               most one pair of parentheses, value >= 0), brackets ("([{" ->
+//               "}])"), json_field (the value of one key of a 2-4 key JSON
+//               object, unquoted)
+//   transforms: binary ("3f" -> "0011 1111"), units ("5 km in metres" ->
+//               "5000": a power-of-ten metric conversion to the smaller
+//               unit), dates (an ISO date of 1950-2049 -> "5 March 2024")
+// Each v2 task words its prompts from a grammar: 30 or more hand-written core
+// templates with named slots; an optional prefix ("Hey, ") and suffix
+// (" Thanks!") from lists shared by all tasks; the template's own text cased
+// as written, with its first letter lowercased, or all lowercase; a trailing
+// '?' or '.' kept, dropped or varied; and task-defined formats of slot values
+// (hex "0x3F" / "3fh", unit names "km" / "kilometres", dates "2024/03/05" /
+// "20240305", expressions with or without spaces). Slot values themselves are
+// never recased, and the answer never depends on the wording. Prompts are at
+// most 140 bytes (fillers are dropped, suffix first, to stay within that).
+//
 // Splits are disjoint by construction:
 //   - Generator tasks draw a problem instance (e.g. the operands 47, 85) and
 //     bucket it by the XXH3 hash of its canonical form ("47+85", with the
 //     task's name): hash % 100 < 10 is eval, < 20 calibration, else train.
 //     Instances are redrawn until the bucket is the requested split, so an
 //     instance belongs to exactly one split however it is worded. Canonical
-//     forms: add "47+85" (operands in prompt order), subtract "85-47"
+//     forms in v1: add "47+85" (operands in prompt order), subtract "85-47"
 //     (the larger first), reverse and caesar the word, sort the digits in
 //     prompt order ("5391"), brackets the opening run ("([{"), binary the
-//     hex digits ("3f").
+//     hex digits ("3f"). v2 keys commutative pairs so that both orders are
+//     one instance ("47+85" for 85 + 47, "85*3" for 3 * 85), and uses the
+//     expression without spaces, the word, the opening run, the lowercase
+//     hex digits, "<n><from>-><to>" ("5km->m"), the ISO date, and the JSON
+//     object's text with the key asked for ('{"pet": "cat", "age": 7}["age"]').
+//   - v2 also splits by wording: for each task the max(6, round(n / 5)) of
+//     its n core templates with the smallest Hash64("<task>:template:<text>")
+//     are eval-only, and so are the max(3, round(n / 5)) of the n prefixes
+//     and of the n suffixes with the smallest Hash64("prefix:<text>") /
+//     Hash64("suffix:<text>"). Eval samples use only eval-only templates and
+//     fillers; train and calibration samples use only the others. Eval
+//     therefore measures how a model does on wording it never saw.
 //   - Text tasks cut the corpus into consecutive non-overlapping windows of
 //     kTextWindowBytes (the last partial window is dropped); window j goes
 //     to the split given by Hash64("<task>:<j>") % 100 the same way.
@@ -89,21 +129,32 @@ class Task {  // immutable, thread-safe
   virtual absl::StatusOr<Sample> Get(Split split, int64_t index) const = 0;
 };
 
-// Every task, in registry order (the order in the file comment above).
+// The suite every function here uses unless told otherwise.
+inline constexpr absl::string_view kDefaultSuite = "v1";
+
+// Every task of suite v1, in registry order (the order in the file comment
+// above). The same as *SuiteTasks("v1").
 const std::vector<const Task*>& AllTasks();
 
-// The task called `name`. NOT_FOUND naming the valid tasks otherwise.
-absl::StatusOr<const Task*> FindTask(absl::string_view name);
+// Every task of `suite` ("v1" or "v2"), in registry order. INVALID_ARGUMENT
+// naming the valid suites otherwise. The vector lives for the whole process.
+absl::StatusOr<const std::vector<const Task*>*> SuiteTasks(absl::string_view suite);
 
-// "all" (every task, registry order) or a comma-separated list of task names
-// (surrounding spaces ignored) -> the tasks, in the order given. Unknown names
-// are NOT_FOUND; an empty list or entry, or a name given twice, is
-// INVALID_ARGUMENT.
-absl::StatusOr<std::vector<const Task*>> ParseTaskList(absl::string_view spec);
+// The task of `suite` called `name`. NOT_FOUND naming the suite's tasks
+// otherwise; INVALID_ARGUMENT for an unknown suite.
+absl::StatusOr<const Task*> FindTask(absl::string_view name,
+                                     absl::string_view suite = kDefaultSuite);
+
+// "all" (every task of `suite`, registry order) or a comma-separated list of
+// task names (surrounding spaces ignored) -> the tasks, in the order given.
+// Unknown names are NOT_FOUND; an empty list or entry, a name given twice or
+// an unknown suite is INVALID_ARGUMENT.
+absl::StatusOr<std::vector<const Task*>> ParseTaskList(absl::string_view spec,
+                                                       absl::string_view suite = kDefaultSuite);
 
 // The whole embedded corpus behind a text task (testbed/data/<name>.txt as it
-// was at build time). NOT_FOUND for unknown tasks, INVALID_ARGUMENT for
-// exact-match ones. The view points at static storage.
+// was at build time). NOT_FOUND for names of no suite, INVALID_ARGUMENT for
+// exact-match tasks. The view points at static storage.
 absl::StatusOr<absl::string_view> TextCorpus(absl::string_view task_name);
 
 // One JSONL record (with its trailing '\n') for `sample` of `task`: the

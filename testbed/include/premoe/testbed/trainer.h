@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "premoe/testbed/tasks.h"
 
 namespace premoe::testbed {
 
@@ -70,6 +71,8 @@ struct TrainOptions {
   // Which tasks to train on: "all" or a comma-separated list of names
   // (premoe tasks list). Default: "all".
   std::string tasks = "all";
+  // The task suite `tasks` names tasks of (tasks.h). Default: "v1".
+  std::string suite{kDefaultSuite};
   // Sequences per step; each picks a task at random. Text tasks take the
   // share they would with weight text_weight against 1 for an exact-match
   // task (a 96-byte text window costs about three short prompts); with
