@@ -1315,31 +1315,41 @@ class EngineImpl final : public Engine {
     at::Tensor counts = at::bincount(sorted, {}, e_loaded).cpu();
     const int64_t* cnt = counts.data_ptr<int64_t>();
     at::Tensor xs = x.index_select(0, token_of);
-    // Concatenated, not copied into slices of one buffer: the same cost, and
-    // under autograd one node instead of one per expert.
+    // Split once, not narrowed per expert, and concatenated, not copied into
+    // slices of one buffer: the same cost, but under autograd one node each
+    // way, where per-expert views would each give back a zero-filled gradient
+    // of the whole of xs to accumulate.
+    const std::vector<at::Tensor> chunks =
+        xs.split_with_sizes(c10::IntArrayRef(cnt, static_cast<size_t>(e_loaded)), 0);
     std::vector<at::Tensor> parts;
-    int64_t offset = 0;
     ExpertParallel* ep = options.expert_parallel;
+    // Training: one unbind per stack, whose backward stacks the experts'
+    // gradients once, where indexing the stack per expert would give each
+    // expert's gradient a zero-filled copy of the whole stack to accumulate.
+    std::vector<at::Tensor> trained_gate_up, trained_down;
+    if (moe.gate_up.defined() && moe.gate_up.requires_grad()) {
+      trained_gate_up = moe.gate_up.unbind(0);
+      trained_down = moe.down.unbind(0);
+    }
     for (int64_t e = 0; e < e_loaded; ++e) {
       if (cnt[e] == 0) continue;
       // Another rank computes this expert: its rows stay zero here.
       if (ep != nullptr && !ep->Owns(moe.loaded[e])) {
         parts.push_back(at::zeros({cnt[e], x.size(1)}, x.options()));
-        offset += cnt[e];
         continue;
       }
-      auto [gate_up, down] = ExpertTensors(layer, moe, moe.loaded[e], options);
+      auto [gate_up, down] = trained_gate_up.empty()
+                                 ? ExpertTensors(layer, moe, moe.loaded[e], options)
+                                 : std::pair{trained_gate_up[e], trained_down[e]};
       if (const checkpoint::QuantFormat& q = expert_layout_.format; q.quantized()) {
         // The reference path: a dense copy of the expert, as the kernel's
         // registers see it.
         gate_up = internal::DequantizeMatrix(q, gate_up, 2 * inter, x.size(1), x.scalar_type());
         down = internal::DequantizeMatrix(q, down, x.size(1), inter, x.scalar_type());
       }
-      at::Tensor chunk = xs.narrow(0, offset, cnt[e]);
-      at::Tensor gu = at::linear(chunk, gate_up);
-      at::Tensor act = at::silu(gu.narrow(-1, 0, inter)) * gu.narrow(-1, inter, inter);
+      const std::vector<at::Tensor> gu = at::linear(chunks[e], gate_up).split(inter, -1);
+      at::Tensor act = at::silu(gu[0]) * gu[1];
       parts.push_back(at::linear(act, down));
-      offset += cnt[e];
     }
     at::Tensor ys = at::cat(parts, 0);
     at::Tensor w_sorted = w.reshape({-1}).index_select(0, order).unsqueeze(-1);
