@@ -9,8 +9,20 @@
 // between right and wrong candidates, and the probe's cost against a
 // whole-model prefill of the same prompts, measured in the same run.
 //
-// usage: retrieval_bench [--model testbed/model] [--cal-samples 8,32,100]
-//          [--layers 1,2,4] [--queries 100] [--json FILE]
+// With max voting it also scores decision rules, each splitting the queries
+// into right (served by their own task's pattern), fallback (served by the
+// fallback) and wrong (served by another task's pattern):
+//   nearest           always the nearest pattern;
+//   global >= T       fall back below similarity T (the router's default 0.5);
+//   own quantile      fall back below the best pattern's own threshold: the
+//                     q-quantile of its calibration prompts' leave-one-out
+//                     similarities (each prompt against the pattern's other
+//                     prompts, as max voting scores a query);
+//   margin >= D       fall back when the two best patterns are closer than D.
+//
+// usage: retrieval_bench [--model testbed/model] [--suite v1] [--cal-samples 8,32,100]
+//          [--layers 1,2,4] [--queries 100] [--margins 0.01,0.02,0.05]
+//          [--quantile 0.05] [--json FILE]
 // The markdown goes to stdout, progress to stderr.
 #include <algorithm>
 #include <chrono>
@@ -47,12 +59,37 @@ double Seconds(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
 }
 
+// The q-quantile of a pattern's leave-one-out similarities: each calibration
+// prompt's embedding against the nearest of the pattern's others (how max
+// voting would score it as a query). Embeddings are unit vectors.
+double LeaveOneOutQuantile(const store::Pattern& p, double q) {
+  std::vector<double> loo;
+  for (size_t i = 0; i < p.embeddings.size(); ++i) {
+    double best = -1;
+    for (size_t j = 0; j < p.embeddings.size(); ++j) {
+      if (i == j) continue;
+      double dot = 0;
+      for (size_t d = 0; d < p.embeddings[i].values.size(); ++d) {
+        dot += static_cast<double>(p.embeddings[i].values[d]) * p.embeddings[j].values[d];
+      }
+      best = std::max(best, dot);
+    }
+    loo.push_back(best);
+  }
+  if (loo.empty()) return -1;
+  std::sort(loo.begin(), loo.end());
+  return loo[static_cast<size_t>(q * static_cast<double>(loo.size() - 1))];
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string model_dir = "testbed/model", json_out;
   std::vector<int64_t> cal_sizes = {8, 32, 100}, layer_counts = {1, 2, 4};
   int64_t queries = 100;
+  std::string suite{testbed::kDefaultSuite};
+  std::vector<double> margins = {0.01, 0.02, 0.05};
+  double quantile = 0.05;
   CLI::App app("retrieval_bench: task-adaptive expert retrieval on the testbed's held-out prompts");
   app.add_option("--model", model_dir, "Model directory")->capture_default_str();
   app.add_option("--cal-samples", cal_sizes, "Calibration sizes to compare, comma-separated")
@@ -66,12 +103,19 @@ int main(int argc, char** argv) {
   app.add_option("--queries", queries, "Held-out prompts per task")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 30));
+  app.add_option("--suite", suite, "Task suite: v1 or v2")->capture_default_str();
+  app.add_option("--margins", margins, "Margins of the margin rule, comma-separated")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--quantile", quantile, "Quantile of the own-threshold rule")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
   app.add_option("--json", json_out, "Also write the figures to this JSON file");
   CLI11_PARSE(app, argc, argv);
   auto engine = OrDie(model::Engine::Open(model_dir, {.dtype = "fp32"}));
   auto tokenizer = OrDie(tokenizer::Tokenizer::FromFile(model_dir + "/tokenizer.json"));
   const std::string fingerprint = OrDie(model::ModelFingerprint(*engine));
-  const std::vector<const testbed::Task*>& tasks = testbed::AllTasks();
+  const std::vector<const testbed::Task*>& tasks = *OrDie(testbed::SuiteTasks(suite));
   const profiler::MetricOptions metric;  // peu
   std::map<std::string, int> index;
   for (size_t t = 0; t < tasks.size(); ++t) index[tasks[t]->name()] = static_cast<int>(t);
@@ -91,6 +135,13 @@ int main(int argc, char** argv) {
     double accuracy = 0;
     std::vector<std::vector<int>> confusion;
     double right_similarity = 0, best_wrong_similarity = 0;  // means over queries
+    // Max voting: per query, (pattern, similarity) best first, all tasks.
+    std::vector<std::vector<std::pair<int, double>>> ranked;
+    std::vector<double> own_threshold;  // per task: the own-quantile rule's
+  };
+  struct Outcome {
+    std::string rule;
+    double right = 0, fallback = 0, wrong = 0;
   };
   std::vector<Run> runs;
   std::map<int64_t, double> probe_seconds;  // per embedding depth
@@ -101,6 +152,7 @@ int main(int argc, char** argv) {
       so.path = "/retrieval-bench";
       so.in_memory = true;
       auto store = OrDie(store::EmbeddedPatternStore::Open(so));
+      std::vector<double> own_threshold;
       for (const testbed::Task* task : tasks) {
         std::fprintf(stderr, "profiling %s on %lld calibration samples, %lld-layer embeddings\n",
                      task->name().c_str(), static_cast<long long>(cal),
@@ -108,8 +160,10 @@ int main(int argc, char** argv) {
         profiler::ProfileOptions po;
         po.metric = metric;
         po.embedding_layers = layers;
-        OrDie(store->Put(
-            bench::ProfileTestbedTask(*engine, *tokenizer, *task, cal, po, fingerprint)));
+        store::Pattern pattern =
+            bench::ProfileTestbedTask(*engine, *tokenizer, *task, cal, po, fingerprint);
+        own_threshold.push_back(LeaveOneOutQuantile(pattern, quantile));
+        OrDie(store->Put(std::move(pattern)));
       }
       for (const std::string voting : {"max", "mean", "count"}) {
         router::MatcherOptions mo;
@@ -129,6 +183,12 @@ int main(int argc, char** argv) {
         for (const auto& [truth, prompt] : eval) {
           router::MatchResult m = OrDie(matcher->Match(prompt, static_cast<int32_t>(tasks.size())));
           const int got = index.at(m.candidates[0].task_name);
+          if (voting == "max") {
+            std::vector<std::pair<int, double>> ranked;
+            for (const auto& c : m.candidates)
+              ranked.emplace_back(index.at(c.task_name), c.similarity);
+            run.ranked.push_back(std::move(ranked));
+          }
           ++run.confusion[truth][got];
           right += got == truth ? 1 : 0;
           for (const auto& c : m.candidates) {
@@ -145,10 +205,52 @@ int main(int argc, char** argv) {
         run.accuracy = static_cast<double>(right) / static_cast<double>(eval.size());
         run.right_similarity /= static_cast<double>(eval.size());
         run.best_wrong_similarity /= static_cast<double>(eval.size());
+        run.own_threshold = own_threshold;
         runs.push_back(run);
       }
     }
   }
+
+  // The decision rules over max voting's rankings: each query is right,
+  // fallback or wrong.
+  auto outcome = [&](const Run& run, const std::string& rule, auto falls_back) {
+    Outcome o;
+    o.rule = rule;
+    for (size_t q = 0; q < run.ranked.size(); ++q) {
+      const auto& r = run.ranked[q];
+      if (falls_back(r)) {
+        o.fallback += 1;
+      } else if (r[0].first == eval[q].first) {
+        o.right += 1;
+      } else {
+        o.wrong += 1;
+      }
+    }
+    const double n = static_cast<double>(run.ranked.size());
+    o.right /= n;
+    o.fallback /= n;
+    o.wrong /= n;
+    return o;
+  };
+  auto margin_of = [](const std::vector<std::pair<int, double>>& r) {
+    return r.size() < 2 ? 1.0 : r[0].second - r[1].second;
+  };
+  auto rules = [&](const Run& run) {
+    std::vector<Outcome> out;
+    out.push_back(outcome(run, "nearest", [](const auto&) { return false; }));
+    out.push_back(outcome(run, "global >= 0.5", [](const auto& r) { return r[0].second < 0.5; }));
+    const std::string own = absl::StrCat("own ", quantile, "-quantile");
+    out.push_back(outcome(
+        run, own, [&](const auto& r) { return r[0].second < run.own_threshold[r[0].first]; }));
+    for (double d : margins) {
+      out.push_back(outcome(run, absl::StrCat("margin >= ", d),
+                            [&](const auto& r) { return margin_of(r) < d; }));
+      out.push_back(outcome(run, absl::StrCat(own, " and margin >= ", d), [&](const auto& r) {
+        return r[0].second < run.own_threshold[r[0].first] || margin_of(r) < d;
+      }));
+    }
+    return out;
+  };
 
   // The same prompts through the whole model, one prefill each, for scale.
   const auto start = Clock::now();
@@ -204,6 +306,18 @@ int main(int argc, char** argv) {
       std::printf("\n");
     }
   };
+  std::printf(
+      "\n### Decision rules (max voting, %lld calibration prompts)\n\nEach query is served "
+      "by its own task's pattern (right), by the fallback, or by another task's pattern "
+      "(wrong).\n\n| embedding layers | rule | right | fallback | wrong |\n|---|---|---|---|---|\n",
+      static_cast<long long>(cal_sizes.back()));
+  for (const Run& r : runs) {
+    if (r.voting != "max" || r.cal != cal_sizes.back()) continue;
+    for (const Outcome& o : rules(r)) {
+      std::printf("| %lld | %s | %.1f%% | %.1f%% | %.1f%% |\n", static_cast<long long>(r.layers),
+                  o.rule.c_str(), 100 * o.right, 100 * o.fallback, 100 * o.wrong);
+    }
+  }
   print_confusion(*standard, "the paper's embedding");
   if (best != standard) print_confusion(*best, "the best configuration");
   std::printf(
@@ -223,6 +337,7 @@ int main(int argc, char** argv) {
 
   if (!json_out.empty()) {
     nlohmann::ordered_json j;
+    j["suite"] = suite;
     j["tasks"] = nlohmann::ordered_json::array();
     for (const auto* t : tasks) j["tasks"].push_back(t->name());
     j["queries_per_task"] = queries;
@@ -235,6 +350,14 @@ int main(int argc, char** argv) {
                            {"own_similarity", r.right_similarity},
                            {"best_other_similarity", r.best_wrong_similarity},
                            {"confusion", r.confusion}});
+      if (r.voting != "max") continue;
+      nlohmann::ordered_json& rj = j["runs"].back();
+      rj["own_thresholds"] = r.own_threshold;
+      rj["rules"] = nlohmann::ordered_json::array();
+      for (const Outcome& o : rules(r)) {
+        rj["rules"].push_back(
+            {{"rule", o.rule}, {"right", o.right}, {"fallback", o.fallback}, {"wrong", o.wrong}});
+      }
     }
     j["model_bytes"] = engine->weight_bytes();
     j["probes"] = nlohmann::ordered_json::array();

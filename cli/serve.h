@@ -31,6 +31,7 @@ struct ServeArgs {
   // all, router: matching and budgets.
   std::string budget = "50%";
   double min_similarity = 0.5;
+  double min_margin = 0;
   std::string fallback = "full";
   std::string voting = "max";
   int64_t max_prompt_bytes = 256 << 10;

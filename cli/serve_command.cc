@@ -106,6 +106,7 @@ absl::StatusOr<router::RouterOptions> MakeRouterOptions(const ServeArgs& args) {
   router::RouterOptions o;
   o.matcher.model_dir = args.model;
   o.matcher.min_similarity = args.min_similarity;
+  o.matcher.min_margin = args.min_margin;
   o.matcher.fallback = args.fallback;
   if (args.voting == "max") {
     o.matcher.voting = store::Voting::kMax;
@@ -272,9 +273,9 @@ absl::Status RunServe(const ServeArgs& args) {
                    {.address = args.listen, .auth = auth, .tls = ProcessTls()}, router.get()));
     std::printf(
         "router serving premoe.v1.Inference on %s (probe %.1f MiB; budget %s, "
-        "min similarity %.2f, fallback %s)\n",
+        "min similarity %.2f, min margin %.2f, fallback %s)\n",
         front->address().c_str(), static_cast<double>(router->matcher().probe_bytes()) / kMiB,
-        args.budget.c_str(), args.min_similarity, args.fallback.c_str());
+        args.budget.c_str(), args.min_similarity, args.min_margin, args.fallback.c_str());
     port = front->port();
     if (!args.http_listen.empty()) {
       router::HttpServer::Options ho;
@@ -500,6 +501,9 @@ void RegisterServe(CLI::App& app, int* exit_code) {
   s->add_option("--budget", a->budget, absl::StrCat("Default expert budget. ", kBudgetHelp))
       ->capture_default_str();
   s->add_option("--min-similarity", a->min_similarity, "Below it a query falls back")
+      ->capture_default_str();
+  s->add_option("--min-margin", a->min_margin,
+                "A best match closer than this to the next pattern falls back; 0 = off")
       ->capture_default_str();
   s->add_option("--fallback", a->fallback, "full, refuse or task:NAME")->capture_default_str();
   s->add_option("--voting", a->voting, "How a pattern's embeddings vote: max, mean or count")

@@ -1,5 +1,6 @@
 #include "premoe/router/matcher.h"
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <optional>
@@ -28,6 +29,10 @@ absl::Status MatcherOptions::Validate() const {
       !(absl::StartsWith(fallback, "task:") && fallback.size() > 5)) {
     return absl::InvalidArgumentError(absl::StrCat("MatcherOptions.fallback \"", fallback,
                                                    "\" is not full, refuse or task:NAME"));
+  }
+  if (!(min_margin >= 0 && min_margin <= 2)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("MatcherOptions.min_margin ", min_margin, " is not in [0, 2]"));
   }
   if (candidates < 0) return absl::InvalidArgumentError("MatcherOptions.candidates must be >= 0");
   return absl::OkStatus();
@@ -152,7 +157,7 @@ absl::StatusOr<MatchResult> Matcher::Match(absl::string_view prompt, int32_t k,
                      profiler::EmbedPrompt(*how.probe, *impl_->tokenizer, prompt, *how.metric,
                                            how.layers, add_special_tokens));
     store::SearchOptions so;
-    so.k = k;
+    so.k = o.min_margin > 0 ? std::max<int32_t>(k, 2) : k;  // the margin needs a runner-up
     so.voting = o.voting;
     so.candidates = o.candidates;
     ASSIGN_OR_RETURN(out.candidates, impl_->patterns->Search(embedding, so));
@@ -161,20 +166,31 @@ absl::StatusOr<MatchResult> Matcher::Match(absl::string_view prompt, int32_t k,
   }
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!out.candidates.empty()) out.similarity = out.candidates[0].similarity;
-  if (!out.candidates.empty() && out.similarity >= o.min_similarity) {
+  const double margin =
+      out.candidates.size() < 2 ? 2.0 : out.similarity - out.candidates[1].similarity;
+  const bool similar = !out.candidates.empty() && out.similarity >= o.min_similarity;
+  if (similar && margin >= o.min_margin) {
     out.task = out.candidates[0].task_name;
     out.decision = "match";
+    if (static_cast<int32_t>(out.candidates.size()) > k) out.candidates.resize(k);
     return out;
   }
   out.decision = "fallback";
-  const std::string best =
-      out.candidates.empty()
-          ? std::string("the store holds no pattern")
-          : absl::StrCat("the best, \"", out.candidates[0].task_name, "\", is at ", out.similarity);
   if (o.fallback == "refuse") {
+    if (similar) {
+      return absl::NotFoundError(
+          absl::StrCat("the query is ambiguous: \"", out.candidates[0].task_name, "\" at ",
+                       out.similarity, " and \"", out.candidates[1].task_name, "\" at ",
+                       out.candidates[1].similarity, " are closer than the margin ", o.min_margin));
+    }
+    const std::string best = out.candidates.empty()
+                                 ? std::string("the store holds no pattern")
+                                 : absl::StrCat("the best, \"", out.candidates[0].task_name,
+                                                "\", is at ", out.similarity);
     return absl::NotFoundError(absl::StrCat("no pattern is within similarity ", o.min_similarity,
                                             " of the query (", best, ")"));
   }
+  if (static_cast<int32_t>(out.candidates.size()) > k) out.candidates.resize(k);
   if (absl::StartsWith(o.fallback, "task:")) out.task = o.fallback.substr(5);
   return out;
 }

@@ -219,6 +219,37 @@ TEST_F(RouterTest, BelowTheThresholdTheFallbackApplies) {
               StatusIs(absl::StatusCode::kInvalidArgument, "fallback"));
 }
 
+TEST_F(RouterTest, AMatchTooCloseToTheRunnerUpFallsBack) {
+  const std::string prompt = Prompt("add", testbed::Split::kEval, 0);
+  MatcherOptions o{.model_dir = ModelDir()};
+  ASSERT_OK_AND_ASSIGN(auto plain, Matcher::Open(o, store_.get()));
+  ASSERT_OK_AND_ASSIGN(MatchResult baseline, plain->Match(prompt, 2));
+  ASSERT_EQ(baseline.decision, "match");
+  const double margin = baseline.similarity - baseline.candidates[1].similarity;
+  ASSERT_GT(margin, 0);
+  // Just under the margin the match stands, and one candidate is returned as
+  // asked, though two were searched.
+  o.min_margin = margin - 1e-4;
+  ASSERT_OK_AND_ASSIGN(auto loose, Matcher::Open(o, store_.get()));
+  ASSERT_OK_AND_ASSIGN(MatchResult m, loose->Match(prompt, 1));
+  EXPECT_EQ(m.decision, "match");
+  EXPECT_EQ(m.task, baseline.task);
+  EXPECT_EQ(m.candidates.size(), 1u);
+  // Just over it the query is ambiguous and falls back.
+  o.min_margin = margin + 1e-4;
+  ASSERT_OK_AND_ASSIGN(auto strict, Matcher::Open(o, store_.get()));
+  ASSERT_OK_AND_ASSIGN(m, strict->Match(prompt, 1));
+  EXPECT_EQ(m.decision, "fallback");
+  EXPECT_EQ(m.task, "");
+  EXPECT_EQ(m.candidates.size(), 1u);
+  o.fallback = "refuse";
+  ASSERT_OK_AND_ASSIGN(auto refuse, Matcher::Open(o, store_.get()));
+  EXPECT_THAT(refuse->Match(prompt, 1), StatusIs(absl::StatusCode::kNotFound, "ambiguous"));
+  o.min_margin = 3;
+  EXPECT_THAT(Matcher::Open(o, store_.get()),
+              StatusIs(absl::StatusCode::kInvalidArgument, "min_margin"));
+}
+
 TEST_F(RouterTest, PatternsEmbeddedOverTwoLayersAreMatchedWithATwoLayerProbe) {
   store::EmbeddedPatternStore::Options so;
   so.path = dir_.Join("two");

@@ -36,6 +36,11 @@ struct MatcherOptions {
   std::string dtype = "fp32";
   // A best match below this cosine similarity falls back. Default 0.5.
   double min_similarity = 0.5;
+  // A best match whose similarity exceeds the next pattern's by less than
+  // this falls back too: the query is as much the one task's as the other's,
+  // and a wrong pattern serves worse than the fallback (docs/retrieval.md
+  // measures both rules). In [0, 2]. Default 0: off.
+  double min_margin = 0;
   // What a query without a similar enough pattern gets: "full" (every
   // expert), "refuse" (NOT_FOUND naming the best candidate) or "task:NAME"
   // (a generalist pattern). Default "full".
