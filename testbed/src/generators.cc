@@ -54,6 +54,14 @@ std::string CaesarShifted(absl::string_view word, int shift) {
   return out;
 }
 
+std::string RandomOpenBrackets(Rng& rng) {
+  static constexpr char kOpen[] = "([{<";
+  const int n = UniformInt(rng, 1, 5);
+  std::string open;
+  for (int k = 0; k < n; ++k) open.push_back(kOpen[UniformInt(rng, 0, 3)]);
+  return open;
+}
+
 std::string ClosingBrackets(absl::string_view open) {
   std::string close;
   for (auto it = open.rbegin(); it != open.rend(); ++it) {
@@ -225,10 +233,7 @@ class BracketsTask final : public GeneratorTask {
 
  protected:
   Problem Draw(Rng& rng) const override {
-    static constexpr char kOpen[] = "([{<";
-    const int n = UniformInt(rng, 1, 5);
-    std::string open;
-    for (int k = 0; k < n; ++k) open.push_back(kOpen[UniformInt(rng, 0, 3)]);
+    std::string open = RandomOpenBrackets(rng);
     return {open, ClosingBrackets(open), {open}};
   }
 };

@@ -657,10 +657,7 @@ class BracketsTask final : public GrammarTaskBase {
 
  protected:
   Problem Draw(Rng& rng) const override {
-    static constexpr char kOpen[] = "([{<";
-    const int n = UniformInt(rng, 1, 5);
-    std::string open;
-    for (int k = 0; k < n; ++k) open.push_back(kOpen[UniformInt(rng, 0, 3)]);
+    std::string open = RandomOpenBrackets(rng);
     return {open, ClosingBrackets(open), {open}};
   }
 };

@@ -40,6 +40,8 @@ std::string RandomWord(Rng& rng, int min_letters, int max_letters);
 std::string Reversed(absl::string_view text);
 // Each lowercase letter moved `shift` (0..25) places on, z wrapping to a.
 std::string CaesarShifted(absl::string_view word, int shift);
+// 1-5 brackets, each uniform in ([{<.
+std::string RandomOpenBrackets(Rng& rng);
 // The closing run of an opening run of ([{< brackets: "([{" -> "}])".
 std::string ClosingBrackets(absl::string_view open);
 // Lowercase hex digits -> 4 bits per digit, groups space separated:
